@@ -1,0 +1,12 @@
+//! The `.kd` language's surface: the pest grammar (`kd.pest`) and the parser from text to
+//! a spanned AST. Nothing here knows about models or tensors.
+
+pub mod ast;
+mod error;
+mod parser;
+
+pub use error::ParseError;
+pub use parser::{parse, parse_value};
+
+/// The grammar's text, for tools that want to show or test it.
+pub const GRAMMAR: &str = include_str!("kd.pest");

@@ -1,0 +1,675 @@
+//! The Plan: the contract between the compiler and the runtime.
+//!
+//! A Plan is everything the runtime needs to run a pipeline and nothing it does not: data
+//! sources with resolved paths and split sizes, augmentation pipelines, models as layer
+//! lists with their inferred shapes, a dataflow graph of tensor operations (batches, model
+//! forwards, loss expressions) and one schedule per stage. It serialises to YAML and back;
+//! the runtime never sees the `.kd` source. Every graph node keeps the byte span of the
+//! source text that made it, so an error found while running still points at a line.
+
+use std::path::PathBuf;
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Bumped whenever a Plan written by an older kdc could be misread by a newer one.
+pub const PLAN_VERSION: u32 = 1;
+
+/// Byte offsets `[start, end)` into the `.kd` source.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end }
+    }
+    pub fn len(&self) -> usize {
+        self.end.saturating_sub(self.start)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Plan {
+    pub version: u32,
+    pub source: SourceInfo,
+    pub settings: Settings,
+    pub data: Vec<DataSpec>,
+    pub augments: Vec<AugmentSpec>,
+    pub models: Vec<ModelSpec>,
+    pub graph: Graph,
+    pub stages: Vec<Stage>,
+    pub evaluations: Vec<Evaluation>,
+    pub exports: Vec<Export>,
+    /// The `--set key=value` overrides applied before checking, for provenance.
+    #[serde(default)]
+    pub overrides: Vec<Override>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SourceInfo {
+    /// The `.kd` file the Plan was compiled from.
+    pub path: PathBuf,
+    /// The folder every relative path in the Plan resolves against (the `.kd` file's folder).
+    pub base_dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub name: String,
+    pub seed: u64,
+    pub device: Device,
+    /// Folder under which `kdc run` makes `<name>-<timestamp>` run folders.
+    pub output: PathBuf,
+    /// Worker threads for the CPU kernels; `None` lets the runtime decide.
+    pub threads: Option<usize>,
+    /// Run the whole pipeline this many times with seeds `seed, seed + 1, ...`.
+    pub repeat: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+    Auto,
+}
+
+// ---------------------------------------------------------------------------------------
+// Data
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DataSpec {
+    pub name: String,
+    pub source: DataSource,
+    /// Shape of one sample as the models see it, e.g. `[1, 28, 28]`.
+    pub sample_shape: Vec<usize>,
+    pub classes: usize,
+    /// Human-readable class names, `classes` of them.
+    pub class_names: Vec<String>,
+    /// Maps a source label `l` to `relabel[l]` (e.g. digits 0-4 to 0, 5-9 to 1).
+    pub relabel: Option<Vec<usize>>,
+    /// Use only the first `limit` samples of the training part (and of the test part).
+    pub limit: Option<usize>,
+    /// Raw values are divided by this before normalisation (255 for IDX bytes).
+    pub scale: f64,
+    pub normalize: Normalize,
+    pub splits: Vec<SplitSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    /// IDX files (raw or gzip). `test_*` are the source's own test set, where it has one.
+    Idx {
+        train_images: PathBuf,
+        train_labels: PathBuf,
+        test_images: Option<PathBuf>,
+        test_labels: Option<PathBuf>,
+    },
+    /// A CSV file (raw or gzip) of numeric features and one label column.
+    Csv {
+        path: PathBuf,
+        header: bool,
+        /// Zero-based index of the label column in each row.
+        label_column: usize,
+        delimiter: char,
+    },
+}
+
+impl DataSource {
+    /// Every file the source reads, for provenance hashes.
+    pub fn files(&self) -> Vec<&PathBuf> {
+        match self {
+            DataSource::Idx {
+                train_images,
+                train_labels,
+                test_images,
+                test_labels,
+            } => {
+                let mut files = vec![train_images, train_labels];
+                files.extend(test_images.iter());
+                files.extend(test_labels.iter());
+                files
+            }
+            DataSource::Csv { path, .. } => vec![path],
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    None,
+    /// `(x - mean[c]) / std[c]` per channel (one value applies to every channel).
+    Given { mean: Vec<f64>, std: Vec<f64> },
+    /// Mean and standard deviation per channel, computed on the `train` split only.
+    TrainStats,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SplitSpec {
+    pub name: String,
+    pub size: SplitSize,
+    /// Whether stages and evaluations may read this split's labels.
+    pub labeled: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitSize {
+    /// Exactly this many samples of the training part, stratified by label.
+    Count(usize),
+    /// This fraction of the training part, stratified by label.
+    Fraction(f64),
+    /// The source's own test set (IDX `t10k` files).
+    SourceTest,
+}
+
+// ---------------------------------------------------------------------------------------
+// Augmentation
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AugmentSpec {
+    pub name: String,
+    pub ops: Vec<AugmentOp>,
+}
+
+/// Image augmentations on `[C, H, W]` samples; each draws from kdc's seeded generator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentOp {
+    /// Pad by `padding` zeros on each side, then crop back to the original size at random.
+    RandomCrop { padding: usize },
+    /// Mirror left-right with probability `p`.
+    Flip { p: f64 },
+    /// Rotate by an angle drawn uniformly from `[-max_degrees, max_degrees]`.
+    Rotate { max_degrees: f64 },
+    /// Shift by whole pixels drawn uniformly from `[-max_pixels, max_pixels]` on each axis.
+    Translate { max_pixels: usize },
+    /// Add Gaussian noise of standard deviation `std` (in normalised units).
+    Noise { std: f64 },
+    /// Zero a `size` x `size` square at a random centre.
+    Cutout { size: usize },
+    /// Blend each sample with another of the batch, weight drawn from Beta(alpha, alpha);
+    /// the labels blend with the same weight.
+    Mixup { alpha: f64 },
+}
+
+// ---------------------------------------------------------------------------------------
+// Models
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Teacher,
+    Student,
+    Baseline,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    /// The instance name declared in the `.kd` file (`t`, `s`, `scratch`).
+    pub name: String,
+    /// The architecture it instantiates.
+    pub architecture: String,
+    pub role: Role,
+    pub input: Vec<usize>,
+    pub layers: Vec<LayerSpec>,
+    pub taps: Vec<Tap>,
+    /// Start from these safetensors weights instead of a fresh initialisation.
+    pub init_from: Option<PathBuf>,
+    /// Fresh weights are drawn from `(seed, init_key)`: a baseline shares its student's key,
+    /// so both start from bitwise the same weights.
+    pub init_key: String,
+    pub params: usize,
+    pub flops: u64,
+    pub span: Span,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LayerSpec {
+    /// Prefix of the layer's parameter names (`linear1` gives `linear1.weight`).
+    pub name: String,
+    pub layer: Layer,
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub params: usize,
+    /// Multiply-adds counted as two FLOPs, per sample, forward only.
+    pub flops: u64,
+    pub span: Span,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// Acts on the last axis.
+    Linear {
+        out: usize,
+        bias: bool,
+    },
+    Conv2d {
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    },
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+    },
+    AvgPool {
+        kernel: usize,
+        stride: usize,
+    },
+    /// Batch norm over channels (axis 0 of a sample), or features for 1-D samples.
+    BatchNorm {
+        eps: f64,
+        momentum: f64,
+    },
+    Dropout {
+        p: f64,
+    },
+    Flatten,
+    Relu,
+    Gelu,
+    Tanh,
+    Sigmoid,
+    Softmax,
+    /// `body(x) + shortcut(x)`; the shortcut is the identity unless given (a 1x1
+    /// convolution or a linear layer, when the body changes the shape).
+    Residual {
+        body: Vec<LayerSpec>,
+        shortcut: Option<Box<LayerSpec>>,
+    },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Tap {
+    pub name: String,
+    /// Index into `ModelSpec::layers`: the tap is that layer's output.
+    pub layer: usize,
+    pub ty: TensorType,
+}
+
+// ---------------------------------------------------------------------------------------
+// The dataflow graph
+
+/// What a tensor means; the checker enforces each built-in's argument kinds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A batch of model inputs.
+    Input,
+    /// Integer class labels (or blended labels after mixup).
+    Labels,
+    /// Unnormalised class scores.
+    Logits,
+    /// Rows that sum to one.
+    Probabilities,
+    /// Natural logarithms of probabilities.
+    LogProbabilities,
+    /// Intermediate activations.
+    Features,
+    /// A single number per batch (a loss or a constant).
+    Scalar,
+}
+
+/// A tensor's kind and its per-sample shape (the batch axis is implicit).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TensorType {
+    pub kind: Kind,
+    pub shape: Vec<usize>,
+}
+
+impl TensorType {
+    pub fn scalar() -> Self {
+        TensorType {
+            kind: Kind::Scalar,
+            shape: vec![],
+        }
+    }
+}
+
+pub type Graph = StableDiGraph<Node, Edge>;
+pub type NodeId = NodeIndex;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Node {
+    /// The stage this node belongs to.
+    pub stage: String,
+    pub op: Op,
+    /// Type of the node's main output (`x` of a batch, the loss of a loss op, ...).
+    pub ty: TensorType,
+    pub span: Span,
+}
+
+/// An edge feeds output `port` of its source node into argument `arg` of its target.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Edge {
+    pub port: String,
+    pub arg: usize,
+    pub ty: TensorType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// A shuffled mini-batch of `data.split`; ports `x` and `label`.
+    Batch { data: String, split: String },
+    /// Applies an augmentation pipeline; argument 0 is the batch node (ports `x`, `label`),
+    /// outputs ports `x` and `label`.
+    Augment { pipeline: String },
+    /// Runs a model on argument 0; one output port per tap (and `output`). `train` says
+    /// whether dropout and batch-norm statistics are in training mode.
+    Forward { model: String, train: bool },
+    /// A constant scalar.
+    Const { value: f64 },
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+    Neg,
+    /// `softmax(x / T)`: argument 0 the logits, argument 1 the temperature.
+    Softmax,
+    /// `log_softmax(x / T)`: argument 0 the logits, argument 1 the temperature.
+    LogSoftmax,
+    /// `sum_j p_j (log p_j - log q_j)`, mean over the batch; arguments `p` (target), `q`.
+    Kl,
+    /// Mean over the batch of `-log softmax(x)[y]`; arguments logits, labels.
+    CrossEntropy,
+    /// Mean over the batch of `-sum_j p_j log q_j`; arguments q (logits or
+    /// log-probabilities, the prediction), p (probabilities, the target).
+    SoftCrossEntropy,
+    /// Mean over all elements of `(a - b)^2`.
+    Mse,
+    /// Mean over the batch of `1 - cos(a, b)`.
+    Cosine,
+    /// The stage's objective: argument 0, a scalar.
+    Loss,
+}
+
+/// The node that feeds argument `arg` of `node`, with the port it reads.
+pub fn argument(graph: &Graph, node: NodeId, arg: usize) -> Option<(NodeId, &Edge)> {
+    use petgraph::visit::EdgeRef;
+    graph
+        .edges_directed(node, petgraph::Direction::Incoming)
+        .find(|e| e.weight().arg == arg)
+        .map(|e| (e.source(), e.weight()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Stages
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Stage {
+    pub name: String,
+    pub kind: StageKind,
+    /// The model whose parameters this stage updates.
+    pub trains: String,
+    /// Models run but not updated (a distillation stage's teacher).
+    pub frozen: Vec<String>,
+    pub data: String,
+    pub split: String,
+    pub augment: Option<String>,
+    /// The `Loss` node of this stage in the graph.
+    pub loss: NodeId,
+    /// The nodes this stage runs, in an order where every node follows its arguments.
+    pub nodes: Vec<NodeId>,
+    pub epochs: usize,
+    pub batch: usize,
+    pub optimizer: Optimizer,
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this value.
+    pub clip: Option<f64>,
+    pub validate: Option<Validate>,
+    /// Set on stages that train a baseline: the stage they copy.
+    pub baseline_of: Option<String>,
+    pub span: Span,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    Train,
+    Distill { teacher: String, student: String },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
+    /// Adam with L2 weight decay added to the gradient (as PyTorch's `Adam`).
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    /// Adam with decoupled weight decay (as PyTorch's `AdamW`).
+    AdamW {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+}
+
+impl Optimizer {
+    pub fn lr(&self) -> f64 {
+        match self {
+            Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::AdamW { lr, .. } => {
+                *lr
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Schedule {
+    pub kind: ScheduleKind,
+    /// Ramp the learning rate linearly from near zero over this many epochs first.
+    pub warmup_epochs: usize,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step { every: usize, gamma: f64 },
+    /// Cosine decay from the base rate to `min_lr` over the stage, per step.
+    Cosine { min_lr: f64 },
+    /// Linear decay from the base rate to zero over the stage, per step.
+    Linear,
+}
+
+impl Schedule {
+    /// Learning rate at `step` (0-based) of `total` steps, `steps_per_epoch` per epoch.
+    pub fn lr_at(&self, base: f64, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
+        let warmup = self.warmup_epochs * steps_per_epoch;
+        if step < warmup {
+            return base * (step + 1) as f64 / warmup as f64;
+        }
+        let after = (step - warmup) as f64;
+        let span = total.saturating_sub(warmup).max(1) as f64;
+        match &self.kind {
+            ScheduleKind::Constant => base,
+            ScheduleKind::Step { every, gamma } => {
+                let epoch = step / steps_per_epoch.max(1);
+                base * gamma.powi((epoch / (*every).max(1)) as i32)
+            }
+            ScheduleKind::Cosine { min_lr } => {
+                min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * after / span).cos())
+            }
+            ScheduleKind::Linear => base * (1.0 - after / span),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Validate {
+    pub data: String,
+    pub split: String,
+    pub keep: Keep,
+    /// Stop after this many epochs without improvement of the kept metric.
+    pub early_stop: Option<usize>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// Restore the weights of the epoch with the best value of the metric.
+    Best(Metric),
+    Last,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Accuracy,
+    Precision,
+    Recall,
+    F1,
+    /// The stage's own loss on the validation split (lower is better).
+    Loss,
+    Confusion,
+    PerClass,
+    Agreement,
+    Ece,
+}
+
+impl Metric {
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Metric::Loss | Metric::Ece)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub models: Vec<String>,
+    pub data: String,
+    pub split: String,
+    pub metrics: Vec<Metric>,
+    pub span: Span,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Export {
+    pub model: String,
+    /// A path relative to the run folder.
+    pub path: PathBuf,
+    pub span: Span,
+}
+
+impl Plan {
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        serde_yaml::to_string(self)
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Plan, serde_yaml::Error> {
+        serde_yaml::from_str(text)
+    }
+
+    /// sha256 of the Plan's YAML form, less its source location: two Plans that would run
+    /// the same way hash the same.
+    pub fn hash(&self) -> String {
+        let mut canonical = self.clone();
+        canonical.source = SourceInfo {
+            path: PathBuf::new(),
+            base_dir: PathBuf::new(),
+        };
+        let text = serde_yaml::to_string(&canonical).unwrap_or_default();
+        let digest = Sha256::digest(text.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    pub fn data(&self, name: &str) -> Option<&DataSpec> {
+        self.data.iter().find(|d| d.name == name)
+    }
+
+    pub fn augment(&self, name: &str) -> Option<&AugmentSpec> {
+        self.augments.iter().find(|a| a.name == name)
+    }
+
+    /// Resolves a path from the Plan against the `.kd` file's folder.
+    pub fn resolve(&self, path: &std::path::Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.source.base_dir.join(path)
+        }
+    }
+}
+
+/// The names and shapes of every tensor a model's safetensors file holds, in layer order:
+/// `{layer}.weight` and `.bias`, batch norm's `.running_mean` and `.running_var`, and
+/// `{residual}.{layer}.weight` / `{residual}.shortcut.weight` inside residual blocks.
+pub fn parameter_shapes(layers: &[LayerSpec]) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for layer in layers {
+        layer_parameters(layer, "", &mut out);
+    }
+    out
+}
+
+fn layer_parameters(layer: &LayerSpec, prefix: &str, out: &mut Vec<(String, Vec<usize>)>) {
+    let name = format!("{prefix}{}", layer.name);
+    match &layer.layer {
+        Layer::Linear { out: width, bias } => {
+            let inp = layer.input.last().copied().unwrap_or(0);
+            out.push((format!("{name}.weight"), vec![*width, inp]));
+            if *bias {
+                out.push((format!("{name}.bias"), vec![*width]));
+            }
+        }
+        Layer::Conv2d { out: channels, kernel, bias, .. } => {
+            let c = layer.input.first().copied().unwrap_or(0);
+            out.push((format!("{name}.weight"), vec![*channels, c, *kernel, *kernel]));
+            if *bias {
+                out.push((format!("{name}.bias"), vec![*channels]));
+            }
+        }
+        Layer::BatchNorm { .. } => {
+            let c = layer.input.first().copied().unwrap_or(0);
+            for field in ["weight", "bias", "running_mean", "running_var"] {
+                out.push((format!("{name}.{field}"), vec![c]));
+            }
+        }
+        Layer::Residual { body, shortcut } => {
+            let inner = format!("{name}.");
+            for l in body {
+                layer_parameters(l, &inner, out);
+            }
+            if let Some(s) = shortcut {
+                layer_parameters(s, &inner, out);
+            }
+        }
+        _ => {}
+    }
+}
