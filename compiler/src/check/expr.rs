@@ -1,0 +1,559 @@
+//! Loss expressions: names resolved against the stage's models, named losses inlined with
+//! their parameters, and every built-in's argument kinds and order enforced.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use kd_grammar::ast::{BinaryOp, Declaration, Expr, ExprArg, ExprKind, Ident, LossDecl, Program, Span};
+use kd_plan::{Kind, ModelSpec, Op, TensorType};
+
+use super::values::format_number;
+use super::{describe_type, kind_name, Cx, TypedExpr, TypedNode};
+use crate::diagnostics::{did_you_mean, labeled, list, one_of, span, CheckError};
+
+const BUILTINS: &[&str] = &["softmax", "log_softmax", "kl", "cross_entropy", "soft_cross_entropy", "mse", "cosine"];
+
+/// The program's named losses, and which of them some stage uses.
+pub(crate) struct Losses {
+    decls: HashMap<String, LossDecl>,
+    used: RefCell<HashSet<String>>,
+}
+
+impl Losses {
+    pub fn used(&self, name: &str) -> bool {
+        self.used.borrow().contains(name)
+    }
+    fn names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.decls.keys().map(String::as_str)
+    }
+}
+
+/// What a loss expression may refer to in one stage.
+pub(crate) struct Scope<'a> {
+    pub stage: &'a str,
+    /// The models the stage runs: the trained one first.
+    pub models: Vec<&'a ModelSpec>,
+    /// All models of the program, to tell "not in this stage" from "unknown".
+    pub all_models: &'a [ModelSpec],
+    pub trained: &'a str,
+    /// `Err(why)` when the stage's split has no labels.
+    pub labels: Result<usize, (String, String)>,
+    pub data_ref: Span,
+}
+
+struct Env {
+    params: HashMap<String, TypedExpr>,
+    /// Named losses being inlined, to refuse recursion.
+    inlining: Vec<String>,
+}
+
+impl Cx<'_> {
+    pub(super) fn loss_decls(&mut self, program: &Program) -> Losses {
+        let mut decls = HashMap::new();
+        for decl in &program.declarations {
+            if let Declaration::Loss(l) = decl {
+                if BUILTINS.contains(&l.name.name.as_str()) {
+                    self.invalid(l.name.span, format!("`{}` is a built-in loss and cannot be redefined", l.name.name), "choose another name", None);
+                }
+                decls.entry(l.name.name.clone()).or_insert_with(|| l.clone());
+            }
+        }
+        Losses {
+            decls,
+            used: RefCell::new(HashSet::new()),
+        }
+    }
+
+    /// Types a stage's loss; `None` after reporting what is wrong.
+    pub(crate) fn loss_expr(&mut self, expr: &Expr, scope: &Scope, losses: &Losses) -> Option<TypedExpr> {
+        let env = Env {
+            params: HashMap::new(),
+            inlining: Vec::new(),
+        };
+        let typed = self.expr(expr, scope, losses, &env)?;
+        if typed.ty.kind != Kind::Scalar {
+            self.error(CheckError::NotScalar {
+                stage: scope.stage.to_string(),
+                found: describe_type(&typed.ty),
+                span: span(expr.span),
+            });
+            return None;
+        }
+        if !typed.models().iter().any(|m| m == scope.trained) {
+            self.error(CheckError::Stage {
+                message: format!("the loss of stage `{}` does not depend on `{}`, the model it trains", scope.stage, scope.trained),
+                span: span(expr.span),
+                label: format!("no `{}.…` here", scope.trained),
+                help: Some(format!("use an output of `{}`, e.g. `cross_entropy({}.logits, label)`", scope.trained, scope.trained)),
+            });
+            return None;
+        }
+        Some(typed)
+    }
+
+    fn expr(&mut self, expr: &Expr, scope: &Scope, losses: &Losses, env: &Env) -> Option<TypedExpr> {
+        let at = expr.span;
+        match &expr.kind {
+            ExprKind::Number(v) => Some(constant(*v, at)),
+            ExprKind::Neg(inner) => {
+                let inner = self.expr(inner, scope, losses, env)?;
+                if inner.ty.kind == Kind::Labels {
+                    return self.arith_labels(inner.span);
+                }
+                let ty = TensorType {
+                    kind: if inner.ty.kind == Kind::Scalar { Kind::Scalar } else { Kind::Features },
+                    shape: inner.ty.shape.clone(),
+                };
+                Some(apply(Op::Neg, vec![inner], ty, at))
+            }
+            ExprKind::Binary { op, lhs, rhs } => {
+                let l = self.expr(lhs, scope, losses, env);
+                let r = self.expr(rhs, scope, losses, env);
+                self.binary(*op, l?, r?, at)
+            }
+            ExprKind::Name(ident) => self.name(ident, scope, losses, env),
+            ExprKind::Member { object, field } => self.member(object, field, scope, at),
+            ExprKind::Call { name, args } => self.call(name, args, scope, losses, env, at),
+        }
+    }
+
+    fn arith_labels(&mut self, at: Span) -> Option<TypedExpr> {
+        self.invalid(at, "labels cannot take part in arithmetic".into(), "these are labels", Some("labels go into `cross_entropy(logits, label)`".into()));
+        None
+    }
+
+    fn binary(&mut self, op: BinaryOp, l: TypedExpr, r: TypedExpr, at: Span) -> Option<TypedExpr> {
+        if l.ty.kind == Kind::Labels {
+            return self.arith_labels(l.span);
+        }
+        if r.ty.kind == Kind::Labels {
+            return self.arith_labels(r.span);
+        }
+        let plan_op = match op {
+            BinaryOp::Add => Op::Add,
+            BinaryOp::Sub => Op::Sub,
+            BinaryOp::Mul => Op::Mul,
+            BinaryOp::Div => Op::Div,
+            BinaryOp::Pow => Op::Pow,
+        };
+        let (ls, rs) = (l.ty.kind == Kind::Scalar, r.ty.kind == Kind::Scalar);
+        let ty = match (ls, rs) {
+            (true, true) => TensorType::scalar(),
+            // Scaling logits by a number keeps them logits (`s.logits / T`).
+            (false, true) => TensorType {
+                kind: if l.ty.kind == Kind::Logits && matches!(op, BinaryOp::Mul | BinaryOp::Div) { Kind::Logits } else { Kind::Features },
+                shape: l.ty.shape.clone(),
+            },
+            (true, false) => {
+                if op == BinaryOp::Pow {
+                    self.invalid(r.span, "an exponent must be a number, not a tensor".into(), "a tensor", None);
+                    return None;
+                }
+                TensorType {
+                    kind: if r.ty.kind == Kind::Logits && op == BinaryOp::Mul { Kind::Logits } else { Kind::Features },
+                    shape: r.ty.shape.clone(),
+                }
+            }
+            (false, false) => {
+                if l.ty.shape != r.ty.shape {
+                    self.error(CheckError::ShapeMismatch {
+                        message: format!("`{}` on tensors of shapes {:?} and {:?}", op.symbol(), l.ty.shape, r.ty.shape),
+                        span: span(l.span),
+                        label: format!("{:?}", l.ty.shape),
+                        related: vec![labeled(r.span, format!("{:?}", r.ty.shape))],
+                        help: None,
+                    });
+                    return None;
+                }
+                if op == BinaryOp::Pow {
+                    self.invalid(r.span, "an exponent must be a number, not a tensor".into(), "a tensor", None);
+                    return None;
+                }
+                TensorType {
+                    kind: Kind::Features,
+                    shape: l.ty.shape.clone(),
+                }
+            }
+        };
+        Some(apply(plan_op, vec![l, r], ty, at))
+    }
+
+    fn name(&mut self, ident: &Ident, scope: &Scope, losses: &Losses, env: &Env) -> Option<TypedExpr> {
+        if let Some(bound) = env.params.get(&ident.name) {
+            return Some(bound.clone());
+        }
+        if ident.name == "label" || ident.name == "labels" {
+            return match &scope.labels {
+                Ok(_) => Some(TypedExpr {
+                    node: TypedNode::Label,
+                    ty: TensorType {
+                        kind: Kind::Labels,
+                        shape: vec![],
+                    },
+                    span: ident.span,
+                }),
+                Err((data, split)) => {
+                    self.error(CheckError::NoLabels {
+                        data: data.clone(),
+                        split: split.clone(),
+                        span: span(ident.span),
+                        why: "labels are used here".into(),
+                        help: Some("an unlabeled split is a transfer set: distil on it with a loss that uses only the teacher's outputs".into()),
+                    });
+                    None
+                }
+            };
+        }
+        if losses.decls.contains_key(&ident.name) {
+            return self.inline(ident, &[], scope, losses, env, ident.span);
+        }
+        let mut candidates: Vec<&str> = env.params.keys().map(String::as_str).collect();
+        candidates.push("label");
+        candidates.extend(losses.names());
+        let models: Vec<&str> = scope.models.iter().map(|m| m.name.as_str()).collect();
+        let help = if models.contains(&ident.name.as_str()) {
+            Some(format!("name one of its outputs: `{}.logits`", ident.name))
+        } else {
+            did_you_mean(&ident.name, candidates.iter().copied()).or_else(|| Some(format!("names here: {}", list(candidates.iter().copied()))))
+        };
+        self.error(CheckError::UnknownName {
+            what: "name",
+            name: ident.name.clone(),
+            span: span(ident.span),
+            help,
+        });
+        None
+    }
+
+    fn member(&mut self, object: &Ident, field: &Ident, scope: &Scope, at: Span) -> Option<TypedExpr> {
+        let Some(model) = scope.models.iter().find(|m| m.name == object.name) else {
+            if scope.all_models.iter().any(|m| m.name == object.name) {
+                self.error(CheckError::Stage {
+                    message: format!("model `{}` does not take part in stage `{}`", object.name, scope.stage),
+                    span: span(object.span),
+                    label: "not in this stage".into(),
+                    help: Some(format!(
+                        "this stage runs {}",
+                        list(scope.models.iter().map(|m| m.name.as_str()))
+                    )),
+                });
+            } else {
+                self.error(CheckError::UnknownName {
+                    what: "model",
+                    name: object.name.clone(),
+                    span: span(object.span),
+                    help: did_you_mean(&object.name, scope.models.iter().map(|m| m.name.as_str()))
+                        .or_else(|| Some(format!("this stage runs {}", list(scope.models.iter().map(|m| m.name.as_str()))))),
+                });
+            }
+            return None;
+        };
+        let Some(tap) = model.taps.iter().find(|t| t.name == field.name) else {
+            let names = model.taps.iter().map(|t| t.name.as_str());
+            self.error(CheckError::UnknownName {
+                what: "tap",
+                name: format!("{}.{}", object.name, field.name),
+                span: span(field.span),
+                help: did_you_mean(&field.name, names.clone())
+                    .map(|h| format!("{h} (`{}` has taps {})", model.name, list(names.clone())))
+                    .or_else(|| Some(format!("`{}` ({}) has taps {}; name a layer's output with `as NAME`", model.name, model.architecture, list(names)))),
+            });
+            return None;
+        };
+        Some(TypedExpr {
+            node: TypedNode::Tap {
+                model: model.name.clone(),
+                port: tap.name.clone(),
+            },
+            ty: tap.ty.clone(),
+            span: at,
+        })
+    }
+
+    fn call(&mut self, name: &Ident, args: &[ExprArg], scope: &Scope, losses: &Losses, env: &Env, at: Span) -> Option<TypedExpr> {
+        if losses.decls.contains_key(&name.name) {
+            return self.inline(name, args, scope, losses, env, at);
+        }
+        if !BUILTINS.contains(&name.name.as_str()) {
+            let mut candidates: Vec<&str> = BUILTINS.to_vec();
+            candidates.extend(losses.names());
+            self.error(CheckError::UnknownName {
+                what: "function",
+                name: name.name.clone(),
+                span: span(name.span),
+                help: did_you_mean(&name.name, candidates.iter().copied()).or_else(|| Some(one_of(candidates.iter().copied()))),
+            });
+            return None;
+        }
+        let (params, required): (&[&str], usize) = match name.name.as_str() {
+            "softmax" | "log_softmax" => (&["x", "T"], 1),
+            "kl" => (&["p", "q"], 2),
+            "cross_entropy" => (&["logits", "labels"], 2),
+            "soft_cross_entropy" => (&["q", "p"], 2),
+            _ => (&["a", "b"], 2),
+        };
+        let mut slots: Vec<Option<&Expr>> = vec![None; params.len()];
+        let mut next = 0;
+        for arg in args {
+            let index = match &arg.name {
+                Some(n) => match params.iter().position(|p| *p == n.name) {
+                    Some(i) => i,
+                    None => {
+                        self.invalid(n.span, format!("`{}` has no argument `{}`", name.name, n.name), "unknown argument", Some(format!("its arguments: {}", list(params.iter().copied()))));
+                        return None;
+                    }
+                },
+                None => {
+                    let i = next;
+                    next += 1;
+                    i
+                }
+            };
+            if index >= params.len() {
+                self.invalid(arg.value.span, format!("`{}` takes {} arguments", name.name, params.len()), "one too many", None);
+                return None;
+            }
+            slots[index] = Some(&arg.value);
+        }
+        if slots.iter().take(required).any(Option::is_none) {
+            self.error(CheckError::Missing {
+                message: format!("`{}` needs {} argument(s): {}", name.name, required, params[..required].join(", ")),
+                span: span(at),
+                label: "too few arguments".into(),
+                help: None,
+            });
+            return None;
+        }
+        let typed: Vec<Option<TypedExpr>> = slots.iter().map(|s| s.and_then(|e| self.expr(e, scope, losses, env))).collect();
+        if typed.iter().zip(&slots).any(|(t, s)| s.is_some() && t.is_none()) {
+            return None;
+        }
+        let mut typed: Vec<TypedExpr> = typed.into_iter().flatten().collect();
+        match name.name.as_str() {
+            "softmax" | "log_softmax" => {
+                let x = &typed[0];
+                self.expect_kind(&name.name, "first", &[Kind::Logits], x)?;
+                if typed.len() < 2 {
+                    typed.push(constant(1.0, at));
+                }
+                let t = &typed[1];
+                if t.ty.kind != Kind::Scalar {
+                    self.expect_kind(&name.name, "second", &[Kind::Scalar], t)?;
+                }
+                if let Some(v) = t.constant() {
+                    if v <= 0.0 || !v.is_finite() {
+                        self.error(CheckError::OutOfRange {
+                            what: "the temperature T".into(),
+                            range: "greater than 0",
+                            value: format_number(v),
+                            span: span(t.span),
+                            help: Some("T = 1 is the plain softmax; distillation uses T between 2 and 20".into()),
+                        });
+                        return None;
+                    }
+                }
+                let (op, kind) = if name.name == "softmax" {
+                    (Op::Softmax, Kind::Probabilities)
+                } else {
+                    (Op::LogSoftmax, Kind::LogProbabilities)
+                };
+                let shape = typed[0].ty.shape.clone();
+                Some(apply(op, typed, TensorType { kind, shape }, at))
+            }
+            "kl" => {
+                self.order(&name.name, &typed[0], &typed[1], scope, "target (teacher) distribution", "prediction (student)")?;
+                self.expect_kind(&name.name, "first", &[Kind::Probabilities], &typed[0])?;
+                self.expect_kind(&name.name, "second", &[Kind::Probabilities, Kind::LogProbabilities], &typed[1])?;
+                self.same_width(&name.name, &typed[0], &typed[1], scope)?;
+                Some(apply(Op::Kl, typed, TensorType::scalar(), at))
+            }
+            "cross_entropy" => {
+                if typed[0].ty.kind == Kind::Labels && typed[1].ty.kind == Kind::Logits {
+                    self.error(CheckError::ArgumentOrder {
+                        function: name.name.clone(),
+                        first: "logits",
+                        second: "labels",
+                        span: span(typed[0].span),
+                        found_first: "label".into(),
+                        help: Some("write `cross_entropy(s.logits, label)`".into()),
+                    });
+                    return None;
+                }
+                self.expect_kind(&name.name, "first", &[Kind::Logits], &typed[0])?;
+                self.expect_kind(&name.name, "second", &[Kind::Labels], &typed[1])?;
+                if let Ok(classes) = scope.labels {
+                    let width = typed[0].ty.shape.last().copied().unwrap_or(0);
+                    if typed[0].ty.shape.len() != 1 || width != classes {
+                        self.error(CheckError::ShapeMismatch {
+                            message: format!("`cross_entropy` gets logits of shape {:?} for data with {classes} classes", typed[0].ty.shape),
+                            span: span(typed[0].span),
+                            label: format!("{:?}", typed[0].ty.shape),
+                            related: vec![labeled(scope.data_ref, format!("{classes} classes"))],
+                            help: Some(format!("the model's last layer should be `linear({classes})`")),
+                        });
+                        return None;
+                    }
+                }
+                Some(apply(Op::CrossEntropy, typed, TensorType::scalar(), at))
+            }
+            "soft_cross_entropy" => {
+                self.order(&name.name, &typed[1], &typed[0], scope, "prediction (student)", "target (teacher) distribution")?;
+                self.expect_kind(&name.name, "first", &[Kind::Logits, Kind::LogProbabilities, Kind::Probabilities], &typed[0])?;
+                self.expect_kind(&name.name, "second", &[Kind::Probabilities], &typed[1])?;
+                self.same_width(&name.name, &typed[0], &typed[1], scope)?;
+                Some(apply(Op::SoftCrossEntropy, typed, TensorType::scalar(), at))
+            }
+            other => {
+                let allowed = [Kind::Logits, Kind::Probabilities, Kind::LogProbabilities, Kind::Features];
+                self.expect_kind(other, "first", &allowed, &typed[0])?;
+                self.expect_kind(other, "second", &allowed, &typed[1])?;
+                self.same_width(other, &typed[0], &typed[1], scope)?;
+                let op = if other == "mse" { Op::Mse } else { Op::Cosine };
+                Some(apply(op, typed, TensorType::scalar(), at))
+            }
+        }
+    }
+
+    fn expect_kind(&mut self, function: &str, position: &'static str, allowed: &[Kind], arg: &TypedExpr) -> Option<()> {
+        if allowed.contains(&arg.ty.kind) {
+            return Some(());
+        }
+        let expected = allowed.iter().map(|k| kind_name(*k)).collect::<Vec<_>>().join(" or ");
+        let help = match (arg.ty.kind, allowed.first()) {
+            (Kind::Probabilities, Some(Kind::Logits)) => Some("these are already probabilities: pass the logits (the tap before softmax)".into()),
+            (Kind::Logits, Some(Kind::Probabilities)) => Some("turn logits into probabilities with `softmax(x, T)`".into()),
+            (Kind::Features, Some(Kind::Logits)) => Some("this tap is an intermediate layer; pass the model's logits".into()),
+            _ => None,
+        };
+        self.error(CheckError::ArgumentKind {
+            function: function.to_string(),
+            position,
+            expected,
+            found: describe_type(&arg.ty),
+            span: span(arg.span),
+            help,
+        });
+        None
+    }
+
+    /// Teacher and student outputs compared in one loss must have the same width.
+    fn same_width(&mut self, function: &str, a: &TypedExpr, b: &TypedExpr, scope: &Scope) -> Option<()> {
+        if a.ty.shape == b.ty.shape {
+            return Some(());
+        }
+        let who = |e: &TypedExpr| {
+            let models = e.models();
+            match models.as_slice() {
+                [m] if m == scope.trained => format!("{m} (trained) gives {:?}", e.ty.shape),
+                [m] => format!("{m} gives {:?}", e.ty.shape),
+                _ => format!("{:?}", e.ty.shape),
+            }
+        };
+        self.error(CheckError::ShapeMismatch {
+            message: format!("`{function}` compares tensors of different widths: {:?} and {:?}", a.ty.shape, b.ty.shape),
+            span: span(a.span),
+            label: who(a),
+            related: vec![labeled(b.span, who(b))],
+            help: Some("teacher and student must predict the same classes; check both models' last layers".into()),
+        });
+        None
+    }
+
+    /// `target` must not come from the trained model while `prediction` comes only from a
+    /// frozen one: that is the arguments swapped.
+    fn order(&mut self, function: &str, target: &TypedExpr, prediction: &TypedExpr, scope: &Scope, first: &'static str, second: &'static str) -> Option<()> {
+        let t = target.models();
+        let p = prediction.models();
+        let trained = |ms: &[String]| ms.iter().any(|m| m == scope.trained);
+        if trained(&t) && !p.is_empty() && !trained(&p) {
+            let (span_at, found) = if function == "kl" { (target.span, scope.trained.to_string()) } else { (prediction.span, p.join(", ")) };
+            self.error(CheckError::ArgumentOrder {
+                function: function.to_string(),
+                first,
+                second,
+                span: span(span_at),
+                found_first: found,
+                help: Some(if function == "kl" {
+                    "write `kl(softmax(t.logits, T), softmax(s.logits, T))`: the teacher's distribution first".to_string()
+                } else {
+                    "write `soft_cross_entropy(s.logits, softmax(t.logits, T))`: the student's prediction first".to_string()
+                }),
+            });
+            return None;
+        }
+        Some(())
+    }
+
+    /// Inlines a named loss: its parameters bound to the call's arguments or defaults.
+    fn inline(&mut self, name: &Ident, args: &[ExprArg], scope: &Scope, losses: &Losses, env: &Env, at: Span) -> Option<TypedExpr> {
+        let decl = losses.decls.get(&name.name)?;
+        losses.used.borrow_mut().insert(name.name.clone());
+        if env.inlining.contains(&name.name) {
+            self.invalid(name.span, format!("loss `{}` refers to itself", name.name), "recursive", None);
+            return None;
+        }
+        let mut bound: HashMap<String, TypedExpr> = HashMap::new();
+        let mut positional = 0;
+        for arg in args {
+            let param = match &arg.name {
+                Some(n) => match decl.params.iter().find(|p| p.name.name == n.name) {
+                    Some(p) => p,
+                    None => {
+                        self.invalid(
+                            n.span,
+                            format!("loss `{}` has no parameter `{}`", name.name, n.name),
+                            "unknown parameter",
+                            did_you_mean(&n.name, decl.params.iter().map(|p| p.name.name.as_str()))
+                                .or_else(|| Some(format!("its parameters: {}", list(decl.params.iter().map(|p| p.name.name.as_str()))))),
+                        );
+                        return None;
+                    }
+                },
+                None => match decl.params.get(positional) {
+                    Some(p) => {
+                        positional += 1;
+                        p
+                    }
+                    None => {
+                        self.invalid(arg.value.span, format!("loss `{}` takes {} parameter(s)", name.name, decl.params.len()), "one too many", None);
+                        return None;
+                    }
+                },
+            };
+            let value = self.expr(&arg.value, scope, losses, env)?;
+            bound.insert(param.name.name.clone(), value);
+        }
+        let empty = Env {
+            params: HashMap::new(),
+            inlining: Vec::new(),
+        };
+        for param in &decl.params {
+            if !bound.contains_key(&param.name.name) {
+                let value = self.expr(&param.default, scope, losses, &empty)?;
+                bound.insert(param.name.name.clone(), value);
+            }
+        }
+        let mut inlining = env.inlining.clone();
+        inlining.push(name.name.clone());
+        let inner = Env { params: bound, inlining };
+        let mut body = self.expr(&decl.body, scope, losses, &inner)?;
+        body.span = at;
+        Some(body)
+    }
+}
+
+fn constant(v: f64, at: Span) -> TypedExpr {
+    TypedExpr {
+        node: TypedNode::Const(v),
+        ty: TensorType::scalar(),
+        span: at,
+    }
+}
+
+fn apply(op: Op, args: Vec<TypedExpr>, ty: TensorType, at: Span) -> TypedExpr {
+    TypedExpr {
+        node: TypedNode::Apply { op, args },
+        ty,
+        span: at,
+    }
+}

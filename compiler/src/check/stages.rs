@@ -1,0 +1,692 @@
+//! Stages, baselines, evaluations and exports.
+
+use kd_grammar::ast::{Call, DataRef, Declaration, Program, Span, StageDecl, StageStmt};
+use kd_plan::{
+    AugmentSpec, DataSpec, Evaluation, Export, Keep, Kind, Metric, ModelSpec, Op, Optimizer, Role, Schedule,
+    ScheduleKind, StageKind, TensorType, Validate,
+};
+
+use super::data::needs_image;
+use super::expr::{Losses, Scope};
+use super::models::to_plan;
+use super::{CheckedStage, Cx, TypedExpr, TypedNode};
+use crate::diagnostics::{did_you_mean, labeled, list, one_of, span, CheckError};
+
+const METRICS: &[&str] = &["accuracy", "precision", "recall", "f1", "loss", "confusion", "per_class", "agreement", "ece"];
+const KEEP_METRICS: &[&str] = &["accuracy", "precision", "recall", "f1", "loss"];
+
+fn metric(name: &str) -> Option<Metric> {
+    Some(match name {
+        "accuracy" => Metric::Accuracy,
+        "precision" => Metric::Precision,
+        "recall" => Metric::Recall,
+        "f1" => Metric::F1,
+        "loss" => Metric::Loss,
+        "confusion" => Metric::Confusion,
+        "per_class" => Metric::PerClass,
+        "agreement" => Metric::Agreement,
+        "ece" => Metric::Ece,
+        _ => return None,
+    })
+}
+
+impl Cx<'_> {
+    pub(super) fn stages(
+        &mut self,
+        program: &Program,
+        models: &[ModelSpec],
+        data: &[DataSpec],
+        augments: &[AugmentSpec],
+        losses: &Losses,
+    ) -> Vec<CheckedStage> {
+        program
+            .declarations
+            .iter()
+            .filter_map(|d| match d {
+                Declaration::Stage(s) => self.stage(s, models, data, augments, losses),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A `data.split` reference: the data source, and whether the split has labels.
+    pub(crate) fn split<'d>(&mut self, r: &DataRef, data: &'d [DataSpec]) -> Option<(&'d DataSpec, bool)> {
+        let Some(spec) = data.iter().find(|d| d.name == r.data.name) else {
+            if self.failed.contains(&format!("data {}", r.data.name)) {
+                return None;
+            }
+            self.error(CheckError::UnknownName {
+                what: "data source",
+                name: r.data.name.clone(),
+                span: span(r.data.span),
+                help: did_you_mean(&r.data.name, data.iter().map(|d| d.name.as_str())).or_else(|| Some(one_of(data.iter().map(|d| d.name.as_str())))),
+            });
+            return None;
+        };
+        let Some(split) = spec.splits.iter().find(|s| s.name == r.split.name) else {
+            self.error(CheckError::UnknownName {
+                what: "split",
+                name: format!("{}.{}", r.data.name, r.split.name),
+                span: span(r.split.span),
+                help: did_you_mean(&r.split.name, spec.splits.iter().map(|s| s.name.as_str()))
+                    .or_else(|| Some(format!("`{}` has splits {}", spec.name, list(spec.splits.iter().map(|s| s.name.as_str()))))),
+            });
+            return None;
+        };
+        Some((spec, split.labeled))
+    }
+
+    fn model<'m>(&mut self, name: &kd_grammar::ast::Ident, models: &'m [ModelSpec]) -> Option<&'m ModelSpec> {
+        let found = models.iter().find(|m| m.name == name.name);
+        if found.is_none() && !self.failed.contains(&format!("model {}", name.name)) {
+            self.error(CheckError::UnknownName {
+                what: "model",
+                name: name.name.clone(),
+                span: span(name.span),
+                help: did_you_mean(&name.name, models.iter().map(|m| m.name.as_str()))
+                    .or_else(|| Some(format!("models are declared with `teacher NAME = ARCH` or `student NAME = ARCH`; declared: {}", list(models.iter().map(|m| m.name.as_str()))))),
+            });
+        }
+        found
+    }
+
+    /// A model's input must fit the data's samples.
+    fn fits(&mut self, model: &ModelSpec, data: &DataSpec, r: &DataRef) -> Option<()> {
+        if model.input == data.sample_shape {
+            return Some(());
+        }
+        self.error(CheckError::ShapeMismatch {
+            message: format!("model `{}` takes input {:?} but `{}` has samples of shape {:?}", model.name, model.input, data.name, data.sample_shape),
+            span: span(r.span),
+            label: format!("samples {:?}", data.sample_shape),
+            related: vec![labeled(from_plan(model.span), format!("input {:?}", model.input))],
+            help: Some(format!("declare `input {:?}` in the model, or `shape: {:?}` in the data", data.sample_shape, model.input)),
+        });
+        None
+    }
+
+    fn stage(&mut self, decl: &StageDecl, models: &[ModelSpec], data: &[DataSpec], augments: &[AugmentSpec], losses: &Losses) -> Option<CheckedStage> {
+        let name = decl.name.name.clone();
+        let mut what: Option<(&StageStmt, Span)> = None;
+        let mut loss = None;
+        let mut optimizer = None;
+        let mut schedule = None;
+        let mut validate = None;
+        let mut keep = None;
+        let mut settings = Vec::new();
+        for stmt in &decl.statements {
+            match stmt {
+                StageStmt::Train { span: at, .. } | StageStmt::Distill { span: at, .. } => {
+                    if let Some((_, first)) = what {
+                        self.error(CheckError::Duplicate {
+                            what: "training statement",
+                            name: name.clone(),
+                            span: span(*at),
+                            first: span(first),
+                        });
+                    } else {
+                        what = Some((stmt, *at));
+                    }
+                }
+                StageStmt::Loss(e) => loss = Some(e),
+                StageStmt::Optimizer(c) => optimizer = Some(c),
+                StageStmt::Schedule(c) => schedule = Some(c),
+                StageStmt::Validate(r) => validate = Some(r),
+                StageStmt::Keep { best, span: at } => keep = Some((best.clone(), *at)),
+                StageStmt::Setting(s) => settings.push(s.clone()),
+            }
+        }
+        let Some((what, _)) = what else {
+            self.error(CheckError::Missing {
+                message: format!("stage `{name}` does not say what it trains"),
+                span: span(decl.name.span),
+                label: "no `train` or `distill`".into(),
+                help: Some("add `train MODEL on DATA.SPLIT` or `distill TEACHER -> STUDENT on DATA.SPLIT`".into()),
+            });
+            return None;
+        };
+        if let StageStmt::Train { model, .. } | StageStmt::Distill { student: model, .. } = what {
+            self.trained.insert(model.name.clone());
+        }
+        let (kind, trained, frozen, data_ref, augment) = match what {
+            StageStmt::Train { model, data, augment, .. } => {
+                let m = self.model(model, models);
+                (StageKind::Train, m, None, data, augment)
+            }
+            StageStmt::Distill { teacher, student, data, augment, .. } => {
+                let t = self.model(teacher, models);
+                let s = self.model(student, models);
+                if let Some(t) = t {
+                    if t.role != Role::Teacher {
+                        self.invalid(teacher.span, format!("`{}` distils from `{}`, which is not declared a teacher", name, t.name), "not a teacher", Some(format!("declare it with `teacher {} = {}`", t.name, t.architecture)));
+                    }
+                }
+                if let (Some(t), Some(s)) = (t, s) {
+                    if t.name == s.name {
+                        self.invalid(student.span, "a model cannot distil into itself".into(), "same as the teacher", None);
+                        return None;
+                    }
+                }
+                let kind = match (t, s) {
+                    (Some(t), Some(s)) => StageKind::Distill {
+                        teacher: t.name.clone(),
+                        student: s.name.clone(),
+                    },
+                    _ => StageKind::Train,
+                };
+                (kind, s, t, data, augment)
+            }
+            _ => return None,
+        };
+        let split = self.split(data_ref, data);
+        let augment_spec = match augment {
+            Some(a) => match augments.iter().find(|x| x.name == a.name) {
+                Some(spec) => Some((spec, a.span)),
+                None => {
+                    self.error(CheckError::UnknownName {
+                        what: "augmentation",
+                        name: a.name.clone(),
+                        span: span(a.span),
+                        help: did_you_mean(&a.name, augments.iter().map(|x| x.name.as_str())).or_else(|| Some(one_of(augments.iter().map(|x| x.name.as_str())))),
+                    });
+                    None
+                }
+            },
+            None => None,
+        };
+        let optimizer = match optimizer {
+            Some(c) => self.optimizer(c),
+            None => {
+                self.error(CheckError::Missing {
+                    message: format!("stage `{name}` has no optimizer"),
+                    span: span(decl.name.span),
+                    label: "no `optimizer`".into(),
+                    help: Some("add e.g. `optimizer adam(lr: 1e-3)` or `optimizer sgd(lr: 0.1, momentum: 0.9)`".into()),
+                });
+                None
+            }
+        };
+        let schedule = match schedule {
+            Some(c) => self.schedule(c),
+            None => Some(Schedule {
+                kind: ScheduleKind::Constant,
+                warmup_epochs: 0,
+            }),
+        };
+        let fields = self.fields(&settings, &["epochs", "batch", "clip", "early_stop"], &format!("stage `{name}`"));
+        let epochs = match fields.value("epochs") {
+            Some(v) => self.count(v, "epochs", 1),
+            None => {
+                self.error(CheckError::Missing {
+                    message: format!("stage `{name}` does not say how many epochs it runs"),
+                    span: span(decl.name.span),
+                    label: "no `epochs`".into(),
+                    help: Some("add e.g. `epochs 10`".into()),
+                });
+                None
+            }
+        };
+        let batch = fields.value("batch").map_or(Some(32), |v| self.count(v, "batch", 1));
+        let clip = match fields.value("clip") {
+            Some(v) => Some(self.number_in(v, "clip", |c| c > 0.0, "greater than 0")?),
+            None => None,
+        };
+        let early_stop = match fields.value("early_stop") {
+            Some(v) => Some(self.count(v, "early_stop", 1)?),
+            None => None,
+        };
+        let validate = match validate {
+            Some(r) => {
+                let (spec, labeled) = self.split(r, data)?;
+                if !labeled {
+                    self.error(CheckError::NoLabels {
+                        data: r.data.name.clone(),
+                        split: r.split.name.clone(),
+                        span: span(r.span),
+                        why: "validation needs labels".into(),
+                        help: Some("validate on a labelled split".into()),
+                    });
+                }
+                if let Some(t) = trained {
+                    self.fits(t, spec, r);
+                }
+                let keep = match &keep {
+                    Some((Some(m), _)) => match metric(&m.name).filter(|_| KEEP_METRICS.contains(&m.name.as_str())) {
+                        Some(metric) => Keep::Best(metric),
+                        None => {
+                            self.error(CheckError::UnknownName {
+                                what: "metric",
+                                name: m.name.clone(),
+                                span: span(m.span),
+                                help: did_you_mean(&m.name, KEEP_METRICS.iter().copied()).or_else(|| Some(one_of(KEEP_METRICS.iter().copied()))),
+                            });
+                            Keep::Last
+                        }
+                    },
+                    _ => Keep::Last,
+                };
+                Some(Validate {
+                    data: r.data.name.clone(),
+                    split: r.split.name.clone(),
+                    keep,
+                    early_stop,
+                })
+            }
+            None => {
+                if let Some((_, at)) = keep.filter(|(b, _)| b.is_some()) {
+                    self.error(CheckError::Stage {
+                        message: "`keep best` needs a validation split".into(),
+                        span: span(at),
+                        label: "nothing to compare".into(),
+                        help: Some("add `validate on DATA.SPLIT`".into()),
+                    });
+                }
+                if let Some(v) = fields.value("early_stop") {
+                    self.error(CheckError::Stage {
+                        message: "`early_stop` needs a validation split".into(),
+                        span: span(v.span),
+                        label: "nothing to watch".into(),
+                        help: Some("add `validate on DATA.SPLIT`".into()),
+                    });
+                }
+                None
+            }
+        };
+
+        let trained = trained?;
+        let (data_spec, labeled) = split?;
+        self.fits(trained, data_spec, data_ref)?;
+        if let Some(f) = frozen {
+            self.fits(f, data_spec, data_ref)?;
+        }
+        if let Some((spec, at)) = augment_spec {
+            if data_spec.sample_shape.len() != 3 {
+                if let Some(op) = spec.ops.iter().find(|op| needs_image(op)) {
+                    self.error(CheckError::Stage {
+                        message: format!("augmentation `{}` has an image operation ({op:?}) but `{}` holds samples of shape {:?}", spec.name, data_spec.name, data_spec.sample_shape),
+                        span: span(at),
+                        label: "not images".into(),
+                        help: Some("give the data an image shape: `shape: [1, 8, 8]`".into()),
+                    });
+                    return None;
+                }
+            }
+        }
+        let mut stage_models = vec![trained];
+        stage_models.extend(frozen);
+        let scope = Scope {
+            stage: &name,
+            models: stage_models,
+            all_models: models,
+            trained: &trained.name,
+            labels: if labeled { Ok(data_spec.classes) } else { Err((data_ref.data.name.clone(), data_ref.split.name.clone())) },
+            data_ref: data_ref.span,
+        };
+        let loss = match loss {
+            Some(e) => self.loss_expr(e, &scope, losses),
+            None => {
+                self.error(CheckError::Missing {
+                    message: format!("stage `{name}` has no loss"),
+                    span: span(decl.name.span),
+                    label: "no `loss`".into(),
+                    help: Some(format!("add e.g. `loss cross_entropy({}.logits, label)`", trained.name)),
+                });
+                None
+            }
+        };
+        if let (StageKind::Distill { teacher, .. }, Some(l)) = (&kind, &loss) {
+            if !l.models().contains(teacher) {
+                self.error(CheckError::Stage {
+                    message: format!("stage `{name}` distils from `{teacher}` but its loss never reads `{teacher}`"),
+                    span: span(l.span),
+                    label: format!("no `{teacher}.…` here"),
+                    help: Some(format!("use the teacher's outputs, e.g. `kl(softmax({teacher}.logits, T), softmax({}.logits, T))`, or make this a `train` stage", trained.name)),
+                });
+            }
+        }
+        Some(CheckedStage {
+            name,
+            kind,
+            trains: trained.name.clone(),
+            frozen: frozen.map(|f| vec![f.name.clone()]).unwrap_or_default(),
+            data: data_spec.name.clone(),
+            split: data_ref.split.name.clone(),
+            augment: augment_spec.map(|(s, _)| s.name.clone()),
+            loss: loss?,
+            epochs: epochs?,
+            batch: batch?,
+            optimizer: optimizer?,
+            schedule: schedule?,
+            clip,
+            validate,
+            baseline_of: None,
+            split_labeled: labeled,
+            span: decl.span,
+        })
+    }
+
+    fn optimizer(&mut self, call: &Call) -> Option<Optimizer> {
+        let name = call.name.name.as_str();
+        let lr_of = |cx: &mut Self, args: &super::values::Args, default: Option<f64>| -> Option<f64> {
+            match args.get("lr", Some(0)) {
+                Some(v) => cx.number_in(v, "the learning rate", |lr| lr > 0.0 && lr.is_finite(), "greater than 0"),
+                None => default.or_else(|| {
+                    cx.error(CheckError::Missing {
+                        message: format!("`{name}` needs a learning rate"),
+                        span: span(call.span),
+                        label: "no `lr`".into(),
+                        help: Some(format!("`{name}(lr: 0.1)`")),
+                    });
+                    None
+                }),
+            }
+        };
+        let unit = |cx: &mut Self, args: &super::values::Args, key: &str, default: f64| -> Option<f64> {
+            match args.get(key, None) {
+                Some(v) => cx.number_in(v, key, |x| (0.0..1.0).contains(&x), "in [0, 1)"),
+                None => Some(default),
+            }
+        };
+        let decay = |cx: &mut Self, args: &super::values::Args, default: f64| -> Option<f64> {
+            match args.get("weight_decay", None) {
+                Some(v) => cx.number_in(v, "weight_decay", |x| x >= 0.0, "at least 0"),
+                None => Some(default),
+            }
+        };
+        match name {
+            "sgd" => {
+                let args = self.args(call, &["lr", "momentum", "nesterov", "weight_decay"], 1);
+                let lr = lr_of(self, &args, None);
+                let momentum = unit(self, &args, "momentum", 0.0);
+                let nesterov = args.get("nesterov", None).map_or(Some(false), |v| self.boolean(v, "nesterov"));
+                let weight_decay = decay(self, &args, 0.0);
+                if nesterov == Some(true) && momentum == Some(0.0) {
+                    self.invalid(call.span, "nesterov momentum needs `momentum` greater than 0".into(), "no momentum", Some("e.g. `sgd(lr: 0.1, momentum: 0.9, nesterov: true)`".into()));
+                    return None;
+                }
+                Some(Optimizer::Sgd {
+                    lr: lr?,
+                    momentum: momentum?,
+                    nesterov: nesterov?,
+                    weight_decay: weight_decay?,
+                })
+            }
+            "adam" | "adamw" => {
+                let args = self.args(call, &["lr", "beta1", "beta2", "eps", "weight_decay"], 1);
+                let lr = lr_of(self, &args, Some(1e-3));
+                let beta1 = unit(self, &args, "beta1", 0.9);
+                let beta2 = unit(self, &args, "beta2", 0.999);
+                let eps = match args.get("eps", None) {
+                    Some(v) => self.number_in(v, "eps", |e| e > 0.0, "greater than 0"),
+                    None => Some(1e-8),
+                };
+                let weight_decay = decay(self, &args, if name == "adamw" { 0.01 } else { 0.0 });
+                let (lr, beta1, beta2, eps, weight_decay) = (lr?, beta1?, beta2?, eps?, weight_decay?);
+                Some(if name == "adam" {
+                    Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }
+                } else {
+                    Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay }
+                })
+            }
+            other => {
+                self.error(CheckError::UnknownName {
+                    what: "optimizer",
+                    name: other.to_string(),
+                    span: span(call.name.span),
+                    help: did_you_mean(other, ["sgd", "adam", "adamw"]).or_else(|| Some(one_of(["sgd", "adam", "adamw"]))),
+                });
+                None
+            }
+        }
+    }
+
+    fn schedule(&mut self, call: &Call) -> Option<Schedule> {
+        let name = call.name.name.as_str();
+        let known = ["constant", "step", "cosine", "linear", "warmup"];
+        if !known.contains(&name) {
+            self.error(CheckError::UnknownName {
+                what: "schedule",
+                name: name.to_string(),
+                span: span(call.name.span),
+                help: did_you_mean(name, known).or_else(|| Some(one_of(known))),
+            });
+            return None;
+        }
+        let allowed: &[&str] = match name {
+            "step" => &["every", "gamma", "warmup"],
+            "cosine" => &["min_lr", "warmup"],
+            "warmup" => &["epochs"],
+            _ => &["warmup"],
+        };
+        let args = self.args(call, allowed, if name == "warmup" { 1 } else { 0 });
+        let warmup_value = if name == "warmup" { args.get("epochs", Some(0)) } else { args.get("warmup", None) };
+        let warmup_epochs = match warmup_value {
+            Some(v) => self.count(v, "warmup epochs", 0)?,
+            None => 0,
+        };
+        let kind = match name {
+            "step" => {
+                let every = match args.get("every", None) {
+                    Some(v) => self.count(v, "every", 1)?,
+                    None => {
+                        self.error(CheckError::Missing {
+                            message: "`step` needs `every`: how many epochs between decays".into(),
+                            span: span(call.span),
+                            label: "no `every`".into(),
+                            help: Some("`schedule step(every: 10, gamma: 0.1)`".into()),
+                        });
+                        return None;
+                    }
+                };
+                let gamma = match args.get("gamma", None) {
+                    Some(v) => self.number_in(v, "gamma", |g| g > 0.0 && g <= 1.0, "in (0, 1]")?,
+                    None => 0.1,
+                };
+                ScheduleKind::Step { every, gamma }
+            }
+            "cosine" => ScheduleKind::Cosine {
+                min_lr: match args.get("min_lr", None) {
+                    Some(v) => self.number_in(v, "min_lr", |m| m >= 0.0, "at least 0")?,
+                    None => 0.0,
+                },
+            },
+            "linear" => ScheduleKind::Linear,
+            _ => ScheduleKind::Constant,
+        };
+        Some(Schedule { kind, warmup_epochs })
+    }
+
+    /// `baseline scratch = s trained like a + b without t`: a copy of the student, from the
+    /// same initial weights, trained by the same stages' steps on hard labels alone.
+    pub(super) fn baselines(&mut self, program: &Program, models: &mut Vec<ModelSpec>, stages: &mut Vec<CheckedStage>) {
+        for decl in &program.declarations {
+            let Declaration::Baseline(b) = decl else { continue };
+            let Some(student) = self.model(&b.student, models).cloned() else { continue };
+            if let Some(w) = &b.without {
+                let uses = stages.iter().any(|s| b.stages.iter().any(|n| n.name == s.name) && s.frozen.contains(&w.name));
+                if !uses {
+                    self.invalid(w.span, format!("none of the stages named distils from `{}`", w.name), "not used by these stages", None);
+                }
+            }
+            let Some(logits) = student.taps.iter().find(|t| t.name == "output").filter(|t| t.ty.kind == Kind::Logits) else {
+                self.invalid(b.student.span, format!("a baseline trains on hard labels and needs `{}` to end in logits", student.name), "ends in probabilities", Some("drop the final softmax; the losses apply it".into()));
+                continue;
+            };
+            let mut copies = Vec::new();
+            for stage_name in &b.stages {
+                let Some(stage) = stages.iter().find(|s| s.name == stage_name.name) else {
+                    self.error(CheckError::UnknownName {
+                        what: "stage",
+                        name: stage_name.name.clone(),
+                        span: span(stage_name.span),
+                        help: did_you_mean(&stage_name.name, stages.iter().map(|s| s.name.as_str())),
+                    });
+                    continue;
+                };
+                if stage.trains != student.name {
+                    self.invalid(stage_name.span, format!("stage `{}` trains `{}`, not `{}`", stage.name, stage.trains, student.name), "another model", None);
+                    continue;
+                }
+                let labeled = stage.split_labeled;
+                if !labeled {
+                    self.error(CheckError::NoLabels {
+                        data: stage.data.clone(),
+                        split: stage.split.clone(),
+                        span: span(stage_name.span),
+                        why: "a baseline learns from labels".into(),
+                        help: Some("a baseline copies stages that train on labelled splits".into()),
+                    });
+                    continue;
+                }
+                let at = b.span;
+                let tap = TypedExpr {
+                    node: TypedNode::Tap {
+                        model: b.name.name.clone(),
+                        port: "output".into(),
+                    },
+                    ty: logits.ty.clone(),
+                    span: at,
+                };
+                let label = TypedExpr {
+                    node: TypedNode::Label,
+                    ty: TensorType { kind: Kind::Labels, shape: vec![] },
+                    span: at,
+                };
+                let mut copy = stage.clone();
+                copy.name = format!("{}/{}", b.name.name, stage.name);
+                copy.kind = StageKind::Train;
+                copy.trains = b.name.name.clone();
+                copy.frozen = Vec::new();
+                copy.loss = TypedExpr {
+                    node: TypedNode::Apply { op: Op::CrossEntropy, args: vec![tap, label] },
+                    ty: TensorType::scalar(),
+                    span: at,
+                };
+                copy.baseline_of = Some(stage.name.clone());
+                copies.push(copy);
+            }
+            let mut model = student.clone();
+            model.name = b.name.name.clone();
+            model.role = Role::Baseline;
+            model.init_key = student.init_key.clone();
+            model.span = to_plan(b.span);
+            models.push(model);
+            stages.extend(copies);
+        }
+    }
+
+    pub(super) fn evaluations(&mut self, program: &Program, models: &[ModelSpec], data: &[DataSpec], stages: &[CheckedStage]) -> Vec<Evaluation> {
+        let mut out = Vec::new();
+        for decl in &program.declarations {
+            let Declaration::Evaluate(e) = decl else { continue };
+            let split = self.split(&e.data, data);
+            let mut names = Vec::new();
+            for m in &e.models {
+                let Some(model) = self.model(m, models) else { continue };
+                if let Some((spec, labeled)) = split {
+                    if !labeled {
+                        self.error(CheckError::NoLabels {
+                            data: spec.name.clone(),
+                            split: e.data.split.name.clone(),
+                            span: span(e.data.span),
+                            why: "evaluation compares predictions with labels".into(),
+                            help: None,
+                        });
+                    }
+                    self.fits(model, spec, &e.data);
+                }
+                self.trained_somewhere(model, stages, "evaluated", m.span);
+                names.push(model.name.clone());
+            }
+            let mut metrics = Vec::new();
+            for m in &e.metrics {
+                match metric(&m.name) {
+                    Some(x) => metrics.push(x),
+                    None => self.error(CheckError::UnknownName {
+                        what: "metric",
+                        name: m.name.clone(),
+                        span: span(m.span),
+                        help: did_you_mean(&m.name, METRICS.iter().copied()).or_else(|| Some(one_of(METRICS.iter().copied()))),
+                    }),
+                }
+            }
+            if metrics.is_empty() {
+                metrics = vec![Metric::Accuracy, Metric::F1];
+            }
+            if split.is_some() {
+                out.push(Evaluation {
+                    models: names,
+                    data: e.data.data.name.clone(),
+                    split: e.data.split.name.clone(),
+                    metrics,
+                    span: to_plan(e.span),
+                });
+            }
+        }
+        out
+    }
+
+    fn trained_somewhere(&mut self, model: &ModelSpec, stages: &[CheckedStage], used: &'static str, at: Span) {
+        let trained = stages.iter().any(|s| s.trains == model.name) || self.trained.contains(&model.name);
+        if model.init_from.is_none() && !trained {
+            self.error(CheckError::NeverTrained {
+                model: model.name.clone(),
+                used,
+                role: match model.role {
+                    Role::Teacher => "teacher",
+                    _ => "student",
+                },
+                span: span(at),
+            });
+        }
+    }
+
+    pub(super) fn exports(&mut self, program: &Program, models: &[ModelSpec], stages: &[CheckedStage]) -> Vec<Export> {
+        let mut out: Vec<Export> = Vec::new();
+        for decl in &program.declarations {
+            let Declaration::Export(e) = decl else { continue };
+            let Some(model) = self.model(&e.model, models) else { continue };
+            self.trained_somewhere(model, stages, "exported", e.model.span);
+            let paths: Vec<(String, Span)> = if e.paths.is_empty() {
+                vec![(format!("{}.safetensors", model.name), e.span)]
+            } else {
+                e.paths.iter().filter_map(|p| self.string(p, "an export path").map(|s| (s, p.span))).collect()
+            };
+            for (path, at) in paths {
+                if !path.ends_with(".safetensors") {
+                    self.invalid(
+                        at,
+                        format!("kdc exports safetensors files; `{path}` has another extension"),
+                        "not .safetensors",
+                        Some("ONNX export is planned; for now write `export s to \"student.safetensors\"`".into()),
+                    );
+                    continue;
+                }
+                if std::path::Path::new(&path).is_absolute() || path.split('/').any(|c| c == "..") {
+                    self.invalid(at, format!("`{path}` leaves the run folder"), "exports are written inside the run folder", Some("give a relative path such as `student.safetensors`".into()));
+                    continue;
+                }
+                if let Some(first) = out.iter().find(|x| x.path.to_string_lossy() == path) {
+                    self.error(CheckError::Duplicate {
+                        what: "export path",
+                        name: path.clone(),
+                        span: span(at),
+                        first: span(from_plan(first.span)),
+                    });
+                    continue;
+                }
+                out.push(Export {
+                    model: model.name.clone(),
+                    path: path.into(),
+                    span: to_plan(at),
+                });
+            }
+        }
+        out
+    }
+}
+
+
+pub(super) fn from_plan(s: kd_plan::Span) -> Span {
+    Span::new(s.start, s.end)
+}

@@ -1,0 +1,53 @@
+//! kdc's compiler: `.kd` text to a checked program to a Plan.
+//!
+//! Each arrow is one public function: [`kd_grammar::parse`] (text to AST),
+//! [`apply_overrides`] (AST to AST, for `--set`), [`check`] (AST to [`Checked`]),
+//! [`lower`] (Checked to Plan) and [`optimize`] (Plan to Plan). [`compile`] runs them all.
+
+mod check;
+pub mod diagnostics;
+pub mod explain;
+mod inspect;
+mod lower;
+mod overrides;
+mod passes;
+pub mod render;
+mod weights;
+
+use std::path::Path;
+
+pub use check::{check, Checked, CheckedStage, SourceFile, TypedExpr, TypedNode};
+pub use diagnostics::{CheckError, KdError, OverrideError};
+pub use lower::lower;
+pub use overrides::{apply_overrides, parse_overrides};
+pub use passes::{fold_constants, optimize, prune, share_common};
+
+use kd_plan::{Override, Plan};
+
+/// A compiled Plan and the warnings met on the way.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub plan: Plan,
+    pub warnings: Vec<KdError>,
+}
+
+/// Source text to an optimised Plan, every stage in one call.
+pub fn compile(source: &str, file: &Path, overrides: &[Override]) -> Result<Compiled, Vec<KdError>> {
+    let program = kd_grammar::parse(source).map_err(|e| vec![KdError::from(e)])?;
+    let program = apply_overrides(program, overrides).map_err(|es| es.into_iter().map(KdError::from).collect::<Vec<_>>())?;
+    let base_dir = file
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."));
+    let base_dir = std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+    let source_file = SourceFile {
+        path: file.to_path_buf(),
+        base_dir,
+    };
+    let checked = check(&program, &source_file, overrides)?;
+    let warnings = checked.warnings.clone();
+    Ok(Compiled {
+        plan: optimize(lower(&checked)),
+        warnings,
+    })
+}

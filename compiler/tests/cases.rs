@@ -1,0 +1,70 @@
+//! Snapshot suites over folders of `.kd` cases: a new case is a new file.
+//! `tests/cases/ok/*.kd` must compile: their Plan (YAML) and graph (Mermaid) are snapshotted.
+//! `tests/cases/err/*.kd` must fail: their diagnostics are snapshotted as the user reads them.
+
+use std::path::Path;
+
+use kd_compiler::diagnostics::render_plain;
+use kd_compiler::{compile, render};
+
+/// The Plan as YAML, with the machine-specific source location blanked.
+fn portable_yaml(mut plan: kd_plan::Plan) -> String {
+    plan.source.path = plan.source.path.file_name().map(Into::into).unwrap_or_default();
+    plan.source.base_dir = ".".into();
+    plan.to_yaml().unwrap()
+}
+
+fn compile_ok(path: &Path) -> kd_plan::Plan {
+    let source = std::fs::read_to_string(path).unwrap();
+    match compile(&source, path, &[]) {
+        Ok(c) => c.plan,
+        Err(errors) => panic!("{} should compile:\n{}", path.display(), render_plain(&errors, "case.kd", &source)),
+    }
+}
+
+#[test]
+fn ok_plans() {
+    insta::glob!("../../tests/cases/ok", "*.kd", |path: &Path| {
+        insta::assert_snapshot!(portable_yaml(compile_ok(path)));
+    });
+}
+
+#[test]
+fn ok_graphs() {
+    insta::glob!("../../tests/cases/ok", "*.kd", |path: &Path| {
+        insta::assert_snapshot!(render::mermaid(&compile_ok(path)));
+    });
+}
+
+#[test]
+fn err_cases_fail_with_diagnostics() {
+    insta::glob!("../../tests/cases/err", "*.kd", |path: &Path| {
+        let source = std::fs::read_to_string(path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        match compile(&source, path, &[]) {
+            Ok(_) => panic!("{name} should not compile"),
+            Err(errors) => {
+                assert!(errors.iter().any(|e| e.is_error()), "{name}: only warnings");
+                insta::assert_snapshot!(render_plain(&errors, &name, &source));
+            }
+        }
+    });
+}
+
+#[test]
+fn examples_compile() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "kd") {
+            let source = std::fs::read_to_string(&path).unwrap();
+            if let Err(errors) = compile(&source, &path, &[]) {
+                let real_errors: Vec<_> = errors.iter().filter(|e| e.is_error()).collect();
+                // Examples whose data is fetched (MNIST) may miss their files here; the
+                // fetch script brings them before the end-to-end tests.
+                let missing_data = real_errors.iter().all(|e| e.to_string().contains("cannot read"));
+                assert!(missing_data, "{}:\n{}", path.display(), render_plain(&errors, "example.kd", &source));
+            }
+        }
+    }
+}
