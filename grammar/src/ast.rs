@@ -62,7 +62,10 @@ pub struct Value {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub enum ValueKind {
     /// A number, with its unit (`deg`, `%`) if written.
-    Number { value: f64, unit: Option<String> },
+    Number {
+        value: f64,
+        unit: Option<String>,
+    },
     Str(String),
     Bool(bool),
     List(Vec<Value>),
@@ -290,8 +293,14 @@ pub enum ExprKind {
     /// A parameter or a bare name such as `label`.
     Name(Ident),
     /// `model.tap`
-    Member { object: Ident, field: Ident },
-    Call { name: Ident, args: Vec<ExprArg> },
+    Member {
+        object: Ident,
+        field: Ident,
+    },
+    Call {
+        name: Ident,
+        args: Vec<ExprArg>,
+    },
     Binary {
         op: BinaryOp,
         lhs: Box<Expr>,

@@ -28,7 +28,10 @@ pub enum ParseError {
 
     /// A mismatch between the grammar and the AST builder: a bug in kdc, not the input.
     #[error("internal parser error: {0}")]
-    #[diagnostic(code(kd::parse::internal), help("this is a bug in kdc; please report it with the input"))]
+    #[diagnostic(
+        code(kd::parse::internal),
+        help("this is a bug in kdc; please report it with the input")
+    )]
     Internal(String),
 }
 
@@ -97,7 +100,8 @@ trait LineColPos {
 impl LineColPos for pest::error::Error<Rule> {
     fn line_col_pos(&self) -> usize {
         match self.line_col {
-            pest::error::LineColLocation::Pos((_, col)) | pest::error::LineColLocation::Span((_, col), _) => {
+            pest::error::LineColLocation::Pos((_, col))
+            | pest::error::LineColLocation::Span((_, col), _) => {
                 // Columns are 1-based characters; the line is text.
                 self.line()
                     .char_indices()

@@ -24,7 +24,9 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 /// Parses a whole `.kd` program.
 pub fn parse(source: &str) -> Result<Program, ParseError> {
     let mut pairs = KdParser::parse(Rule::program, source).map_err(ParseError::from_pest)?;
-    let program = pairs.next().ok_or_else(|| ParseError::internal("empty parse"))?;
+    let program = pairs
+        .next()
+        .ok_or_else(|| ParseError::internal("empty parse"))?;
     let mut declarations = Vec::new();
     for pair in program.into_inner() {
         if pair.as_rule() == Rule::EOI {
@@ -38,7 +40,9 @@ pub fn parse(source: &str) -> Result<Program, ParseError> {
 /// Parses one value, as written after `--set key=`.
 pub fn parse_value(text: &str) -> Result<Value, ParseError> {
     let mut pairs = KdParser::parse(Rule::value_only, text).map_err(ParseError::from_pest)?;
-    let outer = pairs.next().ok_or_else(|| ParseError::internal("empty value"))?;
+    let outer = pairs
+        .next()
+        .ok_or_else(|| ParseError::internal("empty value"))?;
     let inner = first(outer, "value")?;
     value(inner)
 }
@@ -65,7 +69,10 @@ fn parts(pair: Pair<Rule>) -> impl Iterator<Item = Pair<Rule>> {
     pair.into_inner().filter(|p| !is_keyword(p.as_rule()))
 }
 
-fn next_part<'a>(it: &mut impl Iterator<Item = Pair<'a, Rule>>, what: &str) -> Result<Pair<'a, Rule>> {
+fn next_part<'a>(
+    it: &mut impl Iterator<Item = Pair<'a, Rule>>,
+    what: &str,
+) -> Result<Pair<'a, Rule>> {
     it.next()
         .ok_or_else(|| ParseError::internal(&format!("missing {what}")))
 }
@@ -256,7 +263,9 @@ fn layer_node(pair: Pair<Rule>) -> Result<LayerNode> {
                 span,
             })
         }
-        other => Err(ParseError::internal(&format!("unexpected {other:?} in model"))),
+        other => Err(ParseError::internal(&format!(
+            "unexpected {other:?} in model"
+        ))),
     }
 }
 
@@ -290,14 +299,16 @@ fn stage_stmt(pair: Pair<Rule>) -> Result<StageStmt> {
             }
         }
         Rule::loss_stmt => StageStmt::Loss(expr(next_part(&mut it, "loss")?)?),
-        Rule::optimizer_stmt => StageStmt::Optimizer(call_or_name(next_part(&mut it, "optimizer")?)?),
+        Rule::optimizer_stmt => {
+            StageStmt::Optimizer(call_or_name(next_part(&mut it, "optimizer")?)?)
+        }
         Rule::schedule_stmt => StageStmt::Schedule(call_or_name(next_part(&mut it, "schedule")?)?),
         Rule::validate_stmt => StageStmt::Validate(data_ref(next_part(&mut it, "data")?)?),
         Rule::keep_stmt => {
-            let part = next_part(&mut it, "keep")?;
-            let best = match part.as_rule() {
-                Rule::keep_best => Some(ident(first_part(part, "metric")?)),
-                _ => None,
+            // `keep last` has no part left once keywords are dropped.
+            let best = match it.next() {
+                Some(part) => Some(ident(first_part(part, "metric")?)),
+                None => None,
             };
             StageStmt::Keep { best, span }
         }
@@ -311,11 +322,17 @@ fn stage_stmt(pair: Pair<Rule>) -> Result<StageStmt> {
                 span,
             })
         }
-        other => return Err(ParseError::internal(&format!("unexpected {other:?} in stage"))),
+        other => {
+            return Err(ParseError::internal(&format!(
+                "unexpected {other:?} in stage"
+            )))
+        }
     })
 }
 
-fn pair_children<'a>(it: impl Iterator<Item = Pair<'a, Rule>>) -> std::vec::IntoIter<Pair<'a, Rule>> {
+fn pair_children<'a>(
+    it: impl Iterator<Item = Pair<'a, Rule>>,
+) -> std::vec::IntoIter<Pair<'a, Rule>> {
     it.collect::<Vec<_>>().into_iter()
 }
 
@@ -433,7 +450,11 @@ fn value(pair: Pair<Rule>) -> Result<Value> {
         Rule::list => ValueKind::List(pair.into_inner().map(value).collect::<Result<_>>()?),
         Rule::call => ValueKind::Call(call(pair)?),
         Rule::ident => ValueKind::Name(pair.as_str().to_string()),
-        other => return Err(ParseError::internal(&format!("unexpected {other:?} as value"))),
+        other => {
+            return Err(ParseError::internal(&format!(
+                "unexpected {other:?} as value"
+            )))
+        }
     };
     Ok(Value { kind, span })
 }
@@ -509,7 +530,11 @@ fn primary(pair: Pair<Rule>) -> Result<Expr> {
             ExprKind::Call { name, args }
         }
         Rule::expr => return expr(pair),
-        other => return Err(ParseError::internal(&format!("unexpected {other:?} in expression"))),
+        other => {
+            return Err(ParseError::internal(&format!(
+                "unexpected {other:?} in expression"
+            )))
+        }
     };
     Ok(Expr { kind, span })
 }

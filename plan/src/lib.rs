@@ -154,7 +154,10 @@ impl DataSource {
 pub enum Normalize {
     None,
     /// `(x - mean[c]) / std[c]` per channel (one value applies to every channel).
-    Given { mean: Vec<f64>, std: Vec<f64> },
+    Given {
+        mean: Vec<f64>,
+        std: Vec<f64>,
+    },
     /// Mean and standard deviation per channel, computed on the `train` split only.
     TrainStats,
 }
@@ -369,15 +372,25 @@ pub struct Edge {
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     /// A shuffled mini-batch of `data.split`; ports `x` and `label`.
-    Batch { data: String, split: String },
+    Batch {
+        data: String,
+        split: String,
+    },
     /// Applies an augmentation pipeline; argument 0 is the batch node (ports `x`, `label`),
     /// outputs ports `x` and `label`.
-    Augment { pipeline: String },
+    Augment {
+        pipeline: String,
+    },
     /// Runs a model on argument 0; one output port per tap (and `output`). `train` says
     /// whether dropout and batch-norm statistics are in training mode.
-    Forward { model: String, train: bool },
+    Forward {
+        model: String,
+        train: bool,
+    },
     /// A constant scalar.
-    Const { value: f64 },
+    Const {
+        value: f64,
+    },
     Add,
     Sub,
     Mul,
@@ -479,9 +492,9 @@ pub enum Optimizer {
 impl Optimizer {
     pub fn lr(&self) -> f64 {
         match self {
-            Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } | Optimizer::AdamW { lr, .. } => {
-                *lr
-            }
+            Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. }
+            | Optimizer::AdamW { lr, .. } => *lr,
         }
     }
 }
@@ -498,9 +511,14 @@ pub struct Schedule {
 pub enum ScheduleKind {
     Constant,
     /// Multiply by `gamma` every `every` epochs.
-    Step { every: usize, gamma: f64 },
+    Step {
+        every: usize,
+        gamma: f64,
+    },
     /// Cosine decay from the base rate to `min_lr` over the stage, per step.
-    Cosine { min_lr: f64 },
+    Cosine {
+        min_lr: f64,
+    },
     /// Linear decay from the base rate to zero over the stage, per step.
     Linear,
 }
@@ -648,9 +666,17 @@ fn layer_parameters(layer: &LayerSpec, prefix: &str, out: &mut Vec<(String, Vec<
                 out.push((format!("{name}.bias"), vec![*width]));
             }
         }
-        Layer::Conv2d { out: channels, kernel, bias, .. } => {
+        Layer::Conv2d {
+            out: channels,
+            kernel,
+            bias,
+            ..
+        } => {
             let c = layer.input.first().copied().unwrap_or(0);
-            out.push((format!("{name}.weight"), vec![*channels, c, *kernel, *kernel]));
+            out.push((
+                format!("{name}.weight"),
+                vec![*channels, c, *kernel, *kernel],
+            ));
             if *bias {
                 out.push((format!("{name}.bias"), vec![*channels]));
             }

@@ -1,0 +1,263 @@
+//! Augmentation of a normalised batch, in place. Every draw comes from kdc's generator
+//! under a stream named by `(stage, epoch, step, op)`, so a seed fixes every augmented batch.
+//!
+//! Image ops act on `[C, H, W]` samples (`[H, W]` counts as one channel) and do nothing on
+//! other shapes; Noise and Mixup apply to any shape. "Zero fill" fills with the normalised
+//! value of a raw zero (per channel), as padding before normalisation would.
+
+use kd_plan::AugmentOp;
+
+use crate::losses::{Labels, Mix};
+use crate::rng::Rng;
+
+/// Where a batch's draws come from.
+#[derive(Debug, Clone, Copy)]
+pub struct AugmentKey<'a> {
+    pub seed: u64,
+    pub stage: &'a str,
+    pub epoch: usize,
+    pub step: usize,
+}
+
+impl AugmentKey<'_> {
+    fn rng(&self, op_index: usize) -> Rng {
+        Rng::new(
+            self.seed,
+            &format!(
+                "augment/{}/{}/{}/{op_index}",
+                self.stage, self.epoch, self.step
+            ),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Image {
+    channels: usize,
+    height: usize,
+    width: usize,
+}
+
+impl Image {
+    fn of(sample_shape: &[usize]) -> Option<Image> {
+        match *sample_shape {
+            [channels, height, width] => Some(Image {
+                channels,
+                height,
+                width,
+            }),
+            [height, width] => Some(Image {
+                channels: 1,
+                height,
+                width,
+            }),
+            _ => None,
+        }
+        .filter(|i| i.channels * i.height * i.width > 0)
+    }
+
+    fn plane(&self) -> usize {
+        self.height * self.width
+    }
+}
+
+/// Applies `ops` in order to the batch `x` (`labels.classes.len()` samples of
+/// `sample_shape`). `fill` holds one value per channel (or one for all).
+pub fn apply(
+    ops: &[AugmentOp],
+    x: &mut [f32],
+    labels: &mut Labels,
+    sample_shape: &[usize],
+    fill: &[f32],
+    key: AugmentKey,
+) {
+    let sample_len: usize = sample_shape.iter().product();
+    if sample_len == 0 || x.is_empty() {
+        return;
+    }
+    let batch = x.len() / sample_len;
+    let image = Image::of(sample_shape);
+    let fill_of = |c: usize| fill.get(c).or(fill.first()).copied().unwrap_or(0.0);
+    let mut scratch = vec![0f32; sample_len];
+    for (op_index, op) in ops.iter().enumerate() {
+        let mut rng = key.rng(op_index);
+        match (op, image) {
+            (AugmentOp::Noise { std }, _) => {
+                for v in x.iter_mut() {
+                    *v += (*std * rng.normal()) as f32;
+                }
+            }
+            (AugmentOp::Mixup { alpha }, _) => {
+                mixup(x, labels, sample_len, batch, *alpha, &mut rng)
+            }
+            (_, None) => {}
+            (AugmentOp::Flip { p }, Some(img)) => {
+                for sample in x.chunks_exact_mut(sample_len) {
+                    if rng.uniform() < *p {
+                        for row in sample.chunks_exact_mut(img.width) {
+                            row.reverse();
+                        }
+                    }
+                }
+            }
+            (AugmentOp::RandomCrop { padding }, Some(img)) => {
+                let span = 2 * *padding as u64 + 1;
+                for sample in x.chunks_exact_mut(sample_len) {
+                    let dy = rng.below(span) as isize - *padding as isize;
+                    let dx = rng.below(span) as isize - *padding as isize;
+                    shift(sample, &mut scratch, img, dy, dx, &fill_of);
+                }
+            }
+            (AugmentOp::Translate { max_pixels }, Some(img)) => {
+                let span = 2 * *max_pixels as u64 + 1;
+                for sample in x.chunks_exact_mut(sample_len) {
+                    let dy = rng.below(span) as isize - *max_pixels as isize;
+                    let dx = rng.below(span) as isize - *max_pixels as isize;
+                    shift(sample, &mut scratch, img, dy, dx, &fill_of);
+                }
+            }
+            (AugmentOp::Rotate { max_degrees }, Some(img)) => {
+                for sample in x.chunks_exact_mut(sample_len) {
+                    let degrees = rng.uniform_in(-*max_degrees, *max_degrees);
+                    rotate(sample, &mut scratch, img, degrees.to_radians(), &fill_of);
+                }
+            }
+            (AugmentOp::Cutout { size }, Some(img)) => {
+                for sample in x.chunks_exact_mut(sample_len) {
+                    let cy = rng.below(img.height as u64) as isize;
+                    let cx = rng.below(img.width as u64) as isize;
+                    cutout(sample, img, cy, cx, *size, &fill_of);
+                }
+            }
+        }
+    }
+}
+
+/// Moves the image content by `(dy, dx)` pixels, filling what comes in.
+fn shift(
+    sample: &mut [f32],
+    scratch: &mut [f32],
+    img: Image,
+    dy: isize,
+    dx: isize,
+    fill: &impl Fn(usize) -> f32,
+) {
+    if dy == 0 && dx == 0 {
+        return;
+    }
+    scratch.copy_from_slice(sample);
+    let (h, w) = (img.height as isize, img.width as isize);
+    for c in 0..img.channels {
+        let base = c * img.plane();
+        let value = fill(c);
+        for i in 0..h {
+            let si = i - dy;
+            for j in 0..w {
+                let sj = j - dx;
+                sample[base + (i * w + j) as usize] = if si >= 0 && si < h && sj >= 0 && sj < w {
+                    scratch[base + (si * w + sj) as usize]
+                } else {
+                    value
+                };
+            }
+        }
+    }
+}
+
+/// Rotates around the image centre by `angle` radians (counter-clockwise), bilinear,
+/// neighbours outside the image taking the fill value.
+fn rotate(
+    sample: &mut [f32],
+    scratch: &mut [f32],
+    img: Image,
+    angle: f64,
+    fill: &impl Fn(usize) -> f32,
+) {
+    if angle == 0.0 {
+        return;
+    }
+    scratch.copy_from_slice(sample);
+    let (h, w) = (img.height, img.width);
+    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
+    let (sin, cos) = angle.sin_cos();
+    for c in 0..img.channels {
+        let base = c * img.plane();
+        let value = f64::from(fill(c));
+        let at = |y: isize, x: isize| -> f64 {
+            if y >= 0 && (y as usize) < h && x >= 0 && (x as usize) < w {
+                f64::from(scratch[base + y as usize * w + x as usize])
+            } else {
+                value
+            }
+        };
+        for i in 0..h {
+            for j in 0..w {
+                let (y, x) = (i as f64 - cy, j as f64 - cx);
+                // The inverse rotation maps each output pixel to its source.
+                let sy = cos * y - sin * x + cy;
+                let sx = sin * y + cos * x + cx;
+                let (y0, x0) = (sy.floor(), sx.floor());
+                let (fy, fx) = (sy - y0, sx - x0);
+                let (y0, x0) = (y0 as isize, x0 as isize);
+                let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
+                let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
+                sample[base + i * w + j] = (top * (1.0 - fy) + bottom * fy) as f32;
+            }
+        }
+    }
+}
+
+/// Fills a `size` x `size` square centred at `(cy, cx)`, clipped to the image.
+fn cutout(
+    sample: &mut [f32],
+    img: Image,
+    cy: isize,
+    cx: isize,
+    size: usize,
+    fill: &impl Fn(usize) -> f32,
+) {
+    let half = (size / 2) as isize;
+    let (top, left) = ((cy - half).max(0) as usize, (cx - half).max(0) as usize);
+    let bottom = ((cy - half + size as isize).max(0) as usize).min(img.height);
+    let right = ((cx - half + size as isize).max(0) as usize).min(img.width);
+    for c in 0..img.channels {
+        let base = c * img.plane();
+        let value = fill(c);
+        for i in top..bottom {
+            sample[base + i * img.width + left..base + i * img.width + right].fill(value);
+        }
+    }
+}
+
+/// Blends each sample with a partner from a permutation of the batch, one weight
+/// `lambda ~ Beta(alpha, alpha)` per batch; the labels carry the partner and the weight.
+fn mixup(
+    x: &mut [f32],
+    labels: &mut Labels,
+    sample_len: usize,
+    batch: usize,
+    alpha: f64,
+    rng: &mut Rng,
+) {
+    if batch == 0 || alpha.is_nan() || alpha <= 0.0 {
+        return;
+    }
+    let lambda = rng.beta(alpha, alpha);
+    let partner = rng.permutation(batch);
+    let original = x.to_vec();
+    let (keep, take) = (lambda as f32, (1.0 - lambda) as f32);
+    for (b, sample) in x.chunks_exact_mut(sample_len).enumerate() {
+        let other = &original[partner[b] * sample_len..(partner[b] + 1) * sample_len];
+        for (v, &o) in sample.iter_mut().zip(other) {
+            *v = keep * *v + take * o;
+        }
+    }
+    let partner_labels = partner
+        .iter()
+        .map(|&p| labels.classes.get(p).copied().unwrap_or(0))
+        .collect();
+    labels.mix = Some(Mix {
+        partner: partner_labels,
+        lambda,
+    });
+}

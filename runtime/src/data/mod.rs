@@ -1,0 +1,497 @@
+//! Data sources: loading IDX and CSV files, stratified splits, normalisation, and batches.
+//!
+//! Samples stay in their compact source form (bytes for IDX bytes) and are scaled and
+//! normalised only when a batch is built, straight into the `Vec<f32>` a tensor is made of.
+
+pub mod csv;
+pub mod idx;
+pub mod split;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use kd_plan::{DataSource, DataSpec, Normalize, SplitSize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, RuntimeError};
+use crate::rng::Rng;
+
+/// Sample values as the source stores them.
+#[derive(Debug, Clone)]
+pub enum Samples {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl Samples {
+    pub fn len(&self) -> usize {
+        match self {
+            Samples::U8(v) => v.len(),
+            Samples::F32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Samples::U8(v) => v.truncate(len),
+            Samples::F32(v) => v.truncate(len),
+        }
+    }
+
+    /// The raw values of the sample at `index`.
+    fn sample_values(&self, index: usize, sample_len: usize) -> SampleValues<'_> {
+        let range = index * sample_len..(index + 1) * sample_len;
+        match self {
+            Samples::U8(v) => SampleValues::U8(&v[range]),
+            Samples::F32(v) => SampleValues::F32(&v[range]),
+        }
+    }
+}
+
+enum SampleValues<'a> {
+    U8(&'a [u8]),
+    F32(&'a [f32]),
+}
+
+/// The training part or the test part of a source.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub samples: Samples,
+    pub labels: Vec<u32>,
+    pub sample_len: usize,
+}
+
+impl Part {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    fn truncate(&mut self, samples: usize) {
+        if samples < self.len() {
+            self.labels.truncate(samples);
+            self.samples.truncate(samples * self.sample_len);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartKind {
+    Train,
+    Test,
+}
+
+/// A named subset of one part of the source.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub name: String,
+    pub part: PartKind,
+    /// Indices into the part, ascending.
+    pub indices: Vec<usize>,
+    pub labeled: bool,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// `normalised = raw * mul[c] + add[c]` for the channel `c` of each value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelNorm {
+    pub mul: Vec<f32>,
+    pub add: Vec<f32>,
+    /// Consecutive values per channel in a sample (H * W for images, 1 for features).
+    pub inner: usize,
+}
+
+impl ChannelNorm {
+    /// Per channel: the normalised value of a raw zero (what "zero fill" pads with).
+    pub fn zero_values(&self) -> &[f32] {
+        &self.add
+    }
+}
+
+/// A loaded data source with its splits.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub sample_shape: Vec<usize>,
+    pub classes: usize,
+    pub train: Part,
+    pub test: Option<Part>,
+    pub splits: Vec<Split>,
+    pub norm: ChannelNorm,
+    /// Each file read, as the plan names it, with its sha256.
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// Reads a whole file, hashes it, and decompresses it when it starts with gzip's magic.
+fn read_file(path: &Path) -> Result<(Vec<u8>, String)> {
+    let raw = std::fs::read(path).map_err(|source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let digest = Sha256::digest(&raw);
+    let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut decoded = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(raw.as_slice())
+            .read_to_end(&mut decoded)
+            .map_err(|e| RuntimeError::DataFile {
+                path: path.to_path_buf(),
+                reason: format!("cannot decompress gzip data: {e}"),
+            })?;
+        Ok((decoded, hash))
+    } else {
+        Ok((raw, hash))
+    }
+}
+
+fn data_error(spec: &DataSpec, reason: impl Into<String>, help: Option<&str>) -> RuntimeError {
+    RuntimeError::Data {
+        data: spec.name.clone(),
+        reason: reason.into(),
+        help: help.map(str::to_string),
+    }
+}
+
+fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+impl Dataset {
+    /// Loads `spec`, resolving relative paths against `base_dir`; splits use `seed`.
+    pub fn load(spec: &DataSpec, base_dir: &Path, seed: u64) -> Result<Dataset> {
+        let sample_len: usize = spec.sample_shape.iter().product();
+        let mut files = Vec::new();
+        let (mut train, mut test) = match &spec.source {
+            DataSource::Idx {
+                train_images,
+                train_labels,
+                test_images,
+                test_labels,
+            } => {
+                let train =
+                    load_idx_part(base_dir, train_images, train_labels, sample_len, &mut files)?;
+                let test = match (test_images, test_labels) {
+                    (Some(images), Some(labels)) => Some(load_idx_part(
+                        base_dir, images, labels, sample_len, &mut files,
+                    )?),
+                    _ => None,
+                };
+                (train, test)
+            }
+            DataSource::Csv {
+                path,
+                header,
+                label_column,
+                delimiter,
+            } => {
+                let full = resolve(base_dir, path);
+                let (bytes, hash) = read_file(&full)?;
+                files.push((path.clone(), hash));
+                let text = String::from_utf8(bytes).map_err(|_| RuntimeError::DataFile {
+                    path: full.clone(),
+                    reason: "not UTF-8 text".into(),
+                })?;
+                let table = csv::parse_csv(&text, &full, *header, *delimiter, *label_column)?;
+                if table.columns != sample_len && !table.labels.is_empty() {
+                    return Err(RuntimeError::DataFile {
+                        path: full,
+                        reason: format!(
+                            "rows have {} feature columns but samples of shape {:?} need {sample_len}",
+                            table.columns, spec.sample_shape
+                        ),
+                    });
+                }
+                let part = Part {
+                    samples: Samples::F32(table.features),
+                    labels: table.labels,
+                    sample_len,
+                };
+                (part, None)
+            }
+        };
+        if let Some(limit) = spec.limit {
+            train.truncate(limit);
+            if let Some(test) = test.as_mut() {
+                test.truncate(limit);
+            }
+        }
+        for part in std::iter::once(&mut train).chain(test.as_mut()) {
+            relabel(spec, part)?;
+        }
+        let splits = split::make_splits(spec, &train, test.as_ref(), seed)?;
+        let mut dataset = Dataset {
+            name: spec.name.clone(),
+            sample_shape: spec.sample_shape.clone(),
+            classes: spec.classes,
+            train,
+            test,
+            splits,
+            norm: ChannelNorm {
+                mul: vec![],
+                add: vec![],
+                inner: 1,
+            },
+            files,
+        };
+        dataset.norm = dataset.channel_norm(spec)?;
+        Ok(dataset)
+    }
+
+    pub fn sample_len(&self) -> usize {
+        self.train.sample_len
+    }
+
+    /// Channels for normalisation: axis 0 of an image, each feature of a 1-D sample.
+    fn channels(&self) -> usize {
+        if self.sample_shape.len() >= 2 {
+            self.sample_shape[0].max(1)
+        } else {
+            self.sample_len().max(1)
+        }
+    }
+
+    fn channel_norm(&self, spec: &DataSpec) -> Result<ChannelNorm> {
+        let channels = self.channels();
+        let inner = (self.sample_len() / channels).max(1);
+        let scale = if spec.scale == 0.0 { 1.0 } else { spec.scale };
+        let per_channel = |values: &[f64], what: &str| -> Result<Vec<f64>> {
+            match values.len() {
+                1 => Ok(vec![values[0]; channels]),
+                n if n == channels => Ok(values.to_vec()),
+                n => Err(data_error(
+                    spec,
+                    format!("normalize gives {n} {what} values for {channels} channels"),
+                    Some("give one value per channel, or one value for all"),
+                )),
+            }
+        };
+        let (mean, std) = match &spec.normalize {
+            Normalize::None => (vec![0.0; channels], vec![1.0; channels]),
+            Normalize::Given { mean, std } => {
+                (per_channel(mean, "mean")?, per_channel(std, "std")?)
+            }
+            Normalize::TrainStats => self.train_stats(spec, scale, channels, inner)?,
+        };
+        let mut mul = Vec::with_capacity(channels);
+        let mut add = Vec::with_capacity(channels);
+        for c in 0..channels {
+            let std = if std[c].abs() < 1e-12 { 1.0 } else { std[c] };
+            mul.push((1.0 / (scale * std)) as f32);
+            add.push((-mean[c] / std) as f32);
+        }
+        Ok(ChannelNorm { mul, add, inner })
+    }
+
+    /// Mean and (population) standard deviation per channel of the scaled values of the
+    /// `train` split only, so nothing about the other splits leaks into the inputs.
+    fn train_stats(
+        &self,
+        spec: &DataSpec,
+        scale: f64,
+        channels: usize,
+        inner: usize,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let split = self.split("train").map_err(|_| {
+            data_error(
+                spec,
+                "normalize from train statistics needs a split named `train`",
+                None,
+            )
+        })?;
+        let part = self.part(split.part)?;
+        let mut sum = vec![0.0f64; channels];
+        let mut sum_sq = vec![0.0f64; channels];
+        let mut accumulate = |offset: usize, value: f64| {
+            let c = (offset / inner).min(channels - 1);
+            let v = value / scale;
+            sum[c] += v;
+            sum_sq[c] += v * v;
+        };
+        for &index in &split.indices {
+            match part.samples.sample_values(index, part.sample_len) {
+                SampleValues::U8(values) => {
+                    for (offset, &v) in values.iter().enumerate() {
+                        accumulate(offset, f64::from(v));
+                    }
+                }
+                SampleValues::F32(values) => {
+                    for (offset, &v) in values.iter().enumerate() {
+                        accumulate(offset, f64::from(v));
+                    }
+                }
+            }
+        }
+        let count = (split.len() * inner).max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+        let std = sum_sq
+            .iter()
+            .zip(&mean)
+            .map(|(sq, m)| (sq / count - m * m).max(0.0).sqrt())
+            .collect();
+        Ok((mean, std))
+    }
+
+    pub fn split(&self, name: &str) -> Result<&Split> {
+        self.splits.iter().find(|s| s.name == name).ok_or_else(|| {
+            RuntimeError::Plan(format!("data `{}` has no split `{name}`", self.name))
+        })
+    }
+
+    pub fn part(&self, kind: PartKind) -> Result<&Part> {
+        match kind {
+            PartKind::Train => Ok(&self.train),
+            PartKind::Test => self.test.as_ref().ok_or_else(|| {
+                RuntimeError::Plan(format!("data `{}` has no test part", self.name))
+            }),
+        }
+    }
+
+    /// Appends the normalised samples at `positions` (indices into `split.indices`) to `x`
+    /// and their labels to `labels`.
+    pub fn fill_batch(
+        &self,
+        split: &Split,
+        positions: &[usize],
+        x: &mut Vec<f32>,
+        labels: &mut Vec<u32>,
+    ) -> Result<()> {
+        let part = self.part(split.part)?;
+        let sample_len = part.sample_len;
+        let inner = self.norm.inner;
+        x.reserve(positions.len() * sample_len);
+        labels.reserve(positions.len());
+        for &position in positions {
+            let index = *split.indices.get(position).ok_or_else(|| {
+                RuntimeError::Plan(format!(
+                    "batch position {position} outside split `{}`",
+                    split.name
+                ))
+            })?;
+            labels.push(part.labels[index]);
+            match part.samples.sample_values(index, sample_len) {
+                SampleValues::U8(values) => {
+                    for (chunk, (&mul, &add)) in values
+                        .chunks(inner)
+                        .zip(self.norm.mul.iter().zip(&self.norm.add))
+                    {
+                        x.extend(chunk.iter().map(|&v| f32::from(v) * mul + add));
+                    }
+                }
+                SampleValues::F32(values) => {
+                    for (chunk, (&mul, &add)) in values
+                        .chunks(inner)
+                        .zip(self.norm.mul.iter().zip(&self.norm.add))
+                    {
+                        x.extend(chunk.iter().map(|&v| v * mul + add));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Labels of a split, in split order.
+    pub fn split_labels(&self, split: &Split) -> Result<Vec<u32>> {
+        let part = self.part(split.part)?;
+        Ok(split.indices.iter().map(|&i| part.labels[i]).collect())
+    }
+}
+
+fn load_idx_part(
+    base_dir: &Path,
+    images_path: &Path,
+    labels_path: &Path,
+    sample_len: usize,
+    files: &mut Vec<(PathBuf, String)>,
+) -> Result<Part> {
+    let images_full = resolve(base_dir, images_path);
+    let labels_full = resolve(base_dir, labels_path);
+    let (image_bytes, image_hash) = read_file(&images_full)?;
+    files.push((images_path.to_path_buf(), image_hash));
+    let images = idx::parse_idx(&image_bytes, &images_full)?;
+    drop(image_bytes);
+    let (label_bytes, label_hash) = read_file(&labels_full)?;
+    files.push((labels_path.to_path_buf(), label_hash));
+    let labels = idx::idx_labels(&idx::parse_idx(&label_bytes, &labels_full)?, &labels_full)?;
+    let count = images.dims.first().copied().unwrap_or(0);
+    let image_len: usize = images.dims.iter().skip(1).product();
+    if image_len != sample_len {
+        return Err(RuntimeError::DataFile {
+            path: images_full,
+            reason: format!(
+                "samples have {image_len} values ({:?}) but the data declares {sample_len}",
+                &images.dims[1.min(images.dims.len())..]
+            ),
+        });
+    }
+    if labels.len() != count {
+        return Err(RuntimeError::DataFile {
+            path: labels_full,
+            reason: format!("{} labels for {count} images", labels.len()),
+        });
+    }
+    Ok(Part {
+        samples: images.values,
+        labels,
+        sample_len,
+    })
+}
+
+fn relabel(spec: &DataSpec, part: &mut Part) -> Result<()> {
+    for (i, label) in part.labels.iter_mut().enumerate() {
+        if let Some(map) = &spec.relabel {
+            *label = *map.get(*label as usize).ok_or_else(|| {
+                data_error(
+                    spec,
+                    format!("sample {i} has label {label}, which `relabel` does not map"),
+                    Some("give `relabel` one entry per source label"),
+                )
+            })? as u32;
+        }
+        if *label as usize >= spec.classes {
+            return Err(data_error(
+                spec,
+                format!(
+                    "sample {i} has label {label} but the data declares {} classes",
+                    spec.classes
+                ),
+                Some("check `classes` (or `relabel`)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The split sizes asked for in `spec`, as sample counts of a training part of `n`.
+pub(crate) fn requested_size(size: &SplitSize, n: usize) -> Option<usize> {
+    match size {
+        SplitSize::Count(count) => Some(*count),
+        SplitSize::Fraction(f) => Some((f * n as f64).round() as usize),
+        SplitSize::SourceTest => None,
+    }
+}
+
+/// An epoch's visiting order of `n` samples, shuffled with the stream `stream`.
+pub fn epoch_order(seed: u64, stream: &str, n: usize) -> Vec<usize> {
+    Rng::new(seed, stream).permutation(n)
+}

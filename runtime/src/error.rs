@@ -1,0 +1,102 @@
+//! The runtime's one error type: everything that can stop a run, with a code per kind.
+
+use std::path::PathBuf;
+
+/// Why a run stopped. Messages are lowercase; file names are in backticks.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum RuntimeError {
+    #[error("cannot read `{}`", path.display())]
+    #[diagnostic(code(kd::run::io), help("check that the file exists and is readable"))]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot write `{}`", path.display())]
+    #[diagnostic(code(kd::run::write))]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("bad data file `{}`: {reason}", path.display())]
+    #[diagnostic(code(kd::run::data_file))]
+    DataFile { path: PathBuf, reason: String },
+
+    #[error("data `{data}`: {reason}")]
+    #[diagnostic(code(kd::run::data))]
+    Data {
+        data: String,
+        reason: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("weights `{}`: {reason}", path.display())]
+    #[diagnostic(
+        code(kd::run::weights),
+        help("the file must hold every parameter of the model with the shapes the model declares")
+    )]
+    Weights { path: PathBuf, reason: String },
+
+    #[error("this kdc build runs on CPU only, the plan asks for `cuda:{0}`")]
+    #[diagnostic(code(kd::run::device), help("use `device: cpu` or `device: auto`"))]
+    Device(usize),
+
+    #[error("the loss of stage `{stage}` is not finite at epoch {epoch}, step {step}")]
+    #[diagnostic(
+        code(kd::run::non_finite),
+        help("lower the learning rate, clip gradients (`clip`), or check the loss expression")
+    )]
+    NonFinite {
+        stage: String,
+        epoch: usize,
+        step: usize,
+    },
+
+    /// The Plan contradicts itself; the compiler should have refused it.
+    #[error("invalid plan: {0}")]
+    #[diagnostic(code(kd::run::plan))]
+    Plan(String),
+
+    #[error("tensor operation failed in {context}")]
+    #[diagnostic(code(kd::run::tensor))]
+    Tensor {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
+
+    #[error("cannot write the summary")]
+    #[diagnostic(code(kd::run::summary))]
+    Json(#[from] serde_json::Error),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Attaches a context to candle errors: `tensor_op.ctx("forward of `t`")?`.
+pub trait TensorContext<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T>;
+    fn ctx_with(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> TensorContext<T> for candle_core::Result<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|source| RuntimeError::Tensor {
+            context: context.into(),
+            source,
+        })
+    }
+    fn ctx_with(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| RuntimeError::Tensor {
+            context: context(),
+            source,
+        })
+    }
+}
+
+pub(crate) fn plan_error(reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Plan(reason.into())
+}

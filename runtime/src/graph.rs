@@ -1,0 +1,392 @@
+//! Evaluates a stage's dataflow nodes for one batch: batches, augmentation, model forwards,
+//! arithmetic and the loss built-ins.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use kd_plan::{argument, Kind, NodeId, Op, Plan, Stage};
+
+use crate::augment::{self, AugmentKey};
+use crate::error::{plan_error, Result, RuntimeError, TensorContext};
+use crate::losses::{self, Dist, Labels};
+use crate::model::Model;
+
+/// A batch as the `Batch` nodes hand it out.
+#[derive(Clone, Debug)]
+pub struct BatchData {
+    /// `[B, ...sample_shape]`, normalised, f32.
+    pub x: Tensor,
+    pub labels: Labels,
+}
+
+/// A value flowing along an edge.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Tensor(Tensor),
+    /// A distribution made by `softmax` (probabilities first) or `log_softmax`.
+    Dist {
+        dist: Dist,
+        log_first: bool,
+    },
+    Labels(Labels),
+    Const(f64),
+}
+
+impl Value {
+    /// The tensor this value stands for; constants become 0-d tensors.
+    fn tensor(&self) -> Result<Tensor> {
+        match self {
+            Value::Tensor(t) => Ok(t.clone()),
+            Value::Dist { dist, log_first } => Ok(if *log_first {
+                dist.log_probs.clone()
+            } else {
+                dist.probs.clone()
+            }),
+            Value::Const(c) => Tensor::new(*c as f32, &candle_core::Device::Cpu).ctx("a constant"),
+            Value::Labels(_) => Err(plan_error("labels used where a tensor is needed")),
+        }
+    }
+
+    fn constant(&self) -> Result<f64> {
+        match self {
+            Value::Const(c) => Ok(*c),
+            Value::Tensor(t) if t.elem_count() == 1 => t
+                .flatten_all()
+                .and_then(|t| t.to_dtype(DType::F64))
+                .and_then(|t| t.to_vec1::<f64>())
+                .map(|v| v[0])
+                .ctx("reading a scalar"),
+            _ => Err(plan_error("a temperature must be a scalar")),
+        }
+    }
+
+    /// The value as a distribution, reading a plain tensor by the kind its edge declares.
+    fn dist(&self, kind: Kind) -> Result<Dist> {
+        match self {
+            Value::Dist { dist, .. } => Ok(dist.clone()),
+            Value::Tensor(t) => match kind {
+                Kind::Probabilities => Dist::from_probs(t),
+                Kind::LogProbabilities => Dist::from_log_probs(t),
+                _ => Dist::from_logits(t, 1.0),
+            }
+            .ctx("reading a distribution"),
+            _ => Err(plan_error(
+                "expected a distribution, logits or probabilities",
+            )),
+        }
+    }
+
+    /// Probabilities, e.g. the target of a soft cross-entropy.
+    fn probs(&self, kind: Kind) -> Result<Tensor> {
+        match (self, kind) {
+            (Value::Tensor(t), Kind::Probabilities) => Ok(t.clone()),
+            _ => Ok(self.dist(kind)?.probs),
+        }
+    }
+}
+
+/// The outputs of one node, by port.
+type Ports = Vec<(String, Value)>;
+
+/// Everything one evaluation of a stage's nodes needs.
+pub struct StepInput<'a> {
+    pub plan: &'a Plan,
+    pub stage: &'a Stage,
+    pub seed: u64,
+    pub epoch: usize,
+    pub step: usize,
+    /// Validation: every model in eval mode, augmentation skipped.
+    pub validating: bool,
+    /// The batch of each `(data, split)` the stage's `Batch` nodes read (while validating,
+    /// every `Batch` node reads `validation`).
+    pub batches: &'a HashMap<(String, String), BatchData>,
+    pub validation: Option<&'a BatchData>,
+    /// Normalised value of a raw zero per channel, per data source (augmentation fill).
+    pub fills: &'a HashMap<String, Vec<f32>>,
+}
+
+/// What a step produced besides the node values.
+#[derive(Default)]
+pub struct StepOutput {
+    pub loss: Option<Tensor>,
+    /// The first `output` of the trained model (for validation metrics).
+    pub trained_output: Option<Tensor>,
+    /// Samples that went through frozen models.
+    pub frozen_samples: u64,
+}
+
+/// Runs `stage.nodes` in order and returns the loss and the trained model's output.
+pub fn run_step(input: &StepInput, models: &mut HashMap<String, Model>) -> Result<StepOutput> {
+    let graph = &input.plan.graph;
+    let mut values: HashMap<NodeId, Ports> = HashMap::with_capacity(input.stage.nodes.len());
+    let mut out = StepOutput::default();
+    for &node_id in &input.stage.nodes {
+        let node = graph.node_weight(node_id).ok_or_else(|| {
+            plan_error(format!("stage `{}` lists a missing node", input.stage.name))
+        })?;
+        let arg = |index: usize| -> Result<(&Value, Kind)> {
+            let (source, edge) = argument(graph, node_id, index).ok_or_else(|| {
+                plan_error(format!(
+                    "node {:?} of stage `{}` lacks argument {index}",
+                    node.op, input.stage.name
+                ))
+            })?;
+            let ports = values
+                .get(&source)
+                .ok_or_else(|| plan_error(format!("an argument of {:?} runs after it", node.op)))?;
+            let value = match ports.iter().find(|(name, _)| *name == edge.port) {
+                Some((_, value)) => value,
+                // Single-output nodes answer whatever their one port is called.
+                None if ports.len() == 1 => &ports[0].1,
+                None => {
+                    return Err(plan_error(format!(
+                        "no port `{}` on the argument of {:?}",
+                        edge.port, node.op
+                    )))
+                }
+            };
+            Ok((value, edge.ty.kind))
+        };
+        let single = |value: Value| vec![("out".to_string(), value)];
+        let ports: Ports = match &node.op {
+            Op::Batch { data, split } => {
+                let batch = match input.validation {
+                    Some(batch) if input.validating => batch,
+                    _ => input
+                        .batches
+                        .get(&(data.clone(), split.clone()))
+                        .ok_or_else(|| plan_error(format!("no batch of `{data}.{split}`")))?,
+                };
+                vec![
+                    ("x".to_string(), Value::Tensor(batch.x.clone())),
+                    ("label".to_string(), Value::Labels(batch.labels.clone())),
+                ]
+            }
+            Op::Augment { pipeline } => {
+                let source = argument(graph, node_id, 0)
+                    .map(|(source, _)| source)
+                    .ok_or_else(|| plan_error("augment without a batch"))?;
+                let batch_ports = values
+                    .get(&source)
+                    .ok_or_else(|| plan_error("augment runs before its batch"))?
+                    .clone();
+                if input.validating {
+                    batch_ports
+                } else {
+                    augment_ports(input, source, pipeline, &batch_ports)?
+                }
+            }
+            Op::Forward { model, train } => {
+                let x = arg(0)?.0.tensor()?;
+                let is_trained = *model == input.stage.trains;
+                let instance = models
+                    .get_mut(model)
+                    .ok_or_else(|| plan_error(format!("no model `{model}`")))?;
+                let train_mode = *train && is_trained && !input.validating;
+                let outputs = instance.forward(&x, train_mode)?;
+                if !is_trained && !input.validating {
+                    out.frozen_samples += x.dims().first().copied().unwrap_or(0) as u64;
+                }
+                if is_trained && out.trained_output.is_none() {
+                    out.trained_output = outputs
+                        .iter()
+                        .find(|(p, _)| p == "output")
+                        .map(|(_, t)| t.clone());
+                }
+                outputs
+                    .into_iter()
+                    .map(|(port, t)| {
+                        // A frozen model is a constant for this stage: no gradient flows back.
+                        let t = if is_trained { t } else { t.detach() };
+                        (port, Value::Tensor(t))
+                    })
+                    .collect()
+            }
+            Op::Const { value } => single(Value::Const(*value)),
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow => {
+                single(arithmetic(&node.op, arg(0)?.0, arg(1)?.0)?)
+            }
+            Op::Neg => single(match arg(0)?.0 {
+                Value::Const(c) => Value::Const(-c),
+                other => Value::Tensor(other.tensor()?.neg().ctx("negation")?),
+            }),
+            Op::Softmax | Op::LogSoftmax => {
+                let (x, kind) = arg(0)?;
+                let temperature = match argument(graph, node_id, 1) {
+                    Some(_) => arg(1)?.0.constant()?,
+                    None => 1.0,
+                };
+                let dist = match x {
+                    Value::Tensor(t)
+                        if !matches!(kind, Kind::Probabilities | Kind::LogProbabilities) =>
+                    {
+                        Dist::from_logits(t, temperature).ctx("softmax")?
+                    }
+                    // Tempering a distribution: its logarithm is a valid score vector.
+                    other => Dist::from_logits(&other.dist(kind)?.log_probs, temperature)
+                        .ctx("softmax")?,
+                };
+                single(Value::Dist {
+                    dist,
+                    log_first: node.op == Op::LogSoftmax,
+                })
+            }
+            Op::Kl => {
+                let (p, p_kind) = arg(0)?;
+                let (q, q_kind) = arg(1)?;
+                single(Value::Tensor(
+                    losses::kl(&p.dist(p_kind)?, &q.dist(q_kind)?).ctx("kl")?,
+                ))
+            }
+            Op::SoftCrossEntropy => {
+                let (q, q_kind) = arg(0)?;
+                let (p, p_kind) = arg(1)?;
+                let loss = losses::soft_cross_entropy(&q.dist(q_kind)?, &p.probs(p_kind)?)
+                    .ctx("soft cross-entropy")?;
+                single(Value::Tensor(loss))
+            }
+            Op::CrossEntropy => {
+                let logits = arg(0)?.0.tensor()?;
+                let labels = match arg(1)?.0 {
+                    Value::Labels(labels) => labels,
+                    _ => {
+                        return Err(plan_error(
+                            "cross_entropy needs labels as its second argument",
+                        ))
+                    }
+                };
+                single(Value::Tensor(
+                    losses::cross_entropy(&logits, labels).ctx("cross-entropy")?,
+                ))
+            }
+            Op::Mse => single(Value::Tensor(
+                losses::mse(&arg(0)?.0.tensor()?, &arg(1)?.0.tensor()?).ctx("mse")?,
+            )),
+            Op::Cosine => single(Value::Tensor(
+                losses::cosine(&arg(0)?.0.tensor()?, &arg(1)?.0.tensor()?).ctx("cosine")?,
+            )),
+            Op::Loss => {
+                let loss = arg(0)?.0.tensor()?;
+                if loss.elem_count() != 1 {
+                    return Err(plan_error(format!(
+                        "the loss of stage `{}` is not a scalar (shape {:?})",
+                        input.stage.name,
+                        loss.dims()
+                    )));
+                }
+                let loss = loss
+                    .flatten_all()
+                    .and_then(|l| l.sum_all())
+                    .ctx("the loss")?;
+                if node_id == input.stage.loss || out.loss.is_none() {
+                    out.loss = Some(loss.clone());
+                }
+                single(Value::Tensor(loss))
+            }
+        };
+        values.insert(node_id, ports);
+    }
+    Ok(out)
+}
+
+fn augment_ports(
+    input: &StepInput,
+    batch_node: NodeId,
+    pipeline: &str,
+    batch_ports: &Ports,
+) -> Result<Ports> {
+    let spec = input
+        .plan
+        .augment(pipeline)
+        .ok_or_else(|| plan_error(format!("no augmentation `{pipeline}`")))?;
+    let data_name = match input.plan.graph.node_weight(batch_node).map(|n| &n.op) {
+        Some(Op::Batch { data, .. }) => data.clone(),
+        _ => input.stage.data.clone(),
+    };
+    let sample_shape = input
+        .plan
+        .data(&data_name)
+        .map(|d| d.sample_shape.clone())
+        .ok_or_else(|| plan_error(format!("no data `{data_name}`")))?;
+    let find = |port: &str| batch_ports.iter().find(|(p, _)| p == port).map(|(_, v)| v);
+    let x = find("x")
+        .ok_or_else(|| plan_error("augment input has no `x`"))?
+        .tensor()?;
+    let mut labels = match find("label") {
+        Some(Value::Labels(labels)) => labels.clone(),
+        _ => return Err(plan_error("augment input has no `label`")),
+    };
+    let dims = x.dims().to_vec();
+    let mut host = x
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .ctx("reading a batch")?;
+    let fill = input
+        .fills
+        .get(&data_name)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let key = AugmentKey {
+        seed: input.seed,
+        stage: &input.stage.name,
+        epoch: input.epoch,
+        step: input.step,
+    };
+    augment::apply(&spec.ops, &mut host, &mut labels, &sample_shape, fill, key);
+    let x = Tensor::from_vec(host, dims, x.device()).ctx("building an augmented batch")?;
+    Ok(vec![
+        ("x".to_string(), Value::Tensor(x)),
+        ("label".to_string(), Value::Labels(labels)),
+    ])
+}
+
+/// `a op b` for constants and tensors; constants fold, scalars broadcast.
+fn arithmetic(op: &Op, a: &Value, b: &Value) -> Result<Value> {
+    let fail = |source| RuntimeError::Tensor {
+        context: format!("{op:?}"),
+        source,
+    };
+    if let (Value::Const(a), Value::Const(b)) = (a, b) {
+        return Ok(Value::Const(match op {
+            Op::Add => a + b,
+            Op::Sub => a - b,
+            Op::Mul => a * b,
+            Op::Div => a / b,
+            _ => a.powf(*b),
+        }));
+    }
+    let result = match (a, b) {
+        (a, Value::Const(c)) => {
+            let t = a.tensor()?;
+            match op {
+                Op::Add => t.affine(1.0, *c),
+                Op::Sub => t.affine(1.0, -c),
+                Op::Mul => t.affine(*c, 0.0),
+                Op::Div => t.affine(1.0 / c, 0.0),
+                _ => t.powf(*c),
+            }
+        }
+        (Value::Const(c), b) => {
+            let t = b.tensor()?;
+            match op {
+                Op::Add => t.affine(1.0, *c),
+                Op::Sub => t.affine(-1.0, *c),
+                Op::Mul => t.affine(*c, 0.0),
+                Op::Div => t.recip().and_then(|r| r.affine(*c, 0.0)),
+                // c^t = exp(t ln c)
+                _ => t.affine(c.ln(), 0.0).and_then(|t| t.exp()),
+            }
+        }
+        (a, b) => {
+            let (a, b) = (a.tensor()?, b.tensor()?);
+            match op {
+                Op::Add => a.broadcast_add(&b),
+                Op::Sub => a.broadcast_sub(&b),
+                Op::Mul => a.broadcast_mul(&b),
+                Op::Div => a.broadcast_div(&b),
+                _ => a.broadcast_pow(&b),
+            }
+        }
+    };
+    result.map(Value::Tensor).map_err(fail)
+}

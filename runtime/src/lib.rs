@@ -1,0 +1,24 @@
+//! kdc's runtime: runs a compiled [`kd_plan::Plan`] on CPU with candle and writes a run
+//! folder (`metrics.jsonl`, `summary.json`, exported safetensors weights).
+//!
+//! Every random draw comes from [`rng`], keyed by the run's seed, so the same seed gives
+//! bitwise the same weights and metrics.
+
+pub mod augment;
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod exec;
+pub mod graph;
+pub mod losses;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod progress;
+pub mod rng;
+pub mod summary;
+
+pub use error::RuntimeError;
+pub use exec::{run_plan, RunOptions};
+pub use progress::Progress;
+pub use summary::{report, Summary};

@@ -1,0 +1,335 @@
+//! Models: parameter names, initialisation, layers, weights in and out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use candle_core::{Device, Tensor, Var};
+use common::temp_dir;
+use kd_plan::{Layer, LayerSpec, ModelSpec, Role, Span, Tap, TensorType};
+use kd_runtime::model::Model;
+use kd_runtime::RuntimeError;
+
+fn layer(name: &str, layer: Layer, input: Vec<usize>) -> LayerSpec {
+    LayerSpec {
+        name: name.into(),
+        layer,
+        input,
+        output: vec![],
+        params: 0,
+        flops: 0,
+        span: Span::default(),
+    }
+}
+
+/// conv -> bn -> relu -> residual(conv, bn; 1x1 shortcut) -> maxpool(3, 2) -> avgpool ->
+/// flatten -> dropout -> linear -> gelu/tanh/sigmoid -> linear
+fn cnn(name: &str, init_key: &str) -> ModelSpec {
+    let conv = |out, kernel, padding| Layer::Conv2d {
+        out,
+        kernel,
+        stride: 1,
+        padding,
+        bias: true,
+    };
+    ModelSpec {
+        name: name.into(),
+        architecture: "cnn".into(),
+        role: Role::Student,
+        input: vec![1, 8, 8],
+        layers: vec![
+            layer("conv1", conv(4, 3, 1), vec![1, 8, 8]),
+            layer(
+                "bn1",
+                Layer::BatchNorm {
+                    eps: 1e-5,
+                    momentum: 0.1,
+                },
+                vec![4, 8, 8],
+            ),
+            layer("relu", Layer::Relu, vec![4, 8, 8]),
+            layer(
+                "block",
+                Layer::Residual {
+                    body: vec![
+                        layer("conv", conv(6, 3, 1), vec![4, 8, 8]),
+                        layer(
+                            "bn",
+                            Layer::BatchNorm {
+                                eps: 1e-5,
+                                momentum: 0.1,
+                            },
+                            vec![6, 8, 8],
+                        ),
+                    ],
+                    shortcut: Some(Box::new(layer("proj", conv(6, 1, 0), vec![4, 8, 8]))),
+                },
+                vec![4, 8, 8],
+            ),
+            layer(
+                "pool",
+                Layer::MaxPool {
+                    kernel: 3,
+                    stride: 2,
+                },
+                vec![6, 8, 8],
+            ),
+            layer(
+                "avg",
+                Layer::AvgPool {
+                    kernel: 1,
+                    stride: 1,
+                },
+                vec![6, 3, 3],
+            ),
+            layer("flat", Layer::Flatten, vec![6, 3, 3]),
+            layer("drop", Layer::Dropout { p: 0.5 }, vec![54]),
+            layer(
+                "fc1",
+                Layer::Linear {
+                    out: 16,
+                    bias: true,
+                },
+                vec![54],
+            ),
+            layer("gelu", Layer::Gelu, vec![16]),
+            layer("tanh", Layer::Tanh, vec![16]),
+            layer("sig", Layer::Sigmoid, vec![16]),
+            layer(
+                "fc2",
+                Layer::Linear {
+                    out: 10,
+                    bias: false,
+                },
+                vec![16],
+            ),
+        ],
+        taps: vec![Tap {
+            name: "features".into(),
+            layer: 6,
+            ty: TensorType::scalar(),
+        }],
+        init_from: None,
+        init_key: init_key.into(),
+        params: 0,
+        flops: 0,
+        span: Span::default(),
+    }
+}
+
+fn input(batch: usize) -> Tensor {
+    let values: Vec<f32> = (0..batch * 64)
+        .map(|i| ((i * 13) % 17) as f32 / 17.0 - 0.5)
+        .collect();
+    Tensor::from_vec(values, (batch, 1, 8, 8), &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn names_shapes_and_taps() {
+    let mut model = Model::new(&cnn("m", "m"), 1).unwrap();
+    let names: Vec<&str> = model.state().map(|(n, _)| n).collect();
+    for expected in [
+        "conv1.weight",
+        "conv1.bias",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "block.conv.weight",
+        "block.bn.weight",
+        "block.bn.running_var",
+        "block.shortcut.weight",
+        "block.shortcut.bias",
+        "fc1.weight",
+        "fc2.weight",
+    ] {
+        assert!(names.contains(&expected), "missing {expected} in {names:?}");
+    }
+    assert!(!names.contains(&"fc2.bias"));
+    let trainable: usize =
+        4 * 9 + 4 + 4 + 4 + 6 * 4 * 9 + 6 + 6 + 6 + 6 * 4 + 6 + 16 * 54 + 16 + 10 * 16;
+    assert_eq!(model.param_count(), trainable);
+    let outputs = model.forward(&input(3), true).unwrap();
+    let find = |name: &str| outputs.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert_eq!(find("features").dims(), &[3, 54]);
+    assert_eq!(find("output").dims(), &[3, 10]);
+    // Backward reaches every trainable parameter through the gathered max pool.
+    let loss = find("output").sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in model.params() {
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "no gradient for {name}"
+        );
+    }
+}
+
+#[test]
+fn initialisation_is_seeded_uniform_and_shared_by_init_key() {
+    let a = Model::new(&cnn("a", "student"), 7).unwrap();
+    let b = Model::new(&cnn("b", "student"), 7).unwrap();
+    let c = Model::new(&cnn("c", "student"), 8).unwrap();
+    let d = Model::new(&cnn("d", "other"), 7).unwrap();
+    let weight = |m: &Model| {
+        values(
+            m.params()
+                .iter()
+                .find(|(n, _)| n == "fc1.weight")
+                .unwrap()
+                .1
+                .as_tensor(),
+        )
+    };
+    assert_eq!(weight(&a), weight(&b));
+    assert_ne!(weight(&a), weight(&c));
+    assert_ne!(weight(&a), weight(&d));
+    let bound = 1.0 / (54f32).sqrt();
+    let w = weight(&a);
+    assert!(w.iter().all(|v| v.abs() <= bound));
+    assert!(
+        w.iter().any(|v| v.abs() > 0.9 * bound),
+        "spread over the whole range"
+    );
+    let bn = values(
+        a.state()
+            .find(|(n, _)| *n == "bn1.running_var")
+            .unwrap()
+            .1
+            .as_tensor(),
+    );
+    assert!(bn.iter().all(|&v| v == 1.0));
+}
+
+#[test]
+fn batch_norm_tracks_running_stats_like_pytorch_and_eval_differs_from_train() {
+    let spec = ModelSpec {
+        layers: vec![layer(
+            "bn",
+            Layer::BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+            },
+            vec![2],
+        )],
+        input: vec![2],
+        taps: vec![],
+        ..cnn("bn", "bn")
+    };
+    let mut model = Model::new(&spec, 0).unwrap();
+    let x = Tensor::new(&[[1.0f32, 10.0], [3.0, 14.0], [5.0, 12.0]], &Device::Cpu).unwrap();
+    let train = model.forward(&x, true).unwrap().pop().unwrap().1;
+    // Column 0: mean 3, biased var 8/3, unbiased 4.
+    let out = values(&train);
+    assert!((out[0] - (-2.0 / (8.0f32 / 3.0 + 1e-5).sqrt())).abs() < 1e-5);
+    let state: Vec<(String, Vec<f32>)> = model
+        .state()
+        .map(|(n, v)| (n.to_string(), values(v.as_tensor())))
+        .collect();
+    let mean = &state
+        .iter()
+        .find(|(n, _)| n == "bn.running_mean")
+        .unwrap()
+        .1;
+    let var = &state.iter().find(|(n, _)| n == "bn.running_var").unwrap().1;
+    assert!((mean[0] - 0.3).abs() < 1e-6 && (mean[1] - 1.2).abs() < 1e-6);
+    assert!((var[0] - (0.9 + 0.1 * 4.0)).abs() < 1e-6);
+    let eval = model.forward(&x, false).unwrap().pop().unwrap().1;
+    assert_ne!(values(&eval), out);
+}
+
+#[test]
+fn dropout_only_in_training_and_deterministic() {
+    let run = |seed| {
+        let mut model = Model::new(&cnn("m", "m"), seed).unwrap();
+        let train = values(&model.forward(&input(2), true).unwrap().pop().unwrap().1);
+        let eval_a = values(&model.forward(&input(2), false).unwrap().pop().unwrap().1);
+        let eval_b = values(&model.forward(&input(2), false).unwrap().pop().unwrap().1);
+        (train, eval_a, eval_b)
+    };
+    let (train, eval_a, eval_b) = run(3);
+    assert_eq!(eval_a, eval_b);
+    assert_eq!(run(3).0, train);
+}
+
+#[test]
+fn strided_max_pool_matches_a_hand_computation() {
+    let spec = ModelSpec {
+        layers: vec![layer(
+            "pool",
+            Layer::MaxPool {
+                kernel: 2,
+                stride: 1,
+            },
+            vec![1, 3, 3],
+        )],
+        input: vec![1, 3, 3],
+        taps: vec![],
+        ..cnn("p", "p")
+    };
+    let mut model = Model::new(&spec, 0).unwrap();
+    let x = Tensor::new(
+        &[1.0f32, 5.0, 2.0, 3.0, 4.0, 9.0, 0.0, 7.0, 6.0],
+        &Device::Cpu,
+    )
+    .unwrap()
+    .reshape((1, 1, 3, 3))
+    .unwrap();
+    let out = model.forward(&x, false).unwrap().pop().unwrap().1;
+    assert_eq!(out.dims(), &[1, 1, 2, 2]);
+    assert_eq!(values(&out), vec![5.0, 9.0, 7.0, 9.0]);
+}
+
+#[test]
+fn weights_round_trip_and_bad_files_are_named() {
+    let dir = temp_dir("weights");
+    let mut model = Model::new(&cnn("m", "m"), 1).unwrap();
+    model.forward(&input(4), true).unwrap();
+    let path = dir.join("m.safetensors");
+    let bytes = model.save_weights(&path).unwrap();
+    assert_eq!(bytes, std::fs::metadata(&path).unwrap().len());
+    assert!(!dir.join("m.safetensors.partial").exists());
+    let other = Model::new(&cnn("m", "m"), 2).unwrap();
+    other.load_weights(&path).unwrap();
+    for ((name, a), (_, b)) in model.state().zip(other.state()) {
+        assert_eq!(values(a.as_tensor()), values(b.as_tensor()), "{name}");
+    }
+    // Missing parameter.
+    let partial: std::collections::HashMap<String, Tensor> = model
+        .state()
+        .filter(|(n, _)| *n != "fc1.bias")
+        .map(|(n, v)| (n.to_string(), v.as_tensor().clone()))
+        .collect();
+    candle_core::safetensors::save(&partial, dir.join("partial.safetensors")).unwrap();
+    let err = other
+        .load_weights(&dir.join("partial.safetensors"))
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Weights { .. }));
+    let text = err.to_string();
+    assert!(
+        text.contains("partial.safetensors") && text.contains("fc1.bias"),
+        "{text}"
+    );
+    // Wrong shape.
+    let mut wrong = partial.clone();
+    wrong.insert(
+        "fc1.bias".into(),
+        Var::zeros(3, candle_core::DType::F32, &Device::Cpu)
+            .unwrap()
+            .as_tensor()
+            .clone(),
+    );
+    candle_core::safetensors::save(&wrong, dir.join("wrong.safetensors")).unwrap();
+    let text = other
+        .load_weights(&dir.join("wrong.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(text.contains("[3]") && text.contains("[16]"), "{text}");
+    // Not a safetensors file, and no file at all.
+    std::fs::write(dir.join("junk.safetensors"), b"junk").unwrap();
+    assert!(other.load_weights(&dir.join("junk.safetensors")).is_err());
+    assert!(other.load_weights(&dir.join("absent.safetensors")).is_err());
+}
