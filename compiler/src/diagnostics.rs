@@ -240,7 +240,10 @@ pub enum KdError {
 
 impl KdError {
     pub fn is_error(&self) -> bool {
-        !matches!(self.severity(), Some(Severity::Warning) | Some(Severity::Advice))
+        !matches!(
+            self.severity(),
+            Some(Severity::Warning) | Some(Severity::Advice)
+        )
     }
 }
 
@@ -253,7 +256,10 @@ pub(crate) fn labeled(s: Span, label: impl Into<String>) -> LabeledSpan {
 }
 
 /// The best "did you mean" among `candidates` for a misspelt `name`.
-pub(crate) fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let best = candidates
         .into_iter()
         .map(|c| (edit_distance(name, c), c))
@@ -329,7 +335,11 @@ pub fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .get(line_start..)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -371,8 +381,9 @@ pub fn to_json(error: &dyn Diagnostic, file: &str, source: &str) -> JsonDiagnost
 
 /// Renders diagnostics as the user reads them on a terminal without colour.
 pub fn render_plain(errors: &[KdError], file: &str, source: &str) -> String {
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-        .with_width(100);
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(100);
     let mut out = String::new();
     for error in errors {
         let report = miette::Report::new(error.clone())

@@ -6,8 +6,16 @@ use kd_plan::{Layer, LayerSpec, ModelSpec, Plan, Role};
 
 fn describe(layer: &Layer) -> String {
     match layer {
-        Layer::Linear { out, bias } => format!("linear({out}{})", if *bias { "" } else { ", bias: false" }),
-        Layer::Conv2d { out, kernel, stride, padding, .. } => format!("conv2d({out}, kernel: {kernel}, stride: {stride}, padding: {padding})"),
+        Layer::Linear { out, bias } => {
+            format!("linear({out}{})", if *bias { "" } else { ", bias: false" })
+        }
+        Layer::Conv2d {
+            out,
+            kernel,
+            stride,
+            padding,
+            ..
+        } => format!("conv2d({out}, kernel: {kernel}, stride: {stride}, padding: {padding})"),
         Layer::MaxPool { kernel, stride } => format!("maxpool({kernel}, stride: {stride})"),
         Layer::AvgPool { kernel, stride } => format!("avgpool({kernel}, stride: {stride})"),
         Layer::BatchNorm { .. } => "batchnorm".into(),
@@ -18,7 +26,14 @@ fn describe(layer: &Layer) -> String {
         Layer::Tanh => "tanh".into(),
         Layer::Sigmoid => "sigmoid".into(),
         Layer::Softmax => "softmax".into(),
-        Layer::Residual { shortcut, .. } => format!("residual{}", if shortcut.is_some() { " (with shortcut)" } else { "" }),
+        Layer::Residual { shortcut, .. } => format!(
+            "residual{}",
+            if shortcut.is_some() {
+                " (with shortcut)"
+            } else {
+                ""
+            }
+        ),
     }
 }
 
@@ -59,21 +74,62 @@ pub fn model_table(model: &ModelSpec) -> String {
         Role::Student => "student",
         Role::Baseline => "baseline",
     };
-    let mut table = vec![["layer".to_string(), "op".into(), "output".into(), "params".into(), "FLOPs".into()]];
-    table.push(["input".into(), String::new(), format!("{:?}", model.input), String::new(), String::new()]);
+    let mut table = vec![[
+        "layer".to_string(),
+        "op".into(),
+        "output".into(),
+        "params".into(),
+        "FLOPs".into(),
+    ]];
+    table.push([
+        "input".into(),
+        String::new(),
+        format!("{:?}", model.input),
+        String::new(),
+        String::new(),
+    ]);
     rows(&model.layers, 0, &mut table);
-    table.push(["total".into(), String::new(), String::new(), group(model.params as u64), group(model.flops)]);
-    let widths: Vec<usize> = (0..5).map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
-    let mut out = format!("model {} ({role}, architecture {})\n", model.name, model.architecture);
+    table.push([
+        "total".into(),
+        String::new(),
+        String::new(),
+        group(model.params as u64),
+        group(model.flops),
+    ]);
+    let widths: Vec<usize> = (0..5)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = format!(
+        "model {} ({role}, architecture {})\n",
+        model.name, model.architecture
+    );
     for row in &table {
         let _ = writeln!(
             out,
             "  {:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
-            row[0], row[1], row[2], row[3], row[4],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3], w4 = widths[4]
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4]
         );
     }
-    let taps: Vec<String> = model.taps.iter().map(|t| format!("{} {:?} {:?}", t.name, t.ty.kind, t.ty.shape).to_lowercase()).collect();
+    let taps: Vec<String> = model
+        .taps
+        .iter()
+        .map(|t| format!("{} {:?} {:?}", t.name, t.ty.kind, t.ty.shape).to_lowercase())
+        .collect();
     let _ = writeln!(out, "  taps: {}", taps.join(", "));
     out
 }
@@ -89,7 +145,13 @@ pub fn explain(plan: &Plan) -> String {
         let _ = writeln!(
             out,
             "stage {}: trains {} on {}.{} for {} epochs of batch {} ({} graph nodes)",
-            stage.name, stage.trains, stage.data, stage.split, stage.epochs, stage.batch, stage.nodes.len()
+            stage.name,
+            stage.trains,
+            stage.data,
+            stage.split,
+            stage.epochs,
+            stage.batch,
+            stage.nodes.len()
         );
     }
     out

@@ -53,7 +53,9 @@ fn idx_header(reader: &mut dyn Read) -> Result<(u8, Vec<usize>), String> {
         .read_exact(&mut magic)
         .map_err(|_| "it is too short for an IDX header".to_string())?;
     if magic[0] != 0 || magic[1] != 0 {
-        return Err("it is not an IDX file (the magic number does not start with two zero bytes)".into());
+        return Err(
+            "it is not an IDX file (the magic number does not start with two zero bytes)".into(),
+        );
     }
     let elem = magic[2];
     if !matches!(elem, 0x08 | 0x09 | 0x0B | 0x0C | 0x0D | 0x0E) {
@@ -96,7 +98,9 @@ pub fn idx_images(path: &Path) -> Result<(usize, Vec<usize>), String> {
     // For an uncompressed file, the header's claim is checked against the file's length.
     if let Ok(meta) = std::fs::metadata(path) {
         let header = 4 + 4 * dims.len();
-        let is_gzip = read_prefix(path).map(|p| p == [0x1f, 0x8b]).unwrap_or(false);
+        let is_gzip = read_prefix(path)
+            .map(|p| p == [0x1f, 0x8b])
+            .unwrap_or(false);
         if !is_gzip && meta.len() as usize != header + expected {
             return Err(format!(
                 "its header claims {} bytes of data but the file holds {}",
@@ -121,7 +125,10 @@ pub fn idx_labels(path: &Path) -> Result<(usize, usize), String> {
     let mut cursor = bytes.as_slice();
     let (elem, dims) = idx_header(&mut cursor)?;
     if dims.len() != 1 {
-        return Err(format!("a label file has one dimension, this one has {}", dims.len()));
+        return Err(format!(
+            "a label file has one dimension, this one has {}",
+            dims.len()
+        ));
     }
     let size = element_size(elem);
     if cursor.len() != dims[0] * size {
@@ -155,13 +162,26 @@ pub struct CsvFacts {
     pub classes: usize,
 }
 
-pub fn csv(path: &Path, header: bool, delimiter: char, label: &LabelColumn) -> Result<(CsvFacts, usize), String> {
+pub fn csv(
+    path: &Path,
+    header: bool,
+    delimiter: char,
+    label: &LabelColumn,
+) -> Result<(CsvFacts, usize), String> {
     let bytes = read_all(path)?;
     let text = String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())?;
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let names = if header {
         let (_, first) = lines.next().ok_or("it is empty")?;
-        Some(first.split(delimiter).map(|s| s.trim().to_string()).collect::<Vec<_>>())
+        Some(
+            first
+                .split(delimiter)
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>(),
+        )
     } else {
         None
     };
@@ -191,11 +211,18 @@ pub fn csv(path: &Path, header: bool, delimiter: char, label: &LabelColumn) -> R
         for (i, field) in fields.iter().enumerate() {
             if i == index {
                 let value: usize = field.parse().map_err(|_| {
-                    format!("line {}: the label `{field}` is not a non-negative integer", number + 1)
+                    format!(
+                        "line {}: the label `{field}` is not a non-negative integer",
+                        number + 1
+                    )
                 })?;
                 max_label = max_label.max(value);
             } else if field.parse::<f64>().is_err() {
-                return Err(format!("line {}, field {}: `{field}` is not a number", number + 1, i + 1));
+                return Err(format!(
+                    "line {}, field {}: `{field}` is not a number",
+                    number + 1,
+                    i + 1
+                ));
             }
         }
         rows += 1;

@@ -32,12 +32,23 @@ pub struct Compiled {
 }
 
 /// Source text to an optimised Plan, every stage in one call.
-pub fn compile(source: &str, file: &Path, overrides: &[Override]) -> Result<Compiled, Vec<KdError>> {
+pub fn compile(
+    source: &str,
+    file: &Path,
+    overrides: &[Override],
+) -> Result<Compiled, Vec<KdError>> {
     let program = kd_grammar::parse(source).map_err(|e| vec![KdError::from(e)])?;
-    let program = apply_overrides(program, overrides).map_err(|es| es.into_iter().map(KdError::from).collect::<Vec<_>>())?;
+    let program = apply_overrides(program, overrides)
+        .map_err(|es| es.into_iter().map(KdError::from).collect::<Vec<_>>())?;
     let base_dir = file
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."));
     let base_dir = std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
     let source_file = SourceFile {

@@ -73,7 +73,14 @@ impl StageBuilder<'_> {
                 (forward, port.clone())
             }
             TypedNode::Label => (self.batch, "label".to_string()),
-            TypedNode::Const(v) => (self.node(Op::Const { value: *v }, TensorType::scalar(), span(expr.span)), "out".into()),
+            TypedNode::Const(v) => (
+                self.node(
+                    Op::Const { value: *v },
+                    TensorType::scalar(),
+                    span(expr.span),
+                ),
+                "out".into(),
+            ),
             TypedNode::Apply { op, args } => {
                 let inputs: Vec<(NodeId, String, TensorType)> = args
                     .iter()
@@ -119,7 +126,13 @@ fn lower_stage(checked: &Checked, stage: &CheckedStage, graph: &mut Graph) -> St
     );
     b.batch = batch;
     if let Some(aug) = &stage.augment {
-        let node = b.node(Op::Augment { pipeline: aug.clone() }, input_ty.clone(), at);
+        let node = b.node(
+            Op::Augment {
+                pipeline: aug.clone(),
+            },
+            input_ty.clone(),
+            at,
+        );
         b.edge(batch, "x", node, 0, input_ty.clone());
         b.edge(batch, "label", node, 1, label_ty.clone());
         b.batch = node;
@@ -133,7 +146,14 @@ fn lower_stage(checked: &Checked, stage: &CheckedStage, graph: &mut Graph) -> St
             .map(|t| t.ty.clone())
             .unwrap_or_else(TensorType::scalar);
         let train = model == stage.trains;
-        let node = b.node(Op::Forward { model: model.clone(), train }, ty, spec.map_or(at, |m| m.span));
+        let node = b.node(
+            Op::Forward {
+                model: model.clone(),
+                train,
+            },
+            ty,
+            spec.map_or(at, |m| m.span),
+        );
         let source = b.batch;
         b.edge(source, "x", node, 0, input_ty.clone());
         b.forwards.insert(model, node);

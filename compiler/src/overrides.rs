@@ -2,7 +2,8 @@
 //! exactly like the text it replaces.
 
 use kd_grammar::ast::{
-    Argument, Call, Declaration, Expr, ExprKind, Ident, Program, Setting, SettingValue, Span, StageStmt, Value, ValueKind,
+    Argument, Call, Declaration, Expr, ExprKind, Ident, Program, Setting, SettingValue, Span,
+    StageStmt, Value, ValueKind,
 };
 use kd_plan::Override;
 
@@ -14,10 +15,12 @@ pub fn parse_overrides(texts: &[String]) -> Result<Vec<Override>, Vec<OverrideEr
     let mut errors = Vec::new();
     for text in texts {
         match text.split_once('=') {
-            Some((key, value)) if key.split('.').count() >= 3 && !value.is_empty() => out.push(Override {
-                key: key.trim().to_string(),
-                value: value.trim().to_string(),
-            }),
+            Some((key, value)) if key.split('.').count() >= 3 && !value.is_empty() => {
+                out.push(Override {
+                    key: key.trim().to_string(),
+                    value: value.trim().to_string(),
+                })
+            }
             _ => errors.push(OverrideError::Syntax { text: text.clone() }),
         }
     }
@@ -29,7 +32,10 @@ pub fn parse_overrides(texts: &[String]) -> Result<Vec<Override>, Vec<OverrideEr
 }
 
 /// Applies overrides in order. Unknown keys are errors, all reported together.
-pub fn apply_overrides(mut program: Program, overrides: &[Override]) -> Result<Program, Vec<OverrideError>> {
+pub fn apply_overrides(
+    mut program: Program,
+    overrides: &[Override],
+) -> Result<Program, Vec<OverrideError>> {
     let mut errors = Vec::new();
     for o in overrides {
         if let Err(e) = apply(&mut program, o) {
@@ -43,7 +49,15 @@ pub fn apply_overrides(mut program: Program, overrides: &[Override]) -> Result<P
     }
 }
 
-const STAGE_FIELDS: &[&str] = &["epochs", "batch", "clip", "early_stop", "lr", "optimizer", "schedule"];
+const STAGE_FIELDS: &[&str] = &[
+    "epochs",
+    "batch",
+    "clip",
+    "early_stop",
+    "lr",
+    "optimizer",
+    "schedule",
+];
 
 fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
     let parts: Vec<&str> = o.key.split('.').collect();
@@ -58,7 +72,12 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
         help,
     };
     let names = |pick: fn(&Declaration) -> Option<&Ident>| -> Vec<String> {
-        program.declarations.iter().filter_map(pick).map(|i| i.name.clone()).collect()
+        program
+            .declarations
+            .iter()
+            .filter_map(pick)
+            .map(|i| i.name.clone())
+            .collect()
     };
     match kind {
         "pipeline" | "data" => {
@@ -75,12 +94,19 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
             };
             let known = names(pick);
             let settings = program.declarations.iter_mut().find_map(|d| match d {
-                Declaration::Pipeline(p) if kind == "pipeline" && p.name.name == name => Some((&mut p.settings, p.name.span)),
-                Declaration::Data(p) if kind == "data" && p.name.name == name => Some((&mut p.settings, p.name.span)),
+                Declaration::Pipeline(p) if kind == "pipeline" && p.name.name == name => {
+                    Some((&mut p.settings, p.name.span))
+                }
+                Declaration::Data(p) if kind == "data" && p.name.name == name => {
+                    Some((&mut p.settings, p.name.span))
+                }
                 _ => None,
             });
             let Some((settings, at)) = settings else {
-                return Err(unknown(format!("there is no {kind} `{name}`"), suggest(name, &known)));
+                return Err(unknown(
+                    format!("there is no {kind} `{name}`"),
+                    suggest(name, &known),
+                ));
             };
             set_path(settings, field, value, at);
             Ok(())
@@ -94,7 +120,10 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
                 Declaration::Stage(s) if s.name.name == name => Some(s),
                 _ => None,
             }) else {
-                return Err(unknown(format!("there is no stage `{name}`"), suggest(name, &known)));
+                return Err(unknown(
+                    format!("there is no stage `{name}`"),
+                    suggest(name, &known),
+                ));
             };
             let field_name = field.join(".");
             let at = stage.name.span;
@@ -111,7 +140,10 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
                             s.value = SettingValue::Value(respan(value, at));
                         }
                         None => stage.statements.push(StageStmt::Setting(Setting {
-                            key: Ident { name: field_name, span: at },
+                            key: Ident {
+                                name: field_name,
+                                span: at,
+                            },
                             value: SettingValue::Value(value),
                             span: at,
                         })),
@@ -123,13 +155,21 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
                         StageStmt::Optimizer(c) => Some(c),
                         _ => None,
                     }) else {
-                        return Err(unknown(format!("stage `{name}` has no optimizer to set `lr` on"), None));
+                        return Err(unknown(
+                            format!("stage `{name}` has no optimizer to set `lr` on"),
+                            None,
+                        ));
                     };
                     let value = respan(value, call.span);
-                    match call.args.iter_mut().find(|a| a.name.as_ref().is_some_and(|n| n.name == "lr") || a.name.is_none()) {
+                    match call.args.iter_mut().find(|a| {
+                        a.name.as_ref().is_some_and(|n| n.name == "lr") || a.name.is_none()
+                    }) {
                         Some(arg) => arg.value = value,
                         None => call.args.push(Argument {
-                            name: Some(Ident { name: "lr".into(), span: call.span }),
+                            name: Some(Ident {
+                                name: "lr".into(),
+                                span: call.span,
+                            }),
                             value,
                         }),
                     }
@@ -150,13 +190,24 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
                             })
                         }
                     };
-                    stage.statements.retain(|s| !matches!((s, field_name.as_str()), (StageStmt::Optimizer(_), "optimizer") | (StageStmt::Schedule(_), "schedule")));
-                    stage.statements.push(if field_name == "optimizer" { StageStmt::Optimizer(call) } else { StageStmt::Schedule(call) });
+                    stage.statements.retain(|s| {
+                        !matches!(
+                            (s, field_name.as_str()),
+                            (StageStmt::Optimizer(_), "optimizer")
+                                | (StageStmt::Schedule(_), "schedule")
+                        )
+                    });
+                    stage.statements.push(if field_name == "optimizer" {
+                        StageStmt::Optimizer(call)
+                    } else {
+                        StageStmt::Schedule(call)
+                    });
                     Ok(())
                 }
                 other => Err(unknown(
                     format!("stages have no field `{other}`"),
-                    did_you_mean(other, STAGE_FIELDS.iter().copied()).or_else(|| Some(one_of(STAGE_FIELDS.iter().copied()))),
+                    did_you_mean(other, STAGE_FIELDS.iter().copied())
+                        .or_else(|| Some(one_of(STAGE_FIELDS.iter().copied()))),
                 )),
             }
         }
@@ -170,37 +221,54 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
             let field_name = field.join(".");
             let Some(param) = decl.params.iter_mut().find(|p| p.name.name == field_name) else {
                 let params: Vec<String> = decl.params.iter().map(|p| p.name.name.clone()).collect();
-                return Err(unknown(format!("loss `{name}` has no parameter `{field_name}`"), suggest(&field_name, &params)));
+                return Err(unknown(
+                    format!("loss `{name}` has no parameter `{field_name}`"),
+                    suggest(&field_name, &params),
+                ));
             };
-            let ValueKind::Number { value: v, unit: None } = value.kind else {
+            let ValueKind::Number {
+                value: v,
+                unit: None,
+            } = value.kind
+            else {
                 return Err(OverrideError::Value {
                     key: o.key.clone(),
                     value: o.value.clone(),
                 });
             };
             let at = param.default.span;
-            param.default = Expr { kind: ExprKind::Number(v), span: at };
+            param.default = Expr {
+                kind: ExprKind::Number(v),
+                span: at,
+            };
             Ok(())
         }
         other => Err(unknown(
             format!("`{other}` is not a kind of declaration that --set can change"),
-            did_you_mean(other, ["pipeline", "data", "stage", "loss"]).or_else(|| Some(one_of(["pipeline", "data", "stage", "loss"]))),
+            did_you_mean(other, ["pipeline", "data", "stage", "loss"])
+                .or_else(|| Some(one_of(["pipeline", "data", "stage", "loss"]))),
         )),
     }
 }
 
 fn suggest(name: &str, known: &[String]) -> Option<String> {
-    did_you_mean(name, known.iter().map(String::as_str)).or_else(|| Some(one_of(known.iter().map(String::as_str))))
+    did_you_mean(name, known.iter().map(String::as_str))
+        .or_else(|| Some(one_of(known.iter().map(String::as_str))))
 }
 
 /// Sets `path` (possibly nested, `split.train`) in a settings list, adding it if absent.
 fn set_path(settings: &mut Vec<Setting>, path: &[&str], value: Value, at: Span) {
-    let Some((first, rest)) = path.split_first() else { return };
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
     let index = match settings.iter().position(|s| s.key.name == *first) {
         Some(i) => i,
         None => {
             settings.push(Setting {
-                key: Ident { name: first.to_string(), span: at },
+                key: Ident {
+                    name: first.to_string(),
+                    span: at,
+                },
                 value: SettingValue::Block(Vec::new()),
                 span: at,
             });
@@ -225,14 +293,22 @@ fn set_path(settings: &mut Vec<Setting>, path: &[&str], value: Value, at: Span) 
 /// point at the setting it replaced instead.
 fn respan(value: Value, at: Span) -> Value {
     let kind = match value.kind {
-        ValueKind::List(items) => ValueKind::List(items.into_iter().map(|v| respan(v, at)).collect()),
+        ValueKind::List(items) => {
+            ValueKind::List(items.into_iter().map(|v| respan(v, at)).collect())
+        }
         ValueKind::Call(c) => ValueKind::Call(Call {
-            name: Ident { name: c.name.name, span: at },
+            name: Ident {
+                name: c.name.name,
+                span: at,
+            },
             args: c
                 .args
                 .into_iter()
                 .map(|a| Argument {
-                    name: a.name.map(|n| Ident { name: n.name, span: at }),
+                    name: a.name.map(|n| Ident {
+                        name: n.name,
+                        span: at,
+                    }),
                     value: respan(a.value, at),
                 })
                 .collect(),

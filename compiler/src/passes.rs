@@ -38,7 +38,9 @@ fn constant(plan: &Plan, node: NodeId) -> Option<f64> {
 /// Replaces arithmetic on constants by its value.
 pub fn fold_constants(plan: &mut Plan) {
     for node in topological(plan) {
-        let Some(op) = plan.graph.node_weight(node).map(|n| n.op.clone()) else { continue };
+        let Some(op) = plan.graph.node_weight(node).map(|n| n.op.clone()) else {
+            continue;
+        };
         let args = arguments(plan, node);
         let values: Option<Vec<f64>> = args.iter().map(|(_, n, _)| constant(plan, *n)).collect();
         let Some(values) = values else { continue };
@@ -55,12 +57,21 @@ pub fn fold_constants(plan: &mut Plan) {
         if let Some(weight) = plan.graph.node_weight_mut(node) {
             weight.op = Op::Const { value: folded };
         }
-        let edges: Vec<_> = plan.graph.edges_directed(node, Direction::Incoming).map(|e| e.id()).collect();
+        let edges: Vec<_> = plan
+            .graph
+            .edges_directed(node, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
         for e in edges {
             plan.graph.remove_edge(e);
         }
         for input in inputs {
-            if plan.graph.edges_directed(input, Direction::Outgoing).next().is_none() {
+            if plan
+                .graph
+                .edges_directed(input, Direction::Outgoing)
+                .next()
+                .is_none()
+            {
                 plan.graph.remove_node(input);
             }
         }
@@ -71,11 +82,19 @@ pub fn fold_constants(plan: &mut Plan) {
 pub fn share_common(plan: &mut Plan) {
     let mut seen: HashMap<String, NodeId> = HashMap::new();
     for node in topological(plan) {
-        let Some(weight) = plan.graph.node_weight(node) else { continue };
+        let Some(weight) = plan.graph.node_weight(node) else {
+            continue;
+        };
         if matches!(weight.op, Op::Loss | Op::Batch { .. } | Op::Augment { .. }) {
             continue;
         }
-        let key = format!("{}|{:?}|{:?}|{:?}", weight.stage, weight.op, weight.ty, arguments(plan, node));
+        let key = format!(
+            "{}|{:?}|{:?}|{:?}",
+            weight.stage,
+            weight.op,
+            weight.ty,
+            arguments(plan, node)
+        );
         let Some(&keep) = seen.get(&key) else {
             seen.insert(key, node);
             continue;
@@ -101,7 +120,11 @@ pub fn prune(plan: &mut Plan) {
             stack.extend(plan.graph.neighbors_directed(n, Direction::Incoming));
         }
     }
-    let dead: Vec<NodeId> = plan.graph.node_indices().filter(|n| !live.contains(n)).collect();
+    let dead: Vec<NodeId> = plan
+        .graph
+        .node_indices()
+        .filter(|n| !live.contains(n))
+        .collect();
     for n in dead {
         plan.graph.remove_node(n);
     }
@@ -109,7 +132,8 @@ pub fn prune(plan: &mut Plan) {
 
 /// A topological order of the whole graph (the graph is acyclic by construction).
 fn topological(plan: &Plan) -> Vec<NodeId> {
-    petgraph::algo::toposort(&plan.graph, None).unwrap_or_else(|_| plan.graph.node_indices().collect())
+    petgraph::algo::toposort(&plan.graph, None)
+        .unwrap_or_else(|_| plan.graph.node_indices().collect())
 }
 
 /// Fills each stage's `nodes`: its nodes in an order where every node follows its inputs.
@@ -119,7 +143,11 @@ pub fn order_stages(plan: &mut Plan) {
         stage.nodes = order
             .iter()
             .copied()
-            .filter(|n| plan.graph.node_weight(*n).is_some_and(|w| w.stage == stage.name))
+            .filter(|n| {
+                plan.graph
+                    .node_weight(*n)
+                    .is_some_and(|w| w.stage == stage.name)
+            })
             .collect();
     }
 }

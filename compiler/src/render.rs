@@ -9,7 +9,9 @@ fn label(node: &Node) -> String {
     match &node.op {
         Op::Batch { data, split } => format!("batch {data}.{split}"),
         Op::Augment { pipeline } => format!("augment {pipeline}"),
-        Op::Forward { model, train } => format!("{model} forward{}", if *train { "" } else { " (frozen)" }),
+        Op::Forward { model, train } => {
+            format!("{model} forward{}", if *train { "" } else { " (frozen)" })
+        }
         Op::Const { value } => short_number(*value),
         Op::Add => "+".into(),
         Op::Sub => "-".into(),
@@ -48,14 +50,21 @@ fn edge_label(port: &str, kind: Kind, shape: &[usize]) -> String {
 }
 
 fn stage_id(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// A Mermaid flowchart (`flowchart TD`), stages as subgraphs in order.
 pub fn mermaid(plan: &Plan) -> String {
     let mut out = String::from("flowchart TD\n");
     for stage in &plan.stages {
-        let _ = writeln!(out, "  subgraph {}[\"stage {}\"]", stage_id(&stage.name), stage.name);
+        let _ = writeln!(
+            out,
+            "  subgraph {}[\"stage {}\"]",
+            stage_id(&stage.name),
+            stage.name
+        );
         for n in &stage.nodes {
             if let Some(node) = plan.graph.node_weight(*n) {
                 let shape = match node.op {
@@ -64,26 +73,51 @@ pub fn mermaid(plan: &Plan) -> String {
                     Op::Loss => ("((", "))"),
                     _ => ("[", "]"),
                 };
-                let _ = writeln!(out, "    n{}{}\"{}\"{}", n.index(), shape.0, label(node).replace('"', "'"), shape.1);
+                let _ = writeln!(
+                    out,
+                    "    n{}{}\"{}\"{}",
+                    n.index(),
+                    shape.0,
+                    label(node).replace('"', "'"),
+                    shape.1
+                );
             }
         }
         out.push_str("  end\n");
     }
     for e in plan.graph.edge_references() {
         let w = e.weight();
-        let _ = writeln!(out, "  n{} -->|\"{}\"| n{}", e.source().index(), edge_label(&w.port, w.ty.kind, &w.ty.shape), e.target().index());
+        let _ = writeln!(
+            out,
+            "  n{} -->|\"{}\"| n{}",
+            e.source().index(),
+            edge_label(&w.port, w.ty.kind, &w.ty.shape),
+            e.target().index()
+        );
     }
     for pair in plan.stages.windows(2) {
-        let _ = writeln!(out, "  {} -.-> {}", stage_id(&pair[0].name), stage_id(&pair[1].name));
+        let _ = writeln!(
+            out,
+            "  {} -.-> {}",
+            stage_id(&pair[0].name),
+            stage_id(&pair[1].name)
+        );
     }
     out
 }
 
 /// Graphviz DOT, stages as clusters in order.
 pub fn dot(plan: &Plan) -> String {
-    let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n", plan.settings.name);
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n",
+        plan.settings.name
+    );
     for (i, stage) in plan.stages.iter().enumerate() {
-        let _ = writeln!(out, "  subgraph cluster_{i} {{\n    label=\"stage {}\";", stage.name);
+        let _ = writeln!(
+            out,
+            "  subgraph cluster_{i} {{\n    label=\"stage {}\";",
+            stage.name
+        );
         for n in &stage.nodes {
             if let Some(node) = plan.graph.node_weight(*n) {
                 let shape = match node.op {
@@ -92,14 +126,25 @@ pub fn dot(plan: &Plan) -> String {
                     Op::Loss => "doublecircle",
                     _ => "box",
                 };
-                let _ = writeln!(out, "    n{} [label=\"{}\", shape={shape}];", n.index(), label(node).replace('"', "'"));
+                let _ = writeln!(
+                    out,
+                    "    n{} [label=\"{}\", shape={shape}];",
+                    n.index(),
+                    label(node).replace('"', "'")
+                );
             }
         }
         out.push_str("  }\n");
     }
     for e in plan.graph.edge_references() {
         let w = e.weight();
-        let _ = writeln!(out, "  n{} -> n{} [label=\"{}\"];", e.source().index(), e.target().index(), edge_label(&w.port, w.ty.kind, &w.ty.shape));
+        let _ = writeln!(
+            out,
+            "  n{} -> n{} [label=\"{}\"];",
+            e.source().index(),
+            e.target().index(),
+            edge_label(&w.port, w.ty.kind, &w.ty.shape)
+        );
     }
     out.push_str("}\n");
     out

@@ -9,7 +9,12 @@ use kd_compiler::{compile, render};
 
 /// The Plan as YAML, with the machine-specific source location blanked.
 fn portable_yaml(mut plan: kd_plan::Plan) -> String {
-    plan.source.path = plan.source.path.file_name().map(Into::into).unwrap_or_default();
+    plan.source.path = plan
+        .source
+        .path
+        .file_name()
+        .map(Into::into)
+        .unwrap_or_default();
     plan.source.base_dir = ".".into();
     plan.to_yaml().unwrap()
 }
@@ -18,7 +23,11 @@ fn compile_ok(path: &Path) -> kd_plan::Plan {
     let source = std::fs::read_to_string(path).unwrap();
     match compile(&source, path, &[]) {
         Ok(c) => c.plan,
-        Err(errors) => panic!("{} should compile:\n{}", path.display(), render_plain(&errors, "case.kd", &source)),
+        Err(errors) => panic!(
+            "{} should compile:\n{}",
+            path.display(),
+            render_plain(&errors, "case.kd", &source)
+        ),
     }
 }
 
@@ -62,8 +71,15 @@ fn examples_compile() {
                 let real_errors: Vec<_> = errors.iter().filter(|e| e.is_error()).collect();
                 // Examples whose data is fetched (MNIST) may miss their files here; the
                 // fetch script brings them before the end-to-end tests.
-                let missing_data = real_errors.iter().all(|e| e.to_string().contains("cannot read"));
-                assert!(missing_data, "{}:\n{}", path.display(), render_plain(&errors, "example.kd", &source));
+                let missing_data = real_errors
+                    .iter()
+                    .all(|e| e.to_string().contains("cannot read"));
+                assert!(
+                    missing_data,
+                    "{}:\n{}",
+                    path.display(),
+                    render_plain(&errors, "example.kd", &source)
+                );
             }
         }
     }

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use kd_grammar::ast::{Call, DataDecl, Declaration, Program, SettingValue, Span, Value, ValueKind};
-use kd_plan::{AugmentOp, AugmentSpec, DataSource, DataSpec, Device, Normalize, Settings, SplitSize, SplitSpec};
+use kd_plan::{
+    AugmentOp, AugmentSpec, DataSource, DataSpec, Device, Normalize, Settings, SplitSize, SplitSpec,
+};
 
 use super::values::format_number;
 use super::Cx;
@@ -13,9 +15,26 @@ use crate::inspect::{self, LabelColumn, SourceFacts};
 
 const PIPELINE_SETTINGS: &[&str] = &["seed", "device", "output", "threads", "repeat"];
 const DATA_SETTINGS: &[&str] = &[
-    "header", "label", "delimiter", "shape", "scale", "classes", "relabel", "limit", "split", "normalize",
+    "header",
+    "label",
+    "delimiter",
+    "shape",
+    "scale",
+    "classes",
+    "relabel",
+    "limit",
+    "split",
+    "normalize",
 ];
-const AUGMENT_OPS: &[&str] = &["crop", "flip", "rotate", "translate", "noise", "cutout", "mixup"];
+const AUGMENT_OPS: &[&str] = &[
+    "crop",
+    "flip",
+    "rotate",
+    "translate",
+    "noise",
+    "cutout",
+    "mixup",
+];
 
 impl Cx<'_> {
     pub(super) fn pipeline(&mut self, program: &Program, path: &Path) -> Settings {
@@ -65,7 +84,9 @@ impl Cx<'_> {
             ValueKind::Str(s) => s.clone(),
             ValueKind::Call(c) if c.name.name == "cuda" => {
                 let args = self.args(c, &[], 1);
-                let index = args.get("", Some(0)).and_then(|v| self.count(v, "the CUDA device index", 0))?;
+                let index = args
+                    .get("", Some(0))
+                    .and_then(|v| self.count(v, "the CUDA device index", 0))?;
                 return Some(Device::Cuda(index));
             }
             _ => String::new(),
@@ -108,7 +129,11 @@ impl Cx<'_> {
     }
 
     fn data_decl(&mut self, decl: &DataDecl) -> Option<DataSpec> {
-        let fields = self.fields(&decl.settings, DATA_SETTINGS, &format!("data `{}`", decl.name.name));
+        let fields = self.fields(
+            &decl.settings,
+            DATA_SETTINGS,
+            &format!("data `{}`", decl.name.name),
+        );
         let kind = decl.source.name.name.as_str();
         let (source, facts) = match kind {
             "idx" => self.idx_source(&decl.source)?,
@@ -144,7 +169,10 @@ impl Cx<'_> {
                         ),
                         span: span(v.span),
                         label: "does not fit the data".into(),
-                        help: Some(format!("the file's samples have shape {:?}", facts.sample_shape)),
+                        help: Some(format!(
+                            "the file's samples have shape {:?}",
+                            facts.sample_shape
+                        )),
                     });
                     return None;
                 }
@@ -171,7 +199,11 @@ impl Cx<'_> {
             let declared = self.count(v, "classes", 2)?;
             if declared < classes {
                 self.error(CheckError::Data {
-                    message: format!("`{}` declares {declared} classes but its labels go up to {}", decl.name.name, classes - 1),
+                    message: format!(
+                        "`{}` declares {declared} classes but its labels go up to {}",
+                        decl.name.name,
+                        classes - 1
+                    ),
                     span: span(v.span),
                     label: "too few".into(),
                     help: None,
@@ -185,7 +217,12 @@ impl Cx<'_> {
             None if kind == "idx" => 255.0,
             None => 1.0,
         };
-        let splits = self.splits(decl, fields.get("split").map(|s| (&s.value, s.span)), train_count, test_count)?;
+        let splits = self.splits(
+            decl,
+            fields.get("split").map(|s| (&s.value, s.span)),
+            train_count,
+            test_count,
+        )?;
         let normalize = match fields.get("normalize") {
             None => Normalize::None,
             Some(setting) => self.normalize(&setting.value, &sample_shape, &splits)?,
@@ -209,10 +246,18 @@ impl Cx<'_> {
     fn path_arg(&mut self, value: &Value, folder: bool) -> Option<(String, PathBuf)> {
         let text = self.string(value, "a path")?;
         let path = self.resolve_path(&text);
-        let ok = if folder { path.is_dir() } else { path.is_file() };
+        let ok = if folder {
+            path.is_dir()
+        } else {
+            path.is_file()
+        };
         if !ok {
             let reason = if path.exists() {
-                if folder { "it is not a folder" } else { "it is not a file" }
+                if folder {
+                    "it is not a folder"
+                } else {
+                    "it is not a file"
+                }
             } else {
                 "it does not exist"
             };
@@ -222,7 +267,11 @@ impl Cx<'_> {
                 span: span(value.span),
                 help: Some(format!(
                     "paths resolve against the folder of the .kd file{}",
-                    if text_is_data(&path) { "; fetch data sets with scripts/fetch-data.sh" } else { "" }
+                    if text_is_data(&path) {
+                        "; fetch data sets with scripts/fetch-data.sh"
+                    } else {
+                        ""
+                    }
                 )),
             });
             return None;
@@ -231,10 +280,17 @@ impl Cx<'_> {
     }
 
     fn idx_source(&mut self, call: &Call) -> Option<(DataSource, SourceFacts)> {
-        let args = self.args(call, &["folder", "images", "labels", "test_images", "test_labels"], 1);
+        let args = self.args(
+            call,
+            &["folder", "images", "labels", "test_images", "test_labels"],
+            1,
+        );
         let files = if let Some(folder) = args.get("folder", Some(0)) {
             let (text, dir) = self.path_arg(folder, true)?;
-            let find = |stem: &str| inspect::find_idx(&dir, stem).map(|p| Path::new(&text).join(p.file_name().unwrap_or_default()));
+            let find = |stem: &str| {
+                inspect::find_idx(&dir, stem)
+                    .map(|p| Path::new(&text).join(p.file_name().unwrap_or_default()))
+            };
             let train_images = find("train-images-idx3-ubyte");
             let train_labels = find("train-labels-idx1-ubyte");
             let (Some(train_images), Some(train_labels)) = (train_images, train_labels) else {
@@ -248,21 +304,33 @@ impl Cx<'_> {
             };
             let test_images = find("t10k-images-idx3-ubyte");
             let test_labels = find("t10k-labels-idx1-ubyte");
-            (train_images, train_labels, test_images.zip(test_labels), folder.span)
+            (
+                train_images,
+                train_labels,
+                test_images.zip(test_labels),
+                folder.span,
+            )
         } else {
-            let (Some(images), Some(labels)) = (args.get("images", None), args.get("labels", None)) else {
+            let (Some(images), Some(labels)) = (args.get("images", None), args.get("labels", None))
+            else {
                 self.error(CheckError::Missing {
                     message: "`idx` needs a folder or `images:` and `labels:` files".into(),
                     span: span(call.span),
                     label: "here".into(),
-                    help: Some("`idx(\"data/mnist\")` or `idx(images: \"x.idx\", labels: \"y.idx\")`".into()),
+                    help: Some(
+                        "`idx(\"data/mnist\")` or `idx(images: \"x.idx\", labels: \"y.idx\")`"
+                            .into(),
+                    ),
                 });
                 return None;
             };
             let (ti, _) = self.path_arg(images, false)?;
             let (tl, _) = self.path_arg(labels, false)?;
             let test = match (args.get("test_images", None), args.get("test_labels", None)) {
-                (Some(a), Some(b)) => Some((PathBuf::from(self.path_arg(a, false)?.0), PathBuf::from(self.path_arg(b, false)?.0))),
+                (Some(a), Some(b)) => Some((
+                    PathBuf::from(self.path_arg(a, false)?.0),
+                    PathBuf::from(self.path_arg(b, false)?.0),
+                )),
                 _ => None,
             };
             (PathBuf::from(ti), PathBuf::from(tl), test, call.span)
@@ -271,7 +339,14 @@ impl Cx<'_> {
         let (count, sample_shape) = self.inspect_file(&train_images, at, inspect::idx_images)?;
         let (label_count, classes) = self.inspect_file(&train_labels, at, inspect::idx_labels)?;
         if label_count != count {
-            self.data_error(at, format!("`{}` holds {count} images but `{}` holds {label_count} labels", train_images.display(), train_labels.display()));
+            self.data_error(
+                at,
+                format!(
+                    "`{}` holds {count} images but `{}` holds {label_count} labels",
+                    train_images.display(),
+                    train_labels.display()
+                ),
+            );
             return None;
         }
         let mut test_count = None;
@@ -280,7 +355,14 @@ impl Cx<'_> {
             let (n, shape) = self.inspect_file(ti, at, inspect::idx_images)?;
             let (m, c) = self.inspect_file(tl, at, inspect::idx_labels)?;
             if n != m || shape != sample_shape {
-                self.data_error(at, format!("the test files `{}` and `{}` do not match the training files", ti.display(), tl.display()));
+                self.data_error(
+                    at,
+                    format!(
+                        "the test files `{}` and `{}` do not match the training files",
+                        ti.display(),
+                        tl.display()
+                    ),
+                );
                 return None;
             }
             test_count = Some(n);
@@ -306,7 +388,12 @@ impl Cx<'_> {
         ))
     }
 
-    fn inspect_file<T>(&mut self, path: &Path, at: Span, read: impl Fn(&Path) -> Result<T, String>) -> Option<T> {
+    fn inspect_file<T>(
+        &mut self,
+        path: &Path,
+        at: Span,
+        read: impl Fn(&Path) -> Result<T, String>,
+    ) -> Option<T> {
         match read(&self.resolve_path(&path.to_string_lossy())) {
             Ok(facts) => Some(facts),
             Err(reason) => {
@@ -330,7 +417,12 @@ impl Cx<'_> {
         });
     }
 
-    fn csv_source(&mut self, call: &Call, fields: &super::values::Fields, tsv: bool) -> Option<(DataSource, SourceFacts)> {
+    fn csv_source(
+        &mut self,
+        call: &Call,
+        fields: &super::values::Fields,
+        tsv: bool,
+    ) -> Option<(DataSource, SourceFacts)> {
         let args = self.args(call, &["path"], 1);
         let Some(path_value) = args.get("path", Some(0)) else {
             self.error(CheckError::Missing {
@@ -353,7 +445,12 @@ impl Cx<'_> {
                 match (chars.next(), chars.next()) {
                     (Some(c), None) => c,
                     _ => {
-                        self.invalid(v.span, "a delimiter is one character".into(), "not one character", None);
+                        self.invalid(
+                            v.span,
+                            "a delimiter is one character".into(),
+                            "not one character",
+                            None,
+                        );
                         return None;
                     }
                 }
@@ -363,14 +460,26 @@ impl Cx<'_> {
         };
         let label = match fields.value("label") {
             Some(v) => match &v.kind {
-                ValueKind::Number { value, unit: None } if value.fract() == 0.0 => LabelColumn::Index(*value as i64),
+                ValueKind::Number { value, unit: None } if value.fract() == 0.0 => {
+                    LabelColumn::Index(*value as i64)
+                }
                 ValueKind::Str(name) if header => LabelColumn::Name(name.clone()),
                 ValueKind::Str(_) => {
-                    self.invalid(v.span, "a label column named by its header needs `header: true`".into(), "a column name", None);
+                    self.invalid(
+                        v.span,
+                        "a label column named by its header needs `header: true`".into(),
+                        "a column name",
+                        None,
+                    );
                     return None;
                 }
                 _ => {
-                    self.invalid(v.span, "label must be a column index or a header name".into(), "expected a column", None);
+                    self.invalid(
+                        v.span,
+                        "label must be a column index or a header name".into(),
+                        "expected a column",
+                        None,
+                    );
                     return None;
                 }
             },
@@ -383,7 +492,11 @@ impl Cx<'_> {
                 self.error(CheckError::File {
                     path: text,
                     reason,
-                    span: span(if reason_is_label(&label) { at } else { path_value.span }),
+                    span: span(if reason_is_label(&label) {
+                        at
+                    } else {
+                        path_value.span
+                    }),
                     help: None,
                 });
                 return None;
@@ -410,7 +523,10 @@ impl Cx<'_> {
         if map.len() < source_classes {
             self.invalid(
                 value.span,
-                format!("relabel maps {} labels but the data has {source_classes}", map.len()),
+                format!(
+                    "relabel maps {} labels but the data has {source_classes}",
+                    map.len()
+                ),
                 "too short",
                 Some("give one new label for each source label, in order".into()),
             );
@@ -432,21 +548,38 @@ impl Cx<'_> {
         let mut rest: Option<usize> = None;
         if let Some((value, at)) = block {
             let SettingValue::Block(entries) = value else {
-                self.invalid(at, "split takes a block: `split { train: 0.8, val: 0.2 }`".into(), "expected a block", None);
+                self.invalid(
+                    at,
+                    "split takes a block: `split { train: 0.8, val: 0.2 }`".into(),
+                    "expected a block",
+                    None,
+                );
                 return None;
             };
             for entry in entries {
                 let name = entry.key.name.clone();
                 if splits.iter().any(|s: &SplitSpec| s.name == name) {
-                    self.invalid(entry.key.span, format!("split `{name}` is declared twice"), "again here", None);
+                    self.invalid(
+                        entry.key.span,
+                        format!("split `{name}` is declared twice"),
+                        "again here",
+                        None,
+                    );
                     continue;
                 }
                 let SettingValue::Value(v) = &entry.value else {
-                    self.invalid(entry.span, "a split size is a count, a fraction, `rest` or `unlabeled(size)`".into(), "expected a size", None);
+                    self.invalid(
+                        entry.span,
+                        "a split size is a count, a fraction, `rest` or `unlabeled(size)`".into(),
+                        "expected a size",
+                        None,
+                    );
                     continue;
                 };
                 let (size_value, labeled) = match &v.kind {
-                    ValueKind::Call(c) if c.name.name == "unlabeled" && c.args.len() == 1 => (&c.args[0].value, false),
+                    ValueKind::Call(c) if c.name.name == "unlabeled" && c.args.len() == 1 => {
+                        (&c.args[0].value, false)
+                    }
                     _ => (v, true),
                 };
                 let size = match &size_value.kind {
@@ -454,7 +587,9 @@ impl Cx<'_> {
                         rest = Some(splits.len());
                         SplitSize::Count(0)
                     }
-                    ValueKind::Name(n) if n == "test" && test_count.is_some() => SplitSize::SourceTest,
+                    ValueKind::Name(n) if n == "test" && test_count.is_some() => {
+                        SplitSize::SourceTest
+                    }
                     _ => {
                         let n = self.number(size_value, "a split size")?;
                         if n > 0.0 && n < 1.0 {
@@ -475,7 +610,11 @@ impl Cx<'_> {
                         }
                     }
                 };
-                splits.push(SplitSpec { name, size, labeled });
+                splits.push(SplitSpec {
+                    name,
+                    size,
+                    labeled,
+                });
             }
             let claimed = counted as f64 + fraction * train_count as f64;
             if claimed > train_count as f64 + 1e-6 {
@@ -512,18 +651,25 @@ impl Cx<'_> {
         Some(splits)
     }
 
-    fn normalize(&mut self, value: &SettingValue, shape: &[usize], splits: &[SplitSpec]) -> Option<Normalize> {
+    fn normalize(
+        &mut self,
+        value: &SettingValue,
+        shape: &[usize],
+        splits: &[SplitSpec],
+    ) -> Option<Normalize> {
         match value {
-            SettingValue::Value(v) => match self.choice(v, "normalisation", &["auto", "none"])?.as_str() {
-                "auto" => {
-                    if !splits.iter().any(|s| s.name == "train") {
-                        self.invalid(v.span, "`normalize: auto` computes statistics on the `train` split, and there is none".into(), "needs a train split", None);
-                        return None;
+            SettingValue::Value(v) => {
+                match self.choice(v, "normalisation", &["auto", "none"])?.as_str() {
+                    "auto" => {
+                        if !splits.iter().any(|s| s.name == "train") {
+                            self.invalid(v.span, "`normalize: auto` computes statistics on the `train` split, and there is none".into(), "needs a train split", None);
+                            return None;
+                        }
+                        Some(Normalize::TrainStats)
                     }
-                    Some(Normalize::TrainStats)
+                    _ => Some(Normalize::None),
                 }
-                _ => Some(Normalize::None),
-            },
+            }
             SettingValue::Block(entries) => {
                 let fields = self.fields(entries, &["mean", "std"], "`normalize`");
                 let channels = shape.first().copied().unwrap_or(1);
@@ -534,16 +680,27 @@ impl Cx<'_> {
                             message: format!("`normalize` needs `{key}`"),
                             span: span(at),
                             label: "in this block".into(),
-                            help: Some("`normalize { mean: 0.1307, std: 0.3081 }`, or `normalize: auto`".into()),
+                            help: Some(
+                                "`normalize { mean: 0.1307, std: 0.3081 }`, or `normalize: auto`"
+                                    .into(),
+                            ),
                         });
                         return None;
                     };
                     let values = match &v.kind {
-                        ValueKind::List(items) => items.iter().map(|i| cx.number(i, key)).collect::<Option<Vec<_>>>()?,
+                        ValueKind::List(items) => items
+                            .iter()
+                            .map(|i| cx.number(i, key))
+                            .collect::<Option<Vec<_>>>()?,
                         _ => vec![cx.number(v, key)?],
                     };
                     if values.len() != 1 && values.len() != channels {
-                        cx.invalid(v.span, format!("{key} has {} values for {channels} channels", values.len()), "one per channel, or one for all", None);
+                        cx.invalid(
+                            v.span,
+                            format!("{key} has {} values for {channels} channels", values.len()),
+                            "one per channel, or one for all",
+                            None,
+                        );
                         return None;
                     }
                     if positive && values.iter().any(|x| *x <= 0.0) {
@@ -560,7 +717,10 @@ impl Cx<'_> {
                 };
                 let mean = read(self, "mean", false);
                 let std = read(self, "std", true);
-                Some(Normalize::Given { mean: mean?, std: std? })
+                Some(Normalize::Given {
+                    mean: mean?,
+                    std: std?,
+                })
             }
         }
     }
@@ -569,7 +729,9 @@ impl Cx<'_> {
         let _ = data;
         let mut out = Vec::new();
         for decl in &program.declarations {
-            let Declaration::Augment(a) = decl else { continue };
+            let Declaration::Augment(a) = decl else {
+                continue;
+            };
             let mut ops = Vec::new();
             for call in &a.ops {
                 if let Some(op) = self.augment_op(call) {
@@ -598,7 +760,8 @@ impl Cx<'_> {
                     what: "augmentation",
                     name: name.to_string(),
                     span: span(call.name.span),
-                    help: did_you_mean(name, AUGMENT_OPS.iter().copied()).or_else(|| Some(one_of(AUGMENT_OPS.iter().copied()))),
+                    help: did_you_mean(name, AUGMENT_OPS.iter().copied())
+                        .or_else(|| Some(one_of(AUGMENT_OPS.iter().copied()))),
                 });
                 return None;
             }
@@ -625,7 +788,12 @@ impl Cx<'_> {
             },
             "flip" => AugmentOp::Flip {
                 p: match value {
-                    Some(v) => self.number_in(v, "flip probability", |p| (0.0..=1.0).contains(&p), "between 0 and 1")?,
+                    Some(v) => self.number_in(
+                        v,
+                        "flip probability",
+                        |p| (0.0..=1.0).contains(&p),
+                        "between 0 and 1",
+                    )?,
                     None => 0.5,
                 },
             },
@@ -635,9 +803,18 @@ impl Cx<'_> {
                     return None;
                 };
                 let degrees = match &v.kind {
-                    ValueKind::Number { value, unit } if unit.as_deref() == Some("deg") || unit.is_none() => *value,
+                    ValueKind::Number { value, unit }
+                        if unit.as_deref() == Some("deg") || unit.is_none() =>
+                    {
+                        *value
+                    }
                     _ => {
-                        self.invalid(v.span, "rotate takes an angle in degrees: `rotate(max: 10deg)`".into(), "expected degrees", None);
+                        self.invalid(
+                            v.span,
+                            "rotate takes an angle in degrees: `rotate(max: 10deg)`".into(),
+                            "expected degrees",
+                            None,
+                        );
                         return None;
                     }
                 };
@@ -651,7 +828,9 @@ impl Cx<'_> {
                     });
                     return None;
                 }
-                AugmentOp::Rotate { max_degrees: degrees }
+                AugmentOp::Rotate {
+                    max_degrees: degrees,
+                }
             }
             "translate" => AugmentOp::Translate {
                 max_pixels: match value {

@@ -4,14 +4,24 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
-use kd_grammar::ast::{BinaryOp, Declaration, Expr, ExprArg, ExprKind, Ident, LossDecl, Program, Span};
+use kd_grammar::ast::{
+    BinaryOp, Declaration, Expr, ExprArg, ExprKind, Ident, LossDecl, Program, Span,
+};
 use kd_plan::{Kind, ModelSpec, Op, TensorType};
 
 use super::values::format_number;
 use super::{describe_type, kind_name, Cx, TypedExpr, TypedNode};
 use crate::diagnostics::{did_you_mean, labeled, list, one_of, span, CheckError};
 
-const BUILTINS: &[&str] = &["softmax", "log_softmax", "kl", "cross_entropy", "soft_cross_entropy", "mse", "cosine"];
+const BUILTINS: &[&str] = &[
+    "softmax",
+    "log_softmax",
+    "kl",
+    "cross_entropy",
+    "soft_cross_entropy",
+    "mse",
+    "cosine",
+];
 
 /// The program's named losses, and which of them some stage uses.
 pub(crate) struct Losses {
@@ -53,9 +63,19 @@ impl Cx<'_> {
         for decl in &program.declarations {
             if let Declaration::Loss(l) = decl {
                 if BUILTINS.contains(&l.name.name.as_str()) {
-                    self.invalid(l.name.span, format!("`{}` is a built-in loss and cannot be redefined", l.name.name), "choose another name", None);
+                    self.invalid(
+                        l.name.span,
+                        format!(
+                            "`{}` is a built-in loss and cannot be redefined",
+                            l.name.name
+                        ),
+                        "choose another name",
+                        None,
+                    );
                 }
-                decls.entry(l.name.name.clone()).or_insert_with(|| l.clone());
+                decls
+                    .entry(l.name.name.clone())
+                    .or_insert_with(|| l.clone());
             }
         }
         Losses {
@@ -65,7 +85,12 @@ impl Cx<'_> {
     }
 
     /// Types a stage's loss; `None` after reporting what is wrong.
-    pub(crate) fn loss_expr(&mut self, expr: &Expr, scope: &Scope, losses: &Losses) -> Option<TypedExpr> {
+    pub(crate) fn loss_expr(
+        &mut self,
+        expr: &Expr,
+        scope: &Scope,
+        losses: &Losses,
+    ) -> Option<TypedExpr> {
         let env = Env {
             params: HashMap::new(),
             inlining: Vec::new(),
@@ -81,17 +106,29 @@ impl Cx<'_> {
         }
         if !typed.models().iter().any(|m| m == scope.trained) {
             self.error(CheckError::Stage {
-                message: format!("the loss of stage `{}` does not depend on `{}`, the model it trains", scope.stage, scope.trained),
+                message: format!(
+                    "the loss of stage `{}` does not depend on `{}`, the model it trains",
+                    scope.stage, scope.trained
+                ),
                 span: span(expr.span),
                 label: format!("no `{}.…` here", scope.trained),
-                help: Some(format!("use an output of `{}`, e.g. `cross_entropy({}.logits, label)`", scope.trained, scope.trained)),
+                help: Some(format!(
+                    "use an output of `{}`, e.g. `cross_entropy({}.logits, label)`",
+                    scope.trained, scope.trained
+                )),
             });
             return None;
         }
         Some(typed)
     }
 
-    fn expr(&mut self, expr: &Expr, scope: &Scope, losses: &Losses, env: &Env) -> Option<TypedExpr> {
+    fn expr(
+        &mut self,
+        expr: &Expr,
+        scope: &Scope,
+        losses: &Losses,
+        env: &Env,
+    ) -> Option<TypedExpr> {
         let at = expr.span;
         match &expr.kind {
             ExprKind::Number(v) => Some(constant(*v, at)),
@@ -101,7 +138,11 @@ impl Cx<'_> {
                     return self.arith_labels(inner.span);
                 }
                 let ty = TensorType {
-                    kind: if inner.ty.kind == Kind::Scalar { Kind::Scalar } else { Kind::Features },
+                    kind: if inner.ty.kind == Kind::Scalar {
+                        Kind::Scalar
+                    } else {
+                        Kind::Features
+                    },
                     shape: inner.ty.shape.clone(),
                 };
                 Some(apply(Op::Neg, vec![inner], ty, at))
@@ -118,7 +159,12 @@ impl Cx<'_> {
     }
 
     fn arith_labels(&mut self, at: Span) -> Option<TypedExpr> {
-        self.invalid(at, "labels cannot take part in arithmetic".into(), "these are labels", Some("labels go into `cross_entropy(logits, label)`".into()));
+        self.invalid(
+            at,
+            "labels cannot take part in arithmetic".into(),
+            "these are labels",
+            Some("labels go into `cross_entropy(logits, label)`".into()),
+        );
         None
     }
 
@@ -141,23 +187,41 @@ impl Cx<'_> {
             (true, true) => TensorType::scalar(),
             // Scaling logits by a number keeps them logits (`s.logits / T`).
             (false, true) => TensorType {
-                kind: if l.ty.kind == Kind::Logits && matches!(op, BinaryOp::Mul | BinaryOp::Div) { Kind::Logits } else { Kind::Features },
+                kind: if l.ty.kind == Kind::Logits && matches!(op, BinaryOp::Mul | BinaryOp::Div) {
+                    Kind::Logits
+                } else {
+                    Kind::Features
+                },
                 shape: l.ty.shape.clone(),
             },
             (true, false) => {
                 if op == BinaryOp::Pow {
-                    self.invalid(r.span, "an exponent must be a number, not a tensor".into(), "a tensor", None);
+                    self.invalid(
+                        r.span,
+                        "an exponent must be a number, not a tensor".into(),
+                        "a tensor",
+                        None,
+                    );
                     return None;
                 }
                 TensorType {
-                    kind: if r.ty.kind == Kind::Logits && op == BinaryOp::Mul { Kind::Logits } else { Kind::Features },
+                    kind: if r.ty.kind == Kind::Logits && op == BinaryOp::Mul {
+                        Kind::Logits
+                    } else {
+                        Kind::Features
+                    },
                     shape: r.ty.shape.clone(),
                 }
             }
             (false, false) => {
                 if l.ty.shape != r.ty.shape {
                     self.error(CheckError::ShapeMismatch {
-                        message: format!("`{}` on tensors of shapes {:?} and {:?}", op.symbol(), l.ty.shape, r.ty.shape),
+                        message: format!(
+                            "`{}` on tensors of shapes {:?} and {:?}",
+                            op.symbol(),
+                            l.ty.shape,
+                            r.ty.shape
+                        ),
                         span: span(l.span),
                         label: format!("{:?}", l.ty.shape),
                         related: vec![labeled(r.span, format!("{:?}", r.ty.shape))],
@@ -166,7 +230,12 @@ impl Cx<'_> {
                     return None;
                 }
                 if op == BinaryOp::Pow {
-                    self.invalid(r.span, "an exponent must be a number, not a tensor".into(), "a tensor", None);
+                    self.invalid(
+                        r.span,
+                        "an exponent must be a number, not a tensor".into(),
+                        "a tensor",
+                        None,
+                    );
                     return None;
                 }
                 TensorType {
@@ -178,7 +247,13 @@ impl Cx<'_> {
         Some(apply(plan_op, vec![l, r], ty, at))
     }
 
-    fn name(&mut self, ident: &Ident, scope: &Scope, losses: &Losses, env: &Env) -> Option<TypedExpr> {
+    fn name(
+        &mut self,
+        ident: &Ident,
+        scope: &Scope,
+        losses: &Losses,
+        env: &Env,
+    ) -> Option<TypedExpr> {
         if let Some(bound) = env.params.get(&ident.name) {
             return Some(bound.clone());
         }
@@ -214,7 +289,8 @@ impl Cx<'_> {
         let help = if models.contains(&ident.name.as_str()) {
             Some(format!("name one of its outputs: `{}.logits`", ident.name))
         } else {
-            did_you_mean(&ident.name, candidates.iter().copied()).or_else(|| Some(format!("names here: {}", list(candidates.iter().copied()))))
+            did_you_mean(&ident.name, candidates.iter().copied())
+                .or_else(|| Some(format!("names here: {}", list(candidates.iter().copied()))))
         };
         self.error(CheckError::UnknownName {
             what: "name",
@@ -225,11 +301,20 @@ impl Cx<'_> {
         None
     }
 
-    fn member(&mut self, object: &Ident, field: &Ident, scope: &Scope, at: Span) -> Option<TypedExpr> {
+    fn member(
+        &mut self,
+        object: &Ident,
+        field: &Ident,
+        scope: &Scope,
+        at: Span,
+    ) -> Option<TypedExpr> {
         let Some(model) = scope.models.iter().find(|m| m.name == object.name) else {
             if scope.all_models.iter().any(|m| m.name == object.name) {
                 self.error(CheckError::Stage {
-                    message: format!("model `{}` does not take part in stage `{}`", object.name, scope.stage),
+                    message: format!(
+                        "model `{}` does not take part in stage `{}`",
+                        object.name, scope.stage
+                    ),
                     span: span(object.span),
                     label: "not in this stage".into(),
                     help: Some(format!(
@@ -243,7 +328,12 @@ impl Cx<'_> {
                     name: object.name.clone(),
                     span: span(object.span),
                     help: did_you_mean(&object.name, scope.models.iter().map(|m| m.name.as_str()))
-                        .or_else(|| Some(format!("this stage runs {}", list(scope.models.iter().map(|m| m.name.as_str()))))),
+                        .or_else(|| {
+                            Some(format!(
+                                "this stage runs {}",
+                                list(scope.models.iter().map(|m| m.name.as_str()))
+                            ))
+                        }),
                 });
             }
             return None;
@@ -256,7 +346,14 @@ impl Cx<'_> {
                 span: span(field.span),
                 help: did_you_mean(&field.name, names.clone())
                     .map(|h| format!("{h} (`{}` has taps {})", model.name, list(names.clone())))
-                    .or_else(|| Some(format!("`{}` ({}) has taps {}; name a layer's output with `as NAME`", model.name, model.architecture, list(names)))),
+                    .or_else(|| {
+                        Some(format!(
+                            "`{}` ({}) has taps {}; name a layer's output with `as NAME`",
+                            model.name,
+                            model.architecture,
+                            list(names)
+                        ))
+                    }),
             });
             return None;
         };
@@ -270,7 +367,15 @@ impl Cx<'_> {
         })
     }
 
-    fn call(&mut self, name: &Ident, args: &[ExprArg], scope: &Scope, losses: &Losses, env: &Env, at: Span) -> Option<TypedExpr> {
+    fn call(
+        &mut self,
+        name: &Ident,
+        args: &[ExprArg],
+        scope: &Scope,
+        losses: &Losses,
+        env: &Env,
+        at: Span,
+    ) -> Option<TypedExpr> {
         if losses.decls.contains_key(&name.name) {
             return self.inline(name, args, scope, losses, env, at);
         }
@@ -281,7 +386,8 @@ impl Cx<'_> {
                 what: "function",
                 name: name.name.clone(),
                 span: span(name.span),
-                help: did_you_mean(&name.name, candidates.iter().copied()).or_else(|| Some(one_of(candidates.iter().copied()))),
+                help: did_you_mean(&name.name, candidates.iter().copied())
+                    .or_else(|| Some(one_of(candidates.iter().copied()))),
             });
             return None;
         }
@@ -299,7 +405,12 @@ impl Cx<'_> {
                 Some(n) => match params.iter().position(|p| *p == n.name) {
                     Some(i) => i,
                     None => {
-                        self.invalid(n.span, format!("`{}` has no argument `{}`", name.name, n.name), "unknown argument", Some(format!("its arguments: {}", list(params.iter().copied()))));
+                        self.invalid(
+                            n.span,
+                            format!("`{}` has no argument `{}`", name.name, n.name),
+                            "unknown argument",
+                            Some(format!("its arguments: {}", list(params.iter().copied()))),
+                        );
                         return None;
                     }
                 },
@@ -310,22 +421,39 @@ impl Cx<'_> {
                 }
             };
             if index >= params.len() {
-                self.invalid(arg.value.span, format!("`{}` takes {} arguments", name.name, params.len()), "one too many", None);
+                self.invalid(
+                    arg.value.span,
+                    format!("`{}` takes {} arguments", name.name, params.len()),
+                    "one too many",
+                    None,
+                );
                 return None;
             }
             slots[index] = Some(&arg.value);
         }
         if slots.iter().take(required).any(Option::is_none) {
             self.error(CheckError::Missing {
-                message: format!("`{}` needs {} argument(s): {}", name.name, required, params[..required].join(", ")),
+                message: format!(
+                    "`{}` needs {} argument(s): {}",
+                    name.name,
+                    required,
+                    params[..required].join(", ")
+                ),
                 span: span(at),
                 label: "too few arguments".into(),
                 help: None,
             });
             return None;
         }
-        let typed: Vec<Option<TypedExpr>> = slots.iter().map(|s| s.and_then(|e| self.expr(e, scope, losses, env))).collect();
-        if typed.iter().zip(&slots).any(|(t, s)| s.is_some() && t.is_none()) {
+        let typed: Vec<Option<TypedExpr>> = slots
+            .iter()
+            .map(|s| s.and_then(|e| self.expr(e, scope, losses, env)))
+            .collect();
+        if typed
+            .iter()
+            .zip(&slots)
+            .any(|(t, s)| s.is_some() && t.is_none())
+        {
             return None;
         }
         let mut typed: Vec<TypedExpr> = typed.into_iter().flatten().collect();
@@ -347,7 +475,10 @@ impl Cx<'_> {
                             range: "greater than 0",
                             value: format_number(v),
                             span: span(t.span),
-                            help: Some("T = 1 is the plain softmax; distillation uses T between 2 and 20".into()),
+                            help: Some(
+                                "T = 1 is the plain softmax; distillation uses T between 2 and 20"
+                                    .into(),
+                            ),
                         });
                         return None;
                     }
@@ -361,9 +492,21 @@ impl Cx<'_> {
                 Some(apply(op, typed, TensorType { kind, shape }, at))
             }
             "kl" => {
-                self.order(&name.name, &typed[0], &typed[1], scope, "target (teacher) distribution", "prediction (student)")?;
+                self.order(
+                    &name.name,
+                    &typed[0],
+                    &typed[1],
+                    scope,
+                    "target (teacher) distribution",
+                    "prediction (student)",
+                )?;
                 self.expect_kind(&name.name, "first", &[Kind::Probabilities], &typed[0])?;
-                self.expect_kind(&name.name, "second", &[Kind::Probabilities, Kind::LogProbabilities], &typed[1])?;
+                self.expect_kind(
+                    &name.name,
+                    "second",
+                    &[Kind::Probabilities, Kind::LogProbabilities],
+                    &typed[1],
+                )?;
                 self.same_width(&name.name, &typed[0], &typed[1], scope)?;
                 Some(apply(Op::Kl, typed, TensorType::scalar(), at))
             }
@@ -397,14 +540,31 @@ impl Cx<'_> {
                 Some(apply(Op::CrossEntropy, typed, TensorType::scalar(), at))
             }
             "soft_cross_entropy" => {
-                self.order(&name.name, &typed[1], &typed[0], scope, "prediction (student)", "target (teacher) distribution")?;
-                self.expect_kind(&name.name, "first", &[Kind::Logits, Kind::LogProbabilities, Kind::Probabilities], &typed[0])?;
+                self.order(
+                    &name.name,
+                    &typed[1],
+                    &typed[0],
+                    scope,
+                    "prediction (student)",
+                    "target (teacher) distribution",
+                )?;
+                self.expect_kind(
+                    &name.name,
+                    "first",
+                    &[Kind::Logits, Kind::LogProbabilities, Kind::Probabilities],
+                    &typed[0],
+                )?;
                 self.expect_kind(&name.name, "second", &[Kind::Probabilities], &typed[1])?;
                 self.same_width(&name.name, &typed[0], &typed[1], scope)?;
                 Some(apply(Op::SoftCrossEntropy, typed, TensorType::scalar(), at))
             }
             other => {
-                let allowed = [Kind::Logits, Kind::Probabilities, Kind::LogProbabilities, Kind::Features];
+                let allowed = [
+                    Kind::Logits,
+                    Kind::Probabilities,
+                    Kind::LogProbabilities,
+                    Kind::Features,
+                ];
                 self.expect_kind(other, "first", &allowed, &typed[0])?;
                 self.expect_kind(other, "second", &allowed, &typed[1])?;
                 self.same_width(other, &typed[0], &typed[1], scope)?;
@@ -414,15 +574,31 @@ impl Cx<'_> {
         }
     }
 
-    fn expect_kind(&mut self, function: &str, position: &'static str, allowed: &[Kind], arg: &TypedExpr) -> Option<()> {
+    fn expect_kind(
+        &mut self,
+        function: &str,
+        position: &'static str,
+        allowed: &[Kind],
+        arg: &TypedExpr,
+    ) -> Option<()> {
         if allowed.contains(&arg.ty.kind) {
             return Some(());
         }
-        let expected = allowed.iter().map(|k| kind_name(*k)).collect::<Vec<_>>().join(" or ");
+        let expected = allowed
+            .iter()
+            .map(|k| kind_name(*k))
+            .collect::<Vec<_>>()
+            .join(" or ");
         let help = match (arg.ty.kind, allowed.first()) {
-            (Kind::Probabilities, Some(Kind::Logits)) => Some("these are already probabilities: pass the logits (the tap before softmax)".into()),
-            (Kind::Logits, Some(Kind::Probabilities)) => Some("turn logits into probabilities with `softmax(x, T)`".into()),
-            (Kind::Features, Some(Kind::Logits)) => Some("this tap is an intermediate layer; pass the model's logits".into()),
+            (Kind::Probabilities, Some(Kind::Logits)) => Some(
+                "these are already probabilities: pass the logits (the tap before softmax)".into(),
+            ),
+            (Kind::Logits, Some(Kind::Probabilities)) => {
+                Some("turn logits into probabilities with `softmax(x, T)`".into())
+            }
+            (Kind::Features, Some(Kind::Logits)) => {
+                Some("this tap is an intermediate layer; pass the model's logits".into())
+            }
             _ => None,
         };
         self.error(CheckError::ArgumentKind {
@@ -437,7 +613,13 @@ impl Cx<'_> {
     }
 
     /// Teacher and student outputs compared in one loss must have the same width.
-    fn same_width(&mut self, function: &str, a: &TypedExpr, b: &TypedExpr, scope: &Scope) -> Option<()> {
+    fn same_width(
+        &mut self,
+        function: &str,
+        a: &TypedExpr,
+        b: &TypedExpr,
+        scope: &Scope,
+    ) -> Option<()> {
         if a.ty.shape == b.ty.shape {
             return Some(());
         }
@@ -450,23 +632,41 @@ impl Cx<'_> {
             }
         };
         self.error(CheckError::ShapeMismatch {
-            message: format!("`{function}` compares tensors of different widths: {:?} and {:?}", a.ty.shape, b.ty.shape),
+            message: format!(
+                "`{function}` compares tensors of different widths: {:?} and {:?}",
+                a.ty.shape, b.ty.shape
+            ),
             span: span(a.span),
             label: who(a),
             related: vec![labeled(b.span, who(b))],
-            help: Some("teacher and student must predict the same classes; check both models' last layers".into()),
+            help: Some(
+                "teacher and student must predict the same classes; check both models' last layers"
+                    .into(),
+            ),
         });
         None
     }
 
     /// `target` must not come from the trained model while `prediction` comes only from a
     /// frozen one: that is the arguments swapped.
-    fn order(&mut self, function: &str, target: &TypedExpr, prediction: &TypedExpr, scope: &Scope, first: &'static str, second: &'static str) -> Option<()> {
+    fn order(
+        &mut self,
+        function: &str,
+        target: &TypedExpr,
+        prediction: &TypedExpr,
+        scope: &Scope,
+        first: &'static str,
+        second: &'static str,
+    ) -> Option<()> {
         let t = target.models();
         let p = prediction.models();
         let trained = |ms: &[String]| ms.iter().any(|m| m == scope.trained);
         if trained(&t) && !p.is_empty() && !trained(&p) {
-            let (span_at, found) = if function == "kl" { (target.span, scope.trained.to_string()) } else { (prediction.span, p.join(", ")) };
+            let (span_at, found) = if function == "kl" {
+                (target.span, scope.trained.to_string())
+            } else {
+                (prediction.span, p.join(", "))
+            };
             self.error(CheckError::ArgumentOrder {
                 function: function.to_string(),
                 first,
@@ -485,11 +685,24 @@ impl Cx<'_> {
     }
 
     /// Inlines a named loss: its parameters bound to the call's arguments or defaults.
-    fn inline(&mut self, name: &Ident, args: &[ExprArg], scope: &Scope, losses: &Losses, env: &Env, at: Span) -> Option<TypedExpr> {
+    fn inline(
+        &mut self,
+        name: &Ident,
+        args: &[ExprArg],
+        scope: &Scope,
+        losses: &Losses,
+        env: &Env,
+        at: Span,
+    ) -> Option<TypedExpr> {
         let decl = losses.decls.get(&name.name)?;
         losses.used.borrow_mut().insert(name.name.clone());
         if env.inlining.contains(&name.name) {
-            self.invalid(name.span, format!("loss `{}` refers to itself", name.name), "recursive", None);
+            self.invalid(
+                name.span,
+                format!("loss `{}` refers to itself", name.name),
+                "recursive",
+                None,
+            );
             return None;
         }
         let mut bound: HashMap<String, TypedExpr> = HashMap::new();
@@ -504,7 +717,12 @@ impl Cx<'_> {
                             format!("loss `{}` has no parameter `{}`", name.name, n.name),
                             "unknown parameter",
                             did_you_mean(&n.name, decl.params.iter().map(|p| p.name.name.as_str()))
-                                .or_else(|| Some(format!("its parameters: {}", list(decl.params.iter().map(|p| p.name.name.as_str()))))),
+                                .or_else(|| {
+                                    Some(format!(
+                                        "its parameters: {}",
+                                        list(decl.params.iter().map(|p| p.name.name.as_str()))
+                                    ))
+                                }),
                         );
                         return None;
                     }
@@ -515,7 +733,16 @@ impl Cx<'_> {
                         p
                     }
                     None => {
-                        self.invalid(arg.value.span, format!("loss `{}` takes {} parameter(s)", name.name, decl.params.len()), "one too many", None);
+                        self.invalid(
+                            arg.value.span,
+                            format!(
+                                "loss `{}` takes {} parameter(s)",
+                                name.name,
+                                decl.params.len()
+                            ),
+                            "one too many",
+                            None,
+                        );
                         return None;
                     }
                 },
@@ -535,7 +762,10 @@ impl Cx<'_> {
         }
         let mut inlining = env.inlining.clone();
         inlining.push(name.name.clone());
-        let inner = Env { params: bound, inlining };
+        let inner = Env {
+            params: bound,
+            inlining,
+        };
         let mut body = self.expr(&decl.body, scope, losses, &inner)?;
         body.span = at;
         Some(body)

@@ -67,11 +67,17 @@ pub struct TypedExpr {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TypedNode {
     /// Output `port` of model `model`'s forward pass.
-    Tap { model: String, port: String },
+    Tap {
+        model: String,
+        port: String,
+    },
     /// The batch's labels.
     Label,
     Const(f64),
-    Apply { op: Op, args: Vec<TypedExpr> },
+    Apply {
+        op: Op,
+        args: Vec<TypedExpr>,
+    },
 }
 
 impl TypedExpr {
@@ -132,7 +138,11 @@ pub struct SourceFile {
 }
 
 /// Checks a parsed program. Errors come back all together; warnings ride on success.
-pub fn check(program: &Program, source: &SourceFile, overrides: &[Override]) -> Result<Checked, Vec<KdError>> {
+pub fn check(
+    program: &Program,
+    source: &SourceFile,
+    overrides: &[Override],
+) -> Result<Checked, Vec<KdError>> {
     let mut cx = Cx::new(&source.base_dir);
     cx.check_duplicates(program);
     let settings = cx.pipeline(program, &source.path);
@@ -156,7 +166,9 @@ pub fn check(program: &Program, source: &SourceFile, overrides: &[Override]) -> 
     // In source order, as the user reads the file.
     unique.sort_by_key(|d| {
         use miette::Diagnostic;
-        d.labels().and_then(|mut l| l.next()).map_or(usize::MAX, |l| l.offset())
+        d.labels()
+            .and_then(|mut l| l.next())
+            .map_or(usize::MAX, |l| l.offset())
     });
     let (errors, warnings): (Vec<_>, Vec<_>) = unique.into_iter().partition(KdError::is_error);
     if !errors.is_empty() {
@@ -230,7 +242,11 @@ impl<'a> Cx<'a> {
                 Declaration::Stage(d) => ("stage", &d.name),
                 Declaration::Evaluate(_) | Declaration::Export(_) => continue,
             };
-            let key = if what == "pipeline" { String::new() } else { name.name.clone() };
+            let key = if what == "pipeline" {
+                String::new()
+            } else {
+                name.name.clone()
+            };
             match seen.get(&(what, key.clone())) {
                 Some(first) => self.error(CheckError::Duplicate {
                     what,
@@ -249,7 +265,10 @@ impl<'a> Cx<'a> {
         for decl in &program.declarations {
             match decl {
                 Declaration::Augment(a) => {
-                    if !stages.iter().any(|s| s.augment.as_deref() == Some(a.name.name.as_str())) {
+                    if !stages
+                        .iter()
+                        .any(|s| s.augment.as_deref() == Some(a.name.name.as_str()))
+                    {
                         self.diagnostics.push(
                             CheckError::Unused {
                                 what: "augmentation",
@@ -277,7 +296,10 @@ impl<'a> Cx<'a> {
 }
 
 /// `Some(help)` naming the closest of `candidates`.
-pub(crate) fn closest<'b>(name: &str, candidates: impl IntoIterator<Item = &'b str>) -> Option<String> {
+pub(crate) fn closest<'b>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'b str>,
+) -> Option<String> {
     did_you_mean(name, candidates)
 }
 
@@ -299,4 +321,3 @@ pub(crate) fn describe_type(ty: &TensorType) -> String {
         kind => format!("{} {:?}", kind_name(kind), ty.shape),
     }
 }
-

@@ -10,7 +10,17 @@ use super::Cx;
 use crate::diagnostics::{did_you_mean, labeled, one_of, span, CheckError};
 
 const LAYERS: &[&str] = &[
-    "linear", "conv2d", "maxpool", "avgpool", "batchnorm", "dropout", "flatten", "relu", "gelu", "tanh", "sigmoid",
+    "linear",
+    "conv2d",
+    "maxpool",
+    "avgpool",
+    "batchnorm",
+    "dropout",
+    "flatten",
+    "relu",
+    "gelu",
+    "tanh",
+    "sigmoid",
     "softmax",
 ];
 
@@ -27,8 +37,12 @@ impl Cx<'_> {
     pub(super) fn architectures(&mut self, program: &Program) -> HashMap<String, Architecture> {
         let mut out = HashMap::new();
         for decl in &program.declarations {
-            let Declaration::Model(m) = decl else { continue };
-            let Some(input) = self.shape(&m.input, "an input dimension", 1) else { continue };
+            let Declaration::Model(m) = decl else {
+                continue;
+            };
+            let Some(input) = self.shape(&m.input, "an input dimension", 1) else {
+                continue;
+            };
             let mut counters = BTreeMap::new();
             let mut shape = input.clone();
             let mut prev: Option<Span> = None;
@@ -41,8 +55,18 @@ impl Cx<'_> {
                         shape = layer.output.clone();
                         prev = Some(node.span);
                         if let Some(alias) = &node.alias {
-                            if alias.name == "output" || taps.iter().any(|t: &Tap| t.name == alias.name) {
-                                self.invalid(alias.span, format!("tap `{}` is named twice in `{}`", alias.name, m.name.name), "rename it", None);
+                            if alias.name == "output"
+                                || taps.iter().any(|t: &Tap| t.name == alias.name)
+                            {
+                                self.invalid(
+                                    alias.span,
+                                    format!(
+                                        "tap `{}` is named twice in `{}`",
+                                        alias.name, m.name.name
+                                    ),
+                                    "rename it",
+                                    None,
+                                );
                             }
                             taps.push(Tap {
                                 name: alias.name.clone(),
@@ -69,7 +93,10 @@ impl Cx<'_> {
                     message: format!("model `{}` has no layers", m.name.name),
                     span: span(m.name.span),
                     label: "empty".into(),
-                    help: Some("list layers after `input [...]`, e.g. `flatten linear(10) as logits`".into()),
+                    help: Some(
+                        "list layers after `input [...]`, e.g. `flatten linear(10) as logits`"
+                            .into(),
+                    ),
                 });
                 continue;
             }
@@ -147,7 +174,12 @@ impl Cx<'_> {
         let output = shape;
         let shortcut = if output == input {
             None
-        } else if input.len() == 3 && output.len() == 3 && input[1] % output[1] == 0 && input[2] % output[2] == 0 && input[1] / output[1] == input[2] / output[2] {
+        } else if input.len() == 3
+            && output.len() == 3
+            && input[1] % output[1] == 0
+            && input[2] % output[2] == 0
+            && input[1] / output[1] == input[2] / output[2]
+        {
             let stride = input[1] / output[1];
             let layer = Layer::Conv2d {
                 out: output[0],
@@ -167,7 +199,10 @@ impl Cx<'_> {
                 span: to_plan(node.span),
             }))
         } else if input.len() == 1 && output.len() == 1 {
-            let layer = Layer::Linear { out: output[0], bias: false };
+            let layer = Layer::Linear {
+                out: output[0],
+                bias: false,
+            };
             let (params, flops) = cost(&layer, input, &output);
             Some(Box::new(LayerSpec {
                 name: "shortcut".into(),
@@ -190,13 +225,17 @@ impl Cx<'_> {
         };
         let n = counters.entry("residual").or_insert(0);
         *n += 1;
-        let params = layers.iter().map(|l| l.params).sum::<usize>() + shortcut.as_ref().map_or(0, |s| s.params);
+        let params = layers.iter().map(|l| l.params).sum::<usize>()
+            + shortcut.as_ref().map_or(0, |s| s.params);
         let flops = layers.iter().map(|l| l.flops).sum::<u64>()
             + shortcut.as_ref().map_or(0, |s| s.flops)
             + output.iter().product::<usize>() as u64;
         Some(LayerSpec {
             name: format!("residual{n}"),
-            layer: Layer::Residual { body: layers, shortcut },
+            layer: Layer::Residual {
+                body: layers,
+                shortcut,
+            },
             input: input.to_vec(),
             output,
             params,
@@ -206,7 +245,12 @@ impl Cx<'_> {
     }
 
     /// One layer: its parameters checked, and its output shape for `input`.
-    fn layer_call(&mut self, call: &Call, input: &[usize], prev: Option<Span>) -> Option<(Layer, Vec<usize>)> {
+    fn layer_call(
+        &mut self,
+        call: &Call,
+        input: &[usize],
+        prev: Option<Span>,
+    ) -> Option<(Layer, Vec<usize>)> {
         let name = call.name.name.as_str();
         let mismatch = |cx: &mut Self, message: String, help: Option<String>| {
             cx.error(CheckError::ShapeMismatch {
@@ -225,7 +269,9 @@ impl Cx<'_> {
             } else {
                 mismatch(
                     cx,
-                    format!("`{name}` needs an image input [channels, height, width], found {input:?}"),
+                    format!(
+                        "`{name}` needs an image input [channels, height, width], found {input:?}"
+                    ),
                     Some("convolutions and pools come before `flatten`".into()),
                 );
                 None
@@ -266,12 +312,25 @@ impl Cx<'_> {
                     return self.missing_arg(call, "kernel", "conv2d(16, kernel: 3)");
                 };
                 let kernel = self.count(k, "kernel", 1)?;
-                let stride = args.get("stride", None).map_or(Some(1), |v| self.count(v, "stride", 1))?;
-                let padding = args.get("padding", None).map_or(Some(0), |v| self.count(v, "padding", 0))?;
-                let bias = args.get("bias", None).map_or(Some(true), |v| self.boolean(v, "bias"))?;
+                let stride = args
+                    .get("stride", None)
+                    .map_or(Some(1), |v| self.count(v, "stride", 1))?;
+                let padding = args
+                    .get("padding", None)
+                    .map_or(Some(0), |v| self.count(v, "padding", 0))?;
+                let bias = args
+                    .get("bias", None)
+                    .map_or(Some(true), |v| self.boolean(v, "bias"))?;
                 let (_, h, w) = image(self)?;
-                let (Some(oh), Some(ow)) = (window(h, kernel, stride, padding), window(w, kernel, stride, padding)) else {
-                    mismatch(self, format!("a {kernel}x{kernel} kernel does not fit a {h}x{w} input"), Some("use a smaller kernel or more padding".into()));
+                let (Some(oh), Some(ow)) = (
+                    window(h, kernel, stride, padding),
+                    window(w, kernel, stride, padding),
+                ) else {
+                    mismatch(
+                        self,
+                        format!("a {kernel}x{kernel} kernel does not fit a {h}x{w} input"),
+                        Some("use a smaller kernel or more padding".into()),
+                    );
                     return None;
                 };
                 Some((
@@ -287,11 +346,21 @@ impl Cx<'_> {
             }
             "maxpool" | "avgpool" => {
                 let args = self.args(call, &["kernel", "stride"], 1);
-                let kernel = args.get("kernel", Some(0)).map_or(Some(2), |v| self.count(v, "pool size", 1))?;
-                let stride = args.get("stride", None).map_or(Some(kernel), |v| self.count(v, "stride", 1))?;
+                let kernel = args
+                    .get("kernel", Some(0))
+                    .map_or(Some(2), |v| self.count(v, "pool size", 1))?;
+                let stride = args
+                    .get("stride", None)
+                    .map_or(Some(kernel), |v| self.count(v, "stride", 1))?;
                 let (c, h, w) = image(self)?;
-                let (Some(oh), Some(ow)) = (window(h, kernel, stride, 0), window(w, kernel, stride, 0)) else {
-                    mismatch(self, format!("a {kernel}x{kernel} pool does not fit a {h}x{w} input"), None);
+                let (Some(oh), Some(ow)) =
+                    (window(h, kernel, stride, 0), window(w, kernel, stride, 0))
+                else {
+                    mismatch(
+                        self,
+                        format!("a {kernel}x{kernel} pool does not fit a {h}x{w} input"),
+                        None,
+                    );
                     return None;
                 };
                 let layer = if name == "maxpool" {
@@ -303,10 +372,17 @@ impl Cx<'_> {
             }
             "batchnorm" => {
                 let args = self.args(call, &["eps", "momentum"], 0);
-                let eps = args.get("eps", None).map_or(Some(1e-5), |v| self.number_in(v, "eps", |e| e > 0.0, "greater than 0"))?;
-                let momentum = args
-                    .get("momentum", None)
-                    .map_or(Some(0.1), |v| self.number_in(v, "momentum", |m| (0.0..=1.0).contains(&m), "between 0 and 1"))?;
+                let eps = args.get("eps", None).map_or(Some(1e-5), |v| {
+                    self.number_in(v, "eps", |e| e > 0.0, "greater than 0")
+                })?;
+                let momentum = args.get("momentum", None).map_or(Some(0.1), |v| {
+                    self.number_in(
+                        v,
+                        "momentum",
+                        |m| (0.0..=1.0).contains(&m),
+                        "between 0 and 1",
+                    )
+                })?;
                 if input.len() != 1 && input.len() != 3 {
                     mismatch(self, format!("`batchnorm` needs [features] or [channels, height, width], found {input:?}"), None);
                     return None;
@@ -341,7 +417,8 @@ impl Cx<'_> {
                     what: "layer",
                     name: other.to_string(),
                     span: span(call.name.span),
-                    help: did_you_mean(other, LAYERS.iter().copied()).or_else(|| Some(one_of(LAYERS.iter().copied()))),
+                    help: did_you_mean(other, LAYERS.iter().copied())
+                        .or_else(|| Some(one_of(LAYERS.iter().copied()))),
                 });
                 None
             }
@@ -371,14 +448,19 @@ impl Cx<'_> {
             let Declaration::Role(r) = decl else { continue };
             let Some(arch) = architectures.get(&r.architecture.name) else {
                 self.failed.insert(format!("model {}", r.name.name));
-                let declared = program.declarations.iter().any(|d| matches!(d, Declaration::Model(m) if m.name.name == r.architecture.name));
+                let declared = program.declarations.iter().any(
+                    |d| matches!(d, Declaration::Model(m) if m.name.name == r.architecture.name),
+                );
                 if !declared {
                     self.error(CheckError::UnknownName {
                         what: "architecture",
                         name: r.architecture.name.clone(),
                         span: span(r.architecture.span),
-                        help: super::closest(&r.architecture.name, architectures.keys().map(String::as_str))
-                            .or_else(|| Some(one_of(architectures.keys().map(String::as_str)))),
+                        help: super::closest(
+                            &r.architecture.name,
+                            architectures.keys().map(String::as_str),
+                        )
+                        .or_else(|| Some(one_of(architectures.keys().map(String::as_str)))),
                     });
                 }
                 continue;
@@ -399,7 +481,10 @@ impl Cx<'_> {
                             path: text.clone(),
                             reason,
                             span: span(v.span),
-                            help: Some(format!("the weights must come from a model of architecture `{}`", r.architecture.name)),
+                            help: Some(format!(
+                                "the weights must come from a model of architecture `{}`",
+                                r.architecture.name
+                            )),
                         });
                     }
                     Some(text.into())
@@ -470,13 +555,17 @@ fn cost(layer: &Layer, input: &[usize], output: &[usize]) -> (usize, u64) {
             let params = inp * out + if *bias { *out } else { 0 };
             (params, 2 * (inp as u64) * out_elems)
         }
-        Layer::Conv2d { out, kernel, bias, .. } => {
+        Layer::Conv2d {
+            out, kernel, bias, ..
+        } => {
             let c = input.first().copied().unwrap_or(0);
             let params = out * c * kernel * kernel + if *bias { *out } else { 0 };
             (params, 2 * (c * kernel * kernel) as u64 * out_elems)
         }
         Layer::BatchNorm { .. } => (2 * input.first().copied().unwrap_or(0), 2 * out_elems),
-        Layer::MaxPool { kernel, .. } | Layer::AvgPool { kernel, .. } => (0, (kernel * kernel) as u64 * out_elems),
+        Layer::MaxPool { kernel, .. } | Layer::AvgPool { kernel, .. } => {
+            (0, (kernel * kernel) as u64 * out_elems)
+        }
         Layer::Gelu | Layer::Tanh | Layer::Sigmoid | Layer::Softmax => (0, 4 * out_elems),
         Layer::Relu | Layer::Dropout { .. } => (0, out_elems),
         Layer::Flatten | Layer::Residual { .. } => (0, 0),
@@ -486,4 +575,3 @@ fn cost(layer: &Layer, input: &[usize], output: &[usize]) -> (usize, u64) {
 pub(super) fn to_plan(s: Span) -> kd_plan::Span {
     kd_plan::Span::new(s.start, s.end)
 }
-

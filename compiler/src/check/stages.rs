@@ -2,8 +2,8 @@
 
 use kd_grammar::ast::{Call, DataRef, Declaration, Program, Span, StageDecl, StageStmt};
 use kd_plan::{
-    AugmentSpec, DataSpec, Evaluation, Export, Keep, Kind, Metric, ModelSpec, Op, Optimizer, Role, Schedule,
-    ScheduleKind, StageKind, TensorType, Validate,
+    AugmentSpec, DataSpec, Evaluation, Export, Keep, Kind, Metric, ModelSpec, Op, Optimizer, Role,
+    Schedule, ScheduleKind, StageKind, TensorType, Validate,
 };
 
 use super::data::needs_image;
@@ -12,7 +12,17 @@ use super::models::to_plan;
 use super::{CheckedStage, Cx, TypedExpr, TypedNode};
 use crate::diagnostics::{did_you_mean, labeled, list, one_of, span, CheckError};
 
-const METRICS: &[&str] = &["accuracy", "precision", "recall", "f1", "loss", "confusion", "per_class", "agreement", "ece"];
+const METRICS: &[&str] = &[
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "loss",
+    "confusion",
+    "per_class",
+    "agreement",
+    "ece",
+];
 const KEEP_METRICS: &[&str] = &["accuracy", "precision", "recall", "f1", "loss"];
 
 fn metric(name: &str) -> Option<Metric> {
@@ -50,7 +60,11 @@ impl Cx<'_> {
     }
 
     /// A `data.split` reference: the data source, and whether the split has labels.
-    pub(crate) fn split<'d>(&mut self, r: &DataRef, data: &'d [DataSpec]) -> Option<(&'d DataSpec, bool)> {
+    pub(crate) fn split<'d>(
+        &mut self,
+        r: &DataRef,
+        data: &'d [DataSpec],
+    ) -> Option<(&'d DataSpec, bool)> {
         let Some(spec) = data.iter().find(|d| d.name == r.data.name) else {
             if self.failed.contains(&format!("data {}", r.data.name)) {
                 return None;
@@ -59,7 +73,8 @@ impl Cx<'_> {
                 what: "data source",
                 name: r.data.name.clone(),
                 span: span(r.data.span),
-                help: did_you_mean(&r.data.name, data.iter().map(|d| d.name.as_str())).or_else(|| Some(one_of(data.iter().map(|d| d.name.as_str())))),
+                help: did_you_mean(&r.data.name, data.iter().map(|d| d.name.as_str()))
+                    .or_else(|| Some(one_of(data.iter().map(|d| d.name.as_str())))),
             });
             return None;
         };
@@ -69,14 +84,24 @@ impl Cx<'_> {
                 name: format!("{}.{}", r.data.name, r.split.name),
                 span: span(r.split.span),
                 help: did_you_mean(&r.split.name, spec.splits.iter().map(|s| s.name.as_str()))
-                    .or_else(|| Some(format!("`{}` has splits {}", spec.name, list(spec.splits.iter().map(|s| s.name.as_str()))))),
+                    .or_else(|| {
+                        Some(format!(
+                            "`{}` has splits {}",
+                            spec.name,
+                            list(spec.splits.iter().map(|s| s.name.as_str()))
+                        ))
+                    }),
             });
             return None;
         };
         Some((spec, split.labeled))
     }
 
-    fn model<'m>(&mut self, name: &kd_grammar::ast::Ident, models: &'m [ModelSpec]) -> Option<&'m ModelSpec> {
+    fn model<'m>(
+        &mut self,
+        name: &kd_grammar::ast::Ident,
+        models: &'m [ModelSpec],
+    ) -> Option<&'m ModelSpec> {
         let found = models.iter().find(|m| m.name == name.name);
         if found.is_none() && !self.failed.contains(&format!("model {}", name.name)) {
             self.error(CheckError::UnknownName {
@@ -96,16 +121,32 @@ impl Cx<'_> {
             return Some(());
         }
         self.error(CheckError::ShapeMismatch {
-            message: format!("model `{}` takes input {:?} but `{}` has samples of shape {:?}", model.name, model.input, data.name, data.sample_shape),
+            message: format!(
+                "model `{}` takes input {:?} but `{}` has samples of shape {:?}",
+                model.name, model.input, data.name, data.sample_shape
+            ),
             span: span(r.span),
             label: format!("samples {:?}", data.sample_shape),
-            related: vec![labeled(from_plan(model.span), format!("input {:?}", model.input))],
-            help: Some(format!("declare `input {:?}` in the model, or `shape: {:?}` in the data", data.sample_shape, model.input)),
+            related: vec![labeled(
+                from_plan(model.span),
+                format!("input {:?}", model.input),
+            )],
+            help: Some(format!(
+                "declare `input {:?}` in the model, or `shape: {:?}` in the data",
+                data.sample_shape, model.input
+            )),
         });
         None
     }
 
-    fn stage(&mut self, decl: &StageDecl, models: &[ModelSpec], data: &[DataSpec], augments: &[AugmentSpec], losses: &Losses) -> Option<CheckedStage> {
+    fn stage(
+        &mut self,
+        decl: &StageDecl,
+        models: &[ModelSpec],
+        data: &[DataSpec],
+        augments: &[AugmentSpec],
+        losses: &Losses,
+    ) -> Option<CheckedStage> {
         let name = decl.name.name.clone();
         let mut what: Option<(&StageStmt, Span)> = None;
         let mut loss = None;
@@ -141,7 +182,10 @@ impl Cx<'_> {
                 message: format!("stage `{name}` does not say what it trains"),
                 span: span(decl.name.span),
                 label: "no `train` or `distill`".into(),
-                help: Some("add `train MODEL on DATA.SPLIT` or `distill TEACHER -> STUDENT on DATA.SPLIT`".into()),
+                help: Some(
+                    "add `train MODEL on DATA.SPLIT` or `distill TEACHER -> STUDENT on DATA.SPLIT`"
+                        .into(),
+                ),
             });
             return None;
         };
@@ -149,21 +193,48 @@ impl Cx<'_> {
             self.trained.insert(model.name.clone());
         }
         let (kind, trained, frozen, data_ref, augment) = match what {
-            StageStmt::Train { model, data, augment, .. } => {
+            StageStmt::Train {
+                model,
+                data,
+                augment,
+                ..
+            } => {
                 let m = self.model(model, models);
                 (StageKind::Train, m, None, data, augment)
             }
-            StageStmt::Distill { teacher, student, data, augment, .. } => {
+            StageStmt::Distill {
+                teacher,
+                student,
+                data,
+                augment,
+                ..
+            } => {
                 let t = self.model(teacher, models);
                 let s = self.model(student, models);
                 if let Some(t) = t {
                     if t.role != Role::Teacher {
-                        self.invalid(teacher.span, format!("`{}` distils from `{}`, which is not declared a teacher", name, t.name), "not a teacher", Some(format!("declare it with `teacher {} = {}`", t.name, t.architecture)));
+                        self.invalid(
+                            teacher.span,
+                            format!(
+                                "`{}` distils from `{}`, which is not declared a teacher",
+                                name, t.name
+                            ),
+                            "not a teacher",
+                            Some(format!(
+                                "declare it with `teacher {} = {}`",
+                                t.name, t.architecture
+                            )),
+                        );
                     }
                 }
                 if let (Some(t), Some(s)) = (t, s) {
                     if t.name == s.name {
-                        self.invalid(student.span, "a model cannot distil into itself".into(), "same as the teacher", None);
+                        self.invalid(
+                            student.span,
+                            "a model cannot distil into itself".into(),
+                            "same as the teacher",
+                            None,
+                        );
                         return None;
                     }
                 }
@@ -187,7 +258,8 @@ impl Cx<'_> {
                         what: "augmentation",
                         name: a.name.clone(),
                         span: span(a.span),
-                        help: did_you_mean(&a.name, augments.iter().map(|x| x.name.as_str())).or_else(|| Some(one_of(augments.iter().map(|x| x.name.as_str())))),
+                        help: did_you_mean(&a.name, augments.iter().map(|x| x.name.as_str()))
+                            .or_else(|| Some(one_of(augments.iter().map(|x| x.name.as_str())))),
                     });
                     None
                 }
@@ -213,7 +285,11 @@ impl Cx<'_> {
                 warmup_epochs: 0,
             }),
         };
-        let fields = self.fields(&settings, &["epochs", "batch", "clip", "early_stop"], &format!("stage `{name}`"));
+        let fields = self.fields(
+            &settings,
+            &["epochs", "batch", "clip", "early_stop"],
+            &format!("stage `{name}`"),
+        );
         let epochs = match fields.value("epochs") {
             Some(v) => self.count(v, "epochs", 1),
             None => {
@@ -226,7 +302,9 @@ impl Cx<'_> {
                 None
             }
         };
-        let batch = fields.value("batch").map_or(Some(32), |v| self.count(v, "batch", 1));
+        let batch = fields
+            .value("batch")
+            .map_or(Some(32), |v| self.count(v, "batch", 1));
         let clip = match fields.value("clip") {
             Some(v) => Some(self.number_in(v, "clip", |c| c > 0.0, "greater than 0")?),
             None => None,
@@ -251,18 +329,21 @@ impl Cx<'_> {
                     self.fits(t, spec, r);
                 }
                 let keep = match &keep {
-                    Some((Some(m), _)) => match metric(&m.name).filter(|_| KEEP_METRICS.contains(&m.name.as_str())) {
-                        Some(metric) => Keep::Best(metric),
-                        None => {
-                            self.error(CheckError::UnknownName {
-                                what: "metric",
-                                name: m.name.clone(),
-                                span: span(m.span),
-                                help: did_you_mean(&m.name, KEEP_METRICS.iter().copied()).or_else(|| Some(one_of(KEEP_METRICS.iter().copied()))),
-                            });
-                            Keep::Last
+                    Some((Some(m), _)) => {
+                        match metric(&m.name).filter(|_| KEEP_METRICS.contains(&m.name.as_str())) {
+                            Some(metric) => Keep::Best(metric),
+                            None => {
+                                self.error(CheckError::UnknownName {
+                                    what: "metric",
+                                    name: m.name.clone(),
+                                    span: span(m.span),
+                                    help: did_you_mean(&m.name, KEEP_METRICS.iter().copied())
+                                        .or_else(|| Some(one_of(KEEP_METRICS.iter().copied()))),
+                                });
+                                Keep::Last
+                            }
                         }
-                    },
+                    }
                     _ => Keep::Last,
                 };
                 Some(Validate {
@@ -319,7 +400,11 @@ impl Cx<'_> {
             models: stage_models,
             all_models: models,
             trained: &trained.name,
-            labels: if labeled { Ok(data_spec.classes) } else { Err((data_ref.data.name.clone(), data_ref.split.name.clone())) },
+            labels: if labeled {
+                Ok(data_spec.classes)
+            } else {
+                Err((data_ref.data.name.clone(), data_ref.split.name.clone()))
+            },
             data_ref: data_ref.span,
         };
         let loss = match loss {
@@ -329,7 +414,10 @@ impl Cx<'_> {
                     message: format!("stage `{name}` has no loss"),
                     span: span(decl.name.span),
                     label: "no `loss`".into(),
-                    help: Some(format!("add e.g. `loss cross_entropy({}.logits, label)`", trained.name)),
+                    help: Some(format!(
+                        "add e.g. `loss cross_entropy({}.logits, label)`",
+                        trained.name
+                    )),
                 });
                 None
             }
@@ -367,26 +455,33 @@ impl Cx<'_> {
 
     fn optimizer(&mut self, call: &Call) -> Option<Optimizer> {
         let name = call.name.name.as_str();
-        let lr_of = |cx: &mut Self, args: &super::values::Args, default: Option<f64>| -> Option<f64> {
-            match args.get("lr", Some(0)) {
-                Some(v) => cx.number_in(v, "the learning rate", |lr| lr > 0.0 && lr.is_finite(), "greater than 0"),
-                None => default.or_else(|| {
-                    cx.error(CheckError::Missing {
-                        message: format!("`{name}` needs a learning rate"),
-                        span: span(call.span),
-                        label: "no `lr`".into(),
-                        help: Some(format!("`{name}(lr: 0.1)`")),
-                    });
-                    None
-                }),
-            }
-        };
-        let unit = |cx: &mut Self, args: &super::values::Args, key: &str, default: f64| -> Option<f64> {
-            match args.get(key, None) {
-                Some(v) => cx.number_in(v, key, |x| (0.0..1.0).contains(&x), "in [0, 1)"),
-                None => Some(default),
-            }
-        };
+        let lr_of =
+            |cx: &mut Self, args: &super::values::Args, default: Option<f64>| -> Option<f64> {
+                match args.get("lr", Some(0)) {
+                    Some(v) => cx.number_in(
+                        v,
+                        "the learning rate",
+                        |lr| lr > 0.0 && lr.is_finite(),
+                        "greater than 0",
+                    ),
+                    None => default.or_else(|| {
+                        cx.error(CheckError::Missing {
+                            message: format!("`{name}` needs a learning rate"),
+                            span: span(call.span),
+                            label: "no `lr`".into(),
+                            help: Some(format!("`{name}(lr: 0.1)`")),
+                        });
+                        None
+                    }),
+                }
+            };
+        let unit =
+            |cx: &mut Self, args: &super::values::Args, key: &str, default: f64| -> Option<f64> {
+                match args.get(key, None) {
+                    Some(v) => cx.number_in(v, key, |x| (0.0..1.0).contains(&x), "in [0, 1)"),
+                    None => Some(default),
+                }
+            };
         let decay = |cx: &mut Self, args: &super::values::Args, default: f64| -> Option<f64> {
             match args.get("weight_decay", None) {
                 Some(v) => cx.number_in(v, "weight_decay", |x| x >= 0.0, "at least 0"),
@@ -398,10 +493,17 @@ impl Cx<'_> {
                 let args = self.args(call, &["lr", "momentum", "nesterov", "weight_decay"], 1);
                 let lr = lr_of(self, &args, None);
                 let momentum = unit(self, &args, "momentum", 0.0);
-                let nesterov = args.get("nesterov", None).map_or(Some(false), |v| self.boolean(v, "nesterov"));
+                let nesterov = args
+                    .get("nesterov", None)
+                    .map_or(Some(false), |v| self.boolean(v, "nesterov"));
                 let weight_decay = decay(self, &args, 0.0);
                 if nesterov == Some(true) && momentum == Some(0.0) {
-                    self.invalid(call.span, "nesterov momentum needs `momentum` greater than 0".into(), "no momentum", Some("e.g. `sgd(lr: 0.1, momentum: 0.9, nesterov: true)`".into()));
+                    self.invalid(
+                        call.span,
+                        "nesterov momentum needs `momentum` greater than 0".into(),
+                        "no momentum",
+                        Some("e.g. `sgd(lr: 0.1, momentum: 0.9, nesterov: true)`".into()),
+                    );
                     return None;
                 }
                 Some(Optimizer::Sgd {
@@ -421,11 +523,24 @@ impl Cx<'_> {
                     None => Some(1e-8),
                 };
                 let weight_decay = decay(self, &args, if name == "adamw" { 0.01 } else { 0.0 });
-                let (lr, beta1, beta2, eps, weight_decay) = (lr?, beta1?, beta2?, eps?, weight_decay?);
+                let (lr, beta1, beta2, eps, weight_decay) =
+                    (lr?, beta1?, beta2?, eps?, weight_decay?);
                 Some(if name == "adam" {
-                    Optimizer::Adam { lr, beta1, beta2, eps, weight_decay }
+                    Optimizer::Adam {
+                        lr,
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                    }
                 } else {
-                    Optimizer::AdamW { lr, beta1, beta2, eps, weight_decay }
+                    Optimizer::AdamW {
+                        lr,
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                    }
                 })
             }
             other => {
@@ -433,7 +548,8 @@ impl Cx<'_> {
                     what: "optimizer",
                     name: other.to_string(),
                     span: span(call.name.span),
-                    help: did_you_mean(other, ["sgd", "adam", "adamw"]).or_else(|| Some(one_of(["sgd", "adam", "adamw"]))),
+                    help: did_you_mean(other, ["sgd", "adam", "adamw"])
+                        .or_else(|| Some(one_of(["sgd", "adam", "adamw"]))),
                 });
                 None
             }
@@ -459,7 +575,11 @@ impl Cx<'_> {
             _ => &["warmup"],
         };
         let args = self.args(call, allowed, if name == "warmup" { 1 } else { 0 });
-        let warmup_value = if name == "warmup" { args.get("epochs", Some(0)) } else { args.get("warmup", None) };
+        let warmup_value = if name == "warmup" {
+            args.get("epochs", Some(0))
+        } else {
+            args.get("warmup", None)
+        };
         let warmup_epochs = match warmup_value {
             Some(v) => self.count(v, "warmup epochs", 0)?,
             None => 0,
@@ -493,23 +613,55 @@ impl Cx<'_> {
             "linear" => ScheduleKind::Linear,
             _ => ScheduleKind::Constant,
         };
-        Some(Schedule { kind, warmup_epochs })
+        Some(Schedule {
+            kind,
+            warmup_epochs,
+        })
     }
 
     /// `baseline scratch = s trained like a + b without t`: a copy of the student, from the
     /// same initial weights, trained by the same stages' steps on hard labels alone.
-    pub(super) fn baselines(&mut self, program: &Program, models: &mut Vec<ModelSpec>, stages: &mut Vec<CheckedStage>) {
+    pub(super) fn baselines(
+        &mut self,
+        program: &Program,
+        models: &mut Vec<ModelSpec>,
+        stages: &mut Vec<CheckedStage>,
+    ) {
         for decl in &program.declarations {
-            let Declaration::Baseline(b) = decl else { continue };
-            let Some(student) = self.model(&b.student, models).cloned() else { continue };
+            let Declaration::Baseline(b) = decl else {
+                continue;
+            };
+            let Some(student) = self.model(&b.student, models).cloned() else {
+                continue;
+            };
             if let Some(w) = &b.without {
-                let uses = stages.iter().any(|s| b.stages.iter().any(|n| n.name == s.name) && s.frozen.contains(&w.name));
+                let uses = stages.iter().any(|s| {
+                    b.stages.iter().any(|n| n.name == s.name) && s.frozen.contains(&w.name)
+                });
                 if !uses {
-                    self.invalid(w.span, format!("none of the stages named distils from `{}`", w.name), "not used by these stages", None);
+                    self.invalid(
+                        w.span,
+                        format!("none of the stages named distils from `{}`", w.name),
+                        "not used by these stages",
+                        None,
+                    );
                 }
             }
-            let Some(logits) = student.taps.iter().find(|t| t.name == "output").filter(|t| t.ty.kind == Kind::Logits) else {
-                self.invalid(b.student.span, format!("a baseline trains on hard labels and needs `{}` to end in logits", student.name), "ends in probabilities", Some("drop the final softmax; the losses apply it".into()));
+            let Some(logits) = student
+                .taps
+                .iter()
+                .find(|t| t.name == "output")
+                .filter(|t| t.ty.kind == Kind::Logits)
+            else {
+                self.invalid(
+                    b.student.span,
+                    format!(
+                        "a baseline trains on hard labels and needs `{}` to end in logits",
+                        student.name
+                    ),
+                    "ends in probabilities",
+                    Some("drop the final softmax; the losses apply it".into()),
+                );
                 continue;
             };
             let mut copies = Vec::new();
@@ -519,12 +671,23 @@ impl Cx<'_> {
                         what: "stage",
                         name: stage_name.name.clone(),
                         span: span(stage_name.span),
-                        help: did_you_mean(&stage_name.name, stages.iter().map(|s| s.name.as_str())),
+                        help: did_you_mean(
+                            &stage_name.name,
+                            stages.iter().map(|s| s.name.as_str()),
+                        ),
                     });
                     continue;
                 };
                 if stage.trains != student.name {
-                    self.invalid(stage_name.span, format!("stage `{}` trains `{}`, not `{}`", stage.name, stage.trains, student.name), "another model", None);
+                    self.invalid(
+                        stage_name.span,
+                        format!(
+                            "stage `{}` trains `{}`, not `{}`",
+                            stage.name, stage.trains, student.name
+                        ),
+                        "another model",
+                        None,
+                    );
                     continue;
                 }
                 let labeled = stage.split_labeled;
@@ -549,7 +712,10 @@ impl Cx<'_> {
                 };
                 let label = TypedExpr {
                     node: TypedNode::Label,
-                    ty: TensorType { kind: Kind::Labels, shape: vec![] },
+                    ty: TensorType {
+                        kind: Kind::Labels,
+                        shape: vec![],
+                    },
                     span: at,
                 };
                 let mut copy = stage.clone();
@@ -558,7 +724,10 @@ impl Cx<'_> {
                 copy.trains = b.name.name.clone();
                 copy.frozen = Vec::new();
                 copy.loss = TypedExpr {
-                    node: TypedNode::Apply { op: Op::CrossEntropy, args: vec![tap, label] },
+                    node: TypedNode::Apply {
+                        op: Op::CrossEntropy,
+                        args: vec![tap, label],
+                    },
                     ty: TensorType::scalar(),
                     span: at,
                 };
@@ -575,14 +744,24 @@ impl Cx<'_> {
         }
     }
 
-    pub(super) fn evaluations(&mut self, program: &Program, models: &[ModelSpec], data: &[DataSpec], stages: &[CheckedStage]) -> Vec<Evaluation> {
+    pub(super) fn evaluations(
+        &mut self,
+        program: &Program,
+        models: &[ModelSpec],
+        data: &[DataSpec],
+        stages: &[CheckedStage],
+    ) -> Vec<Evaluation> {
         let mut out = Vec::new();
         for decl in &program.declarations {
-            let Declaration::Evaluate(e) = decl else { continue };
+            let Declaration::Evaluate(e) = decl else {
+                continue;
+            };
             let split = self.split(&e.data, data);
             let mut names = Vec::new();
             for m in &e.models {
-                let Some(model) = self.model(m, models) else { continue };
+                let Some(model) = self.model(m, models) else {
+                    continue;
+                };
                 if let Some((spec, labeled)) = split {
                     if !labeled {
                         self.error(CheckError::NoLabels {
@@ -606,7 +785,8 @@ impl Cx<'_> {
                         what: "metric",
                         name: m.name.clone(),
                         span: span(m.span),
-                        help: did_you_mean(&m.name, METRICS.iter().copied()).or_else(|| Some(one_of(METRICS.iter().copied()))),
+                        help: did_you_mean(&m.name, METRICS.iter().copied())
+                            .or_else(|| Some(one_of(METRICS.iter().copied()))),
                     }),
                 }
             }
@@ -626,8 +806,15 @@ impl Cx<'_> {
         out
     }
 
-    fn trained_somewhere(&mut self, model: &ModelSpec, stages: &[CheckedStage], used: &'static str, at: Span) {
-        let trained = stages.iter().any(|s| s.trains == model.name) || self.trained.contains(&model.name);
+    fn trained_somewhere(
+        &mut self,
+        model: &ModelSpec,
+        stages: &[CheckedStage],
+        used: &'static str,
+        at: Span,
+    ) {
+        let trained =
+            stages.iter().any(|s| s.trains == model.name) || self.trained.contains(&model.name);
         if model.init_from.is_none() && !trained {
             self.error(CheckError::NeverTrained {
                 model: model.name.clone(),
@@ -641,16 +828,28 @@ impl Cx<'_> {
         }
     }
 
-    pub(super) fn exports(&mut self, program: &Program, models: &[ModelSpec], stages: &[CheckedStage]) -> Vec<Export> {
+    pub(super) fn exports(
+        &mut self,
+        program: &Program,
+        models: &[ModelSpec],
+        stages: &[CheckedStage],
+    ) -> Vec<Export> {
         let mut out: Vec<Export> = Vec::new();
         for decl in &program.declarations {
-            let Declaration::Export(e) = decl else { continue };
-            let Some(model) = self.model(&e.model, models) else { continue };
+            let Declaration::Export(e) = decl else {
+                continue;
+            };
+            let Some(model) = self.model(&e.model, models) else {
+                continue;
+            };
             self.trained_somewhere(model, stages, "exported", e.model.span);
             let paths: Vec<(String, Span)> = if e.paths.is_empty() {
                 vec![(format!("{}.safetensors", model.name), e.span)]
             } else {
-                e.paths.iter().filter_map(|p| self.string(p, "an export path").map(|s| (s, p.span))).collect()
+                e.paths
+                    .iter()
+                    .filter_map(|p| self.string(p, "an export path").map(|s| (s, p.span)))
+                    .collect()
             };
             for (path, at) in paths {
                 if !path.ends_with(".safetensors") {
@@ -663,7 +862,12 @@ impl Cx<'_> {
                     continue;
                 }
                 if std::path::Path::new(&path).is_absolute() || path.split('/').any(|c| c == "..") {
-                    self.invalid(at, format!("`{path}` leaves the run folder"), "exports are written inside the run folder", Some("give a relative path such as `student.safetensors`".into()));
+                    self.invalid(
+                        at,
+                        format!("`{path}` leaves the run folder"),
+                        "exports are written inside the run folder",
+                        Some("give a relative path such as `student.safetensors`".into()),
+                    );
                     continue;
                 }
                 if let Some(first) = out.iter().find(|x| x.path.to_string_lossy() == path) {
@@ -685,7 +889,6 @@ impl Cx<'_> {
         out
     }
 }
-
 
 pub(super) fn from_plan(s: kd_plan::Span) -> Span {
     Span::new(s.start, s.end)

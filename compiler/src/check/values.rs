@@ -34,16 +34,22 @@ pub(crate) struct Args<'p> {
 impl<'p> Args<'p> {
     /// The argument named `name`, or else the positional one at `position`.
     pub fn get(&self, name: &str, position: Option<usize>) -> Option<&'p Value> {
-        self.named
-            .get(name)
-            .map(|a| &a.value)
-            .or_else(|| position.and_then(|p| self.positional.get(p)).map(|a| &a.value))
+        self.named.get(name).map(|a| &a.value).or_else(|| {
+            position
+                .and_then(|p| self.positional.get(p))
+                .map(|a| &a.value)
+        })
     }
 }
 
 impl Cx<'_> {
     /// Collects a settings block, reporting keys not in `allowed` and repeated keys.
-    pub(crate) fn fields<'p>(&mut self, settings: &'p [Setting], allowed: &[&str], context: &str) -> Fields<'p> {
+    pub(crate) fn fields<'p>(
+        &mut self,
+        settings: &'p [Setting],
+        allowed: &[&str],
+        context: &str,
+    ) -> Fields<'p> {
         let mut map = BTreeMap::new();
         for setting in settings {
             let key = setting.key.name.as_str();
@@ -52,8 +58,9 @@ impl Cx<'_> {
                     key: key.to_string(),
                     context: context.to_string(),
                     span: span(setting.key.span),
-                    help: did_you_mean(key, allowed.iter().copied())
-                        .or_else(|| Some(format!("settings here: {}", list(allowed.iter().copied())))),
+                    help: did_you_mean(key, allowed.iter().copied()).or_else(|| {
+                        Some(format!("settings here: {}", list(allowed.iter().copied())))
+                    }),
                 });
                 continue;
             }
@@ -70,7 +77,12 @@ impl Cx<'_> {
     }
 
     /// Collects a call's arguments: positional ones first, then named ones from `allowed`.
-    pub(crate) fn args<'p>(&mut self, call: &'p Call, allowed: &[&str], max_positional: usize) -> Args<'p> {
+    pub(crate) fn args<'p>(
+        &mut self,
+        call: &'p Call,
+        allowed: &[&str],
+        max_positional: usize,
+    ) -> Args<'p> {
         let mut named = BTreeMap::new();
         let mut positional = Vec::new();
         for arg in &call.args {
@@ -82,18 +94,30 @@ impl Cx<'_> {
                             context: format!("`{}`", call.name.name),
                             span: span(name.span),
                             help: did_you_mean(&name.name, allowed.iter().copied()).or_else(|| {
-                                Some(format!("`{}` takes {}", call.name.name, list(allowed.iter().copied())))
+                                Some(format!(
+                                    "`{}` takes {}",
+                                    call.name.name,
+                                    list(allowed.iter().copied())
+                                ))
                             }),
                         });
                     } else if named.insert(name.name.as_str(), arg).is_some() {
-                        self.invalid(arg.value.span, format!("argument `{}` is given twice", name.name), "again here", None);
+                        self.invalid(
+                            arg.value.span,
+                            format!("argument `{}` is given twice", name.name),
+                            "again here",
+                            None,
+                        );
                     }
                 }
                 None => {
                     if positional.len() >= max_positional {
                         self.invalid(
                             arg.value.span,
-                            format!("`{}` takes at most {max_positional} unnamed argument(s)", call.name.name),
+                            format!(
+                                "`{}` takes at most {max_positional} unnamed argument(s)",
+                                call.name.name
+                            ),
                             "one too many",
                             Some(format!("name it: {}", one_of(allowed.iter().copied()))),
                         );
@@ -103,10 +127,7 @@ impl Cx<'_> {
                 }
             }
         }
-        Args {
-            named,
-            positional,
-        }
+        Args { named, positional }
     }
 
     pub(crate) fn invalid(&mut self, at: Span, message: String, label: &str, help: Option<String>) {
@@ -129,9 +150,17 @@ impl Cx<'_> {
 
     pub(crate) fn number(&mut self, value: &Value, what: &str) -> Option<f64> {
         match &value.kind {
-            ValueKind::Number { value: v, unit: None } => Some(*v),
+            ValueKind::Number {
+                value: v,
+                unit: None,
+            } => Some(*v),
             ValueKind::Number { unit: Some(u), .. } => {
-                self.invalid(value.span, format!("{what} takes a plain number, not `{u}`"), "remove the unit", None);
+                self.invalid(
+                    value.span,
+                    format!("{what} takes a plain number, not `{u}`"),
+                    "remove the unit",
+                    None,
+                );
                 None
             }
             _ => {
@@ -167,7 +196,12 @@ impl Cx<'_> {
     pub(crate) fn count(&mut self, value: &Value, what: &str, min: usize) -> Option<usize> {
         let v = self.number(value, what)?;
         if v.fract() != 0.0 || v < 0.0 {
-            self.invalid(value.span, format!("{what} must be a whole number, found {}", format_number(v)), "expected a whole number", None);
+            self.invalid(
+                value.span,
+                format!("{what} must be a whole number, found {}", format_number(v)),
+                "expected a whole number",
+                None,
+            );
             return None;
         }
         if (v as usize) < min || v > 1e15 {
@@ -212,7 +246,8 @@ impl Cx<'_> {
                     value.span,
                     format!("`{n}` is not a valid {what}"),
                     "unknown",
-                    did_you_mean(n, choices.iter().copied()).or_else(|| Some(one_of(choices.iter().copied()))),
+                    did_you_mean(n, choices.iter().copied())
+                        .or_else(|| Some(one_of(choices.iter().copied()))),
                 );
                 None
             }
@@ -227,7 +262,8 @@ impl Cx<'_> {
     pub(crate) fn shape(&mut self, value: &Value, what: &str, min: usize) -> Option<Vec<usize>> {
         match &value.kind {
             ValueKind::List(items) if !items.is_empty() => {
-                let dims: Vec<Option<usize>> = items.iter().map(|i| self.count(i, what, min)).collect();
+                let dims: Vec<Option<usize>> =
+                    items.iter().map(|i| self.count(i, what, min)).collect();
                 dims.into_iter().collect()
             }
             _ => {
