@@ -2,6 +2,8 @@
 //! `tests/cases/ok/*.kd` must compile: their Plan (YAML) and graph (Mermaid) are snapshotted.
 //! `tests/cases/err/*.kd` must fail: their diagnostics are snapshotted as the user reads them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::Path;
 
 use kd_compiler::diagnostics::render_plain;

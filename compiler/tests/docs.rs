@@ -11,6 +11,8 @@
 //!
 //! Fragments that are not programs belong in blocks of another info string (`text`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -57,7 +59,9 @@ fn fenced_blocks(markdown: &str) -> Result<Vec<Block>, String> {
                     },
                 ));
             }
-            (Some((c, n, _)), Some((c2, n2))) if *c == c2 && n2 >= *n && trimmed[n2..].trim().is_empty() => {
+            (Some((c, n, _)), Some((c2, n2)))
+                if *c == c2 && n2 >= *n && trimmed[n2..].trim().is_empty() =>
+            {
                 if let Some((_, _, block)) = open.take() {
                     blocks.push(block);
                 }
@@ -189,9 +193,39 @@ fn every_kd_block_in_the_language_reference_compiles() {
     );
 }
 
+/// Section 1 shows `examples/digits.kd` as it is, with the data path written from `docs/`.
+#[test]
+fn the_first_example_is_examples_digits_kd() {
+    let root = repo_root();
+    let read = |path: &Path| match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    };
+    let markdown = read(&root.join("docs").join("language.md"));
+    let example = read(&root.join("examples").join("digits.kd"));
+    let first = match fenced_blocks(&markdown) {
+        Ok(blocks) => blocks.into_iter().find(|b| b.info == "kd"),
+        Err(e) => panic!("docs/language.md: {e}"),
+    };
+    let Some(first) = first else {
+        panic!("docs/language.md has no `kd` block");
+    };
+    let expected = example.replace(
+        "csv(\"data/digits.csv.gz\")",
+        "csv(\"../examples/data/digits.csv.gz\")",
+    );
+    assert!(
+        first.source == expected,
+        "the `kd` block on line {} of docs/language.md should be examples/digits.kd with \
+         `csv(\"../examples/data/digits.csv.gz\")`; copy the example into it again",
+        first.line
+    );
+}
+
 #[test]
 fn fenced_blocks_are_found_with_their_lines_and_info() {
-    let text = "# t\n\n```kd\npipeline p {}\n```\n\n````text\n```kd\n````\n  ~~~kd extra\nx\n  ~~~\n";
+    let text =
+        "# t\n\n```kd\npipeline p {}\n```\n\n````text\n```kd\n````\n  ~~~kd extra\nx\n  ~~~\n";
     let blocks = match fenced_blocks(text) {
         Ok(blocks) => blocks,
         Err(e) => panic!("{e}"),

@@ -40,9 +40,9 @@ impl ParseError {
         ParseError::Internal(what.to_string())
     }
 
-    pub(crate) fn bad_number(span: Span) -> Self {
+    pub(crate) fn bad_number(text: &str, span: Span) -> Self {
         ParseError::Number {
-            text: String::new(),
+            text: text.to_string(),
             span: span.into(),
         }
     }

@@ -460,9 +460,10 @@ fn value(pair: Pair<Rule>) -> Result<Value> {
 }
 
 fn parse_number(pair: &Pair<Rule>) -> Result<f64> {
-    pair.as_str()
-        .parse::<f64>()
-        .map_err(|_| ParseError::bad_number(span_of(pair)))
+    match pair.as_str().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(ParseError::bad_number(pair.as_str(), span_of(pair))),
+    }
 }
 
 fn expr(pair: Pair<Rule>) -> Result<Expr> {

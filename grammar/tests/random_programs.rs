@@ -1,6 +1,8 @@
 //! Programs generated at random from the grammar's productions must parse, whatever the
 //! examples happen to use; the generator also varies layout (comments, newlines, commas).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use kd_grammar::ast::Declaration;
 
 /// A small deterministic generator (SplitMix64), so a failing seed can be replayed.

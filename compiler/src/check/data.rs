@@ -593,7 +593,18 @@ impl Cx<'_> {
                     _ => {
                         let n = self.number(size_value, "a split size")?;
                         if n > 0.0 && n < 1.0 {
-                            fraction += n;
+                            // The runtime rounds each fraction to a count; so does the check.
+                            let rounded = (n * train_count as f64).round() as usize;
+                            if rounded == 0 {
+                                self.error(CheckError::Data {
+                                    message: format!("split `{name}` would hold no samples: {n} of {train_count}"),
+                                    span: span(size_value.span),
+                                    label: "rounds to 0 samples".into(),
+                                    help: Some("use a larger fraction or a count".into()),
+                                });
+                                continue;
+                            }
+                            fraction += rounded as f64;
                             SplitSize::Fraction(n)
                         } else if n >= 1.0 && n.fract() == 0.0 {
                             counted += n as usize;
@@ -616,7 +627,7 @@ impl Cx<'_> {
                     labeled,
                 });
             }
-            let claimed = counted as f64 + fraction * train_count as f64;
+            let claimed = counted as f64 + fraction;
             if claimed > train_count as f64 + 1e-6 {
                 self.error(CheckError::Data {
                     message: format!(
@@ -875,6 +886,19 @@ fn text_is_data(path: &Path) -> bool {
 
 fn reason_is_label(label: &LabelColumn) -> bool {
     matches!(label, LabelColumn::Name(_))
+}
+
+/// The name a user writes for an augmentation.
+pub(crate) fn op_name(op: &AugmentOp) -> &'static str {
+    match op {
+        AugmentOp::RandomCrop { .. } => "crop",
+        AugmentOp::Flip { .. } => "flip",
+        AugmentOp::Rotate { .. } => "rotate",
+        AugmentOp::Translate { .. } => "translate",
+        AugmentOp::Noise { .. } => "noise",
+        AugmentOp::Cutout { .. } => "cutout",
+        AugmentOp::Mixup { .. } => "mixup",
+    }
 }
 
 /// Whether an augmentation needs image samples (`[C, H, W]`).

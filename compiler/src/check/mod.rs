@@ -90,11 +90,7 @@ impl TypedExpr {
 
     fn collect_models(&self, out: &mut Vec<String>) {
         match &self.node {
-            TypedNode::Tap { model, .. } => {
-                if !out.contains(model) {
-                    out.push(model.clone());
-                }
-            }
+            TypedNode::Tap { model, .. } if !out.contains(model) => out.push(model.clone()),
             TypedNode::Apply { args, .. } => args.iter().for_each(|a| a.collect_models(out)),
             _ => {}
         }
@@ -155,7 +151,10 @@ pub fn check(
     cx.baselines(program, &mut models, &mut stages);
     let evaluations = cx.evaluations(program, &models, &data, &stages);
     let exports = cx.exports(program, &models, &stages);
-    cx.unused(program, &stages, &losses);
+    // An unused-declaration warning after an error is usually that error's echo.
+    if cx.diagnostics.iter().all(|d| !d.is_error()) {
+        cx.unused(program, &stages, &losses);
+    }
 
     let mut unique: Vec<KdError> = Vec::new();
     for d in cx.diagnostics {
@@ -264,20 +263,19 @@ impl<'a> Cx<'a> {
     fn unused(&mut self, program: &Program, stages: &[CheckedStage], losses: &expr::Losses) {
         for decl in &program.declarations {
             match decl {
-                Declaration::Augment(a) => {
+                Declaration::Augment(a)
                     if !stages
                         .iter()
-                        .any(|s| s.augment.as_deref() == Some(a.name.name.as_str()))
-                    {
-                        self.diagnostics.push(
-                            CheckError::Unused {
-                                what: "augmentation",
-                                name: a.name.name.clone(),
-                                span: span(a.name.span),
-                            }
-                            .into(),
-                        );
-                    }
+                        .any(|s| s.augment.as_deref() == Some(a.name.name.as_str())) =>
+                {
+                    self.diagnostics.push(
+                        CheckError::Unused {
+                            what: "augmentation",
+                            name: a.name.name.clone(),
+                            span: span(a.name.span),
+                        }
+                        .into(),
+                    );
                 }
                 Declaration::Loss(l) if !losses.used(&l.name.name) => {
                     self.diagnostics.push(

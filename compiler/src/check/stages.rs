@@ -115,6 +115,36 @@ impl Cx<'_> {
         found
     }
 
+    /// A model whose predictions are compared with the data's labels must predict one
+    /// score per class.
+    fn predicts_classes(&mut self, model: &ModelSpec, data: &DataSpec, r: &DataRef) {
+        let Some(output) = model.taps.iter().find(|t| t.name == "output") else {
+            return;
+        };
+        if output.ty.shape == [data.classes]
+            && matches!(output.ty.kind, Kind::Logits | Kind::Probabilities)
+        {
+            return;
+        }
+        self.error(CheckError::ShapeMismatch {
+            message: format!(
+                "model `{}` outputs {} {:?} but `{}` has {} classes",
+                model.name,
+                super::kind_name(output.ty.kind),
+                output.ty.shape,
+                data.name,
+                data.classes
+            ),
+            span: span(r.span),
+            label: format!("{} classes", data.classes),
+            related: vec![labeled(
+                from_plan(model.span),
+                format!("outputs {:?}", output.ty.shape),
+            )],
+            help: Some(format!("end the model with `linear({})`", data.classes)),
+        });
+    }
+
     /// A model's input must fit the data's samples.
     fn fits(&mut self, model: &ModelSpec, data: &DataSpec, r: &DataRef) -> Option<()> {
         if model.input == data.sample_shape {
@@ -155,7 +185,30 @@ impl Cx<'_> {
         let mut validate = None;
         let mut keep = None;
         let mut settings = Vec::new();
+        let mut seen: Vec<(&'static str, Span)> = Vec::new();
         for stmt in &decl.statements {
+            let single = match stmt {
+                StageStmt::Loss(e) => Some(("loss", e.span)),
+                StageStmt::Optimizer(c) => Some(("optimizer", c.span)),
+                StageStmt::Schedule(c) => Some(("schedule", c.span)),
+                StageStmt::Validate(r) => Some(("validate", r.span)),
+                StageStmt::Keep { span: at, .. } => Some(("keep", *at)),
+                _ => None,
+            };
+            if let Some((what, at)) = single {
+                if seen.iter().any(|(w, _)| *w == what) {
+                    self.error(CheckError::Stage {
+                        message: format!("stage `{name}` has two `{what}` statements"),
+                        span: span(at),
+                        label: "a second one".into(),
+                        help: Some(format!(
+                            "keep one `{what}`: a second would silently replace the first"
+                        )),
+                    });
+                    continue;
+                }
+                seen.push((what, at));
+            }
             match stmt {
                 StageStmt::Train { span: at, .. } | StageStmt::Distill { span: at, .. } => {
                     if let Some((_, first)) = what {
@@ -326,7 +379,9 @@ impl Cx<'_> {
                     });
                 }
                 if let Some(t) = trained {
-                    self.fits(t, spec, r);
+                    if self.fits(t, spec, r).is_some() {
+                        self.predicts_classes(t, spec, r);
+                    }
                 }
                 let keep = match &keep {
                     Some((Some(m), _)) => {
@@ -384,7 +439,13 @@ impl Cx<'_> {
             if data_spec.sample_shape.len() != 3 {
                 if let Some(op) = spec.ops.iter().find(|op| needs_image(op)) {
                     self.error(CheckError::Stage {
-                        message: format!("augmentation `{}` has an image operation ({op:?}) but `{}` holds samples of shape {:?}", spec.name, data_spec.name, data_spec.sample_shape),
+                        message: format!(
+                            "augmentation `{}` has an image operation (`{}`) but `{}` holds samples of shape {:?}",
+                            spec.name,
+                            super::data::op_name(op),
+                            data_spec.name,
+                            data_spec.sample_shape
+                        ),
                         span: span(at),
                         label: "not images".into(),
                         help: Some("give the data an image shape: `shape: [1, 8, 8]`".into()),
@@ -772,7 +833,9 @@ impl Cx<'_> {
                             help: None,
                         });
                     }
-                    self.fits(model, spec, &e.data);
+                    if self.fits(model, spec, &e.data).is_some() {
+                        self.predicts_classes(model, spec, &e.data);
+                    }
                 }
                 self.trained_somewhere(model, stages, "evaluated", m.span);
                 names.push(model.name.clone());

@@ -207,7 +207,11 @@ impl Cx<'_> {
         if (v as usize) < min || v > 1e15 {
             self.error(CheckError::OutOfRange {
                 what: what.to_string(),
-                range: if min == 0 { "at least 0" } else { "at least 1" },
+                range: match min {
+                    0 => "at least 0",
+                    1 => "at least 1",
+                    _ => "at least 2",
+                },
                 value: format_number(v),
                 span: span(value.span),
                 help: None,
