@@ -1,0 +1,481 @@
+//! End-to-end tests of the `kdc` binary: exit codes, diagnostics formats, and runs of the
+//! digits example whose outputs are compared file by file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+#[path = "../runtime/tests/common/schema.rs"]
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kdc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("kdc runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A fresh, empty folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kdc-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The digits example cut to a few epochs: the same pipeline, seconds instead of a minute.
+const SHORT: &[&str] = &[
+    "--set",
+    "stage.teach.epochs=2",
+    "--set",
+    "stage.distill.epochs=2",
+];
+
+fn run_digits(out: &Path, extra: &[&str]) -> Output {
+    let out = out.to_str().unwrap();
+    let mut args = vec!["run", "examples/digits.kd", "--out", out];
+    args.extend_from_slice(SHORT);
+    args.extend_from_slice(extra);
+    kdc(&args)
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/summary.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let errors = schema::validate(&schema, &value);
+    assert!(
+        errors.is_empty(),
+        "summary.json does not follow its schema: {errors:#?}"
+    );
+    value
+}
+
+fn model_metrics(summary: &serde_json::Value) -> serde_json::Value {
+    let mut models = summary["models"].clone();
+    for (_, m) in models.as_object_mut().unwrap() {
+        m.as_object_mut().unwrap().remove("bytes");
+    }
+    models
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    let o = kdc(&["check", "examples/digits.kd"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn check_verbose_prints_layers_parameters_and_flops() {
+    let o = kdc(&["check", "--verbose", "examples/digits.kd"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    for expected in [
+        "model t (teacher",
+        "model s (student",
+        "model scratch (baseline",
+        "conv1",
+        "FLOPs",
+        "total",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn wrong_input_exits_1_with_every_diagnostic() {
+    let o = kdc(&["check", "tests/cases/err/several_errors_at_once.kd"]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stderr(&o);
+    assert!(
+        text.contains("kd::check::unknown_name") && text.contains("kd::check::out_of_range"),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn json_diagnostics_are_one_object_per_line() {
+    let o = kdc(&[
+        "--error-format",
+        "json",
+        "check",
+        "tests/cases/err/several_errors_at_once.kd",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 4, "{lines:#?}");
+    for d in &lines {
+        assert!(d["code"].as_str().unwrap().starts_with("kd::"), "{d}");
+        assert_eq!(d["severity"], "error");
+        assert!(
+            d["line"].as_u64().unwrap() >= 1 && d["column"].as_u64().unwrap() >= 1,
+            "{d}"
+        );
+        assert!(d["start"].as_u64().unwrap() <= d["end"].as_u64().unwrap());
+    }
+    let threads = lines
+        .iter()
+        .find(|d| d["message"].as_str().unwrap().contains("threads"))
+        .unwrap();
+    assert_eq!(
+        (threads["line"].as_u64(), threads["column"].as_u64()),
+        (Some(1), Some(32))
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(kdc(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        kdc(&["graph", "examples/digits.kd", "--format", "png"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn unknown_set_key_is_an_error() {
+    let o = kdc(&[
+        "check",
+        "examples/digits.kd",
+        "--set",
+        "stage.teach.epoch=1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("did you mean `epochs`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = kdc(&[
+        "check",
+        "examples/digits.kd",
+        "--set",
+        "stage.nope.epochs=1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = kdc(&[
+        "check",
+        "examples/digits.kd",
+        "--set",
+        "stage.teach.epochs=0",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an override is checked like the text it replaces"
+    );
+}
+
+#[test]
+fn missing_file_exits_1() {
+    let o = kdc(&["check", "no/such/file.kd"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no/such/file.kd"));
+}
+
+#[test]
+fn graph_renders_mermaid_and_dot() {
+    let o = kdc(&["graph", "examples/digits.kd", "--format", "mermaid"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).starts_with("flowchart TD") && stdout(&o).contains("t forward (frozen)"));
+    let o = kdc(&["graph", "examples/digits.kd", "--format", "dot"]);
+    assert!(stdout(&o).starts_with("digraph"));
+}
+
+#[test]
+fn runtime_does_not_depend_on_the_grammar() {
+    let o = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let runtime = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "kd-runtime")
+        .unwrap();
+    let deps: Vec<&str> = runtime["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert!(deps.contains(&"kd-plan"));
+    for forbidden in ["kd-grammar", "kd-compiler"] {
+        assert!(
+            !deps.contains(&forbidden),
+            "kd-runtime depends on {forbidden}"
+        );
+    }
+}
+
+#[test]
+fn a_run_is_reproducible_and_a_plan_runs_like_its_source() {
+    let dir = scratch("repro");
+    // The .kd file, twice with one seed: bitwise the same weights and metrics.
+    let a = dir.join("a");
+    let o = run_digits(&a, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("teacher") && stdout(&o).contains("baseline"));
+    let b = dir.join("b");
+    assert_eq!(run_digits(&b, &[]).status.code(), Some(0));
+    for file in [
+        "teacher.safetensors",
+        "student.safetensors",
+        "baseline.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+    let (sa, sb) = (summary(&a), summary(&b));
+    assert_eq!(model_metrics(&sa), model_metrics(&sb));
+    assert_eq!(sa["provenance"]["plan_hash"], sb["provenance"]["plan_hash"]);
+    assert_eq!(sa["provenance"]["overrides"]["stage.teach.epochs"], "2");
+    let jsonl = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        jsonl.lines().count(),
+        2 + 2 + 2,
+        "one line per epoch of each stage"
+    );
+    let stages = sa["stages"].as_array().unwrap();
+    let forwards: Vec<u64> = stages
+        .iter()
+        .map(|s| s["teacher_forwards"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        forwards[0], 0,
+        "training the teacher runs no frozen teacher"
+    );
+    assert!(forwards[1] > 0, "distillation runs the teacher");
+    assert_eq!(forwards[2], 0, "the baseline never sees the teacher");
+
+    // The compiled plan, run on its own: bitwise the same as running the .kd file.
+    let plan = dir.join("plan.yaml");
+    let mut args = vec![
+        "compile",
+        "examples/digits.kd",
+        "-o",
+        plan.to_str().unwrap(),
+    ];
+    args.extend_from_slice(SHORT);
+    assert_eq!(kdc(&args).status.code(), Some(0));
+    let c = dir.join("c");
+    let o = kdc(&["run", plan.to_str().unwrap(), "--out", c.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(model_metrics(&summary(&c)), model_metrics(&sa));
+    assert_eq!(
+        std::fs::read(a.join("student.safetensors")).unwrap(),
+        std::fs::read(c.join("student.safetensors")).unwrap()
+    );
+
+    // A hand edit of the plan changes the result.
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let edited = text.replacen("seed: 7", "seed: 8", 1);
+    assert_ne!(text, edited);
+    let edited_path = dir.join("edited.yaml");
+    std::fs::write(&edited_path, edited).unwrap();
+    let d = dir.join("d");
+    assert_eq!(
+        kdc(&[
+            "run",
+            edited_path.to_str().unwrap(),
+            "--out",
+            d.to_str().unwrap()
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    assert_ne!(
+        std::fs::read(a.join("student.safetensors")).unwrap(),
+        std::fs::read(d.join("student.safetensors")).unwrap()
+    );
+    assert_eq!(summary(&d)["seed"], 8);
+}
+
+#[test]
+fn another_seed_gives_other_weights() {
+    let dir = scratch("seed");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    assert_eq!(
+        run_digits(
+            &a,
+            &[
+                "--set",
+                "stage.teach.epochs=1",
+                "--set",
+                "stage.distill.epochs=1"
+            ]
+        )
+        .status
+        .code(),
+        Some(0)
+    );
+    let o = run_digits(
+        &b,
+        &[
+            "--set",
+            "stage.teach.epochs=1",
+            "--set",
+            "stage.distill.epochs=1",
+            "--set",
+            "pipeline.digits.seed=8",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_ne!(
+        std::fs::read(a.join("teacher.safetensors")).unwrap(),
+        std::fs::read(b.join("teacher.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn a_run_never_overwrites_a_folder() {
+    let dir = scratch("clobber");
+    let keep = dir.join("precious.txt");
+    std::fs::write(&keep, "the user's").unwrap();
+    let o = run_digits(&dir, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("kd::run::out_exists"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "the user's");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "nothing was added"
+    );
+}
+
+#[test]
+fn a_broken_plan_is_a_diagnostic() {
+    let dir = scratch("badplan");
+    let plan = dir.join("plan.yaml");
+    std::fs::write(&plan, "version: 1\nsource: [").unwrap();
+    let o = kdc(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--out",
+        dir.join("out").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("kd::plan::invalid"), "{}", stderr(&o));
+}
+
+/// The fresh-machine example as the README runs it: the teacher must reach 0.97 test
+/// accuracy, and teacher, student and baseline are reported side by side.
+#[test]
+fn digits_example_full_run() {
+    let dir = scratch("digits-full");
+    let out = dir.join("run");
+    let o = kdc(&["run", "examples/digits.kd", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = summary(&out);
+    let teacher = s["models"]["t"]["metrics"]["test"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(teacher >= 0.97, "teacher test accuracy {teacher}");
+    for model in ["t", "s", "scratch"] {
+        assert!(
+            s["models"][model]["metrics"]["test"]["f1"]
+                .as_f64()
+                .unwrap()
+                > 0.8,
+            "{model}"
+        );
+    }
+    let report = stdout(&o);
+    assert!(
+        report.contains("teacher") && report.contains("student") && report.contains("baseline"),
+        "{report}"
+    );
+}
+
+/// A model may start from weights an earlier run exported; weights that do not fit the
+/// architecture are refused before anything runs.
+#[test]
+fn a_model_starts_from_an_earlier_runs_weights() {
+    let dir = scratch("init-from");
+    let first = dir.join("first");
+    assert_eq!(run_digits(&first, &[]).status.code(), Some(0));
+    let teacher_accuracy = summary(&first)["models"]["t"]["metrics"]["test"]["accuracy"]
+        .as_f64()
+        .unwrap();
+
+    let example = std::fs::read_to_string(root().join("examples/digits.kd")).unwrap();
+    let data = root().join("examples/data/digits.csv.gz");
+    let header: String = example
+        .lines()
+        .take_while(|l| !l.starts_with("teacher"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "\"data/digits.csv.gz\"",
+            &format!("{:?}", data.to_str().unwrap()),
+        );
+    let reuse = format!(
+        "{header}\nteacher t = cnn from \"first/teacher.safetensors\"\nevaluate t on digits.test\n"
+    );
+    let kd = dir.join("reuse.kd");
+    std::fs::write(&kd, &reuse).unwrap();
+    let again = dir.join("again");
+    let o = kdc(&[
+        "run",
+        kd.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let reloaded = summary(&again)["models"]["t"]["metrics"]["test"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(
+        reloaded, teacher_accuracy,
+        "the same weights give the same predictions"
+    );
+
+    let wrong = reuse.replace(
+        "teacher t = cnn from \"first/teacher.safetensors\"",
+        "teacher t = mlp from \"first/teacher.safetensors\"",
+    );
+    std::fs::write(&kd, wrong).unwrap();
+    let o = kdc(&["check", kd.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("has no tensor `linear1.weight`") || stderr(&o).contains("shape"),
+        "{}",
+        stderr(&o)
+    );
+}
