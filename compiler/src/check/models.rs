@@ -176,8 +176,8 @@ impl Cx<'_> {
             None
         } else if input.len() == 3
             && output.len() == 3
-            && input[1] % output[1] == 0
-            && input[2] % output[2] == 0
+            && input[1].is_multiple_of(output[1])
+            && input[2].is_multiple_of(output[2])
             && input[1] / output[1] == input[2] / output[2]
         {
             let stride = input[1] / output[1];
