@@ -479,3 +479,42 @@ fn a_model_starts_from_an_earlier_runs_weights() {
         stderr(&o)
     );
 }
+
+/// Every snapshot case that compiles also runs: residual blocks with shortcuts, every
+/// augmentation, the article's loss combinations, unlabeled transfer splits, `repeat`.
+#[test]
+fn ok_cases_run_end_to_end() {
+    let dir = scratch("ok-cases");
+    for entry in std::fs::read_dir(root().join("tests/cases/ok")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        // The digits example has its own full-length test above.
+        if path.extension().is_none_or(|e| e != "kd") || name == "digits_example" {
+            continue;
+        }
+        let out = dir.join(&name);
+        let o = kdc(&[
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{name}:\n{}", stderr(&o));
+        let s = summary(&out);
+        if name == "transfer_set" {
+            assert_eq!(s["seeds"].as_array().unwrap().len(), 3);
+            let std = &s["models"]["s"]["metrics_std"]["test"]["accuracy"];
+            assert!(
+                std.as_f64().is_some(),
+                "repeat reports a standard deviation: {}",
+                s["models"]["s"]
+            );
+            for seed in [5, 6, 7] {
+                assert!(
+                    out.join(format!("seed-{seed}/s.safetensors")).is_file(),
+                    "seed {seed}'s export"
+                );
+            }
+        }
+    }
+}
