@@ -518,3 +518,36 @@ fn ok_cases_run_end_to_end() {
         }
     }
 }
+
+/// Randomness comes from kdc's own generator keyed by seed and position, and the kernels
+/// split work without changing sums: one thread or two give bitwise the same weights.
+#[test]
+fn thread_count_does_not_change_results() {
+    let dir = scratch("threads");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    assert_eq!(
+        run_digits(&one, &["--set", "pipeline.digits.threads=1"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        run_digits(&two, &["--set", "pipeline.digits.threads=2"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(summary(&one)["threads"], 1);
+    assert_eq!(summary(&two)["threads"], 2);
+    for file in [
+        "teacher.safetensors",
+        "student.safetensors",
+        "baseline.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(one.join(file)).unwrap(),
+            std::fs::read(two.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
