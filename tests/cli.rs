@@ -551,3 +551,31 @@ fn thread_count_does_not_change_results() {
         );
     }
 }
+
+/// Without `--out`, a run gets its own new folder `<output>/<pipeline>-<UTC time>` beside
+/// the `.kd` file, and a second run a second folder.
+#[test]
+fn default_run_folders_are_new_each_time() {
+    let dir = scratch("default-out");
+    let case = std::fs::read_to_string(root().join("tests/cases/ok/article_losses.kd")).unwrap();
+    let data = root().join("examples/data/digits.csv.gz");
+    let case = case.replace(
+        "\"../../../examples/data/digits.csv.gz\"",
+        &format!("{:?}", data.to_str().unwrap()),
+    );
+    let kd = dir.join("article.kd");
+    std::fs::write(&kd, case).unwrap();
+    for _ in 0..2 {
+        let o = kdc(&["run", kd.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let runs: Vec<String> = std::fs::read_dir(dir.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for run in &runs {
+        assert!(run.starts_with("article-20"), "{run}");
+        assert!(dir.join("runs").join(run).join("summary.json").is_file());
+    }
+}
