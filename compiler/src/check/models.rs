@@ -172,7 +172,9 @@ impl Cx<'_> {
             layers.push(layer);
         }
         let output = shape;
-        let shortcut = if output == input {
+        // The shortcut adds the input back: the identity when the body keeps the shape, a
+        // strided 1x1 convolution or a linear map when it does not.
+        let shortcut_layer = if output == input {
             None
         } else if input.len() == 3
             && output.len() == 3
@@ -180,39 +182,18 @@ impl Cx<'_> {
             && input[2].is_multiple_of(output[2])
             && input[1] / output[1] == input[2] / output[2]
         {
-            let stride = input[1] / output[1];
-            let layer = Layer::Conv2d {
+            Some(Layer::Conv2d {
                 out: output[0],
                 kernel: 1,
-                stride,
+                stride: input[1] / output[1],
                 padding: 0,
                 bias: false,
-            };
-            let (params, flops) = cost(&layer, input, &output);
-            Some(Box::new(LayerSpec {
-                name: "shortcut".into(),
-                layer,
-                input: input.to_vec(),
-                output: output.clone(),
-                params,
-                flops,
-                span: to_plan(node.span),
-            }))
+            })
         } else if input.len() == 1 && output.len() == 1 {
-            let layer = Layer::Linear {
+            Some(Layer::Linear {
                 out: output[0],
                 bias: false,
-            };
-            let (params, flops) = cost(&layer, input, &output);
-            Some(Box::new(LayerSpec {
-                name: "shortcut".into(),
-                layer,
-                input: input.to_vec(),
-                output: output.clone(),
-                params,
-                flops,
-                span: to_plan(node.span),
-            }))
+            })
         } else {
             self.error(CheckError::ShapeMismatch {
                 message: format!("this residual block maps {input:?} to {output:?}, which no shortcut can add back"),
@@ -223,6 +204,18 @@ impl Cx<'_> {
             });
             return None;
         };
+        let shortcut = shortcut_layer.map(|layer| {
+            let (params, flops) = cost(&layer, input, &output);
+            Box::new(LayerSpec {
+                name: "shortcut".into(),
+                layer,
+                input: input.to_vec(),
+                output: output.clone(),
+                params,
+                flops,
+                span: to_plan(node.span),
+            })
+        });
         let n = counters.entry("residual").or_insert(0);
         *n += 1;
         let params = layers.iter().map(|l| l.params).sum::<usize>()
