@@ -158,7 +158,7 @@ pub enum CheckError {
     File {
         path: String,
         reason: String,
-        #[label("this file")]
+        #[label("this path")]
         span: SourceSpan,
         #[help]
         help: Option<String>,

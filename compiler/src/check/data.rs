@@ -222,6 +222,7 @@ impl Cx<'_> {
             fields.get("split").map(|s| (&s.value, s.span)),
             train_count,
             test_count,
+            limit.is_some(),
         )?;
         let normalize = match fields.get("normalize") {
             None => Normalize::None,
@@ -267,11 +268,7 @@ impl Cx<'_> {
                 span: span(value.span),
                 help: Some(format!(
                     "paths resolve against the folder of the .kd file{}",
-                    if text_is_data(&path) {
-                        "; fetch data sets with scripts/fetch-data.sh"
-                    } else {
-                        ""
-                    }
+                    fetch_hint(&path)
                 )),
             });
             return None;
@@ -541,6 +538,7 @@ impl Cx<'_> {
         block: Option<(&SettingValue, Span)>,
         train_count: usize,
         test_count: Option<usize>,
+        limit_set: bool,
     ) -> Option<Vec<SplitSpec>> {
         let mut splits = Vec::new();
         let mut counted = 0usize;
@@ -637,7 +635,11 @@ impl Cx<'_> {
                     ),
                     span: span(at),
                     label: "too many".into(),
-                    help: Some("fractions and counts together must fit; `rest` takes what is left".into()),
+                    help: Some(if limit_set {
+                        format!("`limit` keeps {train_count} samples: write the splits as fractions and `rest`, which follow a limit")
+                    } else {
+                        "fractions and counts together must fit; `rest` takes what is left".into()
+                    }),
                 });
                 return None;
             }
@@ -880,8 +882,17 @@ impl Cx<'_> {
     }
 }
 
-fn text_is_data(path: &Path) -> bool {
-    path.components().any(|c| c.as_os_str() == "data")
+/// For a data set the project's fetch script knows, the command that brings it.
+fn fetch_hint(path: &Path) -> String {
+    const FETCHABLE: &[&str] = &["mnist"];
+    let in_data = path.components().any(|c| c.as_os_str() == "data");
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(name) if in_data && FETCHABLE.contains(&name) => {
+            format!("; fetch it with `scripts/fetch-data.sh {name}`")
+        }
+        _ if in_data => "; data sets are fetched with `scripts/fetch-data.sh NAME`".into(),
+        _ => String::new(),
+    }
 }
 
 fn reason_is_label(label: &LabelColumn) -> bool {

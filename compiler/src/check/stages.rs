@@ -53,7 +53,13 @@ impl Cx<'_> {
             .declarations
             .iter()
             .filter_map(|d| match d {
-                Declaration::Stage(s) => self.stage(s, models, data, augments, losses),
+                Declaration::Stage(s) => {
+                    let stage = self.stage(s, models, data, augments, losses);
+                    if stage.is_none() {
+                        self.failed.insert(format!("stage {}", s.name.name));
+                    }
+                    stage
+                }
                 _ => None,
             })
             .collect()
@@ -695,6 +701,16 @@ impl Cx<'_> {
             let Some(student) = self.model(&b.student, models).cloned() else {
                 continue;
             };
+            // Whatever goes wrong below is reported once; later uses of the baseline's name
+            // stay quiet (it is found among the models when it checks).
+            self.failed.insert(format!("model {}", b.name.name));
+            // A stage that failed to check was reported already; say nothing more about it.
+            if b.stages
+                .iter()
+                .any(|n| self.failed.contains(&format!("stage {}", n.name)))
+            {
+                continue;
+            }
             if let Some(w) = &b.without {
                 let uses = stages.iter().any(|s| {
                     b.stages.iter().any(|n| n.name == s.name) && s.frozen.contains(&w.name)
