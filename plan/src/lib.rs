@@ -699,3 +699,88 @@ fn layer_parameters(layer: &LayerSpec, prefix: &str, out: &mut Vec<(String, Vec<
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(kind: ScheduleKind, warmup_epochs: usize) -> Schedule {
+        Schedule {
+            kind,
+            warmup_epochs,
+        }
+    }
+
+    #[test]
+    fn warmup_ramps_linearly_then_hands_over() {
+        let s = schedule(ScheduleKind::Constant, 1);
+        // 10 steps per epoch: steps 0..9 ramp to the base rate, then it stays.
+        assert!((s.lr_at(0.1, 0, 100, 10) - 0.01).abs() < 1e-12);
+        assert!((s.lr_at(0.1, 9, 100, 10) - 0.1).abs() < 1e-12);
+        assert_eq!(s.lr_at(0.1, 50, 100, 10), 0.1);
+    }
+
+    #[test]
+    fn step_decays_every_n_epochs() {
+        let s = schedule(
+            ScheduleKind::Step {
+                every: 2,
+                gamma: 0.5,
+            },
+            0,
+        );
+        assert_eq!(s.lr_at(1.0, 19, 100, 10), 1.0);
+        assert_eq!(s.lr_at(1.0, 20, 100, 10), 0.5);
+        assert_eq!(s.lr_at(1.0, 45, 100, 10), 0.25);
+    }
+
+    #[test]
+    fn cosine_and_linear_end_at_their_floor() {
+        let cosine = schedule(ScheduleKind::Cosine { min_lr: 0.01 }, 0);
+        assert_eq!(cosine.lr_at(1.0, 0, 100, 10), 1.0);
+        assert!((cosine.lr_at(1.0, 50, 100, 10) - 0.505).abs() < 1e-12);
+        assert!((cosine.lr_at(1.0, 100, 100, 10) - 0.01).abs() < 1e-12);
+        let linear = schedule(ScheduleKind::Linear, 0);
+        assert!((linear.lr_at(1.0, 75, 100, 10) - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn parameter_names_follow_layer_names() {
+        let linear = LayerSpec {
+            name: "linear1".into(),
+            layer: Layer::Linear { out: 3, bias: true },
+            input: vec![4],
+            output: vec![3],
+            params: 15,
+            flops: 24,
+            span: Span::default(),
+        };
+        let bn = LayerSpec {
+            name: "bn1".into(),
+            layer: Layer::BatchNorm {
+                eps: 1e-5,
+                momentum: 0.1,
+            },
+            input: vec![3],
+            output: vec![3],
+            params: 6,
+            flops: 6,
+            span: Span::default(),
+        };
+        let names: Vec<String> = parameter_shapes(&[linear, bn])
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "linear1.weight",
+                "linear1.bias",
+                "bn1.weight",
+                "bn1.bias",
+                "bn1.running_mean",
+                "bn1.running_var"
+            ]
+        );
+    }
+}
