@@ -100,19 +100,16 @@ pub fn apply(
                     }
                 }
             }
-            (AugmentOp::RandomCrop { padding }, Some(img)) => {
-                let span = 2 * *padding as u64 + 1;
+            // Padding by p and cropping back at a random place is a shift by up to p pixels
+            // with the padding value filling in: one operation for both.
+            (
+                AugmentOp::RandomCrop { padding: max } | AugmentOp::Translate { max_pixels: max },
+                Some(img),
+            ) => {
+                let span = 2 * *max as u64 + 1;
                 for sample in x.chunks_exact_mut(sample_len) {
-                    let dy = rng.below(span) as isize - *padding as isize;
-                    let dx = rng.below(span) as isize - *padding as isize;
-                    shift(sample, &mut scratch, img, dy, dx, &fill_of);
-                }
-            }
-            (AugmentOp::Translate { max_pixels }, Some(img)) => {
-                let span = 2 * *max_pixels as u64 + 1;
-                for sample in x.chunks_exact_mut(sample_len) {
-                    let dy = rng.below(span) as isize - *max_pixels as isize;
-                    let dx = rng.below(span) as isize - *max_pixels as isize;
+                    let dy = rng.below(span) as isize - *max as isize;
+                    let dx = rng.below(span) as isize - *max as isize;
                     shift(sample, &mut scratch, img, dy, dx, &fill_of);
                 }
             }
