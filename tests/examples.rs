@@ -137,3 +137,32 @@ fn seed_dense_runs_shortened() {
         2
     );
 }
+
+#[test]
+fn mnist_cnn_runs_shortened() {
+    mnist();
+    let s = run(
+        "mnist_cnn.kd",
+        &scratch("cnn"),
+        &[
+            "data.mnist.limit=2000",
+            "stage.teach.epochs=1",
+            "stage.distill.epochs=1",
+        ],
+    );
+    for model in ["t", "s", "scratch"] {
+        assert!(
+            accuracy(&s, model) > 0.5,
+            "{model}: {}",
+            accuracy(&s, model)
+        );
+    }
+    // The student ran the frozen teacher once per training sample and epoch.
+    let distill = s["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["name"] == "distill")
+        .unwrap();
+    assert_eq!(distill["teacher_forwards"], 1833);
+}
