@@ -693,7 +693,12 @@ fn layer_parameters(layer: &LayerSpec, prefix: &str, out: &mut Vec<(String, Vec<
                 layer_parameters(l, &inner, out);
             }
             if let Some(s) = shortcut {
-                layer_parameters(s, &inner, out);
+                // A shortcut is always `{residual}.shortcut`, whatever its spec is called.
+                let named = LayerSpec {
+                    name: "shortcut".into(),
+                    ..(**s).clone()
+                };
+                layer_parameters(&named, &inner, out);
             }
         }
         _ => {}

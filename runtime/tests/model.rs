@@ -333,3 +333,19 @@ fn weights_round_trip_and_bad_files_are_named() {
     assert!(other.load_weights(&dir.join("junk.safetensors")).is_err());
     assert!(other.load_weights(&dir.join("absent.safetensors")).is_err());
 }
+
+/// The compiler checks `from "weights.safetensors"` files against `kd_plan::parameter_shapes`;
+/// the runtime must save exactly those names and shapes.
+#[test]
+fn saved_names_and_shapes_are_the_plans() {
+    let spec = cnn("m", "m");
+    let model = Model::new(&spec, 1).unwrap();
+    let mut saved: Vec<(String, Vec<usize>)> = model
+        .state()
+        .map(|(n, v)| (n.to_string(), v.as_tensor().dims().to_vec()))
+        .collect();
+    let mut expected = kd_plan::parameter_shapes(&spec.layers);
+    saved.sort();
+    expected.sort();
+    assert_eq!(saved, expected);
+}
