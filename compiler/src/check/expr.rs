@@ -183,6 +183,15 @@ impl Cx<'_> {
             BinaryOp::Pow => Op::Pow,
         };
         let (ls, rs) = (l.ty.kind == Kind::Scalar, r.ty.kind == Kind::Scalar);
+        if op == BinaryOp::Pow && !rs {
+            self.invalid(
+                r.span,
+                "an exponent must be a number, not a tensor".into(),
+                "a tensor",
+                None,
+            );
+            return None;
+        }
         let ty = match (ls, rs) {
             (true, true) => TensorType::scalar(),
             // Scaling logits by a number keeps them logits (`s.logits / T`).
@@ -194,25 +203,14 @@ impl Cx<'_> {
                 },
                 shape: l.ty.shape.clone(),
             },
-            (true, false) => {
-                if op == BinaryOp::Pow {
-                    self.invalid(
-                        r.span,
-                        "an exponent must be a number, not a tensor".into(),
-                        "a tensor",
-                        None,
-                    );
-                    return None;
-                }
-                TensorType {
-                    kind: if r.ty.kind == Kind::Logits && op == BinaryOp::Mul {
-                        Kind::Logits
-                    } else {
-                        Kind::Features
-                    },
-                    shape: r.ty.shape.clone(),
-                }
-            }
+            (true, false) => TensorType {
+                kind: if r.ty.kind == Kind::Logits && op == BinaryOp::Mul {
+                    Kind::Logits
+                } else {
+                    Kind::Features
+                },
+                shape: r.ty.shape.clone(),
+            },
             (false, false) => {
                 if l.ty.shape != r.ty.shape {
                     self.error(CheckError::ShapeMismatch {
@@ -227,15 +225,6 @@ impl Cx<'_> {
                         related: vec![labeled(r.span, format!("{:?}", r.ty.shape))],
                         help: None,
                     });
-                    return None;
-                }
-                if op == BinaryOp::Pow {
-                    self.invalid(
-                        r.span,
-                        "an exponent must be a number, not a tensor".into(),
-                        "a tensor",
-                        None,
-                    );
                     return None;
                 }
                 TensorType {
