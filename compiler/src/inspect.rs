@@ -2,7 +2,7 @@
 //! sample counts, sample shapes and the number of classes.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 /// What the checker learns from a data source.
@@ -18,141 +18,258 @@ pub struct SourceFacts {
     pub classes: usize,
 }
 
-/// Opens a file, decompressing it when it starts with the gzip magic.
-fn open(path: &Path) -> Result<Box<dyn Read>, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(file);
-    let mut magic = [0u8; 2];
-    let is_gzip = {
-        use std::io::BufRead;
-        let buf = reader.fill_buf().map_err(|e| e.to_string())?;
-        if buf.len() >= 2 {
-            magic.copy_from_slice(&buf[..2]);
+/// The most bytes a CSV/TSV file may hold once decompressed (the runtime's cap too): far
+/// above any table a CPU trainer reads, far below what exhausts memory.
+pub const MAX_TEXT_BYTES: u64 = 1 << 30;
+
+/// Deflate cannot expand data more than 1032 to 1: a gzip file whose IDX header claims more
+/// than this many times the file's size is corrupt.
+const MAX_GZIP_RATIO: u64 = 1032;
+
+/// A data file's bytes, decompressed when they start with the gzip magic, with the length of
+/// the file as stored.
+struct Input<'a> {
+    reader: Box<dyn Read + 'a>,
+    stored_len: u64,
+    gzip: bool,
+}
+
+impl<'a> Input<'a> {
+    fn new(source: impl Read + 'a, stored_len: u64) -> Result<Input<'a>, String> {
+        let mut buffered = BufReader::new(source);
+        let gzip = buffered
+            .fill_buf()
+            .map_err(|e| format!("it is not readable ({e})"))?
+            .starts_with(&[0x1f, 0x8b]);
+        let reader: Box<dyn Read + 'a> = if gzip {
+            // Multi-member, as the runtime reads it: a concatenation is one stream.
+            Box::new(flate2::read::MultiGzDecoder::new(buffered))
+        } else {
+            Box::new(buffered)
+        };
+        Ok(Input {
+            reader,
+            stored_len,
+            gzip,
+        })
+    }
+
+    /// Reads everything left, refusing more than `limit` bytes (at most `limit + 1` are read).
+    fn read_bounded(&mut self, limit: u64) -> Result<Vec<u8>, String> {
+        let mut bytes = Vec::new();
+        (&mut self.reader)
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.read_error(&e))?;
+        if bytes.len() as u64 > limit {
+            return Err(format!(
+                "it holds more than {limit} bytes once decompressed"
+            ));
         }
-        magic == [0x1f, 0x8b]
+        Ok(bytes)
+    }
+
+    fn read_error(&self, e: &std::io::Error) -> String {
+        if self.gzip {
+            format!("its gzip data cannot be decompressed ({e})")
+        } else {
+            format!("it is not readable ({e})")
+        }
+    }
+}
+
+/// Opens a file for inspection; a folder is refused by name.
+fn open(path: &Path) -> Result<Input<'static>, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        return Err("it is a folder, not a file".into());
+    }
+    Input::new(file, meta.len())
+}
+
+/// An IDX header: the element type, the dimensions and the bytes of data they announce.
+struct IdxHeader {
+    elem: u8,
+    dims: Vec<usize>,
+    header_len: u64,
+    data_len: u64,
+}
+
+fn idx_header(input: &mut Input<'_>) -> Result<IdxHeader, String> {
+    let gzip = input.gzip;
+    let short = |e: std::io::Error, what: &str| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!("{what} (it ends inside its IDX header)")
+        } else if gzip {
+            format!("its gzip data cannot be decompressed ({e})")
+        } else {
+            format!("it is not readable ({e})")
+        }
     };
-    Ok(if is_gzip {
-        Box::new(flate2::read::GzDecoder::new(reader))
-    } else {
-        Box::new(reader)
-    })
-}
-
-fn read_all(path: &Path) -> Result<Vec<u8>, String> {
-    let mut bytes = Vec::new();
-    open(path)?
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("it is not readable ({e})"))?;
-    Ok(bytes)
-}
-
-/// An IDX header: element size in bytes and the dimensions.
-fn idx_header(reader: &mut dyn Read) -> Result<(u8, Vec<usize>), String> {
     let mut magic = [0u8; 4];
-    reader
+    input
+        .reader
         .read_exact(&mut magic)
-        .map_err(|_| "it is too short for an IDX header".to_string())?;
+        .map_err(|e| short(e, "it is too short for an IDX header"))?;
     if magic[0] != 0 || magic[1] != 0 {
         return Err(
             "it is not an IDX file (the magic number does not start with two zero bytes)".into(),
         );
     }
     let elem = magic[2];
-    if !matches!(elem, 0x08 | 0x09 | 0x0B | 0x0C | 0x0D | 0x0E) {
+    let Some(size) = element_size(elem) else {
         return Err(format!("it has an unknown IDX element type 0x{elem:02X}"));
-    }
-    let ndim = magic[3] as usize;
+    };
+    let ndim = usize::from(magic[3]);
     if ndim == 0 {
         return Err("its IDX header declares no dimensions".into());
     }
-    let mut dims = Vec::with_capacity(ndim);
-    for _ in 0..ndim {
-        let mut d = [0u8; 4];
-        reader
-            .read_exact(&mut d)
-            .map_err(|_| "its IDX header is truncated".to_string())?;
-        dims.push(u32::from_be_bytes(d) as usize);
-    }
-    Ok((elem, dims))
-}
-
-fn element_size(elem: u8) -> usize {
-    match elem {
-        0x0B => 2,
-        0x0C | 0x0D => 4,
-        0x0E => 8,
-        _ => 1,
-    }
-}
-
-/// Images: the header only (and the length, for raw files).
-pub fn idx_images(path: &Path) -> Result<(usize, Vec<usize>), String> {
-    let mut reader = open(path)?;
-    let (elem, dims) = idx_header(reader.as_mut())?;
-    let count = dims[0];
-    let sample: Vec<usize> = dims[1..].to_vec();
-    let expected = dims
+    let mut sizes = vec![0u8; 4 * ndim];
+    input
+        .reader
+        .read_exact(&mut sizes)
+        .map_err(|e| short(e, "its IDX header is truncated"))?;
+    let dims: Vec<usize> = sizes
+        .chunks_exact(4)
+        .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
+        .collect();
+    let data_len = dims
         .iter()
-        .try_fold(element_size(elem), |acc, d| acc.checked_mul(*d))
-        .ok_or("its IDX header claims an impossible size")?;
-    // For an uncompressed file, the header's claim is checked against the file's length.
-    if let Ok(meta) = std::fs::metadata(path) {
-        let header = 4 + 4 * dims.len();
-        let is_gzip = read_prefix(path)
-            .map(|p| p == [0x1f, 0x8b])
-            .unwrap_or(false);
-        if !is_gzip && meta.len() as usize != header + expected {
+        .try_fold(size, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| format!("its IDX header claims an impossible size {dims:?}"))?;
+    let header = IdxHeader {
+        elem,
+        dims,
+        header_len: 4 + 4 * ndim as u64,
+        data_len,
+    };
+    // The claim is checked against the file before anything is read or allocated for it.
+    if input.gzip {
+        let most = input.stored_len.saturating_mul(MAX_GZIP_RATIO);
+        if header.data_len > most {
             return Err(format!(
-                "its header claims {} bytes of data but the file holds {}",
-                expected,
-                (meta.len() as usize).saturating_sub(header)
+                "its IDX header claims {:?} ({} bytes of data) but {} bytes of gzip cannot hold more than {most}",
+                header.dims, header.data_len, input.stored_len
+            ));
+        }
+    } else {
+        let held = input.stored_len.saturating_sub(header.header_len);
+        if held != header.data_len {
+            return Err(format!(
+                "its IDX header claims {:?} ({} bytes of data) but the file holds {held}",
+                header.dims, header.data_len
             ));
         }
     }
-    Ok((count, sample))
+    Ok(header)
 }
 
-fn read_prefix(path: &Path) -> Result<[u8; 2], String> {
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
-    let mut p = [0u8; 2];
-    f.read_exact(&mut p).map_err(|e| e.to_string())?;
-    Ok(p)
+fn element_size(elem: u8) -> Option<u64> {
+    match elem {
+        0x08 | 0x09 => Some(1),
+        0x0B => Some(2),
+        0x0C | 0x0D => Some(4),
+        0x0E => Some(8),
+        _ => None,
+    }
+}
+
+/// Reads the data of a gzip IDX file through to check the header's claim: the stream is
+/// counted, not kept, and never read past one byte more than the claim.
+fn check_gzip_data(input: &mut Input<'_>, header: &IdxHeader) -> Result<(), String> {
+    let held = std::io::copy(
+        &mut (&mut input.reader).take(header.data_len.saturating_add(1)),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| input.read_error(&e))?;
+    if held != header.data_len {
+        return Err(format!(
+            "its IDX header claims {:?} ({} bytes of data) but its gzip data holds {}",
+            header.dims,
+            header.data_len,
+            if held > header.data_len {
+                "more".to_string()
+            } else {
+                held.to_string()
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Images: the count and the shape of one sample, from the header (checked against the file).
+pub fn idx_images(path: &Path) -> Result<(usize, Vec<usize>), String> {
+    idx_images_from(open(path)?)
+}
+
+/// [`idx_images`] on a file's bytes.
+pub fn idx_images_bytes(raw: &[u8]) -> Result<(usize, Vec<usize>), String> {
+    idx_images_from(Input::new(raw, raw.len() as u64)?)
+}
+
+fn idx_images_from(mut input: Input<'_>) -> Result<(usize, Vec<usize>), String> {
+    let header = idx_header(&mut input)?;
+    if input.gzip {
+        check_gzip_data(&mut input, &header)?;
+    }
+    let sample = header.dims[1..].to_vec();
+    if sample.is_empty() {
+        return Err(
+            "an image file needs more than one dimension (samples, then their shape)".into(),
+        );
+    }
+    if sample.contains(&0) {
+        return Err(format!("its samples have an empty shape {sample:?}"));
+    }
+    Ok((header.dims[0], sample))
 }
 
 /// Labels: the count and one more than the largest label.
 pub fn idx_labels(path: &Path) -> Result<(usize, usize), String> {
-    let bytes = read_all(path)?;
-    let mut cursor = bytes.as_slice();
-    let (elem, dims) = idx_header(&mut cursor)?;
-    if dims.len() != 1 {
+    idx_labels_from(open(path)?)
+}
+
+/// [`idx_labels`] on a file's bytes.
+pub fn idx_labels_bytes(raw: &[u8]) -> Result<(usize, usize), String> {
+    idx_labels_from(Input::new(raw, raw.len() as u64)?)
+}
+
+fn idx_labels_from(mut input: Input<'_>) -> Result<(usize, usize), String> {
+    let header = idx_header(&mut input)?;
+    if header.dims.len() != 1 {
         return Err(format!(
             "a label file has one dimension, this one has {}",
-            dims.len()
+            header.dims.len()
         ));
     }
-    let size = element_size(elem);
-    if cursor.len() != dims[0] * size {
+    if !matches!(header.elem, 0x08 | 0x09 | 0x0B | 0x0C) {
+        return Err("labels must be integers (IDX types 0x08, 0x09, 0x0B or 0x0C)".into());
+    }
+    // Bounded by the checked claim: the file's length, or gzip's largest expansion of it.
+    let data = input.read_bounded(header.data_len)?;
+    if data.len() as u64 != header.data_len {
         return Err(format!(
             "its header claims {} labels but the file holds {} bytes of data",
-            dims[0],
-            cursor.len()
+            header.dims[0],
+            data.len()
         ));
     }
+    let size = element_size(header.elem).unwrap_or(1) as usize;
     let mut max = 0i64;
-    for chunk in cursor.chunks_exact(size) {
-        let label = match elem {
-            0x08 => chunk[0] as i64,
-            0x09 => chunk[0] as i8 as i64,
-            0x0B => i16::from_be_bytes([chunk[0], chunk[1]]) as i64,
-            0x0C => i32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as i64,
-            _ => return Err("labels must be integers (IDX types 0x08, 0x09, 0x0B or 0x0C)".into()),
+    for chunk in data.chunks_exact(size) {
+        let label = match header.elem {
+            0x08 => i64::from(chunk[0]),
+            0x09 => i64::from(chunk[0] as i8),
+            0x0B => i64::from(i16::from_be_bytes([chunk[0], chunk[1]])),
+            _ => i64::from(i32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]])),
         };
         if label < 0 {
             return Err(format!("it holds a negative label {label}"));
         }
         max = max.max(label);
     }
-    Ok((dims[0], max as usize + 1))
+    Ok((header.dims[0], max as usize + 1))
 }
 
 /// A CSV file: `(rows, features, classes, header names)`; `label` is the label column.
@@ -168,8 +285,41 @@ pub fn csv(
     delimiter: char,
     label: &LabelColumn,
 ) -> Result<(CsvFacts, usize), String> {
-    let bytes = read_all(path)?;
-    let text = String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string())?;
+    csv_from(open(path)?, header, delimiter, label)
+}
+
+/// [`csv`] on a file's bytes.
+pub fn csv_bytes(
+    raw: &[u8],
+    header: bool,
+    delimiter: char,
+    label: &LabelColumn,
+) -> Result<(CsvFacts, usize), String> {
+    csv_from(Input::new(raw, raw.len() as u64)?, header, delimiter, label)
+}
+
+fn csv_from(
+    mut input: Input<'_>,
+    header: bool,
+    delimiter: char,
+    label: &LabelColumn,
+) -> Result<(CsvFacts, usize), String> {
+    if !input.gzip && input.stored_len > MAX_TEXT_BYTES {
+        return Err(format!(
+            "it holds {} bytes, more than the {MAX_TEXT_BYTES} kdc reads as text",
+            input.stored_len
+        ));
+    }
+    let bytes = input.read_bounded(MAX_TEXT_BYTES)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..valid]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        format!("it is not UTF-8 text (line {line}, byte {valid} of the text)")
+    })?;
     let mut lines = text
         .lines()
         .enumerate()
@@ -188,7 +338,7 @@ pub fn csv(
     let mut columns = names.as_ref().map(|n| n.len());
     let mut label_index = None;
     let mut rows = 0usize;
-    let mut max_label = 0usize;
+    let mut max_label = 0u32;
     for (number, line) in lines {
         let fields: Vec<&str> = line.split(delimiter).map(str::trim).collect();
         let width = *columns.get_or_insert(fields.len());
@@ -210,19 +360,32 @@ pub fn csv(
         };
         for (i, field) in fields.iter().enumerate() {
             if i == index {
-                let value: usize = field.parse().map_err(|_| {
+                let value = parse_label(field).ok_or_else(|| {
                     format!(
-                        "line {}: the label `{field}` is not a non-negative integer",
+                        "line {}: the label `{field}` is not a class id (a non-negative integer below 2^32)",
                         number + 1
                     )
                 })?;
                 max_label = max_label.max(value);
-            } else if field.parse::<f64>().is_err() {
-                return Err(format!(
-                    "line {}, field {}: `{field}` is not a number",
-                    number + 1,
-                    i + 1
-                ));
+            } else {
+                // As the runtime reads it: a finite 32-bit float.
+                match field.parse::<f32>() {
+                    Ok(v) if v.is_finite() => {}
+                    Ok(_) => {
+                        return Err(format!(
+                            "line {}, field {}: `{field}` is not a finite 32-bit number",
+                            number + 1,
+                            i + 1
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(format!(
+                            "line {}, field {}: `{field}` is not a number",
+                            number + 1,
+                            i + 1
+                        ))
+                    }
+                }
             }
         }
         rows += 1;
@@ -236,10 +399,19 @@ pub fn csv(
         CsvFacts {
             rows,
             columns,
-            classes: max_label + 1,
+            classes: max_label as usize + 1,
         },
         index,
     ))
+}
+
+/// A class id as the runtime reads it: a non-negative integer, also written as `3.0`.
+fn parse_label(field: &str) -> Option<u32> {
+    if let Ok(value) = field.parse::<u32>() {
+        return Some(value);
+    }
+    let value: f64 = field.parse().ok()?;
+    (value >= 0.0 && value.fract() == 0.0 && value <= f64::from(u32::MAX)).then_some(value as u32)
 }
 
 /// How a `.kd` file names the label column.

@@ -24,6 +24,14 @@ pub use passes::{fold_constants, optimize, order_stages, prune, share_common};
 
 use kd_plan::{Override, Plan};
 
+/// Byte-level entry points to the checker's file inspectors, for the fuzz targets (`fuzz/`):
+/// the same code `check` runs on a file, without writing one per input.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::inspect::{csv_bytes, idx_images_bytes, idx_labels_bytes, LabelColumn};
+    pub use crate::weights::check_bytes as weights_bytes;
+}
+
 /// A compiled Plan and the warnings met on the way.
 #[derive(Debug, Clone)]
 pub struct Compiled {

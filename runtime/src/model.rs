@@ -314,23 +314,59 @@ impl Model {
         if !path.exists() {
             return Err(weights_error("the file does not exist".into()));
         }
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        if path.is_dir() {
+            return Err(weights_error(
+                "it is a folder, not a safetensors file".into(),
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // The safetensors crate validates the header before any tensor is made: its length
+        // (at most 100 MB), the JSON, the dtypes, and that every tensor's byte range lies
+        // inside the file and matches its shape.
+        let file = candle_core::safetensors::SliceSafetensors::new(&bytes)
             .map_err(|e| weights_error(format!("not a readable safetensors file ({e})")))?;
         for (name, var) in self.state() {
-            let found = tensors
+            let view = file
                 .get(name)
-                .ok_or_else(|| weights_error(format!("no parameter `{name}` in the file")))?;
-            if found.dims() != var.dims() {
+                .map_err(|_| weights_error(format!("no parameter `{name}` in the file")))?;
+            if view.shape() != var.dims() {
                 return Err(weights_error(format!(
                     "`{name}` has shape {:?} in the file, the model expects {:?}",
-                    found.dims(),
+                    view.shape(),
                     var.dims()
                 )));
             }
-            let value = found
+            use candle_core::safetensors::Load;
+            let tensor = view
+                .load(&Device::Cpu)
+                .map_err(|e| weights_error(format!("cannot read `{name}` ({e})")))?;
+            // Only plain numeric types: candle keeps packed float formats (F4, F6, F8) as
+            // placeholders that do not convert to f32.
+            if !matches!(
+                tensor.dtype(),
+                DType::U8
+                    | DType::U32
+                    | DType::I16
+                    | DType::I32
+                    | DType::I64
+                    | DType::BF16
+                    | DType::F16
+                    | DType::F32
+                    | DType::F64
+            ) {
+                return Err(weights_error(format!(
+                    "`{name}` has dtype {:?}, which kdc cannot load as f32",
+                    view.dtype()
+                )));
+            }
+            let value = tensor
                 .to_dtype(DType::F32)
-                .ctx_with(|| format!("converting `{name}`"))?;
-            var.set(&value).ctx_with(|| format!("loading `{name}`"))?;
+                .map_err(|e| weights_error(format!("cannot convert `{name}` to f32 ({e})")))?;
+            var.set(&value)
+                .map_err(|e| weights_error(format!("cannot load `{name}` ({e})")))?;
         }
         Ok(())
     }

@@ -59,6 +59,17 @@ pub fn parse_csv(
                         ),
                     )
                 })?;
+                // NaN, infinities and values past f32's range would only surface later as a
+                // non-finite loss, far from the file that holds them.
+                if !value.is_finite() {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "line {line_no}, column {}: `{field}` is not a finite 32-bit number",
+                            column + 1
+                        ),
+                    ));
+                }
                 features.push(value);
             }
         }

@@ -138,26 +138,90 @@ pub struct Dataset {
     pub files: Vec<(PathBuf, String)>,
 }
 
-/// Reads a whole file, hashes it, and decompresses it when it starts with gzip's magic.
-fn read_file(path: &Path) -> Result<(Vec<u8>, String)> {
-    let raw = std::fs::read(path).map_err(|source| RuntimeError::Io {
+/// The most bytes a CSV/TSV file may hold once decompressed: far above any table this CPU
+/// trainer is meant for (MNIST as CSV is about 110 MB), far below what exhausts memory, so a
+/// gzip bomb is refused instead of swallowing the machine.
+pub const MAX_TEXT_BYTES: u64 = 1 << 30;
+
+/// Deflate cannot expand data more than 1032 to 1, so a gzip file claiming more than this
+/// many times its own size is corrupt and is refused before anything is decompressed.
+pub const MAX_GZIP_RATIO: u64 = 1032;
+
+fn bad_file(path: &Path, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::DataFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Whether `bytes` start with gzip's magic number.
+pub fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b])
+}
+
+/// Decompresses `raw` (gzip, possibly several members), refusing more than `limit` bytes:
+/// at most `limit + 1` bytes are ever produced, whatever the stream holds.
+pub fn gunzip_bounded(raw: &[u8], path: &Path, limit: u64) -> Result<Vec<u8>> {
+    let mut decoded = Vec::new();
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut decoded)
+        .map_err(|e| bad_file(path, format!("cannot decompress gzip data: {e}")))?;
+    if decoded.len() as u64 > limit {
+        return Err(bad_file(
+            path,
+            format!("its gzip data decompresses to more than {limit} bytes"),
+        ));
+    }
+    Ok(decoded)
+}
+
+/// Reads a whole file (refusing directories and files over `max_len` bytes before reading)
+/// and returns its bytes with their sha256.
+fn read_file(path: &Path, max_len: u64) -> Result<(Vec<u8>, String)> {
+    let io = |source| RuntimeError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_dir() {
+        return Err(bad_file(path, "it is a folder, not a file"));
+    }
+    if meta.len() > max_len {
+        return Err(bad_file(
+            path,
+            format!(
+                "it holds {} bytes, more than the {max_len} kdc reads",
+                meta.len()
+            ),
+        ));
+    }
+    let raw = std::fs::read(path).map_err(io)?;
     let digest = Sha256::digest(&raw);
     let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut decoded = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(raw.as_slice())
-            .read_to_end(&mut decoded)
-            .map_err(|e| RuntimeError::DataFile {
-                path: path.to_path_buf(),
-                reason: format!("cannot decompress gzip data: {e}"),
-            })?;
-        Ok((decoded, hash))
+    Ok((raw, hash))
+}
+
+/// CSV/TSV text from a file's bytes (gzip or not): decompressed within [`MAX_TEXT_BYTES`]
+/// and checked to be UTF-8, naming the line of the first bad byte.
+pub fn decode_text(raw: Vec<u8>, path: &Path) -> Result<String> {
+    let bytes = if is_gzip(&raw) {
+        gunzip_bounded(&raw, path, MAX_TEXT_BYTES)?
     } else {
-        Ok((raw, hash))
-    }
+        raw
+    };
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..valid]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        bad_file(
+            path,
+            format!("it is not UTF-8 text (line {line}, byte {valid} of the file)"),
+        )
+    })
 }
 
 fn data_error(spec: &DataSpec, reason: impl Into<String>, help: Option<&str>) -> RuntimeError {
@@ -179,7 +243,18 @@ fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
 impl Dataset {
     /// Loads `spec`, resolving relative paths against `base_dir`; splits use `seed`.
     pub fn load(spec: &DataSpec, base_dir: &Path, seed: u64) -> Result<Dataset> {
-        let sample_len: usize = spec.sample_shape.iter().product();
+        // A plan is user input too: its shape may not overflow.
+        let sample_len = spec
+            .sample_shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                data_error(
+                    spec,
+                    format!("the sample shape {:?} is too large", spec.sample_shape),
+                    None,
+                )
+            })?;
         let mut files = Vec::new();
         let (mut train, mut test) = match &spec.source {
             DataSource::Idx {
@@ -205,12 +280,9 @@ impl Dataset {
                 delimiter,
             } => {
                 let full = resolve(base_dir, path);
-                let (bytes, hash) = read_file(&full)?;
+                let (bytes, hash) = read_file(&full, MAX_TEXT_BYTES)?;
                 files.push((path.clone(), hash));
-                let text = String::from_utf8(bytes).map_err(|_| RuntimeError::DataFile {
-                    path: full.clone(),
-                    reason: "not UTF-8 text".into(),
-                })?;
+                let text = decode_text(bytes, &full)?;
                 let table = csv::parse_csv(&text, &full, *header, *delimiter, *label_column)?;
                 if table.columns != sample_len && !table.labels.is_empty() {
                     return Err(RuntimeError::DataFile {
@@ -417,6 +489,28 @@ impl Dataset {
     }
 }
 
+/// Reads an IDX file: a raw file's header is checked against the file's length before the
+/// data is read, so a lying header costs a few bytes of reading, not gigabytes.
+fn read_idx(full: &Path) -> Result<(idx::IdxArray, String)> {
+    let mut prefix = Vec::new();
+    // Errors here (a missing file, a folder) are left for `read_file` to report.
+    let len = std::fs::File::open(full)
+        .and_then(|f| {
+            let len = f.metadata()?.len();
+            // The longest header: magic and 255 dimensions.
+            f.take(4 + 4 * 255).read_to_end(&mut prefix)?;
+            Ok(len)
+        })
+        .ok();
+    if let Some(len) = len {
+        if !is_gzip(&prefix) {
+            idx::check_raw_header(&prefix, len, full)?;
+        }
+    }
+    let (bytes, hash) = read_file(full, u64::MAX)?;
+    Ok((idx::decode_idx(&bytes, full)?, hash))
+}
+
 fn load_idx_part(
     base_dir: &Path,
     images_path: &Path,
@@ -426,21 +520,21 @@ fn load_idx_part(
 ) -> Result<Part> {
     let images_full = resolve(base_dir, images_path);
     let labels_full = resolve(base_dir, labels_path);
-    let (image_bytes, image_hash) = read_file(&images_full)?;
+    let (images, image_hash) = read_idx(&images_full)?;
     files.push((images_path.to_path_buf(), image_hash));
-    let images = idx::parse_idx(&image_bytes, &images_full)?;
-    drop(image_bytes);
-    let (label_bytes, label_hash) = read_file(&labels_full)?;
+    let (label_array, label_hash) = read_idx(&labels_full)?;
     files.push((labels_path.to_path_buf(), label_hash));
-    let labels = idx::idx_labels(&idx::parse_idx(&label_bytes, &labels_full)?, &labels_full)?;
+    let labels = idx::idx_labels(&label_array, &labels_full)?;
+    drop(label_array);
     let count = images.dims.first().copied().unwrap_or(0);
-    let image_len: usize = images.dims.iter().skip(1).product();
-    if image_len != sample_len {
+    let sample_dims = &images.dims[1.min(images.dims.len())..];
+    // The header's product was checked, so this one cannot overflow.
+    let image_len: usize = sample_dims.iter().product();
+    if image_len != sample_len || image_len == 0 || sample_dims.is_empty() {
         return Err(RuntimeError::DataFile {
             path: images_full,
             reason: format!(
-                "samples have {image_len} values ({:?}) but the data declares {sample_len}",
-                &images.dims[1.min(images.dims.len())..]
+                "samples have {image_len} values ({sample_dims:?}) but the data declares {sample_len}"
             ),
         });
     }

@@ -1,5 +1,7 @@
 //! Stratified splits of a source's training part.
 
+use std::collections::BTreeMap;
+
 use kd_plan::DataSpec;
 
 use super::{requested_size, Part, PartKind, Split};
@@ -15,17 +17,14 @@ pub fn make_splits(
     test: Option<&Part>,
     seed: u64,
 ) -> Result<Vec<Split>> {
-    let classes = train
-        .labels
-        .iter()
-        .map(|&l| l as usize + 1)
-        .max()
-        .unwrap_or(0)
-        .max(spec.classes);
-    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    // One entry per label that occurs (ascending), not per declared class: a plan may declare
+    // any number of classes, and classes without samples take no share of any split.
+    let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (index, &label) in train.labels.iter().enumerate() {
-        by_class[label as usize].push(index);
+        groups.entry(label).or_default().push(index);
     }
+    let mut by_class: Vec<Vec<usize>> = groups.into_values().collect();
+    let classes = by_class.len();
     let mut rng = Rng::new(seed, &format!("split/{}", spec.name));
     for members in &mut by_class {
         rng.shuffle(members);
