@@ -77,6 +77,23 @@ pub struct Settings {
     pub threads: Option<usize>,
     /// Run the whole pipeline this many times with seeds `seed, seed + 1, ...`.
     pub repeat: u32,
+    /// Also write a checkpoint every this many optimizer steps (always at each epoch's end).
+    #[serde(default)]
+    pub checkpoint_every: Option<usize>,
+    /// What a non-finite loss or gradient does to a stage.
+    #[serde(default)]
+    pub non_finite: NonFinite,
+}
+
+/// The answer to a non-finite loss or gradient.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFinite {
+    /// Stop the run with a diagnostic; the last checkpoint stays as it was.
+    #[default]
+    Stop,
+    /// Skip the batch (no update) and count it in the summary.
+    Skip,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -623,6 +640,22 @@ impl Plan {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Where `other` differs from this plan, as `path: this -> other` lines, ignoring
+    /// where each part came from (source paths and byte spans: an edited comment in the
+    /// `.kd` file does not make another plan).
+    pub fn differences(&self, other: &Plan) -> Vec<String> {
+        let as_value = |plan: &Plan| {
+            let mut value = serde_yaml::to_value(plan).unwrap_or(serde_yaml::Value::Null);
+            if let serde_yaml::Value::Mapping(map) = &mut value {
+                map.remove("source");
+            }
+            value
+        };
+        let mut found = Vec::new();
+        diff_values("", &as_value(self), &as_value(other), &mut found);
+        found
+    }
+
     pub fn model(&self, name: &str) -> Option<&ModelSpec> {
         self.models.iter().find(|m| m.name == name)
     }
@@ -705,9 +738,106 @@ fn layer_parameters(layer: &LayerSpec, prefix: &str, out: &mut Vec<(String, Vec<
     }
 }
 
+/// Appends to `found` every place where `a` and `b` differ, skipping `span` fields.
+fn diff_values(path: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, found: &mut Vec<String>) {
+    use serde_yaml::Value;
+    let show = |v: &Value| {
+        let text = match v {
+            Value::Null => "nothing".to_string(),
+            other => serde_yaml::to_string(other)
+                .map(|s| s.trim().replace('\n', "; "))
+                .unwrap_or_default(),
+        };
+        match text.char_indices().nth(100) {
+            Some((cut, _)) => format!("{}...", &text[..cut]),
+            None => text,
+        }
+    };
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (a, b) {
+        (Value::Mapping(x), Value::Mapping(y)) => {
+            let mut keys: Vec<&Value> = x.keys().collect();
+            keys.extend(y.keys().filter(|k| !x.contains_key(*k)));
+            for key in keys {
+                let name = key
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| show(key));
+                if name == "span" {
+                    continue;
+                }
+                let null = Value::Null;
+                diff_values(
+                    &child(&name),
+                    x.get(key).unwrap_or(&null),
+                    y.get(key).unwrap_or(&null),
+                    found,
+                );
+            }
+        }
+        (Value::Sequence(x), Value::Sequence(y)) => {
+            for (index, (p, q)) in x.iter().zip(y).enumerate() {
+                diff_values(&format!("{path}[{index}]"), p, q, found);
+            }
+            if x.len() != y.len() {
+                found.push(format!("{path}: {} entries -> {}", x.len(), y.len()));
+            }
+        }
+        (Value::Tagged(x), Value::Tagged(y)) if x.tag == y.tag => {
+            diff_values(&child(&x.tag.to_string()), &x.value, &y.value, found);
+        }
+        _ if a == b => {}
+        _ => found.push(format!("{path}: {} -> {}", show(a), show(b))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn differences_name_the_changed_values_and_ignore_spans() {
+        let mut a = Plan {
+            version: PLAN_VERSION,
+            source: SourceInfo {
+                path: PathBuf::from("a.kd"),
+                base_dir: PathBuf::new(),
+            },
+            settings: Settings {
+                name: "a".into(),
+                seed: 0,
+                device: Device::Cpu,
+                output: PathBuf::from("runs"),
+                threads: None,
+                repeat: 1,
+                checkpoint_every: None,
+                non_finite: NonFinite::Stop,
+            },
+            data: Vec::new(),
+            augments: Vec::new(),
+            models: Vec::new(),
+            graph: Graph::default(),
+            stages: Vec::new(),
+            evaluations: Vec::new(),
+            exports: Vec::new(),
+            overrides: Vec::new(),
+        };
+        let mut b = a.clone();
+        assert!(a.differences(&b).is_empty());
+        b.settings.seed = 8;
+        b.source.path = PathBuf::from("elsewhere.kd");
+        a.settings.repeat = 2;
+        assert_eq!(
+            a.differences(&b),
+            vec!["settings.seed: 0 -> 8", "settings.repeat: 2 -> 1"]
+        );
+    }
 
     fn schedule(kind: ScheduleKind, warmup_epochs: usize) -> Schedule {
         Schedule {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use kd_grammar::ast::{Call, DataDecl, Declaration, Program, SettingValue, Span, Value, ValueKind};
 use kd_plan::{
-    AugmentOp, AugmentSpec, DataSource, DataSpec, Device, Normalize, Settings, SplitSize, SplitSpec,
+    AugmentOp, AugmentSpec, DataSource, DataSpec, Device, NonFinite, Normalize, Settings,
+    SplitSize, SplitSpec,
 };
 
 use super::values::format_number;
@@ -13,7 +14,15 @@ use super::Cx;
 use crate::diagnostics::{did_you_mean, one_of, span, CheckError};
 use crate::inspect::{self, LabelColumn, SourceFacts};
 
-const PIPELINE_SETTINGS: &[&str] = &["seed", "device", "output", "threads", "repeat"];
+const PIPELINE_SETTINGS: &[&str] = &[
+    "seed",
+    "device",
+    "output",
+    "threads",
+    "repeat",
+    "checkpoint_every",
+    "non_finite",
+];
 const DATA_SETTINGS: &[&str] = &[
     "header",
     "label",
@@ -49,6 +58,8 @@ impl Cx<'_> {
             output: PathBuf::from("runs"),
             threads: None,
             repeat: 1,
+            checkpoint_every: None,
+            non_finite: NonFinite::Stop,
         };
         let Some(decl) = program.declarations.iter().find_map(|d| match d {
             Declaration::Pipeline(p) => Some(p),
@@ -75,7 +86,33 @@ impl Cx<'_> {
         if let Some(v) = fields.value("repeat") {
             settings.repeat = self.count(v, "repeat", 1).unwrap_or(1) as u32;
         }
+        if let Some(v) = fields.value("checkpoint_every") {
+            settings.checkpoint_every = self.count(v, "checkpoint_every", 1);
+        }
+        if let Some(v) = fields.value("non_finite") {
+            settings.non_finite = self.non_finite(v).unwrap_or_default();
+        }
         settings
+    }
+
+    fn non_finite(&mut self, value: &Value) -> Option<NonFinite> {
+        let text = match &value.kind {
+            ValueKind::Name(n) | ValueKind::Str(n) => n.as_str(),
+            _ => "",
+        };
+        match text {
+            "stop" => Some(NonFinite::Stop),
+            "skip" => Some(NonFinite::Skip),
+            _ => {
+                self.invalid(
+                    value.span,
+                    "non_finite must be `stop` or `skip`".to_string(),
+                    "unknown answer to a non-finite loss",
+                    did_you_mean(text, ["stop", "skip"]),
+                );
+                None
+            }
+        }
     }
 
     fn device(&mut self, value: &Value) -> Option<Device> {
