@@ -4,11 +4,14 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kd_compiler::diagnostics::{render_plain, to_json};
 use kd_compiler::{compile, parse_overrides, Compiled, KdError};
 use kd_plan::Plan;
+use miette::Diagnostic;
 
 #[derive(Parser)]
 #[command(
@@ -71,21 +74,31 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Run a pipeline (.kd) or a compiled Plan (.yaml).
+    /// Run a pipeline (.kd) or a compiled Plan (.yaml), or continue a stopped run.
     Run {
-        file: PathBuf,
-        /// The run folder; it must not exist or be empty.
-        #[arg(long)]
+        /// The pipeline; with --resume, checked to compile to the run's own plan.
+        #[arg(required_unless_present = "resume")]
+        file: Option<PathBuf>,
+        /// The run folder; it must not exist or be empty (see --force).
+        #[arg(long, conflicts_with = "resume")]
         out: Option<PathBuf>,
+        /// Replace the earlier kdc run in --out (only a folder holding a plan.yaml).
+        #[arg(long, requires = "out")]
+        force: bool,
+        /// Continue the run in this folder from its last checkpoint.
+        #[arg(long, value_name = "RUNDIR")]
+        resume: Option<PathBuf>,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
 }
 
-/// Why a command failed: the user's input (exit 1) or how kdc was called (exit 2).
+/// Why a command failed: the user's input (exit 1), how kdc was called (exit 2), or an
+/// interrupt that stopped a run with a checkpoint (exit 130, as shells report Ctrl-C).
 enum Failure {
     Input,
     Usage(String),
+    Interrupted,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +110,7 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(2)
         }
+        Err(Failure::Interrupted) => ExitCode::from(130),
     }
 }
 
@@ -145,20 +159,109 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Run { file, out, set } => {
-            let plan = if is_plan(file) {
-                if !set.is_empty() {
-                    return Err(Failure::Usage(
-                        "--set applies to .kd files; edit the plan instead".into(),
-                    ));
-                }
-                load_plan(file, format)?
-            } else {
-                compile_file(file, set, format)?.plan
+        Command::Run {
+            file,
+            out,
+            force,
+            resume,
+            set,
+        } => {
+            if let Some(dir) = resume {
+                let plan = resumable_plan(dir, file.as_deref(), set, format)?;
+                return run_plan(&plan, RunFolder::Resume(dir), format);
+            }
+            let Some(file) = file else {
+                return Err(Failure::Usage("name a pipeline to run".into()));
             };
-            run_plan(&plan, out.as_deref(), format)
+            let plan = pipeline_plan(file, set, format)?;
+            let folder = match out {
+                Some(dir) if *force => RunFolder::Replace(dir),
+                Some(dir) => RunFolder::New(dir),
+                None => RunFolder::Fresh,
+            };
+            run_plan(&plan, folder, format)
         }
     }
+}
+
+/// The plan of a `.kd` file (with `--set`) or of a compiled plan.
+fn pipeline_plan(file: &Path, set: &[String], format: ErrorFormat) -> Result<Plan, Failure> {
+    if is_plan(file) {
+        if !set.is_empty() {
+            return Err(Failure::Usage(
+                "--set applies to .kd files; edit the plan instead".into(),
+            ));
+        }
+        load_plan(file, format)
+    } else {
+        Ok(compile_file(file, set, format)?.plan)
+    }
+}
+
+/// The plan saved in a run folder, after checking that `file` (when named) still compiles
+/// to it.
+fn resumable_plan(
+    dir: &Path,
+    file: Option<&Path>,
+    set: &[String],
+    format: ErrorFormat,
+) -> Result<Plan, Failure> {
+    let saved_path = dir.join("plan.yaml");
+    if !saved_path.is_file() {
+        plain_error(
+            "kd::run::not_a_run",
+            &format!(
+                "`{}` is not a kdc run folder: it has no plan.yaml",
+                dir.display()
+            ),
+            format,
+        );
+        return Err(Failure::Input);
+    }
+    let saved = load_plan(&saved_path, format)?;
+    if dir.join("summary.json").is_file() && !kd_runtime::checkpoint::path(dir).exists() {
+        plain_error(
+            "kd::run::finished",
+            &format!(
+                "the run in `{}` has finished: there is nothing to resume",
+                dir.display()
+            ),
+            format,
+        );
+        return Err(Failure::Input);
+    }
+    match file {
+        Some(file) => {
+            let plan = pipeline_plan(file, set, format)?;
+            let changes = saved.differences(&plan);
+            if !changes.is_empty() {
+                let shown: Vec<String> =
+                    changes.iter().take(12).map(|c| format!("  {c}")).collect();
+                let more = match changes.len().saturating_sub(shown.len()) {
+                    0 => String::new(),
+                    n => format!("\n  ... and {n} more"),
+                };
+                plain_error(
+                    "kd::run::resume_mismatch",
+                    &format!(
+                        "`{}` no longer compiles to the plan of the run in `{}`; what changed (run -> file):\n{}{more}\nhelp: undo the change to continue the run, or start a new run",
+                        file.display(),
+                        dir.display(),
+                        shown.join("\n")
+                    ),
+                    format,
+                );
+                return Err(Failure::Input);
+            }
+        }
+        None if !set.is_empty() => {
+            return Err(Failure::Usage(
+                "--set changes a pipeline; a resumed run keeps its plan".into(),
+            ))
+        }
+        None => {}
+    }
+    Ok(saved)
 }
 
 fn is_plan(file: &Path) -> bool {
@@ -269,23 +372,55 @@ fn load_plan(file: &Path, format: ErrorFormat) -> Result<Plan, Failure> {
     Ok(plan)
 }
 
-/// `runs/<name>-<UTC timestamp>`, unless `--out` names the folder.
-fn run_folder(plan: &Plan, out: Option<&Path>, format: ErrorFormat) -> Result<PathBuf, Failure> {
-    if let Some(dir) = out {
-        let non_empty = std::fs::read_dir(dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
-        if non_empty || dir.is_file() {
-            plain_error(
-                "kd::run::out_exists",
-                &format!("the run folder `{}` already exists and is not empty; kdc never overwrites a run", dir.display()),
-                format,
-            );
+/// Where a run writes.
+enum RunFolder<'a> {
+    /// `<output>/<name>-<UTC timestamp>`, a folder no run has used.
+    Fresh,
+    /// `--out`: must not exist or be empty.
+    New(&'a Path),
+    /// `--out --force`: an earlier run's folder, replaced.
+    Replace(&'a Path),
+    /// `--resume`: the run's own folder.
+    Resume(&'a Path),
+}
+
+/// Makes (or, for `--force`, remakes) the run folder.
+fn run_folder(plan: &Plan, folder: &RunFolder, format: ErrorFormat) -> Result<PathBuf, Failure> {
+    let dir = match folder {
+        RunFolder::Resume(dir) => return Ok(dir.to_path_buf()),
+        RunFolder::Fresh => return fresh_run_folder(plan, format),
+        RunFolder::New(dir) | RunFolder::Replace(dir) => *dir,
+    };
+    let non_empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if dir.is_file() {
+        plain_error(
+            "kd::run::out_exists",
+            &format!("`{}` is a file, not a run folder", dir.display()),
+            format,
+        );
+        return Err(Failure::Input);
+    }
+    if non_empty {
+        let replace = matches!(folder, RunFolder::Replace(_));
+        // --force replaces an earlier run, never a folder kdc did not make.
+        if !replace || !dir.join("plan.yaml").is_file() {
+            let message = if replace {
+                format!("`{}` is not empty and holds no plan.yaml: kdc replaces only its own run folders, even with --force", dir.display())
+            } else {
+                format!("the run folder `{}` already exists and is not empty; kdc never overwrites a run (--force replaces an earlier run, --resume continues it)", dir.display())
+            };
+            plain_error("kd::run::out_exists", &message, format);
             return Err(Failure::Input);
         }
-        std::fs::create_dir_all(dir).map_err(|e| io_failure(dir, &e, format))?;
-        return Ok(dir.to_path_buf());
+        std::fs::remove_dir_all(dir).map_err(|e| io_failure(dir, &e, format))?;
     }
+    std::fs::create_dir_all(dir).map_err(|e| io_failure(dir, &e, format))?;
+    Ok(dir.to_path_buf())
+}
+
+fn fresh_run_folder(plan: &Plan, format: ErrorFormat) -> Result<PathBuf, Failure> {
     let root = plan.resolve(&plan.settings.output);
     let stamp = timestamp();
     for attempt in 0..1000 {
@@ -329,22 +464,45 @@ fn timestamp() -> String {
     )
 }
 
-fn run_plan(plan: &Plan, out: Option<&Path>, format: ErrorFormat) -> Result<(), Failure> {
-    let dir = run_folder(plan, out, format)?;
-    let yaml = plan
-        .to_yaml()
-        .map_err(|e| Failure::Usage(format!("cannot write the plan: {e}")))?;
-    let plan_path = dir.join("plan.yaml");
-    std::fs::write(&plan_path, yaml).map_err(|e| io_failure(&plan_path, &e, format))?;
+fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), Failure> {
+    let dir = run_folder(plan, &folder, format)?;
+    let resuming = matches!(folder, RunFolder::Resume(_));
+    // A resumed run keeps its plan.yaml; a run killed before its first checkpoint
+    // starts again from the beginning in the same folder.
+    let resume = resuming && kd_runtime::checkpoint::path(&dir).exists();
+    if !resuming {
+        let yaml = plan
+            .to_yaml()
+            .map_err(|e| Failure::Usage(format!("cannot write the plan: {e}")))?;
+        let plan_path = dir.join("plan.yaml");
+        kd_runtime::files::write_atomically(&plan_path, yaml.as_bytes()).map_err(|e| {
+            runtime_failure(plan, e, format);
+            Failure::Input
+        })?;
+    }
     let progress = if std::io::stderr().is_terminal() {
         kd_runtime::Progress::Bars
     } else {
         kd_runtime::Progress::Lines
     };
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupt);
+    // The first Ctrl-C asks for a checkpoint at the next step; a second one quits at once
+    // (every file kdc writes is replaced atomically, so nothing is left half written).
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupted: writing a checkpoint after this step (Ctrl-C again quits at once)"
+        );
+    });
     let options = kd_runtime::RunOptions {
         out_dir: dir.clone(),
         progress,
         kdc_version: env!("CARGO_PKG_VERSION").to_string(),
+        resume,
+        interrupt: Some(interrupt),
     };
     match kd_runtime::run_plan(plan, &options) {
         Ok(summary) => {
@@ -352,18 +510,36 @@ fn run_plan(plan: &Plan, out: Option<&Path>, format: ErrorFormat) -> Result<(), 
             println!("run folder: {}", dir.display());
             Ok(())
         }
+        Err(error @ kd_runtime::RuntimeError::Interrupted { .. }) => {
+            runtime_failure(plan, error, format);
+            Err(Failure::Interrupted)
+        }
         Err(error) => {
-            match format {
-                ErrorFormat::Human => eprintln!("{:?}", miette::Report::new(error)),
-                ErrorFormat::Json => {
-                    let d = to_json(&error, &plan.source.path.display().to_string(), "");
-                    if let Ok(line) = serde_json::to_string(&d) {
-                        eprintln!("{line}");
-                    }
-                }
-            }
+            runtime_failure(plan, error, format);
             eprintln!("the run folder keeps what was written: {}", dir.display());
             Err(Failure::Input)
+        }
+    }
+}
+
+/// Prints a runtime error, with the `.kd` source it points into when that can be read.
+fn runtime_failure(plan: &Plan, error: kd_runtime::RuntimeError, format: ErrorFormat) {
+    let file = plan.source.path.display().to_string();
+    let source = std::fs::read_to_string(&plan.source.path).ok();
+    match format {
+        ErrorFormat::Human => match source {
+            Some(source) if error.labels().is_some() => {
+                let report = miette::Report::new(error)
+                    .with_source_code(miette::NamedSource::new(file, source));
+                eprintln!("{report:?}");
+            }
+            _ => eprintln!("{:?}", miette::Report::new(error)),
+        },
+        ErrorFormat::Json => {
+            let d = to_json(&error, &file, source.as_deref().unwrap_or(""));
+            if let Ok(line) = serde_json::to_string(&d) {
+                eprintln!("{line}");
+            }
         }
     }
 }

@@ -45,16 +45,26 @@ pub enum RuntimeError {
     #[diagnostic(code(kd::run::device), help("use `device: cpu` or `device: auto`"))]
     Device(usize),
 
-    #[error("the loss of stage `{stage}` is not finite at epoch {epoch}, step {step}")]
-    #[diagnostic(
-        code(kd::run::non_finite),
-        help("lower the learning rate, clip gradients (`clip`), or check the loss expression")
-    )]
-    NonFinite {
-        stage: String,
-        epoch: usize,
-        step: usize,
+    /// Boxed: its span and texts would make every `Result` of the runtime large.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    NonFinite(Box<NonFiniteError>),
+
+    #[error("the checkpoint `{}` cannot be used: {reason}", path.display())]
+    #[diagnostic(code(kd::run::checkpoint))]
+    Checkpoint {
+        path: PathBuf,
+        reason: String,
+        #[help]
+        help: Option<String>,
     },
+
+    #[error("interrupted; the run stopped at {position}")]
+    #[diagnostic(
+        code(kd::run::interrupted),
+        help("continue it with `kdc run --resume {}`", dir.display())
+    )]
+    Interrupted { dir: PathBuf, position: String },
 
     /// The Plan contradicts itself; the compiler should have refused it.
     #[error("invalid plan: {0}")]
@@ -72,6 +82,23 @@ pub enum RuntimeError {
     #[error("cannot write the summary")]
     #[diagnostic(code(kd::run::summary))]
     Json(#[from] serde_json::Error),
+}
+
+/// A NaN or an infinity in a training step, with the `.kd` term to blame.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{what} of stage `{stage}` is not finite at epoch {epoch}, step {step}")]
+#[diagnostic(code(kd::run::non_finite), help("{help}"))]
+pub struct NonFiniteError {
+    /// `the loss`, or ``the gradient of `s.fc1.weight` ``.
+    pub what: String,
+    pub stage: String,
+    pub epoch: usize,
+    pub step: usize,
+    /// The first non-finite value in the `.kd` file, when one is known.
+    #[label("{label}")]
+    pub span: Option<miette::SourceSpan>,
+    pub label: String,
+    pub help: String,
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -2,22 +2,26 @@
 //! the run folder (`metrics.jsonl`, `summary.json`, the exported weights).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use kd_plan::{Keep, Metric, Op, Plan, Role, Stage};
+use kd_plan::{Keep, Metric, NonFinite, Op, Plan, Role, Stage};
 
+use crate::checkpoint::{Checkpoint, RunState, SeedRecord, StageState};
 use crate::data::{epoch_order, Dataset};
-use crate::error::{plan_error, Result, RuntimeError, TensorContext};
+use crate::error::{plan_error, NonFiniteError, Result, RuntimeError, TensorContext};
 use crate::evaluate::{predict, Predictions, EVAL_BATCH};
+use crate::files::write_atomically;
 use crate::graph::{run_step, BatchData, StepInput};
 use crate::losses::Labels;
 use crate::metrics::{split_metrics, SplitMetrics};
 use crate::model::Model;
-use crate::optim::Optim;
+use crate::optim::{Optim, Update};
 use crate::progress::{EpochLine, Progress, StageProgress};
 use crate::summary::{MetricsStd, ModelSummary, Provenance, StageSummary, Summary, SCHEMA_VERSION};
 
@@ -29,6 +33,10 @@ pub struct RunOptions {
     pub progress: Progress,
     /// Recorded in the summary's provenance.
     pub kdc_version: String,
+    /// Continue from the checkpoint in `out_dir` instead of starting afresh.
+    pub resume: bool,
+    /// Set from elsewhere (a Ctrl-C handler) to stop at the next step with a checkpoint.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 /// Everything shared by the seeds of one run.
@@ -39,14 +47,10 @@ struct Run<'a> {
     /// Per data source: the normalised value of a raw zero, per channel.
     fills: HashMap<String, Vec<f32>>,
     log: MetricsLog,
-}
-
-/// What one seed produced.
-struct SeedResult {
-    stages: Vec<StageSummary>,
-    metrics: BTreeMap<String, BTreeMap<String, SplitMetrics>>,
-    bytes: HashMap<String, u64>,
-    params: HashMap<String, usize>,
+    /// Where the run stands; the skeleton of every checkpoint.
+    state: RunState,
+    /// The checkpoint the run continues from, until the models have taken it back.
+    resume: Option<Checkpoint>,
 }
 
 /// Runs `plan` and writes its run folder into `opts.out_dir`.
@@ -66,20 +70,54 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<Summary> {
         fills.insert(spec.name.clone(), dataset.norm.zero_values().to_vec());
         datasets.insert(spec.name.clone(), dataset);
     }
+    let resume = if opts.resume {
+        let checkpoint = Checkpoint::read(&opts.out_dir)?;
+        if checkpoint.state.plan_hash != plan.hash() {
+            return Err(RuntimeError::Checkpoint {
+                path: crate::checkpoint::path(&opts.out_dir),
+                reason: "it was written for another plan than the folder's plan.yaml".into(),
+                help: Some("the run folder was edited by hand; start a new run".into()),
+            });
+        }
+        Some(checkpoint)
+    } else {
+        None
+    };
+    let log_path = opts.out_dir.join("metrics.jsonl");
+    let log = match &resume {
+        Some(checkpoint) => MetricsLog::reopen(&log_path, checkpoint.state.metrics_log_bytes)?,
+        None => MetricsLog::create(&log_path)?,
+    };
+    let state = match &resume {
+        Some(checkpoint) => checkpoint.state.clone(),
+        None => RunState {
+            plan_hash: plan.hash(),
+            ..RunState::default()
+        },
+    };
     let mut run = Run {
         plan,
         opts,
         datasets,
         fills,
-        log: MetricsLog::create(&opts.out_dir.join("metrics.jsonl"))?,
+        log,
+        state,
+        resume,
     };
     let seeds: Vec<u64> = (0..plan.settings.repeat.max(1))
         .map(|i| plan.settings.seed.wrapping_add(u64::from(i)))
         .collect();
-    let mut results = Vec::with_capacity(seeds.len());
-    for &seed in &seeds {
-        results.push(run.seed(seed, seeds.len() > 1)?);
+    while run.state.seed_index < seeds.len() {
+        let index = run.state.seed_index;
+        let record = run.seed(seeds[index], seeds.len() > 1)?;
+        run.state.seeds_done.push(record);
+        run.state.seed_index += 1;
+        run.state.stage_index = 0;
+        run.state.stage = None;
+        run.state.stages_done.clear();
+        run.checkpoint(None, &HashMap::new())?;
     }
+    let results = std::mem::take(&mut run.state.seeds_done);
     let summary = Summary {
         schema_version: SCHEMA_VERSION,
         pipeline: plan.settings.name.clone(),
@@ -102,6 +140,14 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<Summary> {
     };
     let text = serde_json::to_string_pretty(&summary)?;
     write_atomically(&opts.out_dir.join("summary.json"), text.as_bytes())?;
+    // The run is complete: its checkpoint has nothing left to continue.
+    let checkpoint = crate::checkpoint::path(&opts.out_dir);
+    if checkpoint.exists() {
+        std::fs::remove_file(&checkpoint).map_err(|source| RuntimeError::Write {
+            path: checkpoint,
+            source,
+        })?;
+    }
     Ok(summary)
 }
 
@@ -116,25 +162,13 @@ fn configure_threads(threads: Option<usize>) -> usize {
     candle_core::utils::get_num_threads()
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut temp = path.as_os_str().to_os_string();
-    temp.push(".partial");
-    let temp = PathBuf::from(temp);
-    std::fs::write(&temp, bytes).map_err(|source| RuntimeError::Write {
-        path: temp.clone(),
-        source,
-    })?;
-    std::fs::rename(&temp, path).map_err(|source| RuntimeError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 /// `metrics.jsonl`: one JSON object per epoch of each stage, flushed as written so the
 /// file can be followed while a run trains.
 struct MetricsLog {
     path: PathBuf,
     file: BufWriter<File>,
+    /// Bytes written so far: a checkpoint records it, a resume cuts the file back to it.
+    bytes: u64,
 }
 
 impl MetricsLog {
@@ -146,6 +180,34 @@ impl MetricsLog {
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
+            bytes: 0,
+        })
+    }
+
+    /// Opens the log of a resumed run, dropping the lines written after the checkpoint
+    /// (they will be written again).
+    fn reopen(path: &Path, bytes: u64) -> Result<Self> {
+        let write_error = |source| RuntimeError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(write_error)?;
+        let len = file.metadata().map_err(write_error)?.len();
+        if len < bytes {
+            return Err(RuntimeError::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("it holds {len} bytes, the checkpoint counts {bytes}"),
+                help: Some("metrics.jsonl was cut short by hand; start a new run".into()),
+            });
+        }
+        file.set_len(bytes).map_err(write_error)?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file: BufWriter::new(file),
+            bytes,
         })
     }
 
@@ -156,8 +218,18 @@ impl MetricsLog {
             .map_err(|source| RuntimeError::Write {
                 path: self.path.clone(),
                 source,
-            })
+            })?;
+        self.bytes += text.len() as u64 + 1;
+        Ok(())
     }
+}
+
+/// What was found not finite in a training step.
+enum NonFiniteValue {
+    /// The loss, and the first node of the step whose value was not finite.
+    Loss(Option<kd_plan::NodeId>),
+    /// The gradient of this parameter of the trained model.
+    Gradient(String),
 }
 
 /// One epoch's validation.
@@ -210,22 +282,39 @@ impl Run<'_> {
             .map(|m| m.name.as_str())
     }
 
-    fn seed(&mut self, seed: u64, several: bool) -> Result<SeedResult> {
+    fn seed(&mut self, seed: u64, several: bool) -> Result<SeedRecord> {
         let plan = self.plan;
+        // A checkpoint taken at the very start of a seed holds no weights: start afresh.
+        let resume = self
+            .resume
+            .take()
+            .filter(|c| c.state.stage_index > 0 || c.state.stage.is_some());
         let mut models = HashMap::new();
         for spec in &plan.models {
-            let model = Model::new(spec, seed)?;
-            if let Some(path) = &spec.init_from {
-                model.load_weights(&plan.resolve(path))?;
+            let mut model = Model::new(spec, seed)?;
+            match &resume {
+                Some(checkpoint) => checkpoint
+                    .restore_model(&mut model, &crate::checkpoint::path(&self.opts.out_dir))?,
+                None => {
+                    if let Some(path) = &spec.init_from {
+                        model.load_weights(&plan.resolve(path))?;
+                    }
+                }
             }
             models.insert(spec.name.clone(), model);
         }
-        let mut stages = Vec::with_capacity(plan.stages.len());
-        for stage in &plan.stages {
-            stages.push(self.train_stage(stage, seed, &mut models)?);
+        let mut resume = resume.filter(|c| c.state.stage.is_some());
+        while self.state.stage_index < plan.stages.len() {
+            let stage = &plan.stages[self.state.stage_index];
+            let summary = self.train_stage(stage, seed, &mut models, resume.take())?;
+            self.state.stages_done.push(summary);
+            self.state.stage_index += 1;
+            self.state.stage = None;
+            self.checkpoint(None, &models)?;
+            self.stop_if_interrupted()?;
         }
         let metrics = self.evaluate(&mut models)?;
-        let mut bytes = HashMap::new();
+        let mut bytes = BTreeMap::new();
         for export in &plan.exports {
             let model = models
                 .get(&export.model)
@@ -245,11 +334,61 @@ impl Run<'_> {
             .iter()
             .map(|(name, m)| (name.clone(), m.param_count()))
             .collect();
-        Ok(SeedResult {
-            stages,
+        Ok(SeedRecord {
+            stages: std::mem::take(&mut self.state.stages_done),
             metrics,
             bytes,
             params,
+        })
+    }
+
+    /// Writes a checkpoint of the run as it stands: `stage` carries a stage's optimizer
+    /// and best weights while it runs.
+    fn checkpoint(
+        &self,
+        stage: Option<(&Optim, Option<&Vec<Tensor>>)>,
+        models: &HashMap<String, Model>,
+    ) -> Result<()> {
+        let mut state = self.state.clone();
+        state.metrics_log_bytes = self.log.bytes;
+        // Models in plan order, so two checkpoints of one state are byte for byte equal.
+        let ordered = self.plan.models.iter().filter_map(|m| models.get(&m.name));
+        let mut checkpoint = Checkpoint::new(state, ordered)?;
+        if let Some((optim, best)) = stage {
+            checkpoint.add_optimizer(optim.slots());
+            if let Some(best) = best {
+                checkpoint.add_best(best)?;
+            }
+        }
+        checkpoint.write(&self.opts.out_dir)
+    }
+
+    fn interrupted(&self) -> bool {
+        self.opts
+            .interrupt
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
+    }
+
+    /// Stops the run (its checkpoint already written) when an interrupt was asked for.
+    fn stop_if_interrupted(&self) -> Result<()> {
+        if !self.interrupted() {
+            return Ok(());
+        }
+        let state = &self.state;
+        let position = match (self.plan.stages.get(state.stage_index), &state.stage) {
+            (Some(stage), Some(progress)) => format!(
+                "stage `{}`, epoch {}, step {}",
+                stage.name,
+                progress.epoch + 1,
+                progress.step
+            ),
+            (Some(stage), None) => format!("the start of stage `{}`", stage.name),
+            (None, _) => "the evaluation".to_string(),
+        };
+        Err(RuntimeError::Interrupted {
+            dir: self.opts.out_dir.clone(),
+            position,
         })
     }
 
@@ -289,6 +428,7 @@ impl Run<'_> {
         stage: &Stage,
         seed: u64,
         models: &mut HashMap<String, Model>,
+        resume: Option<Checkpoint>,
     ) -> Result<StageSummary> {
         let started = Instant::now();
         let dataset = self.dataset(&stage.data)?;
@@ -317,18 +457,24 @@ impl Run<'_> {
             .params()
             .to_vec();
         let mut optim = Optim::new(&stage.optimizer, params.len());
+        let mut best_weights: Option<Vec<Tensor>> = None;
+        let mut st = StageState::default();
+        if let Some(checkpoint) = resume {
+            optim.restore(checkpoint.optimizer());
+            best_weights = checkpoint.best()?;
+            st = checkpoint.state.stage.unwrap_or_default();
+        }
         let sources = self.batch_sources(stage);
         let primary = (stage.data.clone(), stage.split.clone());
         let progress = StageProgress::start(self.opts.progress, &stage.name, seed, total_steps);
+        progress.skip(st.global_step);
         let teacher_val = self.teacher_on_validation(stage, models)?;
+        let every = self.plan.settings.checkpoint_every;
+        // Seconds not yet added to `st.seconds`.
+        let mut clock = Instant::now();
 
-        let mut global_step = 0usize;
-        let mut teacher_forwards = 0u64;
-        let mut epochs_run = 0usize;
-        let mut final_loss = 0.0f64;
-        let mut best: Option<(f64, usize, Option<Vec<Tensor>>)> = None;
-        let mut epochs_without_improvement = 0usize;
-        for epoch in 0..stage.epochs {
+        while st.epoch < stage.epochs && !st.stopped {
+            let epoch = st.epoch;
             let epoch_started = Instant::now();
             let order = epoch_order(seed, &format!("shuffle/{}/{epoch}", stage.name), samples);
             // Batch nodes on other splits walk their own shuffled order, cycling.
@@ -338,9 +484,12 @@ impl Run<'_> {
                 let stream = format!("shuffle/{}/{}.{}/{epoch}", stage.name, source.0, source.1);
                 other_orders.insert(source.clone(), epoch_order(seed, &stream, n));
             }
-            let mut loss_sum = 0.0f64;
-            let mut lr = stage.optimizer.lr();
-            for step in 0..steps_per_epoch {
+            if st.step == 0 {
+                st.loss_sum = 0.0;
+                st.loss_samples = 0;
+            }
+            while st.step < steps_per_epoch {
+                let step = st.step;
                 let positions = &order[step * batch..((step + 1) * batch).min(samples)];
                 let mut batches = HashMap::with_capacity(sources.len());
                 for source in &sources {
@@ -355,9 +504,9 @@ impl Run<'_> {
                     };
                     batches.insert(source.clone(), data);
                 }
-                lr = stage.schedule.lr_at(
+                let lr = stage.schedule.lr_at(
                     stage.optimizer.lr(),
-                    global_step,
+                    st.global_step,
                     total_steps,
                     steps_per_epoch,
                 );
@@ -373,8 +522,8 @@ impl Run<'_> {
                     fills: &self.fills,
                 };
                 let output = run_step(&input, models)?;
-                teacher_forwards += output.frozen_samples;
-                let loss = output.loss.ok_or_else(|| {
+                st.teacher_forwards += output.frozen_samples;
+                let loss = output.loss.as_ref().ok_or_else(|| {
                     plan_error(format!("stage `{}` computes no loss", stage.name))
                 })?;
                 let value = f64::from(
@@ -382,23 +531,48 @@ impl Run<'_> {
                         .and_then(|l| l.to_scalar::<f32>())
                         .ctx("reading the loss")?,
                 );
-                if !value.is_finite() {
-                    return Err(RuntimeError::NonFinite {
-                        stage: stage.name.clone(),
-                        epoch: epoch + 1,
-                        step: step + 1,
-                    });
+                let applied = if value.is_finite() {
+                    let grads = loss
+                        .backward()
+                        .ctx_with(|| format!("backward of stage `{}`", stage.name))?;
+                    match optim.step(&params, &grads, lr, stage.clip)? {
+                        Update::Applied { .. } => true,
+                        Update::NonFinite { parameter } => {
+                            self.non_finite(stage, &st, NonFiniteValue::Gradient(parameter))?;
+                            false
+                        }
+                    }
+                } else {
+                    self.non_finite(stage, &st, NonFiniteValue::Loss(output.first_non_finite))?;
+                    false
+                };
+                if applied {
+                    st.loss_sum += value * positions.len() as f64;
+                    st.loss_samples += positions.len();
+                } else {
+                    st.skipped_batches += 1;
                 }
-                let grads = loss
-                    .backward()
-                    .ctx_with(|| format!("backward of stage `{}`", stage.name))?;
-                optim.step(&params, &grads, lr, stage.clip)?;
-                loss_sum += value * positions.len() as f64;
-                global_step += 1;
+                st.step += 1;
+                st.global_step += 1;
                 progress.step();
+                let due = every.is_some_and(|n| st.global_step % n.max(1) == 0);
+                if (due && st.step < steps_per_epoch) || self.interrupted() {
+                    st.seconds += clock.elapsed().as_secs_f64();
+                    clock = Instant::now();
+                    self.state.stage = Some(st.clone());
+                    self.checkpoint(Some((&optim, best_weights.as_ref())), models)?;
+                    self.stop_if_interrupted()?;
+                }
             }
-            epochs_run += 1;
-            final_loss = loss_sum / samples.max(1) as f64;
+            st.epochs_run += 1;
+            st.final_loss = st.loss_sum / st.loss_samples.max(1) as f64;
+            // The learning rate of the epoch's last step.
+            let lr = stage.schedule.lr_at(
+                stage.optimizer.lr(),
+                st.global_step.saturating_sub(1),
+                total_steps,
+                steps_per_epoch,
+            );
 
             let validation = match &stage.validate {
                 Some(_) => Some(self.validate(stage, seed, epoch, models, teacher_val.as_ref())?),
@@ -410,15 +584,20 @@ impl Run<'_> {
                 "stage": stage.name,
                 "model": stage.trains,
                 "epoch": epoch + 1,
-                "steps": global_step,
+                "steps": st.global_step,
                 "lr": lr,
-                "train_loss": final_loss,
+                "train_loss": st.final_loss,
                 "seconds": seconds,
             });
-            if let (Some(v), Some(map)) = (&validation, line.as_object_mut()) {
-                map.insert("val_accuracy".into(), v.metrics.accuracy.into());
-                map.insert("val_f1".into(), v.metrics.f1.into());
-                map.insert("val_loss".into(), v.loss.into());
+            if let Some(map) = line.as_object_mut() {
+                if let Some(v) = &validation {
+                    map.insert("val_accuracy".into(), v.metrics.accuracy.into());
+                    map.insert("val_f1".into(), v.metrics.f1.into());
+                    map.insert("val_loss".into(), v.loss.into());
+                }
+                if st.skipped_batches > 0 {
+                    map.insert("skipped_batches".into(), st.skipped_batches.into());
+                }
             }
             self.log.write(&line)?;
             progress.epoch(&EpochLine {
@@ -426,7 +605,7 @@ impl Run<'_> {
                 stage: &stage.name,
                 epoch: epoch + 1,
                 epochs: stage.epochs,
-                train_loss: final_loss,
+                train_loss: st.final_loss,
                 val: validation.as_ref().map(|v| (v.metrics.accuracy, v.loss)),
                 seconds,
             });
@@ -437,60 +616,114 @@ impl Run<'_> {
                     Keep::Last => Metric::Loss,
                 };
                 let value = v.value(metric)?;
-                let improved = match &best {
+                let improved = match st.best {
                     None => value.is_finite(),
-                    Some((best_value, _, _)) => {
+                    Some((best_value, _)) => {
                         if metric.higher_is_better() {
-                            value > *best_value
+                            value > best_value
                         } else {
-                            value < *best_value
+                            value < best_value
                         }
                     }
                 };
                 if improved {
-                    let snapshot = match validate.keep {
-                        Keep::Best(_) => Some(self.model_ref(models, &stage.trains)?.snapshot()?),
-                        Keep::Last => None,
-                    };
-                    best = Some((value, epoch + 1, snapshot));
-                    epochs_without_improvement = 0;
+                    if let Keep::Best(_) = validate.keep {
+                        best_weights = Some(self.model_ref(models, &stage.trains)?.snapshot()?);
+                    }
+                    st.best = Some((value, epoch + 1));
+                    st.epochs_without_improvement = 0;
                 } else {
-                    epochs_without_improvement += 1;
+                    st.epochs_without_improvement += 1;
                 }
-                if validate
+                st.stopped = validate
                     .early_stop
-                    .is_some_and(|patience| epochs_without_improvement >= patience)
-                {
-                    break;
-                }
+                    .is_some_and(|patience| st.epochs_without_improvement >= patience);
             }
+            st.epoch += 1;
+            st.step = 0;
+            st.seconds += clock.elapsed().as_secs_f64();
+            clock = Instant::now();
+            self.state.stage = Some(st.clone());
+            self.checkpoint(Some((&optim, best_weights.as_ref())), models)?;
+            self.stop_if_interrupted()?;
         }
         progress.finish();
         let mut best_epoch = None;
         if let Some(Keep::Best(_)) = stage.validate.as_ref().map(|v| &v.keep) {
-            if let Some((_, epoch, Some(snapshot))) = &best {
-                self.model_ref(models, &stage.trains)?.restore(snapshot)?;
-                best_epoch = Some(*epoch);
+            if let (Some((_, epoch)), Some(weights)) = (st.best, &best_weights) {
+                self.model_ref(models, &stage.trains)?.restore(weights)?;
+                best_epoch = Some(epoch);
             }
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let processed = (samples * epochs_run) as f64;
+        let seconds = st.seconds + clock.elapsed().as_secs_f64();
+        let processed = (samples * st.epochs_run) as f64;
+        let _ = started;
         Ok(StageSummary {
             name: stage.name.clone(),
             model: stage.trains.clone(),
             seed,
-            epochs: epochs_run,
-            steps: global_step,
+            epochs: st.epochs_run,
+            steps: st.global_step,
             seconds,
             samples_per_s: if seconds > 0.0 {
                 processed / seconds
             } else {
                 0.0
             },
-            final_loss,
-            teacher_forwards,
+            final_loss: st.final_loss,
+            teacher_forwards: st.teacher_forwards,
+            skipped_batches: st.skipped_batches,
             best_epoch,
         })
+    }
+
+    /// A non-finite loss or gradient: skipped when the pipeline says so, else the end of
+    /// the run with the term to blame (the checkpoint on disk is the last good state).
+    fn non_finite(&self, stage: &Stage, st: &StageState, value: NonFiniteValue) -> Result<()> {
+        if self.plan.settings.non_finite == NonFinite::Skip {
+            return Ok(());
+        }
+        let graph = &self.plan.graph;
+        let (what, node, label) = match value {
+            NonFiniteValue::Loss(first) => {
+                let node = first.unwrap_or(stage.loss);
+                let label = match graph.node_weight(node).map(|n| &n.op) {
+                    Some(Op::Batch { data, split }) => {
+                        format!("the batch of `{data}.{split}` holds a NaN or an infinity")
+                    }
+                    Some(Op::Forward { model, .. }) => {
+                        format!("model `{model}` gives a NaN or an infinity")
+                    }
+                    _ => "the first value that is NaN or infinite".to_string(),
+                };
+                ("the loss".to_string(), node, label)
+            }
+            NonFiniteValue::Gradient(parameter) => (
+                format!("the gradient of `{}.{parameter}`", stage.trains),
+                stage.loss,
+                "the loss whose gradient it is".to_string(),
+            ),
+        };
+        let span = graph.node_weight(node).map(|n| {
+            miette::SourceSpan::from((n.span.start, n.span.end.saturating_sub(n.span.start)))
+        });
+        let kept = if crate::checkpoint::path(&self.opts.out_dir).exists() {
+            "the run folder keeps the last good checkpoint; "
+        } else {
+            ""
+        };
+        Err(RuntimeError::NonFinite(Box::new(NonFiniteError {
+            what,
+            stage: stage.name.clone(),
+            epoch: st.epoch + 1,
+            step: st.step + 1,
+            span,
+            label,
+            help: format!(
+                "{kept}lower the learning rate, clip gradients (`clip`), check the data and the loss, \
+                 or set `non_finite: skip` in `pipeline` to skip such batches"
+            ),
+        })))
     }
 
     fn model_ref<'m>(&self, models: &'m HashMap<String, Model>, name: &str) -> Result<&'m Model> {
@@ -679,7 +912,7 @@ fn sample_std(values: &[f64]) -> f64 {
 
 /// Per model: the first seed's numbers, with metric means and standard deviations over
 /// seeds when there are several.
-fn model_summaries(plan: &Plan, results: &[SeedResult]) -> BTreeMap<String, ModelSummary> {
+fn model_summaries(plan: &Plan, results: &[SeedRecord]) -> BTreeMap<String, ModelSummary> {
     let mut models = BTreeMap::new();
     let Some(first) = results.first() else {
         return models;

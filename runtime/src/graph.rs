@@ -113,6 +113,8 @@ pub struct StepOutput {
     pub trained_output: Option<Tensor>,
     /// Samples that went through frozen models.
     pub frozen_samples: u64,
+    /// When the loss is not finite: the first node, in evaluation order, whose value is not.
+    pub first_non_finite: Option<NodeId>,
 }
 
 /// Runs `stage.nodes` in order and returns the loss and the trained model's output.
@@ -286,7 +288,41 @@ pub fn run_step(input: &StepInput, models: &mut HashMap<String, Model>) -> Resul
         };
         values.insert(node_id, ports);
     }
+    if let Some(loss) = &out.loss {
+        if !all_finite(&Value::Tensor(loss.clone()))? {
+            for node_id in &input.stage.nodes {
+                let Some(ports) = values.get(node_id) else {
+                    continue;
+                };
+                let mut finite = true;
+                for (_, value) in ports {
+                    finite &= all_finite(value)?;
+                }
+                if !finite {
+                    out.first_non_finite = Some(*node_id);
+                    break;
+                }
+            }
+        }
+    }
     Ok(out)
+}
+
+/// Whether every number a value holds is finite. Only used once a loss is not, so it may
+/// copy. A distribution is judged by the form it is used in (a zero probability has a log
+/// of minus infinity, which is no fault).
+fn all_finite(value: &Value) -> Result<bool> {
+    let tensor = match value {
+        Value::Labels(_) => return Ok(true),
+        Value::Const(c) => return Ok(c.is_finite()),
+        other => other.tensor()?,
+    };
+    let values = tensor
+        .flatten_all()
+        .and_then(|t| t.to_dtype(DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .ctx("looking for a non-finite value")?;
+    Ok(values.iter().all(|v| v.is_finite()))
 }
 
 fn augment_ports(

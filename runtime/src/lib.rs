@@ -5,10 +5,12 @@
 //! bitwise the same weights and metrics.
 
 pub mod augment;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod exec;
+pub mod files;
 pub mod graph;
 pub mod losses;
 pub mod metrics;

@@ -1,7 +1,6 @@
 //! Models built from a `ModelSpec`: layers, parameters under stable names, forward with taps,
 //! and loading and saving weights as safetensors.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -371,35 +370,29 @@ impl Model {
         Ok(())
     }
 
-    /// Writes every tensor as safetensors to `path` atomically (a temporary file, renamed).
+    /// Writes every tensor as safetensors to `path` atomically (see
+    /// [`crate::files::write_atomically`]); returns the file's size.
     pub fn save_weights(&self, path: &Path) -> Result<u64> {
-        let tensors: HashMap<String, Tensor> = self
+        let tensors: Vec<(String, Tensor)> = self
             .state()
             .map(|(name, var)| (name.to_string(), var.as_tensor().detach()))
             .collect();
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| RuntimeError::Write {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        let mut temp_name = path.as_os_str().to_os_string();
-        temp_name.push(".partial");
-        let temp = std::path::PathBuf::from(temp_name);
-        candle_core::safetensors::save(&tensors, &temp).map_err(|e| RuntimeError::Write {
-            path: temp.clone(),
+        let bytes = safetensors::serialize(tensors, None).map_err(|e| RuntimeError::Write {
+            path: path.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        std::fs::rename(&temp, path).map_err(|source| RuntimeError::Write {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        std::fs::metadata(path)
-            .map(|m| m.len())
-            .map_err(|source| RuntimeError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
+        crate::files::write_atomically(path, &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Training-mode forward passes so far: the position of the model's dropout stream.
+    pub fn dropout_calls(&self) -> u64 {
+        self.dropout_calls
+    }
+
+    /// Continues the dropout stream from a checkpoint.
+    pub fn set_dropout_calls(&mut self, calls: u64) {
+        self.dropout_calls = calls;
     }
 
     /// Runs the model on `x` (`[B, ...input]`): the outputs of the taps and `output`.

@@ -7,15 +7,24 @@ use kd_plan::Optimizer;
 
 use crate::error::{Result, TensorContext};
 
-/// Per-parameter state.
-#[derive(Debug, Clone, Default)]
-struct Slot {
+/// Per-parameter state; a checkpoint saves and restores it whole.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slot {
     /// SGD momentum buffer, or Adam's first moment.
-    first: Vec<f32>,
+    pub first: Vec<f32>,
     /// Adam's second moment.
-    second: Vec<f32>,
+    pub second: Vec<f32>,
     /// Updates applied to this parameter (PyTorch keeps one count per parameter).
-    steps: u64,
+    pub steps: u64,
+}
+
+/// What [`Optim::step`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// Every parameter with a gradient was updated; the global gradient norm before clipping.
+    Applied { norm: f64 },
+    /// Nothing was updated: the gradient of this parameter holds a NaN or an infinity.
+    NonFinite { parameter: String },
 }
 
 /// An optimizer over a fixed list of parameters.
@@ -31,6 +40,16 @@ impl Optim {
             config: config.clone(),
             slots: vec![Slot::default(); params],
         }
+    }
+
+    /// The state of every parameter, in the order of the parameter list.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Continues from saved state (see [`Optim::slots`]).
+    pub fn restore(&mut self, slots: Vec<Slot>) {
+        self.slots = slots;
     }
 
     /// One update of parameter `index` with gradient `grad` at learning rate `lr`, as
@@ -97,14 +116,14 @@ impl Optim {
     }
 
     /// Clips the gradients of `params` to a global norm (if asked), then updates each
-    /// parameter that received a gradient. Returns the global norm before clipping.
+    /// parameter that received a gradient; updates nothing when a gradient is not finite.
     pub fn step(
         &mut self,
         params: &[(String, Var)],
         grads: &GradStore,
         lr: f64,
         clip: Option<f64>,
-    ) -> Result<f64> {
+    ) -> Result<Update> {
         let mut gradients: Vec<Option<Vec<f32>>> = Vec::with_capacity(params.len());
         for (name, var) in params {
             let grad = match grads.get(var.as_tensor()) {
@@ -124,6 +143,16 @@ impl Optim {
             .map(|&v| f64::from(v) * f64::from(v))
             .sum::<f64>()
             .sqrt();
+        // A finite sum of squares means every value is finite: the check costs nothing.
+        if !norm.is_finite() {
+            let parameter = params
+                .iter()
+                .zip(&gradients)
+                .find(|(_, g)| g.as_ref().is_some_and(|g| g.iter().any(|v| !v.is_finite())))
+                .map(|((name, _), _)| name.clone())
+                .unwrap_or_default();
+            return Ok(Update::NonFinite { parameter });
+        }
         if let Some(max_norm) = clip {
             // As torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), at most 1.
             let scale = (max_norm / (norm + 1e-6)).min(1.0);
@@ -148,7 +177,7 @@ impl Optim {
             var.set(&updated)
                 .ctx_with(|| format!("updating `{name}`"))?;
         }
-        Ok(norm)
+        Ok(Update::Applied { norm })
     }
 }
 

@@ -61,6 +61,14 @@ impl StageProgress {
         StageProgress { mode, bar }
     }
 
+    /// Counts steps a resumed run does not repeat.
+    pub fn skip(&self, steps: usize) {
+        if let Some(bar) = &self.bar {
+            bar.inc(steps as u64);
+            bar.reset_eta();
+        }
+    }
+
     pub fn step(&self) {
         if let Some(bar) = &self.bar {
             bar.inc(1);

@@ -70,6 +70,9 @@ pub struct StageSummary {
     pub final_loss: f64,
     /// Samples that went through a frozen model's forward during training steps.
     pub teacher_forwards: u64,
+    /// Batches skipped because their loss or gradient was not finite (`non_finite: skip`).
+    #[serde(default)]
+    pub skipped_batches: u64,
     pub best_epoch: Option<usize>,
 }
 

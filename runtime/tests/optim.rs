@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use kd_plan::Optimizer;
-use kd_runtime::optim::Optim;
+use kd_runtime::optim::{Optim, Update};
 
 const GRADS: [[f64; 2]; 4] = [[0.5, -1.0], [0.25, 0.75], [-0.4, 0.1], [1.2, -0.3]];
 const START: [f64; 2] = [1.0, -2.0];
@@ -175,11 +175,48 @@ fn clipping_scales_to_the_global_norm() {
         },
         2,
     );
-    let norm = optim.step(&params, &grads, 1.0, Some(1.0)).unwrap();
+    let Update::Applied { norm } = optim.step(&params, &grads, 1.0, Some(1.0)).unwrap() else {
+        panic!("finite gradients were refused");
+    };
     assert!((norm - 5.0).abs() < 1e-6);
     let a_now = a.as_tensor().to_vec1::<f32>().unwrap();
     let b_now = b.as_tensor().to_vec1::<f32>().unwrap();
     // Clipped gradient (0.6, 0, 0.8) (times 5 / (5 + 1e-6)).
     assert!((a_now[0] - 0.4).abs() < 1e-5 && (a_now[1] - 1.0).abs() < 1e-7);
     assert!((b_now[0] - 0.2).abs() < 1e-5);
+}
+
+#[test]
+fn a_non_finite_gradient_updates_nothing_and_names_the_parameter() {
+    use candle_core::{Device, Var};
+    let a = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+    let b = Var::new(&[3.0f32], &Device::Cpu).unwrap();
+    // d/db of b * inf is inf; a's gradient is finite.
+    let loss = (a.as_tensor().sum_all().unwrap()
+        + b.as_tensor()
+            .affine(f64::INFINITY, 0.0)
+            .unwrap()
+            .sum_all()
+            .unwrap())
+    .unwrap();
+    let grads = loss.backward().unwrap();
+    let params = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+    let config = Optimizer::Sgd {
+        lr: 1.0,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
+    let mut optim = Optim::new(&config, 2);
+    let update = optim.step(&params, &grads, 1.0, None).unwrap();
+    assert_eq!(
+        update,
+        Update::NonFinite {
+            parameter: "b".into()
+        }
+    );
+    assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+    assert_eq!(b.as_tensor().to_vec1::<f32>().unwrap(), vec![3.0]);
+    // No slot moved: the skipped batch leaves the optimizer as it was.
+    assert_eq!(optim.slots(), Optim::new(&config, 2).slots());
 }

@@ -283,6 +283,8 @@ fn blobs_plan(dir: &Path, seed: u64, repeat: u32) -> Plan {
             output: PathBuf::from("runs"),
             threads: None,
             repeat,
+            checkpoint_every: None,
+            non_finite: Default::default(),
         },
         data: vec![data],
         augments: vec![],
@@ -330,6 +332,8 @@ fn run_in(name: &str, seed: u64, repeat: u32) -> (PathBuf, Summary) {
             out_dir: out.clone(),
             progress: Progress::Quiet,
             kdc_version: "test".into(),
+            resume: false,
+            interrupt: None,
         },
     )
     .unwrap();
@@ -475,6 +479,8 @@ fn cuda_is_refused_with_help() {
             out_dir: dir.clone(),
             progress: Progress::Quiet,
             kdc_version: "test".into(),
+            resume: false,
+            interrupt: None,
         },
     )
     .unwrap_err();
@@ -506,11 +512,13 @@ fn a_diverging_loss_names_stage_epoch_and_step() {
             out_dir: out,
             progress: Progress::Quiet,
             kdc_version: "t".into(),
+            resume: false,
+            interrupt: None,
         },
     )
     .unwrap_err();
     assert!(
-        matches!(err, kd_runtime::RuntimeError::NonFinite { ref stage, .. } if stage == "teach"),
+        matches!(err, kd_runtime::RuntimeError::NonFinite(ref e) if e.stage == "teach" && e.what == "the loss"),
         "{err:?}"
     );
 }
@@ -660,6 +668,8 @@ fn digits_cnn_with_augmentation() {
             output: "runs".into(),
             threads: Some(candle_core::utils::get_num_threads()),
             repeat: 1,
+            checkpoint_every: None,
+            non_finite: Default::default(),
         },
         data: vec![data],
         augments: vec![AugmentSpec {
@@ -694,6 +704,8 @@ fn digits_cnn_with_augmentation() {
             out_dir: out.clone(),
             progress: Progress::Lines,
             kdc_version: "t".into(),
+            resume: false,
+            interrupt: None,
         },
     )
     .unwrap();
