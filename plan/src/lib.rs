@@ -785,12 +785,20 @@ fn diff_values(path: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, found: 
             for (index, (p, q)) in x.iter().zip(y).enumerate() {
                 diff_values(&format!("{path}[{index}]"), p, q, found);
             }
-            if x.len() != y.len() {
-                found.push(format!("{path}: {} entries -> {}", x.len(), y.len()));
+            let null = Value::Null;
+            for index in x.len().min(y.len())..x.len().max(y.len()) {
+                let (p, q) = (x.get(index).unwrap_or(&null), y.get(index).unwrap_or(&null));
+                found.push(format!("{path}[{index}]: {} -> {}", show(p), show(q)));
             }
         }
         (Value::Tagged(x), Value::Tagged(y)) if x.tag == y.tag => {
-            diff_values(&child(&x.tag.to_string()), &x.value, &y.value, found);
+            let tag = x.tag.to_string();
+            diff_values(
+                &child(tag.trim_start_matches('!')),
+                &x.value,
+                &y.value,
+                found,
+            );
         }
         _ if a == b => {}
         _ => found.push(format!("{path}: {} -> {}", show(a), show(b))),

@@ -94,10 +94,9 @@ pub struct NonFiniteError {
     pub stage: String,
     pub epoch: usize,
     pub step: usize,
-    /// The first non-finite value in the `.kd` file, when one is known.
-    #[label("{label}")]
-    pub span: Option<miette::SourceSpan>,
-    pub label: String,
+    /// Where in the `.kd` file: the loss term first, then what made it non-finite.
+    #[label(collection)]
+    pub labels: Vec<miette::LabeledSpan>,
     pub help: String,
 }
 

@@ -226,8 +226,8 @@ impl MetricsLog {
 
 /// What was found not finite in a training step.
 enum NonFiniteValue {
-    /// The loss, and the first node of the step whose value was not finite.
-    Loss(Option<kd_plan::NodeId>),
+    /// The loss, and the nodes of the step whose values were not finite, in order.
+    Loss(Vec<kd_plan::NodeId>),
     /// The gradient of this parameter of the trained model.
     Gradient(String),
 }
@@ -543,7 +543,7 @@ impl Run<'_> {
                         }
                     }
                 } else {
-                    self.non_finite(stage, &st, NonFiniteValue::Loss(output.first_non_finite))?;
+                    self.non_finite(stage, &st, NonFiniteValue::Loss(output.non_finite))?;
                     false
                 };
                 if applied {
@@ -684,29 +684,52 @@ impl Run<'_> {
             return Ok(());
         }
         let graph = &self.plan.graph;
-        let (what, node, label) = match value {
-            NonFiniteValue::Loss(first) => {
-                let node = first.unwrap_or(stage.loss);
-                let label = match graph.node_weight(node).map(|n| &n.op) {
-                    Some(Op::Batch { data, split }) => {
-                        format!("the batch of `{data}.{split}` holds a NaN or an infinity")
-                    }
-                    Some(Op::Forward { model, .. }) => {
-                        format!("model `{model}` gives a NaN or an infinity")
-                    }
-                    _ => "the first value that is NaN or infinite".to_string(),
-                };
-                ("the loss".to_string(), node, label)
-            }
-            NonFiniteValue::Gradient(parameter) => (
-                format!("the gradient of `{}.{parameter}`", stage.trains),
-                stage.loss,
-                "the loss whose gradient it is".to_string(),
-            ),
+        let label_at = |node: kd_plan::NodeId, text: String| {
+            graph.node_weight(node).map(|n| {
+                let length = n.span.end.saturating_sub(n.span.start);
+                miette::LabeledSpan::new(Some(text), n.span.start, length)
+            })
         };
-        let span = graph.node_weight(node).map(|n| {
-            miette::SourceSpan::from((n.span.start, n.span.end.saturating_sub(n.span.start)))
-        });
+        let mut labels = Vec::new();
+        let what = match value {
+            NonFiniteValue::Loss(nodes) => {
+                let op = |node: &kd_plan::NodeId| graph.node_weight(*node).map(|n| &n.op);
+                // The term: the first non-finite value the loss expression computed.
+                let term = nodes
+                    .iter()
+                    .find(|n| {
+                        !matches!(
+                            op(n),
+                            Some(Op::Batch { .. } | Op::Augment { .. } | Op::Forward { .. })
+                        )
+                    })
+                    .copied()
+                    .unwrap_or(stage.loss);
+                labels.extend(label_at(term, "this term is NaN or infinite".into()));
+                // Its cause, when a batch or a model already gave a non-finite value.
+                let cause = nodes.first().and_then(|node| {
+                    let text = match op(node)? {
+                        Op::Batch { data, split } => {
+                            format!("the batch of `{data}.{split}` holds a NaN or an infinity")
+                        }
+                        Op::Augment { pipeline } => {
+                            format!("augmentation `{pipeline}` gives a NaN or an infinity")
+                        }
+                        Op::Forward { model, .. } => {
+                            format!("model `{model}` gives a NaN or an infinity")
+                        }
+                        _ => return None,
+                    };
+                    label_at(*node, text)
+                });
+                labels.extend(cause);
+                "the loss".to_string()
+            }
+            NonFiniteValue::Gradient(parameter) => {
+                labels.extend(label_at(stage.loss, "the loss whose gradient it is".into()));
+                format!("the gradient of `{}.{parameter}`", stage.trains)
+            }
+        };
         let kept = if crate::checkpoint::path(&self.opts.out_dir).exists() {
             "the run folder keeps the last good checkpoint; "
         } else {
@@ -717,8 +740,7 @@ impl Run<'_> {
             stage: stage.name.clone(),
             epoch: st.epoch + 1,
             step: st.step + 1,
-            span,
-            label,
+            labels,
             help: format!(
                 "{kept}lower the learning rate, clip gradients (`clip`), check the data and the loss, \
                  or set `non_finite: skip` in `pipeline` to skip such batches"

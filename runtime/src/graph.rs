@@ -113,8 +113,8 @@ pub struct StepOutput {
     pub trained_output: Option<Tensor>,
     /// Samples that went through frozen models.
     pub frozen_samples: u64,
-    /// When the loss is not finite: the first node, in evaluation order, whose value is not.
-    pub first_non_finite: Option<NodeId>,
+    /// When the loss is not finite: the nodes whose values are not, in evaluation order.
+    pub non_finite: Vec<NodeId>,
 }
 
 /// Runs `stage.nodes` in order and returns the loss and the trained model's output.
@@ -299,8 +299,7 @@ pub fn run_step(input: &StepInput, models: &mut HashMap<String, Model>) -> Resul
                     finite &= all_finite(value)?;
                 }
                 if !finite {
-                    out.first_non_finite = Some(*node_id);
-                    break;
+                    out.non_finite.push(*node_id);
                 }
             }
         }

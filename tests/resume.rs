@@ -1,0 +1,397 @@
+//! Runs that survive: a digits run killed with SIGKILL at arbitrary moments and resumed
+//! each time, or stopped with Ctrl-C and resumed, ends bitwise where a run never
+//! interrupted ends; a resume checks the pipeline; numeric guards name the term to blame.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kdc"));
+    command.args(args).current_dir(root());
+    command
+}
+
+fn kdc(args: &[&str]) -> Output {
+    command(args).output().expect("kdc runs")
+}
+
+fn spawn(args: &[&str]) -> Child {
+    command(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kdc starts")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A fresh, empty folder for one test (the run folders go inside it).
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kdc-resume-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The digits example cut short, with a checkpoint every 7 steps as well as every epoch,
+/// so kills land between checkpoints of every kind.
+const SHORT: &[&str] = &[
+    "--set",
+    "stage.teach.epochs=3",
+    "--set",
+    "stage.distill.epochs=3",
+    "--set",
+    "pipeline.digits.checkpoint_every=7",
+];
+
+fn digits_args(out: &Path) -> Vec<String> {
+    let mut args = vec![
+        "run".to_string(),
+        "examples/digits.kd".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(SHORT.iter().map(|s| s.to_string()));
+    args
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// What must not change when a run is interrupted: every export byte for byte, the
+/// summary without its timings, and metrics.jsonl without its timings.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    exports: Vec<(String, Vec<u8>)>,
+    summary: serde_json::Value,
+    metrics: Vec<serde_json::Value>,
+}
+
+fn outcome(dir: &Path) -> Outcome {
+    let mut exports = Vec::new();
+    for name in ["teacher", "student", "baseline"] {
+        let file = format!("{name}.safetensors");
+        exports.push((file.clone(), std::fs::read(dir.join(&file)).unwrap()));
+    }
+    let mut summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    for stage in summary["stages"].as_array_mut().unwrap() {
+        let stage = stage.as_object_mut().unwrap();
+        stage.remove("seconds");
+        stage.remove("samples_per_s");
+    }
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value.as_object_mut().unwrap().remove("seconds");
+            value
+        })
+        .collect();
+    assert!(
+        !dir.join("checkpoint.safetensors").exists(),
+        "a finished run keeps no checkpoint"
+    );
+    Outcome {
+        exports,
+        summary,
+        metrics,
+    }
+}
+
+/// The run never interrupted, shared by the tests that compare against it.
+fn reference() -> &'static Outcome {
+    static REFERENCE: OnceLock<Outcome> = OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let dir = scratch("reference").join("run");
+        let output = kdc(&as_strs(&digits_args(&dir)));
+        assert!(output.status.success(), "{}", stderr(&output));
+        outcome(&dir)
+    })
+}
+
+/// A small generator for kill times, fixed so a failure can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_at_random_moments_then_resume_ends_bitwise_as_an_uninterrupted_run() {
+    let expected = reference();
+    let dir = scratch("sigkill").join("run");
+    let mut rng = Lcg(20261128);
+    let mut kills = 0;
+    let mut resumes = 0;
+    let mut args = digits_args(&dir);
+    // Kill, resume, kill again, ... at moments spread over the whole run: loading the
+    // data, mid-step, writing a checkpoint, evaluating, exporting.
+    for _ in 0..12 {
+        let mut child = spawn(&as_strs(&args));
+        let wait = Duration::from_millis(200 + rng.below(2300));
+        let started = Instant::now();
+        let mut finished = false;
+        while started.elapsed() < wait {
+            if child.try_wait().unwrap().is_some() {
+                finished = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !finished {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        if finished {
+            assert!(status.success(), "a resumed run failed: {status:?}");
+            break;
+        }
+        args = vec!["run".into(), "--resume".into(), dir.display().to_string()];
+        resumes += 1;
+    }
+    if !dir.join("summary.json").exists() {
+        let output = kdc(&["run", "--resume", dir.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        resumes += 1;
+    }
+    assert!(kills >= 3, "only {kills} kills landed");
+    eprintln!("{kills} kills, {resumes} resumes");
+    assert_eq!(&outcome(&dir), expected);
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_a_resume_finishes_the_run_exactly() {
+    let expected = reference();
+    let dir = scratch("sigint").join("run");
+    let child = spawn(&as_strs(&digits_args(&dir)));
+    // Interrupt once training is under way (the first epoch is logged).
+    let started = Instant::now();
+    while std::fs::read_to_string(dir.join("metrics.jsonl")).map_or(true, |t| t.is_empty()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no epoch ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{text}");
+    assert!(text.contains("kd::run::interrupted"), "{text}");
+    assert!(
+        text.contains(&format!("kdc run --resume {}", dir.display())),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(dir.join("checkpoint.safetensors").exists());
+    assert!(!dir.join("summary.json").exists());
+
+    // The file still compiles to the run's plan: resuming through it is allowed.
+    let mut args = digits_args(&dir);
+    args.splice(2..4, ["--resume".to_string(), dir.display().to_string()]);
+    let output = kdc(&as_strs(&args));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(&outcome(&dir), expected);
+
+    // Finished: nothing left to resume.
+    let output = kdc(&["run", "--resume", dir.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("kd::run::finished"));
+}
+
+#[test]
+fn a_resume_refuses_a_pipeline_that_changed_and_says_what_changed() {
+    let dir = scratch("mismatch").join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut compile = vec!["compile", "examples/digits.kd", "-o"];
+    let plan = dir.join("plan.yaml");
+    compile.push(plan.to_str().unwrap());
+    compile.extend_from_slice(SHORT);
+    assert!(kdc(&compile).status.success());
+    let before = std::fs::read(&plan).unwrap();
+
+    let mut args = vec![
+        "run",
+        "examples/digits.kd",
+        "--resume",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(SHORT);
+    args.extend_from_slice(&["--set", "stage.distill.lr=0.01"]);
+    let output = kdc(&args);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("kd::run::resume_mismatch"), "{text}");
+    assert!(
+        text.contains("stages[1].optimizer.adam.lr: 0.003 -> 0.01"),
+        "{text}"
+    );
+    assert!(
+        text.contains("overrides[3]: nothing -> key: stage.distill.lr; value: '0.01'"),
+        "{text}"
+    );
+    // Nothing in the run folder was touched.
+    assert_eq!(std::fs::read(&plan).unwrap(), before);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+    // --set without a file cannot change a resumed run either.
+    let output = kdc(&[
+        "run",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--set",
+        "stage.teach.epochs=1",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+
+    let output = kdc(&["run", "--resume", "examples"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("kd::run::not_a_run"));
+}
+
+#[test]
+fn force_replaces_an_earlier_run_and_nothing_else() {
+    let base = scratch("force");
+    let run = base.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("plan.yaml"), "an earlier run").unwrap();
+    std::fs::write(run.join("stale.txt"), "from before").unwrap();
+    let mut args = vec!["run", "examples/digits.kd", "--out", run.to_str().unwrap()];
+    args.extend_from_slice(&[
+        "--set",
+        "stage.teach.epochs=1",
+        "--set",
+        "stage.distill.epochs=1",
+    ]);
+
+    let output = kdc(&args);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("kd::run::out_exists"));
+    assert!(
+        run.join("stale.txt").exists(),
+        "a refused run touched the folder"
+    );
+
+    args.push("--force");
+    let output = kdc(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!run.join("stale.txt").exists());
+    assert!(run.join("summary.json").exists());
+
+    // A folder that holds no kdc run is never deleted, even with --force.
+    let foreign = base.join("photos");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("holiday.jpg"), "precious").unwrap();
+    let mut args = vec!["run", "examples/digits.kd", "--force", "--out"];
+    args.push(foreign.to_str().unwrap());
+    let output = kdc(&args);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("holds no plan.yaml"));
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("holiday.jpg")).unwrap(),
+        "precious"
+    );
+}
+
+/// The teacher stage with a learning rate that makes its weights overflow within an epoch.
+const EXPLODE: &[&str] = &[
+    "--set",
+    "stage.teach.epochs=1",
+    "--set",
+    "stage.distill.epochs=1",
+    "--set",
+    "stage.teach.lr=1e30",
+];
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_points_at_the_term() {
+    let dir = scratch("nan").join("run");
+    let mut args = vec![
+        "--error-format",
+        "json",
+        "run",
+        "examples/digits.kd",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(EXPLODE);
+    let output = kdc(&args);
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("kd::run::non_finite"))
+        .unwrap_or_else(|| panic!("no non-finite diagnostic: {text}"));
+    let diagnostic: serde_json::Value = serde_json::from_str(line).unwrap();
+    let message = diagnostic["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("the loss of stage `teach` is not finite at epoch 1, step "),
+        "{message}"
+    );
+    // The spans point into digits.kd: first the loss term, then the model whose output
+    // overflowed.
+    let source = std::fs::read_to_string(root().join("examples/digits.kd")).unwrap();
+    let text_of = |label: &serde_json::Value| {
+        let start = label["start"].as_u64().unwrap() as usize;
+        let end = label["end"].as_u64().unwrap() as usize;
+        source[start..end].trim_end().to_string()
+    };
+    let labels = diagnostic["labels"].as_array().unwrap();
+    assert_eq!(
+        text_of(&labels[0]),
+        "cross_entropy(t.logits, label)",
+        "{line}"
+    );
+    assert_eq!(text_of(&labels[1]), "teacher t = cnn", "{line}");
+    assert!(labels[1]["label"].as_str().unwrap().contains("model `t`"));
+    assert!(
+        !dir.join("teacher.safetensors").exists(),
+        "no export of bad weights"
+    );
+    assert!(!dir.join("summary.json").exists());
+}
+
+#[test]
+fn non_finite_skip_counts_the_skipped_batches() {
+    let dir = scratch("skip").join("run");
+    let mut args = vec!["run", "examples/digits.kd", "--out", dir.to_str().unwrap()];
+    args.extend_from_slice(EXPLODE);
+    args.extend_from_slice(&["--set", "pipeline.digits.non_finite=skip"]);
+    let output = kdc(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let teach = &summary["stages"][0];
+    let skipped = teach["skipped_batches"].as_u64().unwrap();
+    let steps = teach["steps"].as_u64().unwrap();
+    assert!(skipped > 0 && skipped < steps, "{skipped} of {steps}");
+    // The baseline's stage runs no teacher, so its batches stay finite.
+    assert_eq!(summary["stages"][2]["model"], "scratch");
+    assert_eq!(summary["stages"][2]["skipped_batches"], 0);
+}
