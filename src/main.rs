@@ -102,6 +102,24 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
+    // A panic is a kdc bug, never the user's fault: say so in one line, exit 2, and keep
+    // backtraces for those who ask for them (RUST_BACKTRACE).
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!("error[kd::internal]: kdc hit a bug{location}: {message}; please report it with the command that caused it");
+            std::process::exit(2);
+        }));
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,

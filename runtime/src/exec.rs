@@ -71,6 +71,7 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<Summary> {
         datasets.insert(spec.name.clone(), dataset);
     }
     let resume = if opts.resume {
+        remove_partial_files(&opts.out_dir)?;
         let checkpoint = Checkpoint::read(&opts.out_dir)?;
         if checkpoint.state.plan_hash != plan.hash() {
             return Err(RuntimeError::Checkpoint {
@@ -149,6 +150,24 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<Summary> {
         })?;
     }
     Ok(summary)
+}
+
+/// Removes the `.partial` files a killed run left behind (in the run folder and its
+/// `seed-N` folders): they were never renamed into place, so nothing refers to them.
+fn remove_partial_files(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            remove_partial_files(&path)?;
+        } else if path.extension().is_some_and(|e| e == "partial") {
+            std::fs::remove_file(&path).map_err(|source| RuntimeError::Write { path, source })?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes candle's CPU kernels use `threads` (they read `RAYON_NUM_THREADS` on every call,
