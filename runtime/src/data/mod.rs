@@ -219,7 +219,7 @@ pub fn decode_text(raw: Vec<u8>, path: &Path) -> Result<String> {
             + 1;
         bad_file(
             path,
-            format!("it is not UTF-8 text (line {line}, byte {valid} of the file)"),
+            format!("it is not UTF-8 text (line {line}, byte {valid} of the text)"),
         )
     })
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs one fuzz target for SECONDS seconds:  scripts/fuzz.sh compile|loaders SECONDS
+#
+# compile: arbitrary bytes as a .kd file through the whole compiler (parser, checker, lowering).
+# loaders: arbitrary bytes as a data file through every loader (IDX, CSV, safetensors).
+# cargo-fuzz (libFuzzer) needs nightly compiler flags; RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain accept them. One process, so it shares two cores politely. New inputs go to
+# fuzz/corpus/TARGET (ignored by git); crashes to fuzz/artifacts/TARGET, and each one found
+# belongs in the ordinary tests (tests/hostile/ or tests/cases/err/) once fixed.
+set -euo pipefail
+
+usage="usage: scripts/fuzz.sh compile|loaders SECONDS"
+target=${1:?$usage}
+seconds=${2:?$usage}
+case "$target" in compile | loaders) ;; *) echo "$usage" >&2; exit 2 ;; esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+# Seeds, gathered fresh from the repository: the examples, the .kd test cases and the
+# hostile corpus.
+seeds="$root/fuzz/seeds/$target"
+rm -rf "$seeds"
+mkdir -p "$seeds" "$root/fuzz/corpus/$target"
+n=0
+if [ "$target" = compile ]; then
+  for f in "$root"/examples/*.kd "$root"/tests/cases/*/*.kd "$root"/tests/hostile/*/pipeline.kd; do
+    n=$((n + 1)); cp "$f" "$seeds/$n.kd"
+  done
+else
+  for f in "$root"/examples/data/*.gz "$root"/tests/hostile/*/*.idx "$root"/tests/hostile/*/*.csv \
+    "$root"/tests/hostile/*/*.safetensors "$root"/tests/hostile/*/run/*; do
+    [ -f "$f" ] || continue
+    n=$((n + 1)); cp "$f" "$seeds/$n"
+  done
+fi
+
+cd "$root/fuzz"
+# -s none: the workspace forbids unsafe code, so AddressSanitizer adds little; what is looked
+# for is panics, arithmetic overflow (-a turns on debug assertions, as in kdc's dev build),
+# and allocations past libFuzzer's limit (-malloc_limit_mb, 2 GB by default).
+RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -a "$target" "corpus/$target" "seeds/$target" -- \
+  -max_total_time="$seconds" -print_final_stats=1 -timeout=10

@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Writes the hostile-input corpus: one folder per case, each a tiny pipeline and the
+broken file it uses. Deterministic (gzip without timestamps), so rerunning it changes
+nothing; the folders are committed, this script says how they were made.
+
+    python3 tests/hostile/make.py        # from the repository root
+
+Each case folder holds `case.txt`:
+    command: check | run     check: `kdc check pipeline.kd`; run: compile pipeline.kd (it must
+                             compile), replace files with those in `run/`, apply `edit:` lines
+                             to plan.yaml, then `kdc run plan.yaml`
+    names: FILE              the file the error message must name
+    edit: OLD => NEW         (run only) a textual edit of the compiled plan.yaml (`\\n` is a
+                             newline)
+and `expected.stderr`, what kdc prints (tests/hostile.rs compares; UPDATE_EXPECT=1 rewrites).
+Run cases show the runtime's loaders defending on their own: the file changed after the check.
+"""
+
+import gzip
+import io
+import json
+import os
+import shutil
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------- good files
+
+def idx(type_code, dims, data):
+    return bytes([0, 0, type_code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + data
+
+GOOD_IMAGES = idx(0x08, [4, 2, 2], bytes(range(16)))
+GOOD_LABELS = idx(0x08, [4], bytes([0, 1, 0, 1]))
+GOOD_CSV = b"1,2,0\n3,4,1\n5,6,0\n7,8,1\n"
+
+
+def gz(data):
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as f:
+        f.write(data)
+    return out.getvalue()
+
+
+def safetensors(entries, data_len=None, header=None):
+    """entries: name -> (dtype, shape, (begin, end)); the data is zeros."""
+    if header is None:
+        header = json.dumps(
+            {n: {"dtype": d, "shape": s, "data_offsets": list(o)} for n, (d, s, o) in entries.items()},
+            sort_keys=True,
+        ).encode()
+    if data_len is None:
+        data_len = max([o[1] for (_, _, o) in entries.values()] or [0])
+    return struct.pack("<Q", len(header)) + header + bytes(data_len)
+
+
+GOOD_WEIGHTS = {
+    "linear1.bias": ("F32", [2], (0, 8)),
+    "linear1.weight": ("F32", [2, 2], (8, 24)),
+}
+
+# ---------------------------------------------------------------- pipelines
+
+TAIL = """student s = m
+stage fit { train s on d.train, loss cross_entropy(s.logits, label), optimizer sgd(lr: 0.1), epochs 1, batch 2 }
+evaluate s on d.test
+"""
+
+
+def idx_pipeline(images="images.idx", labels="labels.idx"):
+    return (
+        "pipeline hostile { seed: 1 }\n"
+        f'data d = idx(images: "{images}", labels: "{labels}") {{ split {{ train: 2, test: 2 }} }}\n'
+        "model m { input [1, 2, 2] flatten linear(2) as logits }\n" + TAIL
+    )
+
+
+def csv_pipeline(path="data.csv"):
+    return (
+        "pipeline hostile { seed: 1 }\n"
+        f'data d = csv("{path}") {{ split {{ train: 2, test: 2 }} }}\n'
+        "model m { input [2] linear(2) as logits }\n" + TAIL
+    )
+
+
+def weights_pipeline(path="weights.safetensors"):
+    return (
+        "pipeline hostile { seed: 1 }\n"
+        'data d = csv("data.csv") { split { train: 2, test: 2 } }\n'
+        "model m { input [2] linear(2) as logits }\n"
+        f'teacher t = m from "{path}"\n'
+        "evaluate t on d.test\n"
+    )
+
+
+# ---------------------------------------------------------------- writing
+
+def case(name, about, command, names, pipeline, files, run=None, edits=()):
+    folder = os.path.join(HERE, name)
+    if os.path.isdir(folder):
+        keep = os.path.join(folder, "expected.stderr")
+        kept = open(keep, "rb").read() if os.path.exists(keep) else None
+        shutil.rmtree(folder)
+    else:
+        kept = None
+    os.makedirs(folder)
+    if kept is not None:
+        open(os.path.join(folder, "expected.stderr"), "wb").write(kept)
+    lines = [f"# {about}", f"command: {command}", f"names: {names}"]
+    esc = lambda t: t.replace("\n", "\\n")  # one line each; the test unescapes
+    lines += [f"edit: {esc(old)} => {esc(new)}" for old, new in edits]
+    open(os.path.join(folder, "case.txt"), "w").write("\n".join(lines) + "\n")
+    open(os.path.join(folder, "pipeline.kd"), "w").write(pipeline)
+    for sub, group in (("", files), ("run", run or {})):
+        for path, content in group.items():
+            full = os.path.join(folder, sub, path)
+            if content is None:  # a folder where a file is expected
+                os.makedirs(full, exist_ok=True)
+                open(os.path.join(full, ".keep"), "w").close()
+            else:
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                open(full, "wb").write(content)
+
+
+def idx_check(name, about, images=None, labels=None, bad="images.idx"):
+    files = {"images.idx": images if images is not None else GOOD_IMAGES,
+             "labels.idx": labels if labels is not None else GOOD_LABELS}
+    if images is None and labels is None:
+        raise ValueError(name)
+    case(name, about, "check", bad, idx_pipeline(), files)
+
+
+def idx_run(name, about, images=None, labels=None, bad="images.idx"):
+    run = {}
+    if images is not None:
+        run["images.idx"] = images
+    if labels is not None:
+        run["labels.idx"] = labels
+    case(name, about, "run", bad, idx_pipeline(),
+         {"images.idx": GOOD_IMAGES, "labels.idx": GOOD_LABELS}, run=run)
+
+
+def csv_check(name, about, content):
+    case(name, about, "check", "data.csv", csv_pipeline(), {"data.csv": content})
+
+
+def csv_run(name, about, content):
+    case(name, about, "run", "data.csv", csv_pipeline(), {"data.csv": GOOD_CSV}, run={"data.csv": content})
+
+
+def weights_check(name, about, content):
+    case(name, about, "check", "weights.safetensors", weights_pipeline(),
+         {"data.csv": GOOD_CSV, "weights.safetensors": content})
+
+
+def weights_run(name, about, content):
+    case(name, about, "run", "weights.safetensors", weights_pipeline(),
+         {"data.csv": GOOD_CSV, "weights.safetensors": safetensors(GOOD_WEIGHTS)},
+         run={"weights.safetensors": content})
+
+
+def main():
+    for entry in os.listdir(HERE):
+        if os.path.isdir(os.path.join(HERE, entry)) and entry not in CASES:
+            shutil.rmtree(os.path.join(HERE, entry))
+    for make in CASES.values():
+        make()
+
+
+BOMB = gz(idx(0x08, [4, 2, 2], bytes(16)) + bytes(20 << 20))  # 16 bytes claimed, 20 MiB held
+CLAIM_1E12 = idx(0x08, [1_000_000, 1000, 1000], bytes(16))  # 10^12 elements claimed
+TRUNCATED_GZ = gz(GOOD_IMAGES)[:20]
+F8 = dict(GOOD_WEIGHTS, **{"linear1.bias": ("F8_E4M3", [2], (0, 2)),
+                           "linear1.weight": ("F32", [2, 2], (2, 18))})
+
+CASES = {
+    # IDX, refused by the checker
+    "idx_truncated_header": lambda: idx_check(
+        "idx_truncated_header", "an IDX header cut off after one of its three dimensions",
+        images=GOOD_IMAGES[:8]),
+    "idx_claims_1e12_elements": lambda: idx_check(
+        "idx_claims_1e12_elements", "a header claiming 10^12 elements in a 32-byte file",
+        images=CLAIM_1E12),
+    "idx_data_length_mismatch": lambda: idx_check(
+        "idx_data_length_mismatch", "16 bytes of data announced, 10 held",
+        images=GOOD_IMAGES[:-6]),
+    "idx_zero_dimensions": lambda: idx_check(
+        "idx_zero_dimensions", "a header declaring no dimensions",
+        images=idx(0x08, [], b"\x07")),
+    "idx_zero_sized_sample": lambda: idx_check(
+        "idx_zero_sized_sample", "images of shape [0, 2]",
+        images=idx(0x08, [4, 0, 2], b"")),
+    "idx_dimensions_overflow": lambda: idx_check(
+        "idx_dimensions_overflow", "three dimensions of 2^32 - 1: their product overflows 64 bits",
+        images=idx(0x0E, [0xFFFFFFFF] * 3, b"")),
+    "idx_bad_magic": lambda: idx_check(
+        "idx_bad_magic", "a text file where an IDX file is expected", images=b"hello, world\n"),
+    "idx_unknown_type": lambda: idx_check(
+        "idx_unknown_type", "element type 0x0A does not exist",
+        images=idx(0x0A, [4, 2, 2], bytes(16))),
+    "idx_empty_file": lambda: idx_check("idx_empty_file", "an empty images file", images=b""),
+    "idx_gzip_bomb": lambda: idx_check(
+        "idx_gzip_bomb", "gzip holding 20 MiB where the header claims 16 bytes", images=BOMB),
+    "idx_gzip_truncated": lambda: idx_check(
+        "idx_gzip_truncated", "a gzip stream cut off", images=TRUNCATED_GZ),
+    "idx_gzip_claim_past_ratio": lambda: idx_check(
+        "idx_gzip_claim_past_ratio", "gzip whose header claims more than deflate can expand to",
+        images=gz(CLAIM_1E12)),
+    "idx_labels_negative": lambda: idx_check(
+        "idx_labels_negative", "signed byte labels holding -1",
+        labels=idx(0x09, [4], bytes([0, 1, 0xFF, 1])), bad="labels.idx"),
+    "idx_labels_float": lambda: idx_check(
+        "idx_labels_float", "float labels",
+        labels=idx(0x0D, [4], bytes(16)), bad="labels.idx"),
+    "idx_labels_count_mismatch": lambda: idx_check(
+        "idx_labels_count_mismatch", "4 images and 3 labels",
+        labels=idx(0x08, [3], bytes([0, 1, 0])), bad="labels.idx"),
+    "idx_folder_as_file": lambda: case(
+        "idx_folder_as_file", "a folder where the images file is expected", "check", "images.idx",
+        idx_pipeline(), {"images.idx": None, "labels.idx": GOOD_LABELS}),
+    # CSV, refused by the checker
+    "csv_ragged_rows": lambda: csv_check(
+        "csv_ragged_rows", "a row with one field too many", b"1,2,0\n3,4,1\n5,6,7,0\n7,8,1\n"),
+    "csv_not_utf8": lambda: csv_check(
+        "csv_not_utf8", "a Latin-1 byte on line 2", b"1,2,0\n3,\xe94,1\n5,6,0\n7,8,1\n"),
+    "csv_label_negative": lambda: csv_check(
+        "csv_label_negative", "a label of -1", b"1,2,0\n3,4,-1\n5,6,0\n7,8,1\n"),
+    "csv_label_past_u32": lambda: csv_check(
+        "csv_label_past_u32", "a label of 2^64, past any class id",
+        b"1,2,0\n3,4,18446744073709551616\n5,6,0\n7,8,1\n"),
+    "csv_label_fraction": lambda: csv_check(
+        "csv_label_fraction", "a label of 0.5", b"1,2,0\n3,4,0.5\n5,6,0\n7,8,1\n"),
+    "csv_nan_feature": lambda: csv_check(
+        "csv_nan_feature", "a NaN feature", b"1,2,0\n3,NaN,1\n5,6,0\n7,8,1\n"),
+    "csv_huge_feature": lambda: csv_check(
+        "csv_huge_feature", "1e39, past f32's range", b"1,2,0\n3,1e39,1\n5,6,0\n7,8,1\n"),
+    "csv_not_a_number": lambda: csv_check(
+        "csv_not_a_number", "a word among numbers", b"1,2,0\n3,four,1\n5,6,0\n7,8,1\n"),
+    "csv_empty_file": lambda: csv_check("csv_empty_file", "an empty file", b""),
+    "csv_blank_lines_only": lambda: csv_check(
+        "csv_blank_lines_only", "only blank lines", b"\n  \n\n"),
+    "csv_gzip_truncated": lambda: csv_check(
+        "csv_gzip_truncated", "a gzip stream cut off", gz(GOOD_CSV * 50)[:30]),
+    "csv_gzip_trailing_garbage": lambda: csv_check(
+        "csv_gzip_trailing_garbage", "a gzip member followed by junk", gz(GOOD_CSV) + b"junk"),
+    "csv_binary_junk": lambda: csv_check(
+        "csv_binary_junk", "random-looking bytes", bytes((i * 97 + 13) % 256 for i in range(300))),
+    "csv_folder_as_file": lambda: case(
+        "csv_folder_as_file", "a folder where the CSV file is expected", "check", "data.csv",
+        csv_pipeline(), {"data.csv": None}),
+    # safetensors, refused by the checker
+    "safetensors_header_2_63": lambda: weights_check(
+        "safetensors_header_2_63", "a header length of 2^63",
+        struct.pack("<Q", 1 << 63) + b"{}"),
+    "safetensors_header_past_file": lambda: weights_check(
+        "safetensors_header_past_file", "a header length of 1000 in a 30-byte file",
+        struct.pack("<Q", 1000) + b"{}" + bytes(20)),
+    "safetensors_not_json": lambda: weights_check(
+        "safetensors_not_json", "a header that is not JSON",
+        safetensors({}, data_len=24, header=b"not json at all")),
+    "safetensors_offsets_past_file": lambda: weights_check(
+        "safetensors_offsets_past_file", "a tensor whose bytes lie past the end of the file",
+        safetensors(dict(GOOD_WEIGHTS, **{"linear1.weight": ("F32", [2, 2], (8, 4008))}), data_len=24)),
+    "safetensors_wrong_dtype": lambda: weights_check(
+        "safetensors_wrong_dtype", "an 8-bit float tensor", safetensors(F8)),
+    "safetensors_unknown_dtype": lambda: weights_check(
+        "safetensors_unknown_dtype", "a dtype safetensors does not have",
+        safetensors(dict(GOOD_WEIGHTS, **{"linear1.bias": ("Q7", [2], (0, 8))}))),
+    "safetensors_shape_mismatch": lambda: weights_check(
+        "safetensors_shape_mismatch", "weights of shape [4] where the model needs [2, 2]",
+        safetensors(dict(GOOD_WEIGHTS, **{"linear1.weight": ("F32", [4], (8, 24))}))),
+    "safetensors_bytes_mismatch": lambda: weights_check(
+        "safetensors_bytes_mismatch", "a [2, 2] F32 tensor given 8 bytes",
+        safetensors({"linear1.bias": ("F32", [2], (0, 8)), "linear1.weight": ("F32", [2, 2], (8, 16))})),
+    "safetensors_too_short": lambda: weights_check(
+        "safetensors_too_short", "four bytes", b"\x01\x02\x03\x04"),
+    # the runtime's loaders on their own: the files changed after the check
+    "run_idx_truncated": lambda: idx_run(
+        "run_idx_truncated", "images truncated after the check", images=GOOD_IMAGES[:-3]),
+    "run_idx_claims_1e12_elements": lambda: idx_run(
+        "run_idx_claims_1e12_elements", "a header claiming 10^12 elements at run time",
+        images=CLAIM_1E12),
+    "run_idx_gzip_bomb": lambda: idx_run(
+        "run_idx_gzip_bomb", "a gzip bomb at run time", images=BOMB),
+    "run_idx_gzip_truncated": lambda: idx_run(
+        "run_idx_gzip_truncated", "a gzip stream cut off at run time", images=TRUNCATED_GZ),
+    "run_idx_float_nan": lambda: idx_run(
+        "run_idx_float_nan", "float images holding NaN",
+        images=idx(0x0D, [4, 2, 2], struct.pack(">16f", *([1.0] * 15 + [float("nan")])))),
+    "run_idx_labels_folder": lambda: case(
+        "run_idx_labels_folder", "the labels file replaced by a folder", "run", "labels.idx",
+        idx_pipeline(), {"images.idx": GOOD_IMAGES, "labels.idx": GOOD_LABELS},
+        run={"labels.idx/": None}),
+    "run_csv_not_utf8": lambda: csv_run(
+        "run_csv_not_utf8", "non-UTF-8 text at run time", b"1,2,0\n3,4,1\n5,\xff6,0\n7,8,1\n"),
+    "run_csv_nan_feature": lambda: csv_run(
+        "run_csv_nan_feature", "a NaN feature at run time", b"1,2,0\n3,4,1\n5,nan,0\n7,8,1\n"),
+    "run_csv_ragged_rows": lambda: csv_run(
+        "run_csv_ragged_rows", "a short row at run time", b"1,2,0\n3,4,1\n5,0\n7,8,1\n"),
+    "run_csv_gzip_truncated": lambda: csv_run(
+        "run_csv_gzip_truncated", "a gzip stream cut off at run time", gz(GOOD_CSV * 50)[:30]),
+    "run_safetensors_header_2_63": lambda: weights_run(
+        "run_safetensors_header_2_63", "a header length of 2^63 at run time",
+        struct.pack("<Q", 1 << 63) + b"{}"),
+    "run_safetensors_not_json": lambda: weights_run(
+        "run_safetensors_not_json", "a header that is not JSON at run time",
+        safetensors({}, data_len=24, header=b"{\"linear1.bias\": ")),
+    "run_safetensors_offsets_past_file": lambda: weights_run(
+        "run_safetensors_offsets_past_file", "tensor bytes past the end of the file at run time",
+        safetensors(dict(GOOD_WEIGHTS, **{"linear1.weight": ("F32", [2, 2], (8, 4008))}), data_len=24)),
+    "run_safetensors_wrong_dtype": lambda: weights_run(
+        "run_safetensors_wrong_dtype", "an 8-bit float tensor at run time", safetensors(F8)),
+    "run_safetensors_shape_mismatch": lambda: weights_run(
+        "run_safetensors_shape_mismatch", "weights of the wrong shape at run time",
+        safetensors(dict(GOOD_WEIGHTS, **{"linear1.weight": ("F32", [4], (8, 24))}))),
+    "run_safetensors_empty": lambda: weights_run(
+        "run_safetensors_empty", "an empty weights file at run time", b""),
+    # plans edited by hand
+    "plan_garbage": lambda: case(
+        "plan_garbage", "a plan.yaml that is not YAML", "run", "plan.yaml", csv_pipeline(),
+        {"data.csv": GOOD_CSV}, edits=[("version: 1", "\x01\x02 ]: [ {{")]),
+    "plan_wrong_version": lambda: case(
+        "plan_wrong_version", "a plan of a version this kdc does not read", "run", "plan.yaml",
+        csv_pipeline(), {"data.csv": GOOD_CSV}, edits=[("version: 1", "version: 99")]),
+    "plan_number_past_u64": lambda: case(
+        "plan_number_past_u64", "a seed past 2^64", "run", "plan.yaml", csv_pipeline(),
+        {"data.csv": GOOD_CSV}, edits=[("seed: 1", "seed: 123456789012345678901234567890")]),
+    "plan_sample_shape_overflow": lambda: case(
+        "plan_sample_shape_overflow", "a sample shape whose product overflows", "run", "data `d`",
+        csv_pipeline(), {"data.csv": GOOD_CSV},
+        edits=[("sample_shape:\n  - 2", "sample_shape:\n  - 4294967296\n  - 4294967296")]),
+}
+
+if __name__ == "__main__":
+    main()
