@@ -589,3 +589,63 @@ pub(crate) fn requested_size(size: &SplitSize, n: usize) -> Option<usize> {
 pub fn epoch_order(seed: u64, stream: &str, n: usize) -> Vec<usize> {
     Rng::new(seed, stream).permutation(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// The CSV cap works the same at any size; a small one keeps the test fast.
+    #[test]
+    fn gzip_past_its_cap_is_refused_after_reading_one_byte_more() {
+        let path = Path::new("bomb.csv.gz");
+        let raw = gzip(&vec![b'1'; 5000]);
+        assert_eq!(gunzip_bounded(&raw, path, 5000).unwrap().len(), 5000);
+        let error = gunzip_bounded(&raw, path, 4999).unwrap_err().to_string();
+        assert!(error.contains("bomb.csv.gz"), "{error}");
+        let RuntimeError::DataFile { reason, .. } = gunzip_bounded(&raw, path, 4999).unwrap_err()
+        else {
+            panic!("a data file error")
+        };
+        assert_eq!(reason, "its gzip data decompresses to more than 4999 bytes");
+    }
+
+    #[test]
+    fn gzip_idx_claims_are_checked_before_decompressing() {
+        let path = Path::new("x.idx.gz");
+        // 10^12 bytes announced in a few dozen bytes of gzip: refused without reading on.
+        let mut header = vec![0, 0, 8, 3];
+        for d in [1_000_000u32, 1000, 1000] {
+            header.extend_from_slice(&d.to_be_bytes());
+        }
+        let error = idx::decode_idx(&gzip(&header), path).unwrap_err();
+        assert!(error.to_string().contains("x.idx.gz"));
+        let RuntimeError::DataFile { reason, .. } = error else {
+            panic!("a data file error")
+        };
+        assert!(reason.contains("cannot hold more than"), "{reason}");
+        // The same array raw and gzip-compressed reads the same.
+        let mut file = vec![0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+        file.extend_from_slice(&[1, 2, 3, 4]);
+        let raw = idx::decode_idx(&file, path).unwrap();
+        let zipped = idx::decode_idx(&gzip(&file), path).unwrap();
+        assert_eq!(raw.dims, zipped.dims);
+        assert!(matches!((raw.values, zipped.values), (Samples::U8(a), Samples::U8(b)) if a == b));
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_names_its_line() {
+        let error = decode_text(b"1,2\n3,\xff\n".to_vec(), Path::new("t.csv")).unwrap_err();
+        let RuntimeError::DataFile { reason, .. } = error else {
+            panic!("a data file error")
+        };
+        assert_eq!(reason, "it is not UTF-8 text (line 2, byte 6 of the text)");
+    }
+}
