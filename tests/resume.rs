@@ -135,20 +135,21 @@ impl Lcg {
     }
 }
 
-#[cfg(unix)]
-#[test]
-fn sigkill_at_random_moments_then_resume_ends_bitwise_as_an_uninterrupted_run() {
-    let expected = reference();
-    let dir = scratch("sigkill").join("run");
-    let mut rng = Lcg(20261128);
+/// Starts `args`, kills it with SIGKILL after a random moment in `[min, min + spread)` ms,
+/// resumes it with `kdc run --resume dir`, kills that, ... until a run finishes. Returns the
+/// number of kills.
+fn kill_and_resume_until_done(
+    args: Vec<String>,
+    dir: &Path,
+    rng: &mut Lcg,
+    min: u64,
+    spread: u64,
+) -> usize {
     let mut kills = 0;
-    let mut resumes = 0;
-    let mut args = digits_args(&dir);
-    // Kill, resume, kill again, ... at moments spread over the whole run: loading the
-    // data, mid-step, writing a checkpoint, evaluating, exporting.
+    let mut args = args;
     for _ in 0..12 {
         let mut child = spawn(&as_strs(&args));
-        let wait = Duration::from_millis(200 + rng.below(2300));
+        let wait = Duration::from_millis(min + rng.below(spread));
         let started = Instant::now();
         let mut finished = false;
         while started.elapsed() < wait {
@@ -165,19 +166,80 @@ fn sigkill_at_random_moments_then_resume_ends_bitwise_as_an_uninterrupted_run() 
         let status = child.wait().unwrap();
         if finished {
             assert!(status.success(), "a resumed run failed: {status:?}");
-            break;
+            return kills;
         }
         args = vec!["run".into(), "--resume".into(), dir.display().to_string()];
-        resumes += 1;
     }
-    if !dir.join("summary.json").exists() {
-        let output = kdc(&["run", "--resume", dir.to_str().unwrap()]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        resumes += 1;
-    }
+    let output = kdc(&["run", "--resume", dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    kills
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_at_random_moments_then_resume_ends_bitwise_as_an_uninterrupted_run() {
+    let expected = reference();
+    let dir = scratch("sigkill").join("run");
+    // Kill, resume, kill again, ... at moments spread over the whole run: loading the
+    // data, mid-step, writing a checkpoint, evaluating, exporting.
+    let kills = kill_and_resume_until_done(digits_args(&dir), &dir, &mut Lcg(20261128), 200, 2300);
     assert!(kills >= 3, "only {kills} kills landed");
-    eprintln!("{kills} kills, {resumes} resumes");
     assert_eq!(&outcome(&dir), expected);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_resumed_stage_keeps_its_teacher_cache() {
+    // Stage `plain` caches the frozen teacher's outputs; the checkpoint carries the cache,
+    // so a resumed run counts the same teacher forwards: one per training sample.
+    let file = "tests/cases/passes/cache_teacher.kd";
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "run",
+            file,
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "stage.plain.epochs=20",
+            "--set",
+            "pipeline.cache.checkpoint_every=5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let base = scratch("cache");
+    let whole = base.join("whole");
+    let started = Instant::now();
+    let output = kdc(&as_strs(&args(&whole)));
+    assert!(output.status.success(), "{}", stderr(&output));
+    // Kill moments spread over however long a whole run takes on this machine.
+    let took = started.elapsed().as_millis() as u64;
+    let dir = base.join("killed");
+    let kills = kill_and_resume_until_done(args(&dir), &dir, &mut Lcg(7), took / 10, took * 8 / 10);
+    assert!(kills >= 1, "no kill landed");
+    let untimed = |dir: &Path| {
+        let mut summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        for stage in summary["stages"].as_array_mut().unwrap() {
+            let stage = stage.as_object_mut().unwrap();
+            stage.remove("seconds");
+            stage.remove("samples_per_s");
+        }
+        summary
+    };
+    let (a, b) = (untimed(&whole), untimed(&dir));
+    assert_eq!(a["models"], b["models"]);
+    assert_eq!(a["stages"], b["stages"]);
+    let plain = a["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "plain")
+        .unwrap();
+    assert_eq!(plain["epochs"], 20);
+    assert_eq!(plain["teacher_forwards"], 1438, "once per training sample");
 }
 
 #[cfg(unix)]

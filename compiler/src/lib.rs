@@ -20,7 +20,9 @@ pub use check::{check, Checked, CheckedStage, SourceFile, TypedExpr, TypedNode};
 pub use diagnostics::{CheckError, KdError, OverrideError};
 pub use lower::lower;
 pub use overrides::{apply_overrides, parse_overrides};
-pub use passes::{fold_constants, optimize, order_stages, prune, share_common};
+pub use passes::{
+    cache_frozen_forwards, fold_constants, optimize, order_stages, prune, share_common,
+};
 
 use kd_plan::{Override, Plan};
 

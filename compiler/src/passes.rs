@@ -1,7 +1,8 @@
 //! Passes over the Plan. Each is small and named, and runs on the whole graph:
 //! `fold_constants` (`T^2` becomes one number), `share_common` (one `softmax(t.logits / T)`
 //! however many terms use it), `prune` (drop what no stage's loss needs, such as a teacher
-//! forward in a stage whose loss never reads it).
+//! forward in a stage whose loss never reads it), `cache_frozen_forwards` (a frozen
+//! teacher that sees un-augmented batches runs once per sample, not once per epoch).
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,6 +15,7 @@ pub fn optimize(mut plan: Plan) -> Plan {
     fold_constants(&mut plan);
     share_common(&mut plan);
     prune(&mut plan);
+    cache_frozen_forwards(&mut plan);
     order_stages(&mut plan);
     plan
 }
@@ -127,6 +129,46 @@ pub fn prune(plan: &mut Plan) {
         .collect();
     for n in dead {
         plan.graph.remove_node(n);
+    }
+}
+
+/// Marks for caching every forward of a model that its stage does not train, when its
+/// input comes straight from a batch: in evaluation mode and frozen, the model gives each
+/// sample the same outputs every epoch. An augmented input differs every epoch and is
+/// left alone.
+pub fn cache_frozen_forwards(plan: &mut Plan) {
+    let trained: HashMap<&str, &str> = plan
+        .stages
+        .iter()
+        .map(|s| (s.name.as_str(), s.trains.as_str()))
+        .collect();
+    let mut cached = Vec::new();
+    for node in plan.graph.node_indices() {
+        let Some(weight) = plan.graph.node_weight(node) else {
+            continue;
+        };
+        let Op::Forward { model, .. } = &weight.op else {
+            continue;
+        };
+        if trained.get(weight.stage.as_str()) == Some(&model.as_str()) {
+            continue;
+        }
+        let from_batch = arguments(plan, node).iter().all(|(arg, source, port)| {
+            *arg == 0
+                && port == "x"
+                && matches!(
+                    plan.graph.node_weight(*source).map(|n| &n.op),
+                    Some(Op::Batch { .. })
+                )
+        });
+        if from_batch {
+            cached.push((node, model.clone()));
+        }
+    }
+    for (node, model) in cached {
+        if let Some(weight) = plan.graph.node_weight_mut(node) {
+            weight.op = Op::CachedForward { model };
+        }
     }
 }
 

@@ -12,6 +12,7 @@ fn label(node: &Node) -> String {
         Op::Forward { model, train } => {
             format!("{model} forward{}", if *train { "" } else { " (frozen)" })
         }
+        Op::CachedForward { model } => format!("{model} forward (frozen, cached)"),
         Op::Const { value } => short_number(*value),
         Op::Add => "+".into(),
         Op::Sub => "-".into(),
@@ -68,7 +69,7 @@ pub fn mermaid(plan: &Plan) -> String {
         for n in &stage.nodes {
             if let Some(node) = plan.graph.node_weight(*n) {
                 let shape = match node.op {
-                    Op::Batch { .. } => ("[(", ")]"),
+                    Op::Batch { .. } | Op::CachedForward { .. } => ("[(", ")]"),
                     Op::Forward { .. } => ("[[", "]]"),
                     Op::Loss => ("((", "))"),
                     _ => ("[", "]"),
@@ -121,7 +122,7 @@ pub fn dot(plan: &Plan) -> String {
         for n in &stage.nodes {
             if let Some(node) = plan.graph.node_weight(*n) {
                 let shape = match node.op {
-                    Op::Batch { .. } => "cylinder",
+                    Op::Batch { .. } | Op::CachedForward { .. } => "cylinder",
                     Op::Forward { .. } => "box3d",
                     Op::Loss => "doublecircle",
                     _ => "box",

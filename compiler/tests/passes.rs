@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use kd_compiler::{check, fold_constants, lower, prune, render, share_common, SourceFile};
+use kd_compiler::{
+    cache_frozen_forwards, check, fold_constants, lower, prune, render, share_common, SourceFile,
+};
 use kd_plan::{Op, Plan};
 
 fn lowered(path: &Path) -> Plan {
@@ -36,6 +38,9 @@ fn each_pass_on_its_own() {
         prune(&mut plan);
         kd_compiler::order_stages(&mut plan);
         shots.push(("prune", render::mermaid(&plan)));
+        cache_frozen_forwards(&mut plan);
+        kd_compiler::order_stages(&mut plan);
+        shots.push(("cache_frozen_forwards", render::mermaid(&plan)));
         let text: String = shots
             .iter()
             .map(|(name, m)| format!("=== after {name}\n{m}\n"))
@@ -76,4 +81,31 @@ fn passes_do_what_they_say() {
     prune(&mut plan);
     assert!(plan.graph.node_weight(unused).is_none());
     assert_eq!(forwards(&plan), 4);
+}
+
+#[test]
+fn only_a_frozen_model_on_unaugmented_batches_is_cached() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cases/passes/cache_teacher.kd");
+    let mut plan = kd_compiler::optimize(lowered(&path));
+    let cached_in = |p: &Plan, stage: &str| {
+        p.graph
+            .node_weights()
+            .filter(|n| n.stage == stage && matches!(n.op, Op::CachedForward { .. }))
+            .count()
+    };
+    assert_eq!(
+        cached_in(&plan, "teach"),
+        0,
+        "a trained model is never cached"
+    );
+    assert_eq!(cached_in(&plan, "plain"), 1);
+    assert_eq!(
+        cached_in(&plan, "augmented"),
+        0,
+        "its batches change every epoch"
+    );
+    // Running the pass again changes nothing.
+    let before = render::mermaid(&plan);
+    cache_frozen_forwards(&mut plan);
+    assert_eq!(render::mermaid(&plan), before);
 }

@@ -404,6 +404,13 @@ pub enum Op {
         model: String,
         train: bool,
     },
+    /// A frozen model's forward on a batch that no augmentation changed, so each sample's
+    /// outputs are the same every epoch: the runtime computes them once per sample in the
+    /// stage and serves them from a cache afterwards. Argument 0 and the ports are a
+    /// `Forward`'s. Inserted by the compiler, never written by hand.
+    CachedForward {
+        model: String,
+    },
     /// A constant scalar.
     Const {
         value: f64,

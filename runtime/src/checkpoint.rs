@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheTable, OutputCache};
 use crate::error::{Result, RuntimeError, TensorContext};
 use crate::files::write_atomically;
 use crate::metrics::SplitMetrics;
@@ -22,7 +23,7 @@ use crate::summary::StageSummary;
 /// The checkpoint's name in the run folder.
 pub const FILE: &str = "checkpoint.safetensors";
 /// Bumped when the layout changes; an older checkpoint is refused with a clear message.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const STATE_KEY: &str = "kdc.checkpoint";
 
 /// Where a run stands, and what it has produced so far.
@@ -47,6 +48,21 @@ pub struct RunState {
     pub optimizer_steps: Vec<u64>,
     /// Bytes of `metrics.jsonl` that belong to the run at this point.
     pub metrics_log_bytes: u64,
+    /// The stage's frozen-model output cache: each table's key and layout (the rows
+    /// are tensors).
+    #[serde(default)]
+    pub cache: Vec<CachedTable>,
+}
+
+/// The layout of one table of the output cache.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct CachedTable {
+    pub model: String,
+    pub data: String,
+    pub split: String,
+    pub samples: usize,
+    /// Each port's name and the shape of one sample's output.
+    pub ports: Vec<(String, Vec<usize>)>,
 }
 
 /// A stage's progress: the executor's loop state, saved as is.
@@ -152,6 +168,83 @@ impl Checkpoint {
             self.add(format!("best/{index}"), tensor)?;
         }
         Ok(())
+    }
+
+    /// Saves the stage's output cache.
+    pub fn add_cache(&mut self, cache: &OutputCache) {
+        self.state.cache.clear();
+        for (index, ((model, data, split), table)) in cache.tables.iter().enumerate() {
+            self.state.cache.push(CachedTable {
+                model: model.clone(),
+                data: data.clone(),
+                split: split.clone(),
+                samples: table.samples,
+                ports: table
+                    .ports
+                    .iter()
+                    .map(|(name, shape, _)| (name.clone(), shape.clone()))
+                    .collect(),
+            });
+            for (port, (_, _, rows)) in table.ports.iter().enumerate() {
+                self.tensors.insert(
+                    format!("cache/{index}/{port}"),
+                    (vec![rows.len()], rows.clone()),
+                );
+            }
+            let filled = table
+                .filled
+                .iter()
+                .map(|&f| f32::from(u8::from(f)))
+                .collect();
+            self.tensors.insert(
+                format!("cache/{index}/filled"),
+                (vec![table.samples], filled),
+            );
+        }
+    }
+
+    /// The output cache saved by [`Checkpoint::add_cache`].
+    pub fn cache(&self, path: &Path) -> Result<OutputCache> {
+        let mut cache = OutputCache::default();
+        for (index, info) in self.state.cache.iter().enumerate() {
+            let tensor = |name: String| {
+                self.tensors
+                    .get(&name)
+                    .map(|(_, v)| v)
+                    .ok_or_else(|| broken(path, format!("it holds no tensor `{name}`")))
+            };
+            let filled: Vec<bool> = tensor(format!("cache/{index}/filled"))?
+                .iter()
+                .map(|&v| v != 0.0)
+                .collect();
+            let mut ports = Vec::with_capacity(info.ports.len());
+            for (port, (name, shape)) in info.ports.iter().enumerate() {
+                let rows = tensor(format!("cache/{index}/{port}"))?.clone();
+                let width: usize = shape.iter().product();
+                if rows.len() != info.samples * width {
+                    return Err(broken(
+                        path,
+                        format!("cache table {index} has the wrong size"),
+                    ));
+                }
+                ports.push((name.clone(), shape.clone(), rows));
+            }
+            if filled.len() != info.samples {
+                return Err(broken(
+                    path,
+                    format!("cache table {index} has the wrong size"),
+                ));
+            }
+            cache.tables.insert(
+                (info.model.clone(), info.data.clone(), info.split.clone()),
+                CacheTable {
+                    samples: info.samples,
+                    ports,
+                    filled,
+                },
+            );
+        }
+        Ok(cache)
     }
 
     /// The optimizer state saved by [`Checkpoint::add_optimizer`].

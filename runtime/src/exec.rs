@@ -12,6 +12,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use kd_plan::{Keep, Metric, NonFinite, Op, Plan, Role, Stage};
 
+use crate::cache::OutputCache;
 use crate::checkpoint::{Checkpoint, RunState, SeedRecord, StageState};
 use crate::data::{epoch_order, Dataset};
 use crate::error::{plan_error, NonFiniteError, Result, RuntimeError, TensorContext};
@@ -365,7 +366,7 @@ impl Run<'_> {
     /// and best weights while it runs.
     fn checkpoint(
         &self,
-        stage: Option<(&Optim, Option<&Vec<Tensor>>)>,
+        stage: Option<(&Optim, Option<&Vec<Tensor>>, &OutputCache)>,
         models: &HashMap<String, Model>,
     ) -> Result<()> {
         let mut state = self.state.clone();
@@ -373,8 +374,9 @@ impl Run<'_> {
         // Models in plan order, so two checkpoints of one state are byte for byte equal.
         let ordered = self.plan.models.iter().filter_map(|m| models.get(&m.name));
         let mut checkpoint = Checkpoint::new(state, ordered)?;
-        if let Some((optim, best)) = stage {
+        if let Some((optim, best, cache)) = stage {
             checkpoint.add_optimizer(optim.slots());
+            checkpoint.add_cache(cache);
             if let Some(best) = best {
                 checkpoint.add_best(best)?;
             }
@@ -429,6 +431,7 @@ impl Run<'_> {
 
     fn build_batch(&self, data: &str, split: &str, positions: &[usize]) -> Result<BatchData> {
         let dataset = self.dataset(data)?;
+        let split_name = split;
         let split = dataset.split(split)?;
         let mut x = Vec::new();
         let mut labels = Vec::new();
@@ -439,6 +442,10 @@ impl Run<'_> {
         Ok(BatchData {
             x,
             labels: Labels::hard(labels),
+            data: data.to_string(),
+            split: split_name.to_string(),
+            indices: positions.to_vec(),
+            split_samples: split.len(),
         })
     }
 
@@ -478,9 +485,12 @@ impl Run<'_> {
         let mut optim = Optim::new(&stage.optimizer, params.len());
         let mut best_weights: Option<Vec<Tensor>> = None;
         let mut st = StageState::default();
+        // Frozen models' outputs, per sample, for this stage's `CachedForward` nodes.
+        let mut cache = OutputCache::default();
         if let Some(checkpoint) = resume {
             optim.restore(checkpoint.optimizer());
             best_weights = checkpoint.best()?;
+            cache = checkpoint.cache(&crate::checkpoint::path(&self.opts.out_dir))?;
             st = checkpoint.state.stage.unwrap_or_default();
         }
         let sources = self.batch_sources(stage);
@@ -540,7 +550,7 @@ impl Run<'_> {
                     validation: None,
                     fills: &self.fills,
                 };
-                let output = run_step(&input, models)?;
+                let output = run_step(&input, models, &mut cache)?;
                 st.teacher_forwards += output.frozen_samples;
                 let loss = output.loss.as_ref().ok_or_else(|| {
                     plan_error(format!("stage `{}` computes no loss", stage.name))
@@ -579,7 +589,7 @@ impl Run<'_> {
                     st.seconds += clock.elapsed().as_secs_f64();
                     clock = Instant::now();
                     self.state.stage = Some(st.clone());
-                    self.checkpoint(Some((&optim, best_weights.as_ref())), models)?;
+                    self.checkpoint(Some((&optim, best_weights.as_ref(), &cache)), models)?;
                     self.stop_if_interrupted()?;
                 }
             }
@@ -594,7 +604,14 @@ impl Run<'_> {
             );
 
             let validation = match &stage.validate {
-                Some(_) => Some(self.validate(stage, seed, epoch, models, teacher_val.as_ref())?),
+                Some(_) => Some(self.validate(
+                    stage,
+                    seed,
+                    epoch,
+                    models,
+                    &mut cache,
+                    teacher_val.as_ref(),
+                )?),
                 None => None,
             };
             let seconds = epoch_started.elapsed().as_secs_f64();
@@ -663,7 +680,7 @@ impl Run<'_> {
             st.seconds += clock.elapsed().as_secs_f64();
             clock = Instant::now();
             self.state.stage = Some(st.clone());
-            self.checkpoint(Some((&optim, best_weights.as_ref())), models)?;
+            self.checkpoint(Some((&optim, best_weights.as_ref(), &cache)), models)?;
             self.stop_if_interrupted()?;
         }
         progress.finish();
@@ -719,7 +736,12 @@ impl Run<'_> {
                     .find(|n| {
                         !matches!(
                             op(n),
-                            Some(Op::Batch { .. } | Op::Augment { .. } | Op::Forward { .. })
+                            Some(
+                                Op::Batch { .. }
+                                    | Op::Augment { .. }
+                                    | Op::Forward { .. }
+                                    | Op::CachedForward { .. }
+                            )
                         )
                     })
                     .copied()
@@ -734,7 +756,7 @@ impl Run<'_> {
                         Op::Augment { pipeline } => {
                             format!("augmentation `{pipeline}` gives a NaN or an infinity")
                         }
-                        Op::Forward { model, .. } => {
+                        Op::Forward { model, .. } | Op::CachedForward { model } => {
                             format!("model `{model}` gives a NaN or an infinity")
                         }
                         _ => return None,
@@ -805,6 +827,7 @@ impl Run<'_> {
         seed: u64,
         epoch: usize,
         models: &mut HashMap<String, Model>,
+        cache: &mut OutputCache,
         teacher_predictions: Option<&Vec<u32>>,
     ) -> Result<Validation> {
         let validate = stage
@@ -833,7 +856,7 @@ impl Run<'_> {
                 validation: Some(&batch),
                 fills: &self.fills,
             };
-            let output = run_step(&input, models)?;
+            let output = run_step(&input, models, cache)?;
             if let Some(loss) = output.loss {
                 let value = loss
                     .to_dtype(candle_core::DType::F64)

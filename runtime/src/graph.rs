@@ -7,6 +7,7 @@ use candle_core::{DType, Tensor};
 use kd_plan::{argument, Kind, NodeId, Op, Plan, Stage};
 
 use crate::augment::{self, AugmentKey};
+use crate::cache::OutputCache;
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
 use crate::losses::{self, Dist, Labels};
 use crate::model::Model;
@@ -17,6 +18,12 @@ pub struct BatchData {
     /// `[B, ...sample_shape]`, normalised, f32.
     pub x: Tensor,
     pub labels: Labels,
+    /// Where the rows come from: data source, split, each row's position in the split,
+    /// and the split's size (the keys of the output cache).
+    pub data: String,
+    pub split: String,
+    pub indices: Vec<usize>,
+    pub split_samples: usize,
 }
 
 /// A value flowing along an edge.
@@ -118,7 +125,11 @@ pub struct StepOutput {
 }
 
 /// Runs `stage.nodes` in order and returns the loss and the trained model's output.
-pub fn run_step(input: &StepInput, models: &mut HashMap<String, Model>) -> Result<StepOutput> {
+pub fn run_step(
+    input: &StepInput,
+    models: &mut HashMap<String, Model>,
+    cache: &mut OutputCache,
+) -> Result<StepOutput> {
     let graph = &input.plan.graph;
     let mut values: HashMap<NodeId, Ports> = HashMap::with_capacity(input.stage.nodes.len());
     let mut out = StepOutput::default();
@@ -152,13 +163,7 @@ pub fn run_step(input: &StepInput, models: &mut HashMap<String, Model>) -> Resul
         let single = |value: Value| vec![("out".to_string(), value)];
         let ports: Ports = match &node.op {
             Op::Batch { data, split } => {
-                let batch = match input.validation {
-                    Some(batch) if input.validating => batch,
-                    _ => input
-                        .batches
-                        .get(&(data.clone(), split.clone()))
-                        .ok_or_else(|| plan_error(format!("no batch of `{data}.{split}`")))?,
-                };
+                let batch = batch_of(input, data, split)?;
                 vec![
                     ("x".to_string(), Value::Tensor(batch.x.clone())),
                     ("label".to_string(), Value::Labels(batch.labels.clone())),
@@ -202,6 +207,38 @@ pub fn run_step(input: &StepInput, models: &mut HashMap<String, Model>) -> Resul
                         let t = if is_trained { t } else { t.detach() };
                         (port, Value::Tensor(t))
                     })
+                    .collect()
+            }
+            Op::CachedForward { model } => {
+                let (source, _) = argument(graph, node_id, 0)
+                    .ok_or_else(|| plan_error("a cached forward without a batch"))?;
+                let Some(Op::Batch { data, split }) = graph.node_weight(source).map(|n| &n.op)
+                else {
+                    return Err(plan_error("a cached forward must read a batch"));
+                };
+                let batch = batch_of(input, data, split)?;
+                // While validating, the batch comes from the validation split.
+                let (data, split) = match input.validation {
+                    Some(v) if input.validating => (v.data.clone(), v.split.clone()),
+                    _ => (data.clone(), split.clone()),
+                };
+                let instance = models
+                    .get_mut(model)
+                    .ok_or_else(|| plan_error(format!("no model `{model}`")))?;
+                let cached = cache.forward(
+                    &(model.clone(), data, split),
+                    batch.split_samples,
+                    &batch.indices,
+                    &batch.x,
+                    |x| instance.forward(x, false),
+                )?;
+                if !input.validating {
+                    out.frozen_samples += cached.computed as u64;
+                }
+                cached
+                    .ports
+                    .into_iter()
+                    .map(|(port, t)| (port, Value::Tensor(t)))
                     .collect()
             }
             Op::Const { value } => single(Value::Const(*value)),
@@ -322,6 +359,18 @@ fn all_finite(value: &Value) -> Result<bool> {
         .and_then(|t| t.to_vec1::<f32>())
         .ctx("looking for a non-finite value")?;
     Ok(values.iter().all(|v| v.is_finite()))
+}
+
+/// The batch a `Batch` node of `data.split` hands out (the validation batch while
+/// validating).
+fn batch_of<'b>(input: &'b StepInput, data: &str, split: &str) -> Result<&'b BatchData> {
+    match input.validation {
+        Some(batch) if input.validating => Ok(batch),
+        _ => input
+            .batches
+            .get(&(data.to_string(), split.to_string()))
+            .ok_or_else(|| plan_error(format!("no batch of `{data}.{split}`"))),
+    }
 }
 
 fn augment_ports(
