@@ -228,6 +228,9 @@ CASES = {
     "csv_label_past_u32": lambda: csv_check(
         "csv_label_past_u32", "a label of 2^64, past any class id",
         b"1,2,0\n3,4,18446744073709551616\n5,6,0\n7,8,1\n"),
+    "csv_label_usize_max": lambda: csv_check(
+        "csv_label_usize_max", "a label of 2^64 - 1 (the checker once added one to it and overflowed)",
+        b"1,2,0\n3,4,18446744073709551615\n5,6,0\n7,8,1\n"),
     "csv_label_fraction": lambda: csv_check(
         "csv_label_fraction", "a label of 0.5", b"1,2,0\n3,4,0.5\n5,6,0\n7,8,1\n"),
     "csv_nan_feature": lambda: csv_check(
