@@ -9,6 +9,7 @@ pub mod diagnostics;
 pub mod explain;
 mod inspect;
 mod lower;
+mod onnx;
 mod overrides;
 mod passes;
 pub mod render;

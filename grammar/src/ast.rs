@@ -171,9 +171,46 @@ pub enum RoleKind {
 pub struct RoleDecl {
     pub role: RoleKind,
     pub name: Ident,
-    pub architecture: Ident,
-    /// `from "weights.safetensors"`
-    pub init_from: Option<Value>,
+    pub source: RoleSource,
+    pub span: Span,
+}
+
+/// What a role is an instance of.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub enum RoleSource {
+    /// `= arch` or `= arch from "weights.safetensors"`
+    Architecture {
+        architecture: Ident,
+        init_from: Option<Value>,
+    },
+    /// `= onnx("file.onnx") { ... }`
+    Onnx(OnnxSource),
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct OnnxSource {
+    /// The file, a string literal.
+    pub path: Value,
+    pub ports: Vec<OnnxPort>,
+    pub span: Span,
+}
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnnxPortRole {
+    Input,
+    Output,
+    Tap,
+}
+
+/// `input "name" [shape]`, `output "name" [shape]` or `tap "name" [shape] as alias`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct OnnxPort {
+    pub role: OnnxPortRole,
+    /// The ONNX value's name, a string literal.
+    pub value: Value,
+    /// One sample's shape (a list), when written.
+    pub shape: Option<Value>,
+    pub alias: Option<Ident>,
     pub span: Span,
 }
 

@@ -179,6 +179,10 @@ fn rule_name(rule: &Rule) -> &'static str {
         Rule::residual | Rule::layer | Rule::kw_residual => "a layer",
         Rule::alias => "`as name`",
         Rule::role => "`teacher` or `student`",
+        Rule::onnx_source | Rule::kw_onnx => "`onnx(\"file.onnx\") { ... }`",
+        Rule::onnx_port | Rule::onnx_role | Rule::kw_output | Rule::kw_tap => {
+            "`input`, `output` or `tap \"name\"`"
+        }
         Rule::loss_params | Rule::loss_param => "loss parameters `(name = value)`",
         Rule::train_stmt
         | Rule::distill_stmt

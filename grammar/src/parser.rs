@@ -141,13 +141,19 @@ fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
                 _ => RoleKind::Student,
             };
             let name = ident(next_part(&mut it, "model name")?);
-            let architecture = ident(next_part(&mut it, "architecture")?);
-            let init_from = it.next().map(string_value).transpose()?;
+            let what = next_part(&mut it, "architecture")?;
+            let source = if what.as_rule() == Rule::onnx_source {
+                RoleSource::Onnx(onnx_source(what)?)
+            } else {
+                RoleSource::Architecture {
+                    architecture: ident(what),
+                    init_from: it.next().map(string_value).transpose()?,
+                }
+            };
             Declaration::Role(RoleDecl {
                 role,
                 name,
-                architecture,
-                init_from,
+                source,
                 span,
             })
         }
@@ -399,6 +405,39 @@ fn call(pair: Pair<Rule>) -> Result<Call> {
         args.push(argument);
     }
     Ok(Call { name, args, span })
+}
+
+fn onnx_source(pair: Pair<Rule>) -> Result<OnnxSource> {
+    let span = span_of(&pair);
+    let mut it = parts(pair);
+    let path = string_value(next_part(&mut it, "ONNX file")?)?;
+    let mut ports = Vec::new();
+    for port in it {
+        let port_span = span_of(&port);
+        let mut p = parts(port);
+        let role = match next_part(&mut p, "port")?.as_str() {
+            "input" => OnnxPortRole::Input,
+            "output" => OnnxPortRole::Output,
+            _ => OnnxPortRole::Tap,
+        };
+        let value = string_value(next_part(&mut p, "ONNX value name")?)?;
+        let mut shape = None;
+        let mut alias = None;
+        for part in p {
+            match part.as_rule() {
+                Rule::alias => alias = Some(ident(first(part, "alias")?)),
+                _ => shape = Some(self::value(part)?),
+            }
+        }
+        ports.push(OnnxPort {
+            role,
+            value,
+            shape,
+            alias,
+            span: port_span,
+        });
+    }
+    Ok(OnnxSource { path, ports, span })
 }
 
 fn string_value(pair: Pair<Rule>) -> Result<Value> {

@@ -257,6 +257,20 @@ pub struct ModelSpec {
     pub params: usize,
     pub flops: u64,
     pub span: Span,
+    /// Set for a model that runs from an ONNX file (frozen; `layers` is empty).
+    #[serde(default)]
+    pub onnx: Option<OnnxSpec>,
+}
+
+/// An ONNX model: the file, the graph's input and output values, and the tapped values.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct OnnxSpec {
+    /// As written in the `.kd` file: relative to `source.base_dir`.
+    pub path: PathBuf,
+    pub input: String,
+    pub output: String,
+    /// `(tap name in the pipeline, ONNX value name)`.
+    pub taps: Vec<(String, String)>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

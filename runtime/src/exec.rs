@@ -311,7 +311,10 @@ impl Run<'_> {
             .filter(|c| c.state.stage_index > 0 || c.state.stage.is_some());
         let mut models = HashMap::new();
         for spec in &plan.models {
-            let mut model = Model::new(spec, seed)?;
+            let mut model = match &spec.onnx {
+                Some(onnx) => Model::from_onnx(spec, &plan.resolve(&onnx.path))?,
+                None => Model::new(spec, seed)?,
+            };
             match &resume {
                 Some(checkpoint) => checkpoint
                     .restore_model(&mut model, &crate::checkpoint::path(&self.opts.out_dir))?,

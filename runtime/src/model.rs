@@ -1,6 +1,7 @@
 //! Models built from a `ModelSpec`: layers, parameters under stable names, forward with taps,
 //! and loading and saving weights as safetensors.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -74,6 +75,20 @@ pub struct Model {
     seed: u64,
     /// Forward passes so far in training mode; keys each pass's dropout masks.
     dropout_calls: u64,
+    /// Set when the model runs from an ONNX file instead of `layers`.
+    onnx: Option<OnnxGraph>,
+}
+
+/// A frozen model evaluated by candle-onnx.
+#[derive(Debug)]
+struct OnnxGraph {
+    /// The file's model, with every tapped value added to the graph's outputs.
+    proto: candle_onnx::onnx::ModelProto,
+    input: String,
+    /// `(port, ONNX value)`: the taps, `output` and the output's alias.
+    ports: Vec<(String, String)>,
+    /// Numbers in the file's weights.
+    params: usize,
 }
 
 /// Builds layers, drawing each fresh parameter from its own stream.
@@ -260,6 +275,67 @@ impl Model {
             buffers: builder.buffers,
             seed,
             dropout_calls: 0,
+            onnx: None,
+        })
+    }
+
+    /// A frozen model read from the ONNX file at `path` (the spec's `onnx` part says which
+    /// values are its input, output and taps).
+    pub fn from_onnx(spec: &ModelSpec, path: &Path) -> Result<Model> {
+        let onnx = spec
+            .onnx
+            .as_ref()
+            .ok_or_else(|| plan_error(format!("model `{}` is not an ONNX model", spec.name)))?;
+        let file_error = |reason: String| RuntimeError::Weights {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut proto = <candle_onnx::onnx::ModelProto as prost::Message>::decode(bytes.as_slice())
+            .map_err(|e| file_error(format!("not a readable ONNX model ({e})")))?;
+        let graph = proto
+            .graph
+            .as_mut()
+            .ok_or_else(|| file_error("it holds no graph".into()))?;
+        let ports: Vec<(String, String)> = spec
+            .taps
+            .iter()
+            .map(|tap| {
+                let value = onnx
+                    .taps
+                    .iter()
+                    .find(|(name, _)| *name == tap.name)
+                    .map_or(onnx.output.clone(), |(_, value)| value.clone());
+                (tap.name.clone(), value)
+            })
+            .collect();
+        // candle-onnx hands back the graph's outputs only: make every value read one.
+        for (_, value) in &ports {
+            if !graph.output.iter().any(|o| o.name == *value) {
+                graph.output.push(candle_onnx::onnx::ValueInfoProto {
+                    name: value.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(Model {
+            name: spec.name.clone(),
+            layers: Vec::new(),
+            taps: Vec::new(),
+            params: Vec::new(),
+            buffers: Vec::new(),
+            outputs_probabilities: false,
+            seed: 0,
+            dropout_calls: 0,
+            onnx: Some(OnnxGraph {
+                proto,
+                input: onnx.input.clone(),
+                ports,
+                params: spec.params,
+            }),
         })
     }
 
@@ -270,7 +346,13 @@ impl Model {
 
     /// Number of trainable values.
     pub fn param_count(&self) -> usize {
-        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+        let frozen = self.onnx.as_ref().map_or(0, |o| o.params);
+        frozen
+            + self
+                .params
+                .iter()
+                .map(|(_, v)| v.elem_count())
+                .sum::<usize>()
     }
 
     /// Whether the last layer is a softmax (the output is probabilities, not scores).
@@ -398,6 +480,24 @@ impl Model {
     /// Runs the model on `x` (`[B, ...input]`): the outputs of the taps and `output`.
     /// `train` puts dropout and batch norm in training mode.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
+        if let Some(onnx) = &self.onnx {
+            let inputs = HashMap::from([(onnx.input.clone(), x.clone())]);
+            let values = candle_onnx::simple_eval(&onnx.proto, inputs)
+                .ctx_with(|| format!("ONNX model `{}`", self.name))?;
+            return onnx
+                .ports
+                .iter()
+                .map(|(port, value)| {
+                    let t = values.get(value).cloned().ok_or_else(|| {
+                        plan_error(format!("ONNX model `{}` gave no `{value}`", self.name))
+                    })?;
+                    Ok((
+                        port.clone(),
+                        t.to_dtype(DType::F32).ctx("reading an ONNX output")?,
+                    ))
+                })
+                .collect();
+        }
         let call = self.dropout_calls;
         if train {
             self.dropout_calls += 1;

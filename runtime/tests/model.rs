@@ -110,6 +110,7 @@ fn cnn(name: &str, init_key: &str) -> ModelSpec {
             ty: TensorType::scalar(),
         }],
         init_from: None,
+        onnx: None,
         init_key: init_key.into(),
         params: 0,
         flops: 0,

@@ -4,6 +4,7 @@
 mod data;
 mod expr;
 mod models;
+mod onnx;
 mod stages;
 mod values;
 

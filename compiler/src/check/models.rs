@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kd_grammar::ast::{Call, Declaration, LayerKind, LayerNode, Program, RoleKind, Span};
+use kd_grammar::ast::{
+    Call, Declaration, LayerKind, LayerNode, Program, RoleKind, RoleSource, Span,
+};
 use kd_plan::{DataSpec, Kind, Layer, LayerSpec, ModelSpec, Role, Tap, TensorType};
 
 use super::Cx;
@@ -439,18 +441,33 @@ impl Cx<'_> {
         let mut models = Vec::new();
         for decl in &program.declarations {
             let Declaration::Role(r) = decl else { continue };
-            let Some(arch) = architectures.get(&r.architecture.name) else {
+            let (architecture, init_from) = match &r.source {
+                RoleSource::Architecture {
+                    architecture,
+                    init_from,
+                } => (architecture, init_from),
+                RoleSource::Onnx(source) => {
+                    match self.onnx_role(r, source) {
+                        Some(model) => models.push(model),
+                        None => {
+                            self.failed.insert(format!("model {}", r.name.name));
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(arch) = architectures.get(&architecture.name) else {
                 self.failed.insert(format!("model {}", r.name.name));
                 let declared = program.declarations.iter().any(
-                    |d| matches!(d, Declaration::Model(m) if m.name.name == r.architecture.name),
+                    |d| matches!(d, Declaration::Model(m) if m.name.name == architecture.name),
                 );
                 if !declared {
                     self.error(CheckError::UnknownName {
                         what: "architecture",
-                        name: r.architecture.name.clone(),
-                        span: span(r.architecture.span),
+                        name: architecture.name.clone(),
+                        span: span(architecture.span),
                         help: super::closest(
-                            &r.architecture.name,
+                            &architecture.name,
                             architectures.keys().map(String::as_str),
                         )
                         .or_else(|| Some(one_of(architectures.keys().map(String::as_str)))),
@@ -458,7 +475,7 @@ impl Cx<'_> {
                 }
                 continue;
             };
-            let init_from = match &r.init_from {
+            let init_from = match init_from {
                 Some(v) => {
                     let text = self.string(v, "a weights file").unwrap_or_default();
                     let path = self.resolve_path(&text);
@@ -476,7 +493,7 @@ impl Cx<'_> {
                             span: span(v.span),
                             help: Some(format!(
                                 "the weights must come from a model of architecture `{}`",
-                                r.architecture.name
+                                architecture.name
                             )),
                         });
                     }
@@ -486,7 +503,7 @@ impl Cx<'_> {
             };
             models.push(ModelSpec {
                 name: r.name.name.clone(),
-                architecture: r.architecture.name.clone(),
+                architecture: architecture.name.clone(),
                 role: match r.role {
                     RoleKind::Teacher => Role::Teacher,
                     RoleKind::Student => Role::Student,
@@ -499,6 +516,7 @@ impl Cx<'_> {
                 params: arch.layers.iter().map(|l| l.params).sum(),
                 flops: arch.layers.iter().map(|l| l.flops).sum(),
                 span: to_plan(r.span),
+                onnx: None,
             });
             let _ = arch.span;
         }

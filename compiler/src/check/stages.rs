@@ -259,6 +259,21 @@ impl Cx<'_> {
                 ..
             } => {
                 let m = self.model(model, models);
+                if let Some(m) = m.filter(|m| m.onnx.is_some()) {
+                    self.invalid(
+                        model.span,
+                        format!(
+                            "`{}` comes from an ONNX file, which kdc runs frozen",
+                            m.name
+                        ),
+                        "cannot be trained",
+                        Some(
+                            "train a `model` declared in the pipeline, or distil from this one"
+                                .into(),
+                        ),
+                    );
+                    return None;
+                }
                 (StageKind::Train, m, None, data, augment)
             }
             StageStmt::Distill {
@@ -894,7 +909,8 @@ impl Cx<'_> {
     ) {
         let trained =
             stages.iter().any(|s| s.trains == model.name) || self.trained.contains(&model.name);
-        if model.init_from.is_none() && !trained {
+        // Weights from a file (safetensors or ONNX) count as trained.
+        if model.init_from.is_none() && model.onnx.is_none() && !trained {
             self.error(CheckError::NeverTrained {
                 model: model.name.clone(),
                 used,
@@ -922,6 +938,18 @@ impl Cx<'_> {
                 continue;
             };
             self.trained_somewhere(model, stages, "exported", e.model.span);
+            if model.onnx.is_some() {
+                self.invalid(
+                    e.model.span,
+                    format!(
+                        "`{}` comes from an ONNX file: it has no weights of kdc's to export",
+                        model.name
+                    ),
+                    "an ONNX model",
+                    None,
+                );
+                continue;
+            }
             let paths: Vec<(String, Span)> = if e.paths.is_empty() {
                 vec![(format!("{}.safetensors", model.name), e.span)]
             } else {
