@@ -101,27 +101,35 @@ enum Failure {
     Interrupted,
 }
 
+/// Where the last panic happened, for the one-line report.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 fn main() -> ExitCode {
-    // A panic is a kdc bug, never the user's fault: say so in one line, exit 2, and keep
-    // backtraces for those who ask for them (RUST_BACKTRACE).
+    // A panic is a kdc bug, never the user's fault: the hook only remembers where it
+    // happened, and one line reports it below (exit 2). RUST_BACKTRACE keeps the default.
     if std::env::var_os("RUST_BACKTRACE").is_none() {
         std::panic::set_hook(Box::new(|info| {
             let location = info
                 .location()
                 .map(|l| format!(" at {}:{}", l.file(), l.line()))
                 .unwrap_or_default();
-            let message = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            eprintln!("error[kd::internal]: kdc hit a bug{location}: {message}; please report it with the command that caused it");
-            std::process::exit(2);
+            if let Ok(mut last) = LAST_PANIC.lock() {
+                *last = Some(location);
+            }
         }));
     }
     let cli = Cli::parse();
-    match run(&cli) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&cli)));
+    let Ok(outcome) = outcome else {
+        let location = LAST_PANIC
+            .lock()
+            .ok()
+            .and_then(|mut l| l.take())
+            .unwrap_or_default();
+        eprintln!("error[kd::internal]: kdc hit a bug{location}; please report it with the command that caused it");
+        return ExitCode::from(2);
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Input) => ExitCode::from(1),
         Err(Failure::Usage(message)) => {

@@ -149,13 +149,20 @@ pub fn read(path: &Path) -> Result<OnnxFacts, String> {
         for output in &node.output {
             facts.values.insert(output.clone(), None);
         }
-        if !SUPPORTED.contains(&node.op_type.as_str()) {
+        // candle-onnx 0.11 indexes Gemm's optional third input unchecked.
+        let gemm_without_c = node.op_type == "Gemm" && node.input.len() < 3;
+        if !SUPPORTED.contains(&node.op_type.as_str()) || gemm_without_c {
             let name = if node.name.is_empty() {
                 node.output.first().cloned().unwrap_or_default()
             } else {
                 node.name.clone()
             };
-            facts.unsupported.push(format!("{} ({name})", node.op_type));
+            let what = if gemm_without_c {
+                "Gemm without C"
+            } else {
+                node.op_type.as_str()
+            };
+            facts.unsupported.push(format!("{what} ({name})"));
         }
     }
     for info in graph.value_info.iter().chain(&graph.output) {

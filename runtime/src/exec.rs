@@ -350,7 +350,16 @@ impl Run<'_> {
             } else {
                 self.opts.out_dir.join(&export.path)
             };
-            let size = model.save_weights(&path)?;
+            let size = if path.extension().is_some_and(|e| e == "onnx") {
+                let spec = plan.model(&export.model).ok_or_else(|| {
+                    plan_error(format!("export of unknown model `{}`", export.model))
+                })?;
+                let file = crate::onnx_export::export(spec, model)?;
+                write_atomically(&path, &file)?;
+                file.len() as u64
+            } else {
+                model.save_weights(&path)?
+            };
             bytes.entry(export.model.clone()).or_insert(size);
         }
         let params = models

@@ -16,6 +16,7 @@ pub mod graph;
 pub mod losses;
 pub mod metrics;
 pub mod model;
+pub mod onnx_export;
 pub mod optim;
 pub mod progress;
 pub mod rng;

@@ -89,6 +89,17 @@ struct OnnxGraph {
     ports: Vec<(String, String)>,
     /// Numbers in the file's weights.
     params: usize,
+    /// The file, for messages.
+    path: std::path::PathBuf,
+}
+
+/// The text a panic carried.
+fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// Builds layers, drawing each fresh parameter from its own stream.
@@ -335,6 +346,7 @@ impl Model {
                 input: onnx.input.clone(),
                 ports,
                 params: spec.params,
+                path: path.to_path_buf(),
             }),
         })
     }
@@ -482,8 +494,15 @@ impl Model {
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
         if let Some(onnx) = &self.onnx {
             let inputs = HashMap::from([(onnx.input.clone(), x.clone())]);
-            let values = candle_onnx::simple_eval(&onnx.proto, inputs)
-                .ctx_with(|| format!("ONNX model `{}`", self.name))?;
+            // candle-onnx panics on some malformed graphs: a file's fault, not kdc's.
+            let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                candle_onnx::simple_eval(&onnx.proto, inputs)
+            }))
+            .map_err(|panic| RuntimeError::Weights {
+                path: onnx.path.clone(),
+                reason: format!("candle-onnx cannot evaluate it ({})", panic_message(&panic)),
+            })?;
+            let values = evaluated.ctx_with(|| format!("ONNX model `{}`", self.name))?;
             return onnx
                 .ports
                 .iter()

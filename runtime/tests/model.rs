@@ -350,3 +350,51 @@ fn saved_names_and_shapes_are_the_plans() {
     expected.sort();
     assert_eq!(saved, expected);
 }
+
+#[test]
+fn an_onnx_export_runs_in_kdc_as_the_model_it_came_from() {
+    // Every layer kind, batch-norm statistics moved away from their initial values.
+    let spec = cnn("m", "m");
+    let mut model = Model::new(&spec, 5).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (6, 1, 8, 8), &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        model.forward(&x, true).unwrap();
+    }
+    let expected = model.forward(&x, false).unwrap();
+    let expected = &expected.iter().find(|(p, _)| p == "output").unwrap().1;
+
+    let dir = temp_dir("onnx-export");
+    let path = dir.join("m.onnx");
+    std::fs::write(
+        &path,
+        kd_runtime::onnx_export::export(&spec, &model).unwrap(),
+    )
+    .unwrap();
+    let teacher = ModelSpec {
+        taps: vec![Tap {
+            name: "output".into(),
+            layer: 0,
+            ty: TensorType::scalar(),
+        }],
+        layers: vec![],
+        onnx: Some(kd_plan::OnnxSpec {
+            path: path.clone(),
+            input: "input".into(),
+            output: "output".into(),
+            taps: vec![],
+        }),
+        ..spec.clone()
+    };
+    let mut reloaded = Model::from_onnx(&teacher, &path).unwrap();
+    let got = reloaded.forward(&x, false).unwrap();
+    let got = &got.iter().find(|(p, _)| p == "output").unwrap().1;
+    let difference = (got - expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(difference < 1e-4, "the export differs by {difference}");
+}

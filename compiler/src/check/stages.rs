@@ -959,12 +959,12 @@ impl Cx<'_> {
                     .collect()
             };
             for (path, at) in paths {
-                if !path.ends_with(".safetensors") {
+                if !path.ends_with(".safetensors") && !path.ends_with(".onnx") {
                     self.invalid(
                         at,
-                        format!("kdc exports safetensors files; `{path}` has another extension"),
-                        "not .safetensors",
-                        Some("ONNX export is planned; for now write `export s to \"student.safetensors\"`".into()),
+                        format!("kdc exports .safetensors and .onnx files; `{path}` is neither"),
+                        "unknown format",
+                        Some("write `export s to \"student.safetensors\", \"student.onnx\"`".into()),
                     );
                     continue;
                 }
