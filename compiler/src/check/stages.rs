@@ -964,7 +964,9 @@ impl Cx<'_> {
                         at,
                         format!("kdc exports .safetensors and .onnx files; `{path}` is neither"),
                         "unknown format",
-                        Some("write `export s to \"student.safetensors\", \"student.onnx\"`".into()),
+                        Some(
+                            "write `export s to \"student.safetensors\", \"student.onnx\"`".into(),
+                        ),
                     );
                     continue;
                 }
