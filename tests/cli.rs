@@ -396,6 +396,48 @@ fn a_broken_plan_is_a_diagnostic() {
     assert!(stderr(&o).contains("kd::plan::invalid"), "{}", stderr(&o));
 }
 
+#[test]
+fn a_hand_edited_plan_with_absurd_sizes_is_refused_before_allocating() {
+    let dir = scratch("absurd");
+    let compiled = dir.join("plan.yaml");
+    let o = kdc(&[
+        "compile",
+        "examples/digits.kd",
+        "-o",
+        compiled.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&compiled).unwrap();
+    for (case, from, to, expect) in [
+        (
+            "classes",
+            "classes: 10",
+            "classes: 1000000000000",
+            "1000000000000 classes",
+        ),
+        (
+            "width",
+            "out: 64",
+            "out: 100000000000",
+            "more values than kdc allocates",
+        ),
+    ] {
+        assert!(text.contains(from));
+        let plan = dir.join(format!("{case}.yaml"));
+        std::fs::write(&plan, text.replacen(from, to, 1)).unwrap();
+        let out = dir.join(case);
+        let o = kdc(&[
+            "run",
+            plan.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{case}: {}", stderr(&o));
+        assert!(stderr(&o).contains("kd::run::plan"), "{}", stderr(&o));
+        assert!(stderr(&o).contains(expect), "{}", stderr(&o));
+    }
+}
+
 /// The fresh-machine example as the README runs it: the teacher must reach 0.97 test
 /// accuracy, and teacher, student and baseline are reported side by side.
 #[test]

@@ -59,6 +59,7 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<Summary> {
     if let kd_plan::Device::Cuda(index) = plan.settings.device {
         return Err(RuntimeError::Device(index));
     }
+    crate::limits::check(plan)?;
     let threads = configure_threads(plan.settings.threads);
     let mut datasets = HashMap::new();
     let mut fills = HashMap::new();

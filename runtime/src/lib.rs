@@ -13,6 +13,7 @@ pub mod evaluate;
 pub mod exec;
 pub mod files;
 pub mod graph;
+pub mod limits;
 pub mod losses;
 pub mod metrics;
 pub mod model;
