@@ -430,10 +430,11 @@ fn run_folder(plan: &Plan, folder: &RunFolder, format: ErrorFormat) -> Result<Pa
     }
     if non_empty {
         let replace = matches!(folder, RunFolder::Replace(_));
-        // --force replaces an earlier run, never a folder kdc did not make.
-        if !replace || !dir.join("plan.yaml").is_file() {
+        // --force replaces an earlier run, never a folder kdc did not make (a folder where
+        // `kdc compile -o plan.yaml` wrote a plan is not a run folder).
+        if !replace || !dir.join(RUN_MARKER).is_file() {
             let message = if replace {
-                format!("`{}` is not empty and holds no plan.yaml: kdc replaces only its own run folders, even with --force", dir.display())
+                format!("`{}` is not empty and is not a kdc run folder (it has no {RUN_MARKER}): kdc replaces only its own run folders, even with --force", dir.display())
             } else {
                 format!("the run folder `{}` already exists and is not empty; kdc never overwrites a run (--force replaces an earlier run, --resume continues it)", dir.display())
             };
@@ -443,7 +444,20 @@ fn run_folder(plan: &Plan, folder: &RunFolder, format: ErrorFormat) -> Result<Pa
         std::fs::remove_dir_all(dir).map_err(|e| io_failure(dir, &e, format))?;
     }
     std::fs::create_dir_all(dir).map_err(|e| io_failure(dir, &e, format))?;
+    mark_run_folder(dir, format)?;
     Ok(dir.to_path_buf())
+}
+
+/// Marks a folder as a kdc run folder, the only kind `--force` will replace.
+const RUN_MARKER: &str = ".kdc-run";
+
+fn mark_run_folder(dir: &Path, format: ErrorFormat) -> Result<(), Failure> {
+    let marker = dir.join(RUN_MARKER);
+    std::fs::write(
+        &marker,
+        "a kdc run folder: `kdc run --out THIS --force` may replace it\n",
+    )
+    .map_err(|e| io_failure(&marker, &e, format))
 }
 
 fn fresh_run_folder(plan: &Plan, format: ErrorFormat) -> Result<PathBuf, Failure> {
@@ -458,7 +472,10 @@ fn fresh_run_folder(plan: &Plan, format: ErrorFormat) -> Result<PathBuf, Failure
         std::fs::create_dir_all(&root).map_err(|e| io_failure(&root, &e, format))?;
         // create_dir (not _all) fails if the folder exists: no two runs share one.
         match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
+            Ok(()) => {
+                mark_run_folder(&dir, format)?;
+                return Ok(dir);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(io_failure(&dir, &e, format)),
         }

@@ -343,6 +343,7 @@ fn force_replaces_an_earlier_run_and_nothing_else() {
     let run = base.join("run");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("plan.yaml"), "an earlier run").unwrap();
+    std::fs::write(run.join(".kdc-run"), "").unwrap();
     std::fs::write(run.join("stale.txt"), "from before").unwrap();
     let mut args = vec!["run", "examples/digits.kd", "--out", run.to_str().unwrap()];
     args.extend_from_slice(&[
@@ -366,15 +367,17 @@ fn force_replaces_an_earlier_run_and_nothing_else() {
     assert!(!run.join("stale.txt").exists());
     assert!(run.join("summary.json").exists());
 
-    // A folder that holds no kdc run is never deleted, even with --force.
+    // A folder that holds no kdc run is never deleted, even with --force: not even one
+    // where `kdc compile -o plan.yaml` wrote a plan beside the user's files.
     let foreign = base.join("photos");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("holiday.jpg"), "precious").unwrap();
+    std::fs::write(foreign.join("plan.yaml"), "a compiled plan").unwrap();
     let mut args = vec!["run", "examples/digits.kd", "--force", "--out"];
     args.push(foreign.to_str().unwrap());
     let output = kdc(&args);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("holds no plan.yaml"));
+    assert!(stderr(&output).contains("not a kdc run folder"));
     assert_eq!(
         std::fs::read_to_string(foreign.join("holiday.jpg")).unwrap(),
         "precious"

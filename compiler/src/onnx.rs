@@ -106,6 +106,8 @@ pub struct OnnxFacts {
     pub params: usize,
     /// `op_type (node name)` of each node candle-onnx cannot run.
     pub unsupported: Vec<String>,
+    /// Values computed by a `Softmax` node: probabilities, not logits.
+    pub softmax_outputs: Vec<String>,
 }
 
 fn dims(info: &ValueInfoProto) -> Option<Dims> {
@@ -148,6 +150,9 @@ pub fn read(path: &Path) -> Result<OnnxFacts, String> {
     for node in &graph.node {
         for output in &node.output {
             facts.values.insert(output.clone(), None);
+            if node.op_type == "Softmax" {
+                facts.softmax_outputs.push(output.clone());
+            }
         }
         // candle-onnx 0.11 indexes Gemm's optional third input unchecked.
         let gemm_without_c = node.op_type == "Gemm" && node.input.len() < 3;
@@ -170,10 +175,15 @@ pub fn read(path: &Path) -> Result<OnnxFacts, String> {
             *known = dims(info);
         }
     }
+    // Saturating: a hostile file's dimensions may overflow.
     facts.params = graph
         .initializer
         .iter()
-        .map(|t| t.dims.iter().map(|&d| d.max(0) as usize).product::<usize>())
-        .sum();
+        .map(|t| {
+            t.dims
+                .iter()
+                .fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
+        })
+        .fold(0usize, usize::saturating_add);
     Ok(facts)
 }

@@ -759,6 +759,22 @@ fn layer_parameters(layer: &LayerSpec, prefix: &str, out: &mut Vec<(String, Vec<
     }
 }
 
+/// What kdc itself writes at `path` (relative to a run folder), when an export there would
+/// collide with it: `plan.yaml`, `summary.json`, `metrics.jsonl`, the checkpoint, the
+/// `.kdc-run` marker, and the `seed-N` folders of repeated runs.
+pub fn reserved_in_run_folder(path: &str) -> Option<&'static str> {
+    let first = path.split('/').next().unwrap_or_default();
+    match first {
+        "plan.yaml" => Some("plan"),
+        "summary.json" => Some("summary"),
+        "metrics.jsonl" => Some("metrics log"),
+        "checkpoint.safetensors" | "checkpoint.safetensors.partial" => Some("checkpoint"),
+        ".kdc-run" => Some("run-folder marker"),
+        f if f.starts_with("seed-") => Some("per-seed folder"),
+        _ => None,
+    }
+}
+
 /// Appends to `found` every place where `a` and `b` differ, skipping `span` fields.
 fn diff_values(path: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, found: &mut Vec<String>) {
     use serde_yaml::Value;

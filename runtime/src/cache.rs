@@ -111,10 +111,23 @@ impl OutputCache {
                     .collect(),
                 filled: vec![false; samples],
             });
+        if table.ports.len() != outputs.len() {
+            return Err(plan_error("a cached model changed its outputs"));
+        }
         for ((name, shape, data), (port, tensor)) in table.ports.iter_mut().zip(outputs) {
             if name != port {
                 return Err(plan_error(format!(
                     "a cached model changed its ports: {port}"
+                )));
+            }
+            // One row per sample, each of the table's shape (an ONNX graph may disagree).
+            let mut expected = vec![missing.len()];
+            expected.extend(shape.iter());
+            if tensor.dims() != expected.as_slice() {
+                return Err(plan_error(format!(
+                    "output `{port}` has shape {:?} for {} samples, the cache expects {expected:?}",
+                    tensor.dims(),
+                    missing.len()
                 )));
             }
             let width: usize = shape.iter().product();

@@ -247,6 +247,24 @@ impl Checkpoint {
         Ok(cache)
     }
 
+    /// The optimizer state saved by [`Checkpoint::add_optimizer`], checked against the
+    /// parameters it updates (`sizes`, in order).
+    pub fn optimizer_for(&self, sizes: &[usize], path: &Path) -> Result<Vec<Slot>> {
+        let slots = self.optimizer();
+        let fits = slots.len() == sizes.len()
+            && slots.iter().zip(sizes).all(|(slot, &n)| {
+                (slot.first.is_empty() || slot.first.len() == n)
+                    && (slot.second.is_empty() || slot.second.len() == n)
+            });
+        if !fits {
+            return Err(broken(
+                path,
+                "its optimizer state does not fit the model".into(),
+            ));
+        }
+        Ok(slots)
+    }
+
     /// The optimizer state saved by [`Checkpoint::add_optimizer`].
     pub fn optimizer(&self) -> Vec<Slot> {
         let take = |index: usize, part: &str| {
@@ -315,7 +333,11 @@ impl Checkpoint {
     /// until this one is on disk.
     pub fn write(&self, run_dir: &Path) -> Result<()> {
         let target = path(run_dir);
-        let state = serde_json::to_string(&self.state)?;
+        // YAML, not JSON: a NaN metric or an infinite best value must survive the trip.
+        let state = serde_yaml::to_string(&self.state).map_err(|e| RuntimeError::Write {
+            path: target.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         let mut views = Vec::with_capacity(names.len());
@@ -357,7 +379,7 @@ impl Checkpoint {
             .as_ref()
             .and_then(|m| m.get(STATE_KEY))
             .ok_or_else(|| broken(&path, "it holds no kdc run state".into()))?;
-        let state: RunState = serde_json::from_str(state_json)
+        let state: RunState = serde_yaml::from_str(state_json)
             .map_err(|e| broken(&path, format!("its run state is unreadable ({e})")))?;
         if state.format != FORMAT {
             return Err(broken(

@@ -163,7 +163,8 @@ fn remove_partial_files(dir: &Path) -> Result<()> {
     })?;
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() {
+        // Never follow a link out of the run folder.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             remove_partial_files(&path)?;
         } else if path.extension().is_some_and(|e| e == "partial") {
             std::fs::remove_file(&path).map_err(|source| RuntimeError::Write { path, source })?;
@@ -469,7 +470,6 @@ impl Run<'_> {
         models: &mut HashMap<String, Model>,
         resume: Option<Checkpoint>,
     ) -> Result<StageSummary> {
-        let started = Instant::now();
         let dataset = self.dataset(&stage.data)?;
         let samples = dataset.split(&stage.split)?.len();
         if samples == 0 && stage.epochs > 0 {
@@ -501,7 +501,9 @@ impl Run<'_> {
         // Frozen models' outputs, per sample, for this stage's `CachedForward` nodes.
         let mut cache = OutputCache::default();
         if let Some(checkpoint) = resume {
-            optim.restore(checkpoint.optimizer());
+            let sizes: Vec<usize> = params.iter().map(|(_, v)| v.elem_count()).collect();
+            let path = crate::checkpoint::path(&self.opts.out_dir);
+            optim.restore(checkpoint.optimizer_for(&sizes, &path)?);
             best_weights = checkpoint.best()?;
             cache = checkpoint.cache(&crate::checkpoint::path(&self.opts.out_dir))?;
             st = checkpoint.state.stage.unwrap_or_default();
@@ -563,6 +565,12 @@ impl Run<'_> {
                     validation: None,
                     fills: &self.fills,
                 };
+                // A skipped batch must not leave its batch-norm statistics behind.
+                let skip = self.plan.settings.non_finite == NonFinite::Skip;
+                let saved_statistics = match skip {
+                    true => Some(self.model_ref(models, &stage.trains)?.buffer_snapshot()?),
+                    false => None,
+                };
                 let output = run_step(&input, models, &mut cache)?;
                 st.teacher_forwards += output.frozen_samples;
                 let loss = output.loss.as_ref().ok_or_else(|| {
@@ -593,6 +601,10 @@ impl Run<'_> {
                     st.loss_samples += positions.len();
                 } else {
                     st.skipped_batches += 1;
+                    if let Some(saved) = &saved_statistics {
+                        self.model_ref(models, &stage.trains)?
+                            .restore_buffers(saved)?;
+                    }
                 }
                 st.step += 1;
                 st.global_step += 1;
@@ -706,7 +718,6 @@ impl Run<'_> {
         }
         let seconds = st.seconds + clock.elapsed().as_secs_f64();
         let processed = (samples * st.epochs_run) as f64;
-        let _ = started;
         Ok(StageSummary {
             name: stage.name.clone(),
             model: stage.trains.clone(),
@@ -797,7 +808,7 @@ impl Run<'_> {
             labels,
             help: format!(
                 "{kept}lower the learning rate, clip gradients (`clip`), check the data and the loss, \
-                 or set `non_finite: skip` in `pipeline` to skip such batches"
+                 or set `non_finite: skip` in `pipeline` to skip such batches (in a new run: a resume keeps its plan)"
             ),
         })))
     }

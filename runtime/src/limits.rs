@@ -25,6 +25,28 @@ pub fn check(plan: &Plan) -> Result<()> {
             format!("a sample of data `{}`", data.name)
         })?;
     }
+    // A hand-edited plan may name any path: exports stay inside the run folder, clear of
+    // the files kdc writes there.
+    for export in &plan.exports {
+        let text = export.path.to_string_lossy();
+        let escapes = export.path.is_absolute()
+            || export
+                .path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        if escapes || text.is_empty() {
+            return Err(plan_error(format!(
+                "export `{text}` of model `{}` would be written outside the run folder",
+                export.model
+            )));
+        }
+        if let Some(what) = kd_plan::reserved_in_run_folder(&text) {
+            return Err(plan_error(format!(
+                "export `{text}` of model `{}` would replace kdc's {what}",
+                export.model
+            )));
+        }
+    }
     for model in &plan.models {
         values(&model.input, || {
             format!("the input of model `{}`", model.name)

@@ -338,7 +338,10 @@ impl Model {
             taps: Vec::new(),
             params: Vec::new(),
             buffers: Vec::new(),
-            outputs_probabilities: false,
+            outputs_probabilities: spec
+                .taps
+                .iter()
+                .any(|t| t.name == "output" && t.ty.kind == kd_plan::Kind::Probabilities),
             seed: 0,
             dropout_calls: 0,
             onnx: Some(OnnxGraph {
@@ -389,6 +392,25 @@ impl Model {
                     .ctx_with(|| format!("copying `{name}`"))
             })
             .collect()
+    }
+
+    /// Deep copies of the running statistics alone (cheap: one value per channel).
+    pub fn buffer_snapshot(&self) -> Result<Vec<Tensor>> {
+        self.buffers
+            .iter()
+            .map(|(name, var)| {
+                var.as_tensor()
+                    .copy()
+                    .ctx_with(|| format!("copying `{name}`"))
+            })
+            .collect()
+    }
+
+    pub fn restore_buffers(&self, snapshot: &[Tensor]) -> Result<()> {
+        for ((name, var), saved) in self.buffers.iter().zip(snapshot) {
+            var.set(saved).ctx_with(|| format!("restoring `{name}`"))?;
+        }
+        Ok(())
     }
 
     pub fn restore(&self, snapshot: &[Tensor]) -> Result<()> {

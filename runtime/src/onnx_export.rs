@@ -247,7 +247,7 @@ impl Builder<'_> {
                     &out,
                     vec![
                         ints("kernel_shape", &[*kernel, *kernel]),
-                        ints("strides", &[*stride, *stride]),
+                        ints("strides", &[(*stride).max(1); 2]),
                         ints("pads", &[*padding; 4]),
                     ],
                 ));
@@ -265,7 +265,7 @@ impl Builder<'_> {
                     &out,
                     vec![
                         ints("kernel_shape", &[*kernel, *kernel]),
-                        ints("strides", &[*stride, *stride]),
+                        ints("strides", &[(*stride).max(1); 2]),
                     ],
                 ));
             }

@@ -145,13 +145,19 @@ impl Cx<'_> {
         let alias = output_port
             .and_then(|p| p.alias.as_ref())
             .map_or("logits".to_string(), |a| a.name.clone());
+        // A graph that ends in Softmax gives probabilities, not logits.
+        let kind = if facts.softmax_outputs.contains(&output.value) {
+            Kind::Probabilities
+        } else {
+            Kind::Logits
+        };
         for name in [alias.as_str(), "output"] {
             if !model_taps.iter().any(|t| t.name == name) {
                 model_taps.push(Tap {
                     name: name.to_string(),
                     layer: 0,
                     ty: TensorType {
-                        kind: Kind::Logits,
+                        kind,
                         shape: output.shape.clone(),
                     },
                 });
@@ -207,6 +213,18 @@ impl Cx<'_> {
             });
             return None;
         };
+        // kdc feeds batches of any size: a file that fixes the batch dimension cannot run.
+        if let (OnnxPortRole::Input, Some(Some(n))) =
+            (port.role, dims.as_ref().and_then(|d| d.first()))
+        {
+            self.invalid(
+                port.value.span,
+                format!("`{value}` has a fixed batch dimension of {n} in the file"),
+                "fixed batch",
+                Some("export the model with a symbolic (dynamic) first dimension".into()),
+            );
+            return None;
+        }
         // The file's dimensions after the batch one, when it gives them all.
         let from_file: Option<Vec<usize>> = dims
             .as_ref()

@@ -970,6 +970,15 @@ impl Cx<'_> {
                     );
                     continue;
                 }
+                if let Some(reserved) = kd_plan::reserved_in_run_folder(&path) {
+                    self.invalid(
+                        at,
+                        format!("`{path}` is kdc's own {reserved} in the run folder"),
+                        "reserved name",
+                        Some("give the export another name, such as `student.safetensors`".into()),
+                    );
+                    continue;
+                }
                 if std::path::Path::new(&path).is_absolute() || path.split('/').any(|c| c == "..") {
                     self.invalid(
                         at,
