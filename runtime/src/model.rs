@@ -93,6 +93,22 @@ struct OnnxGraph {
     path: std::path::PathBuf,
 }
 
+fn copy_all<'a>(vars: impl Iterator<Item = (&'a str, &'a Var)>) -> Result<Vec<Tensor>> {
+    vars.map(|(name, var)| {
+        var.as_tensor()
+            .copy()
+            .ctx_with(|| format!("copying `{name}`"))
+    })
+    .collect()
+}
+
+fn set_all<'a>(vars: impl Iterator<Item = (&'a str, &'a Var)>, saved: &[Tensor]) -> Result<()> {
+    for ((name, var), value) in vars.zip(saved) {
+        var.set(value).ctx_with(|| format!("restoring `{name}`"))?;
+    }
+    Ok(())
+}
+
 /// The text a panic carried.
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     payload
@@ -385,39 +401,20 @@ impl Model {
 
     /// Deep copies of every tensor the model owns, to restore later.
     pub fn snapshot(&self) -> Result<Vec<Tensor>> {
-        self.state()
-            .map(|(name, var)| {
-                var.as_tensor()
-                    .copy()
-                    .ctx_with(|| format!("copying `{name}`"))
-            })
-            .collect()
+        copy_all(self.state())
+    }
+
+    pub fn restore(&self, snapshot: &[Tensor]) -> Result<()> {
+        set_all(self.state(), snapshot)
     }
 
     /// Deep copies of the running statistics alone (cheap: one value per channel).
     pub fn buffer_snapshot(&self) -> Result<Vec<Tensor>> {
-        self.buffers
-            .iter()
-            .map(|(name, var)| {
-                var.as_tensor()
-                    .copy()
-                    .ctx_with(|| format!("copying `{name}`"))
-            })
-            .collect()
+        copy_all(self.buffers.iter().map(|(n, v)| (n.as_str(), v)))
     }
 
     pub fn restore_buffers(&self, snapshot: &[Tensor]) -> Result<()> {
-        for ((name, var), saved) in self.buffers.iter().zip(snapshot) {
-            var.set(saved).ctx_with(|| format!("restoring `{name}`"))?;
-        }
-        Ok(())
-    }
-
-    pub fn restore(&self, snapshot: &[Tensor]) -> Result<()> {
-        for ((name, var), saved) in self.state().zip(snapshot) {
-            var.set(saved).ctx_with(|| format!("restoring `{name}`"))?;
-        }
-        Ok(())
+        set_all(self.buffers.iter().map(|(n, v)| (n.as_str(), v)), snapshot)
     }
 
     /// Replaces every tensor with the one of the same name in a safetensors file.
