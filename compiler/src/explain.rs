@@ -26,6 +26,32 @@ fn describe(layer: &Layer) -> String {
         Layer::Tanh => "tanh".into(),
         Layer::Sigmoid => "sigmoid".into(),
         Layer::Softmax => "softmax".into(),
+        Layer::Embedding {
+            vocab,
+            dim,
+            positions,
+        } => format!(
+            "embedding({vocab}, {dim}{})",
+            if *positions { ", positions: true" } else { "" }
+        ),
+        Layer::Conv1d {
+            out,
+            kernel,
+            padding,
+            ..
+        } => format!("conv1d({out}, kernel: {kernel}, padding: {padding})"),
+        Layer::Lstm {
+            hidden,
+            bidirectional,
+        } => format!(
+            "{}({hidden})",
+            if *bidirectional { "bilstm" } else { "lstm" }
+        ),
+        Layer::Transformer { heads, ff, dropout } => {
+            format!("transformer(heads: {heads}, ff: {ff}, dropout: {dropout})")
+        }
+        Layer::LayerNorm { .. } => "layernorm".into(),
+        Layer::Pool { kind } => format!("pool({})", format!("{kind:?}").to_lowercase()),
         Layer::Residual { shortcut, .. } => format!(
             "residual{}",
             if shortcut.is_some() {

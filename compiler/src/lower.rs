@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use kd_plan::{Edge, Graph, Kind, Node, NodeId, Op, Plan, Stage, TensorType, PLAN_VERSION};
+use kd_plan::{
+    Edge, Graph, Kind, Node, NodeId, Op, Plan, Projection, Stage, TensorType, PLAN_VERSION,
+};
 
 use crate::check::{Checked, CheckedStage, TypedExpr, TypedNode};
 
@@ -41,6 +43,8 @@ struct StageBuilder<'g> {
     /// The node whose ports `x` and `label` feed the models and the loss.
     batch: NodeId,
     forwards: HashMap<String, NodeId>,
+    /// The stage's `project(...)` maps, named `project1`, `project2`, ... in order.
+    projections: Vec<Projection>,
 }
 
 impl StageBuilder<'_> {
@@ -89,7 +93,23 @@ impl StageBuilder<'_> {
                         (n, p, a.ty.clone())
                     })
                     .collect();
-                let id = self.node(op.clone(), expr.ty.clone(), span(expr.span));
+                let op = match op {
+                    Op::Project { input, out, .. } => {
+                        let name = format!("project{}", self.projections.len() + 1);
+                        self.projections.push(Projection {
+                            name: name.clone(),
+                            input: *input,
+                            out: *out,
+                        });
+                        Op::Project {
+                            name,
+                            input: *input,
+                            out: *out,
+                        }
+                    }
+                    other => other.clone(),
+                };
+                let id = self.node(op, expr.ty.clone(), span(expr.span));
                 for (arg, (from, port, ty)) in inputs.into_iter().enumerate() {
                     self.edge(from, &port, id, arg, ty);
                 }
@@ -115,6 +135,7 @@ fn lower_stage(checked: &Checked, stage: &CheckedStage, graph: &mut Graph) -> St
         stage: stage.name.clone(),
         batch: NodeId::new(0),
         forwards: HashMap::new(),
+        projections: Vec::new(),
     };
     let batch = b.node(
         Op::Batch {
@@ -180,5 +201,6 @@ fn lower_stage(checked: &Checked, stage: &CheckedStage, graph: &mut Graph) -> St
         validate: stage.validate.clone(),
         baseline_of: stage.baseline_of.clone(),
         span: at,
+        projections: b.projections,
     }
 }

@@ -27,6 +27,8 @@ fn label(node: &Node) -> String {
         Op::SoftCrossEntropy => "soft_cross_entropy".into(),
         Op::Mse => "mse".into(),
         Op::Cosine => "cosine".into(),
+        Op::AttentionTransfer => "attention_transfer".into(),
+        Op::Project { name, input, out } => format!("{name} (trainable, {input} -> {out})"),
         Op::Loss => "loss".into(),
     }
 }

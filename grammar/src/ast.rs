@@ -142,6 +142,8 @@ pub struct AugmentDecl {
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct ModelDecl {
     pub name: Ident,
+    /// `input tokens[...]`: the model reads token ids.
+    pub tokens: bool,
     pub input: Value,
     pub layers: Vec<LayerNode>,
     pub span: Span,
@@ -185,6 +187,15 @@ pub enum RoleSource {
     },
     /// `= onnx("file.onnx") { ... }`
     Onnx(OnnxSource),
+    Bert(BertSource),
+}
+
+/// `bert("folder") { settings }`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct BertSource {
+    pub path: Value,
+    pub settings: Vec<Setting>,
+    pub span: Span,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq)]

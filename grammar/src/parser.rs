@@ -125,10 +125,15 @@ fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
         Rule::model_decl => {
             let name = ident(next_part(&mut it, "model name")?);
             let input_stmt = next_part(&mut it, "input")?;
+            let tokens = input_stmt
+                .clone()
+                .into_inner()
+                .any(|p| p.as_rule() == Rule::kw_tokens);
             let input = value(first_part(input_stmt, "input shape")?)?;
             let layers = it.map(layer_node).collect::<Result<_>>()?;
             Declaration::Model(ModelDecl {
                 name,
+                tokens,
                 input,
                 layers,
                 span,
@@ -144,6 +149,19 @@ fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
             let what = next_part(&mut it, "architecture")?;
             let source = if what.as_rule() == Rule::onnx_source {
                 RoleSource::Onnx(onnx_source(what)?)
+            } else if what.as_rule() == Rule::bert_source {
+                let span = span_of(&what);
+                let mut b = parts(what);
+                let path = string_value(next_part(&mut b, "checkpoint folder")?)?;
+                let settings = match b.next() {
+                    Some(block) => settings(block)?,
+                    None => Vec::new(),
+                };
+                RoleSource::Bert(BertSource {
+                    path,
+                    settings,
+                    span,
+                })
             } else {
                 RoleSource::Architecture {
                     architecture: ident(what),

@@ -83,6 +83,21 @@ pub struct Settings {
     /// What a non-finite loss or gradient does to a stage.
     #[serde(default)]
     pub non_finite: NonFinite,
+    /// Where cached frozen-model outputs live.
+    #[serde(default)]
+    pub cache: CacheMode,
+}
+
+/// Where the outputs of frozen models (a cached teacher, a frozen BERT encoder) are kept.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// In memory, for the run.
+    #[default]
+    Memory,
+    /// Also on disk under `<output>/cache/`, as safetensors files named by a hash of the
+    /// model's weights, the data and the outputs kept, so later runs skip the forwards.
+    Disk,
 }
 
 /// The answer to a non-finite loss or gradient.
@@ -124,6 +139,40 @@ pub struct DataSpec {
     pub scale: f64,
     pub normalize: Normalize,
     pub splits: Vec<SplitSpec>,
+    /// Set for text data: how samples become token ids.
+    #[serde(default)]
+    pub text: Option<TextSpec>,
+}
+
+/// Tokenisation of a text data source: each sample becomes `max_len` token ids, padded
+/// with `pad_id` at the end (the attention mask is `id != pad_id`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TextSpec {
+    /// A Hugging Face `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    pub max_len: usize,
+    pub vocab: usize,
+    pub pad_id: u32,
+    /// The id text augmentation's `mask_tokens` writes.
+    pub mask_id: u32,
+    /// Ids that augmentation never drops, masks or moves (`[CLS]`, `[SEP]`, ...).
+    pub special_ids: Vec<u32>,
+}
+
+/// How a text source is laid out on disk.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TextFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// A JSON array of objects.
+    Json,
+    /// Comma-separated, with a header row naming the fields.
+    Csv,
+    /// Tab-separated, with a header row naming the fields.
+    Tsv,
+    /// One file per sample, in one sub-folder per raw label.
+    Folders,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -144,6 +193,22 @@ pub enum DataSource {
         label_column: usize,
         delimiter: char,
     },
+    /// Text samples with a label each (see `DataSpec::text` for tokenisation).
+    Text {
+        /// A file, or for `folders` the folder holding one sub-folder per raw label.
+        path: PathBuf,
+        format: TextFormat,
+        /// The field holding the text (unused for `folders`).
+        text_field: String,
+        /// The field holding the label (unused for `folders`: the sub-folder's name).
+        label_field: String,
+        /// For `folders`: only files whose name ends with this (e.g. `.txt`).
+        extension: Option<String>,
+        /// Raw label value to class index; every value met must be listed.
+        classes: Vec<(String, usize)>,
+        /// Drop e-mail style headers: keep what follows the first blank line.
+        skip_headers: bool,
+    },
 }
 
 impl DataSource {
@@ -162,6 +227,7 @@ impl DataSource {
                 files
             }
             DataSource::Csv { path, .. } => vec![path],
+            DataSource::Text { path, .. } => vec![path],
         }
     }
 }
@@ -226,6 +292,14 @@ pub enum AugmentOp {
     /// Blend each sample with another of the batch, weight drawn from Beta(alpha, alpha);
     /// the labels blend with the same weight.
     Mixup { alpha: f64 },
+    /// Text: drop each token with probability `p` (the rest close up, padding grows).
+    TokenDropout { p: f64 },
+    /// Text: replace each token with the tokenizer's mask token with probability `p`.
+    MaskTokens { p: f64 },
+    /// Text: delete one span of 1 to `max` consecutive tokens at a random place.
+    SpanDelete { max: usize },
+    /// Text: swap `n` random pairs of tokens.
+    SwapTokens { n: usize },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -260,6 +334,51 @@ pub struct ModelSpec {
     /// Set for a model that runs from an ONNX file (frozen; `layers` is empty).
     #[serde(default)]
     pub onnx: Option<OnnxSpec>,
+    /// Set for a BERT-family model from a checkpoint folder (`layers` is empty).
+    #[serde(default)]
+    pub bert: Option<BertSpec>,
+    /// The input is token ids (`input tokens[len]`), padded with the data's pad id.
+    #[serde(default)]
+    pub tokens: bool,
+}
+
+/// A BERT-family encoder from a folder holding `config.json` and `model.safetensors`,
+/// run by candle-transformers, pooled, with a linear classification head.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BertSpec {
+    /// The folder, as written in the `.kd` file: relative to `source.base_dir`.
+    pub path: PathBuf,
+    pub pooling: Pooling,
+    pub classes: usize,
+    pub trainable: Trainable,
+    /// The checkpoint's encoder layers this model keeps, in order (all of them unless a
+    /// student takes a subset, as DistilBERT takes every other layer).
+    pub layers: Vec<usize>,
+    pub hidden: usize,
+    pub vocab: usize,
+    /// Position embeddings in the checkpoint: the longest input.
+    pub max_positions: usize,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Mean of the last layer over real (unpadded) tokens.
+    Mean,
+    /// The last layer at the first token (`[CLS]`).
+    Cls,
+}
+
+/// Which parameters of a BERT model a stage that trains it updates.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Trainable {
+    /// The classification head only; the encoder's outputs are cached per sample.
+    Head,
+    /// The head and the last `n` encoder layers.
+    Last(usize),
+    /// Everything, embeddings included.
+    All,
 }
 
 /// An ONNX model: the file, the graph's input and output values, and the tapped values.
@@ -329,6 +448,50 @@ pub enum Layer {
         body: Vec<LayerSpec>,
         shortcut: Option<Box<LayerSpec>>,
     },
+    /// Token ids `[L]` to vectors `[L, dim]`; with `positions`, plus a learned vector per
+    /// position.
+    Embedding {
+        vocab: usize,
+        dim: usize,
+        positions: bool,
+    },
+    /// Over the time axis of `[L, C]`, giving `[L', out]`.
+    Conv1d {
+        out: usize,
+        kernel: usize,
+        padding: usize,
+        bias: bool,
+    },
+    /// `[L, C]` to `[L, hidden]` (`[L, 2 hidden]` both ways); padded steps carry the state.
+    Lstm {
+        hidden: usize,
+        bidirectional: bool,
+    },
+    /// A pre-norm transformer encoder block on `[L, D]`: multi-head self-attention over
+    /// the real tokens, then a feed-forward of width `ff`, each with a residual.
+    Transformer {
+        heads: usize,
+        ff: usize,
+        dropout: f64,
+    },
+    /// Normalises the last axis.
+    LayerNorm {
+        eps: f64,
+    },
+    /// `[L, C]` to `[C]` over the real tokens.
+    Pool {
+        kind: SeqPool,
+    },
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SeqPool {
+    /// Max over time (TextCNN).
+    Max,
+    Mean,
+    /// The first token.
+    First,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -450,6 +613,17 @@ pub enum Op {
     Mse,
     /// Mean over the batch of `1 - cos(a, b)`.
     Cosine,
+    /// Attention transfer (Zagoruyko and Komodakis): each argument's map is the mean over
+    /// channels of squared activations, flattened and L2-normalised per sample; the loss is
+    /// the mean squared difference of the two maps.
+    AttentionTransfer,
+    /// A trainable linear map of argument 0's last axis to `out` (`{stage}.{name}`): part
+    /// of what the stage trains, never exported.
+    Project {
+        name: String,
+        input: usize,
+        out: usize,
+    },
     /// The stage's objective: argument 0, a scalar.
     Loss,
 }
@@ -491,6 +665,17 @@ pub struct Stage {
     /// Set on stages that train a baseline: the stage they copy.
     pub baseline_of: Option<String>,
     pub span: Span,
+    /// Trainable projections of the stage's feature losses (`Op::Project` nodes).
+    #[serde(default)]
+    pub projections: Vec<Projection>,
+}
+
+/// A `project(...)` in a stage's loss: a linear map with bias, `out x input`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Projection {
+    pub name: String,
+    pub input: usize,
+    pub out: usize,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -741,6 +926,69 @@ fn layer_parameters(layer: &LayerSpec, prefix: &str, out: &mut Vec<(String, Vec<
                 out.push((format!("{name}.{field}"), vec![c]));
             }
         }
+        Layer::Embedding {
+            vocab,
+            dim,
+            positions,
+        } => {
+            out.push((format!("{name}.weight"), vec![*vocab, *dim]));
+            if *positions {
+                let len = layer.input.first().copied().unwrap_or(0);
+                out.push((format!("{name}.positions"), vec![len, *dim]));
+            }
+        }
+        Layer::Conv1d {
+            out: channels,
+            kernel,
+            bias,
+            ..
+        } => {
+            let c = layer.input.last().copied().unwrap_or(0);
+            out.push((format!("{name}.weight"), vec![*channels, c, *kernel]));
+            if *bias {
+                out.push((format!("{name}.bias"), vec![*channels]));
+            }
+        }
+        Layer::Lstm {
+            hidden,
+            bidirectional,
+        } => {
+            let c = layer.input.last().copied().unwrap_or(0);
+            let directions: &[&str] = if *bidirectional {
+                &["", "_reverse"]
+            } else {
+                &[""]
+            };
+            for d in directions {
+                out.push((format!("{name}.weight_ih{d}"), vec![4 * hidden, c]));
+                out.push((format!("{name}.weight_hh{d}"), vec![4 * hidden, *hidden]));
+                out.push((format!("{name}.bias{d}"), vec![4 * hidden]));
+            }
+        }
+        Layer::Transformer { ff, .. } => {
+            let d = layer.input.last().copied().unwrap_or(0);
+            for (part, shape) in [
+                ("norm1.weight", vec![d]),
+                ("norm1.bias", vec![d]),
+                ("qkv.weight", vec![3 * d, d]),
+                ("qkv.bias", vec![3 * d]),
+                ("attn_out.weight", vec![d, d]),
+                ("attn_out.bias", vec![d]),
+                ("norm2.weight", vec![d]),
+                ("norm2.bias", vec![d]),
+                ("ff1.weight", vec![*ff, d]),
+                ("ff1.bias", vec![*ff]),
+                ("ff2.weight", vec![d, *ff]),
+                ("ff2.bias", vec![d]),
+            ] {
+                out.push((format!("{name}.{part}"), shape));
+            }
+        }
+        Layer::LayerNorm { .. } => {
+            let d = layer.input.last().copied().unwrap_or(0);
+            out.push((format!("{name}.weight"), vec![d]));
+            out.push((format!("{name}.bias"), vec![d]));
+        }
         Layer::Residual { body, shortcut } => {
             let inner = format!("{name}.");
             for l in body {
@@ -756,6 +1004,24 @@ fn layer_parameters(layer: &LayerSpec, prefix: &str, out: &mut Vec<(String, Vec<
             }
         }
         _ => {}
+    }
+}
+
+/// The kind of a layer (or of the first layer inside a residual block) that kdc's ONNX
+/// export cannot write yet, or `None` when the whole layer can be written.
+pub fn onnx_unsupported(layer: &Layer) -> Option<&'static str> {
+    match layer {
+        Layer::Embedding { .. } => Some("embedding"),
+        Layer::Conv1d { .. } => Some("conv1d"),
+        Layer::Lstm { .. } => Some("lstm"),
+        Layer::Transformer { .. } => Some("transformer"),
+        Layer::LayerNorm { .. } => Some("layernorm"),
+        Layer::Pool { .. } => Some("pool"),
+        Layer::Residual { body, shortcut } => body
+            .iter()
+            .chain(shortcut.as_deref())
+            .find_map(|l| onnx_unsupported(&l.layer)),
+        _ => None,
     }
 }
 
@@ -863,6 +1129,7 @@ mod tests {
                 repeat: 1,
                 checkpoint_every: None,
                 non_finite: NonFinite::Stop,
+                cache: Default::default(),
             },
             data: Vec::new(),
             augments: Vec::new(),

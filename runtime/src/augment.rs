@@ -91,6 +91,14 @@ pub fn apply(
                 mixup(x, labels, sample_len, batch, *alpha, &mut rng)
             }
             (_, None) => {}
+            // Token operations act on text batches only (see `apply_text`).
+            (
+                AugmentOp::TokenDropout { .. }
+                | AugmentOp::MaskTokens { .. }
+                | AugmentOp::SpanDelete { .. }
+                | AugmentOp::SwapTokens { .. },
+                _,
+            ) => {}
             (AugmentOp::Flip { p }, Some(img)) => {
                 for sample in x.chunks_exact_mut(sample_len) {
                     if rng.uniform() < *p {
@@ -257,4 +265,90 @@ fn mixup(
         partner: partner_labels,
         lambda,
     });
+}
+
+/// What text augmentation needs of the tokenizer.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens<'a> {
+    pub pad_id: u32,
+    pub mask_id: u32,
+    /// Ids never dropped, masked or moved (`[CLS]`, `[SEP]`, ...).
+    pub special: &'a [u32],
+}
+
+/// Applies the token operations of `ops` to a batch of token ids (`x`, as f32, rows of
+/// `len` padded at the end). Only ordinary tokens change; the rows stay `len` long.
+pub fn apply_text(ops: &[AugmentOp], x: &mut [f32], len: usize, tokens: Tokens, key: AugmentKey) {
+    if len == 0 {
+        return;
+    }
+    for (op_index, op) in ops.iter().enumerate() {
+        let mut rng = key.rng(op_index);
+        for row in x.chunks_exact_mut(len) {
+            let ids: Vec<u32> = row
+                .iter()
+                .map(|&v| v as u32)
+                .take_while(|&id| id != tokens.pad_id)
+                .collect();
+            let ordinary: Vec<usize> = (0..ids.len())
+                .filter(|&i| !tokens.special.contains(&ids[i]))
+                .collect();
+            let edited = match op {
+                AugmentOp::TokenDropout { p } => {
+                    let mut kept = Vec::with_capacity(ids.len());
+                    for &id in &ids {
+                        let ordinary = !tokens.special.contains(&id);
+                        if !(ordinary && rng.uniform() < *p) {
+                            kept.push(id);
+                        }
+                    }
+                    kept
+                }
+                AugmentOp::MaskTokens { p } => {
+                    let mut out = ids.clone();
+                    for &i in &ordinary {
+                        if rng.uniform() < *p {
+                            out[i] = tokens.mask_id;
+                        }
+                    }
+                    out
+                }
+                AugmentOp::SpanDelete { max } => {
+                    if ordinary.is_empty() {
+                        ids.clone()
+                    } else {
+                        let span = 1 + rng.below(*max as u64) as usize;
+                        let start = rng.below(ordinary.len() as u64) as usize;
+                        let doomed: Vec<usize> =
+                            ordinary[start..(start + span).min(ordinary.len())].to_vec();
+                        ids.iter()
+                            .enumerate()
+                            .filter(|(i, _)| !doomed.contains(i))
+                            .map(|(_, &id)| id)
+                            .collect()
+                    }
+                }
+                AugmentOp::SwapTokens { n } => {
+                    let mut out = ids.clone();
+                    if ordinary.len() >= 2 {
+                        for _ in 0..*n {
+                            let a = ordinary[rng.below(ordinary.len() as u64) as usize];
+                            let b = ordinary[rng.below(ordinary.len() as u64) as usize];
+                            out.swap(a, b);
+                        }
+                    }
+                    out
+                }
+                _ => continue,
+            };
+            for (slot, id) in row.iter_mut().zip(
+                edited
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat(tokens.pad_id)),
+            ) {
+                *slot = id as f32;
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -160,6 +160,35 @@ impl Checkpoint {
                 }
             }
         }
+    }
+
+    /// Saves a stage's trainable projections.
+    pub fn add_projections(&mut self, projections: &[(String, Var)]) -> Result<()> {
+        for (name, var) in projections {
+            self.add(format!("projection/{name}"), var.as_tensor())?;
+        }
+        Ok(())
+    }
+
+    /// Puts saved projections back (every one must be there, with its shape).
+    pub fn restore_projections(&self, projections: &[(String, Var)], path: &Path) -> Result<()> {
+        for (name, var) in projections {
+            let key = format!("projection/{name}");
+            let (shape, values) = self
+                .tensors
+                .get(&key)
+                .ok_or_else(|| broken(path, format!("it holds no tensor `{key}`")))?;
+            if shape.as_slice() != var.dims() {
+                return Err(broken(
+                    path,
+                    format!("`{key}` has shape {shape:?}, not {:?}", var.dims()),
+                ));
+            }
+            let tensor = Tensor::from_vec(values.clone(), shape.as_slice(), &Device::Cpu)
+                .ctx_with(|| format!("restoring `{key}`"))?;
+            var.set(&tensor).ctx_with(|| format!("restoring `{key}`"))?;
+        }
+        Ok(())
     }
 
     /// Saves the weights of the best epoch so far (a [`Model::snapshot`]).

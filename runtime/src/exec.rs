@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use kd_plan::{Keep, Metric, NonFinite, Op, Plan, Role, Stage};
 
 use crate::cache::OutputCache;
@@ -312,11 +312,20 @@ impl Run<'_> {
             .take()
             .filter(|c| c.state.stage_index > 0 || c.state.stage.is_some());
         let mut models = HashMap::new();
+        let cache_dir = (plan.settings.cache == kd_plan::CacheMode::Disk)
+            .then(|| self.opts.out_dir.parent().map(|p| p.join("cache")))
+            .flatten();
         for spec in &plan.models {
-            let mut model = match &spec.onnx {
-                Some(onnx) => Model::from_onnx(spec, &plan.resolve(&onnx.path))?,
-                None => Model::new(spec, seed)?,
+            let mut model = match (&spec.onnx, &spec.bert) {
+                (Some(onnx), _) => Model::from_onnx(spec, &plan.resolve(&onnx.path))?,
+                (None, Some(bert)) => {
+                    Model::from_bert(spec, &plan.resolve(&bert.path), seed, cache_dir.as_deref())?
+                }
+                (None, None) => Model::new(spec, seed)?,
             };
+            if let Some(pad_id) = pad_id_for(plan, &spec.name) {
+                model.set_pad_id(pad_id);
+            }
             match &resume {
                 Some(checkpoint) => checkpoint
                     .restore_model(&mut model, &crate::checkpoint::path(&self.opts.out_dir))?,
@@ -332,6 +341,9 @@ impl Run<'_> {
         while self.state.stage_index < plan.stages.len() {
             let stage = &plan.stages[self.state.stage_index];
             let summary = self.train_stage(stage, seed, &mut models, resume.take())?;
+            for model in models.values_mut() {
+                model.save_caches()?;
+            }
             self.state.stages_done.push(summary);
             self.state.stage_index += 1;
             self.state.stage = None;
@@ -339,6 +351,9 @@ impl Run<'_> {
             self.stop_if_interrupted()?;
         }
         let metrics = self.evaluate(&mut models)?;
+        for model in models.values_mut() {
+            model.save_caches()?;
+        }
         let mut bytes = BTreeMap::new();
         for export in &plan.exports {
             let model = models
@@ -380,7 +395,7 @@ impl Run<'_> {
     /// and best weights while it runs.
     fn checkpoint(
         &self,
-        stage: Option<(&Optim, Option<&Vec<Tensor>>, &OutputCache)>,
+        stage: Option<(&Optim, Option<&Vec<Tensor>>, &OutputCache, &[(String, Var)])>,
         models: &HashMap<String, Model>,
     ) -> Result<()> {
         let mut state = self.state.clone();
@@ -388,9 +403,10 @@ impl Run<'_> {
         // Models in plan order, so two checkpoints of one state are byte for byte equal.
         let ordered = self.plan.models.iter().filter_map(|m| models.get(&m.name));
         let mut checkpoint = Checkpoint::new(state, ordered)?;
-        if let Some((optim, best, cache)) = stage {
+        if let Some((optim, best, cache, projections)) = stage {
             checkpoint.add_optimizer(optim.slots());
             checkpoint.add_cache(cache);
+            checkpoint.add_projections(projections)?;
             if let Some(best) = best {
                 checkpoint.add_best(best)?;
             }
@@ -495,6 +511,17 @@ impl Run<'_> {
             })?
             .params()
             .to_vec();
+        // The stage's own projections train with the model and are dropped after it.
+        let projection_vars = projections(stage, seed)?;
+        let mut projection_map = HashMap::new();
+        let mut params = params;
+        for pair in projection_vars.chunks(2) {
+            if let [(name, weight), (_, bias)] = pair {
+                let key = name.trim_end_matches(".weight").to_string();
+                projection_map.insert(key, (weight.clone(), bias.clone()));
+            }
+        }
+        params.extend(projection_vars.iter().cloned());
         let mut optim = Optim::new(&stage.optimizer, params.len());
         let mut best_weights: Option<Vec<Tensor>> = None;
         let mut st = StageState::default();
@@ -506,6 +533,7 @@ impl Run<'_> {
             optim.restore(checkpoint.optimizer_for(&sizes, &path)?);
             best_weights = checkpoint.best()?;
             cache = checkpoint.cache(&crate::checkpoint::path(&self.opts.out_dir))?;
+            checkpoint.restore_projections(&projection_vars, &path)?;
             st = checkpoint.state.stage.unwrap_or_default();
         }
         let sources = self.batch_sources(stage);
@@ -564,6 +592,7 @@ impl Run<'_> {
                     batches: &batches,
                     validation: None,
                     fills: &self.fills,
+                    projections: &projection_map,
                 };
                 // A skipped batch must not leave its batch-norm statistics behind.
                 let skip = self.plan.settings.non_finite == NonFinite::Skip;
@@ -614,7 +643,10 @@ impl Run<'_> {
                     st.seconds += clock.elapsed().as_secs_f64();
                     clock = Instant::now();
                     self.state.stage = Some(st.clone());
-                    self.checkpoint(Some((&optim, best_weights.as_ref(), &cache)), models)?;
+                    self.checkpoint(
+                        Some((&optim, best_weights.as_ref(), &cache, &projection_vars)),
+                        models,
+                    )?;
                     self.stop_if_interrupted()?;
                 }
             }
@@ -636,6 +668,7 @@ impl Run<'_> {
                     models,
                     &mut cache,
                     teacher_val.as_ref(),
+                    &projection_map,
                 )?),
                 None => None,
             };
@@ -705,7 +738,10 @@ impl Run<'_> {
             st.seconds += clock.elapsed().as_secs_f64();
             clock = Instant::now();
             self.state.stage = Some(st.clone());
-            self.checkpoint(Some((&optim, best_weights.as_ref(), &cache)), models)?;
+            self.checkpoint(
+                Some((&optim, best_weights.as_ref(), &cache, &projection_vars)),
+                models,
+            )?;
             self.stop_if_interrupted()?;
         }
         progress.finish();
@@ -853,6 +889,7 @@ impl Run<'_> {
         models: &mut HashMap<String, Model>,
         cache: &mut OutputCache,
         teacher_predictions: Option<&Vec<u32>>,
+        projections: &HashMap<String, (Var, Var)>,
     ) -> Result<Validation> {
         let validate = stage
             .validate
@@ -879,6 +916,7 @@ impl Run<'_> {
                 batches: &empty,
                 validation: Some(&batch),
                 fills: &self.fills,
+                projections,
             };
             let output = run_step(&input, models, cache)?;
             if let Some(loss) = output.loss {
@@ -983,6 +1021,46 @@ impl Run<'_> {
         }
         Ok(results)
     }
+}
+
+/// The pad id of the text data a token model reads (from the first stage or evaluation
+/// that runs it on text).
+fn pad_id_for(plan: &Plan, model: &str) -> Option<u32> {
+    let from_stages = plan
+        .stages
+        .iter()
+        .filter(|s| s.trains == model || s.frozen.iter().any(|f| f == model))
+        .map(|s| s.data.as_str());
+    let from_evaluations = plan
+        .evaluations
+        .iter()
+        .filter(|e| e.models.iter().any(|m| m == model))
+        .map(|e| e.data.as_str());
+    from_stages
+        .chain(from_evaluations)
+        .find_map(|d| plan.data(d).and_then(|d| d.text.as_ref()).map(|t| t.pad_id))
+}
+
+/// Fresh weights for a stage's projections, `{name}.weight` then `{name}.bias` each, drawn
+/// from their own streams (uniform in `±1/sqrt(input)`, as PyTorch's `Linear`).
+fn projections(stage: &Stage, seed: u64) -> Result<Vec<(String, Var)>> {
+    let mut out = Vec::new();
+    for p in &stage.projections {
+        let bound = 1.0 / (p.input.max(1) as f64).sqrt();
+        for (part, shape) in [("weight", vec![p.out, p.input]), ("bias", vec![p.out])] {
+            let name = format!("{}.{part}", p.name);
+            let mut rng =
+                crate::rng::Rng::new(seed, &format!("init/projection/{}/{name}", stage.name));
+            let count: usize = shape.iter().product();
+            let values: Vec<f32> = (0..count)
+                .map(|_| rng.uniform_in(-bound, bound) as f32)
+                .collect();
+            let var = Var::from_vec(values, shape.as_slice(), &candle_core::Device::Cpu)
+                .ctx_with(|| format!("initialising projection `{name}`"))?;
+            out.push((name, var));
+        }
+    }
+    Ok(out)
 }
 
 fn mean(values: &[f64]) -> f64 {

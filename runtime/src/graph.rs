@@ -110,6 +110,8 @@ pub struct StepInput<'a> {
     pub validation: Option<&'a BatchData>,
     /// Normalised value of a raw zero per channel, per data source (augmentation fill).
     pub fills: &'a HashMap<String, Vec<f32>>,
+    /// The stage's trainable projections (`project(...)` in its loss): weight and bias.
+    pub projections: &'a HashMap<String, (candle_core::Var, candle_core::Var)>,
 }
 
 /// What a step produced besides the node values.
@@ -190,7 +192,15 @@ pub fn run_step(
                     .get_mut(model)
                     .ok_or_else(|| plan_error(format!("no model `{model}`")))?;
                 let train_mode = *train && is_trained && !input.validating;
-                let outputs = instance.forward(&x, train_mode)?;
+                // Rows straight from a batch recur every epoch; augmented ones do not.
+                let cacheable = input.validating
+                    || argument(graph, node_id, 0).is_some_and(|(source, _)| {
+                        matches!(
+                            graph.node_weight(source).map(|n| &n.op),
+                            Some(Op::Batch { .. })
+                        )
+                    });
+                let outputs = instance.forward_with(&x, train_mode, cacheable)?;
                 if !is_trained && !input.validating {
                     out.frozen_samples += x.dims().first().copied().unwrap_or(0) as u64;
                 }
@@ -304,6 +314,24 @@ pub fn run_step(
             Op::Cosine => single(Value::Tensor(
                 losses::cosine(&arg(0)?.0.tensor()?, &arg(1)?.0.tensor()?).ctx("cosine")?,
             )),
+            Op::AttentionTransfer => single(Value::Tensor(
+                losses::attention_transfer(&arg(0)?.0.tensor()?, &arg(1)?.0.tensor()?)
+                    .ctx("attention transfer")?,
+            )),
+            Op::Project { name, .. } => {
+                let x = arg(0)?.0.tensor()?;
+                let (weight, bias) = input.projections.get(name).ok_or_else(|| {
+                    plan_error(format!(
+                        "stage `{}` has no projection `{name}`",
+                        input.stage.name
+                    ))
+                })?;
+                let y = x
+                    .broadcast_matmul(&weight.as_tensor().t().ctx("projection")?)
+                    .and_then(|y| y.broadcast_add(bias.as_tensor()))
+                    .ctx_with(|| format!("projection `{name}`"))?;
+                single(Value::Tensor(y))
+            }
             Op::Loss => {
                 let loss = arg(0)?.0.tensor()?;
                 if loss.elem_count() != 1 {
@@ -416,7 +444,17 @@ fn augment_ports(
         epoch: input.epoch,
         step: input.step,
     };
-    augment::apply(&spec.ops, &mut host, &mut labels, &sample_shape, fill, key);
+    match input.plan.data(&data_name).and_then(|d| d.text.as_ref()) {
+        Some(text) => {
+            let tokens = augment::Tokens {
+                pad_id: text.pad_id,
+                mask_id: text.mask_id,
+                special: &text.special_ids,
+            };
+            augment::apply_text(&spec.ops, &mut host, text.max_len, tokens, key);
+        }
+        None => augment::apply(&spec.ops, &mut host, &mut labels, &sample_shape, fill, key),
+    }
     let x = Tensor::from_vec(host, dims, x.device()).ctx("building an augmented batch")?;
     Ok(vec![
         ("x".to_string(), Value::Tensor(x)),

@@ -5,6 +5,7 @@
 //! bitwise the same weights and metrics.
 
 pub mod augment;
+pub mod bert;
 pub mod cache;
 pub mod checkpoint;
 pub mod data;

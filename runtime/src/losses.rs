@@ -169,3 +169,25 @@ pub fn cosine(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let cos = unit(&a)?.mul(&unit(&b)?)?.sum(1)?;
     cos.affine(-1.0, 1.0)?.mean_all()
 }
+
+/// The attention map of a batch of features: the mean over channels of the squared
+/// activations, flattened per sample and scaled to unit L2 norm (Zagoruyko and Komodakis,
+/// 2017, as their reference code computes it). Images `[B, C, H, W]` have channels on axis
+/// 1; sequences `[B, L, C]` on the last axis.
+fn attention_map(x: &Tensor) -> Result<Tensor> {
+    let energy = match x.rank() {
+        4 => x.sqr()?.mean(1)?,
+        3 => x.sqr()?.mean(2)?,
+        _ => x.sqr()?,
+    };
+    let flat = energy.flatten_from(1)?;
+    let norm = flat.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+    flat.broadcast_div(&norm)
+}
+
+/// Attention transfer: the mean over samples and positions of the squared difference of
+/// the two attention maps (the reference code's `(at(x) - at(y)).pow(2).mean()`; the
+/// paper's weight beta is the user's factor in the loss expression).
+pub fn attention_transfer(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    attention_map(a)?.sub(&attention_map(b)?)?.sqr()?.mean_all()
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use kd_plan::{Layer, LayerSpec, ModelSpec};
+use kd_plan::{Layer, LayerSpec, ModelSpec, SeqPool};
 
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
 use crate::losses;
@@ -57,6 +57,44 @@ enum LayerImpl {
         body: Vec<LayerImpl>,
         shortcut: Option<Box<LayerImpl>>,
     },
+    Embedding {
+        weight: Var,
+        positions: Option<Var>,
+    },
+    Conv1d {
+        weight: Var,
+        bias: Option<Var>,
+        padding: usize,
+        kernel: usize,
+    },
+    Lstm {
+        /// `(weight_ih, weight_hh, bias)` forward, then backward when bidirectional.
+        directions: Vec<(Var, Var, Var)>,
+        hidden: usize,
+    },
+    Transformer(Box<TransformerBlock>),
+    LayerNorm {
+        weight: Var,
+        bias: Var,
+        eps: f64,
+    },
+    Pool {
+        kind: SeqPool,
+    },
+}
+
+/// A pre-norm encoder block's parameters.
+#[derive(Debug)]
+struct TransformerBlock {
+    norm1: (Var, Var),
+    qkv: (Var, Var),
+    attn_out: (Var, Var),
+    norm2: (Var, Var),
+    ff1: (Var, Var),
+    ff2: (Var, Var),
+    heads: usize,
+    dropout: f64,
+    name: String,
 }
 
 /// A model instance: its layers and every tensor it owns under its export name.
@@ -77,6 +115,10 @@ pub struct Model {
     dropout_calls: u64,
     /// Set when the model runs from an ONNX file instead of `layers`.
     onnx: Option<OnnxGraph>,
+    /// Set for a BERT-family model.
+    bert: Option<Box<crate::bert::Bert>>,
+    /// The input is token ids padded with this id (the mask is `id != pad_id`).
+    pad_id: Option<u32>,
 }
 
 /// A frozen model evaluated by candle-onnx.
@@ -243,6 +285,117 @@ impl Builder<'_> {
             Layer::Tanh => LayerImpl::Tanh,
             Layer::Sigmoid => LayerImpl::Sigmoid,
             Layer::Softmax => LayerImpl::Softmax,
+            Layer::Embedding {
+                vocab,
+                dim,
+                positions,
+            } => {
+                let bound = (3.0 / *dim as f64).sqrt();
+                let weight = self.uniform(format!("{name}.weight"), &[*vocab, *dim], bound)?;
+                let positions = if *positions {
+                    let len = spec.input.first().copied().unwrap_or(1);
+                    Some(self.uniform(format!("{name}.positions"), &[len, *dim], bound)?)
+                } else {
+                    None
+                };
+                LayerImpl::Embedding { weight, positions }
+            }
+            Layer::Conv1d {
+                out,
+                kernel,
+                padding,
+                bias,
+            } => {
+                let channels = spec.input.last().copied().unwrap_or(1);
+                let bound = 1.0 / ((channels * kernel).max(1) as f64).sqrt();
+                let weight =
+                    self.uniform(format!("{name}.weight"), &[*out, channels, *kernel], bound)?;
+                let bias = if *bias {
+                    Some(self.uniform(format!("{name}.bias"), &[*out], bound)?)
+                } else {
+                    None
+                };
+                LayerImpl::Conv1d {
+                    weight,
+                    bias,
+                    padding: *padding,
+                    kernel: *kernel,
+                }
+            }
+            Layer::Lstm {
+                hidden,
+                bidirectional,
+            } => {
+                let channels = spec.input.last().copied().unwrap_or(1);
+                let bound = 1.0 / (*hidden as f64).sqrt();
+                let suffixes: &[&str] = if *bidirectional {
+                    &["", "_reverse"]
+                } else {
+                    &[""]
+                };
+                let mut directions = Vec::new();
+                for d in suffixes {
+                    directions.push((
+                        self.uniform(
+                            format!("{name}.weight_ih{d}"),
+                            &[4 * hidden, channels],
+                            bound,
+                        )?,
+                        self.uniform(
+                            format!("{name}.weight_hh{d}"),
+                            &[4 * hidden, *hidden],
+                            bound,
+                        )?,
+                        self.uniform(format!("{name}.bias{d}"), &[4 * hidden], bound)?,
+                    ));
+                }
+                LayerImpl::Lstm {
+                    directions,
+                    hidden: *hidden,
+                }
+            }
+            Layer::Transformer { heads, ff, dropout } => {
+                let d = spec.input.last().copied().unwrap_or(1);
+                let linear = |b: &mut Self, part: &str, out: usize, fan_in: usize| {
+                    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+                    Ok::<_, RuntimeError>((
+                        b.uniform(format!("{name}.{part}.weight"), &[out, fan_in], bound)?,
+                        b.uniform(format!("{name}.{part}.bias"), &[out], bound)?,
+                    ))
+                };
+                let norm = |b: &mut Self, part: &str| {
+                    Ok::<_, RuntimeError>((
+                        b.constant(format!("{name}.{part}.weight"), &[d], 1.0, true)?,
+                        b.constant(format!("{name}.{part}.bias"), &[d], 0.0, true)?,
+                    ))
+                };
+                let norm1 = norm(self, "norm1")?;
+                let qkv = linear(self, "qkv", 3 * d, d)?;
+                let attn_out = linear(self, "attn_out", d, d)?;
+                let norm2 = norm(self, "norm2")?;
+                let ff1 = linear(self, "ff1", *ff, d)?;
+                let ff2 = linear(self, "ff2", d, *ff)?;
+                LayerImpl::Transformer(Box::new(TransformerBlock {
+                    norm1,
+                    qkv,
+                    attn_out,
+                    norm2,
+                    ff1,
+                    ff2,
+                    heads: *heads,
+                    dropout: *dropout,
+                    name: name.clone(),
+                }))
+            }
+            Layer::LayerNorm { eps } => {
+                let d = spec.input.last().copied().unwrap_or(1);
+                LayerImpl::LayerNorm {
+                    weight: self.constant(format!("{name}.weight"), &[d], 1.0, true)?,
+                    bias: self.constant(format!("{name}.bias"), &[d], 0.0, true)?,
+                    eps: *eps,
+                }
+            }
+            Layer::Pool { kind } => LayerImpl::Pool { kind: *kind },
             Layer::Residual { body, shortcut } => {
                 let inner_prefix = format!("{name}.");
                 let body = body
@@ -303,7 +456,70 @@ impl Model {
             seed,
             dropout_calls: 0,
             onnx: None,
+            bert: None,
+            pad_id: None,
         })
+    }
+
+    /// A BERT-family model from the checkpoint folder `folder` (the spec's `bert` part);
+    /// its head is drawn from `(seed, init_key)`. With `cache_dir`, a frozen encoder's
+    /// outputs are also kept on disk there.
+    pub fn from_bert(
+        spec: &ModelSpec,
+        folder: &Path,
+        seed: u64,
+        cache_dir: Option<&Path>,
+    ) -> Result<Model> {
+        let bert_spec = spec
+            .bert
+            .as_ref()
+            .ok_or_else(|| plan_error(format!("model `{}` is not a BERT model", spec.name)))?;
+        let mut builder = Builder {
+            seed,
+            init_key: &spec.init_key,
+            params: Vec::new(),
+            buffers: Vec::new(),
+        };
+        let bert = crate::bert::Bert::load(
+            bert_spec,
+            folder,
+            &mut |name, shape, bound| builder.uniform(name.to_string(), shape, bound),
+            cache_dir,
+        )?;
+        // Trained encoder parameters first, then the head (which the builder holds).
+        let mut params = bert.trained.clone();
+        params.append(&mut builder.params);
+        Ok(Model {
+            name: spec.name.clone(),
+            layers: Vec::new(),
+            taps: Vec::new(),
+            params,
+            buffers: Vec::new(),
+            outputs_probabilities: false,
+            seed,
+            dropout_calls: 0,
+            onnx: None,
+            bert: Some(Box::new(bert)),
+            pad_id: None,
+        })
+    }
+
+    /// Token models: the id their data pads with.
+    pub fn set_pad_id(&mut self, pad_id: u32) {
+        self.pad_id = Some(pad_id);
+    }
+
+    /// Writes a frozen BERT encoder's new outputs to the disk cache (when it has one).
+    pub fn save_caches(&mut self) -> Result<()> {
+        match self.bert.as_mut() {
+            Some(bert) => bert.save_cache(),
+            None => Ok(()),
+        }
+    }
+
+    /// Samples a BERT encoder actually ran on (cache misses), for the summary.
+    pub fn encoder_samples(&self) -> u64 {
+        self.bert.as_ref().map_or(0, |b| b.encoder_samples)
     }
 
     /// A frozen model read from the ONNX file at `path` (the spec's `onnx` part says which
@@ -367,6 +583,8 @@ impl Model {
                 params: spec.params,
                 path: path.to_path_buf(),
             }),
+            bert: None,
+            pad_id: None,
         })
     }
 
@@ -377,7 +595,14 @@ impl Model {
 
     /// Number of trainable values.
     pub fn param_count(&self) -> usize {
-        let frozen = self.onnx.as_ref().map_or(0, |o| o.params);
+        let frozen_bert = self.bert.as_ref().map_or(0, |b| {
+            b.encoder_tensors
+                .iter()
+                .map(|(_, t)| t.elem_count())
+                .sum::<usize>()
+                - b.trained.iter().map(|(_, v)| v.elem_count()).sum::<usize>()
+        });
+        let frozen = self.onnx.as_ref().map_or(0, |o| o.params) + frozen_bert;
         frozen
             + self
                 .params
@@ -486,10 +711,18 @@ impl Model {
     /// Writes every tensor as safetensors to `path` atomically (see
     /// [`crate::files::write_atomically`]); returns the file's size.
     pub fn save_weights(&self, path: &Path) -> Result<u64> {
-        let tensors: Vec<(String, Tensor)> = self
-            .state()
-            .map(|(name, var)| (name.to_string(), var.as_tensor().detach()))
-            .collect();
+        let tensors: Vec<(String, Tensor)> = match &self.bert {
+            // A BERT model's file holds its frozen encoder too: it is the whole model.
+            Some(bert) => bert
+                .tensors()
+                .into_iter()
+                .map(|(name, t)| (name, t.detach()))
+                .collect(),
+            None => self
+                .state()
+                .map(|(name, var)| (name.to_string(), var.as_tensor().detach()))
+                .collect(),
+        };
         let bytes = safetensors::serialize(tensors, None).map_err(|e| RuntimeError::Write {
             path: path.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
@@ -511,6 +744,26 @@ impl Model {
     /// Runs the model on `x` (`[B, ...input]`): the outputs of the taps and `output`.
     /// `train` puts dropout and batch norm in training mode.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
+        self.forward_with(x, train, true)
+    }
+
+    /// [`Model::forward`]; `cacheable` says whether this batch's rows recur (not augmented),
+    /// so a frozen BERT encoder may keep their outputs.
+    pub fn forward_with(
+        &mut self,
+        x: &Tensor,
+        train: bool,
+        cacheable: bool,
+    ) -> Result<Vec<(String, Tensor)>> {
+        if let Some(bert) = self.bert.as_mut() {
+            let pad_id = self.pad_id.unwrap_or(0);
+            let (pooled, logits) = bert.forward(x, pad_id, cacheable)?;
+            return Ok(vec![
+                ("pooled".into(), pooled),
+                ("logits".into(), logits.clone()),
+                ("output".into(), logits),
+            ]);
+        }
         if let Some(onnx) = &self.onnx {
             let inputs = HashMap::from([(onnx.input.clone(), x.clone())]);
             // candle-onnx panics on some malformed graphs: a file's fault, not kdc's.
@@ -548,8 +801,17 @@ impl Model {
         };
         let mut ports = Vec::with_capacity(self.taps.len() + 1);
         let mut h = x.clone();
+        // Token inputs: 1 at real tokens, 0 at padding, `[B, L]`; sequence layers keep it.
+        let mut mask = match self.pad_id {
+            Some(pad) => Some(
+                x.ne(pad as f64)
+                    .and_then(|m| m.to_dtype(DType::F32))
+                    .ctx("the attention mask")?,
+            ),
+            None => None,
+        };
         for (index, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h, &context)?;
+            h = layer.forward(&h, &mut mask, &context)?;
             for (tap, _) in self.taps.iter().filter(|(_, at)| *at == index) {
                 ports.push((tap.clone(), h.clone()));
             }
@@ -567,9 +829,83 @@ struct ForwardContext<'a> {
 }
 
 impl LayerImpl {
-    fn forward(&self, x: &Tensor, context: &ForwardContext) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &mut Option<Tensor>,
+        context: &ForwardContext,
+    ) -> Result<Tensor> {
         let fail = |what: &str| format!("{what} of model `{}`", context.model);
         match self {
+            LayerImpl::Embedding { weight, positions } => {
+                let (b, len) = x.dims2().ctx_with(|| fail("embedding"))?;
+                let ids = x
+                    .to_dtype(DType::U32)
+                    .and_then(|ids| ids.flatten_all())
+                    .ctx_with(|| fail("embedding"))?;
+                let dim = weight.dim(1).ctx_with(|| fail("embedding"))?;
+                let y = weight
+                    .as_tensor()
+                    .index_select(&ids, 0)
+                    .and_then(|y| y.reshape((b, len, dim)))
+                    .ctx_with(|| fail("embedding"))?;
+                match positions {
+                    Some(p) => y
+                        .broadcast_add(
+                            &p.as_tensor()
+                                .narrow(0, 0, len)
+                                .ctx_with(|| fail("positions"))?,
+                        )
+                        .ctx_with(|| fail("embedding positions")),
+                    None => Ok(y),
+                }
+            }
+            LayerImpl::Conv1d {
+                weight,
+                bias,
+                padding,
+                kernel,
+            } => {
+                let y = x
+                    .transpose(1, 2)
+                    .and_then(|t| t.contiguous())
+                    .and_then(|t| t.conv1d(weight.as_tensor(), *padding, 1, 1, 1))
+                    .ctx_with(|| fail("conv1d"))?;
+                let y = match bias {
+                    Some(b) => y
+                        .broadcast_add(
+                            &b.as_tensor()
+                                .reshape((1, b.elem_count(), 1))
+                                .ctx_with(|| fail("conv1d bias"))?,
+                        )
+                        .ctx_with(|| fail("conv1d bias"))?,
+                    None => y,
+                };
+                if let Some(m) = mask.as_ref() {
+                    // An output position is real when its window covers a real token.
+                    let ones = Tensor::ones((1, 1, *kernel), DType::F32, x.device())
+                        .ctx_with(|| fail("conv1d mask"))?;
+                    let next = m
+                        .unsqueeze(1)
+                        .and_then(|m| m.conv1d(&ones, *padding, 1, 1, 1))
+                        .and_then(|m| m.squeeze(1))
+                        .and_then(|m| m.gt(0.5))
+                        .and_then(|m| m.to_dtype(DType::F32))
+                        .ctx_with(|| fail("conv1d mask"))?;
+                    *mask = Some(next);
+                }
+                y.transpose(1, 2)
+                    .and_then(|t| t.contiguous())
+                    .ctx_with(|| fail("conv1d"))
+            }
+            LayerImpl::Lstm { directions, hidden } => {
+                lstm(x, mask.as_ref(), directions, *hidden).ctx_with(|| fail("lstm"))
+            }
+            LayerImpl::Transformer(block) => block.forward(x, mask.as_ref(), context),
+            LayerImpl::LayerNorm { weight, bias, eps } => {
+                layer_norm(x, weight, bias, *eps).ctx_with(|| fail("layernorm"))
+            }
+            LayerImpl::Pool { kind } => seq_pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool")),
             LayerImpl::Linear { weight, bias } => {
                 let w = weight.as_tensor().t().ctx_with(|| fail("linear"))?;
                 let y = if x.rank() == 2 {
@@ -614,24 +950,7 @@ impl LayerImpl {
             LayerImpl::BatchNorm(bn) => {
                 bn.forward(x, context.train).ctx_with(|| fail("batch norm"))
             }
-            LayerImpl::Dropout { p, name } => {
-                if !context.train || *p <= 0.0 {
-                    return Ok(x.clone());
-                }
-                let keep = 1.0 - p;
-                let mut rng = Rng::new(
-                    context.seed,
-                    &format!("dropout/{}/{name}/{}", context.model, context.call),
-                );
-                let scale = if keep > 0.0 { (1.0 / keep) as f32 } else { 0.0 };
-                let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
-                    .collect();
-                let mask = Tensor::from_vec(mask, x.shape(), x.device())
-                    .and_then(|m| m.to_dtype(x.dtype()))
-                    .ctx_with(|| fail("dropout"))?;
-                x.mul(&mask).ctx_with(|| fail("dropout"))
-            }
+            LayerImpl::Dropout { p, name } => dropout(x, *p, name, context),
             LayerImpl::Flatten => x.flatten_from(1).ctx_with(|| fail("flatten")),
             LayerImpl::Relu => x.relu().ctx_with(|| fail("relu")),
             LayerImpl::Gelu => x.gelu_erf().ctx_with(|| fail("gelu")),
@@ -640,16 +959,188 @@ impl LayerImpl {
             LayerImpl::Softmax => losses::softmax(x, 1.0).ctx_with(|| fail("softmax")),
             LayerImpl::Residual { body, shortcut } => {
                 let mut h = x.clone();
+                let mut inner_mask = mask.clone();
                 for layer in body {
-                    h = layer.forward(&h, context)?;
+                    h = layer.forward(&h, &mut inner_mask, context)?;
                 }
                 let skip = match shortcut {
-                    Some(short) => short.forward(x, context)?,
+                    Some(short) => short.forward(x, &mut mask.clone(), context)?,
                     None => x.clone(),
                 };
                 h.add(&skip).ctx_with(|| fail("residual sum"))
             }
         }
+    }
+}
+
+/// Zeroes each value with probability `p` in training mode (scaling the rest by
+/// `1 / (1 - p)`), drawing from the stream of this model, layer and forward pass.
+fn dropout(x: &Tensor, p: f64, name: &str, context: &ForwardContext) -> Result<Tensor> {
+    if !context.train || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let mut rng = Rng::new(
+        context.seed,
+        &format!("dropout/{}/{name}/{}", context.model, context.call),
+    );
+    let scale = if keep > 0.0 { (1.0 / keep) as f32 } else { 0.0 };
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
+        .collect();
+    let fail = || format!("dropout of model `{}`", context.model);
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())
+        .and_then(|m| m.to_dtype(x.dtype()))
+        .ctx_with(fail)?;
+    x.mul(&mask).ctx_with(fail)
+}
+
+/// `x W^T + b` on the last axis of `[B, L, in]`.
+fn linear3(x: &Tensor, (weight, bias): &(Var, Var)) -> candle_core::Result<Tensor> {
+    x.broadcast_matmul(&weight.as_tensor().t()?)?
+        .broadcast_add(bias.as_tensor())
+}
+
+/// Normalises the last axis to zero mean and unit variance, then scales and shifts.
+fn layer_norm(x: &Tensor, weight: &Var, bias: &Var, eps: f64) -> candle_core::Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .broadcast_mul(weight.as_tensor())?
+        .broadcast_add(bias.as_tensor())
+}
+
+/// `[B, L, C]` to `[B, C]` over the positions where `mask` (`[B, L]`) is 1.
+fn seq_pool(x: &Tensor, mask: Option<&Tensor>, kind: SeqPool) -> candle_core::Result<Tensor> {
+    match (kind, mask) {
+        (SeqPool::First, _) => x.narrow(1, 0, 1)?.squeeze(1),
+        (SeqPool::Max, None) => x.max(1),
+        (SeqPool::Mean, None) => x.mean(1),
+        (SeqPool::Max, Some(m)) => {
+            // Padded positions sit far below any activation.
+            let penalty = ((m - 1.0)? * 1e9)?.unsqueeze(2)?;
+            x.broadcast_add(&penalty)?.max(1)
+        }
+        (SeqPool::Mean, Some(m)) => {
+            let m3 = m.unsqueeze(2)?;
+            let counts = m.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
+            x.broadcast_mul(&m3)?.sum(1)?.broadcast_div(&counts)
+        }
+    }
+}
+
+/// An LSTM over `[B, L, C]` with PyTorch's gate order (input, forget, cell, output); each
+/// direction's outputs are concatenated. At padded steps the state carries over and the
+/// output is zero, so right padding changes nothing for either direction.
+fn lstm(
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    directions: &[(Var, Var, Var)],
+    hidden: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, len, _) = x.dims3()?;
+    let mut outputs = Vec::with_capacity(directions.len());
+    for (direction, (w_ih, w_hh, bias)) in directions.iter().enumerate() {
+        // The input's part of every gate for every step at once.
+        let projected = x
+            .broadcast_matmul(&w_ih.as_tensor().t()?)?
+            .broadcast_add(bias.as_tensor())?;
+        let w_hh = w_hh.as_tensor().t()?;
+        let mut h = Tensor::zeros((b, hidden), DType::F32, x.device())?;
+        let mut c = h.clone();
+        let mut steps = vec![None; len];
+        let order: Vec<usize> = if direction == 0 {
+            (0..len).collect()
+        } else {
+            (0..len).rev().collect()
+        };
+        for t in order {
+            let gates = projected
+                .narrow(1, t, 1)?
+                .squeeze(1)?
+                .add(&h.matmul(&w_hh)?)?;
+            let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hidden)?)?;
+            let f = candle_nn::ops::sigmoid(&gates.narrow(1, hidden, hidden)?)?;
+            let g = gates.narrow(1, 2 * hidden, hidden)?.tanh()?;
+            let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hidden, hidden)?)?;
+            let c_next = f.mul(&c)?.add(&i.mul(&g)?)?;
+            let h_next = o.mul(&c_next.tanh()?)?;
+            match mask {
+                Some(m) => {
+                    let m = m.narrow(1, t, 1)?;
+                    let keep = (1.0 - &m)?;
+                    c = c_next.broadcast_mul(&m)?.add(&c.broadcast_mul(&keep)?)?;
+                    h = h_next.broadcast_mul(&m)?.add(&h.broadcast_mul(&keep)?)?;
+                    steps[t] = Some(h_next.broadcast_mul(&m)?);
+                }
+                None => {
+                    c = c_next;
+                    h = h_next.clone();
+                    steps[t] = Some(h_next);
+                }
+            }
+        }
+        let steps: Vec<Tensor> = steps.into_iter().flatten().collect();
+        outputs.push(Tensor::stack(&steps, 1)?);
+    }
+    Tensor::cat(&outputs, 2)
+}
+
+impl TransformerBlock {
+    /// `x + attention(norm1(x))`, then `+ ff(norm2(.))`, on `[B, L, D]`.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        context: &ForwardContext,
+    ) -> Result<Tensor> {
+        let fail = || format!("transformer `{}` of model `{}`", self.name, context.model);
+        let (b, len, d) = x.dims3().ctx_with(fail)?;
+        let heads = self.heads.max(1);
+        let head_dim = d / heads;
+        let attended = (|| {
+            let normed = layer_norm(x, &self.norm1.0, &self.norm1.1, 1e-5)?;
+            let qkv = linear3(&normed, &self.qkv)?;
+            let split = |i: usize| {
+                qkv.narrow(2, i * d, d)?
+                    .reshape((b, len, heads, head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+            let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+            let scores = match mask {
+                Some(m) => {
+                    let penalty = ((m - 1.0)? * 1e9)?.reshape((b, 1, 1, len))?;
+                    scores.broadcast_add(&penalty)?
+                }
+                None => scores,
+            };
+            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+            let context_vectors = weights
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, len, d))?;
+            linear3(&context_vectors, &self.attn_out)
+        })()
+        .ctx_with(fail)?;
+        let attended = dropout(
+            &attended,
+            self.dropout,
+            &format!("{}.attn", self.name),
+            context,
+        )?;
+        let h = x.add(&attended).ctx_with(fail)?;
+        let fed = (|| {
+            let normed = layer_norm(&h, &self.norm2.0, &self.norm2.1, 1e-5)?;
+            linear3(&linear3(&normed, &self.ff1)?.gelu_erf()?, &self.ff2)
+        })()
+        .ctx_with(fail)?;
+        let fed = dropout(&fed, self.dropout, &format!("{}.ff", self.name), context)?;
+        h.add(&fed).ctx_with(fail)
     }
 }
 

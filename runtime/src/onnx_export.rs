@@ -360,6 +360,12 @@ impl Builder<'_> {
                 self.nodes
                     .push(node("Add", &name, &[&value, &skip], &out, vec![]));
             }
+            other => {
+                return Err(plan_error(format!(
+                    "kdc cannot write `{}` layers to ONNX yet",
+                    kd_plan::onnx_unsupported(other).unwrap_or("these")
+                )))
+            }
         }
         Ok(out)
     }

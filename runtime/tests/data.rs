@@ -26,6 +26,7 @@ fn idx_spec(dir_files: [&str; 4], classes: usize, splits: Vec<kd_plan::SplitSpec
         scale: 255.0,
         normalize: Normalize::None,
         splits,
+        text: None,
     }
 }
 

@@ -111,6 +111,8 @@ fn cnn(name: &str, init_key: &str) -> ModelSpec {
         }],
         init_from: None,
         onnx: None,
+        bert: None,
+        tokens: false,
         init_key: init_key.into(),
         params: 0,
         flops: 0,

@@ -42,6 +42,8 @@ fn spec(file: &str, tap: &str, tap_shape: Vec<usize>) -> ModelSpec {
             output: "logits".into(),
             taps: vec![(tap.into(), tap.into())],
         }),
+        bert: None,
+        tokens: false,
     }
 }
 

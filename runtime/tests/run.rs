@@ -50,6 +50,8 @@ fn mlp(name: &str, role: Role, hidden: usize, init_key: &str) -> ModelSpec {
         taps: vec![],
         init_from: None,
         onnx: None,
+        bert: None,
+        tokens: false,
         init_key: init_key.into(),
         params: 2 * hidden + hidden + 3 * hidden + 3,
         flops: 0,
@@ -132,6 +134,7 @@ fn stage(
         validate: None,
         baseline_of: None,
         span: Span::default(),
+        projections: Vec::new(),
     }
 }
 
@@ -286,6 +289,7 @@ fn blobs_plan(dir: &Path, seed: u64, repeat: u32) -> Plan {
             repeat,
             checkpoint_every: None,
             non_finite: Default::default(),
+            cache: Default::default(),
         },
         data: vec![data],
         augments: vec![],
@@ -599,6 +603,8 @@ fn digits_cnn_with_augmentation() {
         taps: vec![],
         init_from: None,
         onnx: None,
+        bert: None,
+        tokens: false,
         init_key: "cnn".into(),
         params: 0,
         flops: 0,
@@ -672,6 +678,7 @@ fn digits_cnn_with_augmentation() {
             repeat: 1,
             checkpoint_every: None,
             non_finite: Default::default(),
+            cache: Default::default(),
         },
         data: vec![data],
         augments: vec![AugmentSpec {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use kd_grammar::ast::{Call, DataDecl, Declaration, Program, SettingValue, Span, Value, ValueKind};
 use kd_plan::{
-    AugmentOp, AugmentSpec, DataSource, DataSpec, Device, NonFinite, Normalize, Settings,
-    SplitSize, SplitSpec,
+    AugmentOp, AugmentSpec, CacheMode, DataSource, DataSpec, Device, NonFinite, Normalize,
+    Settings, SplitSize, SplitSpec,
 };
 
 use super::values::format_number;
@@ -22,6 +22,7 @@ const PIPELINE_SETTINGS: &[&str] = &[
     "repeat",
     "checkpoint_every",
     "non_finite",
+    "cache",
 ];
 const DATA_SETTINGS: &[&str] = &[
     "header",
@@ -34,6 +35,12 @@ const DATA_SETTINGS: &[&str] = &[
     "limit",
     "split",
     "normalize",
+    "text",
+    "tokenizer",
+    "max_len",
+    "format",
+    "extension",
+    "skip_headers",
 ];
 const AUGMENT_OPS: &[&str] = &[
     "crop",
@@ -43,6 +50,10 @@ const AUGMENT_OPS: &[&str] = &[
     "noise",
     "cutout",
     "mixup",
+    "token_dropout",
+    "mask_tokens",
+    "span_delete",
+    "swap_tokens",
 ];
 
 impl Cx<'_> {
@@ -60,6 +71,7 @@ impl Cx<'_> {
             repeat: 1,
             checkpoint_every: None,
             non_finite: NonFinite::Stop,
+            cache: CacheMode::Memory,
         };
         let Some(decl) = program.declarations.iter().find_map(|d| match d {
             Declaration::Pipeline(p) => Some(p),
@@ -88,6 +100,12 @@ impl Cx<'_> {
         }
         if let Some(v) = fields.value("checkpoint_every") {
             settings.checkpoint_every = self.count(v, "checkpoint_every", 1);
+        }
+        if let Some(v) = fields.value("cache") {
+            settings.cache = match self.choice(v, "a cache", &["memory", "disk"]).as_deref() {
+                Some("disk") => CacheMode::Disk,
+                _ => CacheMode::Memory,
+            };
         }
         if let Some(v) = fields.value("non_finite") {
             settings.non_finite = self.non_finite(v).unwrap_or_default();
@@ -172,6 +190,26 @@ impl Cx<'_> {
             &format!("data `{}`", decl.name.name),
         );
         let kind = decl.source.name.name.as_str();
+        if kind == "text" {
+            return self.text_data_decl(decl, &fields);
+        }
+        for key in [
+            "text",
+            "tokenizer",
+            "max_len",
+            "format",
+            "extension",
+            "skip_headers",
+        ] {
+            if let Some(setting) = fields.get(key) {
+                self.invalid(
+                    setting.key.span,
+                    format!("`{key}` applies to text data"),
+                    "not for this source",
+                    Some("text data comes from `text(\"file or folder\")`".into()),
+                );
+            }
+        }
         let (source, facts) = match kind {
             "idx" => self.idx_source(&decl.source)?,
             "csv" | "tsv" => self.csv_source(&decl.source, &fields, kind == "tsv")?,
@@ -180,8 +218,8 @@ impl Cx<'_> {
                     what: "data format",
                     name: other.to_string(),
                     span: span(decl.source.name.span),
-                    help: did_you_mean(other, ["idx", "csv", "tsv"])
-                        .or_else(|| Some("data formats: `idx(\"folder\")`, `csv(\"file.csv\")`, `tsv(\"file.tsv\")`".into())),
+                    help: did_you_mean(other, ["idx", "csv", "tsv", "text"])
+                        .or_else(|| Some("data formats: `idx(\"folder\")`, `csv(\"file.csv\")`, `tsv(\"file.tsv\")`, `text(\"file or folder\")`".into())),
                 });
                 return None;
             }
@@ -277,6 +315,7 @@ impl Cx<'_> {
             scale,
             normalize,
             splits,
+            text: None,
         })
     }
 
@@ -569,7 +608,7 @@ impl Cx<'_> {
         Some(map)
     }
 
-    fn splits(
+    pub(super) fn splits(
         &mut self,
         decl: &DataDecl,
         block: Option<(&SettingValue, Span)>,
@@ -805,6 +844,9 @@ impl Cx<'_> {
             "noise" => (&["std"], "std"),
             "cutout" => (&["size"], "size"),
             "mixup" => (&["alpha"], "alpha"),
+            "token_dropout" | "mask_tokens" => (&["p"], "p"),
+            "span_delete" => (&["max"], "max"),
+            "swap_tokens" => (&["n"], "n"),
             _ => {
                 self.error(CheckError::UnknownName {
                     what: "augmentation",
@@ -909,6 +951,38 @@ impl Cx<'_> {
                     }
                 },
             },
+            "token_dropout" | "mask_tokens" => {
+                let Some(v) = value else {
+                    need(self);
+                    return None;
+                };
+                let p = self.number_in(
+                    v,
+                    "a token probability",
+                    |p| p > 0.0 && p < 1.0,
+                    "between 0 and 1",
+                )?;
+                if name == "token_dropout" {
+                    AugmentOp::TokenDropout { p }
+                } else {
+                    AugmentOp::MaskTokens { p }
+                }
+            }
+            "span_delete" => AugmentOp::SpanDelete {
+                max: match value {
+                    Some(v) => self.count(v, "the longest deleted span", 1)?,
+                    None => {
+                        need(self);
+                        return None;
+                    }
+                },
+            },
+            "swap_tokens" => AugmentOp::SwapTokens {
+                n: match value {
+                    Some(v) => self.count(v, "swaps", 1)?,
+                    None => 1,
+                },
+            },
             _ => AugmentOp::Mixup {
                 alpha: match value {
                     Some(v) => self.number_in(v, "mixup alpha", |a| a > 0.0, "greater than 0")?,
@@ -946,10 +1020,25 @@ pub(crate) fn op_name(op: &AugmentOp) -> &'static str {
         AugmentOp::Noise { .. } => "noise",
         AugmentOp::Cutout { .. } => "cutout",
         AugmentOp::Mixup { .. } => "mixup",
+        AugmentOp::TokenDropout { .. } => "token_dropout",
+        AugmentOp::MaskTokens { .. } => "mask_tokens",
+        AugmentOp::SpanDelete { .. } => "span_delete",
+        AugmentOp::SwapTokens { .. } => "swap_tokens",
     }
+}
+
+/// Whether an augmentation edits token ids (text data only).
+pub(crate) fn needs_text(op: &AugmentOp) -> bool {
+    matches!(
+        op,
+        AugmentOp::TokenDropout { .. }
+            | AugmentOp::MaskTokens { .. }
+            | AugmentOp::SpanDelete { .. }
+            | AugmentOp::SwapTokens { .. }
+    )
 }
 
 /// Whether an augmentation needs image samples (`[C, H, W]`).
 pub(crate) fn needs_image(op: &AugmentOp) -> bool {
-    !matches!(op, AugmentOp::Noise { .. } | AugmentOp::Mixup { .. })
+    !matches!(op, AugmentOp::Noise { .. } | AugmentOp::Mixup { .. }) && !needs_text(op)
 }

@@ -21,6 +21,8 @@ const BUILTINS: &[&str] = &[
     "soft_cross_entropy",
     "mse",
     "cosine",
+    "project",
+    "attention_transfer",
 ];
 
 /// The program's named losses, and which of them some stage uses.
@@ -96,6 +98,15 @@ impl Cx<'_> {
             inlining: Vec::new(),
         };
         let typed = self.expr(expr, scope, losses, &env)?;
+        if let Some(at) = unsettled_projection(&typed) {
+            self.invalid(
+                at,
+                "this projection's width is not known".into(),
+                "project to what width?",
+                Some("compare it in `mse` or `cosine` with a tensor of the target width, or write the width: `project(s.hidden, 384)`".into()),
+            );
+            return None;
+        }
         if typed.ty.kind != Kind::Scalar {
             self.error(CheckError::NotScalar {
                 stage: scope.stage.to_string(),
@@ -385,6 +396,7 @@ impl Cx<'_> {
             "kl" => (&["p", "q"], 2),
             "cross_entropy" => (&["logits", "labels"], 2),
             "soft_cross_entropy" => (&["q", "p"], 2),
+            "project" => (&["x", "width"], 1),
             _ => (&["a", "b"], 2),
         };
         let mut slots: Vec<Option<&Expr>> = vec![None; params.len()];
@@ -446,7 +458,108 @@ impl Cx<'_> {
             return None;
         }
         let mut typed: Vec<TypedExpr> = typed.into_iter().flatten().collect();
+        if name.name != "project" {
+            // A `project(x)` without a width takes the width of what it is compared with.
+            if let [a, b] = typed.as_mut_slice() {
+                let (a_width, b_width) = (a.ty.shape.last().copied(), b.ty.shape.last().copied());
+                if let Some(w) = b_width {
+                    settle_projection(a, w);
+                }
+                if let Some(w) = a_width {
+                    settle_projection(b, w);
+                }
+            }
+        }
         match name.name.as_str() {
+            "project" => {
+                let x = &typed[0];
+                self.expect_kind("project", "first", &[Kind::Features, Kind::Logits], x)?;
+                let input = x.ty.shape.last().copied().unwrap_or(0);
+                let out = match typed.get(1) {
+                    Some(w) => match w.constant() {
+                        Some(v) if v >= 1.0 && v.fract() == 0.0 && v <= 1e6 => v as usize,
+                        _ => {
+                            self.invalid(
+                                w.span,
+                                "a projection's width is a whole number".into(),
+                                "not a width",
+                                Some("or leave it out: `project(s.hidden)` takes the width of what it is compared with".into()),
+                            );
+                            return None;
+                        }
+                    },
+                    None => 0,
+                };
+                let mut shape = x.ty.shape.clone();
+                if let Some(last) = shape.last_mut() {
+                    *last = out;
+                }
+                let x = typed.swap_remove(0);
+                Some(apply(
+                    Op::Project {
+                        name: String::new(),
+                        input,
+                        out,
+                    },
+                    vec![x],
+                    TensorType {
+                        kind: Kind::Features,
+                        shape,
+                    },
+                    at,
+                ))
+            }
+            "attention_transfer" => {
+                for (position, arg) in [("first", &typed[0]), ("second", &typed[1])] {
+                    self.expect_kind(&name.name, position, &[Kind::Features], arg)?;
+                }
+                let positions = |t: &TypedExpr| match t.ty.shape.as_slice() {
+                    [_, h, w] => Some(vec![*h, *w]),
+                    [len, _] => Some(vec![*len]),
+                    _ => None,
+                };
+                match (positions(&typed[0]), positions(&typed[1])) {
+                    (Some(a), Some(b))
+                        if a == b && typed[0].ty.shape.len() == typed[1].ty.shape.len() => {}
+                    (Some(_), Some(_)) => {
+                        self.error(CheckError::ShapeMismatch {
+                            message: format!(
+                                "`attention_transfer` compares maps over different positions: {:?} and {:?}",
+                                typed[0].ty.shape, typed[1].ty.shape
+                            ),
+                            span: span(typed[0].span),
+                            label: format!("{:?}", typed[0].ty.shape),
+                            related: vec![labeled(typed[1].span, format!("{:?}", typed[1].ty.shape))],
+                            help: Some("channels may differ, but height and width (or sequence length) must agree: tap layers at the same resolution".into()),
+                        });
+                        return None;
+                    }
+                    _ => {
+                        let bad = if positions(&typed[0]).is_none() {
+                            &typed[0]
+                        } else {
+                            &typed[1]
+                        };
+                        self.error(CheckError::ShapeMismatch {
+                            message: format!(
+                                "`attention_transfer` needs feature maps [channels, height, width] or sequences [length, channels], found {:?}",
+                                bad.ty.shape
+                            ),
+                            span: span(bad.span),
+                            label: format!("{:?}", bad.ty.shape),
+                            related: vec![],
+                            help: Some("tap a convolution's or a sequence layer's output, before flatten or pooling".into()),
+                        });
+                        return None;
+                    }
+                }
+                Some(apply(
+                    Op::AttentionTransfer,
+                    typed,
+                    TensorType::scalar(),
+                    at,
+                ))
+            }
             "softmax" | "log_softmax" => {
                 let x = &typed[0];
                 self.expect_kind(&name.name, "first", &[Kind::Logits], x)?;
@@ -629,8 +742,12 @@ impl Cx<'_> {
             label: who(a),
             related: vec![labeled(b.span, who(b))],
             help: Some(
-                "teacher and student must predict the same classes; check both models' last layers"
-                    .into(),
+                if a.ty.kind == Kind::Features || b.ty.kind == Kind::Features {
+                    "to compare features of different widths, learn a map: wrap the student's side in `project(...)`"
+                } else {
+                    "teacher and student must predict the same classes; check both models' last layers"
+                }
+                .into(),
             ),
         });
         None
@@ -758,6 +875,34 @@ impl Cx<'_> {
         let mut body = self.expr(&decl.body, scope, losses, &inner)?;
         body.span = at;
         Some(body)
+    }
+}
+
+/// Gives a `project(x)` written without a width the width `out`.
+fn settle_projection(expr: &mut TypedExpr, out: usize) {
+    if let TypedNode::Apply {
+        op: Op::Project { out: pending, .. },
+        ..
+    } = &mut expr.node
+    {
+        if *pending == 0 {
+            *pending = out;
+            if let Some(last) = expr.ty.shape.last_mut() {
+                *last = out;
+            }
+        }
+    }
+}
+
+/// The first `project(x)` whose width nothing settled.
+pub(crate) fn unsettled_projection(expr: &TypedExpr) -> Option<Span> {
+    match &expr.node {
+        TypedNode::Apply {
+            op: Op::Project { out: 0, .. },
+            ..
+        } => Some(expr.span),
+        TypedNode::Apply { args, .. } => args.iter().find_map(unsettled_projection),
+        _ => None,
     }
 }
 

@@ -1,11 +1,13 @@
 //! The checker: resolves names, infers shapes and tensor kinds, and reports every problem
 //! it finds at once. Its output, [`Checked`], is the program with all of that settled.
 
+mod bert;
 mod data;
 mod expr;
 mod models;
 mod onnx;
 mod stages;
+mod text;
 mod values;
 
 use std::collections::HashMap;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use kd_grammar::ast::{
     Call, Declaration, LayerKind, LayerNode, Program, RoleKind, RoleSource, Span,
 };
-use kd_plan::{DataSpec, Kind, Layer, LayerSpec, ModelSpec, Role, Tap, TensorType};
+use kd_plan::{DataSpec, Kind, Layer, LayerSpec, ModelSpec, Role, SeqPool, Tap, TensorType};
 
 use super::Cx;
 use crate::diagnostics::{did_you_mean, labeled, one_of, span, CheckError};
@@ -24,12 +24,21 @@ const LAYERS: &[&str] = &[
     "tanh",
     "sigmoid",
     "softmax",
+    "embedding",
+    "conv1d",
+    "lstm",
+    "bilstm",
+    "transformer",
+    "layernorm",
+    "pool",
+    "max_over_time",
 ];
 
 /// A checked `model` declaration.
 #[derive(Debug, Clone)]
 pub(super) struct Architecture {
     pub input: Vec<usize>,
+    pub tokens: bool,
     pub layers: Vec<LayerSpec>,
     pub taps: Vec<Tap>,
     pub span: Span,
@@ -45,6 +54,41 @@ impl Cx<'_> {
             let Some(input) = self.shape(&m.input, "an input dimension", 1) else {
                 continue;
             };
+            if m.tokens && input.len() != 1 {
+                self.invalid(
+                    m.input.span,
+                    format!(
+                        "token input is one sequence, but `{}` declares {input:?}",
+                        m.name.name
+                    ),
+                    "one length",
+                    Some("write the sequence length, e.g. `input tokens[128]`".into()),
+                );
+                continue;
+            }
+            let first_is_embedding = matches!(
+                m.layers.first().map(|l| &l.kind),
+                Some(LayerKind::Call(c)) if c.name.name == "embedding"
+            );
+            if m.tokens != first_is_embedding {
+                let at = m.layers.first().map_or(m.input.span, |l| l.span);
+                let (message, help) = if m.tokens {
+                    (
+                        format!(
+                            "`{}` reads token ids, so its first layer must be `embedding`",
+                            m.name.name
+                        ),
+                        "for example `embedding(30522, 64)` right after `input tokens[128]`",
+                    )
+                } else {
+                    (
+                        "`embedding` reads token ids, but the model's input is numbers".to_string(),
+                        "declare the input as `input tokens[128]`",
+                    )
+                };
+                self.invalid(at, message, "here", Some(help.into()));
+                continue;
+            }
             let mut counters = BTreeMap::new();
             let mut shape = input.clone();
             let mut prev: Option<Span> = None;
@@ -118,6 +162,7 @@ impl Cx<'_> {
                 m.name.name.clone(),
                 Architecture {
                     input,
+                    tokens: m.tokens,
                     layers,
                     taps,
                     span: m.span,
@@ -272,6 +317,18 @@ impl Cx<'_> {
                 None
             }
         };
+        let sequence = |cx: &mut Self| -> Option<[usize; 2]> {
+            if let [len, channels] = input {
+                Some([*len, *channels])
+            } else {
+                mismatch(
+                    cx,
+                    format!("`{name}` needs a sequence [length, channels], found {input:?}"),
+                    Some("sequence layers come after `embedding` and before `pool`".into()),
+                );
+                None
+            }
+        };
         match name {
             "linear" => {
                 let args = self.args(call, &["out", "bias"], 1);
@@ -287,7 +344,7 @@ impl Cx<'_> {
                 if let Some(last) = output.last_mut() {
                     *last = out;
                 }
-                if input.len() > 1 {
+                if input.len() > 2 {
                     mismatch(
                         self,
                         format!("`linear` acts on flat features, but receives {input:?}"),
@@ -396,6 +453,142 @@ impl Cx<'_> {
                 self.args(call, &[], 0);
                 Some((Layer::Flatten, vec![input.iter().product()]))
             }
+            "embedding" => {
+                let args = self.args(call, &["vocab", "dim", "positions"], 2);
+                let Some(vocab) = args.get("vocab", Some(0)) else {
+                    return self.missing_arg(call, "vocab", "embedding(30522, 64)");
+                };
+                let vocab = self.count(vocab, "the vocabulary size", 1)?;
+                let Some(dim) = args.get("dim", Some(1)) else {
+                    return self.missing_arg(call, "dim", "embedding(30522, 64)");
+                };
+                let dim = self.count(dim, "the embedding width", 1)?;
+                let positions = args
+                    .get("positions", None)
+                    .map_or(Some(false), |v| self.boolean(v, "positions"))?;
+                if input.len() != 1 {
+                    mismatch(
+                        self,
+                        format!(
+                            "`embedding` reads a sequence of token ids, but receives {input:?}"
+                        ),
+                        Some("`embedding` is the first layer after `input tokens[len]`".into()),
+                    );
+                    return None;
+                }
+                Some((
+                    Layer::Embedding {
+                        vocab,
+                        dim,
+                        positions,
+                    },
+                    vec![input[0], dim],
+                ))
+            }
+            "conv1d" => {
+                let args = self.args(call, &["out", "kernel", "padding", "bias"], 1);
+                let Some(out_value) = args.get("out", Some(0)) else {
+                    return self.missing_arg(call, "out", "conv1d(128, kernel: 3)");
+                };
+                let out = self.count(out_value, "conv1d's output channels", 1)?;
+                let Some(k) = args.get("kernel", None) else {
+                    return self.missing_arg(call, "kernel", "conv1d(128, kernel: 3)");
+                };
+                let kernel = self.count(k, "kernel", 1)?;
+                let padding = args
+                    .get("padding", None)
+                    .map_or(Some(0), |v| self.count(v, "padding", 0))?;
+                let bias = args
+                    .get("bias", None)
+                    .map_or(Some(true), |v| self.boolean(v, "bias"))?;
+                let [len, _] = sequence(self)?;
+                let Some(out_len) = window(len, kernel, 1, padding) else {
+                    mismatch(
+                        self,
+                        format!("a kernel of {kernel} does not fit a sequence of {len}"),
+                        Some("use a smaller kernel or more padding".into()),
+                    );
+                    return None;
+                };
+                Some((
+                    Layer::Conv1d {
+                        out,
+                        kernel,
+                        padding,
+                        bias,
+                    },
+                    vec![out_len, out],
+                ))
+            }
+            "lstm" | "bilstm" => {
+                let args = self.args(call, &["hidden"], 1);
+                let Some(h) = args.get("hidden", Some(0)) else {
+                    return self.missing_arg(call, "hidden", "lstm(128)");
+                };
+                let hidden = self.count(h, "the LSTM's hidden width", 1)?;
+                let [len, _] = sequence(self)?;
+                let bidirectional = name == "bilstm";
+                let width = if bidirectional { 2 * hidden } else { hidden };
+                Some((
+                    Layer::Lstm {
+                        hidden,
+                        bidirectional,
+                    },
+                    vec![len, width],
+                ))
+            }
+            "transformer" => {
+                let args = self.args(call, &["heads", "ff", "dropout"], 0);
+                let Some(h) = args.get("heads", None) else {
+                    return self.missing_arg(call, "heads", "transformer(heads: 4, ff: 256)");
+                };
+                let heads = self.count(h, "attention heads", 1)?;
+                let Some(f) = args.get("ff", None) else {
+                    return self.missing_arg(call, "ff", "transformer(heads: 4, ff: 256)");
+                };
+                let ff = self.count(f, "the feed-forward width", 1)?;
+                let dropout = args.get("dropout", None).map_or(Some(0.0), |v| {
+                    self.number_in(v, "dropout", |p| (0.0..1.0).contains(&p), "in [0, 1)")
+                })?;
+                let [_, width] = sequence(self)?;
+                if !width.is_multiple_of(heads) {
+                    mismatch(
+                        self,
+                        format!("{heads} heads do not divide the width {width}"),
+                        Some("the width must be a multiple of the number of heads".into()),
+                    );
+                    return None;
+                }
+                Some((Layer::Transformer { heads, ff, dropout }, input.to_vec()))
+            }
+            "layernorm" => {
+                let args = self.args(call, &["eps"], 0);
+                let eps = args.get("eps", None).map_or(Some(1e-5), |v| {
+                    self.number_in(v, "eps", |e| e > 0.0, "greater than 0")
+                })?;
+                Some((Layer::LayerNorm { eps }, input.to_vec()))
+            }
+            "pool" | "max_over_time" => {
+                let kind = if name == "max_over_time" {
+                    self.args(call, &[], 0);
+                    SeqPool::Max
+                } else {
+                    let args = self.args(call, &["kind"], 1);
+                    let Some(k) = args.get("kind", Some(0)) else {
+                        return self.missing_arg(call, "kind", "pool(max)");
+                    };
+                    match self
+                        .choice(k, "a pooling", &["max", "mean", "first"])?
+                        .as_str()
+                    {
+                        "max" => SeqPool::Max,
+                        "mean" => SeqPool::Mean,
+                        _ => SeqPool::First,
+                    }
+                };
+                let [_, width] = sequence(self)?;
+                Some((Layer::Pool { kind }, vec![width]))
+            }
             "relu" | "gelu" | "tanh" | "sigmoid" | "softmax" => {
                 self.args(call, &[], 0);
                 let layer = match name {
@@ -446,6 +639,15 @@ impl Cx<'_> {
                     architecture,
                     init_from,
                 } => (architecture, init_from),
+                RoleSource::Bert(source) => {
+                    match self.bert_role(r, source) {
+                        Some(model) => models.push(model),
+                        None => {
+                            self.failed.insert(format!("model {}", r.name.name));
+                        }
+                    }
+                    continue;
+                }
                 RoleSource::Onnx(source) => {
                     match self.onnx_role(r, source) {
                         Some(model) => models.push(model),
@@ -517,6 +719,8 @@ impl Cx<'_> {
                 flops: arch.layers.iter().map(|l| l.flops).sum(),
                 span: to_plan(r.span),
                 onnx: None,
+                bert: None,
+                tokens: arch.tokens,
             });
             let _ = arch.span;
         }
@@ -554,6 +758,12 @@ fn layer_prefix(layer: &Layer) -> &'static str {
         Layer::Sigmoid => "sigmoid",
         Layer::Softmax => "softmax",
         Layer::Residual { .. } => "residual",
+        Layer::Embedding { .. } => "embedding",
+        Layer::Conv1d { .. } => "conv1d",
+        Layer::Lstm { .. } => "lstm",
+        Layer::Transformer { .. } => "transformer",
+        Layer::LayerNorm { .. } => "layernorm",
+        Layer::Pool { .. } => "pool",
     }
 }
 
@@ -580,6 +790,45 @@ fn cost(layer: &Layer, input: &[usize], output: &[usize]) -> (usize, u64) {
         Layer::Gelu | Layer::Tanh | Layer::Sigmoid | Layer::Softmax => (0, 4 * out_elems),
         Layer::Relu | Layer::Dropout { .. } => (0, out_elems),
         Layer::Flatten | Layer::Residual { .. } => (0, 0),
+        Layer::Embedding {
+            vocab,
+            dim,
+            positions,
+        } => {
+            let len = input.first().copied().unwrap_or(0);
+            let params = vocab * dim + if *positions { len * dim } else { 0 };
+            (params, out_elems)
+        }
+        Layer::Conv1d {
+            out, kernel, bias, ..
+        } => {
+            let c = input.last().copied().unwrap_or(0);
+            let params = out * c * kernel + if *bias { *out } else { 0 };
+            (params, 2 * (c * kernel) as u64 * out_elems)
+        }
+        Layer::Lstm {
+            hidden,
+            bidirectional,
+        } => {
+            let c = input.last().copied().unwrap_or(0);
+            let len = input.first().copied().unwrap_or(0) as u64;
+            let directions = if *bidirectional { 2 } else { 1 };
+            let per_direction = 4 * hidden * (c + hidden) + 4 * hidden;
+            (
+                directions * per_direction,
+                directions as u64 * len * 2 * (4 * hidden * (c + hidden)) as u64,
+            )
+        }
+        Layer::Transformer { ff, .. } => {
+            let len = input.first().copied().unwrap_or(0) as u64;
+            let d = input.last().copied().unwrap_or(0);
+            let params = 4 * d * d + 4 * d + 2 * d * ff + ff + d + 4 * d;
+            let matmuls = len * 2 * (4 * d * d + 2 * d * ff) as u64;
+            let attention = 2 * 2 * len * len * d as u64;
+            (params, matmuls + attention)
+        }
+        Layer::LayerNorm { .. } => (2 * input.last().copied().unwrap_or(0), 5 * out_elems),
+        Layer::Pool { .. } => (0, input.iter().product::<usize>() as u64),
     }
 }
 

@@ -181,6 +181,8 @@ impl Cx<'_> {
                 output: output.value,
                 taps: tap_values,
             }),
+            bert: None,
+            tokens: false,
         })
     }
 

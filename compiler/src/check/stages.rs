@@ -6,7 +6,7 @@ use kd_plan::{
     Schedule, ScheduleKind, StageKind, TensorType, Validate,
 };
 
-use super::data::needs_image;
+use super::data::{needs_image, needs_text};
 use super::expr::{Losses, Scope};
 use super::models::to_plan;
 use super::{CheckedStage, Cx, TypedExpr, TypedNode};
@@ -153,6 +153,9 @@ impl Cx<'_> {
 
     /// A model's input must fit the data's samples.
     fn fits(&mut self, model: &ModelSpec, data: &DataSpec, r: &DataRef) -> Option<()> {
+        if model.tokens || data.text.is_some() {
+            return self.fits_text(model, data, r);
+        }
         if model.input == data.sample_shape {
             return Some(());
         }
@@ -173,6 +176,92 @@ impl Cx<'_> {
             )),
         });
         None
+    }
+
+    /// A model reading token ids needs text data of its length, from a tokenizer whose ids
+    /// its embedding table covers.
+    fn fits_text(&mut self, model: &ModelSpec, data: &DataSpec, r: &DataRef) -> Option<()> {
+        let fail = |cx: &mut Self, message: String, label: String, help: String| {
+            cx.error(CheckError::ShapeMismatch {
+                message,
+                span: span(r.span),
+                label,
+                related: vec![labeled(
+                    from_plan(model.span),
+                    format!("`{}` is declared here", model.name),
+                )],
+                help: Some(help),
+            });
+            None
+        };
+        let Some(text) = &data.text else {
+            return fail(
+                self,
+                format!(
+                    "model `{}` reads token ids but `{}` is not text",
+                    model.name, data.name
+                ),
+                "not text".into(),
+                "token models train on `text(...)` data".into(),
+            );
+        };
+        if !model.tokens {
+            return fail(
+                self,
+                format!(
+                    "`{}` is text but model `{}` reads numbers",
+                    data.name, model.name
+                ),
+                "text".into(),
+                format!(
+                    "declare `input tokens[{}]` and start with `embedding(...)`",
+                    text.max_len
+                ),
+            );
+        }
+        let vocab = match (&model.bert, model.layers.first().map(|l| &l.layer)) {
+            (Some(bert), _) => {
+                if text.max_len > bert.max_positions {
+                    return fail(
+                        self,
+                        format!(
+                            "`{}` has {} tokens per sample but `{}` has {} positions",
+                            data.name, text.max_len, model.name, bert.max_positions
+                        ),
+                        format!("max_len {}", text.max_len),
+                        format!("set `max_len: {}` or less", bert.max_positions),
+                    );
+                }
+                bert.vocab
+            }
+            (None, Some(kd_plan::Layer::Embedding { vocab, .. })) => {
+                if model.input != data.sample_shape {
+                    return fail(
+                        self,
+                        format!(
+                            "model `{}` takes {} tokens but `{}` has {} per sample",
+                            model.name, model.input[0], data.name, text.max_len
+                        ),
+                        format!("max_len {}", text.max_len),
+                        format!("declare `input tokens[{}]` in the model", text.max_len),
+                    );
+                }
+                *vocab
+            }
+            _ => return Some(()),
+        };
+        if text.vocab > vocab {
+            return fail(
+                self,
+                format!(
+                    "`{}`'s tokenizer has {} tokens but `{}` embeds only {vocab}",
+                    data.name, text.vocab, model.name
+                ),
+                format!("ids up to {}", text.vocab - 1),
+                format!("give the embedding `{}` rows", text.vocab),
+            );
+        }
+        Some(())
     }
 
     fn stage(
@@ -457,7 +546,41 @@ impl Cx<'_> {
             self.fits(f, data_spec, data_ref)?;
         }
         if let Some((spec, at)) = augment_spec {
-            if data_spec.sample_shape.len() != 3 {
+            let text = data_spec.text.is_some();
+            let misfit = spec.ops.iter().find(|op| {
+                needs_text(op) != text
+                    || (text
+                        && matches!(
+                            op,
+                            kd_plan::AugmentOp::Noise { .. } | kd_plan::AugmentOp::Mixup { .. }
+                        ))
+            });
+            if let Some(op) = misfit.filter(|_| text || spec.ops.iter().any(needs_text)) {
+                let (kind, help) = if text {
+                    (
+                        "holds text",
+                        "text takes token_dropout, mask_tokens, span_delete and swap_tokens",
+                    )
+                } else {
+                    (
+                        "holds numbers, not text",
+                        "token operations need `text(...)` data",
+                    )
+                };
+                self.error(CheckError::Stage {
+                    message: format!(
+                        "augmentation `{}` has `{}`, but `{}` {kind}",
+                        spec.name,
+                        super::data::op_name(op),
+                        data_spec.name,
+                    ),
+                    span: span(at),
+                    label: "does not fit the data".into(),
+                    help: Some(help.into()),
+                });
+                return None;
+            }
+            if data_spec.sample_shape.len() != 3 && !text {
                 if let Some(op) = spec.ops.iter().find(|op| needs_image(op)) {
                     self.error(CheckError::Stage {
                         message: format!(
@@ -969,6 +1092,26 @@ impl Cx<'_> {
                         ),
                     );
                     continue;
+                }
+                if path.ends_with(".onnx") {
+                    let blocker = if model.bert.is_some() {
+                        Some("BERT encoder".to_string())
+                    } else {
+                        model
+                            .layers
+                            .iter()
+                            .find_map(|l| kd_plan::onnx_unsupported(&l.layer))
+                            .map(|kind| format!("`{kind}` layer"))
+                    };
+                    if let Some(blocker) = blocker {
+                        self.invalid(
+                            at,
+                            format!("kdc cannot write `{}`'s {blocker} to ONNX yet", model.name),
+                            "not exportable to ONNX",
+                            Some("export it to .safetensors".into()),
+                        );
+                        continue;
+                    }
                 }
                 if let Some(reserved) = kd_plan::reserved_in_run_folder(&path) {
                     self.invalid(

@@ -6,6 +6,7 @@
 pub mod csv;
 pub mod idx;
 pub mod split;
+pub mod text;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -300,6 +301,7 @@ impl Dataset {
                 };
                 (part, None)
             }
+            DataSource::Text { .. } => (text::load(spec, base_dir, &mut files)?, None),
         };
         if let Some(limit) = spec.limit {
             train.truncate(limit);

@@ -67,6 +67,7 @@ pub fn csv_spec(
         scale: 1.0,
         normalize: Normalize::None,
         splits,
+        text: None,
     }
 }
 

@@ -1,0 +1,426 @@
+//! BERT-family encoders from a Hugging Face checkpoint folder, run by candle-transformers:
+//! the encoder (all of the checkpoint's layers, or the subset a DistilBERT-style student
+//! keeps), pooling over real tokens, and a linear classification head.
+//!
+//! Only what a stage may train becomes a `Var`; frozen weights are plain tensors, so no
+//! gradient is computed for them. When only the head trains, the encoder's pooled output is
+//! a function of the token ids alone: it is cached per distinct sample (keyed by a hash of
+//! the ids), in memory and, with `cache: disk`, in a safetensors file named by a hash of
+//! the checkpoint and the layers kept, so a later run skips the encoder.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use kd_plan::{BertSpec, Pooling, Trainable};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, RuntimeError, TensorContext};
+
+type Handed = Vec<(String, Tensor, Option<Var>)>;
+
+/// The checkpoint's tensors, handed to candle-transformers under the names of the model
+/// being built (layer `j` of a subset reads checkpoint layer `layers[j]`).
+struct CheckpointBackend {
+    tensors: HashMap<String, Tensor>,
+    layers: Vec<usize>,
+    trainable: Trainable,
+    /// Every tensor handed out, in request order, with its `Var` when it is trained.
+    handed: Arc<Mutex<Handed>>,
+}
+
+impl CheckpointBackend {
+    fn source_name(&self, name: &str) -> String {
+        let name = match name.strip_prefix("encoder.layer.") {
+            Some(rest) => {
+                let (index, tail) = rest.split_once('.').unwrap_or((rest, ""));
+                match index.parse::<usize>().ok().and_then(|j| self.layers.get(j)) {
+                    Some(source) => format!("encoder.layer.{source}.{tail}"),
+                    None => name.to_string(),
+                }
+            }
+            None => name.to_string(),
+        };
+        if self.tensors.contains_key(&name) {
+            name
+        } else {
+            format!("bert.{name}")
+        }
+    }
+
+    fn is_trained(&self, name: &str) -> bool {
+        match self.trainable {
+            Trainable::Head => false,
+            Trainable::All => true,
+            Trainable::Last(n) => name
+                .strip_prefix("encoder.layer.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|j| j + n >= self.layers.len()),
+        }
+    }
+}
+
+impl SimpleBackend for CheckpointBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.get_unchecked(name, dtype, device)?;
+        if tensor.shape() != &shape {
+            candle_core::bail!(
+                "`{name}` has shape {:?} in the checkpoint, the config implies {:?}",
+                tensor.dims(),
+                shape.dims()
+            );
+        }
+        let (tensor, var) = if self.is_trained(name) {
+            let var = Var::from_tensor(&tensor)?;
+            (var.as_tensor().clone(), Some(var))
+        } else {
+            (tensor, None)
+        };
+        if let Ok(mut handed) = self.handed.lock() {
+            handed.push((name.to_string(), tensor.clone(), var));
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let source = self.source_name(name);
+        let tensor = self
+            .tensors
+            .get(&source)
+            .ok_or_else(|| candle_core::Error::Msg(format!("the checkpoint has no `{name}`")))?;
+        tensor.to_dtype(dtype)?.to_device(device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(&self.source_name(name))
+    }
+}
+
+/// A loaded BERT classifier.
+pub struct Bert {
+    encoder: BertModel,
+    pooling: Pooling,
+    pub head_weight: Var,
+    pub head_bias: Var,
+    /// Encoder parameters a stage trains, by export name.
+    pub trained: Vec<(String, Var)>,
+    /// Every encoder tensor, by export name (trained ones as their `Var`'s tensor).
+    pub encoder_tensors: Vec<(String, Tensor)>,
+    /// Pooled encoder output per sample, while the encoder is frozen.
+    cache: HashMap<[u8; 32], Vec<f32>>,
+    /// Entries not yet written to the disk cache.
+    unsaved: usize,
+    cache_file: Option<PathBuf>,
+    /// Samples the encoder actually ran on.
+    pub encoder_samples: u64,
+    hidden: usize,
+}
+
+impl std::fmt::Debug for Bert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bert")
+            .field("pooling", &self.pooling)
+            .field("trained", &self.trained.len())
+            .field("cached", &self.cache.len())
+            .finish()
+    }
+}
+
+fn checkpoint_error(path: &Path, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Weights {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl Bert {
+    /// Loads `spec.path` (resolved to `folder`); `init` draws the head's fresh weights;
+    /// `cache_dir` turns on the disk cache of pooled outputs.
+    pub fn load(
+        spec: &BertSpec,
+        folder: &Path,
+        init: &mut dyn FnMut(&str, &[usize], f64) -> Result<Var>,
+        cache_dir: Option<&Path>,
+    ) -> Result<Bert> {
+        let config_path = folder.join("config.json");
+        let raw = std::fs::read(&config_path).map_err(|source| RuntimeError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let mut config: Config = serde_json::from_slice(&raw)
+            .map_err(|e| checkpoint_error(&config_path, format!("not a BERT config ({e})")))?;
+        config.num_hidden_layers = spec.layers.len();
+        let weights = folder.join("model.safetensors");
+        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+            .map_err(|e| checkpoint_error(&weights, format!("not readable safetensors ({e})")))?;
+        let handed = Arc::new(Mutex::new(Handed::new()));
+        let backend = CheckpointBackend {
+            tensors,
+            layers: spec.layers.clone(),
+            trainable: spec.trainable,
+            handed: handed.clone(),
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+        let encoder = BertModel::load(vb, &config)
+            .map_err(|e| checkpoint_error(&weights, format!("does not fit its config ({e})")))?;
+        let handed = std::mem::take(
+            &mut *handed
+                .lock()
+                .map_err(|_| checkpoint_error(&weights, "loading it failed half-way"))?,
+        );
+        let mut trained = Vec::new();
+        let mut encoder_tensors = Vec::new();
+        for (name, tensor, var) in handed {
+            if let Some(var) = var {
+                trained.push((name.clone(), var));
+            }
+            encoder_tensors.push((name, tensor));
+        }
+        let bound = 1.0 / (spec.hidden as f64).sqrt();
+        let head_weight = init("head.weight", &[spec.classes, spec.hidden], bound)?;
+        let head_bias = init("head.bias", &[spec.classes], bound)?;
+        let mut bert = Bert {
+            encoder,
+            pooling: spec.pooling,
+            head_weight,
+            head_bias,
+            trained,
+            encoder_tensors,
+            cache: HashMap::new(),
+            unsaved: 0,
+            cache_file: None,
+            encoder_samples: 0,
+            hidden: spec.hidden,
+        };
+        if spec.trainable == Trainable::Head {
+            if let Some(dir) = cache_dir {
+                let file = dir.join(format!("bert-{}.safetensors", cache_key(spec, &weights)?));
+                bert.load_cache(&file)?;
+                bert.cache_file = Some(file);
+            }
+        }
+        Ok(bert)
+    }
+}
+
+/// Names the disk cache after everything the pooled outputs depend on: the checkpoint's
+/// bytes, the layers kept and the pooling (the token ids key each entry).
+fn cache_key(spec: &BertSpec, weights: &Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(weights).map_err(|source| RuntimeError::Io {
+        path: weights.to_path_buf(),
+        source,
+    })?;
+    std::io::copy(&mut file, &mut hasher).map_err(|source| RuntimeError::Io {
+        path: weights.to_path_buf(),
+        source,
+    })?;
+    hasher.update(format!("{:?}/{:?}", spec.layers, spec.pooling).as_bytes());
+    Ok(hasher
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The cache key of one sample: its token ids up to the padding.
+fn ids_key(ids: &[u32]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for id in ids {
+        hasher.update(id.to_le_bytes());
+    }
+    hasher.finalize().into()
+}
+
+impl Bert {
+    /// Runs the classifier on token ids `[B, L]` (as f32, padded with `pad_id`): the pooled
+    /// encoder output and the logits. `cacheable` is false for augmented batches, whose
+    /// rows are seen once.
+    pub fn forward(
+        &mut self,
+        ids: &Tensor,
+        pad_id: u32,
+        cacheable: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let rows: Vec<Vec<u32>> = ids
+            .to_dtype(DType::U32)
+            .and_then(|t| t.to_vec2::<u32>())
+            .ctx("reading token ids")?;
+        let use_cache = self.trained.is_empty() && cacheable;
+        let keys: Vec<[u8; 32]> = if use_cache {
+            rows.iter().map(|r| ids_key(r)).collect()
+        } else {
+            Vec::new()
+        };
+        let missing: Vec<usize> = if use_cache {
+            (0..rows.len())
+                .filter(|&i| !self.cache.contains_key(&keys[i]))
+                .collect()
+        } else {
+            (0..rows.len()).collect()
+        };
+        let pooled = if use_cache {
+            if !missing.is_empty() {
+                let subset: Vec<Vec<u32>> = missing.iter().map(|&i| rows[i].clone()).collect();
+                let computed = self.encode(&subset, pad_id)?;
+                let values = computed.to_vec2::<f32>().ctx("reading pooled outputs")?;
+                for (&i, v) in missing.iter().zip(values) {
+                    self.cache.insert(keys[i], v);
+                    self.unsaved += 1;
+                }
+            }
+            let mut flat = Vec::with_capacity(rows.len() * self.hidden);
+            for key in &keys {
+                let row = self
+                    .cache
+                    .get(key)
+                    .ok_or_else(|| RuntimeError::Plan("a cached encoder output vanished".into()))?;
+                flat.extend_from_slice(row);
+            }
+            Tensor::from_vec(flat, (rows.len(), self.hidden), &Device::Cpu).ctx("pooled outputs")?
+        } else {
+            let pooled = self.encode(&rows, pad_id)?;
+            if self.trained.is_empty() {
+                pooled.detach()
+            } else {
+                pooled
+            }
+        };
+        let logits = pooled
+            .matmul(&self.head_weight.as_tensor().t().ctx("head")?)
+            .and_then(|y| y.broadcast_add(self.head_bias.as_tensor()))
+            .ctx("the classification head")?;
+        Ok((pooled, logits))
+    }
+
+    /// The encoder on `rows`, cut to the longest real length among them (padding beyond
+    /// it is masked anyway), pooled.
+    fn encode(&mut self, rows: &[Vec<u32>], pad_id: u32) -> Result<Tensor> {
+        let real = |r: &Vec<u32>| r.iter().rposition(|&id| id != pad_id).map_or(1, |p| p + 1);
+        let len = rows.iter().map(real).max().unwrap_or(1);
+        let mut ids = Vec::with_capacity(rows.len() * len);
+        let mut mask = Vec::with_capacity(rows.len() * len);
+        for r in rows {
+            for &id in &r[..len.min(r.len())] {
+                ids.push(id);
+                mask.push(if id == pad_id { 0f32 } else { 1.0 });
+            }
+        }
+        let b = rows.len();
+        let ids = Tensor::from_vec(ids, (b, len), &Device::Cpu).ctx("token ids")?;
+        let mask = Tensor::from_vec(mask, (b, len), &Device::Cpu).ctx("attention mask")?;
+        let types = ids.zeros_like().ctx("token types")?;
+        let hidden = self
+            .encoder
+            .forward(&ids, &types, Some(&mask))
+            .ctx("the BERT encoder")?;
+        self.encoder_samples += b as u64;
+        let pooling = self.pooling;
+        (|| match pooling {
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1),
+            Pooling::Mean => {
+                let m = mask.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
+                let counts = mask.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
+                summed.broadcast_div(&counts)
+            }
+        })()
+        .ctx("pooling")
+    }
+
+    /// Every tensor of the model by export name: the encoder's, then the head.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.encoder_tensors.clone();
+        out.push(("head.weight".into(), self.head_weight.as_tensor().clone()));
+        out.push(("head.bias".into(), self.head_bias.as_tensor().clone()));
+        out
+    }
+
+    fn load_cache(&mut self, file: &Path) -> Result<()> {
+        if !file.is_file() {
+            return Ok(());
+        }
+        // A damaged cache file is not the user's data: it is rebuilt, not reported.
+        let Ok(tensors) = candle_core::safetensors::load(file, &Device::Cpu) else {
+            return Ok(());
+        };
+        let (Some(keys), Some(pooled)) = (tensors.get("keys"), tensors.get("pooled")) else {
+            return Ok(());
+        };
+        let (Ok(keys), Ok(pooled)) = (keys.to_vec2::<u8>(), pooled.to_vec2::<f32>()) else {
+            return Ok(());
+        };
+        for (key, row) in keys.into_iter().zip(pooled) {
+            if let (Ok(key), true) = (<[u8; 32]>::try_from(key), row.len() == self.hidden) {
+                self.cache.insert(key, row);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the disk cache when it has new entries.
+    pub fn save_cache(&mut self) -> Result<()> {
+        let Some(file) = self.cache_file.clone() else {
+            return Ok(());
+        };
+        if self.unsaved == 0 || self.cache.is_empty() {
+            return Ok(());
+        }
+        let mut entries: Vec<(&[u8; 32], &Vec<f32>)> = self.cache.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        let n = entries.len();
+        let keys: Vec<u8> = entries
+            .iter()
+            .flat_map(|(k, _)| k.iter().copied())
+            .collect();
+        let pooled: Vec<f32> = entries
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        let tensors = HashMap::from([
+            (
+                "keys".to_string(),
+                Tensor::from_vec(keys, (n, 32), &Device::Cpu).ctx("cache keys")?,
+            ),
+            (
+                "pooled".to_string(),
+                Tensor::from_vec(pooled, (n, self.hidden), &Device::Cpu).ctx("cache values")?,
+            ),
+        ]);
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let bytes = safetensors::serialize(&tensors, None).map_err(|e| RuntimeError::Weights {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        crate::files::write_atomically(&file, &bytes)?;
+        self.unsaved = 0;
+        Ok(())
+    }
+
+    pub fn cached_samples(&self) -> usize {
+        self.cache.len()
+    }
+}
