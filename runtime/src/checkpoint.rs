@@ -97,6 +97,10 @@ pub struct SeedRecord {
     pub metrics: BTreeMap<String, BTreeMap<String, SplitMetrics>>,
     pub bytes: BTreeMap<String, u64>,
     pub params: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub latency_ms: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub encoder_forwards: BTreeMap<String, u64>,
 }
 
 /// A checkpoint in memory: the state, and the tensors by name (shape, f32 values).

@@ -383,11 +383,20 @@ impl Run<'_> {
             .iter()
             .map(|(name, m)| (name.clone(), m.param_count()))
             .collect();
+        // Counted before the latency probe, whose forwards bypass the cache on purpose.
+        let encoder_forwards = models
+            .iter()
+            .filter(|(_, m)| m.is_bert())
+            .map(|(name, m)| (name.clone(), m.encoder_samples()))
+            .collect();
+        let latency_ms = self.latencies(&mut models)?;
         Ok(SeedRecord {
             stages: std::mem::take(&mut self.state.stages_done),
             metrics,
             bytes,
             params,
+            latency_ms,
+            encoder_forwards,
         })
     }
 
@@ -960,6 +969,46 @@ impl Run<'_> {
 
     /// Every evaluation: each model on each split, keyed by split name (`data/split` when
     /// two data sources share a split name).
+    /// Per-sample CPU latency of each evaluated model: the median of single-sample
+    /// forwards (batch of one, eval mode, no cache) over the first samples of its first
+    /// evaluation split, after one warm-up forward.
+    fn latencies(&self, models: &mut HashMap<String, Model>) -> Result<BTreeMap<String, f64>> {
+        const SAMPLES: usize = 20;
+        let mut out = BTreeMap::new();
+        for evaluation in &self.plan.evaluations {
+            let dataset = self.dataset(&evaluation.data)?;
+            let n = dataset.split(&evaluation.split)?.len().min(SAMPLES);
+            if n == 0 {
+                continue;
+            }
+            for name in &evaluation.models {
+                if out.contains_key(name) {
+                    continue;
+                }
+                let model = models
+                    .get_mut(name)
+                    .ok_or_else(|| plan_error(format!("no model `{name}`")))?;
+                let mut times = Vec::with_capacity(n);
+                for position in 0..=n {
+                    let batch =
+                        self.build_batch(&evaluation.data, &evaluation.split, &[position % n])?;
+                    let started = Instant::now();
+                    let outputs = model.forward_with(&batch.x, false, false)?;
+                    // candle is eager, but make sure the result exists before the clock stops.
+                    if let Some((_, t)) = outputs.last() {
+                        t.sum_all().ctx("timing a forward")?;
+                    }
+                    if position > 0 {
+                        times.push(started.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                times.sort_by(f64::total_cmp);
+                out.insert(name.clone(), times[times.len() / 2]);
+            }
+        }
+        Ok(out)
+    }
+
     fn evaluate(
         &self,
         models: &mut HashMap<String, Model>,
@@ -1132,6 +1181,8 @@ fn model_summaries(plan: &Plan, results: &[SeedRecord]) -> BTreeMap<String, Mode
                 architecture: spec.architecture.clone(),
                 params: first.params.get(&spec.name).copied().unwrap_or(spec.params),
                 bytes: first.bytes.get(&spec.name).copied(),
+                latency_ms: first.latency_ms.get(&spec.name).copied(),
+                encoder_forwards: first.encoder_forwards.get(&spec.name).copied(),
                 metrics,
                 metrics_std,
             },

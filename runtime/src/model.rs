@@ -517,6 +517,10 @@ impl Model {
         }
     }
 
+    pub fn is_bert(&self) -> bool {
+        self.bert.is_some()
+    }
+
     /// Samples a BERT encoder actually ran on (cache misses), for the summary.
     pub fn encoder_samples(&self) -> u64 {
         self.bert.as_ref().map_or(0, |b| b.encoder_samples)

@@ -40,6 +40,14 @@ pub struct ModelSummary {
     pub params: usize,
     /// Size of the exported weights file (the first seed's), if exported.
     pub bytes: Option<u64>,
+    /// Per-sample CPU latency in milliseconds (the first seed's): the median of
+    /// single-sample forwards on the first evaluation split; absent for models no
+    /// evaluation runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// BERT models: the samples the encoder actually ran on (the rest came from its cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_forwards: Option<u64>,
     /// Split name -> metrics; with several seeds, the means (per-class scores and the
     /// confusion matrix are the first seed's).
     pub metrics: BTreeMap<String, SplitMetrics>,

@@ -35,7 +35,7 @@ impl Cx<'_> {
         let folder = self.resolve_path(&text);
         let config = self.bert_config(&text, &folder, &source.path)?;
         let pooling = match fields.value("pooling") {
-            Some(v) => match self.choice(v, "a pooling", &["mean", "cls"])?.as_str() {
+            Some(v) => match self.choice(v, "pooling", &["mean", "cls"])?.as_str() {
                 "cls" => Pooling::Cls,
                 _ => Pooling::Mean,
             },

@@ -578,7 +578,7 @@ impl Cx<'_> {
                         return self.missing_arg(call, "kind", "pool(max)");
                     };
                     match self
-                        .choice(k, "a pooling", &["max", "mean", "first"])?
+                        .choice(k, "pooling", &["max", "mean", "first"])?
                         .as_str()
                     {
                         "max" => SeqPool::Max,

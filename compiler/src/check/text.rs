@@ -60,7 +60,7 @@ impl Cx<'_> {
             Some(v) => match self
                 .choice(
                     v,
-                    "a text format",
+                    "text format",
                     &["jsonl", "json", "csv", "tsv", "folders"],
                 )?
                 .as_str()
@@ -132,9 +132,10 @@ impl Cx<'_> {
                 return None;
             }
         };
-        let (classes, class_names) = self.text_classes(decl, fields, &records)?;
-
-        let tokenizer = self.tokenizer(decl, fields)?;
+        // Both are reported when both are wrong.
+        let classes = self.text_classes(decl, fields, &records);
+        let tokenizer = self.tokenizer(decl, fields);
+        let ((classes, class_names), tokenizer) = (classes?, tokenizer?);
         let max_len = match fields.value("max_len") {
             Some(v) => self.count(v, "max_len", 2)?,
             None => {
@@ -288,19 +289,6 @@ impl Cx<'_> {
             }
         }
         let at = setting.map_or(decl.source.span, |s| s.span);
-        if names.len() < 2 {
-            self.error(CheckError::Data {
-                message: format!(
-                    "`{}` has {} class; classification needs two or more",
-                    decl.name.name,
-                    names.len()
-                ),
-                span: span(at),
-                label: "one class".into(),
-                help: None,
-            });
-            return None;
-        }
         let unmapped: Vec<String> = seen
             .iter()
             .filter(|(label, _)| !map.iter().any(|(l, _)| l == *label))
@@ -344,6 +332,19 @@ impl Cx<'_> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 )),
+            });
+            return None;
+        }
+        if names.len() < 2 {
+            self.error(CheckError::Data {
+                message: format!(
+                    "`{}` has {} class; classification needs two or more",
+                    decl.name.name,
+                    names.len()
+                ),
+                span: span(at),
+                label: "one class".into(),
+                help: None,
             });
             return None;
         }

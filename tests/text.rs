@@ -1,0 +1,360 @@
+//! The text path against independent references, and text pipelines end to end.
+//!
+//! - Token ids: kdc's tokenisation (the Rust `tokenizers` crate) against Hugging Face's
+//!   Python `tokenizers`, on real e-mails.
+//! - BERT: kdc's pooled embeddings (candle-transformers, a layer subset, kdc's pooling)
+//!   against a BERT written in numpy (tests/bert/reference.py), on the tiny checkpoint and
+//!   on the real MiniLM (fetched with the project's pinned, checksummed script).
+//! - Pipelines: the text and BERT cases of tests/cases/ok run through `kdc run`; the
+//!   summary holds what the executor counted (teacher and encoder forwards), projections
+//!   are not exported, and `cache: disk` lets a second run skip the encoder entirely.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+#[path = "../runtime/tests/common/schema.rs"]
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use candle_core::{Device, Tensor};
+use kd_plan::{BertSpec, ModelSpec, Pooling, Role, Span, Trainable};
+use kd_runtime::model::Model;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> String {
+    let output = Command::new("bash")
+        .arg(root().join("scripts/python-env.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// Runs tests/bert/reference.py on a request.
+fn reference(request: serde_json::Value) -> serde_json::Value {
+    let mut child = Command::new(python())
+        .arg(root().join("tests/bert/reference.py"))
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    serde_json::to_writer(child.stdin.take().unwrap(), &request).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn minilm() {
+    static FETCHED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = FETCHED.get_or_init(|| {
+        let o = Command::new("bash")
+            .arg(root().join("scripts/fetch-data.sh"))
+            .arg("minilm")
+            .output()
+            .map_err(|e| format!("cannot run the fetch script: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "fetch-data.sh minilm failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The first `n` e-mails of tests/text/mail.jsonl.
+fn mails(n: usize) -> Vec<String> {
+    std::fs::read_to_string(root().join("tests/text/mail.jsonl"))
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["text"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn tokenize(texts: &[String], max_len: usize) -> Vec<u32> {
+    kd_runtime::data::text::tokenize(
+        &root().join("tests/text/tokenizer.json"),
+        texts.iter().map(String::as_str),
+        max_len,
+        0,
+    )
+    .unwrap()
+}
+
+#[test]
+fn token_ids_match_hugging_face_tokenizers() {
+    let mut texts = mails(12);
+    texts.push("Hello, world!".into());
+    texts.push(String::new());
+    texts.push("naïve café — ÜBER résumé 日本語 emoji 🙂".into());
+    let ids = tokenize(&texts, 96);
+    let expected = reference(serde_json::json!({
+        "tokenizer": "tests/text/tokenizer.json", "max_len": 96, "texts": texts,
+    }));
+    let expected: Vec<u32> = expected["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+        })
+        .collect();
+    assert_eq!(ids, expected);
+    // [CLS] hello , world ! [SEP], then padding.
+    let hello = &ids[12 * 96..12 * 96 + 8];
+    assert_eq!(hello, &[101, 7592, 1010, 2088, 999, 102, 0, 0]);
+}
+
+fn bert_spec(folder: &str, layers: Vec<usize>, hidden: usize, pooling: Pooling) -> ModelSpec {
+    ModelSpec {
+        name: "b".into(),
+        architecture: format!("bert(\"{folder}\")"),
+        role: Role::Teacher,
+        input: vec![512],
+        layers: vec![],
+        taps: vec![],
+        init_from: None,
+        init_key: "b".into(),
+        params: 0,
+        flops: 0,
+        span: Span::default(),
+        onnx: None,
+        bert: Some(BertSpec {
+            path: folder.into(),
+            pooling,
+            classes: 2,
+            trainable: Trainable::Head,
+            layers,
+            hidden,
+            vocab: 30522,
+            max_positions: 512,
+        }),
+        tokens: true,
+    }
+}
+
+/// kdc's pooled output against the numpy BERT, largest absolute difference.
+fn pooled_difference(folder: &str, layers: Vec<usize>, hidden: usize, pooling: Pooling) -> f64 {
+    let texts = mails(6);
+    let max_len = 48;
+    let ids = tokenize(&texts, max_len);
+    let spec = bert_spec(folder, layers.clone(), hidden, pooling);
+    let mut model = Model::from_bert(&spec, &root().join(folder), 1, None).unwrap();
+    model.set_pad_id(0);
+    let x = Tensor::from_vec(
+        ids.iter().map(|&i| i as f32).collect::<Vec<_>>(),
+        (texts.len(), max_len),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let outputs = model.forward(&x, false).unwrap();
+    let pooled = &outputs.iter().find(|(p, _)| p == "pooled").unwrap().1;
+    let got = pooled.to_vec2::<f32>().unwrap();
+    let expected = reference(serde_json::json!({
+        "tokenizer": "tests/text/tokenizer.json", "max_len": max_len, "texts": texts,
+        "checkpoint": folder, "layers": layers,
+        "pooling": if pooling == Pooling::Cls { "cls" } else { "mean" },
+    }));
+    let mut worst = 0f64;
+    for (row, want) in got.iter().zip(expected["pooled"].as_array().unwrap()) {
+        for (g, w) in row.iter().zip(want.as_array().unwrap()) {
+            worst = worst.max((f64::from(*g) - w.as_f64().unwrap()).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn a_tiny_bert_and_its_layer_subsets_match_a_numpy_bert() {
+    for (layers, pooling) in [
+        (vec![0, 1, 2, 3], Pooling::Mean),
+        (vec![0, 2], Pooling::Cls),
+        (vec![1, 3], Pooling::Mean),
+    ] {
+        let worst = pooled_difference("tests/bert/tiny", layers.clone(), 8, pooling);
+        assert!(worst < 1e-4, "layers {layers:?}: differs by {worst}");
+    }
+}
+
+#[test]
+fn minilm_matches_a_numpy_bert() {
+    minilm();
+    let worst = pooled_difference("data/minilm", (0..6).collect(), 384, Pooling::Mean);
+    assert!(worst < 1e-4, "MiniLM differs by {worst}");
+    let worst = pooled_difference("data/minilm", vec![0, 2, 4], 384, Pooling::Cls);
+    assert!(
+        worst < 1e-4,
+        "MiniLM's every other layer differs by {worst}"
+    );
+}
+
+fn kdc(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn run(file: &Path, out: &Path) -> serde_json::Value {
+    let _ = std::fs::remove_dir_all(out);
+    let output = kdc(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/summary.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let errors = schema::validate(&schema, &summary);
+    assert!(
+        errors.is_empty(),
+        "summary.json breaks the schema: {errors:?}"
+    );
+    summary
+}
+
+fn stage<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    summary["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+}
+
+fn tensor_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kdc-text-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn text_students_train_distil_and_count_their_teacher() {
+    let dir = scratch("students");
+    let summary = run(
+        &root().join("tests/cases/ok/text_students.kd"),
+        &dir.join("run"),
+    );
+    // 100 e-mails: train 60. A cached teacher runs once per distinct sample; an augmented
+    // stage runs it on every sample of every epoch; a stage without it, never.
+    assert_eq!(stage(&summary, "teach")["teacher_forwards"], 0);
+    assert_eq!(stage(&summary, "distill")["teacher_forwards"], 60);
+    assert_eq!(
+        stage(&summary, "distill_transformer")["teacher_forwards"],
+        120
+    );
+    for model in ["t", "s", "r"] {
+        let m = &summary["models"][model];
+        assert!(
+            m["metrics"]["test"]["accuracy"].as_f64().is_some(),
+            "{model}"
+        );
+        assert!(m["latency_ms"].as_f64().unwrap() > 0.0, "{model}");
+    }
+    let names = tensor_names(&dir.join("run/student.safetensors"));
+    assert!(
+        names.contains(&"embedding1.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().all(|n| !n.contains("project")),
+        "a projection was exported: {names:?}"
+    );
+}
+
+#[test]
+fn a_frozen_bert_encoder_runs_once_per_sample_and_disk_caching_skips_it_next_time() {
+    let dir = scratch("bert");
+    let summary = run(
+        &root().join("tests/cases/ok/bert_students.kd"),
+        &dir.join("run"),
+    );
+    // Three stages and an evaluation read the teacher; its encoder saw each distinct
+    // sample once: the 100 e-mails cut to 48 tokens, less the rows that came out the same.
+    let ids = tokenize(&mails(100), 48);
+    let distinct: std::collections::HashSet<&[u32]> = ids.chunks(48).collect();
+    assert!(
+        distinct.len() > 90 && distinct.len() < 100,
+        "{}",
+        distinct.len()
+    );
+    assert_eq!(summary["models"]["t"]["encoder_forwards"], distinct.len());
+    let exported = tensor_names(&dir.join("run/student.safetensors"));
+    assert!(exported.contains(&"encoder.layer.1.output.dense.weight".to_string()));
+    assert!(
+        !exported.iter().any(|n| n.contains("encoder.layer.2.")),
+        "two layers kept"
+    );
+    assert!(exported.contains(&"head.weight".to_string()));
+
+    // The same pipeline with `cache: disk`, twice: the second run computes nothing.
+    let source = std::fs::read_to_string(root().join("tests/cases/ok/bert_students.kd"))
+        .unwrap()
+        .replace(
+            "cache: memory",
+            &format!("cache: disk, output: \"{}\"", dir.join("runs").display()),
+        )
+        .replace("../../", &format!("{}/tests/", root().display()));
+    let file = dir.join("disk.kd");
+    std::fs::write(&file, source).unwrap();
+    let first = run(&file, &dir.join("runs/first"));
+    assert_eq!(first["models"]["t"]["encoder_forwards"], distinct.len());
+    let cached: Vec<_> = std::fs::read_dir(dir.join("runs/cache")).unwrap().collect();
+    assert_eq!(cached.len(), 1, "one cache file for one checkpoint");
+    let second = run(&file, &dir.join("runs/second"));
+    assert_eq!(second["models"]["t"]["encoder_forwards"], 0);
+    assert_eq!(
+        first["models"]["t"]["metrics"], second["models"]["t"]["metrics"],
+        "cached outputs are the outputs"
+    );
+}
