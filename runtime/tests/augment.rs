@@ -125,3 +125,119 @@ fn flip_mirrors_rows_and_translate_fills() {
     );
     assert!(y.iter().all(|&v| v == -9.0 || (1.0..=9.0).contains(&v)));
 }
+
+mod text {
+    use kd_plan::AugmentOp;
+    use kd_runtime::augment::{apply_text, AugmentKey, Tokens};
+
+    const LEN: usize = 40;
+    const SPECIAL: [u32; 3] = [0, 101, 102];
+
+    /// 50 rows: [CLS], 20 + (row % 10) ordinary tokens (ids 1000 + position), [SEP], padding.
+    fn batch() -> Vec<f32> {
+        let mut x = Vec::new();
+        for row in 0..50 {
+            let n = 20 + row % 10;
+            let mut ids = vec![101u32];
+            ids.extend((0..n as u32).map(|i| 1000 + i));
+            ids.push(102);
+            ids.resize(LEN, 0);
+            x.extend(ids.iter().map(|&i| i as f32));
+        }
+        x
+    }
+
+    fn run(op: AugmentOp, step: usize) -> Vec<f32> {
+        let mut x = batch();
+        let key = AugmentKey {
+            seed: 3,
+            stage: "s",
+            epoch: 0,
+            step,
+        };
+        let tokens = Tokens {
+            pad_id: 0,
+            mask_id: 103,
+            special: &SPECIAL,
+        };
+        apply_text(&[op], &mut x, LEN, tokens, key);
+        x
+    }
+
+    fn rows(x: &[f32]) -> Vec<Vec<u32>> {
+        x.chunks(LEN)
+            .map(|r| r.iter().map(|&v| v as u32).collect())
+            .collect()
+    }
+
+    /// Every row keeps [CLS] first, one [SEP] after the last real token, padding only at
+    /// the end, and its length.
+    fn well_formed(x: &[f32]) {
+        for row in rows(x) {
+            assert_eq!(row.len(), LEN);
+            assert_eq!(row[0], 101);
+            let real = row.iter().position(|&i| i == 0).unwrap_or(LEN);
+            assert_eq!(row[real - 1], 102, "{row:?}");
+            assert!(row[real..].iter().all(|&i| i == 0), "{row:?}");
+            assert_eq!(row.iter().filter(|&&i| i == 102).count(), 1);
+        }
+    }
+
+    fn ordinary(x: &[f32]) -> usize {
+        rows(x).iter().flatten().filter(|&&i| i >= 1000).count()
+    }
+
+    #[test]
+    fn token_operations_keep_special_tokens_and_the_layout() {
+        let before = ordinary(&batch());
+        let ops = [
+            AugmentOp::TokenDropout { p: 0.2 },
+            AugmentOp::MaskTokens { p: 0.2 },
+            AugmentOp::SpanDelete { max: 4 },
+            AugmentOp::SwapTokens { n: 3 },
+        ];
+        for op in ops {
+            let x = run(op.clone(), 0);
+            well_formed(&x);
+            assert_eq!(
+                x,
+                run(op.clone(), 0),
+                "{op:?} is deterministic under its key"
+            );
+            assert_ne!(x, run(op.clone(), 1), "{op:?} changes with the step");
+            let after = ordinary(&x);
+            match op {
+                AugmentOp::TokenDropout { .. } => {
+                    let dropped = (before - after) as f64 / before as f64;
+                    assert!((0.15..0.25).contains(&dropped), "dropped {dropped}");
+                }
+                AugmentOp::MaskTokens { .. } => {
+                    let masked = rows(&x).iter().flatten().filter(|&&i| i == 103).count();
+                    assert_eq!(masked + after, before);
+                    let share = masked as f64 / before as f64;
+                    assert!((0.15..0.25).contains(&share), "masked {share}");
+                }
+                AugmentOp::SpanDelete { max } => {
+                    for (a, b) in rows(&batch()).iter().zip(rows(&x)) {
+                        let lost = a.iter().filter(|&&i| i >= 1000).count()
+                            - b.iter().filter(|&&i| i >= 1000).count();
+                        assert!((1..=max).contains(&lost), "lost {lost}");
+                        // What is left keeps its order.
+                        let kept: Vec<u32> = b.iter().copied().filter(|&i| i >= 1000).collect();
+                        assert!(kept.windows(2).all(|w| w[0] < w[1]));
+                    }
+                }
+                _ => {
+                    assert_eq!(after, before);
+                    for (a, b) in rows(&batch()).iter().zip(rows(&x)) {
+                        let mut a = a.clone();
+                        let mut b = b.clone();
+                        a.sort_unstable();
+                        b.sort_unstable();
+                        assert_eq!(a, b, "a swap keeps the same tokens");
+                    }
+                }
+            }
+        }
+    }
+}
