@@ -160,3 +160,115 @@ evaluate t on digits.test {{ accuracy }}
         params(&summary(&run), "s") + 2 * (6 + 8) + 3
     );
 }
+
+#[test]
+fn text_models_export_to_onnx_and_run_in_onnxruntime() {
+    let base = std::env::temp_dir().join(format!("kdc-onnx-text-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let run = base.join("run");
+    let output = kdc(&[
+        "run",
+        "tests/onnx/text_export.kd",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // 26 real e-mails (longer than 40 tokens) and 4 short texts, tokenised as the pipeline
+    // does: truncated or padded to 40.
+    let mut texts: Vec<String> = std::fs::read_to_string(root().join("tests/text/mail.jsonl"))
+        .unwrap()
+        .lines()
+        .take(26)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for short in [
+        "Hello, world!",
+        "",
+        "Win a FREE cruise now, reply today",
+        "see you at the meeting",
+    ] {
+        texts.push(short.to_string());
+    }
+    let ids = kd_runtime::data::text::tokenize(
+        &root().join("tests/text/tokenizer.json"),
+        texts.iter().map(String::as_str),
+        40,
+        0,
+    )
+    .unwrap();
+    assert!(ids.contains(&0), "some rows are padded");
+    let rows: Vec<Vec<u32>> = ids.chunks(40).map(<[u32]>::to_vec).collect();
+    let request = base.join("ids.json");
+    std::fs::write(&request, serde_json::json!({ "ids": rows }).to_string()).unwrap();
+    let answer = base.join("ort.json");
+    let models = [("c", "cnn"), ("r", "rnn"), ("e", "encoder")];
+    let mut args = vec![
+        root()
+            .join("tests/onnx/run_text_export.py")
+            .display()
+            .to_string(),
+        request.display().to_string(),
+        answer.display().to_string(),
+    ];
+    args.extend(
+        models
+            .iter()
+            .map(|(_, f)| run.join(format!("{f}.onnx")).display().to_string()),
+    );
+    let status = Command::new(python()).args(&args).status().unwrap();
+    assert!(status.success());
+    let ort: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap();
+
+    let source = std::fs::read_to_string(root().join("tests/onnx/text_export.kd")).unwrap();
+    let plan = kd_compiler::compile(&source, &root().join("tests/onnx/text_export.kd"), &[])
+        .unwrap()
+        .plan;
+    let x = Tensor::from_vec(
+        ids.iter().map(|&i| i as f32).collect::<Vec<_>>(),
+        (30, 40),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (name, file) in models {
+        let mut model = kd_runtime::model::Model::new(plan.model(name).unwrap(), 0).unwrap();
+        model
+            .load_weights(&run.join(format!("{file}.safetensors")))
+            .unwrap();
+        model.set_pad_id(0);
+        let ours = model.forward(&x, false).unwrap();
+        let ours = ours
+            .iter()
+            .find(|(p, _)| p == "output")
+            .unwrap()
+            .1
+            .to_vec2::<f32>()
+            .unwrap();
+        let theirs = &ort[run.join(format!("{file}.onnx")).display().to_string()];
+        let mut worst = 0f32;
+        for (a, b) in ours.iter().flatten().zip(
+            theirs
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap()),
+        ) {
+            worst = worst.max((a - b.as_f64().unwrap() as f32).abs());
+        }
+        assert!(
+            worst < 1e-4,
+            "{file}: onnxruntime differs from kdc by {worst}"
+        );
+    }
+}

@@ -349,10 +349,31 @@ fn a_frozen_bert_encoder_runs_once_per_sample_and_disk_caching_skips_it_next_tim
     std::fs::write(&file, source).unwrap();
     let first = run(&file, &dir.join("runs/first"));
     assert_eq!(first["models"]["t"]["encoder_forwards"], distinct.len());
-    let cached: Vec<_> = std::fs::read_dir(dir.join("runs/cache")).unwrap().collect();
-    assert_eq!(cached.len(), 1, "one cache file for one checkpoint");
+    let cached: Vec<String> = std::fs::read_dir(dir.join("runs/cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    // One encoder cache for the checkpoint, one output table per cached distillation stage
+    // (the two stages' teachers are the same model with the same weights on the same
+    // split, so they share it).
+    assert_eq!(
+        cached.iter().filter(|n| n.starts_with("bert-")).count(),
+        1,
+        "{cached:?}"
+    );
+    assert_eq!(
+        cached.iter().filter(|n| n.starts_with("outputs-")).count(),
+        1,
+        "{cached:?}"
+    );
     let second = run(&file, &dir.join("runs/second"));
     assert_eq!(second["models"]["t"]["encoder_forwards"], 0);
+    // The teacher's outputs on the train split went to disk when `shrink` ended: `small`
+    // (the same teacher, weights and split) and every later run read them from there.
+    assert_eq!(stage(&first, "shrink")["teacher_forwards"], 70);
+    assert_eq!(stage(&first, "small")["teacher_forwards"], 0);
+    assert_eq!(stage(&second, "shrink")["teacher_forwards"], 0);
+    assert_eq!(stage(&second, "small")["teacher_forwards"], 0);
     assert_eq!(
         first["models"]["t"]["metrics"], second["models"]["t"]["metrics"],
         "cached outputs are the outputs"

@@ -147,3 +147,86 @@ impl OutputCache {
         Ok(())
     }
 }
+
+/// The file a table lives in under `cache: disk`: `outputs-<key>.safetensors`.
+pub fn table_file(dir: &std::path::Path, key: &str) -> std::path::PathBuf {
+    dir.join(format!("outputs-{key}.safetensors"))
+}
+
+impl CacheTable {
+    /// A table written by [`CacheTable::save`], or `None` when the file is missing or is
+    /// not one (a cache is rebuilt, never trusted blindly).
+    pub fn load(path: &std::path::Path, samples: usize) -> Option<CacheTable> {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu).ok()?;
+        let filled: Vec<bool> = tensors
+            .get("filled")?
+            .to_vec1::<u8>()
+            .ok()?
+            .into_iter()
+            .map(|f| f != 0)
+            .collect();
+        if filled.len() != samples {
+            return None;
+        }
+        let mut ports = Vec::new();
+        let mut index = 0;
+        while let Some(t) = tensors.get(&format!("port/{index}")) {
+            let name = String::from_utf8(
+                tensors
+                    .get(&format!("name/{index}"))?
+                    .to_vec1::<u8>()
+                    .ok()?,
+            )
+            .ok()?;
+            let dims = t.dims();
+            if dims.first() != Some(&samples) {
+                return None;
+            }
+            let values = t.flatten_all().ok()?.to_vec1::<f32>().ok()?;
+            ports.push((name, dims[1..].to_vec(), values));
+            index += 1;
+        }
+        (!ports.is_empty()).then_some(CacheTable {
+            samples,
+            ports,
+            filled,
+        })
+    }
+
+    /// Writes the table to `path` atomically.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut tensors = std::collections::HashMap::new();
+        let filled: Vec<u8> = self.filled.iter().map(|&f| u8::from(f)).collect();
+        tensors.insert(
+            "filled".to_string(),
+            Tensor::from_vec(filled, self.samples, &Device::Cpu).ctx("saving a cache")?,
+        );
+        for (index, (name, shape, values)) in self.ports.iter().enumerate() {
+            let mut dims = vec![self.samples];
+            dims.extend(shape);
+            tensors.insert(
+                format!("port/{index}"),
+                Tensor::from_vec(values.clone(), dims, &Device::Cpu).ctx("saving a cache")?,
+            );
+            let bytes = name.as_bytes().to_vec();
+            let len = bytes.len();
+            tensors.insert(
+                format!("name/{index}"),
+                Tensor::from_vec(bytes, len, &Device::Cpu).ctx("saving a cache")?,
+            );
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| crate::error::RuntimeError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let bytes = safetensors::serialize(&tensors, None).map_err(|e| {
+            crate::error::RuntimeError::Weights {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
+        crate::files::write_atomically(path, &bytes)
+    }
+}

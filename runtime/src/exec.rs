@@ -312,9 +312,7 @@ impl Run<'_> {
             .take()
             .filter(|c| c.state.stage_index > 0 || c.state.stage.is_some());
         let mut models = HashMap::new();
-        let cache_dir = (plan.settings.cache == kd_plan::CacheMode::Disk)
-            .then(|| self.opts.out_dir.parent().map(|p| p.join("cache")))
-            .flatten();
+        let cache_dir = self.cache_dir();
         for spec in &plan.models {
             let mut model = match (&spec.onnx, &spec.bert) {
                 (Some(onnx), _) => Model::from_onnx(spec, &plan.resolve(&onnx.path))?,
@@ -545,6 +543,18 @@ impl Run<'_> {
             checkpoint.restore_projections(&projection_vars, &path)?;
             st = checkpoint.state.stage.unwrap_or_default();
         }
+        // `cache: disk`: tables of earlier runs with the same model weights and data.
+        let disk_tables = self.disk_tables(stage, models)?;
+        for (key, file) in &disk_tables {
+            if cache.tables.contains_key(key) {
+                continue;
+            }
+            let samples = self.dataset(&key.1)?.split(&key.2)?.len();
+            if let Some(table) = crate::cache::CacheTable::load(file, samples) {
+                cache.tables.insert(key.clone(), table);
+            }
+        }
+        let loaded = cache.clone();
         let sources = self.batch_sources(stage);
         let primary = (stage.data.clone(), stage.split.clone());
         let progress = StageProgress::start(self.opts.progress, &stage.name, seed, total_steps);
@@ -754,6 +764,13 @@ impl Run<'_> {
             self.stop_if_interrupted()?;
         }
         progress.finish();
+        for (key, file) in &disk_tables {
+            if let Some(table) = cache.tables.get(key) {
+                if loaded.tables.get(key) != Some(table) {
+                    table.save(file)?;
+                }
+            }
+        }
         let mut best_epoch = None;
         if let Some(Keep::Best(_)) = stage.validate.as_ref().map(|v| &v.keep) {
             if let (Some((_, epoch)), Some(weights)) = (st.best, &best_weights) {
@@ -969,6 +986,103 @@ impl Run<'_> {
 
     /// Every evaluation: each model on each split, keyed by split name (`data/split` when
     /// two data sources share a split name).
+    /// Under `cache: disk`, where each table this stage's cached forwards may fill lives:
+    /// the file is named by a hash of the frozen model (its spec, its current weights, and
+    /// for ONNX and BERT models their files), the data (spec, file hashes, the split's
+    /// samples) and the split, so any change makes another file.
+    fn disk_tables(
+        &self,
+        stage: &Stage,
+        models: &HashMap<String, Model>,
+    ) -> Result<Vec<(crate::cache::CacheKey, PathBuf)>> {
+        use sha2::{Digest, Sha256};
+        let Some(dir) = self.cache_dir() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let cached: Vec<&str> = stage
+            .nodes
+            .iter()
+            .filter_map(|&id| match self.plan.graph.node_weight(id).map(|n| &n.op) {
+                Some(Op::CachedForward { model }) => Some(model.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut splits = vec![(stage.data.clone(), stage.split.clone())];
+        if let Some(v) = &stage.validate {
+            splits.push((v.data.clone(), v.split.clone()));
+        }
+        for name in cached {
+            let (Some(spec), Some(model)) = (self.plan.model(name), models.get(name)) else {
+                continue;
+            };
+            let mut hasher = Sha256::new();
+            let mut spec = spec.clone();
+            spec.span = Default::default();
+            hasher.update(serde_yaml::to_string(&spec).unwrap_or_default().as_bytes());
+            for (tensor, var) in model.state() {
+                hasher.update(tensor.as_bytes());
+                let values = var
+                    .as_tensor()
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .ctx("hashing a model")?;
+                for v in values {
+                    hasher.update(v.to_le_bytes());
+                }
+            }
+            let files: Vec<PathBuf> = match (&spec.onnx, &spec.bert) {
+                (Some(onnx), _) => vec![self.plan.resolve(&onnx.path)],
+                (_, Some(bert)) => vec![self.plan.resolve(&bert.path).join("model.safetensors")],
+                _ => Vec::new(),
+            };
+            for file in files {
+                let mut f = File::open(&file).map_err(|source| RuntimeError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+                std::io::copy(&mut f, &mut hasher).map_err(|source| RuntimeError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+            }
+            for (data, split) in &splits {
+                let mut h = hasher.clone();
+                let dataset = self.dataset(data)?;
+                if let Some(d) = self.plan.data(data) {
+                    let mut d = d.clone();
+                    d.splits.clear();
+                    h.update(serde_yaml::to_string(&d).unwrap_or_default().as_bytes());
+                }
+                for (path, hash) in &dataset.files {
+                    h.update(format!("{}:{hash}", path.display()).as_bytes());
+                }
+                h.update(split.as_bytes());
+                for i in &dataset.split(split)?.indices {
+                    h.update((*i as u64).to_le_bytes());
+                }
+                let key: String = h
+                    .finalize()
+                    .iter()
+                    .take(16)
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                out.push((
+                    (name.to_string(), data.clone(), split.clone()),
+                    crate::cache::table_file(&dir, &key),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `<output>/cache` under `cache: disk`: beside the pipeline's run folders (wherever
+    /// `--out` puts this one), shared by every run of every pipeline with that output.
+    fn cache_dir(&self) -> Option<PathBuf> {
+        (self.plan.settings.cache == kd_plan::CacheMode::Disk)
+            .then(|| self.plan.resolve(&self.plan.settings.output).join("cache"))
+    }
+
     /// Per-sample CPU latency of each evaluated model: the median of single-sample
     /// forwards (batch of one, eval mode, no cache) over the first samples of its first
     /// evaluation split, after one warm-up forward.

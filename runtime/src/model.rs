@@ -509,6 +509,10 @@ impl Model {
         self.pad_id = Some(pad_id);
     }
 
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
     /// Writes a frozen BERT encoder's new outputs to the disk cache (when it has one).
     pub fn save_caches(&mut self) -> Result<()> {
         match self.bert.as_mut() {

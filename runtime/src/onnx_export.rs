@@ -33,8 +33,25 @@ pub fn export(spec: &ModelSpec, model: &Model) -> Result<Vec<u8>> {
         nodes: Vec::new(),
         initializers: Vec::new(),
         constants: 0,
+        mask: None,
     };
-    let mut value = "input".to_string();
+    // A token model reads int64 ids, as deployed text models do; the attention mask is
+    // "not the padding id", computed in the graph.
+    let input_name = if spec.tokens { "input_ids" } else { "input" };
+    let mut value = input_name.to_string();
+    if spec.tokens {
+        let pad = model.pad_id().unwrap_or(0);
+        let pad = graph.int_constant(&[], &[i64::from(pad)]);
+        let is_pad = graph.op("Equal", "mask.is_pad", &[input_name, &pad], vec![]);
+        let real = graph.op("Not", "mask.real", &[&is_pad], vec![]);
+        let mask = graph.op(
+            "Cast",
+            "mask",
+            &[&real],
+            vec![int("to", DataType::Float as i64)],
+        );
+        graph.mask = Some(mask);
+    }
     for layer in &spec.layers {
         value = graph.layer(layer, "", &value)?;
     }
@@ -73,7 +90,17 @@ pub fn export(spec: &ModelSpec, model: &Model) -> Result<Vec<u8>> {
             name: spec.name.clone(),
             node: graph.nodes,
             initializer: graph.initializers,
-            input: vec![value_info("input", batch(&spec.input))],
+            input: vec![{
+                let mut info = value_info(input_name, batch(&spec.input));
+                if spec.tokens {
+                    if let Some(type_proto::Value::TensorType(t)) =
+                        info.r#type.as_mut().and_then(|t| t.value.as_mut())
+                    {
+                        t.elem_type = DataType::Int64 as i32;
+                    }
+                }
+                info
+            }],
             output: vec![value_info("output", batch(&output_shape))],
             ..Default::default()
         }),
@@ -122,6 +149,24 @@ fn ints(name: &str, values: &[usize]) -> AttributeProto {
     }
 }
 
+fn ints_signed(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn string(name: &str, value: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: value.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
 fn int(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
@@ -145,9 +190,364 @@ struct Builder<'a> {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     constants: usize,
+    /// Token models: the value holding the current attention mask, `[B, L]` float.
+    mask: Option<String>,
 }
 
 impl Builder<'_> {
+    /// Adds a node whose one output is named after it; returns the name.
+    fn op(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+    ) -> String {
+        self.nodes.push(node(op, name, inputs, name, attributes));
+        name.to_string()
+    }
+
+    /// An int64 constant of shape `dims`, as an initializer.
+    fn int_constant(&mut self, dims: &[usize], values: &[i64]) -> String {
+        self.constants += 1;
+        let name = format!("const{}", self.constants);
+        self.initializers.push(TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Int64 as i32,
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// A float tensor built here (a reordered weight), as an initializer.
+    fn float_tensor(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        self.tensor(name, dims, values);
+        name.to_string()
+    }
+
+    fn values(&self, name: &str) -> Result<Vec<f32>> {
+        let var = self
+            .weights
+            .get(name)
+            .ok_or_else(|| plan_error(format!("no weight `{name}` to export")))?;
+        var.as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .ctx_with(|| format!("exporting `{name}`"))
+    }
+
+    /// `x W^T + b` on the last axis.
+    fn linear(&mut self, x: &str, prefix: &str, out: &str) -> Result<String> {
+        let weight = self.weight(&format!("{prefix}.weight"))?;
+        let bias = self.weight(&format!("{prefix}.bias"))?;
+        let wt = self.op(
+            "Transpose",
+            &format!("{prefix}.weight_t"),
+            &[&weight],
+            vec![],
+        );
+        let product = self.op("MatMul", &format!("{prefix}.matmul"), &[x, &wt], vec![]);
+        Ok(self.op("Add", out, &[&product, &bias], vec![]))
+    }
+
+    /// Layer norm over the last axis (opset 13 has no LayerNormalization).
+    fn layer_norm(&mut self, x: &str, prefix: &str, eps: f64, out: &str) -> Result<String> {
+        let weight = self.weight(&format!("{prefix}.weight"))?;
+        let bias = self.weight(&format!("{prefix}.bias"))?;
+        let step = |s: &str| format!("{out}.{s}");
+        let last = vec![ints_signed("axes", &[-1]), int("keepdims", 1)];
+        let mean = self.op("ReduceMean", &step("mean"), &[x], last.clone());
+        let centred = self.op("Sub", &step("centred"), &[x, &mean], vec![]);
+        let squared = self.op("Mul", &step("squared"), &[&centred, &centred], vec![]);
+        let var = self.op("ReduceMean", &step("var"), &[&squared], last);
+        let eps = self.constant(eps as f32);
+        let shifted = self.op("Add", &step("var_eps"), &[&var, &eps], vec![]);
+        let std = self.op("Sqrt", &step("std"), &[&shifted], vec![]);
+        let normed = self.op("Div", &step("normed"), &[&centred, &std], vec![]);
+        let scaled = self.op("Mul", &step("scaled"), &[&normed, &weight], vec![]);
+        Ok(self.op("Add", out, &[&scaled, &bias], vec![]))
+    }
+
+    /// `0.5 * x * (1 + erf(x / sqrt(2)))`.
+    fn gelu(&mut self, x: &str, out: &str) -> String {
+        let sqrt2 = self.constant(std::f32::consts::SQRT_2);
+        let one = self.constant(1.0);
+        let half = self.constant(0.5);
+        let step = |s: &str| format!("{out}.{s}");
+        let scaled = self.op("Div", &step("scaled"), &[x, &sqrt2], vec![]);
+        let erf = self.op("Erf", &step("erf"), &[&scaled], vec![]);
+        let plus1 = self.op("Add", &step("plus1"), &[&erf, &one], vec![]);
+        let times_x = self.op("Mul", &step("times_x"), &[x, &plus1], vec![]);
+        self.op("Mul", out, &[&times_x, &half], vec![])
+    }
+
+    /// `(mask - 1) * 1e9`: zero at real tokens, far below any activation at padding.
+    fn mask_penalty(&mut self, mask: &str, out: &str) -> String {
+        let one = self.constant(1.0);
+        let big = self.constant(1e9);
+        let shifted = self.op("Sub", &format!("{out}.shifted"), &[mask, &one], vec![]);
+        self.op("Mul", out, &[&shifted, &big], vec![])
+    }
+
+    fn current_mask(&self, name: &str) -> Result<String> {
+        self.mask
+            .clone()
+            .ok_or_else(|| plan_error(format!("layer `{name}` needs token input")))
+    }
+
+    /// The text layers: sequences are `[B, L, C]`, the mask `[B, L]`.
+    fn text_layer(&mut self, layer: &LayerSpec, name: &str, input: &str) -> Result<String> {
+        let out = name.to_string();
+        let step = |s: &str| format!("{name}.{s}");
+        Ok(match &layer.layer {
+            Layer::Embedding { positions, .. } => {
+                let weight = self.weight(&format!("{name}.weight"))?;
+                if *positions {
+                    let gathered = self.op(
+                        "Gather",
+                        &step("tokens"),
+                        &[&weight, input],
+                        vec![int("axis", 0)],
+                    );
+                    let table = self.weight(&format!("{name}.positions"))?;
+                    self.op("Add", &out, &[&gathered, &table], vec![])
+                } else {
+                    self.op("Gather", &out, &[&weight, input], vec![int("axis", 0)])
+                }
+            }
+            Layer::Conv1d {
+                kernel,
+                padding,
+                bias,
+                ..
+            } => {
+                let channels_first = self.op(
+                    "Transpose",
+                    &step("channels_first"),
+                    &[input],
+                    vec![ints("perm", &[0, 2, 1])],
+                );
+                let mut inputs = vec![channels_first, self.weight(&format!("{name}.weight"))?];
+                if *bias {
+                    inputs.push(self.weight(&format!("{name}.bias"))?);
+                }
+                let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                let attributes = vec![
+                    ints("kernel_shape", &[*kernel]),
+                    ints("pads", &[*padding, *padding]),
+                ];
+                let conv = self.op("Conv", &step("conv"), &refs, attributes.clone());
+                if let Some(mask) = self.mask.clone() {
+                    // An output is real when its window covers a real token.
+                    let axis1 = self.int_constant(&[1], &[1]);
+                    let m3 = self.op("Unsqueeze", &step("mask3"), &[&mask, &axis1], vec![]);
+                    let ones =
+                        self.float_tensor(&step("window"), &[1, 1, *kernel], &vec![1.0; *kernel]);
+                    let covered = self.op("Conv", &step("covered"), &[&m3, &ones], attributes);
+                    let half = self.constant(0.5);
+                    let any = self.op("Greater", &step("any_real"), &[&covered, &half], vec![]);
+                    let as_float = self.op(
+                        "Cast",
+                        &step("mask_float"),
+                        &[&any],
+                        vec![int("to", DataType::Float as i64)],
+                    );
+                    let next = self.op("Squeeze", &step("mask"), &[&as_float, &axis1], vec![]);
+                    self.mask = Some(next);
+                }
+                self.op("Transpose", &out, &[&conv], vec![ints("perm", &[0, 2, 1])])
+            }
+            Layer::Pool { kind } => {
+                let mask = self.current_mask(name)?;
+                let axis2 = self.int_constant(&[1], &[2]);
+                match kind {
+                    kd_plan::SeqPool::Max => {
+                        let penalty = self.mask_penalty(&mask, &step("penalty"));
+                        let penalty =
+                            self.op("Unsqueeze", &step("penalty3"), &[&penalty, &axis2], vec![]);
+                        let shifted = self.op("Add", &step("masked"), &[input, &penalty], vec![]);
+                        self.op(
+                            "ReduceMax",
+                            &out,
+                            &[&shifted],
+                            vec![ints("axes", &[1]), int("keepdims", 0)],
+                        )
+                    }
+                    kd_plan::SeqPool::Mean => {
+                        let axis1 = self.int_constant(&[1], &[1]);
+                        let m3 = self.op("Unsqueeze", &step("mask3"), &[&mask, &axis2], vec![]);
+                        let kept = self.op("Mul", &step("kept"), &[input, &m3], vec![]);
+                        let sum = self.op(
+                            "ReduceSum",
+                            &step("sum"),
+                            &[&kept, &axis1],
+                            vec![int("keepdims", 0)],
+                        );
+                        let count = self.op(
+                            "ReduceSum",
+                            &step("count"),
+                            &[&mask, &axis1],
+                            vec![int("keepdims", 1)],
+                        );
+                        let one = self.constant(1.0);
+                        let count = self.op("Max", &step("count1"), &[&count, &one], vec![]);
+                        self.op("Div", &out, &[&sum, &count], vec![])
+                    }
+                    kd_plan::SeqPool::First => {
+                        let zero = self.int_constant(&[], &[0]);
+                        self.op("Gather", &out, &[input, &zero], vec![int("axis", 1)])
+                    }
+                }
+            }
+            Layer::LayerNorm { eps } => self.layer_norm(input, name, *eps, &out)?,
+            Layer::Transformer { heads, .. } => {
+                let mask = self.current_mask(name)?;
+                let d = layer.input.last().copied().unwrap_or(1);
+                let heads = (*heads).max(1);
+                let dh = d / heads;
+                let normed = self.layer_norm(input, &step("norm1"), 1e-5, &step("normed1"))?;
+                let qkv = self.linear(&normed, &step("qkv"), &step("qkv_out"))?;
+                let axis2 = self.int_constant(&[1], &[2]);
+                let split_shape = self.int_constant(&[4], &[0, 0, heads as i64, dh as i64]);
+                let mut parts = Vec::new();
+                for (i, part) in ["q", "k", "v"].iter().enumerate() {
+                    let start = self.int_constant(&[1], &[(i * d) as i64]);
+                    let end = self.int_constant(&[1], &[((i + 1) * d) as i64]);
+                    let sliced =
+                        self.op("Slice", &step(part), &[&qkv, &start, &end, &axis2], vec![]);
+                    let shaped = self.op(
+                        "Reshape",
+                        &step(&format!("{part}_heads")),
+                        &[&sliced, &split_shape],
+                        vec![],
+                    );
+                    let perm: &[usize] = if *part == "k" {
+                        &[0, 2, 3, 1]
+                    } else {
+                        &[0, 2, 1, 3]
+                    };
+                    parts.push(self.op(
+                        "Transpose",
+                        &step(&format!("{part}_t")),
+                        &[&shaped],
+                        vec![ints("perm", perm)],
+                    ));
+                }
+                let scores = self.op("MatMul", &step("scores"), &[&parts[0], &parts[1]], vec![]);
+                let root = self.constant((dh as f32).sqrt());
+                let scaled = self.op("Div", &step("scaled"), &[&scores, &root], vec![]);
+                let penalty = self.mask_penalty(&mask, &step("penalty"));
+                let axes12 = self.int_constant(&[2], &[1, 2]);
+                let penalty = self.op("Unsqueeze", &step("penalty4"), &[&penalty, &axes12], vec![]);
+                let masked = self.op("Add", &step("masked"), &[&scaled, &penalty], vec![]);
+                let weights = self.op(
+                    "Softmax",
+                    &step("weights"),
+                    &[&masked],
+                    vec![int("axis", -1)],
+                );
+                let context = self.op("MatMul", &step("context"), &[&weights, &parts[2]], vec![]);
+                let context = self.op(
+                    "Transpose",
+                    &step("context_t"),
+                    &[&context],
+                    vec![ints("perm", &[0, 2, 1, 3])],
+                );
+                let merge = self.int_constant(&[3], &[0, 0, d as i64]);
+                let context = self.op(
+                    "Reshape",
+                    &step("context_merged"),
+                    &[&context, &merge],
+                    vec![],
+                );
+                let attended = self.linear(&context, &step("attn_out"), &step("attended"))?;
+                let h = self.op("Add", &step("residual1"), &[input, &attended], vec![]);
+                let normed2 = self.layer_norm(&h, &step("norm2"), 1e-5, &step("normed2"))?;
+                let inner = self.linear(&normed2, &step("ff1"), &step("inner"))?;
+                let inner = self.gelu(&inner, &step("gelu"));
+                let fed = self.linear(&inner, &step("ff2"), &step("fed"))?;
+                self.op("Add", &out, &[&h, &fed], vec![])
+            }
+            Layer::Lstm {
+                hidden,
+                bidirectional,
+            } => {
+                let mask = self.current_mask(name)?;
+                let h = *hidden;
+                let c = layer.input.last().copied().unwrap_or(1);
+                let suffixes: &[&str] = if *bidirectional {
+                    &["", "_reverse"]
+                } else {
+                    &[""]
+                };
+                // ONNX orders the gates input, output, forget, cell; kdc (as PyTorch) input,
+                // forget, cell, output.
+                let reorder = |values: &[f32], width: usize| -> Vec<f32> {
+                    [0usize, 3, 1, 2]
+                        .iter()
+                        .flat_map(|&g| values[g * h * width..(g + 1) * h * width].to_vec())
+                        .collect()
+                };
+                let (mut w, mut r, mut b) = (Vec::new(), Vec::new(), Vec::new());
+                for d in suffixes {
+                    w.extend(reorder(&self.values(&format!("{name}.weight_ih{d}"))?, c));
+                    r.extend(reorder(&self.values(&format!("{name}.weight_hh{d}"))?, h));
+                    b.extend(reorder(&self.values(&format!("{name}.bias{d}"))?, 1));
+                    b.extend(vec![0.0; 4 * h]);
+                }
+                let dirs = suffixes.len();
+                let w = self.float_tensor(&step("W"), &[dirs, 4 * h, c], &w);
+                let r = self.float_tensor(&step("R"), &[dirs, 4 * h, h], &r);
+                let b = self.float_tensor(&step("B"), &[dirs, 8 * h], &b);
+                let axis1 = self.int_constant(&[1], &[1]);
+                let lengths = self.op(
+                    "ReduceSum",
+                    &step("lengths_f"),
+                    &[&mask, &axis1],
+                    vec![int("keepdims", 0)],
+                );
+                let lengths = self.op(
+                    "Cast",
+                    &step("lengths"),
+                    &[&lengths],
+                    vec![int("to", DataType::Int32 as i64)],
+                );
+                let time_first = self.op(
+                    "Transpose",
+                    &step("time_first"),
+                    &[input],
+                    vec![ints("perm", &[1, 0, 2])],
+                );
+                let direction = if *bidirectional {
+                    "bidirectional"
+                } else {
+                    "forward"
+                };
+                let y = self.op(
+                    "LSTM",
+                    &step("y"),
+                    &[&time_first, &w, &r, &b, &lengths],
+                    vec![int("hidden_size", h as i64), string("direction", direction)],
+                );
+                let batch_first = self.op(
+                    "Transpose",
+                    &step("batch_first"),
+                    &[&y],
+                    vec![ints("perm", &[2, 0, 1, 3])],
+                );
+                let merge = self.int_constant(&[3], &[0, 0, (dirs * h) as i64]);
+                self.op("Reshape", &out, &[&batch_first, &merge], vec![])
+            }
+            other => {
+                return Err(plan_error(format!(
+                    "kdc cannot write `{}` layers to ONNX yet",
+                    kd_plan::onnx_unsupported(other).unwrap_or("these")
+                )))
+            }
+        })
+    }
     /// Adds the weight `name` as an initializer and returns its name.
     fn weight(&mut self, name: &str) -> Result<String> {
         let var = self
@@ -360,12 +760,12 @@ impl Builder<'_> {
                 self.nodes
                     .push(node("Add", &name, &[&value, &skip], &out, vec![]));
             }
-            other => {
-                return Err(plan_error(format!(
-                    "kdc cannot write `{}` layers to ONNX yet",
-                    kd_plan::onnx_unsupported(other).unwrap_or("these")
-                )))
-            }
+            Layer::Embedding { .. }
+            | Layer::Conv1d { .. }
+            | Layer::Pool { .. }
+            | Layer::LayerNorm { .. }
+            | Layer::Transformer { .. }
+            | Layer::Lstm { .. } => return self.text_layer(layer, &name, input),
         }
         Ok(out)
     }
