@@ -1,6 +1,7 @@
-//! The example pipelines that train on MNIST, each run end to end, shortened with `--set`
-//! (their full runs are recorded in docs/results.md). The test fetches MNIST itself with
-//! the project's pinned, checksummed script: missing data fails the test, never skips it.
+//! The example pipelines that train on MNIST and on SpamAssassin, each run end to end,
+//! shortened (their full runs are recorded in docs/results.md). The tests fetch their data
+//! (and the MiniLM teacher) themselves with the project's pinned, checksummed script:
+//! missing data fails a test, never skips it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -172,4 +173,77 @@ fn mnist_cnn_runs_shortened() {
     assert_eq!(forwards("distill"), 1833);
     assert_eq!(forwards("teach"), 0);
     assert_eq!(forwards("scratch/distill"), 0);
+}
+
+/// Runs `scripts/fetch-data.sh` for the text example's data and teacher.
+fn spam_and_minilm() {
+    static FETCHED: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = FETCHED.get_or_init(|| {
+        let o = Command::new("bash")
+            .arg(root().join("scripts/fetch-data.sh"))
+            .args(["spam", "minilm"])
+            .output()
+            .map_err(|e| format!("cannot run the fetch script: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!("fetch-data.sh spam minilm failed:\n{}", String::from_utf8_lossy(&o.stderr)))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// examples/spam_minilm.kd on the whole corpus with the real MiniLM, cut to 32 tokens per
+/// e-mail and fewer epochs so it fits the test suite (the full run is in docs/results.md).
+#[test]
+fn spam_minilm_runs_shortened() {
+    spam_and_minilm();
+    let dir = scratch("spam_minilm");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = std::fs::read_to_string(root().join("examples/spam_minilm.kd"))
+        .unwrap()
+        .replace("\"../data/", &format!("\"{}/data/", root().display()))
+        .replace("max_len: 128", "max_len: 32")
+        .replace("tokens[128]", "tokens[32]")
+        .replace("epochs 40", "epochs 4")
+        .replace("epochs 12", "epochs 2");
+    let file = dir.join("spam_short.kd");
+    std::fs::write(&file, source).unwrap();
+    let out = dir.join("run");
+    let o = Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(["run", file.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/summary.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let errors = schema::validate(&schema, &summary);
+    assert!(errors.is_empty(), "summary.json does not follow its schema: {errors:#?}");
+
+    let models = &summary["models"];
+    let params = |m: &str| models[m]["params"].as_u64().unwrap();
+    assert_eq!(params("t"), 22_566_146, "MiniLM-L6 and a 2-way head");
+    assert!(params("t") >= 20 * params("s"), "{} vs {}", params("t"), params("s"));
+    // 6,046 e-mails, 4,232 of them in the train split. The encoder ran once per distinct
+    // sample at most (identical 32-token rows share an entry); the distillation stage's
+    // teacher once per train sample; the head's own stage and the baseline never.
+    let encoder = models["t"]["encoder_forwards"].as_u64().unwrap();
+    assert!((5_000..=6_046).contains(&encoder), "{encoder}");
+    let stages = summary["stages"].as_array().unwrap();
+    let forwards = |name: &str| stages.iter().find(|s| s["name"] == name).unwrap()["teacher_forwards"].as_u64().unwrap();
+    assert_eq!(forwards("teach"), 0);
+    assert_eq!(forwards("distill"), 4_232);
+    assert_eq!(forwards("scratch/distill"), 0);
+    assert!(models["t"]["latency_ms"].as_f64().unwrap() > models["s"]["latency_ms"].as_f64().unwrap());
+    for m in ["t", "s", "scratch"] {
+        assert!(accuracy(&summary, m) > 0.8, "{m}: {}", accuracy(&summary, m));
+    }
+    assert!(out.join("student.onnx").is_file());
 }

@@ -379,3 +379,59 @@ fn a_frozen_bert_encoder_runs_once_per_sample_and_disk_caching_skips_it_next_tim
         "cached outputs are the outputs"
     );
 }
+
+#[test]
+fn every_text_layout_gives_the_same_samples() {
+    // tests/text/mail.jsonl rewritten as JSON, CSV, TSV and one folder per label.
+    let dir = scratch("layouts");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/text/mail.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    std::fs::write(dir.join("mail.json"), serde_json::to_string(&records).unwrap()).unwrap();
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut csv = String::from("label,text\n");
+    let mut tsv = String::from("text\tlabel\n");
+    for (i, r) in records.iter().enumerate() {
+        let (text, label) = (r["text"].as_str().unwrap(), r["label"].as_str().unwrap());
+        csv.push_str(&format!("{label},{}\n", quote(text)));
+        tsv.push_str(&format!("{}\t{label}\n", quote(text)));
+        let folder = dir.join("folders").join(label);
+        std::fs::create_dir_all(&folder).unwrap();
+        // Names that sort in the original order within each label.
+        std::fs::write(folder.join(format!("{i:04}.txt")), text).unwrap();
+    }
+    std::fs::write(dir.join("mail.csv"), csv).unwrap();
+    std::fs::write(dir.join("mail.tsv"), tsv).unwrap();
+    std::fs::copy(root().join("tests/text/mail.jsonl"), dir.join("mail.jsonl")).unwrap();
+    let tokenizer = root().join("tests/text/tokenizer.json");
+
+    let load = |path: &str| {
+        let source = format!(
+            "data mail = text(\"{path}\") {{ classes: [\"ham\", \"spam\"], tokenizer: \"{}\", max_len: 24 }}",
+            tokenizer.display()
+        );
+        let file = dir.join("layout.kd");
+        let plan = kd_compiler::compile(&source, &file, &[]).unwrap_or_else(|e| panic!("{path}: {e:?}")).plan;
+        let spec = plan.data("mail").unwrap();
+        let dataset = kd_runtime::data::Dataset::load(spec, &dir, 1).unwrap();
+        let samples = match &dataset.train.samples {
+            kd_runtime::data::Samples::F32(v) => v.clone(),
+            kd_runtime::data::Samples::U8(_) => panic!("token ids are f32"),
+        };
+        // Pair each sample with its label, in a canonical order (folders group by label).
+        let mut rows: Vec<(u32, Vec<u32>)> = samples
+            .chunks(24)
+            .zip(&dataset.train.labels)
+            .map(|(s, &l)| (l, s.iter().map(|&v| v as u32).collect()))
+            .collect();
+        rows.sort();
+        rows
+    };
+    let reference = load("mail.jsonl");
+    assert_eq!(reference.len(), 100);
+    for path in ["mail.json", "mail.csv", "mail.tsv", "folders"] {
+        assert_eq!(load(path), reference, "{path}");
+    }
+}
