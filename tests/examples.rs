@@ -187,7 +187,10 @@ fn spam_and_minilm() {
         if o.status.success() {
             Ok(())
         } else {
-            Err(format!("fetch-data.sh spam minilm failed:\n{}", String::from_utf8_lossy(&o.stderr)))
+            Err(format!(
+                "fetch-data.sh spam minilm failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ))
         }
     });
     if let Err(e) = result {
@@ -214,10 +217,20 @@ fn spam_minilm_runs_shortened() {
     std::fs::write(&file, source).unwrap();
     let out = dir.join("run");
     let o = Command::new(env!("CARGO_BIN_EXE_kdc"))
-        .args(["run", file.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "run",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let schema: serde_json::Value = serde_json::from_str(
@@ -225,25 +238,43 @@ fn spam_minilm_runs_shortened() {
     )
     .unwrap();
     let errors = schema::validate(&schema, &summary);
-    assert!(errors.is_empty(), "summary.json does not follow its schema: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "summary.json does not follow its schema: {errors:#?}"
+    );
 
     let models = &summary["models"];
     let params = |m: &str| models[m]["params"].as_u64().unwrap();
     assert_eq!(params("t"), 22_566_146, "MiniLM-L6 and a 2-way head");
-    assert!(params("t") >= 20 * params("s"), "{} vs {}", params("t"), params("s"));
+    assert!(
+        params("t") >= 20 * params("s"),
+        "{} vs {}",
+        params("t"),
+        params("s")
+    );
     // 6,046 e-mails, 4,232 of them in the train split. The encoder ran once per distinct
     // sample at most (identical 32-token rows share an entry); the distillation stage's
     // teacher once per train sample; the head's own stage and the baseline never.
     let encoder = models["t"]["encoder_forwards"].as_u64().unwrap();
     assert!((5_000..=6_046).contains(&encoder), "{encoder}");
     let stages = summary["stages"].as_array().unwrap();
-    let forwards = |name: &str| stages.iter().find(|s| s["name"] == name).unwrap()["teacher_forwards"].as_u64().unwrap();
+    let forwards = |name: &str| {
+        stages.iter().find(|s| s["name"] == name).unwrap()["teacher_forwards"]
+            .as_u64()
+            .unwrap()
+    };
     assert_eq!(forwards("teach"), 0);
     assert_eq!(forwards("distill"), 4_232);
     assert_eq!(forwards("scratch/distill"), 0);
-    assert!(models["t"]["latency_ms"].as_f64().unwrap() > models["s"]["latency_ms"].as_f64().unwrap());
+    assert!(
+        models["t"]["latency_ms"].as_f64().unwrap() > models["s"]["latency_ms"].as_f64().unwrap()
+    );
     for m in ["t", "s", "scratch"] {
-        assert!(accuracy(&summary, m) > 0.8, "{m}: {}", accuracy(&summary, m));
+        assert!(
+            accuracy(&summary, m) > 0.8,
+            "{m}: {}",
+            accuracy(&summary, m)
+        );
     }
     assert!(out.join("student.onnx").is_file());
 }

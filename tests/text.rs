@@ -384,12 +384,17 @@ fn a_frozen_bert_encoder_runs_once_per_sample_and_disk_caching_skips_it_next_tim
 fn every_text_layout_gives_the_same_samples() {
     // tests/text/mail.jsonl rewritten as JSON, CSV, TSV and one folder per label.
     let dir = scratch("layouts");
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(root().join("tests/text/mail.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    std::fs::write(dir.join("mail.json"), serde_json::to_string(&records).unwrap()).unwrap();
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(root().join("tests/text/mail.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    std::fs::write(
+        dir.join("mail.json"),
+        serde_json::to_string(&records).unwrap(),
+    )
+    .unwrap();
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let mut csv = String::from("label,text\n");
     let mut tsv = String::from("text\tlabel\n");
@@ -413,7 +418,9 @@ fn every_text_layout_gives_the_same_samples() {
             tokenizer.display()
         );
         let file = dir.join("layout.kd");
-        let plan = kd_compiler::compile(&source, &file, &[]).unwrap_or_else(|e| panic!("{path}: {e:?}")).plan;
+        let plan = kd_compiler::compile(&source, &file, &[])
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"))
+            .plan;
         let spec = plan.data("mail").unwrap();
         let dataset = kd_runtime::data::Dataset::load(spec, &dir, 1).unwrap();
         let samples = match &dataset.train.samples {

@@ -3,6 +3,8 @@
 //! that makes padding invisible, and attention transfer on a hand-checked example.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+// The references index like the formulas they transcribe.
+#![allow(clippy::needless_range_loop)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

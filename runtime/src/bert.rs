@@ -23,6 +23,9 @@ use crate::error::{Result, RuntimeError, TensorContext};
 
 type Handed = Vec<(String, Tensor, Option<Var>)>;
 
+/// Draws a fresh parameter: its name, shape and uniform bound.
+pub type Init<'a> = dyn FnMut(&str, &[usize], f64) -> Result<Var> + 'a;
+
 /// The checkpoint's tensors, handed to candle-transformers under the names of the model
 /// being built (layer `j` of a subset reads checkpoint layer `layers[j]`).
 struct CheckpointBackend {
@@ -156,7 +159,7 @@ impl Bert {
     pub fn load(
         spec: &BertSpec,
         folder: &Path,
-        init: &mut dyn FnMut(&str, &[usize], f64) -> Result<Var>,
+        init: &mut Init,
         cache_dir: Option<&Path>,
     ) -> Result<Bert> {
         let config_path = folder.join("config.json");

@@ -402,7 +402,7 @@ impl Run<'_> {
     /// and best weights while it runs.
     fn checkpoint(
         &self,
-        stage: Option<(&Optim, Option<&Vec<Tensor>>, &OutputCache, &[(String, Var)])>,
+        stage: Option<StageCheckpoint>,
         models: &HashMap<String, Model>,
     ) -> Result<()> {
         let mut state = self.state.clone();
@@ -686,8 +686,7 @@ impl Run<'_> {
                     epoch,
                     models,
                     &mut cache,
-                    teacher_val.as_ref(),
-                    &projection_map,
+                    (teacher_val.as_ref(), &projection_map),
                 )?),
                 None => None,
             };
@@ -914,8 +913,7 @@ impl Run<'_> {
         epoch: usize,
         models: &mut HashMap<String, Model>,
         cache: &mut OutputCache,
-        teacher_predictions: Option<&Vec<u32>>,
-        projections: &HashMap<String, (Var, Var)>,
+        (teacher_predictions, projections): (Option<&Vec<u32>>, &Projections),
     ) -> Result<Validation> {
         let validate = stage
             .validate
@@ -1185,6 +1183,18 @@ impl Run<'_> {
         Ok(results)
     }
 }
+
+/// A stage's trainable projections by name: weight and bias.
+type Projections = HashMap<String, (Var, Var)>;
+
+/// What a checkpoint taken inside a stage adds: the optimizer, the best epoch's weights,
+/// the output cache and the stage's projections.
+type StageCheckpoint<'a> = (
+    &'a Optim,
+    Option<&'a Vec<Tensor>>,
+    &'a OutputCache,
+    &'a [(String, Var)],
+);
 
 /// The pad id of the text data a token model reads (from the first stage or evaluation
 /// that runs it on text).

@@ -13,6 +13,9 @@ use super::values::Fields;
 use super::Cx;
 use crate::diagnostics::{span, CheckError};
 
+/// Raw label to class index, and the class names.
+type ClassMap = (Vec<(String, usize)>, Vec<String>);
+
 /// Settings that mean something for numeric data only.
 const NUMERIC_ONLY: &[&str] = &[
     "header",
@@ -218,7 +221,7 @@ impl Cx<'_> {
         decl: &DataDecl,
         fields: &Fields,
         records: &[kd_textdata::Record],
-    ) -> Option<(Vec<(String, usize)>, Vec<String>)> {
+    ) -> Option<ClassMap> {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for r in records {
             *seen.entry(r.label.as_str()).or_default() += 1;
