@@ -160,11 +160,18 @@ fn bert_spec(folder: &str, layers: Vec<usize>, hidden: usize, pooling: Pooling) 
 }
 
 /// kdc's pooled output against the numpy BERT, largest absolute difference.
-fn pooled_difference(folder: &str, layers: Vec<usize>, hidden: usize, pooling: Pooling) -> f64 {
+fn pooled_difference(
+    folder: &str,
+    layers: Vec<usize>,
+    hidden: usize,
+    pooling: Pooling,
+    trainable: Trainable,
+) -> f64 {
     let texts = mails(6);
     let max_len = 48;
     let ids = tokenize(&texts, max_len);
-    let spec = bert_spec(folder, layers.clone(), hidden, pooling);
+    let mut spec = bert_spec(folder, layers.clone(), hidden, pooling);
+    spec.bert.as_mut().unwrap().trainable = trainable;
     let mut model = Model::from_bert(&spec, &root().join(folder), 1, None).unwrap();
     model.set_pad_id(0);
     let x = Tensor::from_vec(
@@ -192,26 +199,82 @@ fn pooled_difference(folder: &str, layers: Vec<usize>, hidden: usize, pooling: P
 
 #[test]
 fn a_tiny_bert_and_its_layer_subsets_match_a_numpy_bert() {
-    for (layers, pooling) in [
-        (vec![0, 1, 2, 3], Pooling::Mean),
-        (vec![0, 2], Pooling::Cls),
-        (vec![1, 3], Pooling::Mean),
+    // Frozen (candle-transformers' model) and trainable (kdc's differentiable copy).
+    for (layers, pooling, trainable) in [
+        (vec![0, 1, 2, 3], Pooling::Mean, Trainable::Head),
+        (vec![0, 2], Pooling::Cls, Trainable::Head),
+        (vec![1, 3], Pooling::Mean, Trainable::Head),
+        (vec![0, 1, 2, 3], Pooling::Mean, Trainable::All),
+        (vec![0, 2], Pooling::Cls, Trainable::Last(1)),
     ] {
-        let worst = pooled_difference("tests/bert/tiny", layers.clone(), 8, pooling);
-        assert!(worst < 1e-4, "layers {layers:?}: differs by {worst}");
+        let worst = pooled_difference("tests/bert/tiny", layers.clone(), 8, pooling, trainable);
+        assert!(
+            worst < 1e-4,
+            "layers {layers:?}, {trainable:?}: differs by {worst}"
+        );
     }
 }
 
 #[test]
 fn minilm_matches_a_numpy_bert() {
     minilm();
-    let worst = pooled_difference("data/minilm", (0..6).collect(), 384, Pooling::Mean);
+    let worst = pooled_difference(
+        "data/minilm",
+        (0..6).collect(),
+        384,
+        Pooling::Mean,
+        Trainable::Head,
+    );
     assert!(worst < 1e-4, "MiniLM differs by {worst}");
-    let worst = pooled_difference("data/minilm", vec![0, 2, 4], 384, Pooling::Cls);
+    let worst = pooled_difference(
+        "data/minilm",
+        vec![0, 2, 4],
+        384,
+        Pooling::Cls,
+        Trainable::All,
+    );
     assert!(
         worst < 1e-4,
-        "MiniLM's every other layer differs by {worst}"
+        "MiniLM's every other layer, trainable, differs by {worst}"
     );
+}
+
+#[test]
+fn every_trained_bert_parameter_gets_a_gradient() {
+    for trainable in [Trainable::Last(1), Trainable::All] {
+        let mut spec = bert_spec("tests/bert/tiny", vec![0, 2], 8, Pooling::Mean);
+        spec.bert.as_mut().unwrap().trainable = trainable;
+        let mut model = Model::from_bert(&spec, &root().join("tests/bert/tiny"), 1, None).unwrap();
+        model.set_pad_id(0);
+        let ids = tokenize(&mails(4), 16);
+        let x = Tensor::from_vec(
+            ids.iter().map(|&i| i as f32).collect::<Vec<_>>(),
+            (4, 16),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out = model.forward(&x, true).unwrap();
+        let logits = &out.iter().find(|(p, _)| p == "logits").unwrap().1;
+        let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let expected = match trainable {
+            Trainable::Last(1) => 16 + 2,
+            _ => 5 + 2 * 16 + 2,
+        };
+        assert_eq!(model.params().len(), expected, "{trainable:?}");
+        for (name, var) in model.params() {
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{trainable:?}: no gradient for {name}"));
+            let norm = grad
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm > 0.0, "{trainable:?}: zero gradient for {name}");
+        }
+    }
 }
 
 fn kdc(args: &[&str]) -> std::process::Output {
@@ -336,6 +399,40 @@ fn a_frozen_bert_encoder_runs_once_per_sample_and_disk_caching_skips_it_next_tim
         "two layers kept"
     );
     assert!(exported.contains(&"head.weight".to_string()));
+    // `layers: [0, 2], trainable: last(1)`: the student's layer 0 is the checkpoint's
+    // layer 0, untouched; its layer 1 started as the checkpoint's layer 2 and trained.
+    let checkpoint = candle_core::safetensors::load(
+        root().join("tests/bert/tiny/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let student =
+        candle_core::safetensors::load(dir.join("run/student.safetensors"), &Device::Cpu).unwrap();
+    let same = |a: &str, b: &str| {
+        let (a, b) = (&student[a], &checkpoint[b]);
+        a.sub(b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            == 0.0
+    };
+    let dense = "output.dense.weight";
+    assert!(same(
+        &format!("encoder.layer.0.{dense}"),
+        &format!("encoder.layer.0.{dense}")
+    ));
+    assert!(same(
+        "embeddings.word_embeddings.weight",
+        "embeddings.word_embeddings.weight"
+    ));
+    assert!(!same(
+        &format!("encoder.layer.1.{dense}"),
+        &format!("encoder.layer.2.{dense}")
+    ));
 
     // The same pipeline with `cache: disk`, twice: the second run computes nothing.
     let source = std::fs::read_to_string(root().join("tests/cases/ok/bert_students.kd"))

@@ -317,3 +317,92 @@ fn attention_transfer_matches_a_hand_computed_example() {
     assert_eq!(got, 0.0);
     let _ = Path::new("");
 }
+
+#[test]
+fn every_parameter_of_every_sequence_stack_gets_a_gradient() {
+    let stacks = [
+        "embedding(30522, 6, positions: true) conv1d(5, kernel: 3, padding: 1) relu max_over_time linear(2)",
+        "embedding(30522, 6) bilstm(4) pool(mean) linear(2)",
+        "embedding(30522, 8) transformer(heads: 2, ff: 12) layernorm pool(first) linear(2)",
+    ];
+    for stack in stacks {
+        let mut m = model(stack, 12, 3);
+        let outputs = m.forward(&ids(&rows(), 12), true).unwrap();
+        let out = &outputs.iter().find(|(p, _)| p == "output").unwrap().1;
+        let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in m.params() {
+            let grad = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{stack}: no gradient for {name}"));
+            let norm = grad
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm > 0.0, "{stack}: zero gradient for {name}");
+        }
+    }
+}
+
+#[test]
+fn transformer_gradients_match_finite_differences() {
+    let stack = "embedding(30522, 8) transformer(heads: 2, ff: 12) pool(mean) linear(2)";
+    let mut m = model(stack, 12, 5);
+    let x = ids(&rows(), 12);
+    let loss = |m: &mut Model| -> f64 {
+        let outputs = m.forward(&x, false).unwrap();
+        let out = &outputs.iter().find(|(p, _)| p == "output").unwrap().1;
+        f64::from(
+            out.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+        )
+    };
+    let outputs = m.forward(&x, false).unwrap();
+    let out = &outputs.iter().find(|(p, _)| p == "output").unwrap().1;
+    let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let params: Vec<(String, candle_core::Var)> = m.params().to_vec();
+    for (name, var) in params
+        .iter()
+        .filter(|(n, _)| n.contains("qkv") || n.contains("ff1.weight"))
+    {
+        let analytic = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let original = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // Entries in the query, key and value parts of qkv, and in ff1.
+        for &k in &[0usize, 9, original.len() / 2 + 3, original.len() - 1] {
+            let shifted = |delta: f32| {
+                let mut values = original.clone();
+                values[k] += delta;
+                Tensor::from_vec(values, var.dims(), &Device::Cpu).unwrap()
+            };
+            let eps = 1e-2f32;
+            var.set(&shifted(eps)).unwrap();
+            let up = loss(&mut m);
+            var.set(&shifted(-eps)).unwrap();
+            let down = loss(&mut m);
+            var.set(&shifted(0.0)).unwrap();
+            let numeric = (up - down) / (2.0 * f64::from(eps));
+            let a = f64::from(analytic[k]);
+            assert!(
+                (a - numeric).abs() <= 2e-2 * a.abs().max(numeric.abs()) + 1e-3,
+                "{name}[{k}]: autograd {a}, finite differences {numeric}"
+            );
+        }
+    }
+}

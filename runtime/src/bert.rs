@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var, D};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
@@ -116,9 +116,147 @@ impl SimpleBackend for CheckpointBackend {
     }
 }
 
+/// The encoder: candle-transformers' `BertModel` when it is frozen (its fused layer norm
+/// and softmax are fast but have no backward pass in candle-nn 0.11), and the same
+/// computation written here with differentiable ops when a stage trains some of it.
+enum Encoder {
+    Fused(Box<BertModel>),
+    Differentiable(Box<OwnEncoder>),
+}
+
+type Dense = (Tensor, Tensor);
+
+/// One encoder layer's weights (Hugging Face names in the comments).
+struct OwnLayer {
+    query: Dense,     // attention.self.query
+    key: Dense,       // attention.self.key
+    value: Dense,     // attention.self.value
+    attn_out: Dense,  // attention.output.dense
+    attn_norm: Dense, // attention.output.LayerNorm
+    inner: Dense,     // intermediate.dense
+    out: Dense,       // output.dense
+    out_norm: Dense,  // output.LayerNorm
+}
+
+struct OwnEncoder {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: Dense,
+    layers: Vec<OwnLayer>,
+    heads: usize,
+    eps: f64,
+    act: candle_transformers::models::bert::HiddenAct,
+}
+
+impl OwnEncoder {
+    fn load(vb: &VarBuilder, config: &Config) -> candle_core::Result<OwnEncoder> {
+        let h = config.hidden_size;
+        let dense = |name: &str, out: usize, inp: usize| -> candle_core::Result<Dense> {
+            Ok((
+                vb.get((out, inp), &format!("{name}.weight"))?,
+                vb.get(out, &format!("{name}.bias"))?,
+            ))
+        };
+        let norm = |name: &str| -> candle_core::Result<Dense> {
+            Ok((
+                vb.get(h, &format!("{name}.weight"))?,
+                vb.get(h, &format!("{name}.bias"))?,
+            ))
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = |s: &str| format!("encoder.layer.{i}.{s}");
+            layers.push(OwnLayer {
+                query: dense(&p("attention.self.query"), h, h)?,
+                key: dense(&p("attention.self.key"), h, h)?,
+                value: dense(&p("attention.self.value"), h, h)?,
+                attn_out: dense(&p("attention.output.dense"), h, h)?,
+                attn_norm: norm(&p("attention.output.LayerNorm"))?,
+                inner: dense(&p("intermediate.dense"), config.intermediate_size, h)?,
+                out: dense(&p("output.dense"), h, config.intermediate_size)?,
+                out_norm: norm(&p("output.LayerNorm"))?,
+            });
+        }
+        Ok(OwnEncoder {
+            word: vb.get((config.vocab_size, h), "embeddings.word_embeddings.weight")?,
+            position: vb.get(
+                (config.max_position_embeddings, h),
+                "embeddings.position_embeddings.weight",
+            )?,
+            token_type: vb.get(
+                (config.type_vocab_size, h),
+                "embeddings.token_type_embeddings.weight",
+            )?,
+            norm: norm("embeddings.LayerNorm")?,
+            layers,
+            heads: config.num_attention_heads,
+            eps: config.layer_norm_eps,
+            act: config.hidden_act,
+        })
+    }
+
+    /// The last layer's states `[B, L, H]` for ids `[B, L]` and mask `[B, L]`.
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        use candle_transformers::models::bert::HiddenAct;
+        let (b, len) = ids.dims2()?;
+        let h = self.word.dim(1)?;
+        let dh = h / self.heads;
+        let linear =
+            |x: &Tensor, (w, bias): &Dense| x.broadcast_matmul(&w.t()?)?.broadcast_add(bias);
+        let norm = |x: &Tensor, (w, bias): &Dense| {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+            centred
+                .broadcast_div(&(var + self.eps)?.sqrt()?)?
+                .broadcast_mul(w)?
+                .broadcast_add(bias)
+        };
+        let embedded = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, len, h))?
+            .broadcast_add(&self.position.narrow(0, 0, len)?)?
+            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
+        let mut x = norm(&embedded, &self.norm)?;
+        // 0 at real tokens, a large negative number at padding, for every query.
+        let bias = ((mask - 1.0)? * 1e9)?.reshape((b, 1, 1, len))?;
+        let heads = |t: Tensor| {
+            t.reshape((b, len, self.heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        for layer in &self.layers {
+            let q = heads(linear(&x, &layer.query)?)?;
+            let k = heads(linear(&x, &layer.key)?)?;
+            let v = heads(linear(&x, &layer.value)?)?;
+            let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?.broadcast_add(&bias)?;
+            let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            let context = weights
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, len, h))?;
+            x = norm(
+                &(linear(&context, &layer.attn_out)? + &x)?,
+                &layer.attn_norm,
+            )?;
+            let inner = linear(&x, &layer.inner)?;
+            let inner = match self.act {
+                HiddenAct::Gelu => inner.gelu_erf()?,
+                HiddenAct::GeluApproximate => inner.gelu()?,
+                HiddenAct::Relu => inner.relu()?,
+            };
+            x = norm(&(linear(&inner, &layer.out)? + &x)?, &layer.out_norm)?;
+        }
+        Ok(x)
+    }
+}
+
 /// A loaded BERT classifier.
 pub struct Bert {
-    encoder: BertModel,
+    encoder: Encoder,
     pooling: Pooling,
     pub head_weight: Var,
     pub head_bias: Var,
@@ -181,8 +319,15 @@ impl Bert {
             handed: handed.clone(),
         };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
-        let encoder = BertModel::load(vb, &config)
-            .map_err(|e| checkpoint_error(&weights, format!("does not fit its config ({e})")))?;
+        let encoder = if spec.trainable == Trainable::Head {
+            Encoder::Fused(Box::new(BertModel::load(vb, &config).map_err(|e| {
+                checkpoint_error(&weights, format!("does not fit its config ({e})"))
+            })?))
+        } else {
+            Encoder::Differentiable(Box::new(OwnEncoder::load(&vb, &config).map_err(|e| {
+                checkpoint_error(&weights, format!("does not fit its config ({e})"))
+            })?))
+        };
         let handed = std::mem::take(
             &mut *handed
                 .lock()
@@ -331,10 +476,11 @@ impl Bert {
         let ids = Tensor::from_vec(ids, (b, len), &Device::Cpu).ctx("token ids")?;
         let mask = Tensor::from_vec(mask, (b, len), &Device::Cpu).ctx("attention mask")?;
         let types = ids.zeros_like().ctx("token types")?;
-        let hidden = self
-            .encoder
-            .forward(&ids, &types, Some(&mask))
-            .ctx("the BERT encoder")?;
+        let hidden = match &self.encoder {
+            Encoder::Fused(model) => model.forward(&ids, &types, Some(&mask)),
+            Encoder::Differentiable(model) => model.forward(&ids, &mask),
+        }
+        .ctx("the BERT encoder")?;
         self.encoder_samples += b as u64;
         let pooling = self.pooling;
         (|| match pooling {

@@ -1126,7 +1126,8 @@ impl TransformerBlock {
                 }
                 None => scores,
             };
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+            // softmax_last_dim has no backward in candle-nn 0.11: the composed softmax does.
+            let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
             let context_vectors = weights
                 .matmul(&v)?
                 .transpose(1, 2)?
