@@ -159,7 +159,128 @@ def weights_run(name, about, content):
          run={"weights.safetensors": content})
 
 
+# ---------------------------------------------------------------- text
+
+def small_tokenizer():
+    """MiniLM's tokenizer.json (tests/text) with its vocabulary cut to a few words: the real
+    format, read by the real library, small enough to copy into each case."""
+    full = json.load(open(os.path.join(HERE, "..", "text", "tokenizer.json")))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "free", "money", "meeting",
+             "today", "win", "see", "you", "at", "the", "now"]
+    vocab = {w: i for i, w in enumerate(words)}
+    full["model"]["vocab"] = vocab
+    full["truncation"] = None
+    full["padding"] = None
+    for token in full["added_tokens"]:
+        token["id"] = vocab[token["content"]]
+    for special in full["post_processor"]["special_tokens"].values():
+        special["ids"] = [vocab[t] for t in special["tokens"]]
+    return json.dumps(full, sort_keys=True).encode()
+
+
+TOKENIZER = small_tokenizer()
+GOOD_JSONL = b"".join(json.dumps(r).encode() + b"\n" for r in [
+    {"text": "win free money now", "label": "spam"},
+    {"text": "see you at the meeting", "label": "ham"},
+    {"text": "free money today", "label": "spam"},
+    {"text": "the meeting is today", "label": "ham"},
+])
+
+
+def text_pipeline(path="data.jsonl", extra=""):
+    return (
+        "pipeline hostile { seed: 1 }\n"
+        f"data d = text(\"{path}\") {{ tokenizer: \"tokenizer.json\", max_len: 8{extra}, split {{ train: 2, test: 2 }} }}\n"
+        "model m { input tokens[8] embedding(15, 4) max_over_time linear(2) as logits }\n"
+        "student s = m\n"
+        "stage fit { train s on d.train, loss cross_entropy(s.logits, label), optimizer sgd(lr: 0.1), epochs 1, batch 2 }\n"
+        "evaluate s on d.test\n"
+    )
+
+
+def text_check(name, about, content, path="data.jsonl", extra="", names=None):
+    case(name, about, "check", names or path, text_pipeline(path, extra),
+         {path: content, "tokenizer.json": TOKENIZER})
+
+
+def tokenizer_check(name, about, content):
+    case(name, about, "check", "tokenizer.json", text_pipeline(),
+         {"data.jsonl": GOOD_JSONL, "tokenizer.json": content})
+
+
+def text_run(name, about, bad, content):
+    case(name, about, "run", bad, text_pipeline(),
+         {"data.jsonl": GOOD_JSONL, "tokenizer.json": TOKENIZER}, run={bad: content})
+
+
+TEXT_CASES = {
+    "text_jsonl_not_json": lambda: text_check(
+        "text_jsonl_not_json", "a JSON Lines file with a line that is not JSON",
+        GOOD_JSONL + b"{\"text\": \"cut off\n"),
+    "text_jsonl_binary_junk": lambda: text_check(
+        "text_jsonl_binary_junk", "random-looking bytes as JSON Lines",
+        bytes((i * 97 + 13) % 256 for i in range(300))),
+    "text_jsonl_missing_label": lambda: text_check(
+        "text_jsonl_missing_label", "a record without the label field",
+        GOOD_JSONL + b"{\"text\": \"no label here\"}\n"),
+    "text_jsonl_label_is_object": lambda: text_check(
+        "text_jsonl_label_is_object", "a label that is an object",
+        GOOD_JSONL + b"{\"text\": \"x\", \"label\": {\"a\": 1}}\n"),
+    "text_csv_unclosed_quote": lambda: text_check(
+        "text_csv_unclosed_quote", "a CSV quoted field that never closes",
+        b"text,label\n\"win free money,spam\nsee you,ham\n", path="data.csv"),
+    "text_csv_short_row": lambda: text_check(
+        "text_csv_short_row", "a CSV row with fewer fields than the header",
+        b"text,label\nwin free money,spam\nsee you\n", path="data.csv"),
+    "text_csv_no_text_column": lambda: text_check(
+        "text_csv_no_text_column", "a CSV header without the text column",
+        b"body,label\nwin,spam\nsee,ham\n", path="data.csv"),
+    "text_json_not_an_array": lambda: text_check(
+        "text_json_not_an_array", "a JSON file holding one object, not an array",
+        b"{\"text\": \"x\", \"label\": \"ham\"}", path="data.json"),
+    "text_json_empty_file": lambda: text_check(
+        "text_json_empty_file", "an empty JSON file", b"", path="data.json"),
+    "text_folder_of_loose_files": lambda: case(
+        "text_folder_of_loose_files", "a folder of files with no sub-folder per label", "check",
+        "mail", text_pipeline("mail"),
+        {"mail/a.txt": b"win free money", "mail/b.txt": b"see you", "tokenizer.json": TOKENIZER}),
+    "text_one_class": lambda: text_check(
+        "text_one_class", "every sample with the same label",
+        b"".join(json.dumps({"text": t, "label": "ham"}).encode() + b"\n" for t in ["a", "b", "c", "d"]),
+        names="`d` has 1 class"),
+    "text_tokenizer_not_json": lambda: tokenizer_check(
+        "text_tokenizer_not_json", "a tokenizer.json that is not JSON", b"\x00\x01 not json"),
+    "text_tokenizer_no_model": lambda: tokenizer_check(
+        "text_tokenizer_no_model", "JSON without a tokenizer model", b"{\"added_tokens\": []}"),
+    "text_tokenizer_no_padding_token": lambda: tokenizer_check(
+        "text_tokenizer_no_padding_token", "a tokenizer with no padding token",
+        json.dumps({"model": {"type": "WordPiece", "vocab": {"a": 0, "b": 1}}}).encode()),
+    "text_tokenizer_huge_vocab": lambda: tokenizer_check(
+        "text_tokenizer_huge_vocab", "a vocabulary claiming an id past 2^22",
+        json.dumps({"model": {"vocab": {"[PAD]": 0, "x": 99999999}},
+                    "added_tokens": [{"id": 0, "content": "[PAD]", "special": True}]}).encode()),
+    # text, changed after the check
+    "run_text_label_changed": lambda: text_run(
+        "run_text_label_changed", "a label no class lists, at run time", "data.jsonl",
+        GOOD_JSONL.replace(b"\"ham\"", b"\"eggs\"", 1)),
+    "run_text_not_json": lambda: text_run(
+        "run_text_not_json", "a data file that is no longer JSON at run time", "data.jsonl",
+        b"\xff\xfe garbage\n"),
+    "run_text_tokenizer_truncated": lambda: text_run(
+        "run_text_tokenizer_truncated", "a tokenizer.json cut in half at run time",
+        "tokenizer.json", TOKENIZER[: len(TOKENIZER) // 2]),
+    "run_text_tokenizer_wrong_shape": lambda: text_run(
+        "run_text_tokenizer_wrong_shape", "valid JSON that is not a tokenizer, at run time",
+        "tokenizer.json", b"[1, 2, 3]"),
+    "plan_text_max_len_absurd": lambda: case(
+        "plan_text_max_len_absurd", "a hand-edited max_len of 10^12", "run", "data `d`",
+        text_pipeline(), {"data.jsonl": GOOD_JSONL, "tokenizer.json": TOKENIZER},
+        edits=[("sample_shape:\n  - 8", "sample_shape:\n  - 1000000000000")]),
+}
+
+
 def main():
+    CASES.update(TEXT_CASES)
     for entry in os.listdir(HERE):
         if os.path.isdir(os.path.join(HERE, entry)) and entry not in CASES:
             shutil.rmtree(os.path.join(HERE, entry))

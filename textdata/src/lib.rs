@@ -140,8 +140,9 @@ pub fn read(path: &Path, layout: &Layout, with_text: bool) -> Result<Vec<Record>
                     return Err(fail(
                         path,
                         format!(
-                            "line {line} has {} fields, the header {}",
+                            "line {line} has {} field{}, the header {}",
                             row.len(),
+                            if row.len() == 1 { "" } else { "s" },
                             header.1.len()
                         ),
                     ));
