@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# Runs one fuzz target for SECONDS seconds:  scripts/fuzz.sh compile|loaders SECONDS [FLAGS...]
+# Runs one fuzz target for SECONDS seconds:  scripts/fuzz.sh compile|loaders|text SECONDS [FLAGS...]
 # (FLAGS go to libFuzzer, e.g. -max_len=65536).
 #
 # compile: arbitrary bytes as a .kd file through the whole compiler (parser, checker, lowering).
 # loaders: arbitrary bytes as a data file through every loader (IDX, CSV, safetensors).
+# text: arbitrary bytes as a text data file (JSONL, JSON, CSV, TSV) and a tokenizer.json.
 # cargo-fuzz (libFuzzer) needs nightly compiler flags; RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain accept them. One process, so it shares two cores politely. New inputs go to
 # fuzz/corpus/TARGET (ignored by git); crashes to fuzz/artifacts/TARGET, and each one found
 # belongs in the ordinary tests (tests/hostile/ or tests/cases/err/) once fixed.
 set -euo pipefail
 
-usage="usage: scripts/fuzz.sh compile|loaders SECONDS [LIBFUZZER_FLAGS...]"
+usage="usage: scripts/fuzz.sh compile|loaders|text SECONDS [LIBFUZZER_FLAGS...]"
 target=${1:?$usage}
 seconds=${2:?$usage}
-case "$target" in compile | loaders) ;; *) echo "$usage" >&2; exit 2 ;; esac
+case "$target" in compile | loaders | text) ;; *) echo "$usage" >&2; exit 2 ;; esac
 shift 2
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +29,12 @@ n=0
 if [ "$target" = compile ]; then
   for f in "$root"/examples/*.kd "$root"/tests/cases/*/*.kd "$root"/tests/hostile/*/pipeline.kd; do
     n=$((n + 1)); cp "$f" "$seeds/$n.kd"
+  done
+elif [ "$target" = text ]; then
+  for f in "$root"/tests/text/mail.jsonl "$root"/tests/hostile/text_*/* "$root"/tests/hostile/run_text_*/run/*; do
+    [ -f "$f" ] || continue
+    case "$f" in *tokenizer.json | *.jsonl | *.json | *.csv | *.tsv) ;; *) continue ;; esac
+    n=$((n + 1)); cp "$f" "$seeds/$n"
   done
 else
   for f in "$root"/examples/data/*.gz "$root"/tests/hostile/*/*.idx "$root"/tests/hostile/*/*.csv \

@@ -80,35 +80,41 @@ fn fail(path: &Path, reason: impl Into<String>) -> ReadError {
 pub fn read(path: &Path, layout: &Layout, with_text: bool) -> Result<Vec<Record>, ReadError> {
     match layout.format {
         Format::Folders => read_folders(path, layout, with_text),
+        _ => parse(&read_text(path)?, layout, with_text).map_err(|reason| fail(path, reason)),
+    }
+}
+
+/// The records of a file's text in one of the file formats (not `Folders`).
+pub fn parse(text: &str, layout: &Layout, with_text: bool) -> Result<Vec<Record>, String> {
+    match layout.format {
+        Format::Folders => Err("a folder is read with `read`".into()),
         Format::Jsonl => {
-            let text = read_text(path)?;
             let mut records = Vec::new();
             for (n, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
                 let value: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| fail(path, format!("line {} is not JSON ({e})", n + 1)))?;
+                    .map_err(|e| format!("line {} is not JSON ({e})", n + 1))?;
                 records.push(
                     json_record(&value, layout, with_text)
-                        .map_err(|reason| fail(path, format!("line {}: {reason}", n + 1)))?,
+                        .map_err(|reason| format!("line {}: {reason}", n + 1))?,
                 );
             }
             Ok(records)
         }
         Format::Json => {
-            let text = read_text(path)?;
             let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| fail(path, format!("not JSON ({e})")))?;
+                serde_json::from_str(text).map_err(|e| format!("not JSON ({e})"))?;
             let serde_json::Value::Array(items) = value else {
-                return Err(fail(path, "a JSON data file is an array of objects"));
+                return Err("a JSON data file is an array of objects".into());
             };
             items
                 .iter()
                 .enumerate()
                 .map(|(n, item)| {
                     json_record(item, layout, with_text)
-                        .map_err(|reason| fail(path, format!("record {}: {reason}", n + 1)))
+                        .map_err(|reason| format!("record {}: {reason}", n + 1))
                 })
                 .collect()
         }
@@ -118,18 +124,14 @@ pub fn read(path: &Path, layout: &Layout, with_text: bool) -> Result<Vec<Record>
             } else {
                 '\t'
             };
-            let text = read_text(path)?;
-            let rows = parse_delimited(&text, delimiter).map_err(|r| fail(path, r))?;
+            let rows = parse_delimited(text, delimiter)?;
             let mut rows = rows.into_iter();
-            let header = rows.next().ok_or_else(|| fail(path, "it is empty"))?;
+            let header = rows.next().ok_or("it is empty")?;
             let column = |field: &str| {
                 header.1.iter().position(|h| h == field).ok_or_else(|| {
-                    fail(
-                        path,
-                        format!(
-                            "its header has no field `{field}` (it has {})",
-                            header.1.join(", ")
-                        ),
+                    format!(
+                        "its header has no field `{field}` (it has {})",
+                        header.1.join(", ")
                     )
                 })
             };
@@ -137,14 +139,11 @@ pub fn read(path: &Path, layout: &Layout, with_text: bool) -> Result<Vec<Record>
             let label_col = column(&layout.label_field)?;
             rows.map(|(line, row)| {
                 if row.len() != header.1.len() {
-                    return Err(fail(
-                        path,
-                        format!(
-                            "line {line} has {} field{}, the header {}",
-                            row.len(),
-                            if row.len() == 1 { "" } else { "s" },
-                            header.1.len()
-                        ),
+                    return Err(format!(
+                        "line {line} has {} field{}, the header {}",
+                        row.len(),
+                        if row.len() == 1 { "" } else { "s" },
+                        header.1.len()
                     ));
                 }
                 Ok(Record {
@@ -216,7 +215,15 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
     Ok(paths)
 }
 
-/// A file's text: UTF-8 where it is, Latin-1 otherwise (old e-mail is both).
+/// Text as kdc reads it: UTF-8 where it is, Latin-1 otherwise (old e-mail is both).
+pub fn decode(bytes: Vec<u8>) -> String {
+    match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => e.into_bytes().iter().map(|&b| b as char).collect(),
+    }
+}
+
+/// A file's text (see [`decode`]), refusing files over [`MAX_FILE_BYTES`].
 fn read_text(path: &Path) -> Result<String, ReadError> {
     let len = std::fs::metadata(path)
         .map_err(|e| fail(path, format!("cannot read it ({e})")))?
@@ -228,10 +235,7 @@ fn read_text(path: &Path) -> Result<String, ReadError> {
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| fail(path, format!("cannot read it ({e})")))?;
-    Ok(match String::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => e.into_bytes().iter().map(|&b| b as char).collect(),
-    })
+    Ok(decode(bytes))
 }
 
 fn body(text: &str, skip_headers: bool) -> String {
@@ -349,9 +353,13 @@ pub struct TokenizerFacts {
 
 /// Reads a Hugging Face `tokenizer.json`'s vocabulary size and special tokens.
 pub fn tokenizer_facts(path: &Path) -> Result<TokenizerFacts, String> {
-    let text = read_text(path).map_err(|e| e.reason)?;
+    tokenizer_facts_of(&read_text(path).map_err(|e| e.reason)?)
+}
+
+/// [`tokenizer_facts`] of a tokenizer.json's text.
+pub fn tokenizer_facts_of(text: &str) -> Result<TokenizerFacts, String> {
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("it is not JSON ({e})"))?;
+        serde_json::from_str(text).map_err(|e| format!("it is not JSON ({e})"))?;
     let model = json
         .get("model")
         .ok_or("it has no `model`: not a Hugging Face tokenizer.json")?;
