@@ -24,7 +24,7 @@ trap 'rm -rf "$work"' EXIT
 kdc="$work/kdc"
 cp target/debug/kdc "$kdc"
 
-untimed_summary() { grep -v '"seconds"\|"samples_per_s"' "$1/summary.json"; }
+untimed_summary() { grep -v '"seconds"\|"samples_per_s"\|"latency_ms"\|"encoder_forwards"' "$1/summary.json"; }
 untimed_metrics() { sed 's/"seconds":[-0-9.e]*//' "$1/metrics.jsonl"; }
 
 "$kdc" run examples/digits.kd --out "$work/reference" "$@" >"$work/reference.log" 2>&1

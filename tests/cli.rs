@@ -71,7 +71,10 @@ fn summary(dir: &Path) -> serde_json::Value {
 fn model_metrics(summary: &serde_json::Value) -> serde_json::Value {
     let mut models = summary["models"].clone();
     for (_, m) in models.as_object_mut().unwrap() {
-        m.as_object_mut().unwrap().remove("bytes");
+        let m = m.as_object_mut().unwrap();
+        // Sizes and the time a forward takes are not results.
+        m.remove("bytes");
+        m.remove("latency_ms");
     }
     models
 }

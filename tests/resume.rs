@@ -78,6 +78,22 @@ struct Outcome {
     metrics: Vec<serde_json::Value>,
 }
 
+/// Drops what measures this process rather than the results: stage times and speeds, the
+/// per-sample latency, and the BERT encoder's forward count (a resumed process refills its
+/// in-memory cache).
+fn untime(summary: &mut serde_json::Value) {
+    for stage in summary["stages"].as_array_mut().unwrap() {
+        let stage = stage.as_object_mut().unwrap();
+        stage.remove("seconds");
+        stage.remove("samples_per_s");
+    }
+    for (_, model) in summary["models"].as_object_mut().unwrap() {
+        let model = model.as_object_mut().unwrap();
+        model.remove("latency_ms");
+        model.remove("encoder_forwards");
+    }
+}
+
 fn outcome(dir: &Path) -> Outcome {
     let mut exports = Vec::new();
     for name in ["teacher", "student", "baseline"] {
@@ -86,11 +102,7 @@ fn outcome(dir: &Path) -> Outcome {
     }
     let mut summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    for stage in summary["stages"].as_array_mut().unwrap() {
-        let stage = stage.as_object_mut().unwrap();
-        stage.remove("seconds");
-        stage.remove("samples_per_s");
-    }
+    untime(&mut summary);
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -222,11 +234,7 @@ fn a_resumed_stage_keeps_its_teacher_cache() {
         let mut summary: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
                 .unwrap();
-        for stage in summary["stages"].as_array_mut().unwrap() {
-            let stage = stage.as_object_mut().unwrap();
-            stage.remove("seconds");
-            stage.remove("samples_per_s");
-        }
+        untime(&mut summary);
         summary
     };
     let (a, b) = (untimed(&whole), untimed(&dir));

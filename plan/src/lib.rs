@@ -153,8 +153,9 @@ pub struct TextSpec {
     pub max_len: usize,
     pub vocab: usize,
     pub pad_id: u32,
-    /// The id text augmentation's `mask_tokens` writes.
-    pub mask_id: u32,
+    /// The id text augmentation's `mask_tokens` writes (`None`: the tokenizer has no mask
+    /// token, and the checker refuses `mask_tokens` on this data).
+    pub mask_id: Option<u32>,
     /// Ids that augmentation never drops, masks or moves (`[CLS]`, `[SEP]`, ...).
     pub special_ids: Vec<u32>,
 }

@@ -271,7 +271,8 @@ fn mixup(
 #[derive(Debug, Clone, Copy)]
 pub struct Tokens<'a> {
     pub pad_id: u32,
-    pub mask_id: u32,
+    /// `None`: the tokenizer has none, and `mask_tokens` changes nothing.
+    pub mask_id: Option<u32>,
     /// Ids never dropped, masked or moved (`[CLS]`, `[SEP]`, ...).
     pub special: &'a [u32],
 }
@@ -285,11 +286,13 @@ pub fn apply_text(ops: &[AugmentOp], x: &mut [f32], len: usize, tokens: Tokens, 
     for (op_index, op) in ops.iter().enumerate() {
         let mut rng = key.rng(op_index);
         for row in x.chunks_exact_mut(len) {
-            let ids: Vec<u32> = row
+            // Up to the last real token: padding is at the end (a pad id inside the text,
+            // from a literal "[PAD]", stays where it is and stays masked).
+            let real = row
                 .iter()
-                .map(|&v| v as u32)
-                .take_while(|&id| id != tokens.pad_id)
-                .collect();
+                .rposition(|&v| v as u32 != tokens.pad_id)
+                .map_or(0, |p| p + 1);
+            let ids: Vec<u32> = row[..real].iter().map(|&v| v as u32).collect();
             let ordinary: Vec<usize> = (0..ids.len())
                 .filter(|&i| !tokens.special.contains(&ids[i]))
                 .collect();
@@ -306,9 +309,11 @@ pub fn apply_text(ops: &[AugmentOp], x: &mut [f32], len: usize, tokens: Tokens, 
                 }
                 AugmentOp::MaskTokens { p } => {
                     let mut out = ids.clone();
-                    for &i in &ordinary {
-                        if rng.uniform() < *p {
-                            out[i] = tokens.mask_id;
+                    if let Some(mask_id) = tokens.mask_id {
+                        for &i in &ordinary {
+                            if rng.uniform() < *p {
+                                out[i] = mask_id;
+                            }
                         }
                     }
                     out

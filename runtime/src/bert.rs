@@ -12,14 +12,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Shape, Tensor, Var, D};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use kd_plan::{BertSpec, Pooling, Trainable};
+use kd_plan::{BertSpec, Pooling, SeqPool, Trainable};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, RuntimeError, TensorContext};
+use crate::sequence;
 
 type Handed = Vec<(String, Tensor, Option<Var>)>;
 
@@ -201,18 +202,9 @@ impl OwnEncoder {
         use candle_transformers::models::bert::HiddenAct;
         let (b, len) = ids.dims2()?;
         let h = self.word.dim(1)?;
-        let dh = h / self.heads;
         let linear =
             |x: &Tensor, (w, bias): &Dense| x.broadcast_matmul(&w.t()?)?.broadcast_add(bias);
-        let norm = |x: &Tensor, (w, bias): &Dense| {
-            let mean = x.mean_keepdim(D::Minus1)?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-            centred
-                .broadcast_div(&(var + self.eps)?.sqrt()?)?
-                .broadcast_mul(w)?
-                .broadcast_add(bias)
-        };
+        let norm = |x: &Tensor, (w, bias): &Dense| sequence::layer_norm(x, w, bias, self.eps);
         let embedded = self
             .word
             .index_select(&ids.flatten_all()?, 0)?
@@ -220,24 +212,14 @@ impl OwnEncoder {
             .broadcast_add(&self.position.narrow(0, 0, len)?)?
             .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
         let mut x = norm(&embedded, &self.norm)?;
-        // 0 at real tokens, a large negative number at padding, for every query.
-        let bias = ((mask - 1.0)? * 1e9)?.reshape((b, 1, 1, len))?;
-        let heads = |t: Tensor| {
-            t.reshape((b, len, self.heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
         for layer in &self.layers {
-            let q = heads(linear(&x, &layer.query)?)?;
-            let k = heads(linear(&x, &layer.key)?)?;
-            let v = heads(linear(&x, &layer.value)?)?;
-            let scores = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?.broadcast_add(&bias)?;
-            let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-            let context = weights
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, len, h))?;
+            let context = sequence::attention(
+                &linear(&x, &layer.query)?,
+                &linear(&x, &layer.key)?,
+                &linear(&x, &layer.value)?,
+                Some(mask),
+                self.heads,
+            )?;
             x = norm(
                 &(linear(&context, &layer.attn_out)? + &x)?,
                 &layer.attn_norm,
@@ -359,7 +341,7 @@ impl Bert {
         };
         if spec.trainable == Trainable::Head {
             if let Some(dir) = cache_dir {
-                let file = dir.join(format!("bert-{}.safetensors", cache_key(spec, &weights)?));
+                let file = dir.join(format!("bert-{}.safetensors", cache_key(spec, folder)?));
                 bert.load_cache(&file)?;
                 bert.cache_file = Some(file);
             }
@@ -368,31 +350,28 @@ impl Bert {
     }
 }
 
-/// Names the disk cache after everything the pooled outputs depend on: the checkpoint's
-/// bytes, the layers kept and the pooling (the token ids key each entry).
-fn cache_key(spec: &BertSpec, weights: &Path) -> Result<String> {
+/// Names the disk cache after everything the pooled outputs depend on besides the token
+/// ids: kdc's version (its forward code), the checkpoint's weights and config, the layers
+/// kept and the pooling.
+fn cache_key(spec: &BertSpec, folder: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(weights).map_err(|source| RuntimeError::Io {
-        path: weights.to_path_buf(),
-        source,
-    })?;
-    std::io::copy(&mut file, &mut hasher).map_err(|source| RuntimeError::Io {
-        path: weights.to_path_buf(),
-        source,
-    })?;
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    crate::files::hash_file(&mut hasher, &folder.join("model.safetensors"))?;
+    crate::files::hash_file(&mut hasher, &folder.join("config.json"))?;
     hasher.update(format!("{:?}/{:?}", spec.layers, spec.pooling).as_bytes());
-    Ok(hasher
-        .finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(crate::files::hex(&hasher.finalize()[..16]))
 }
 
-/// The cache key of one sample: its token ids up to the padding.
-fn ids_key(ids: &[u32]) -> [u8; 32] {
+/// The cache key of one sample: its real token ids (trailing padding dropped, so another
+/// `max_len` that keeps the whole text finds it) and the padding id the mask comes from.
+fn ids_key(ids: &[u32], pad_id: u32) -> [u8; 32] {
+    let real = ids
+        .iter()
+        .rposition(|&id| id != pad_id)
+        .map_or(0, |p| p + 1);
     let mut hasher = Sha256::new();
-    for id in ids {
+    hasher.update(pad_id.to_le_bytes());
+    for id in &ids[..real] {
         hasher.update(id.to_le_bytes());
     }
     hasher.finalize().into()
@@ -414,7 +393,7 @@ impl Bert {
             .ctx("reading token ids")?;
         let use_cache = self.trained.is_empty() && cacheable;
         let keys: Vec<[u8; 32]> = if use_cache {
-            rows.iter().map(|r| ids_key(r)).collect()
+            rows.iter().map(|r| ids_key(r, pad_id)).collect()
         } else {
             Vec::new()
         };
@@ -482,17 +461,11 @@ impl Bert {
         }
         .ctx("the BERT encoder")?;
         self.encoder_samples += b as u64;
-        let pooling = self.pooling;
-        (|| match pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1),
-            Pooling::Mean => {
-                let m = mask.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&m)?.sum(1)?;
-                let counts = mask.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
-                summed.broadcast_div(&counts)
-            }
-        })()
-        .ctx("pooling")
+        let kind = match self.pooling {
+            Pooling::Mean => SeqPool::Mean,
+            Pooling::Cls => SeqPool::First,
+        };
+        sequence::pool(&hidden, Some(&mask), kind).ctx("pooling")
     }
 
     /// Every tensor of the model by export name: the encoder's, then the head.
@@ -554,17 +527,7 @@ impl Bert {
                 Tensor::from_vec(pooled, (n, self.hidden), &Device::Cpu).ctx("cache values")?,
             ),
         ]);
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let bytes = safetensors::serialize(&tensors, None).map_err(|e| RuntimeError::Weights {
-            path: file.clone(),
-            reason: e.to_string(),
-        })?;
-        crate::files::write_atomically(&file, &bytes)?;
+        crate::files::write_safetensors(&file, &tensors)?;
         self.unsaved = 0;
         Ok(())
     }

@@ -215,18 +215,6 @@ impl CacheTable {
                 Tensor::from_vec(bytes, len, &Device::Cpu).ctx("saving a cache")?,
             );
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| crate::error::RuntimeError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let bytes = safetensors::serialize(&tensors, None).map_err(|e| {
-            crate::error::RuntimeError::Weights {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
-        crate::files::write_atomically(path, &bytes)
+        crate::files::write_safetensors(path, &tensors)
     }
 }

@@ -519,15 +519,20 @@ impl Run<'_> {
             .params()
             .to_vec();
         // The stage's own projections train with the model and are dropped after it.
-        let projection_vars = projections(stage, seed)?;
-        let mut projection_map = HashMap::new();
+        let projection_map = projections(stage, seed)?;
+        // In the stage's order: `project1.weight`, `project1.bias`, `project2.weight`, ...
+        let projection_vars: Vec<(String, Var)> = stage
+            .projections
+            .iter()
+            .filter_map(|p| projection_map.get(&p.name).map(|wb| (&p.name, wb)))
+            .flat_map(|(name, (w, b))| {
+                [
+                    (format!("{name}.weight"), w.clone()),
+                    (format!("{name}.bias"), b.clone()),
+                ]
+            })
+            .collect();
         let mut params = params;
-        for pair in projection_vars.chunks(2) {
-            if let [(name, weight), (_, bias)] = pair {
-                let key = name.trim_end_matches(".weight").to_string();
-                projection_map.insert(key, (weight.clone(), bias.clone()));
-            }
-        }
         params.extend(projection_vars.iter().cloned());
         let mut optim = Optim::new(&stage.optimizer, params.len());
         let mut best_weights: Option<Vec<Tensor>> = None;
@@ -982,12 +987,10 @@ impl Run<'_> {
         })
     }
 
-    /// Every evaluation: each model on each split, keyed by split name (`data/split` when
-    /// two data sources share a split name).
     /// Under `cache: disk`, where each table this stage's cached forwards may fill lives:
-    /// the file is named by a hash of the frozen model (its spec, its current weights, and
-    /// for ONNX and BERT models their files), the data (spec, file hashes, the split's
-    /// samples) and the split, so any change makes another file.
+    /// the file is named by a hash of kdc's version, the frozen model (its spec, its current
+    /// weights, and the files of ONNX and BERT models) and the data (its spec, its files'
+    /// hashes, the split and the split's samples), so any change makes another file.
     fn disk_tables(
         &self,
         stage: &Stage,
@@ -997,7 +1000,11 @@ impl Run<'_> {
         let Some(dir) = self.cache_dir() else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
+        let yaml = |what: &str, value: &dyn erased::Yaml| {
+            value
+                .yaml()
+                .map_err(|e| plan_error(format!("cannot hash {what} for the cache ({e})")))
+        };
         let cached: Vec<&str> = stage
             .nodes
             .iter()
@@ -1006,20 +1013,22 @@ impl Run<'_> {
                 _ => None,
             })
             .collect();
-        let mut splits = vec![(stage.data.clone(), stage.split.clone())];
+        let mut splits = self.batch_sources(stage);
         if let Some(v) = &stage.validate {
             splits.push((v.data.clone(), v.split.clone()));
         }
+        let mut out = Vec::new();
         for name in cached {
             let (Some(spec), Some(model)) = (self.plan.model(name), models.get(name)) else {
                 continue;
             };
             let mut hasher = Sha256::new();
+            hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
             let mut spec = spec.clone();
             spec.span = Default::default();
-            hasher.update(serde_yaml::to_string(&spec).unwrap_or_default().as_bytes());
-            for (tensor, var) in model.state() {
-                hasher.update(tensor.as_bytes());
+            hasher.update(yaml("a model", &spec)?.as_bytes());
+            for (parameter, var) in model.state() {
+                hasher.update(parameter.as_bytes());
                 let values = var
                     .as_tensor()
                     .flatten_all()
@@ -1031,18 +1040,14 @@ impl Run<'_> {
             }
             let files: Vec<PathBuf> = match (&spec.onnx, &spec.bert) {
                 (Some(onnx), _) => vec![self.plan.resolve(&onnx.path)],
-                (_, Some(bert)) => vec![self.plan.resolve(&bert.path).join("model.safetensors")],
+                (_, Some(bert)) => {
+                    let folder = self.plan.resolve(&bert.path);
+                    vec![folder.join("model.safetensors"), folder.join("config.json")]
+                }
                 _ => Vec::new(),
             };
             for file in files {
-                let mut f = File::open(&file).map_err(|source| RuntimeError::Io {
-                    path: file.clone(),
-                    source,
-                })?;
-                std::io::copy(&mut f, &mut hasher).map_err(|source| RuntimeError::Io {
-                    path: file.clone(),
-                    source,
-                })?;
+                crate::files::hash_file(&mut hasher, &file)?;
             }
             for (data, split) in &splits {
                 let mut h = hasher.clone();
@@ -1050,7 +1055,7 @@ impl Run<'_> {
                 if let Some(d) = self.plan.data(data) {
                     let mut d = d.clone();
                     d.splits.clear();
-                    h.update(serde_yaml::to_string(&d).unwrap_or_default().as_bytes());
+                    h.update(yaml("a data source", &d)?.as_bytes());
                 }
                 for (path, hash) in &dataset.files {
                     h.update(format!("{}:{hash}", path.display()).as_bytes());
@@ -1059,12 +1064,7 @@ impl Run<'_> {
                 for i in &dataset.split(split)?.indices {
                     h.update((*i as u64).to_le_bytes());
                 }
-                let key: String = h
-                    .finalize()
-                    .iter()
-                    .take(16)
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let key = crate::files::hex(&h.finalize()[..16]);
                 out.push((
                     (name.to_string(), data.clone(), split.clone()),
                     crate::cache::table_file(&dir, &key),
@@ -1121,6 +1121,8 @@ impl Run<'_> {
         Ok(out)
     }
 
+    /// Every evaluation: each model on each split, keyed by split name (`data/split` when
+    /// two data sources share a split name).
     fn evaluate(
         &self,
         models: &mut HashMap<String, Model>,
@@ -1187,6 +1189,18 @@ impl Run<'_> {
 /// A stage's trainable projections by name: weight and bias.
 type Projections = HashMap<String, (Var, Var)>;
 
+/// Serialising a value to YAML for a cache key.
+mod erased {
+    pub trait Yaml {
+        fn yaml(&self) -> Result<String, serde_yaml::Error>;
+    }
+    impl<T: serde::Serialize> Yaml for T {
+        fn yaml(&self) -> Result<String, serde_yaml::Error> {
+            serde_yaml::to_string(self)
+        }
+    }
+}
+
 /// What a checkpoint taken inside a stage adds: the optimizer, the best epoch's weights,
 /// the output cache and the stage's projections.
 type StageCheckpoint<'a> = (
@@ -1214,13 +1228,13 @@ fn pad_id_for(plan: &Plan, model: &str) -> Option<u32> {
         .find_map(|d| plan.data(d).and_then(|d| d.text.as_ref()).map(|t| t.pad_id))
 }
 
-/// Fresh weights for a stage's projections, `{name}.weight` then `{name}.bias` each, drawn
-/// from their own streams (uniform in `±1/sqrt(input)`, as PyTorch's `Linear`).
-fn projections(stage: &Stage, seed: u64) -> Result<Vec<(String, Var)>> {
-    let mut out = Vec::new();
+/// Fresh weights and biases for a stage's projections, each drawn from its own stream
+/// (uniform in `±1/sqrt(input)`, as PyTorch's `Linear`).
+fn projections(stage: &Stage, seed: u64) -> Result<Projections> {
+    let mut out = Projections::new();
     for p in &stage.projections {
         let bound = 1.0 / (p.input.max(1) as f64).sqrt();
-        for (part, shape) in [("weight", vec![p.out, p.input]), ("bias", vec![p.out])] {
+        let draw = |part: &str, shape: Vec<usize>| {
             let name = format!("{}.{part}", p.name);
             let mut rng =
                 crate::rng::Rng::new(seed, &format!("init/projection/{}/{name}", stage.name));
@@ -1228,10 +1242,12 @@ fn projections(stage: &Stage, seed: u64) -> Result<Vec<(String, Var)>> {
             let values: Vec<f32> = (0..count)
                 .map(|_| rng.uniform_in(-bound, bound) as f32)
                 .collect();
-            let var = Var::from_vec(values, shape.as_slice(), &candle_core::Device::Cpu)
-                .ctx_with(|| format!("initialising projection `{name}`"))?;
-            out.push((name, var));
-        }
+            Var::from_vec(values, shape.as_slice(), &candle_core::Device::Cpu)
+                .ctx_with(|| format!("initialising projection `{name}`"))
+        };
+        let weight = draw("weight", vec![p.out, p.input])?;
+        let bias = draw("bias", vec![p.out])?;
+        out.insert(p.name.clone(), (weight, bias));
     }
     Ok(out)
 }

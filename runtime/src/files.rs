@@ -39,3 +39,39 @@ fn partial_path(path: &Path) -> PathBuf {
     name.push(".partial");
     PathBuf::from(name)
 }
+
+/// Lower-case hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Feeds a whole file to `hasher`, streaming it.
+pub fn hash_file(hasher: &mut sha2::Sha256, path: &Path) -> Result<()> {
+    let mut file = File::open(path).map_err(|source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::io::copy(&mut file, hasher).map_err(|source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Writes named tensors as a safetensors file, atomically, making its folder if needed.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| RuntimeError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    write_atomically(path, &bytes)
+}

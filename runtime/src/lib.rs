@@ -22,6 +22,7 @@ pub mod onnx_export;
 pub mod optim;
 pub mod progress;
 pub mod rng;
+pub mod sequence;
 pub mod summary;
 
 pub use error::RuntimeError;

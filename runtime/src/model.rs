@@ -10,6 +10,7 @@ use kd_plan::{Layer, LayerSpec, ModelSpec, SeqPool};
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
 use crate::losses;
 use crate::rng::Rng;
+use crate::sequence;
 
 /// Batch norm state: affine parameters and running statistics (buffers, not trained).
 #[derive(Debug)]
@@ -913,7 +914,9 @@ impl LayerImpl {
             LayerImpl::LayerNorm { weight, bias, eps } => {
                 layer_norm(x, weight, bias, *eps).ctx_with(|| fail("layernorm"))
             }
-            LayerImpl::Pool { kind } => seq_pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool")),
+            LayerImpl::Pool { kind } => {
+                sequence::pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool"))
+            }
             LayerImpl::Linear { weight, bias } => {
                 let w = weight.as_tensor().t().ctx_with(|| fail("linear"))?;
                 let y = if x.rank() == 2 {
@@ -1009,34 +1012,9 @@ fn linear3(x: &Tensor, (weight, bias): &(Var, Var)) -> candle_core::Result<Tenso
         .broadcast_add(bias.as_tensor())
 }
 
-/// Normalises the last axis to zero mean and unit variance, then scales and shifts.
+/// Layer norm with a layer's parameters.
 fn layer_norm(x: &Tensor, weight: &Var, bias: &Var, eps: f64) -> candle_core::Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred
-        .broadcast_div(&(var + eps)?.sqrt()?)?
-        .broadcast_mul(weight.as_tensor())?
-        .broadcast_add(bias.as_tensor())
-}
-
-/// `[B, L, C]` to `[B, C]` over the positions where `mask` (`[B, L]`) is 1.
-fn seq_pool(x: &Tensor, mask: Option<&Tensor>, kind: SeqPool) -> candle_core::Result<Tensor> {
-    match (kind, mask) {
-        (SeqPool::First, _) => x.narrow(1, 0, 1)?.squeeze(1),
-        (SeqPool::Max, None) => x.max(1),
-        (SeqPool::Mean, None) => x.mean(1),
-        (SeqPool::Max, Some(m)) => {
-            // Padded positions sit far below any activation.
-            let penalty = ((m - 1.0)? * 1e9)?.unsqueeze(2)?;
-            x.broadcast_add(&penalty)?.max(1)
-        }
-        (SeqPool::Mean, Some(m)) => {
-            let m3 = m.unsqueeze(2)?;
-            let counts = m.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
-            x.broadcast_mul(&m3)?.sum(1)?.broadcast_div(&counts)
-        }
-    }
+    sequence::layer_norm(x, weight.as_tensor(), bias.as_tensor(), eps)
 }
 
 /// An LSTM over `[B, L, C]` with PyTorch's gate order (input, forget, cell, output); each
@@ -1105,35 +1083,13 @@ impl TransformerBlock {
         context: &ForwardContext,
     ) -> Result<Tensor> {
         let fail = || format!("transformer `{}` of model `{}`", self.name, context.model);
-        let (b, len, d) = x.dims3().ctx_with(fail)?;
-        let heads = self.heads.max(1);
-        let head_dim = d / heads;
+        let d = x.dim(D::Minus1).ctx_with(fail)?;
         let attended = (|| {
             let normed = layer_norm(x, &self.norm1.0, &self.norm1.1, 1e-5)?;
             let qkv = linear3(&normed, &self.qkv)?;
-            let split = |i: usize| {
-                qkv.narrow(2, i * d, d)?
-                    .reshape((b, len, heads, head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-            let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-            let scores = match mask {
-                Some(m) => {
-                    let penalty = ((m - 1.0)? * 1e9)?.reshape((b, 1, 1, len))?;
-                    scores.broadcast_add(&penalty)?
-                }
-                None => scores,
-            };
-            // softmax_last_dim has no backward in candle-nn 0.11: the composed softmax does.
-            let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-            let context_vectors = weights
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, len, d))?;
-            linear3(&context_vectors, &self.attn_out)
+            let part = |i: usize| qkv.narrow(2, i * d, d);
+            let context = sequence::attention(&part(0)?, &part(1)?, &part(2)?, mask, self.heads)?;
+            linear3(&context, &self.attn_out)
         })()
         .ctx_with(fail)?;
         let attended = dropout(

@@ -368,12 +368,20 @@ impl Builder<'_> {
                         let penalty =
                             self.op("Unsqueeze", &step("penalty3"), &[&penalty, &axis2], vec![]);
                         let shifted = self.op("Add", &step("masked"), &[input, &penalty], vec![]);
-                        self.op(
+                        let top = self.op(
                             "ReduceMax",
-                            &out,
+                            &step("max"),
                             &[&shifted],
                             vec![ints("axes", &[1]), int("keepdims", 0)],
-                        )
+                        );
+                        // A row with no real token pools to zeros, as in kdc.
+                        let any = self.op(
+                            "ReduceMax",
+                            &step("any_real"),
+                            &[&mask],
+                            vec![ints("axes", &[1]), int("keepdims", 1)],
+                        );
+                        self.op("Mul", &out, &[&top, &any], vec![])
                     }
                     kd_plan::SeqPool::Mean => {
                         let axis1 = self.int_constant(&[1], &[1]);

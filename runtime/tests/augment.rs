@@ -157,7 +157,7 @@ mod text {
         };
         let tokens = Tokens {
             pad_id: 0,
-            mask_id: 103,
+            mask_id: Some(103),
             special: &SPECIAL,
         };
         apply_text(&[op], &mut x, LEN, tokens, key);

@@ -161,7 +161,24 @@ pub fn parse(text: &str, layout: &Layout, with_text: bool) -> Result<Vec<Record>
 }
 
 fn read_folders(path: &Path, layout: &Layout, with_text: bool) -> Result<Vec<Record>, ReadError> {
-    let mut records = Vec::new();
+    folder_files(path, layout)?
+        .into_iter()
+        .map(|(label, file)| {
+            let text = if with_text {
+                body(&read_text(&file)?, layout.skip_headers)
+            } else {
+                String::new()
+            };
+            Ok(Record { text, label })
+        })
+        .collect()
+}
+
+/// The sample files of a `folders` layout with their labels, in reading order: each
+/// sub-folder of `path` (sorted) is a label, each visible file in it (sorted, ending with
+/// `layout.extension` when set) a sample. Two levels only: nothing deeper is read.
+pub fn folder_files(path: &Path, layout: &Layout) -> Result<Vec<(String, PathBuf)>, ReadError> {
+    let mut files = Vec::new();
     for label_dir in sorted_entries(path)? {
         if !label_dir.is_dir() {
             continue;
@@ -182,27 +199,18 @@ fn read_folders(path: &Path, layout: &Layout, with_text: bool) -> Result<Vec<Rec
                     .extension
                     .as_deref()
                     .is_none_or(|ext| name.ends_with(ext));
-            if !wanted {
-                continue;
+            if wanted {
+                files.push((label.clone(), file));
             }
-            let text = if with_text {
-                body(&read_text(&file)?, layout.skip_headers)
-            } else {
-                String::new()
-            };
-            records.push(Record {
-                text,
-                label: label.clone(),
-            });
         }
     }
-    if records.is_empty() {
+    if files.is_empty() {
         return Err(fail(
             path,
             "it holds no sub-folder with files (one sub-folder per label, one file per sample)",
         ));
     }
-    Ok(records)
+    Ok(files)
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
@@ -215,7 +223,8 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
     Ok(paths)
 }
 
-/// Text as kdc reads it: UTF-8 where it is, Latin-1 otherwise (old e-mail is both).
+/// Text as kdc reads it: UTF-8 where it is, Latin-1 otherwise (old e-mail is both). Files
+/// may be gzip-compressed (recognised by their first bytes, whatever their name).
 pub fn decode(bytes: Vec<u8>) -> String {
     match String::from_utf8(bytes) {
         Ok(text) => text,
@@ -235,7 +244,25 @@ fn read_text(path: &Path) -> Result<String, ReadError> {
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| fail(path, format!("cannot read it ({e})")))?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(decode(gunzip(&bytes).map_err(|reason| fail(path, reason))?));
+    }
     Ok(decode(bytes))
+}
+
+/// Decompresses gzip, refusing more than [`MAX_FILE_BYTES`] of output (reading one byte
+/// past the limit, never the whole bomb).
+fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("it is not readable gzip ({e})"))?;
+    if out.len() as u64 > MAX_FILE_BYTES {
+        return Err("it decompresses to more than 1 GiB".into());
+    }
+    Ok(out)
 }
 
 fn body(text: &str, skip_headers: bool) -> String {

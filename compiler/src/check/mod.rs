@@ -204,6 +204,9 @@ pub(crate) struct Cx<'a> {
     failed: std::collections::HashSet<String>,
     /// Models some stage sets out to train, whether or not that stage checked.
     trained: std::collections::HashSet<String>,
+    /// Token models: the tokenizer of the first text data each one reads, and that data's
+    /// name (a token model reads one vocabulary, whose padding id its mask uses).
+    tokenizers: std::collections::HashMap<String, (PathBuf, String)>,
 }
 
 impl<'a> Cx<'a> {
@@ -213,6 +216,7 @@ impl<'a> Cx<'a> {
             base_dir,
             failed: Default::default(),
             trained: Default::default(),
+            tokenizers: Default::default(),
         }
     }
 

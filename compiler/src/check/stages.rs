@@ -250,6 +250,26 @@ impl Cx<'_> {
             }
             _ => return Some(()),
         };
+        let first = self
+            .tokenizers
+            .entry(model.name.clone())
+            .or_insert_with(|| (text.tokenizer.clone(), data.name.clone()))
+            .clone();
+        if first.0 != text.tokenizer {
+            return fail(
+                self,
+                format!(
+                    "model `{}` reads `{}`, tokenised with `{}`, and `{}`, tokenised with `{}`",
+                    model.name,
+                    first.1,
+                    first.0.display(),
+                    data.name,
+                    text.tokenizer.display()
+                ),
+                "another vocabulary".into(),
+                "a token model reads one vocabulary: give every text data it reads the same tokenizer".into(),
+            );
+        }
         if text.vocab > vocab {
             return fail(
                 self,
@@ -577,6 +597,24 @@ impl Cx<'_> {
                     span: span(at),
                     label: "does not fit the data".into(),
                     help: Some(help.into()),
+                });
+                return None;
+            }
+            let no_mask = data_spec.text.as_ref().is_some_and(|t| t.mask_id.is_none());
+            if no_mask
+                && spec
+                    .ops
+                    .iter()
+                    .any(|op| matches!(op, kd_plan::AugmentOp::MaskTokens { .. }))
+            {
+                self.error(CheckError::Stage {
+                    message: format!(
+                        "augmentation `{}` has `mask_tokens`, but the tokenizer of `{}` has no mask token",
+                        spec.name, data_spec.name
+                    ),
+                    span: span(at),
+                    label: "nothing to mask with".into(),
+                    help: Some("use a tokenizer with [MASK] or <mask>, or token_dropout instead".into()),
                 });
                 return None;
             }

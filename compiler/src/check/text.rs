@@ -207,7 +207,7 @@ impl Cx<'_> {
                 max_len,
                 vocab: facts.vocab,
                 pad_id: facts.pad_id,
-                mask_id: facts.mask_id.unwrap_or(facts.pad_id),
+                mask_id: facts.mask_id,
                 special_ids: facts.special_ids,
             }),
         })

@@ -51,7 +51,7 @@ pub fn load(spec: &DataSpec, base_dir: &Path, files: &mut Vec<(PathBuf, String)>
         path: e.path,
         reason: e.reason,
     })?;
-    files.push((path.clone(), source_hash(&full)?));
+    files.push((path.clone(), source_hash(&full, &layout)?));
 
     let mut labels = Vec::with_capacity(records.len());
     for (n, record) in records.iter().enumerate() {
@@ -132,55 +132,26 @@ pub fn tokenize<'a>(
     Ok(ids)
 }
 
-/// sha256 of a file, or for a folder of the sorted list of its files' paths and hashes.
-fn source_hash(path: &Path) -> Result<String> {
+/// sha256 of a file, or for a folder of the list (in reading order) of the sample files'
+/// hashes and paths relative to it, one `sha256  path` line each (`sha256sum`'s format).
+fn source_hash(path: &Path, layout: &kd_textdata::Layout) -> Result<String> {
     if path.is_file() {
         return Ok(super::read_file(path, kd_textdata::MAX_FILE_BYTES)?.1);
     }
-    let mut all = Vec::new();
-    collect_files(path, path, &mut all)?;
-    all.sort();
-    let mut hasher = Sha256::new();
-    for (relative, full) in all {
-        let bytes = std::fs::read(&full).map_err(|source| RuntimeError::Io {
-            path: full.clone(),
-            source,
-        })?;
-        let digest: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        hasher.update(format!("{digest}  {relative}\n").as_bytes());
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|source| RuntimeError::Io {
-        path: dir.to_path_buf(),
-        source,
+    let files = kd_textdata::folder_files(path, layout).map_err(|e| RuntimeError::DataFile {
+        path: e.path,
+        reason: e.reason,
     })?;
-    for entry in entries {
-        let path = entry
-            .map_err(|source| RuntimeError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?
-            .path();
-        if path.is_dir() {
-            collect_files(root, &path, out)?;
-        } else {
-            let relative = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .to_string();
-            out.push((relative, path));
-        }
+    let mut hasher = Sha256::new();
+    for (_, file) in files {
+        let mut one = Sha256::new();
+        crate::files::hash_file(&mut one, &file)?;
+        let relative = file
+            .strip_prefix(path)
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .to_string();
+        hasher.update(format!("{}  {relative}\n", crate::files::hex(&one.finalize())).as_bytes());
     }
-    Ok(())
+    Ok(crate::files::hex(&hasher.finalize()))
 }
