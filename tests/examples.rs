@@ -5,39 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-#[path = "../runtime/tests/common/schema.rs"]
-mod schema;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs `scripts/fetch-data.sh mnist` once per test process (it is idempotent).
-fn mnist() {
-    static FETCHED: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = FETCHED.get_or_init(|| {
-        let o = Command::new("bash")
-            .arg(root().join("scripts/fetch-data.sh"))
-            .arg("mnist")
-            .output()
-            .map_err(|e| format!("cannot run the fetch script: {e}"))?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "fetch-data.sh mnist failed:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            ))
-        }
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-}
+use common::{fetch, root, valid_summary};
 
 fn run(example: &str, out: &Path, set: &[&str]) -> serde_json::Value {
     let _ = std::fs::remove_dir_all(out);
@@ -62,18 +35,7 @@ fn run(example: &str, out: &Path, set: &[&str]) -> serde_json::Value {
         "{example}:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("docs/summary.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let errors = schema::validate(&schema, &summary);
-    assert!(
-        errors.is_empty(),
-        "{example}: summary.json does not follow its schema: {errors:#?}"
-    );
-    summary
+    valid_summary(out)
 }
 
 fn accuracy(summary: &serde_json::Value, model: &str) -> f64 {
@@ -88,7 +50,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn mnist_hinton_runs_shortened() {
-    mnist();
+    fetch(&["mnist"]);
     let s = run(
         "mnist_hinton.kd",
         &scratch("hinton"),
@@ -112,7 +74,7 @@ fn mnist_hinton_runs_shortened() {
 
 #[test]
 fn seed_dense_runs_shortened() {
-    mnist();
+    fetch(&["mnist"]);
     let s = run(
         "seed_dense.kd",
         &scratch("seed-dense"),
@@ -141,7 +103,7 @@ fn seed_dense_runs_shortened() {
 
 #[test]
 fn mnist_cnn_runs_shortened() {
-    mnist();
+    fetch(&["mnist"]);
     let s = run(
         "mnist_cnn.kd",
         &scratch("cnn"),
@@ -175,35 +137,12 @@ fn mnist_cnn_runs_shortened() {
     assert_eq!(forwards("scratch/distill"), 0);
 }
 
-/// Runs `scripts/fetch-data.sh` for the text example's data and teacher.
-fn spam_and_minilm() {
-    static FETCHED: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = FETCHED.get_or_init(|| {
-        let o = Command::new("bash")
-            .arg(root().join("scripts/fetch-data.sh"))
-            .args(["spam", "minilm"])
-            .output()
-            .map_err(|e| format!("cannot run the fetch script: {e}"))?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "fetch-data.sh spam minilm failed:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            ))
-        }
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-}
-
 /// examples/spam_minilm.kd on the whole corpus with the real MiniLM, cut to 32 tokens per
 /// e-mail and 4 teacher and 3 student epochs so it fits the test suite (about 3 minutes on
 /// 2 cores; the full run is in docs/results.md).
 #[test]
 fn spam_minilm_runs_shortened() {
-    spam_and_minilm();
+    fetch(&["spam", "minilm"]);
     let dir = scratch("spam_minilm");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -232,17 +171,7 @@ fn spam_minilm_runs_shortened() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("docs/summary.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let errors = schema::validate(&schema, &summary);
-    assert!(
-        errors.is_empty(),
-        "summary.json does not follow its schema: {errors:#?}"
-    );
+    let summary = valid_summary(&out);
 
     let models = &summary["models"];
     let params = |m: &str| models[m]["params"].as_u64().unwrap();

@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{python, root};
 
 fn kdc(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kdc"))
@@ -23,20 +23,6 @@ fn kdc(args: &[&str]) -> std::process::Output {
 
 fn summary(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
-}
-
-/// The Python with onnxruntime (made from PyPI on first use by scripts/python-env.sh).
-fn python() -> String {
-    let output = Command::new("bash")
-        .arg(root().join("scripts/python-env.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 #[test]

@@ -11,33 +11,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-#[path = "../runtime/tests/common/schema.rs"]
-mod schema;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use kd_plan::{BertSpec, ModelSpec, Pooling, Role, Span, Trainable};
 use kd_runtime::model::Model;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> String {
-    let output = Command::new("bash")
-        .arg(root().join("scripts/python-env.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
+use common::{fetch, python, root, valid_summary};
 
 /// Runs tests/bert/reference.py on a request.
 fn reference(request: serde_json::Value) -> serde_json::Value {
@@ -57,28 +40,6 @@ fn reference(request: serde_json::Value) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn minilm() {
-    static FETCHED: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = FETCHED.get_or_init(|| {
-        let o = Command::new("bash")
-            .arg(root().join("scripts/fetch-data.sh"))
-            .arg("minilm")
-            .output()
-            .map_err(|e| format!("cannot run the fetch script: {e}"))?;
-        if o.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "fetch-data.sh minilm failed:\n{}",
-                String::from_utf8_lossy(&o.stderr)
-            ))
-        }
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 /// The first `n` e-mails of tests/text/mail.jsonl.
@@ -217,7 +178,7 @@ fn a_tiny_bert_and_its_layer_subsets_match_a_numpy_bert() {
 
 #[test]
 fn minilm_matches_a_numpy_bert() {
-    minilm();
+    fetch(&["minilm"]);
     let worst = pooled_difference(
         "data/minilm",
         (0..6).collect(),
@@ -298,18 +259,7 @@ fn run(file: &Path, out: &Path) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("docs/summary.schema.json")).unwrap(),
-    )
-    .unwrap();
-    let errors = schema::validate(&schema, &summary);
-    assert!(
-        errors.is_empty(),
-        "summary.json breaks the schema: {errors:?}"
-    );
-    summary
+    valid_summary(out)
 }
 
 fn stage<'a>(summary: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {

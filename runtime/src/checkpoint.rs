@@ -177,22 +177,29 @@ impl Checkpoint {
     /// Puts saved projections back (every one must be there, with its shape).
     pub fn restore_projections(&self, projections: &[(String, Var)], path: &Path) -> Result<()> {
         for (name, var) in projections {
-            let key = format!("projection/{name}");
-            let (shape, values) = self
-                .tensors
-                .get(&key)
-                .ok_or_else(|| broken(path, format!("it holds no tensor `{key}`")))?;
-            if shape.as_slice() != var.dims() {
-                return Err(broken(
-                    path,
-                    format!("`{key}` has shape {shape:?}, not {:?}", var.dims()),
-                ));
-            }
-            let tensor = Tensor::from_vec(values.clone(), shape.as_slice(), &Device::Cpu)
-                .ctx_with(|| format!("restoring `{key}`"))?;
-            var.set(&tensor).ctx_with(|| format!("restoring `{key}`"))?;
+            self.restore_var(&format!("projection/{name}"), var, path)?;
         }
         Ok(())
+    }
+
+    /// Sets `var` to the saved tensor `key`, which must exist and have its shape.
+    fn restore_var(&self, key: &str, var: &Var, path: &Path) -> Result<()> {
+        let (shape, values) = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| broken(path, format!("it holds no tensor `{key}`")))?;
+        if shape.as_slice() != var.dims() {
+            return Err(broken(
+                path,
+                format!(
+                    "`{key}` has shape {shape:?}, the model has {:?}",
+                    var.dims()
+                ),
+            ));
+        }
+        let tensor = Tensor::from_vec(values.clone(), shape.as_slice(), &Device::Cpu)
+            .ctx_with(|| format!("restoring `{key}`"))?;
+        var.set(&tensor).ctx_with(|| format!("restoring `{key}`"))
     }
 
     /// Saves the weights of the best epoch so far (a [`Model::snapshot`]).
@@ -334,23 +341,7 @@ impl Checkpoint {
     /// name and shape.
     pub fn restore_model(&self, model: &mut Model, path: &Path) -> Result<()> {
         for (name, var) in model.state() {
-            let key = model_key(&model.name, name);
-            let (shape, values) = self
-                .tensors
-                .get(&key)
-                .ok_or_else(|| broken(path, format!("it holds no tensor `{key}`")))?;
-            if shape.as_slice() != var.dims() {
-                return Err(broken(
-                    path,
-                    format!(
-                        "`{key}` has shape {shape:?}, the model has {:?}",
-                        var.dims()
-                    ),
-                ));
-            }
-            let tensor = Tensor::from_vec(values.clone(), shape.as_slice(), &Device::Cpu)
-                .ctx_with(|| format!("restoring `{key}`"))?;
-            var.set(&tensor).ctx_with(|| format!("restoring `{key}`"))?;
+            self.restore_var(&model_key(&model.name, name), var, path)?;
         }
         let calls = self
             .state

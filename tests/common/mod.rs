@@ -1,0 +1,78 @@
+//! Helpers the CLI-level test binaries share: where the repository is, fetching data sets
+//! with the project's pinned script, the Python of scripts/python-env.sh, and reading a run's
+//! summary.json checked against its schema. Each test binary uses some of them.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+#[path = "../../runtime/tests/common/schema.rs"]
+pub mod schema;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `scripts/fetch-data.sh NAMES` once per test process and names (it is idempotent):
+/// missing data fails the test, never skips it.
+pub fn fetch(names: &[&str]) {
+    static FETCHED: OnceLock<Mutex<HashMap<String, Result<(), String>>>> = OnceLock::new();
+    let key = names.join(" ");
+    let mut done = FETCHED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let result = done.entry(key.clone()).or_insert_with(|| {
+        let o = Command::new("bash")
+            .arg(root().join("scripts/fetch-data.sh"))
+            .args(names)
+            .output()
+            .map_err(|e| format!("cannot run the fetch script: {e}"))?;
+        if o.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "fetch-data.sh {key} failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The Python with onnx, onnxruntime, numpy and tokenizers (made from PyPI on first use by
+/// scripts/python-env.sh).
+pub fn python() -> String {
+    let output = Command::new("bash")
+        .arg(root().join("scripts/python-env.sh"))
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A run folder's summary.json, which must follow docs/summary.schema.json.
+pub fn valid_summary(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("summary.json")).expect("summary.json");
+    let summary: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("docs/summary.schema.json")).expect("schema"),
+    )
+    .expect("JSON schema");
+    let errors = schema::validate(&schema, &summary);
+    assert!(
+        errors.is_empty(),
+        "{}: summary.json does not follow its schema: {errors:#?}",
+        run.display()
+    );
+    summary
+}
