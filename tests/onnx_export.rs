@@ -258,3 +258,128 @@ fn text_models_export_to_onnx_and_run_in_onnxruntime() {
         );
     }
 }
+
+#[test]
+fn bert_models_export_to_onnx_and_run_in_onnxruntime() {
+    let base = std::env::temp_dir().join(format!("kdc-onnx-bert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let run = base.join("run");
+    let output = kdc(&[
+        "run",
+        "tests/onnx/bert_export.kd",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut texts: Vec<String> = std::fs::read_to_string(root().join("tests/text/mail.jsonl"))
+        .unwrap()
+        .lines()
+        .take(12)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    texts.push("see you at the meeting".into());
+    let ids = kd_runtime::data::text::tokenize(
+        &root().join("tests/text/tokenizer.json"),
+        texts.iter().map(String::as_str),
+        40,
+        0,
+    )
+    .unwrap();
+    let rows: Vec<Vec<u32>> = ids.chunks(40).map(<[u32]>::to_vec).collect();
+    let request = base.join("ids.json");
+    std::fs::write(&request, serde_json::json!({ "ids": rows }).to_string()).unwrap();
+    let answer = base.join("ort.json");
+    let files = ["teacher", "student"];
+    let mut args = vec![
+        root()
+            .join("tests/onnx/run_text_export.py")
+            .display()
+            .to_string(),
+        request.display().to_string(),
+        answer.display().to_string(),
+    ];
+    args.extend(
+        files
+            .iter()
+            .map(|f| run.join(format!("{f}.onnx")).display().to_string()),
+    );
+    let status = Command::new(python()).args(&args).status().unwrap();
+    assert!(status.success());
+    let ort: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap();
+
+    // kdc's forward of the exported weights: a model of the same spec started from them.
+    let source = std::fs::read_to_string(root().join("tests/onnx/bert_export.kd")).unwrap();
+    let plan = kd_compiler::compile(&source, &root().join("tests/onnx/bert_export.kd"), &[])
+        .unwrap()
+        .plan;
+    let n = rows.len();
+    let x = Tensor::from_vec(
+        ids.iter().map(|&i| i as f32).collect::<Vec<_>>(),
+        (n, 40),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (name, file) in [("t", "teacher"), ("s", "student")] {
+        let mut spec = plan.model(name).unwrap().clone();
+        // The export holds every tensor under the model's own layer numbers: a checkpoint
+        // of exactly those layers.
+        let folder = base.join(format!("{file}-checkpoint"));
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(
+            run.join(format!("{file}.safetensors")),
+            folder.join("model.safetensors"),
+        )
+        .unwrap();
+        let mut config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root().join("tests/bert/tiny/config.json")).unwrap(),
+        )
+        .unwrap();
+        let kept = spec.bert.as_ref().unwrap().layers.len();
+        config["num_hidden_layers"] = kept.into();
+        std::fs::write(folder.join("config.json"), config.to_string()).unwrap();
+        let bert = spec.bert.as_mut().unwrap();
+        bert.layers = (0..kept).collect();
+        bert.trainable = kd_plan::Trainable::All;
+        let mut model = kd_runtime::model::Model::from_bert(&spec, &folder, 0, None).unwrap();
+        // The head comes from the export too.
+        model
+            .load_weights(&run.join(format!("{file}.safetensors")))
+            .unwrap();
+        model.set_pad_id(0);
+        let ours = model.forward(&x, false).unwrap();
+        let ours = ours
+            .iter()
+            .find(|(p, _)| p == "output")
+            .unwrap()
+            .1
+            .to_vec2::<f32>()
+            .unwrap();
+        let theirs = &ort[run.join(format!("{file}.onnx")).display().to_string()];
+        let mut worst = 0f32;
+        for (a, b) in ours.iter().flatten().zip(
+            theirs
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap()),
+        ) {
+            worst = worst.max((a - b.as_f64().unwrap() as f32).abs());
+        }
+        assert!(
+            worst < 1e-4,
+            "{file}: onnxruntime differs from kdc by {worst}"
+        );
+    }
+}

@@ -236,10 +236,27 @@ impl OwnEncoder {
     }
 }
 
+/// The feed-forward activation of a BERT config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+/// What an ONNX export of a BERT model needs of its config.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportConfig {
+    pub heads: usize,
+    pub eps: f64,
+    pub act: Activation,
+}
+
 /// A loaded BERT classifier.
 pub struct Bert {
     encoder: Encoder,
     pooling: Pooling,
+    export: ExportConfig,
     pub head_weight: Var,
     pub head_bias: Var,
     /// Encoder parameters a stage trains, by export name.
@@ -326,9 +343,20 @@ impl Bert {
         let bound = 1.0 / (spec.hidden as f64).sqrt();
         let head_weight = init("head.weight", &[spec.classes, spec.hidden], bound)?;
         let head_bias = init("head.bias", &[spec.classes], bound)?;
+        use candle_transformers::models::bert::HiddenAct;
+        let export = ExportConfig {
+            heads: config.num_attention_heads,
+            eps: config.layer_norm_eps,
+            act: match config.hidden_act {
+                HiddenAct::Gelu => Activation::GeluErf,
+                HiddenAct::GeluApproximate => Activation::GeluTanh,
+                HiddenAct::Relu => Activation::Relu,
+            },
+        };
         let mut bert = Bert {
             encoder,
             pooling: spec.pooling,
+            export,
             head_weight,
             head_bias,
             trained,
@@ -466,6 +494,10 @@ impl Bert {
             Pooling::Cls => SeqPool::First,
         };
         sequence::pool(&hidden, Some(&mask), kind).ctx("pooling")
+    }
+
+    pub fn export_config(&self) -> ExportConfig {
+        self.export
     }
 
     /// Every tensor of the model by export name: the encoder's, then the head.

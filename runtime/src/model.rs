@@ -522,6 +522,27 @@ impl Model {
         }
     }
 
+    /// Every tensor an export writes, by name: the model's state, or for a BERT model its
+    /// whole encoder (frozen parts included) and head.
+    pub fn export_tensors(&self) -> Vec<(String, Tensor)> {
+        match &self.bert {
+            Some(bert) => bert
+                .tensors()
+                .into_iter()
+                .map(|(name, t)| (name, t.detach()))
+                .collect(),
+            None => self
+                .state()
+                .map(|(name, var)| (name.to_string(), var.as_tensor().detach()))
+                .collect(),
+        }
+    }
+
+    /// What an ONNX export of a BERT model needs of its config.
+    pub fn bert_export_config(&self) -> Option<crate::bert::ExportConfig> {
+        self.bert.as_ref().map(|b| b.export_config())
+    }
+
     pub fn is_bert(&self) -> bool {
         self.bert.is_some()
     }
@@ -720,18 +741,7 @@ impl Model {
     /// Writes every tensor as safetensors to `path` atomically (see
     /// [`crate::files::write_atomically`]); returns the file's size.
     pub fn save_weights(&self, path: &Path) -> Result<u64> {
-        let tensors: Vec<(String, Tensor)> = match &self.bert {
-            // A BERT model's file holds its frozen encoder too: it is the whole model.
-            Some(bert) => bert
-                .tensors()
-                .into_iter()
-                .map(|(name, t)| (name, t.detach()))
-                .collect(),
-            None => self
-                .state()
-                .map(|(name, var)| (name.to_string(), var.as_tensor().detach()))
-                .collect(),
-        };
+        let tensors = self.export_tensors();
         let bytes = safetensors::serialize(tensors, None).map_err(|e| RuntimeError::Write {
             path: path.to_path_buf(),
             source: std::io::Error::other(e.to_string()),

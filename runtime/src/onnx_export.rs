@@ -21,13 +21,14 @@ const OPSET: i64 = 13;
 
 /// The ONNX file's bytes for `model`, built from `spec`'s layers.
 pub fn export(spec: &ModelSpec, model: &Model) -> Result<Vec<u8>> {
-    if spec.onnx.is_some() || spec.layers.is_empty() {
+    if spec.onnx.is_some() || (spec.layers.is_empty() && spec.bert.is_none()) {
         return Err(plan_error(format!(
             "model `{}` has no layers of kdc's to export",
             spec.name
         )));
     }
-    let weights: HashMap<&str, &candle_core::Var> = model.state().collect();
+    let weights: HashMap<String, candle_core::Tensor> =
+        model.export_tensors().into_iter().collect();
     let mut graph = Builder {
         weights,
         nodes: Vec::new(),
@@ -52,8 +53,13 @@ pub fn export(spec: &ModelSpec, model: &Model) -> Result<Vec<u8>> {
         );
         graph.mask = Some(mask);
     }
-    for layer in &spec.layers {
-        value = graph.layer(layer, "", &value)?;
+    match (&spec.bert, model.bert_export_config()) {
+        (Some(bert), Some(config)) => value = graph.bert(bert, &config, &value)?,
+        _ => {
+            for layer in &spec.layers {
+                value = graph.layer(layer, "", &value)?;
+            }
+        }
     }
     graph
         .nodes
@@ -71,11 +77,14 @@ pub fn export(spec: &ModelSpec, model: &Model) -> Result<Vec<u8>> {
         }));
         dims
     };
-    let output_shape = spec
-        .layers
-        .last()
-        .map(|l| l.output.clone())
-        .unwrap_or_default();
+    let output_shape = match &spec.bert {
+        Some(bert) => vec![bert.classes],
+        None => spec
+            .layers
+            .last()
+            .map(|l| l.output.clone())
+            .unwrap_or_default(),
+    };
     let model = ModelProto {
         ir_version: 8,
         producer_name: "kdc".into(),
@@ -91,7 +100,14 @@ pub fn export(spec: &ModelSpec, model: &Model) -> Result<Vec<u8>> {
             node: graph.nodes,
             initializer: graph.initializers,
             input: vec![{
-                let mut info = value_info(input_name, batch(&spec.input));
+                let mut dims = batch(&spec.input);
+                if spec.bert.is_some() {
+                    // Any length up to the checkpoint's positions.
+                    dims[1].value = Some(tensor_shape_proto::dimension::Value::DimParam(
+                        "sequence".into(),
+                    ));
+                }
+                let mut info = value_info(input_name, dims);
                 if spec.tokens {
                     if let Some(type_proto::Value::TensorType(t)) =
                         info.r#type.as_mut().and_then(|t| t.value.as_mut())
@@ -185,8 +201,9 @@ fn float(name: &str, value: f32) -> AttributeProto {
     }
 }
 
-struct Builder<'a> {
-    weights: HashMap<&'a str, &'a candle_core::Var>,
+struct Builder {
+    /// Every tensor of the model by export name.
+    weights: HashMap<String, candle_core::Tensor>,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     constants: usize,
@@ -194,7 +211,7 @@ struct Builder<'a> {
     mask: Option<String>,
 }
 
-impl Builder<'_> {
+impl Builder {
     /// Adds a node whose one output is named after it; returns the name.
     fn op(
         &mut self,
@@ -228,11 +245,11 @@ impl Builder<'_> {
     }
 
     fn values(&self, name: &str) -> Result<Vec<f32>> {
-        let var = self
+        let tensor = self
             .weights
             .get(name)
             .ok_or_else(|| plan_error(format!("no weight `{name}` to export")))?;
-        var.as_tensor()
+        tensor
             .flatten_all()
             .and_then(|t| t.to_vec1::<f32>())
             .ctx_with(|| format!("exporting `{name}`"))
@@ -289,6 +306,226 @@ impl Builder<'_> {
         let big = self.constant(1e9);
         let shifted = self.op("Sub", &format!("{out}.shifted"), &[mask, &one], vec![]);
         self.op("Mul", out, &[&shifted, &big], vec![])
+    }
+
+    /// Multi-head attention over the real tokens: queries, keys and values `[B, L, D]` to the
+    /// context vectors `[B, L, D]`, as `sequence::attention` computes them.
+    fn attention(
+        &mut self,
+        [q, k, v]: [&str; 3],
+        mask: &str,
+        d: usize,
+        heads: usize,
+        name: &str,
+    ) -> String {
+        let step = |s: &str| format!("{name}.{s}");
+        let dh = d / heads;
+        let split_shape = self.int_constant(&[4], &[0, 0, heads as i64, dh as i64]);
+        let mut parts = Vec::new();
+        for (value, part) in [(q, "q"), (k, "k"), (v, "v")] {
+            let shaped = self.op(
+                "Reshape",
+                &step(&format!("{part}_heads")),
+                &[value, &split_shape],
+                vec![],
+            );
+            let perm: &[usize] = if part == "k" {
+                &[0, 2, 3, 1]
+            } else {
+                &[0, 2, 1, 3]
+            };
+            parts.push(self.op(
+                "Transpose",
+                &step(&format!("{part}_t")),
+                &[&shaped],
+                vec![ints("perm", perm)],
+            ));
+        }
+        let scores = self.op("MatMul", &step("scores"), &[&parts[0], &parts[1]], vec![]);
+        let root = self.constant((dh as f32).sqrt());
+        let scaled = self.op("Div", &step("scaled"), &[&scores, &root], vec![]);
+        let penalty = self.mask_penalty(mask, &step("penalty"));
+        let axes12 = self.int_constant(&[2], &[1, 2]);
+        let penalty = self.op("Unsqueeze", &step("penalty4"), &[&penalty, &axes12], vec![]);
+        let masked = self.op("Add", &step("masked"), &[&scaled, &penalty], vec![]);
+        let weights = self.op(
+            "Softmax",
+            &step("weights"),
+            &[&masked],
+            vec![int("axis", -1)],
+        );
+        let context = self.op("MatMul", &step("context"), &[&weights, &parts[2]], vec![]);
+        let context = self.op(
+            "Transpose",
+            &step("context_t"),
+            &[&context],
+            vec![ints("perm", &[0, 2, 1, 3])],
+        );
+        let merge = self.int_constant(&[3], &[0, 0, d as i64]);
+        self.op(
+            "Reshape",
+            &step("context_merged"),
+            &[&context, &merge],
+            vec![],
+        )
+    }
+
+    /// Pooling over the real tokens, as `sequence::pool` computes it.
+    fn pool(&mut self, input: &str, mask: &str, kind: kd_plan::SeqPool, out: &str) -> String {
+        let step = |s: &str| format!("{out}.{s}");
+        let axis2 = self.int_constant(&[1], &[2]);
+        match kind {
+            kd_plan::SeqPool::Max => {
+                let penalty = self.mask_penalty(mask, &step("penalty"));
+                let penalty = self.op("Unsqueeze", &step("penalty3"), &[&penalty, &axis2], vec![]);
+                let shifted = self.op("Add", &step("masked"), &[input, &penalty], vec![]);
+                let top = self.op(
+                    "ReduceMax",
+                    &step("max"),
+                    &[&shifted],
+                    vec![ints("axes", &[1]), int("keepdims", 0)],
+                );
+                // A row with no real token pools to zeros, as in kdc.
+                let any = self.op(
+                    "ReduceMax",
+                    &step("any_real"),
+                    &[mask],
+                    vec![ints("axes", &[1]), int("keepdims", 1)],
+                );
+                self.op("Mul", out, &[&top, &any], vec![])
+            }
+            kd_plan::SeqPool::Mean => {
+                let axis1 = self.int_constant(&[1], &[1]);
+                let m3 = self.op("Unsqueeze", &step("mask3"), &[mask, &axis2], vec![]);
+                let kept = self.op("Mul", &step("kept"), &[input, &m3], vec![]);
+                let sum = self.op(
+                    "ReduceSum",
+                    &step("sum"),
+                    &[&kept, &axis1],
+                    vec![int("keepdims", 0)],
+                );
+                let count = self.op(
+                    "ReduceSum",
+                    &step("count"),
+                    &[mask, &axis1],
+                    vec![int("keepdims", 1)],
+                );
+                let one = self.constant(1.0);
+                let count = self.op("Max", &step("count1"), &[&count, &one], vec![]);
+                self.op("Div", out, &[&sum, &count], vec![])
+            }
+            kd_plan::SeqPool::First => {
+                let zero = self.int_constant(&[], &[0]);
+                self.op("Gather", out, &[input, &zero], vec![int("axis", 1)])
+            }
+        }
+    }
+
+    /// A BERT classifier (`bert.rs`): embeddings, post-norm encoder layers, pooling, head.
+    fn bert(
+        &mut self,
+        spec: &kd_plan::BertSpec,
+        config: &crate::bert::ExportConfig,
+        input: &str,
+    ) -> Result<String> {
+        let mask = self.current_mask("bert")?;
+        let h = spec.hidden;
+        // Positions 0..L of the table, L read from the input's shape.
+        let shape = self.op("Shape", "embeddings.input_shape", &[input], vec![]);
+        let one = self.int_constant(&[1], &[1]);
+        let zero = self.int_constant(&[1], &[0]);
+        let len = self.op(
+            "Gather",
+            "embeddings.length",
+            &[&shape, &one],
+            vec![int("axis", 0)],
+        );
+        let table = self.weight("embeddings.position_embeddings.weight")?;
+        let positions = self.op(
+            "Slice",
+            "embeddings.positions",
+            &[&table, &zero, &len, &zero],
+            vec![],
+        );
+        let words = self.weight("embeddings.word_embeddings.weight")?;
+        let tokens = self.op(
+            "Gather",
+            "embeddings.tokens",
+            &[&words, input],
+            vec![int("axis", 0)],
+        );
+        let types = self.weight("embeddings.token_type_embeddings.weight")?;
+        let first = self.int_constant(&[], &[0]);
+        let type0 = self.op(
+            "Gather",
+            "embeddings.type0",
+            &[&types, &first],
+            vec![int("axis", 0)],
+        );
+        let summed = self.op("Add", "embeddings.sum1", &[&tokens, &positions], vec![]);
+        let summed = self.op("Add", "embeddings.sum", &[&summed, &type0], vec![]);
+        let mut x = self.layer_norm(&summed, "embeddings.LayerNorm", config.eps, "embeddings")?;
+        for i in 0..spec.layers.len() {
+            let p = format!("encoder.layer.{i}");
+            let q = self.linear(
+                &x,
+                &format!("{p}.attention.self.query"),
+                &format!("{p}.q_out"),
+            )?;
+            let k = self.linear(
+                &x,
+                &format!("{p}.attention.self.key"),
+                &format!("{p}.k_out"),
+            )?;
+            let v = self.linear(
+                &x,
+                &format!("{p}.attention.self.value"),
+                &format!("{p}.v_out"),
+            )?;
+            let context = self.attention(
+                [&q, &k, &v],
+                &mask,
+                h,
+                config.heads,
+                &format!("{p}.attention"),
+            );
+            let attended = self.linear(
+                &context,
+                &format!("{p}.attention.output.dense"),
+                &format!("{p}.attended"),
+            )?;
+            let sum = self.op("Add", &format!("{p}.residual1"), &[&attended, &x], vec![]);
+            x = self.layer_norm(
+                &sum,
+                &format!("{p}.attention.output.LayerNorm"),
+                config.eps,
+                &format!("{p}.normed1"),
+            )?;
+            let inner = self.linear(
+                &x,
+                &format!("{p}.intermediate.dense"),
+                &format!("{p}.inner"),
+            )?;
+            let inner =
+                match config.act {
+                    crate::bert::Activation::GeluErf => self.gelu(&inner, &format!("{p}.gelu")),
+                    crate::bert::Activation::GeluTanh => return Err(plan_error(
+                        "kdc writes BERT's exact (erf) GELU to ONNX, not the tanh approximation",
+                    )),
+                    crate::bert::Activation::Relu => {
+                        self.op("Relu", &format!("{p}.relu"), &[&inner], vec![])
+                    }
+                };
+            let fed = self.linear(&inner, &format!("{p}.output.dense"), &format!("{p}.fed"))?;
+            let sum = self.op("Add", &format!("{p}.residual2"), &[&fed, &x], vec![]);
+            x = self.layer_norm(&sum, &format!("{p}.output.LayerNorm"), config.eps, &p)?;
+        }
+        let kind = match spec.pooling {
+            kd_plan::Pooling::Mean => kd_plan::SeqPool::Mean,
+            kd_plan::Pooling::Cls => kd_plan::SeqPool::First,
+        };
+        let pooled = self.pool(&x, &mask, kind, "pooled");
+        self.linear(&pooled, "head", "logits")
     }
 
     fn current_mask(&self, name: &str) -> Result<String> {
@@ -361,115 +598,29 @@ impl Builder<'_> {
             }
             Layer::Pool { kind } => {
                 let mask = self.current_mask(name)?;
-                let axis2 = self.int_constant(&[1], &[2]);
-                match kind {
-                    kd_plan::SeqPool::Max => {
-                        let penalty = self.mask_penalty(&mask, &step("penalty"));
-                        let penalty =
-                            self.op("Unsqueeze", &step("penalty3"), &[&penalty, &axis2], vec![]);
-                        let shifted = self.op("Add", &step("masked"), &[input, &penalty], vec![]);
-                        let top = self.op(
-                            "ReduceMax",
-                            &step("max"),
-                            &[&shifted],
-                            vec![ints("axes", &[1]), int("keepdims", 0)],
-                        );
-                        // A row with no real token pools to zeros, as in kdc.
-                        let any = self.op(
-                            "ReduceMax",
-                            &step("any_real"),
-                            &[&mask],
-                            vec![ints("axes", &[1]), int("keepdims", 1)],
-                        );
-                        self.op("Mul", &out, &[&top, &any], vec![])
-                    }
-                    kd_plan::SeqPool::Mean => {
-                        let axis1 = self.int_constant(&[1], &[1]);
-                        let m3 = self.op("Unsqueeze", &step("mask3"), &[&mask, &axis2], vec![]);
-                        let kept = self.op("Mul", &step("kept"), &[input, &m3], vec![]);
-                        let sum = self.op(
-                            "ReduceSum",
-                            &step("sum"),
-                            &[&kept, &axis1],
-                            vec![int("keepdims", 0)],
-                        );
-                        let count = self.op(
-                            "ReduceSum",
-                            &step("count"),
-                            &[&mask, &axis1],
-                            vec![int("keepdims", 1)],
-                        );
-                        let one = self.constant(1.0);
-                        let count = self.op("Max", &step("count1"), &[&count, &one], vec![]);
-                        self.op("Div", &out, &[&sum, &count], vec![])
-                    }
-                    kd_plan::SeqPool::First => {
-                        let zero = self.int_constant(&[], &[0]);
-                        self.op("Gather", &out, &[input, &zero], vec![int("axis", 1)])
-                    }
-                }
+                self.pool(input, &mask, *kind, &out)
             }
             Layer::LayerNorm { eps } => self.layer_norm(input, name, *eps, &out)?,
             Layer::Transformer { heads, .. } => {
                 let mask = self.current_mask(name)?;
                 let d = layer.input.last().copied().unwrap_or(1);
                 let heads = (*heads).max(1);
-                let dh = d / heads;
                 let normed = self.layer_norm(input, &step("norm1"), 1e-5, &step("normed1"))?;
                 let qkv = self.linear(&normed, &step("qkv"), &step("qkv_out"))?;
                 let axis2 = self.int_constant(&[1], &[2]);
-                let split_shape = self.int_constant(&[4], &[0, 0, heads as i64, dh as i64]);
                 let mut parts = Vec::new();
                 for (i, part) in ["q", "k", "v"].iter().enumerate() {
                     let start = self.int_constant(&[1], &[(i * d) as i64]);
                     let end = self.int_constant(&[1], &[((i + 1) * d) as i64]);
-                    let sliced =
-                        self.op("Slice", &step(part), &[&qkv, &start, &end, &axis2], vec![]);
-                    let shaped = self.op(
-                        "Reshape",
-                        &step(&format!("{part}_heads")),
-                        &[&sliced, &split_shape],
-                        vec![],
-                    );
-                    let perm: &[usize] = if *part == "k" {
-                        &[0, 2, 3, 1]
-                    } else {
-                        &[0, 2, 1, 3]
-                    };
                     parts.push(self.op(
-                        "Transpose",
-                        &step(&format!("{part}_t")),
-                        &[&shaped],
-                        vec![ints("perm", perm)],
+                        "Slice",
+                        &step(part),
+                        &[&qkv, &start, &end, &axis2],
+                        vec![],
                     ));
                 }
-                let scores = self.op("MatMul", &step("scores"), &[&parts[0], &parts[1]], vec![]);
-                let root = self.constant((dh as f32).sqrt());
-                let scaled = self.op("Div", &step("scaled"), &[&scores, &root], vec![]);
-                let penalty = self.mask_penalty(&mask, &step("penalty"));
-                let axes12 = self.int_constant(&[2], &[1, 2]);
-                let penalty = self.op("Unsqueeze", &step("penalty4"), &[&penalty, &axes12], vec![]);
-                let masked = self.op("Add", &step("masked"), &[&scaled, &penalty], vec![]);
-                let weights = self.op(
-                    "Softmax",
-                    &step("weights"),
-                    &[&masked],
-                    vec![int("axis", -1)],
-                );
-                let context = self.op("MatMul", &step("context"), &[&weights, &parts[2]], vec![]);
-                let context = self.op(
-                    "Transpose",
-                    &step("context_t"),
-                    &[&context],
-                    vec![ints("perm", &[0, 2, 1, 3])],
-                );
-                let merge = self.int_constant(&[3], &[0, 0, d as i64]);
-                let context = self.op(
-                    "Reshape",
-                    &step("context_merged"),
-                    &[&context, &merge],
-                    vec![],
-                );
+                let context =
+                    self.attention([&parts[0], &parts[1], &parts[2]], &mask, d, heads, name);
                 let attended = self.linear(&context, &step("attn_out"), &step("attended"))?;
                 let h = self.op("Add", &step("residual1"), &[input, &attended], vec![]);
                 let normed2 = self.layer_norm(&h, &step("norm2"), 1e-5, &step("normed2"))?;
@@ -558,16 +709,13 @@ impl Builder<'_> {
     }
     /// Adds the weight `name` as an initializer and returns its name.
     fn weight(&mut self, name: &str) -> Result<String> {
-        let var = self
+        let values = self.values(name)?;
+        let dims = self
             .weights
             .get(name)
-            .ok_or_else(|| plan_error(format!("no weight `{name}` to export")))?;
-        let values = var
-            .as_tensor()
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .ctx_with(|| format!("exporting `{name}`"))?;
-        self.tensor(name, var.dims(), &values);
+            .map(|t| t.dims().to_vec())
+            .unwrap_or_default();
+        self.tensor(name, &dims, &values);
         Ok(name.to_string())
     }
 

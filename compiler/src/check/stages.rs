@@ -1132,19 +1132,15 @@ impl Cx<'_> {
                     continue;
                 }
                 if path.ends_with(".onnx") {
-                    let blocker = if model.bert.is_some() {
-                        Some("BERT encoder".to_string())
-                    } else {
-                        model
-                            .layers
-                            .iter()
-                            .find_map(|l| kd_plan::onnx_unsupported(&l.layer))
-                            .map(|kind| format!("`{kind}` layer"))
-                    };
+                    let blocker = model
+                        .layers
+                        .iter()
+                        .find_map(|l| kd_plan::onnx_unsupported(&l.layer))
+                        .map(|kind| format!("`{kind}` layer inside a residual block"));
                     if let Some(blocker) = blocker {
                         self.invalid(
                             at,
-                            format!("kdc cannot write `{}`'s {blocker} to ONNX yet", model.name),
+                            format!("kdc cannot write `{}`'s {blocker} to ONNX", model.name),
                             "not exportable to ONNX",
                             Some("export it to .safetensors".into()),
                         );
