@@ -147,30 +147,28 @@ evaluate t on digits.test {{ accuracy }}
     );
 }
 
-#[test]
-fn text_models_export_to_onnx_and_run_in_onnxruntime() {
-    let base = std::env::temp_dir().join(format!("kdc-onnx-text-{}", std::process::id()));
+/// Runs `file` (a .kd of tests/onnx) into a fresh run folder; returns the folder.
+fn run_pipeline(file: &str, tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let base = std::env::temp_dir().join(format!("kdc-onnx-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
     let run = base.join("run");
-    let output = kdc(&[
-        "run",
-        "tests/onnx/text_export.kd",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let output = kdc(&["run", file, "--out", run.to_str().unwrap()]);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    (base, run)
+}
 
-    // 26 real e-mails (longer than 40 tokens) and 4 short texts, tokenised as the pipeline
-    // does: truncated or padded to 40.
+/// The first `n` e-mails of tests/text/mail.jsonl and some short texts, tokenised as the
+/// pipelines do (truncated or padded to `len`): the ids, `[rows, len]` as f32 for kdc.
+fn token_batch(n: usize, short: &[&str], len: usize) -> (Vec<u32>, Tensor) {
     let mut texts: Vec<String> = std::fs::read_to_string(root().join("tests/text/mail.jsonl"))
         .unwrap()
         .lines()
-        .take(26)
+        .take(n)
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
                 .as_str()
@@ -178,27 +176,35 @@ fn text_models_export_to_onnx_and_run_in_onnxruntime() {
                 .to_string()
         })
         .collect();
-    for short in [
-        "Hello, world!",
-        "",
-        "Win a FREE cruise now, reply today",
-        "see you at the meeting",
-    ] {
-        texts.push(short.to_string());
-    }
+    texts.extend(short.iter().map(|s| s.to_string()));
     let ids = kd_runtime::data::text::tokenize(
         &root().join("tests/text/tokenizer.json"),
         texts.iter().map(String::as_str),
-        40,
+        len,
         0,
     )
     .unwrap();
-    assert!(ids.contains(&0), "some rows are padded");
-    let rows: Vec<Vec<u32>> = ids.chunks(40).map(<[u32]>::to_vec).collect();
+    let x = Tensor::from_vec(
+        ids.iter().map(|&i| i as f32).collect::<Vec<_>>(),
+        (texts.len(), len),
+        &Device::Cpu,
+    )
+    .unwrap();
+    (ids, x)
+}
+
+/// onnxruntime's `output` for each ONNX file on int64 `input_ids` (tests/onnx/run_text_export.py,
+/// which also runs onnx's full checker), by file.
+fn onnxruntime_outputs(
+    base: &Path,
+    ids: &[u32],
+    len: usize,
+    files: &[std::path::PathBuf],
+) -> serde_json::Value {
+    let rows: Vec<Vec<u32>> = ids.chunks(len).map(<[u32]>::to_vec).collect();
     let request = base.join("ids.json");
     std::fs::write(&request, serde_json::json!({ "ids": rows }).to_string()).unwrap();
     let answer = base.join("ort.json");
-    let models = [("c", "cnn"), ("r", "rnn"), ("e", "encoder")];
     let mut args = vec![
         root()
             .join("tests/onnx/run_text_export.py")
@@ -207,51 +213,66 @@ fn text_models_export_to_onnx_and_run_in_onnxruntime() {
         request.display().to_string(),
         answer.display().to_string(),
     ];
-    args.extend(
-        models
-            .iter()
-            .map(|(_, f)| run.join(format!("{f}.onnx")).display().to_string()),
-    );
+    args.extend(files.iter().map(|f| f.display().to_string()));
     let status = Command::new(python()).args(&args).status().unwrap();
     assert!(status.success());
-    let ort: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap()
+}
+
+/// The largest difference between kdc's `output` for `x` and onnxruntime's for `file`.
+fn worst_difference(
+    model: &mut kd_runtime::model::Model,
+    x: &Tensor,
+    ort: &serde_json::Value,
+    file: &Path,
+) -> f32 {
+    let ours = model.forward(x, false).unwrap();
+    let ours = ours
+        .iter()
+        .find(|(p, _)| p == "output")
+        .unwrap()
+        .1
+        .to_vec2::<f32>()
+        .unwrap();
+    let theirs = ort[file.display().to_string()].as_array().unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    ours.iter()
+        .flatten()
+        .zip(theirs.iter().flat_map(|r| r.as_array().unwrap()))
+        .map(|(a, b)| (a - b.as_f64().unwrap() as f32).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn text_models_export_to_onnx_and_run_in_onnxruntime() {
+    let (base, run) = run_pipeline("tests/onnx/text_export.kd", "text");
+    // 26 real e-mails (longer than 40 tokens) and 4 short texts.
+    let short = [
+        "Hello, world!",
+        "",
+        "Win a FREE cruise now, reply today",
+        "see you at the meeting",
+    ];
+    let (ids, x) = token_batch(26, &short, 40);
+    assert!(ids.contains(&0), "some rows are padded");
+    let models = [("c", "cnn"), ("r", "rnn"), ("e", "encoder")];
+    let files: Vec<_> = models
+        .iter()
+        .map(|(_, f)| run.join(format!("{f}.onnx")))
+        .collect();
+    let ort = onnxruntime_outputs(&base, &ids, 40, &files);
 
     let source = std::fs::read_to_string(root().join("tests/onnx/text_export.kd")).unwrap();
     let plan = kd_compiler::compile(&source, &root().join("tests/onnx/text_export.kd"), &[])
         .unwrap()
         .plan;
-    let x = Tensor::from_vec(
-        ids.iter().map(|&i| i as f32).collect::<Vec<_>>(),
-        (30, 40),
-        &Device::Cpu,
-    )
-    .unwrap();
-    for (name, file) in models {
+    for ((name, file), onnx) in models.iter().zip(&files) {
         let mut model = kd_runtime::model::Model::new(plan.model(name).unwrap(), 0).unwrap();
         model
             .load_weights(&run.join(format!("{file}.safetensors")))
             .unwrap();
         model.set_pad_id(0);
-        let ours = model.forward(&x, false).unwrap();
-        let ours = ours
-            .iter()
-            .find(|(p, _)| p == "output")
-            .unwrap()
-            .1
-            .to_vec2::<f32>()
-            .unwrap();
-        let theirs = &ort[run.join(format!("{file}.onnx")).display().to_string()];
-        let mut worst = 0f32;
-        for (a, b) in ours.iter().flatten().zip(
-            theirs
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|r| r.as_array().unwrap()),
-        ) {
-            worst = worst.max((a - b.as_f64().unwrap() as f32).abs());
-        }
+        let worst = worst_difference(&mut model, &x, &ort, onnx);
         assert!(
             worst < 1e-4,
             "{file}: onnxruntime differs from kdc by {worst}"
@@ -261,77 +282,20 @@ fn text_models_export_to_onnx_and_run_in_onnxruntime() {
 
 #[test]
 fn bert_models_export_to_onnx_and_run_in_onnxruntime() {
-    let base = std::env::temp_dir().join(format!("kdc-onnx-bert-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
-    std::fs::create_dir_all(&base).unwrap();
-    let run = base.join("run");
-    let output = kdc(&[
-        "run",
-        "tests/onnx/bert_export.kd",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-
-    let mut texts: Vec<String> = std::fs::read_to_string(root().join("tests/text/mail.jsonl"))
-        .unwrap()
-        .lines()
-        .take(12)
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    let (base, run) = run_pipeline("tests/onnx/bert_export.kd", "bert");
+    let (ids, x) = token_batch(12, &["see you at the meeting"], 40);
+    let files: Vec<_> = ["teacher", "student"]
+        .iter()
+        .map(|f| run.join(format!("{f}.onnx")))
         .collect();
-    texts.push("see you at the meeting".into());
-    let ids = kd_runtime::data::text::tokenize(
-        &root().join("tests/text/tokenizer.json"),
-        texts.iter().map(String::as_str),
-        40,
-        0,
-    )
-    .unwrap();
-    let rows: Vec<Vec<u32>> = ids.chunks(40).map(<[u32]>::to_vec).collect();
-    let request = base.join("ids.json");
-    std::fs::write(&request, serde_json::json!({ "ids": rows }).to_string()).unwrap();
-    let answer = base.join("ort.json");
-    let files = ["teacher", "student"];
-    let mut args = vec![
-        root()
-            .join("tests/onnx/run_text_export.py")
-            .display()
-            .to_string(),
-        request.display().to_string(),
-        answer.display().to_string(),
-    ];
-    args.extend(
-        files
-            .iter()
-            .map(|f| run.join(format!("{f}.onnx")).display().to_string()),
-    );
-    let status = Command::new(python()).args(&args).status().unwrap();
-    assert!(status.success());
-    let ort: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&answer).unwrap()).unwrap();
+    let ort = onnxruntime_outputs(&base, &ids, 40, &files);
 
     // kdc's forward of the exported weights: a model of the same spec started from them.
     let source = std::fs::read_to_string(root().join("tests/onnx/bert_export.kd")).unwrap();
     let plan = kd_compiler::compile(&source, &root().join("tests/onnx/bert_export.kd"), &[])
         .unwrap()
         .plan;
-    let n = rows.len();
-    let x = Tensor::from_vec(
-        ids.iter().map(|&i| i as f32).collect::<Vec<_>>(),
-        (n, 40),
-        &Device::Cpu,
-    )
-    .unwrap();
-    for (name, file) in [("t", "teacher"), ("s", "student")] {
+    for ((name, file), onnx) in [("t", "teacher"), ("s", "student")].iter().zip(&files) {
         let mut spec = plan.model(name).unwrap().clone();
         // The export holds every tensor under the model's own layer numbers: a checkpoint
         // of exactly those layers.
@@ -358,25 +322,7 @@ fn bert_models_export_to_onnx_and_run_in_onnxruntime() {
             .load_weights(&run.join(format!("{file}.safetensors")))
             .unwrap();
         model.set_pad_id(0);
-        let ours = model.forward(&x, false).unwrap();
-        let ours = ours
-            .iter()
-            .find(|(p, _)| p == "output")
-            .unwrap()
-            .1
-            .to_vec2::<f32>()
-            .unwrap();
-        let theirs = &ort[run.join(format!("{file}.onnx")).display().to_string()];
-        let mut worst = 0f32;
-        for (a, b) in ours.iter().flatten().zip(
-            theirs
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|r| r.as_array().unwrap()),
-        ) {
-            worst = worst.max((a - b.as_f64().unwrap() as f32).abs());
-        }
+        let worst = worst_difference(&mut model, &x, &ort, onnx);
         assert!(
             worst < 1e-4,
             "{file}: onnxruntime differs from kdc by {worst}"

@@ -373,9 +373,9 @@ impl Builder {
     /// Pooling over the real tokens, as `sequence::pool` computes it.
     fn pool(&mut self, input: &str, mask: &str, kind: kd_plan::SeqPool, out: &str) -> String {
         let step = |s: &str| format!("{out}.{s}");
-        let axis2 = self.int_constant(&[1], &[2]);
         match kind {
             kd_plan::SeqPool::Max => {
+                let axis2 = self.int_constant(&[1], &[2]);
                 let penalty = self.mask_penalty(mask, &step("penalty"));
                 let penalty = self.op("Unsqueeze", &step("penalty3"), &[&penalty, &axis2], vec![]);
                 let shifted = self.op("Add", &step("masked"), &[input, &penalty], vec![]);
@@ -396,6 +396,7 @@ impl Builder {
             }
             kd_plan::SeqPool::Mean => {
                 let axis1 = self.int_constant(&[1], &[1]);
+                let axis2 = self.int_constant(&[1], &[2]);
                 let m3 = self.op("Unsqueeze", &step("mask3"), &[mask, &axis2], vec![]);
                 let kept = self.op("Mul", &step("kept"), &[input, &m3], vec![]);
                 let sum = self.op(
