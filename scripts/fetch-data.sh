@@ -16,6 +16,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 DATA="$ROOT/data"
+mkdir -p "$DATA"
+# Tests fetch in parallel: one fetch at a time, the others wait and then find it done.
+exec 9>"$DATA/.fetch.lock"
+flock 9
 NAMES=(mnist spam minilm)
 
 say() { printf 'fetch-data: %s\n' "$*"; }

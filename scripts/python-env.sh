@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=target/pyenv
+mkdir -p target
+# Tests run in parallel: one process makes the environment, the others wait for it.
+exec 9>target/pyenv.lock
+flock 9
 if ! "$venv/bin/python" -c "import onnx, onnxruntime, numpy, tokenizers" >/dev/null 2>&1; then
   python3 -m venv "$venv" >&2
   "$venv/bin/pip" install --quiet --disable-pip-version-check \

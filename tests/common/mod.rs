@@ -46,18 +46,24 @@ pub fn fetch(names: &[&str]) {
 }
 
 /// The Python with onnx, onnxruntime, numpy and tokenizers (made from PyPI on first use by
-/// scripts/python-env.sh).
+/// scripts/python-env.sh, once per test process; the script also locks against others).
 pub fn python() -> String {
-    let output = Command::new("bash")
-        .arg(root().join("scripts/python-env.sh"))
-        .output()
-        .expect("bash runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
+    static PYTHON: OnceLock<Result<String, String>> = OnceLock::new();
+    let found = PYTHON.get_or_init(|| {
+        let output = Command::new("bash")
+            .arg(root().join("scripts/python-env.sh"))
+            .output()
+            .map_err(|e| format!("cannot run scripts/python-env.sh: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).to_string())
+        }
+    });
+    match found {
+        Ok(python) => python.clone(),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// A run folder's summary.json, which must follow docs/summary.schema.json.
