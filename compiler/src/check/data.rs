@@ -868,15 +868,17 @@ impl Cx<'_> {
                 help: Some(format!("`{name}({first}: ...)`")),
             });
         };
+        // The one argument as a whole number >= 1, which this operation requires.
+        let required_count = |cx: &mut Self, what: &str| match value {
+            Some(v) => cx.count(v, what, 1),
+            None => {
+                need(cx);
+                None
+            }
+        };
         Some(match name {
             "crop" => AugmentOp::RandomCrop {
-                padding: match value {
-                    Some(v) => self.count(v, "padding", 1)?,
-                    None => {
-                        need(self);
-                        return None;
-                    }
-                },
+                padding: required_count(self, "padding")?,
             },
             "flip" => AugmentOp::Flip {
                 p: match value {
@@ -925,13 +927,7 @@ impl Cx<'_> {
                 }
             }
             "translate" => AugmentOp::Translate {
-                max_pixels: match value {
-                    Some(v) => self.count(v, "translation", 1)?,
-                    None => {
-                        need(self);
-                        return None;
-                    }
-                },
+                max_pixels: required_count(self, "translation")?,
             },
             "noise" => AugmentOp::Noise {
                 std: match value {
@@ -943,13 +939,7 @@ impl Cx<'_> {
                 },
             },
             "cutout" => AugmentOp::Cutout {
-                size: match value {
-                    Some(v) => self.count(v, "cutout size", 1)?,
-                    None => {
-                        need(self);
-                        return None;
-                    }
-                },
+                size: required_count(self, "cutout size")?,
             },
             "token_dropout" | "mask_tokens" => {
                 let Some(v) = value else {
@@ -969,13 +959,7 @@ impl Cx<'_> {
                 }
             }
             "span_delete" => AugmentOp::SpanDelete {
-                max: match value {
-                    Some(v) => self.count(v, "the longest deleted span", 1)?,
-                    None => {
-                        need(self);
-                        return None;
-                    }
-                },
+                max: required_count(self, "the longest deleted span")?,
             },
             "swap_tokens" => AugmentOp::SwapTokens {
                 n: match value {

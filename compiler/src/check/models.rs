@@ -355,24 +355,8 @@ impl Cx<'_> {
                 Some((Layer::Linear { out, bias }, output))
             }
             "conv2d" => {
-                let args = self.args(call, &["out", "kernel", "stride", "padding", "bias"], 1);
-                let Some(out_value) = args.get("out", Some(0)) else {
-                    return self.missing_arg(call, "out", "conv2d(16, kernel: 3)");
-                };
-                let out = self.count(out_value, "conv2d's output channels", 1)?;
-                let Some(k) = args.get("kernel", None) else {
-                    return self.missing_arg(call, "kernel", "conv2d(16, kernel: 3)");
-                };
-                let kernel = self.count(k, "kernel", 1)?;
-                let stride = args
-                    .get("stride", None)
-                    .map_or(Some(1), |v| self.count(v, "stride", 1))?;
-                let padding = args
-                    .get("padding", None)
-                    .map_or(Some(0), |v| self.count(v, "padding", 0))?;
-                let bias = args
-                    .get("bias", None)
-                    .map_or(Some(true), |v| self.boolean(v, "bias"))?;
+                let (out, kernel, stride, padding, bias) =
+                    self.conv_args(call, true, "conv2d(16, kernel: 3)")?;
                 let (_, h, w) = image(self)?;
                 let (Some(oh), Some(ow)) = (
                     window(h, kernel, stride, padding),
@@ -486,21 +470,8 @@ impl Cx<'_> {
                 ))
             }
             "conv1d" => {
-                let args = self.args(call, &["out", "kernel", "padding", "bias"], 1);
-                let Some(out_value) = args.get("out", Some(0)) else {
-                    return self.missing_arg(call, "out", "conv1d(128, kernel: 3)");
-                };
-                let out = self.count(out_value, "conv1d's output channels", 1)?;
-                let Some(k) = args.get("kernel", None) else {
-                    return self.missing_arg(call, "kernel", "conv1d(128, kernel: 3)");
-                };
-                let kernel = self.count(k, "kernel", 1)?;
-                let padding = args
-                    .get("padding", None)
-                    .map_or(Some(0), |v| self.count(v, "padding", 0))?;
-                let bias = args
-                    .get("bias", None)
-                    .map_or(Some(true), |v| self.boolean(v, "bias"))?;
+                let (out, kernel, _, padding, bias) =
+                    self.conv_args(call, false, "conv1d(128, kernel: 3)")?;
                 let [len, _] = sequence(self)?;
                 let Some(out_len) = window(len, kernel, 1, padding) else {
                     mismatch(
@@ -611,6 +582,41 @@ impl Cx<'_> {
                 None
             }
         }
+    }
+
+    /// A convolution's `out` (by position or name), `kernel`, `stride` (when `strided`; else
+    /// 1), `padding` and `bias`.
+    fn conv_args(
+        &mut self,
+        call: &Call,
+        strided: bool,
+        example: &str,
+    ) -> Option<(usize, usize, usize, usize, bool)> {
+        let allowed: &[&str] = if strided {
+            &["out", "kernel", "stride", "padding", "bias"]
+        } else {
+            &["out", "kernel", "padding", "bias"]
+        };
+        let args = self.args(call, allowed, 1);
+        let Some(out_value) = args.get("out", Some(0)) else {
+            return self.missing_arg(call, "out", example);
+        };
+        let what = format!("{}'s output channels", call.name.name);
+        let out = self.count(out_value, &what, 1)?;
+        let Some(k) = args.get("kernel", None) else {
+            return self.missing_arg(call, "kernel", example);
+        };
+        let kernel = self.count(k, "kernel", 1)?;
+        let stride = args
+            .get("stride", None)
+            .map_or(Some(1), |v| self.count(v, "stride", 1))?;
+        let padding = args
+            .get("padding", None)
+            .map_or(Some(0), |v| self.count(v, "padding", 0))?;
+        let bias = args
+            .get("bias", None)
+            .map_or(Some(true), |v| self.boolean(v, "bias"))?;
+        Some((out, kernel, stride, padding, bias))
     }
 
     fn missing_arg<T>(&mut self, call: &Call, arg: &str, example: &str) -> Option<T> {
