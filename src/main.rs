@@ -33,6 +33,17 @@ enum ErrorFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum BenchKind {
+    /// Training throughput beside PyTorch, and the matmul roof.
+    Train,
+    /// A distilling stage with its teacher cached and uncached.
+    Cache,
+    /// `kdc check` on the examples and on generated files.
+    Compile,
+    All,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum GraphFormat {
     Mermaid,
@@ -90,6 +101,36 @@ enum Command {
         resume: Option<PathBuf>,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+    /// Measure kdc: training throughput against PyTorch 2, teacher caching, check speed.
+    Bench {
+        #[arg(value_enum, default_value = "all")]
+        kind: BenchKind,
+        /// Training cases to run (default: all of mlp_distill, cnn_distill, text_student).
+        #[arg(long = "case", value_name = "NAME")]
+        cases: Vec<String>,
+        /// Runs of each case; every figure is the median over runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Timed training steps per run, after one untimed epoch.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Threads for kdc and PyTorch alike (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// The Python of a venv with PyTorch (default: $KDC_TORCH_PYTHON, then
+        /// ~/.cache/torch-ref/bin/python).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// The PyTorch reference script.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/torch_ref.py"))]
+        torch_ref: PathBuf,
+        /// The folder of .kd files whose check time is measured.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples"))]
+        examples: PathBuf,
+        /// Print the reports as JSON lines instead of tables.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -207,6 +248,109 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             };
             run_plan(&plan, folder, format)
         }
+        Command::Bench {
+            kind,
+            cases,
+            runs,
+            steps,
+            threads,
+            python,
+            torch_ref,
+            examples,
+            json,
+        } => {
+            let mut chosen = Vec::new();
+            for name in cases {
+                let case = kd_bench::Case::from_name(name).ok_or_else(|| {
+                    let names: Vec<&str> = kd_bench::Case::ALL.iter().map(|c| c.name()).collect();
+                    Failure::Usage(format!(
+                        "no bench case `{name}`; the cases are {}",
+                        names.join(", ")
+                    ))
+                })?;
+                chosen.push(case);
+            }
+            if chosen.is_empty() {
+                chosen = kd_bench::Case::ALL.to_vec();
+            }
+            let threads = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let work_dir = std::env::temp_dir().join(format!("kdc-bench-{}", std::process::id()));
+            let options = BenchOptions {
+                runs: (*runs).max(1),
+                steps: (*steps).max(1),
+                work_dir,
+                json: *json,
+            };
+            let wants = |k: BenchKind| *kind == k || *kind == BenchKind::All;
+            let outcome = (|| -> kd_bench::Result<()> {
+                if wants(BenchKind::Compile) {
+                    let report = kd_bench::compile_speed::measure(
+                        examples,
+                        &[1250, 2500, 5000, 10000],
+                        10,
+                        &options.work_dir,
+                    )?;
+                    options.print("compile", &report, report.table())?;
+                }
+                if wants(BenchKind::Cache) {
+                    let report = kd_bench::cache(
+                        options.runs,
+                        10,
+                        threads,
+                        &options.work_dir,
+                        env!("CARGO_PKG_VERSION"),
+                        &mut |line| eprintln!("bench: {line}"),
+                    )?;
+                    options.print("cache", &report, report.table())?;
+                }
+                if wants(BenchKind::Train) {
+                    let train = kd_bench::TrainOptions {
+                        cases: chosen,
+                        runs: options.runs,
+                        steps: options.steps,
+                        threads,
+                        torch: kd_bench::TorchRef::find(python.clone(), torch_ref.clone()),
+                        work_dir: options.work_dir.clone(),
+                        kdc_version: env!("CARGO_PKG_VERSION").to_string(),
+                    };
+                    let report = kd_bench::train(&train, &mut |line| eprintln!("bench: {line}"))?;
+                    options.print("train", &report, report.table())?;
+                }
+                Ok(())
+            })();
+            let _ = std::fs::remove_dir_all(&options.work_dir);
+            outcome.map_err(|error| {
+                eprintln!("{:?}", miette::Report::new(error));
+                Failure::Input
+            })
+        }
+    }
+}
+
+/// What every part of `kdc bench` shares.
+struct BenchOptions {
+    runs: usize,
+    steps: usize,
+    work_dir: PathBuf,
+    json: bool,
+}
+
+impl BenchOptions {
+    /// A report as one JSON line, or as its table under a heading.
+    fn print(
+        &self,
+        kind: &str,
+        report: &impl serde::Serialize,
+        table: String,
+    ) -> kd_bench::Result<()> {
+        if self.json {
+            let value = serde_json::json!({ "bench": kind, "report": report });
+            println!("{value}");
+        } else {
+            println!("## kdc bench {kind}\n\n{table}");
+        }
+        Ok(())
     }
 }
 
@@ -546,6 +690,7 @@ fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), F
         kdc_version: env!("CARGO_PKG_VERSION").to_string(),
         resume,
         interrupt: Some(interrupt),
+        step_times: None,
     };
     match kd_runtime::run_plan(plan, &options) {
         Ok(summary) => {

@@ -78,10 +78,12 @@ struct Outcome {
     metrics: Vec<serde_json::Value>,
 }
 
-/// Drops what measures this process rather than the results: stage times and speeds, the
+/// Drops what measures this process rather than the results: its peak memory, stage times
+/// and speeds, the
 /// per-sample latency, and the BERT encoder's forward count (a resumed process refills its
 /// in-memory cache).
 fn untime(summary: &mut serde_json::Value) {
+    summary.as_object_mut().unwrap().remove("peak_rss_mb");
     for stage in summary["stages"].as_array_mut().unwrap() {
         let stage = stage.as_object_mut().unwrap();
         stage.remove("seconds");

@@ -135,8 +135,11 @@ pub fn prune(plan: &mut Plan) {
 /// Marks for caching every forward of a model that its stage does not train, when its
 /// input comes straight from a batch: in evaluation mode and frozen, the model gives each
 /// sample the same outputs every epoch. An augmented input differs every epoch and is
-/// left alone.
+/// left alone, and so is every forward under `cache: off`.
 pub fn cache_frozen_forwards(plan: &mut Plan) {
+    if plan.settings.cache == kd_plan::CacheMode::Off {
+        return;
+    }
     let trained: HashMap<&str, &str> = plan
         .stages
         .iter()

@@ -98,6 +98,8 @@ pub enum CacheMode {
     /// Also on disk under `<output>/cache/`, as safetensors files named by a hash of the
     /// model's weights, the data and the outputs kept, so later runs skip the forwards.
     Disk,
+    /// Never: every step runs the frozen model again (to measure it, or to spare memory).
+    Off,
 }
 
 /// The answer to a non-finite loss or gradient.

@@ -265,6 +265,8 @@ pub struct Bert {
     pub encoder_tensors: Vec<(String, Tensor)>,
     /// Pooled encoder output per sample, while the encoder is frozen.
     cache: HashMap<[u8; 32], Vec<f32>>,
+    /// False under `cache: off`: the encoder runs on every sample every time.
+    caching: bool,
     /// Entries not yet written to the disk cache.
     unsaved: usize,
     cache_file: Option<PathBuf>,
@@ -291,6 +293,11 @@ fn checkpoint_error(path: &Path, reason: impl Into<String>) -> RuntimeError {
 }
 
 impl Bert {
+    /// Under `cache: off` the encoder runs on every sample every time.
+    pub fn set_caching(&mut self, caching: bool) {
+        self.caching = caching;
+    }
+
     /// Loads `spec.path` (resolved to `folder`); `init` draws the head's fresh weights;
     /// `cache_dir` turns on the disk cache of pooled outputs.
     pub fn load(
@@ -362,6 +369,7 @@ impl Bert {
             trained,
             encoder_tensors,
             cache: HashMap::new(),
+            caching: true,
             unsaved: 0,
             cache_file: None,
             encoder_samples: 0,
@@ -419,7 +427,7 @@ impl Bert {
             .to_dtype(DType::U32)
             .and_then(|t| t.to_vec2::<u32>())
             .ctx("reading token ids")?;
-        let use_cache = self.trained.is_empty() && cacheable;
+        let use_cache = self.caching && self.trained.is_empty() && cacheable;
         let keys: Vec<[u8; 32]> = if use_cache {
             rows.iter().map(|r| ids_key(r, pad_id)).collect()
         } else {

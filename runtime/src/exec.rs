@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
@@ -38,6 +38,16 @@ pub struct RunOptions {
     pub resume: bool,
     /// Set from elsewhere (a Ctrl-C handler) to stop at the next step with a checkpoint.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// When set, every training step's wall time is appended here (`kdc bench` reads it).
+    pub step_times: Option<Arc<Mutex<Vec<StepTime>>>>,
+}
+
+/// The wall time of one training step: building its batches, the forwards, the loss, the
+/// backward pass and the optimizer update (not the checkpoints and validations between).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepTime {
+    pub stage: String,
+    pub seconds: f64,
 }
 
 /// Everything shared by the seeds of one run.
@@ -140,6 +150,7 @@ pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<Summary> {
         },
         models: model_summaries(plan, &results),
         stages: results.iter().flat_map(|r| r.stages.clone()).collect(),
+        peak_rss_mb: crate::summary::peak_rss_mb(),
     };
     let text = serde_json::to_string_pretty(&summary)?;
     write_atomically(&opts.out_dir.join("summary.json"), text.as_bytes())?;
@@ -324,6 +335,7 @@ impl Run<'_> {
             if let Some(pad_id) = pad_id_for(plan, &spec.name) {
                 model.set_pad_id(pad_id);
             }
+            model.set_output_caching(plan.settings.cache != kd_plan::CacheMode::Off);
             match &resume {
                 Some(checkpoint) => checkpoint
                     .restore_model(&mut model, &crate::checkpoint::path(&self.opts.out_dir))?,
@@ -585,6 +597,7 @@ impl Run<'_> {
                 st.loss_samples = 0;
             }
             while st.step < steps_per_epoch {
+                let step_started = Instant::now();
                 let step = st.step;
                 let positions = &order[step * batch..((step + 1) * batch).min(samples)];
                 let mut batches = HashMap::with_capacity(sources.len());
@@ -657,6 +670,14 @@ impl Run<'_> {
                     if let Some(saved) = &saved_statistics {
                         self.model_ref(models, &stage.trains)?
                             .restore_buffers(saved)?;
+                    }
+                }
+                if let Some(times) = &self.opts.step_times {
+                    if let Ok(mut times) = times.lock() {
+                        times.push(StepTime {
+                            stage: stage.name.clone(),
+                            seconds: step_started.elapsed().as_secs_f64(),
+                        });
                     }
                 }
                 st.step += 1;

@@ -514,6 +514,13 @@ impl Model {
         self.pad_id
     }
 
+    /// Under `cache: off` a frozen BERT encoder keeps no outputs and runs every time.
+    pub fn set_output_caching(&mut self, caching: bool) {
+        if let Some(bert) = self.bert.as_mut() {
+            bert.set_caching(caching);
+        }
+    }
+
     /// Writes a frozen BERT encoder's new outputs to the disk cache (when it has one).
     pub fn save_caches(&mut self) -> Result<()> {
         match self.bert.as_mut() {
@@ -885,18 +892,12 @@ impl LayerImpl {
                 padding,
                 kernel,
             } => {
-                let y = x
-                    .transpose(1, 2)
-                    .and_then(|t| t.contiguous())
-                    .and_then(|t| t.conv1d(weight.as_tensor(), *padding, 1, 1, 1))
+                // Channels last in and out: no transposes (crate::conv).
+                let y = crate::conv::conv1d(x, weight.as_tensor(), *padding)
                     .ctx_with(|| fail("conv1d"))?;
                 let y = match bias {
                     Some(b) => y
-                        .broadcast_add(
-                            &b.as_tensor()
-                                .reshape((1, b.elem_count(), 1))
-                                .ctx_with(|| fail("conv1d bias"))?,
-                        )
+                        .broadcast_add(b.as_tensor())
                         .ctx_with(|| fail("conv1d bias"))?,
                     None => y,
                 };
@@ -913,9 +914,7 @@ impl LayerImpl {
                         .ctx_with(|| fail("conv1d mask"))?;
                     *mask = Some(next);
                 }
-                y.transpose(1, 2)
-                    .and_then(|t| t.contiguous())
-                    .ctx_with(|| fail("conv1d"))
+                Ok(y)
             }
             LayerImpl::Lstm { directions, hidden } => {
                 lstm(x, mask.as_ref(), directions, *hidden).ctx_with(|| fail("lstm"))
@@ -948,8 +947,7 @@ impl LayerImpl {
                 stride,
                 padding,
             } => {
-                let y = x
-                    .conv2d(weight.as_tensor(), *padding, *stride, 1, 1)
+                let y = crate::conv::conv2d(x, weight.as_tensor(), *stride, *padding)
                     .ctx_with(|| fail("conv2d"))?;
                 match bias {
                     Some(b) => {
@@ -1167,7 +1165,7 @@ impl BatchNorm {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Pool {
     Max,
     Avg,
@@ -1176,6 +1174,9 @@ enum Pool {
 /// 2-D pooling over the last two axes without padding (PyTorch's floor mode). candle's
 /// own kernels only differentiate when kernel equals stride; other cases gather windows.
 fn pool(x: &Tensor, kernel: usize, stride: usize, kind: Pool) -> candle_core::Result<Tensor> {
+    if x.rank() == 4 && x.dtype() == DType::F32 && kind == Pool::Max {
+        return crate::pooling::max_pool2d(x, kernel, stride);
+    }
     if kernel == stride && x.rank() == 4 {
         return match kind {
             Pool::Max => x.max_pool2d(kernel),

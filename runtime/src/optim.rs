@@ -2,7 +2,8 @@
 //! (candle's own AdamW, built from many element-wise ops, costs more than the model).
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Storage, Tensor, Var};
+use kd_kernels::optim as kernels;
 use kd_plan::Optimizer;
 
 use crate::error::{Result, TensorContext};
@@ -59,64 +60,13 @@ impl Optim {
         if index >= self.slots.len() {
             self.slots.resize(index + 1, Slot::default());
         }
-        let slot = &mut self.slots[index];
-        slot.steps += 1;
-        let first_step = slot.steps == 1;
-        match self.config {
-            Optimizer::Sgd {
-                momentum,
-                nesterov,
-                weight_decay,
-                ..
-            } => {
-                if momentum != 0.0 && first_step {
-                    slot.first = vec![0.0; param.len()];
-                }
-                for i in 0..param.len() {
-                    let p = f64::from(param[i]);
-                    let mut g = f64::from(grad[i]) + weight_decay * p;
-                    if momentum != 0.0 {
-                        // The first step's buffer is the gradient itself.
-                        let buf = if first_step {
-                            g
-                        } else {
-                            momentum * f64::from(slot.first[i]) + g
-                        };
-                        slot.first[i] = buf as f32;
-                        g = if nesterov { g + momentum * buf } else { buf };
-                    }
-                    param[i] = (p - lr * g) as f32;
-                }
-            }
-            Optimizer::Adam {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                ..
-            } => adam(
-                slot,
-                param,
-                grad,
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                false,
-            ),
-            Optimizer::AdamW {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                ..
-            } => adam(slot, param, grad, lr, beta1, beta2, eps, weight_decay, true),
-        }
+        apply(&self.config, &mut self.slots[index], param, grad, lr, None);
     }
 
     /// Clips the gradients of `params` to a global norm (if asked), then updates each
     /// parameter that received a gradient; updates nothing when a gradient is not finite.
+    /// Parameters are updated in place, in chunks spread over the worker threads: no copy
+    /// of a parameter or gradient is made.
     pub fn step(
         &mut self,
         params: &[(String, Var)],
@@ -124,96 +74,175 @@ impl Optim {
         lr: f64,
         clip: Option<f64>,
     ) -> Result<Update> {
-        let mut gradients: Vec<Option<Vec<f32>>> = Vec::with_capacity(params.len());
+        let mut gradients: Vec<Option<Tensor>> = Vec::with_capacity(params.len());
         for (name, var) in params {
             let grad = match grads.get(var.as_tensor()) {
                 Some(g) => Some(
-                    g.flatten_all()
-                        .and_then(|g| g.to_vec1::<f32>())
+                    g.contiguous()
                         .ctx_with(|| format!("reading the gradient of `{name}`"))?,
                 ),
                 None => None,
             };
             gradients.push(grad);
         }
-        let norm = gradients
-            .iter()
-            .flatten()
-            .flat_map(|g| g.iter())
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
+        let mut squares = Vec::with_capacity(params.len());
+        for ((name, _), grad) in params.iter().zip(&gradients) {
+            squares.push(match grad {
+                Some(g) => with_values(g, kernels::sum_of_squares)
+                    .ctx_with(|| format!("reading the gradient of `{name}`"))?,
+                None => 0.0,
+            });
+        }
+        let norm = squares.iter().sum::<f64>().sqrt();
         // A finite sum of squares means every value is finite: the check costs nothing.
         if !norm.is_finite() {
             let parameter = params
                 .iter()
-                .zip(&gradients)
-                .find(|(_, g)| g.as_ref().is_some_and(|g| g.iter().any(|v| !v.is_finite())))
+                .zip(&squares)
+                .find(|(_, s)| !s.is_finite())
                 .map(|((name, _), _)| name.clone())
                 .unwrap_or_default();
             return Ok(Update::NonFinite { parameter });
         }
-        if let Some(max_norm) = clip {
-            // As torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), at most 1.
-            let scale = (max_norm / (norm + 1e-6)).min(1.0);
-            if scale < 1.0 {
-                for g in gradients.iter_mut().flatten() {
-                    for v in g.iter_mut() {
-                        *v = (f64::from(*v) * scale) as f32;
-                    }
-                }
-            }
+        // As torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6), at most 1.
+        let scale = clip
+            .map(|max_norm| (max_norm / (norm + 1e-6)).min(1.0))
+            .filter(|&scale| scale < 1.0);
+        if self.slots.len() < params.len() {
+            self.slots.resize(params.len(), Slot::default());
         }
-        for (index, ((name, var), grad)) in params.iter().zip(gradients).enumerate() {
+        for (((name, var), grad), slot) in params.iter().zip(&gradients).zip(&mut self.slots) {
             let Some(grad) = grad else { continue };
-            let mut values = var
-                .as_tensor()
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .ctx_with(|| format!("reading `{name}`"))?;
-            self.update(index, &mut values, &grad, lr);
-            let updated = Tensor::from_vec(values, var.shape(), var.device())
-                .ctx_with(|| format!("updating `{name}`"))?;
-            var.set(&updated)
+            let op = InPlaceUpdate {
+                config: &self.config,
+                slot: std::sync::Mutex::new(slot),
+                lr,
+                scale,
+            };
+            var.as_tensor()
+                .inplace_op2(grad, &op)
                 .ctx_with(|| format!("updating `{name}`"))?;
         }
         Ok(Update::Applied { norm })
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn adam(
+/// Runs `f` on the values of a contiguous f32 CPU tensor, without copying them.
+fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> candle_core::Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) => Ok(f(&values[start..end])),
+        _ => Err(candle_core::Error::Msg(
+            "expected a contiguous f32 tensor on the CPU".into(),
+        )),
+    }
+}
+
+/// One parameter's update, applied by candle to the parameter's own storage.
+struct InPlaceUpdate<'a> {
+    config: &'a Optimizer,
+    /// Locked once per update: candle's in-place ops see `&self`.
+    slot: std::sync::Mutex<&'a mut Slot>,
+    lr: f64,
+    /// The clipping factor, when clipping shrinks the gradients.
+    scale: Option<f64>,
+}
+
+impl InplaceOp2 for InPlaceUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "optimizer-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        param_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(param), CpuStorage::F32(grad)) = (param, grad) else {
+            candle_core::bail!("the optimizer updates f32 parameters only");
+        };
+        let (Some((p0, p1)), Some((g0, g1))) = (
+            param_layout.contiguous_offsets(),
+            grad_layout.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("the optimizer needs contiguous parameters and gradients");
+        };
+        let (param, grad) = (&mut param[p0..p1], &grad[g0..g1]);
+        if param.len() != grad.len() {
+            candle_core::bail!("a gradient's size differs from its parameter's");
+        }
+        let mut slot = self
+            .slot
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("optimizer state poisoned".into()))?;
+        apply(self.config, &mut slot, param, grad, self.lr, self.scale);
+        Ok(())
+    }
+}
+
+/// The rule of `config` on one parameter (the loops live in `kd-kernels`).
+fn apply(
+    config: &Optimizer,
     slot: &mut Slot,
     param: &mut [f32],
     grad: &[f32],
     lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    decoupled: bool,
+    scale: Option<f64>,
 ) {
-    if slot.steps == 1 {
-        slot.first = vec![0.0; param.len()];
-        slot.second = vec![0.0; param.len()];
-    }
-    let t = slot.steps as i32;
-    let bias_correction1 = 1.0 - beta1.powi(t);
-    let bias_correction2_sqrt = (1.0 - beta2.powi(t)).sqrt();
-    let step_size = lr / bias_correction1;
-    for i in 0..param.len() {
-        let mut p = f64::from(param[i]);
-        let mut g = f64::from(grad[i]);
-        if decoupled {
-            p *= 1.0 - lr * weight_decay;
-        } else {
-            g += weight_decay * p;
+    slot.steps += 1;
+    let first_step = slot.steps == 1;
+    let n = param.len();
+    match *config {
+        Optimizer::Sgd {
+            momentum,
+            nesterov,
+            weight_decay,
+            ..
+        } => {
+            if momentum != 0.0 && (first_step || slot.first.len() != n) {
+                slot.first = vec![0.0; n];
+            }
+            let rule = kernels::Sgd {
+                lr,
+                momentum,
+                nesterov,
+                weight_decay,
+                first_step,
+                scale,
+            };
+            kernels::sgd(&rule, param, grad, &mut slot.first);
         }
-        let m = beta1 * f64::from(slot.first[i]) + (1.0 - beta1) * g;
-        let v = beta2 * f64::from(slot.second[i]) + (1.0 - beta2) * g * g;
-        slot.first[i] = m as f32;
-        slot.second[i] = v as f32;
-        let denom = v.sqrt() / bias_correction2_sqrt + eps;
-        param[i] = (p - step_size * m / denom) as f32;
+        Optimizer::Adam {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        }
+        | Optimizer::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } => {
+            if first_step || slot.first.len() != n || slot.second.len() != n {
+                slot.first = vec![0.0; n];
+                slot.second = vec![0.0; n];
+            }
+            let rule = kernels::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled: matches!(config, Optimizer::AdamW { .. }),
+                step: slot.steps,
+                scale,
+            };
+            kernels::adam(&rule, param, grad, &mut slot.first, &mut slot.second);
+        }
     }
 }

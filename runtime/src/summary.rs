@@ -22,6 +22,18 @@ pub struct Summary {
     pub provenance: Provenance,
     pub models: BTreeMap<String, ModelSummary>,
     pub stages: Vec<StageSummary>,
+    /// The most memory the kdc process held at once (its peak resident set, in MiB), where
+    /// the system says (Linux); for a resumed run, the peak of the last process only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// The process's peak resident set in MiB (`VmHWM` in /proc/self/status), on Linux.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -339,6 +339,7 @@ fn run_in(name: &str, seed: u64, repeat: u32) -> (PathBuf, Summary) {
             kdc_version: "test".into(),
             resume: false,
             interrupt: None,
+            step_times: None,
         },
     )
     .unwrap();
@@ -494,6 +495,7 @@ fn cuda_is_refused_with_help() {
             kdc_version: "test".into(),
             resume: false,
             interrupt: None,
+            step_times: None,
         },
     )
     .unwrap_err();
@@ -527,6 +529,7 @@ fn a_diverging_loss_names_stage_epoch_and_step() {
             kdc_version: "t".into(),
             resume: false,
             interrupt: None,
+            step_times: None,
         },
     )
     .unwrap_err();
@@ -723,6 +726,7 @@ fn digits_cnn_with_augmentation() {
             kdc_version: "t".into(),
             resume: false,
             interrupt: None,
+            step_times: None,
         },
     )
     .unwrap();

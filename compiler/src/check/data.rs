@@ -102,8 +102,12 @@ impl Cx<'_> {
             settings.checkpoint_every = self.count(v, "checkpoint_every", 1);
         }
         if let Some(v) = fields.value("cache") {
-            settings.cache = match self.choice(v, "cache", &["memory", "disk"]).as_deref() {
+            settings.cache = match self
+                .choice(v, "cache", &["memory", "disk", "off"])
+                .as_deref()
+            {
                 Some("disk") => CacheMode::Disk,
+                Some("off") => CacheMode::Off,
                 _ => CacheMode::Memory,
             };
         }

@@ -1,0 +1,142 @@
+//! The training cases of `../shared/bench/torch_ref.py` (copied as `bench/torch_ref.py`),
+//! written as `.kd` pipelines, and the random data each one reads.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::error::{write_file, Result};
+
+/// Steps in each epoch of a bench run. The first epoch is the warm-up: its steps are left
+/// out of the figures (and a cached teacher fills its cache there).
+pub const STEPS_PER_EPOCH: usize = 4;
+
+/// A training case, as torch_ref.py defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    MlpDistill,
+    CnnDistill,
+    TextStudent,
+}
+
+impl Case {
+    pub const ALL: [Case; 3] = [Case::MlpDistill, Case::CnnDistill, Case::TextStudent];
+
+    /// The name torch_ref.py's `--case` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Case::MlpDistill => "mlp_distill",
+            Case::CnnDistill => "cnn_distill",
+            Case::TextStudent => "text_student",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Case> {
+        Case::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    pub fn batch(self) -> usize {
+        match self {
+            Case::MlpDistill | Case::CnnDistill => 128,
+            Case::TextStudent => 64,
+        }
+    }
+
+    /// The pipeline; its one stage is named `distill`.
+    pub fn source(self) -> &'static str {
+        match self {
+            Case::MlpDistill => include_str!("../cases/mlp_distill.kd"),
+            Case::CnnDistill => include_str!("../cases/cnn_distill.kd"),
+            Case::TextStudent => include_str!("../cases/text_student.kd"),
+        }
+    }
+
+    /// Writes the data the pipeline reads into `dir/data`: one epoch of random samples.
+    pub fn write_data(self, dir: &Path) -> Result<()> {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).map_err(|e| crate::error::io(&data, e))?;
+        let samples = self.batch() * STEPS_PER_EPOCH;
+        let mut random = SplitMix(0x6b64_6362_656e_6368);
+        match self {
+            Case::MlpDistill | Case::CnnDistill => {
+                let mut images = idx_header(0x0803, &[samples, 28, 28]);
+                images.extend((0..samples * 28 * 28).map(|_| random.below(256) as u8));
+                write_file(&data.join("train-images-idx3-ubyte"), &images)?;
+                let mut labels = idx_header(0x0801, &[samples]);
+                labels.extend((0..samples).map(|_| random.below(10) as u8));
+                write_file(&data.join("train-labels-idx1-ubyte"), &labels)
+            }
+            Case::TextStudent => {
+                write_file(
+                    &data.join("tokenizer.json"),
+                    word_tokenizer(VOCAB).as_bytes(),
+                )?;
+                let mut lines = String::new();
+                for _ in 0..samples {
+                    let words: Vec<String> = (0..128)
+                        .map(|_| format!("w{}", FIRST_WORD + random.below(VOCAB - FIRST_WORD)))
+                        .collect();
+                    let label = if random.below(2) == 0 { "a" } else { "b" };
+                    let _ = writeln!(
+                        lines,
+                        "{}",
+                        serde_json::json!({"text": words.join(" "), "label": label})
+                    );
+                }
+                write_file(&data.join("texts.jsonl"), lines.as_bytes())
+            }
+        }
+    }
+}
+
+/// torch_ref.py's vocabulary: token ids in [0, 30522).
+const VOCAB: usize = 30522;
+/// Ids 0 and 1 are `[PAD]` and `[UNK]`; words are `w2` ... `w30521`.
+const FIRST_WORD: usize = 2;
+
+/// A Hugging Face tokenizer.json of the word-level kind: whitespace split, one id per word.
+fn word_tokenizer(vocab: usize) -> String {
+    let mut words = serde_json::Map::new();
+    words.insert("[PAD]".into(), 0.into());
+    words.insert("[UNK]".into(), 1.into());
+    for id in FIRST_WORD..vocab {
+        words.insert(format!("w{id}"), id.into());
+    }
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(0, "[PAD]"), special(1, "[UNK]")],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": words, "unk_token": "[UNK]"}
+    })
+    .to_string()
+}
+
+fn idx_header(magic: u32, dims: &[usize]) -> Vec<u8> {
+    let mut bytes = magic.to_be_bytes().to_vec();
+    for &d in dims {
+        bytes.extend((d as u32).to_be_bytes());
+    }
+    bytes
+}
+
+/// A small fixed-seed generator: the bench's data only has to be the same every run.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % n as u64) as usize
+    }
+}

@@ -1,0 +1,249 @@
+//! kdc's convolutions (unfold + matmul, runtime/src/conv.rs) and max pool
+//! (runtime/src/pooling.rs) against candle's own: the same values and the same gradients
+//! for the input and the kernel, on random inputs over several geometries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+#![allow(clippy::needless_range_loop)] // the reference formula reads best as indices
+
+use candle_core::{Device, Tensor, Var};
+use kd_runtime::conv;
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The largest magnitude in `t`.
+fn largest(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Output, input gradient and kernel gradient of `f` under the loss `sum(y * r)`.
+fn run(
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    seed: u64,
+) -> (Tensor, Tensor, Tensor) {
+    let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+    let y = f(xv.as_tensor(), wv.as_tensor());
+    let r = random(y.dims(), seed);
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gx = grads.get(xv.as_tensor()).unwrap().clone();
+    let gw = grads.get(wv.as_tensor()).unwrap().clone();
+    (y, gx, gw)
+}
+
+#[test]
+fn conv2d_matches_candle_in_values_and_gradients() {
+    // (batch, in, out, size, kernel, stride, padding)
+    for (i, &(b, c, o, size, k, stride, padding)) in [
+        (4, 1, 8, 28, 3, 1, 1),
+        (3, 5, 7, 13, 3, 2, 1),
+        (2, 3, 4, 9, 5, 1, 2),
+        (2, 2, 3, 8, 1, 1, 0),
+        (1, 4, 6, 10, 3, 3, 0),
+        (2, 3, 2, 6, 4, 2, 3),
+        // More than kdc unfolds at once (8 MiB): the batch goes in three chunks.
+        (40, 16, 8, 28, 3, 1, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = i as u64 * 3 + 1;
+        let x = random(&[b, c, size, size], seed);
+        let w = random(&[o, c, k, k], seed + 1);
+        let ours = run(
+            |x, w| conv::conv2d(x, w, stride, padding).unwrap(),
+            &x,
+            &w,
+            seed + 2,
+        );
+        let theirs = run(
+            |x, w| x.conv2d(w, padding, stride, 1, 1).unwrap(),
+            &x,
+            &w,
+            seed + 2,
+        );
+        for (what, a, b) in [
+            ("output", &ours.0, &theirs.0),
+            ("input gradient", &ours.1, &theirs.1),
+            ("kernel gradient", &ours.2, &theirs.2),
+        ] {
+            let d = max_difference(a, b) / largest(b).max(1.0);
+            assert!(d < 1e-5, "case {i}: {what} differs by {d} (relative)");
+        }
+    }
+}
+
+#[test]
+fn conv1d_on_channels_last_matches_candle_in_values_and_gradients() {
+    // (batch, length, in, out, kernel, padding)
+    for (i, &(b, len, c, o, k, padding)) in [
+        (4, 16, 8, 6, 3, 1),
+        (2, 7, 3, 5, 5, 2),
+        (3, 9, 4, 2, 2, 0),
+        (1, 5, 2, 3, 5, 4),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 100 + i as u64 * 3;
+        let x = random(&[b, len, c], seed);
+        let w = random(&[o, c, k], seed + 1);
+        let ours = run(
+            |x, w| conv::conv1d(x, w, padding).unwrap(),
+            &x,
+            &w,
+            seed + 2,
+        );
+        // The reference is candle's conv2d on a one-row image: candle's conv1d gets the
+        // kernel gradient wrong (the first version of this test compared against it).
+        let theirs = run(
+            |x, w| {
+                let image = x.transpose(1, 2).unwrap().unsqueeze(2).unwrap();
+                let kernel = w.unsqueeze(2).unwrap();
+                image
+                    .contiguous()
+                    .unwrap()
+                    .conv2d(&kernel, padding, 1, 1, 1)
+                    .unwrap()
+                    .narrow(2, padding, 1)
+                    .unwrap()
+                    .squeeze(2)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            },
+            &x,
+            &w,
+            seed + 2,
+        );
+        for (what, a, b) in [
+            ("output", &ours.0, &theirs.0),
+            ("input gradient", &ours.1, &theirs.1),
+            ("kernel gradient", &ours.2, &theirs.2),
+        ] {
+            let d = max_difference(a, b) / largest(b).max(1.0);
+            assert!(d < 1e-5, "case {i}: {what} differs by {d} (relative)");
+        }
+    }
+}
+
+/// The kernel gradient written out: d/dw[o, c, j] of sum(y * r) is the sum over samples
+/// and positions t of r[b, t, o] * x[b, t + j - padding, c]. kdc's conv1d agrees with it;
+/// candle 0.11's own conv1d, kdc's before this test, is off by up to 0.79 here.
+#[test]
+fn conv1d_kernel_gradient_matches_the_formula() {
+    let (b, len, c, o, k, padding) = (2, 6, 3, 4, 3, 1);
+    let x = random(&[b, len, c], 7);
+    let w = random(&[o, c, k], 8);
+    let (y, _, gw) = run(|x, w| conv::conv1d(x, w, padding).unwrap(), &x, &w, 9);
+    let r = random(y.dims(), 9).to_vec3::<f32>().unwrap();
+    let xs = x.to_vec3::<f32>().unwrap();
+    let gw = gw.to_vec3::<f32>().unwrap();
+    let out_len = y.dims()[1];
+    for oi in 0..o {
+        for ci in 0..c {
+            for j in 0..k {
+                let mut expected = 0f64;
+                for bi in 0..b {
+                    for t in 0..out_len {
+                        if let Some(i) = (t + j).checked_sub(padding).filter(|&i| i < len) {
+                            expected += f64::from(r[bi][t][oi]) * f64::from(xs[bi][i][ci]);
+                        }
+                    }
+                }
+                let got = f64::from(gw[oi][ci][j]);
+                assert!(
+                    (got - expected).abs() < 1e-5,
+                    "w[{oi}][{ci}][{j}]: {got} vs {expected}"
+                );
+            }
+        }
+    }
+}
+
+/// Values as candle's max pool; gradients as the definition: each output's gradient goes
+/// to its window's maximum. (candle 0.11's own max-pool backward scales it by the number of
+/// maxima over the window size: a quarter of the gradient for 2x2 windows. kdc used it
+/// before this test.)
+#[test]
+fn max_pool_matches_candle_in_values_and_the_definition_in_gradients() {
+    use kd_runtime::pooling::max_pool2d;
+    // (batch, channels, size, kernel, stride)
+    for (i, &(b, c, size, k, stride)) in [(4, 3, 8, 2, 2), (2, 2, 9, 3, 3), (3, 4, 7, 3, 2)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 200 + i as u64;
+        let x = Var::from_tensor(&random(&[b, c, size, size], seed)).unwrap();
+        let ours = max_pool2d(x.as_tensor(), k, stride).unwrap();
+        let theirs = x.as_tensor().max_pool2d_with_stride(k, stride).unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-7, "case {i}: values");
+        let r = random(ours.dims(), seed + 1);
+        let grads = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let got = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap();
+        let got = got.to_vec1::<f32>().unwrap();
+        let xs = x
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let rs = r.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let out = (size - k) / stride + 1;
+        let mut expected = vec![0f32; xs.len()];
+        for plane in 0..b * c {
+            for oy in 0..out {
+                for ox in 0..out {
+                    let mut best = None::<usize>;
+                    for y in oy * stride..oy * stride + k {
+                        for x in ox * stride..ox * stride + k {
+                            let index = plane * size * size + y * size + x;
+                            if best.is_none_or(|b| xs[index] > xs[b]) {
+                                best = Some(index);
+                            }
+                        }
+                    }
+                    expected[best.unwrap()] += rs[plane * out * out + oy * out + ox];
+                }
+            }
+        }
+        for (j, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!((g - e).abs() < 1e-6, "case {i}, element {j}: {g} vs {e}");
+        }
+    }
+}
