@@ -2,6 +2,7 @@
 //! (the workspace's dev profile builds kdc's own crates at opt-level 1), and so that they
 //! can be tested against plain references in isolation.
 
+pub mod elementwise;
 pub mod optim;
 pub mod pool;
 pub mod unfold;

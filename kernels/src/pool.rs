@@ -26,16 +26,45 @@ impl Pool2d {
     fn argmax(&self, plane: &[f32], oy: usize, ox: usize) -> usize {
         let (y0, x0) = (oy * self.stride, ox * self.stride);
         let mut best = y0 * self.width + x0;
+        let mut best_value = plane[best];
         for y in y0..y0 + self.kernel {
-            for x in x0..x0 + self.kernel {
-                let i = y * self.width + x;
-                // `>` keeps the first maximum; a NaN wins so that it propagates.
-                if plane[i] > plane[best] || (plane[i].is_nan() && !plane[best].is_nan()) {
-                    best = i;
+            let start = y * self.width + x0;
+            for (dx, &v) in plane[start..start + self.kernel].iter().enumerate() {
+                // `>` keeps the first maximum; a NaN wins (and stays) so that it propagates.
+                if v > best_value || (v.is_nan() && !best_value.is_nan()) {
+                    best = start + dx;
+                    best_value = v;
                 }
             }
         }
         best
+    }
+
+    /// Output row `oy`'s maxima into `out`.
+    #[inline]
+    fn max_row(&self, plane: &[f32], oy: usize, out: &mut [f32]) {
+        let y0 = oy * self.stride;
+        let first = &plane[y0 * self.width..(y0 + 1) * self.width];
+        for (ox, value) in out.iter_mut().enumerate() {
+            let x0 = ox * self.stride;
+            *value = first[x0..x0 + self.kernel]
+                .iter()
+                .fold(
+                    f32::NEG_INFINITY,
+                    |m, &v| if v > m || v.is_nan() { v } else { m },
+                );
+        }
+        for y in y0 + 1..y0 + self.kernel {
+            let line = &plane[y * self.width..(y + 1) * self.width];
+            for (ox, value) in out.iter_mut().enumerate() {
+                let x0 = ox * self.stride;
+                for &v in &line[x0..x0 + self.kernel] {
+                    if (v > *value || v.is_nan()) && !value.is_nan() {
+                        *value = v;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -50,8 +79,8 @@ pub fn max_pool2d(x: &[f32], planes: usize, p: &Pool2d) -> Vec<f32> {
     y.par_chunks_mut(out_len)
         .zip(x.par_chunks(plane_len))
         .for_each(|(out, plane)| {
-            for (o, value) in out.iter_mut().enumerate() {
-                *value = plane[p.argmax(plane, o / out_w, o % out_w)];
+            for (oy, row) in out.chunks_mut(out_w).enumerate() {
+                p.max_row(plane, oy, row);
             }
         });
     y

@@ -896,9 +896,7 @@ impl LayerImpl {
                 let y = crate::conv::conv1d(x, weight.as_tensor(), *padding)
                     .ctx_with(|| fail("conv1d"))?;
                 let y = match bias {
-                    Some(b) => y
-                        .broadcast_add(b.as_tensor())
-                        .ctx_with(|| fail("conv1d bias"))?,
+                    Some(b) => bias_add(&y, b.as_tensor(), 2).ctx_with(|| fail("conv1d bias"))?,
                     None => y,
                 };
                 if let Some(m) = mask.as_ref() {
@@ -927,17 +925,15 @@ impl LayerImpl {
                 sequence::pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool"))
             }
             LayerImpl::Linear { weight, bias } => {
-                let w = weight.as_tensor().t().ctx_with(|| fail("linear"))?;
-                let y = if x.rank() == 2 {
-                    x.matmul(&w)
-                } else {
-                    x.broadcast_matmul(&w)
+                let y = match x.dtype() {
+                    DType::F32 => crate::linear::linear(x, weight.as_tensor()),
+                    _ => linear_candle(x, weight.as_tensor()),
                 }
                 .ctx_with(|| fail("linear"))?;
                 match bias {
-                    Some(b) => y
-                        .broadcast_add(b.as_tensor())
-                        .ctx_with(|| fail("linear bias")),
+                    Some(b) => {
+                        bias_add(&y, b.as_tensor(), y.rank() - 1).ctx_with(|| fail("linear bias"))
+                    }
                     None => Ok(y),
                 }
             }
@@ -950,13 +946,7 @@ impl LayerImpl {
                 let y = crate::conv::conv2d(x, weight.as_tensor(), *stride, *padding)
                     .ctx_with(|| fail("conv2d"))?;
                 match bias {
-                    Some(b) => {
-                        let b = b
-                            .as_tensor()
-                            .reshape((1, b.elem_count(), 1, 1))
-                            .ctx_with(|| fail("conv2d bias"))?;
-                        y.broadcast_add(&b).ctx_with(|| fail("conv2d bias"))
-                    }
+                    Some(b) => bias_add(&y, b.as_tensor(), 1).ctx_with(|| fail("conv2d bias")),
                     None => Ok(y),
                 }
             }
@@ -971,7 +961,11 @@ impl LayerImpl {
             }
             LayerImpl::Dropout { p, name } => dropout(x, *p, name, context),
             LayerImpl::Flatten => x.flatten_from(1).ctx_with(|| fail("flatten")),
-            LayerImpl::Relu => x.relu().ctx_with(|| fail("relu")),
+            LayerImpl::Relu => match x.dtype() {
+                DType::F32 => crate::elementwise::relu(x),
+                _ => x.relu(),
+            }
+            .ctx_with(|| fail("relu")),
             LayerImpl::Gelu => x.gelu_erf().ctx_with(|| fail("gelu")),
             LayerImpl::Tanh => x.tanh().ctx_with(|| fail("tanh")),
             LayerImpl::Sigmoid => candle_nn::ops::sigmoid(x).ctx_with(|| fail("sigmoid")),
@@ -990,6 +984,27 @@ impl LayerImpl {
             }
         }
     }
+}
+
+/// `x @ w^T` with candle's own ops (non-f32 inputs).
+fn linear_candle(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let w = w.t()?;
+    if x.rank() == 2 {
+        x.matmul(&w)
+    } else {
+        x.broadcast_matmul(&w)
+    }
+}
+
+/// `x + bias` along `axis`: one pass each way for f32 (crate::elementwise), candle's
+/// broadcast otherwise.
+fn bias_add(x: &Tensor, bias: &Tensor, axis: usize) -> candle_core::Result<Tensor> {
+    if x.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        return crate::elementwise::add_bias(x, bias, axis);
+    }
+    let mut shape = vec![1; x.rank()];
+    shape[axis] = bias.elem_count();
+    x.broadcast_add(&bias.reshape(shape)?)
 }
 
 /// Zeroes each value with probability `p` in training mode (scaling the rest by

@@ -247,3 +247,100 @@ fn max_pool_matches_candle_in_values_and_the_definition_in_gradients() {
         }
     }
 }
+
+/// kdc's bias addition (along any axis) and ReLU against candle's broadcast add and relu:
+/// values and gradients.
+#[test]
+fn bias_and_relu_match_candle_in_values_and_gradients() {
+    use kd_runtime::elementwise::{add_bias, relu};
+    for (i, (shape, axis)) in [
+        (vec![16, 7], 1),
+        (vec![3, 5, 6], 2),
+        (vec![4, 3, 5, 5], 1),
+        // More than one parallel chunk (16,384 values).
+        (vec![64, 40, 9], 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 300 + i as u64 * 2;
+        let x = Var::from_tensor(&random(&shape, seed)).unwrap();
+        let b = Var::from_tensor(&random(&[shape[axis]], seed + 1)).unwrap();
+        let mut bias_shape = vec![1; shape.len()];
+        bias_shape[axis] = shape[axis];
+        let r = random(&shape, seed + 2);
+        let ours = relu(&add_bias(x.as_tensor(), b.as_tensor(), axis).unwrap()).unwrap();
+        let theirs = x
+            .as_tensor()
+            .broadcast_add(&b.as_tensor().reshape(bias_shape).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-6, "case {i}: values");
+        let g_ours = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_theirs = (&theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (what, v) in [("input", &x), ("bias", &b)] {
+            let a = g_ours.get(v.as_tensor()).unwrap();
+            let e = g_theirs.get(v.as_tensor()).unwrap();
+            let d = max_difference(a, e) / largest(e).max(1.0);
+            assert!(
+                d < 1e-5,
+                "case {i}: {what} gradient differs by {d} (relative)"
+            );
+        }
+    }
+}
+
+/// kdc's linear matmul (runtime/src/linear.rs) against candle's `x.matmul(w.t())`, for
+/// matrices and sequences, with and without a tracked input.
+#[test]
+fn linear_matches_candle_in_values_and_gradients() {
+    use kd_runtime::linear::linear;
+    for (i, (x_shape, out)) in [(vec![16, 9], 5), (vec![3, 7, 6], 4), (vec![130, 70], 33)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 400 + i as u64 * 3;
+        let k = *x_shape.last().unwrap();
+        let x = Var::from_tensor(&random(&x_shape, seed)).unwrap();
+        let w = Var::from_tensor(&random(&[out, k], seed + 1)).unwrap();
+        let ours = linear(x.as_tensor(), w.as_tensor()).unwrap();
+        let theirs = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t().unwrap())
+            .unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-5, "case {i}: values");
+        let r = random(ours.dims(), seed + 2);
+        let g_ours = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_theirs = (&theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (what, v) in [("input", &x), ("weight", &w)] {
+            let a = g_ours.get(v.as_tensor()).unwrap();
+            let e = g_theirs.get(v.as_tensor()).unwrap();
+            let d = max_difference(a, e) / largest(e).max(1.0);
+            assert!(
+                d < 1e-5,
+                "case {i}: {what} gradient differs by {d} (relative)"
+            );
+        }
+        // Data as input: only the weight gets a gradient.
+        let data = random(&x_shape, seed);
+        let y = linear(&data, w.as_tensor()).unwrap();
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let a = grads.get(w.as_tensor()).unwrap();
+        let e = g_theirs.get(w.as_tensor()).unwrap();
+        assert!(
+            max_difference(a, e) / largest(e).max(1.0) < 1e-5,
+            "case {i}: data input"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Bias addition and ReLU, forward and backward, each one parallel pass. candle runs a
+//! ReLU's backward as a comparison, a conversion and a product, and a bias's as a strided
+//! reduction that alone cost 11 ms on a [64, 128, 128] tensor here.
+
+use rayon::prelude::*;
+
+use crate::optim::CHUNK;
+
+/// `y[o, c, i] = x[o, c, i] + bias[c]` for `x` viewed as `[outer, channels, inner]`
+/// (a linear layer's `[rows, out]` has `inner` 1, an NCHW image `inner` H * W).
+pub fn add_bias(x: &[f32], bias: &[f32], inner: usize) -> Vec<f32> {
+    let (channels, inner) = (bias.len().max(1), inner.max(1));
+    let mut y = x.to_vec();
+    y.par_chunks_mut(channels * inner).for_each(|block| {
+        for (c, run) in block.chunks_mut(inner).enumerate() {
+            let b = bias[c % channels];
+            for v in run {
+                *v += b;
+            }
+        }
+    });
+    y
+}
+
+/// The bias gradient of [`add_bias`]: the sum of `grad` over `outer` and `inner` per
+/// channel, accumulated per block in f32 and across blocks in f64.
+pub fn bias_gradient(grad: &[f32], channels: usize, inner: usize) -> Vec<f32> {
+    let (channels, inner) = (channels.max(1), inner.max(1));
+    let block = channels * inner;
+    // Blocks per task: at least CHUNK values each.
+    let per_task = (CHUNK / block).max(1) * block;
+    let sums = grad
+        .par_chunks(per_task)
+        .map(|blocks| {
+            let mut sums = vec![0f64; channels];
+            for block in blocks.chunks(block) {
+                for (c, run) in block.chunks(inner).enumerate() {
+                    sums[c] += f64::from(run.iter().sum::<f32>());
+                }
+            }
+            sums
+        })
+        .reduce(
+            || vec![0f64; channels],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(b) {
+                    *a += b;
+                }
+                a
+            },
+        );
+    sums.into_iter().map(|s| s as f32).collect()
+}
+
+pub fn relu(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x.max(0.0);
+            }
+        });
+    y
+}
+
+/// The gradient of [`relu`]: `grad` where `x > 0`, else 0 (PyTorch's choice at 0).
+pub fn relu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, g))| {
+            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                *dx = if x > 0.0 { g } else { 0.0 };
+            }
+        });
+    dx
+}

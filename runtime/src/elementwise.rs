@@ -1,0 +1,125 @@
+//! Bias addition and ReLU as candle custom ops over `kd_kernels::elementwise`: one pass
+//! each way instead of candle's several (tests/conv.rs checks them against candle's).
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use kd_kernels::elementwise as kernels;
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("expected a contiguous f32 tensor"),
+    }
+}
+
+/// Adds a `[channels]` bias along axis `axis` of the input.
+struct AddBias {
+    axis: usize,
+}
+
+impl AddBias {
+    /// Values after the bias axis (the run each bias value covers).
+    fn inner(&self, dims: &[usize]) -> usize {
+        dims.iter().skip(self.axis + 1).product()
+    }
+}
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let bias = contiguous_f32(b, bl)?;
+        if xl.dims().get(self.axis) != Some(&bias.len()) {
+            candle_core::bail!("a bias of {} values for {:?}", bias.len(), xl.dims());
+        }
+        let y = kernels::add_bias(contiguous_f32(x, xl)?, bias, self.inner(xl.dims()));
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let bias_grad = grad.apply_op1_no_bwd(&BiasGradient {
+            channels: b.elem_count(),
+            inner: self.inner(x.dims()),
+        })?;
+        Ok((Some(grad), Some(bias_grad)))
+    }
+}
+
+struct BiasGradient {
+    channels: usize,
+    inner: usize,
+}
+
+impl CustomOp1 for BiasGradient {
+    fn name(&self) -> &'static str {
+        "bias-gradient"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let sums = kernels::bias_gradient(contiguous_f32(s, l)?, self.channels, self.inner);
+        Ok((CpuStorage::F32(sums), Shape::from(self.channels)))
+    }
+}
+
+/// `x + bias`, the bias running along `axis` (1 for NCHW images, the last for features).
+pub fn add_bias(x: &Tensor, bias: &Tensor, axis: usize) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&bias.contiguous()?, AddBias { axis })
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((
+            CpuStorage::F32(kernels::relu(contiguous_f32(s, l)?)),
+            l.shape().clone(),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        x.apply_op2_no_bwd(&grad.contiguous()?, &ReluBackward)
+            .map(Some)
+    }
+}
+
+struct ReluBackward;
+
+impl CustomOp2 for ReluBackward {
+    fn name(&self) -> &'static str {
+        "relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dx = kernels::relu_backward(contiguous_f32(x, xl)?, contiguous_f32(g, gl)?);
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Relu)
+}
