@@ -296,7 +296,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 if wants(BenchKind::Cache) {
                     let report = kd_bench::cache(
                         options.runs,
-                        10,
+                        3,
                         threads,
                         &options.work_dir,
                         env!("CARGO_PKG_VERSION"),

@@ -50,11 +50,12 @@ impl Case {
         }
     }
 
-    /// Writes the data the pipeline reads into `dir/data`: one epoch of random samples.
-    pub fn write_data(self, dir: &Path) -> Result<()> {
+    /// Writes the data the pipeline reads into `dir/data`: `steps` batches of random
+    /// samples, one epoch.
+    pub fn write_data(self, dir: &Path, steps: usize) -> Result<()> {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).map_err(|e| crate::error::io(&data, e))?;
-        let samples = self.batch() * STEPS_PER_EPOCH;
+        let samples = self.batch() * steps;
         let mut random = SplitMix(0x6b64_6362_656e_6368);
         match self {
             Case::MlpDistill | Case::CnnDistill => {

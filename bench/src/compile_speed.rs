@@ -61,7 +61,7 @@ pub fn measure(
         std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-    Case::MlpDistill.write_data(&dir)?;
+    Case::MlpDistill.write_data(&dir, crate::cases::STEPS_PER_EPOCH)?;
     for &lines in sizes {
         let file = dir.join(format!("generated-{lines}.kd"));
         write_file(&file, generated(lines).as_bytes())?;

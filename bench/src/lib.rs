@@ -182,12 +182,13 @@ pub fn kdc_sgemm(steps: usize) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / step / 1e9)
 }
 
-/// Writes a case's pipeline and data into a fresh folder under `work_dir`, compiles it with
-/// `epochs` epochs (and any other `--set` overrides), and returns the folder and the Plan.
+/// Writes a case's pipeline and `steps` batches of data into a fresh folder under
+/// `work_dir`, compiles it with `--set` `overrides`, and returns the folder and the Plan.
 pub fn prepare(
     case: Case,
     work_dir: &Path,
     label: &str,
+    steps: usize,
     overrides: &[String],
 ) -> Result<(PathBuf, Plan)> {
     let dir = work_dir.join(format!("{}-{label}", case.name()));
@@ -197,7 +198,7 @@ pub fn prepare(
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
     let file = dir.join(format!("{}.kd", case.name()));
     error::write_file(&file, case.source().as_bytes())?;
-    case.write_data(&dir)?;
+    case.write_data(&dir, steps)?;
     let compile_error = |messages: String| BenchError::Compile {
         case: case.name().to_string(),
         messages,
@@ -255,6 +256,7 @@ fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<(f64
         case,
         &options.work_dir,
         &run_index.to_string(),
+        STEPS_PER_EPOCH,
         &[format!("stage.distill.epochs={epochs}")],
     )?;
     plan.settings.threads = Some(options.threads);
@@ -364,6 +366,10 @@ pub struct CacheReport {
     pub uncached_teacher_forwards: u64,
 }
 
+/// Steps per epoch of the caching benchmark: enough that the checkpoint at each epoch's end
+/// (part of every real run) weighs as little as in a real one.
+const CACHE_STEPS: usize = 40;
+
 /// Runs the MLP case's stage for `epochs` epochs, cached and uncached, `runs` times each.
 pub fn cache(
     runs: usize,
@@ -377,7 +383,7 @@ pub fn cache(
     let mut report = CacheReport {
         case: case.name().to_string(),
         epochs,
-        samples: case.batch() * STEPS_PER_EPOCH,
+        samples: case.batch() * CACHE_STEPS,
         cached_seconds: Vec::new(),
         uncached_seconds: Vec::new(),
         cached_teacher_forwards: 0,
@@ -394,6 +400,7 @@ pub fn cache(
                 case,
                 work_dir,
                 &format!("cache-{setting}"),
+                CACHE_STEPS,
                 &[
                     format!("stage.distill.epochs={epochs}"),
                     format!("pipeline.{}.cache={setting}", case.name()),
