@@ -76,3 +76,37 @@ pub fn relu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
         });
     dx
 }
+
+/// Rows `ids` of `table` (`[rows, dim]`), `[ids.len(), dim]`; an id past the table reads
+/// zeros (the runtime checks ids before).
+pub fn gather_rows(table: &[f32], ids: &[u32], dim: usize) -> Vec<f32> {
+    let mut out = vec![0f32; ids.len() * dim];
+    if dim == 0 {
+        return out;
+    }
+    out.par_chunks_mut(dim)
+        .zip(ids.par_iter())
+        .for_each(|(row, &id)| {
+            if let Some(source) = table.get(id as usize * dim..(id as usize + 1) * dim) {
+                row.copy_from_slice(source);
+            }
+        });
+    out
+}
+
+/// The gradient of [`gather_rows`] for the table: each id's row of `grad` added into a
+/// zeroed `[rows, dim]`.
+pub fn scatter_rows(grad: &[f32], ids: &[u32], rows: usize, dim: usize) -> Vec<f32> {
+    let mut table = vec![0f32; rows * dim];
+    if dim == 0 {
+        return table;
+    }
+    for (row, &id) in grad.chunks(dim).zip(ids) {
+        if let Some(target) = table.get_mut(id as usize * dim..(id as usize + 1) * dim) {
+            for (t, &g) in target.iter_mut().zip(row) {
+                *t += g;
+            }
+        }
+    }
+    table
+}

@@ -103,3 +103,66 @@ pub fn max_pool2d_backward(x: &[f32], grad: &[f32], planes: usize, p: &Pool2d) -
         });
     dx
 }
+
+/// Max over time of `x` `[batch, length, channels]` at the positions where `mask`
+/// `[batch, length]` is nonzero (every position without a mask); a sample without a real
+/// position pools to zeros. Returns `[batch, channels]` and, per output, the position its
+/// maximum came from (`u32::MAX` for none), for the backward pass.
+pub fn max_over_time(
+    x: &[f32],
+    mask: Option<&[f32]>,
+    batch: usize,
+    length: usize,
+    channels: usize,
+) -> (Vec<f32>, Vec<u32>) {
+    let mut y = vec![0f32; batch * channels];
+    let mut from = vec![u32::MAX; batch * channels];
+    if batch * length * channels == 0 {
+        return (y, from);
+    }
+    y.par_chunks_mut(channels)
+        .zip(from.par_chunks_mut(channels))
+        .zip(x.par_chunks(length * channels))
+        .enumerate()
+        .for_each(|(b, ((y, from), x))| {
+            let mut seen = false;
+            for (t, frame) in x.chunks(channels).enumerate() {
+                if mask.is_some_and(|m| m[b * length + t] == 0.0) {
+                    continue;
+                }
+                for ((best, at), &v) in y.iter_mut().zip(from.iter_mut()).zip(frame) {
+                    // The first maximum wins; a NaN wins and stays.
+                    if !seen || v > *best || (v.is_nan() && !best.is_nan()) {
+                        *best = v;
+                        *at = t as u32;
+                    }
+                }
+                seen = true;
+            }
+        });
+    (y, from)
+}
+
+/// The gradient of [`max_over_time`] for `x`: each output gradient at its maximum's place.
+pub fn max_over_time_backward(
+    grad: &[f32],
+    from: &[u32],
+    batch: usize,
+    length: usize,
+    channels: usize,
+) -> Vec<f32> {
+    let mut dx = vec![0f32; batch * length * channels];
+    if batch * length * channels == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(length * channels)
+        .zip(grad.par_chunks(channels).zip(from.par_chunks(channels)))
+        .for_each(|(dx, (grad, from))| {
+            for (c, (&g, &t)) in grad.iter().zip(from).enumerate() {
+                if let Some(slot) = dx.get_mut(t as usize * channels + c) {
+                    *slot += g;
+                }
+            }
+        });
+    dx
+}

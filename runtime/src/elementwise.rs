@@ -123,3 +123,82 @@ impl CustomOp2 for ReluBackward {
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(Relu)
 }
+
+fn ids_u32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [u32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::U32(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("expected contiguous u32 token ids"),
+    }
+}
+
+/// An embedding lookup: rows of the table by id, with a backward that adds the gradient
+/// rows straight into one zeroed table (candle's goes through `index_add` on a copy).
+struct Embedding;
+
+impl CustomOp2 for Embedding {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+
+    fn cpu_fwd(
+        &self,
+        table: &CpuStorage,
+        tl: &Layout,
+        ids: &CpuStorage,
+        il: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let [rows, dim] = tl.dims() else {
+            candle_core::bail!("an embedding table is [rows, dim], got {:?}", tl.dims());
+        };
+        let ids = ids_u32(ids, il)?;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= *rows) {
+            candle_core::bail!("token id {bad} outside an embedding of {rows} rows");
+        }
+        let out = kernels::gather_rows(contiguous_f32(table, tl)?, ids, *dim);
+        Ok((CpuStorage::F32(out), Shape::from((ids.len(), *dim))))
+    }
+
+    fn bwd(
+        &self,
+        table: &Tensor,
+        ids: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let rows = table.dim(0)?;
+        let dtable = grad
+            .contiguous()?
+            .apply_op2_no_bwd(ids, &EmbeddingBackward { rows })?;
+        Ok((Some(dtable), None))
+    }
+}
+
+struct EmbeddingBackward {
+    rows: usize,
+}
+
+impl CustomOp2 for EmbeddingBackward {
+    fn name(&self) -> &'static str {
+        "embedding-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        grad: &CpuStorage,
+        gl: &Layout,
+        ids: &CpuStorage,
+        il: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dim = gl.dims().last().copied().unwrap_or(0);
+        let table =
+            kernels::scatter_rows(contiguous_f32(grad, gl)?, ids_u32(ids, il)?, self.rows, dim);
+        Ok((CpuStorage::F32(table), Shape::from((self.rows, dim))))
+    }
+}
+
+/// Rows of `table` `[rows, dim]` for `ids` (u32, any shape flattened): `[ids, dim]`.
+pub fn embedding(table: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
+    table
+        .contiguous()?
+        .apply_op2(&ids.flatten_all()?.contiguous()?, Embedding)
+}

@@ -870,11 +870,13 @@ impl LayerImpl {
                     .and_then(|ids| ids.flatten_all())
                     .ctx_with(|| fail("embedding"))?;
                 let dim = weight.dim(1).ctx_with(|| fail("embedding"))?;
-                let y = weight
-                    .as_tensor()
-                    .index_select(&ids, 0)
-                    .and_then(|y| y.reshape((b, len, dim)))
-                    .ctx_with(|| fail("embedding"))?;
+                let table = weight.as_tensor();
+                let y = match table.dtype() {
+                    DType::F32 => crate::elementwise::embedding(table, &ids),
+                    _ => table.index_select(&ids, 0),
+                }
+                .and_then(|y| y.reshape((b, len, dim)))
+                .ctx_with(|| fail("embedding"))?;
                 match positions {
                     Some(p) => y
                         .broadcast_add(

@@ -100,3 +100,101 @@ impl CustomOp2 for MaxPoolBackward {
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(MaxPool { kernel, stride })
 }
+
+/// Masked max over time: `x` `[B, L, C]`, `mask` `[B, L]` (1 at real tokens) to `[B, C]`;
+/// the gradient goes to each maximum's position.
+struct MaxOverTime;
+
+/// The pooled values, each one's position, and `(B, L, C)`.
+struct Pooled {
+    values: Vec<f32>,
+    from: Vec<u32>,
+    dims: (usize, usize, usize),
+}
+
+fn max_over_time_parts(
+    x: &CpuStorage,
+    xl: &Layout,
+    mask: Option<(&CpuStorage, &Layout)>,
+) -> candle_core::Result<Pooled> {
+    let [b, l, c] = xl.dims() else {
+        candle_core::bail!("max over time takes [B, L, C], got {:?}", xl.dims());
+    };
+    let mask = match mask {
+        Some((m, ml)) => Some(contiguous_f32(m, ml)?),
+        None => None,
+    };
+    if mask.is_some_and(|m| m.len() != b * l) {
+        candle_core::bail!("a padding mask that does not match [B, L]");
+    }
+    let (values, from) = kd_kernels::pool::max_over_time(contiguous_f32(x, xl)?, mask, *b, *l, *c);
+    Ok(Pooled {
+        values,
+        from,
+        dims: (*b, *l, *c),
+    })
+}
+
+impl CustomOp2 for MaxOverTime {
+    fn name(&self) -> &'static str {
+        "max-over-time"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let pooled = max_over_time_parts(x, xl, Some((m, ml)))?;
+        let (b, _, c) = pooled.dims;
+        Ok((CpuStorage::F32(pooled.values), Shape::from((b, c))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = x.apply_op3_no_bwd(mask, &grad.contiguous()?, &MaxOverTimeBackward)?;
+        Ok((Some(dx), None))
+    }
+}
+
+struct MaxOverTimeBackward;
+
+impl candle_core::CustomOp3 for MaxOverTimeBackward {
+    fn name(&self) -> &'static str {
+        "max-over-time-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let pooled = max_over_time_parts(x, xl, Some((m, ml)))?;
+        let (b, l, c) = pooled.dims;
+        let grad = contiguous_f32(g, gl)?;
+        let dx = kd_kernels::pool::max_over_time_backward(grad, &pooled.from, b, l, c);
+        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+    }
+}
+
+/// `x` `[B, L, C]` max-pooled over the positions where `mask` `[B, L]` is 1 (all
+/// positions without a mask); a sample with no real position pools to zeros.
+pub fn max_over_time(x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (b, l, _) = x.dims3()?;
+    let mask = match mask {
+        Some(m) => m.to_dtype(candle_core::DType::F32)?.contiguous()?,
+        None => Tensor::ones((b, l), candle_core::DType::F32, x.device())?,
+    };
+    x.contiguous()?.apply_op2(&mask, MaxOverTime)
+}

@@ -58,6 +58,10 @@ pub fn attention(
 /// pools to zeros.
 pub fn pool(x: &Tensor, mask: Option<&Tensor>, kind: SeqPool) -> Result<Tensor> {
     match (kind, mask) {
+        // One pass each way (runtime/src/pooling.rs) instead of a strided reduction.
+        (SeqPool::Max, _) if x.dtype() == candle_core::DType::F32 => {
+            crate::pooling::max_over_time(x, mask)
+        }
         (SeqPool::First, _) => x.narrow(1, 0, 1)?.squeeze(1),
         (SeqPool::Max, None) => x.max(1),
         (SeqPool::Mean, None) => x.mean(1),

@@ -344,3 +344,83 @@ fn linear_matches_candle_in_values_and_gradients() {
         );
     }
 }
+
+/// kdc's masked max over time against the candle formula it replaced (a padding penalty,
+/// `max(1)`, zeros for a sample without real tokens): values and input gradients.
+#[test]
+fn max_over_time_matches_the_candle_formula() {
+    use kd_runtime::pooling::max_over_time;
+    let (b, l, c) = (5, 9, 70);
+    let x = Var::from_tensor(&random(&[b, l, c], 500)).unwrap();
+    // Sample 0 all real, sample 3 without a real token, the rest padded at the end.
+    let mask: Vec<f32> = (0..b * l)
+        .map(|i| {
+            let (sample, t) = (i / l, i % l);
+            match sample {
+                0 => 1.0,
+                3 => 0.0,
+                _ => f32::from(u8::from(t < 2 + sample)),
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (b, l), &Device::Cpu).unwrap();
+    for m in [Some(&mask), None] {
+        let ours = max_over_time(x.as_tensor(), m).unwrap();
+        let theirs = match m {
+            Some(m) => {
+                let penalty = ((m - 1.0).unwrap() * 1e9).unwrap();
+                x.as_tensor()
+                    .broadcast_add(&penalty.unsqueeze(2).unwrap())
+                    .unwrap()
+                    .max(1)
+                    .unwrap()
+                    .broadcast_mul(&m.max_keepdim(1).unwrap())
+                    .unwrap()
+            }
+            None => x.as_tensor().max(1).unwrap(),
+        };
+        assert!(max_difference(&ours, &theirs) < 1e-6, "values");
+        let r = random(ours.dims(), 501);
+        let g_ours = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_theirs = (&theirs * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let d = max_difference(
+            g_ours.get(x.as_tensor()).unwrap(),
+            g_theirs.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-6, "gradients differ by {d}");
+    }
+}
+
+/// kdc's embedding lookup against candle's `index_select`: values and table gradients,
+/// with repeated ids.
+#[test]
+fn embedding_matches_index_select() {
+    use kd_runtime::elementwise::embedding;
+    let table = Var::from_tensor(&random(&[50, 8], 600)).unwrap();
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 7) % 50).chain([3, 3, 3]).collect();
+    let ids = Tensor::from_vec(ids, 43, &Device::Cpu).unwrap();
+    let ours = embedding(table.as_tensor(), &ids).unwrap();
+    let theirs = table.as_tensor().index_select(&ids, 0).unwrap();
+    assert!(max_difference(&ours, &theirs) < 1e-7);
+    let r = random(ours.dims(), 601);
+    let g_ours = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_theirs = (&theirs * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let d = max_difference(
+        g_ours.get(table.as_tensor()).unwrap(),
+        g_theirs.get(table.as_tensor()).unwrap(),
+    );
+    assert!(d < 1e-6, "gradients differ by {d}");
+    // An id past the table is an error, not a panic.
+    let bad = Tensor::from_vec(vec![50u32], 1, &Device::Cpu).unwrap();
+    assert!(embedding(table.as_tensor(), &bad).is_err());
+}
