@@ -626,3 +626,66 @@ fn default_run_folders_are_new_each_time() {
         assert!(dir.join("runs").join(run).join("summary.json").is_file());
     }
 }
+
+/// A cached teacher keeps only the outputs its stage reads: with `cache: disk`, the table
+/// written for the digits teacher holds its logits and not its 64-wide `hidden` tap.
+#[test]
+fn a_cached_teacher_keeps_only_what_its_stage_reads() {
+    let dir = scratch("cache-ports");
+    let source = std::fs::read_to_string(root().join("examples/digits.kd"))
+        .unwrap()
+        .replace(
+            "output: \"runs\"",
+            &format!("output: \"{}\", cache: disk", dir.join("runs").display()),
+        )
+        // The teacher's batches unaugmented, so that its forward is cached.
+        .replace("on digits.train with shift", "on digits.train")
+        .replace(
+            "data/digits.csv.gz",
+            &root()
+                .join("examples/data/digits.csv.gz")
+                .display()
+                .to_string(),
+        );
+    let file = dir.join("digits.kd");
+    std::fs::write(&file, source).unwrap();
+    let out = dir.join("runs/one");
+    let o = kdc(&[
+        "run",
+        file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "stage.teach.epochs=1",
+        "--set",
+        "stage.distill.epochs=1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let tables: Vec<PathBuf> = std::fs::read_dir(dir.join("runs/cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("outputs-")
+        })
+        .collect();
+    assert!(!tables.is_empty(), "no output table was written");
+    for table in tables {
+        // A safetensors header: its length (u64, little-endian), then JSON naming tensors;
+        // a table stores each port as `port/N`, `[samples, width]`.
+        let bytes = std::fs::read(&table).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+        let ports: Vec<&serde_json::Value> = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| name.starts_with("port/"))
+            .map(|(_, tensor)| &tensor["shape"][1])
+            .collect();
+        // The logits (10 wide), not the hidden tap (64) or the output port besides.
+        assert_eq!(ports, [&serde_json::json!(10)], "{header}");
+    }
+}

@@ -640,6 +640,17 @@ pub fn argument(graph: &Graph, node: NodeId, arg: usize) -> Option<(NodeId, &Edg
         .map(|e| (e.source(), e.weight()))
 }
 
+/// The ports of `node` that other nodes read, sorted, each once.
+pub fn read_ports(graph: &Graph, node: NodeId) -> Vec<String> {
+    let mut ports: Vec<String> = graph
+        .edges_directed(node, petgraph::Direction::Outgoing)
+        .map(|e| e.weight().port.clone())
+        .collect();
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
 // ---------------------------------------------------------------------------------------
 // Stages
 

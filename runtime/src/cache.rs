@@ -154,6 +154,11 @@ pub fn table_file(dir: &std::path::Path, key: &str) -> std::path::PathBuf {
 }
 
 impl CacheTable {
+    /// Rows that hold outputs.
+    pub fn filled_count(&self) -> usize {
+        self.filled.iter().filter(|&&f| f).count()
+    }
+
     /// A table written by [`CacheTable::save`], or `None` when the file is missing or is
     /// not one (a cache is rebuilt, never trusted blindly).
     pub fn load(path: &std::path::Path, samples: usize) -> Option<CacheTable> {

@@ -571,7 +571,12 @@ impl Run<'_> {
                 cache.tables.insert(key.clone(), table);
             }
         }
-        let loaded = cache.clone();
+        // What the cache held when the stage started, to save only tables that grew.
+        let loaded: HashMap<crate::cache::CacheKey, usize> = cache
+            .tables
+            .iter()
+            .map(|(key, table)| (key.clone(), table.filled_count()))
+            .collect();
         let sources = self.batch_sources(stage);
         let primary = (stage.data.clone(), stage.split.clone());
         let progress = StageProgress::start(self.opts.progress, &stage.name, seed, total_steps);
@@ -791,7 +796,7 @@ impl Run<'_> {
         progress.finish();
         for (key, file) in &disk_tables {
             if let Some(table) = cache.tables.get(key) {
-                if loaded.tables.get(key) != Some(table) {
+                if loaded.get(key) != Some(&table.filled_count()) {
                     table.save(file)?;
                 }
             }
@@ -1026,11 +1031,14 @@ impl Run<'_> {
                 .yaml()
                 .map_err(|e| plan_error(format!("cannot hash {what} for the cache ({e})")))
         };
-        let cached: Vec<&str> = stage
+        // Each cached model with the ports the stage keeps of it (part of the file's name).
+        let cached: Vec<(&str, Vec<String>)> = stage
             .nodes
             .iter()
             .filter_map(|&id| match self.plan.graph.node_weight(id).map(|n| &n.op) {
-                Some(Op::CachedForward { model }) => Some(model.as_str()),
+                Some(Op::CachedForward { model }) => {
+                    Some((model.as_str(), kd_plan::read_ports(&self.plan.graph, id)))
+                }
                 _ => None,
             })
             .collect();
@@ -1039,12 +1047,13 @@ impl Run<'_> {
             splits.push((v.data.clone(), v.split.clone()));
         }
         let mut out = Vec::new();
-        for name in cached {
+        for (name, ports) in cached {
             let (Some(spec), Some(model)) = (self.plan.model(name), models.get(name)) else {
                 continue;
             };
             let mut hasher = Sha256::new();
             hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+            hasher.update(ports.join(",").as_bytes());
             let mut spec = spec.clone();
             spec.span = Default::default();
             hasher.update(yaml("a model", &spec)?.as_bytes());

@@ -235,12 +235,19 @@ pub fn run_step(
                 let instance = models
                     .get_mut(model)
                     .ok_or_else(|| plan_error(format!("no model `{model}`")))?;
+                // Only what the stage reads is kept: a teacher's 1,200-wide hidden tap
+                // cached for every MNIST image would cost 264 MB and serve nothing.
+                let wanted = kd_plan::read_ports(graph, node_id);
                 let cached = cache.forward(
                     &(model.clone(), data, split),
                     batch.split_samples,
                     &batch.indices,
                     &batch.x,
-                    |x| instance.forward(x, false),
+                    |x| {
+                        let mut outputs = instance.forward(x, false)?;
+                        outputs.retain(|(port, _)| wanted.contains(port));
+                        Ok(outputs)
+                    },
                 )?;
                 if !input.validating {
                     out.frozen_samples += cached.computed as u64;
