@@ -3,17 +3,11 @@
 //! kernel. candle's own CPU convolution runs its backward through direct loops
 //! (`conv_transpose2d`) far slower than a matmul; this path keeps forward and backward on
 //! gemm. Checked against candle's `conv2d` / `conv1d` (values and gradients) in
-//! tests/conv.rs.
+//! tests/ops.rs.
 
+use crate::elementwise::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use kd_kernels::unfold::{fold1d, fold2d, unfold1d, unfold2d, Window1d, Window2d};
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("convolutions take contiguous f32 tensors"),
-    }
-}
 
 struct Unfold2d(Window2d);
 struct Fold2d(Window2d);

@@ -1,10 +1,16 @@
-//! Bias addition and ReLU as candle custom ops over `kd_kernels::elementwise`: one pass
-//! each way instead of candle's several (tests/conv.rs checks them against candle's).
+//! Bias addition, ReLU and the embedding lookup as candle custom ops over
+//! `kd_kernels::elementwise`: one pass each way instead of candle's several (tests/ops.rs
+//! checks them against candle's).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use kd_kernels::elementwise as kernels;
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+/// The values of a contiguous f32 CPU tensor, without a copy: what every custom op here
+/// and in `conv.rs` / `pooling.rs` reads.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
         _ => candle_core::bail!("expected a contiguous f32 tensor"),

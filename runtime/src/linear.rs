@@ -4,7 +4,7 @@
 //! of the whole weight. Here the forward is candle's matmul on detached tensors, and a
 //! custom op carries it into the graph with a backward that computes the weight's gradient
 //! directly as `grad^T x` (already in the weight's layout) and the input's only when it is
-//! tracked. tests/conv.rs checks it against candle's.
+//! tracked. tests/ops.rs checks it against candle's.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 

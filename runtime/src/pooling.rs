@@ -1,17 +1,11 @@
 //! Max pooling as one parallel pass with a backward that routes each gradient to its
 //! window's first maximum (PyTorch's rule). candle's own CPU max pool is single-threaded,
 //! and its backward rebuilds the gradient from several full-size tensor ops. Checked
-//! against candle's max pool in tests/conv.rs.
+//! against candle's max pool in tests/ops.rs.
 
+use crate::elementwise::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use kd_kernels::pool::{max_pool2d_backward, Pool2d};
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("max pooling takes contiguous f32 tensors"),
-    }
-}
 
 struct MaxPool {
     kernel: usize,

@@ -1,6 +1,6 @@
-//! kdc's convolutions (unfold + matmul, runtime/src/conv.rs) and max pool
-//! (runtime/src/pooling.rs) against candle's own: the same values and the same gradients
-//! for the input and the kernel, on random inputs over several geometries.
+//! kdc's custom ops (runtime/src/conv.rs, pooling.rs, elementwise.rs, linear.rs) against
+//! candle's own ops or their definitions: the same values and the same gradients, on random
+//! inputs over several shapes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 #![allow(clippy::needless_range_loop)] // the reference formula reads best as indices
