@@ -109,19 +109,18 @@ struct Pooled {
 fn max_over_time_parts(
     x: &CpuStorage,
     xl: &Layout,
-    mask: Option<(&CpuStorage, &Layout)>,
+    mask: &CpuStorage,
+    ml: &Layout,
 ) -> candle_core::Result<Pooled> {
     let [b, l, c] = xl.dims() else {
         candle_core::bail!("max over time takes [B, L, C], got {:?}", xl.dims());
     };
-    let mask = match mask {
-        Some((m, ml)) => Some(contiguous_f32(m, ml)?),
-        None => None,
-    };
-    if mask.is_some_and(|m| m.len() != b * l) {
+    let mask = contiguous_f32(mask, ml)?;
+    if mask.len() != b * l {
         candle_core::bail!("a padding mask that does not match [B, L]");
     }
-    let (values, from) = kd_kernels::pool::max_over_time(contiguous_f32(x, xl)?, mask, *b, *l, *c);
+    let x = contiguous_f32(x, xl)?;
+    let (values, from) = kd_kernels::pool::max_over_time(x, Some(mask), *b, *l, *c);
     Ok(Pooled {
         values,
         from,
@@ -141,7 +140,7 @@ impl CustomOp2 for MaxOverTime {
         m: &CpuStorage,
         ml: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let pooled = max_over_time_parts(x, xl, Some((m, ml)))?;
+        let pooled = max_over_time_parts(x, xl, m, ml)?;
         let (b, _, c) = pooled.dims;
         Ok((CpuStorage::F32(pooled.values), Shape::from((b, c))))
     }
@@ -174,7 +173,7 @@ impl candle_core::CustomOp3 for MaxOverTimeBackward {
         g: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let pooled = max_over_time_parts(x, xl, Some((m, ml)))?;
+        let pooled = max_over_time_parts(x, xl, m, ml)?;
         let (b, l, c) = pooled.dims;
         let grad = contiguous_f32(g, gl)?;
         let dx = kd_kernels::pool::max_over_time_backward(grad, &pooled.from, b, l, c);

@@ -48,6 +48,19 @@ fn largest(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// Output, input gradient and kernel gradient of two convolutions agree within 1e-5,
+/// relative to the larger of 1 and the reference's largest magnitude.
+fn assert_same(case: usize, ours: &(Tensor, Tensor, Tensor), theirs: &(Tensor, Tensor, Tensor)) {
+    for (what, a, b) in [
+        ("output", &ours.0, &theirs.0),
+        ("input gradient", &ours.1, &theirs.1),
+        ("kernel gradient", &ours.2, &theirs.2),
+    ] {
+        let d = max_difference(a, b) / largest(b).max(1.0);
+        assert!(d < 1e-5, "case {case}: {what} differs by {d} (relative)");
+    }
+}
+
 /// Output, input gradient and kernel gradient of `f` under the loss `sum(y * r)`.
 fn run(
     f: impl Fn(&Tensor, &Tensor) -> Tensor,
@@ -95,14 +108,7 @@ fn conv2d_matches_candle_in_values_and_gradients() {
             &w,
             seed + 2,
         );
-        for (what, a, b) in [
-            ("output", &ours.0, &theirs.0),
-            ("input gradient", &ours.1, &theirs.1),
-            ("kernel gradient", &ours.2, &theirs.2),
-        ] {
-            let d = max_difference(a, b) / largest(b).max(1.0);
-            assert!(d < 1e-5, "case {i}: {what} differs by {d} (relative)");
-        }
+        assert_same(i, &ours, &theirs);
     }
 }
 
@@ -151,14 +157,7 @@ fn conv1d_on_channels_last_matches_candle_in_values_and_gradients() {
             &w,
             seed + 2,
         );
-        for (what, a, b) in [
-            ("output", &ours.0, &theirs.0),
-            ("input gradient", &ours.1, &theirs.1),
-            ("kernel gradient", &ours.2, &theirs.2),
-        ] {
-            let d = max_difference(a, b) / largest(b).max(1.0);
-            assert!(d < 1e-5, "case {i}: {what} differs by {d} (relative)");
-        }
+        assert_same(i, &ours, &theirs);
     }
 }
 
