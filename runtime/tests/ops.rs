@@ -48,6 +48,28 @@ fn largest(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The gradients of `sum(ours * r)` and `sum(theirs * r)` for each of `vars` agree within
+/// 1e-5, relative to the larger of 1 and the reference's largest magnitude.
+fn assert_gradients_agree(
+    case: usize,
+    ours: &Tensor,
+    theirs: &Tensor,
+    r: &Tensor,
+    vars: &[(&str, &Var)],
+) {
+    let g_ours = (ours * r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g_theirs = (theirs * r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (what, v) in vars {
+        let a = g_ours.get(v.as_tensor()).unwrap();
+        let e = g_theirs.get(v.as_tensor()).unwrap();
+        let d = max_difference(a, e) / largest(e).max(1.0);
+        assert!(
+            d < 1e-5,
+            "case {case}: {what} gradient differs by {d} (relative)"
+        );
+    }
+}
+
 /// Output, input gradient and kernel gradient of two convolutions agree within 1e-5,
 /// relative to the larger of 1 and the reference's largest magnitude.
 fn assert_same(case: usize, ours: &(Tensor, Tensor, Tensor), theirs: &(Tensor, Tensor, Tensor)) {
@@ -276,22 +298,7 @@ fn bias_and_relu_match_candle_in_values_and_gradients() {
             .relu()
             .unwrap();
         assert!(max_difference(&ours, &theirs) < 1e-6, "case {i}: values");
-        let g_ours = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g_theirs = (&theirs * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (what, v) in [("input", &x), ("bias", &b)] {
-            let a = g_ours.get(v.as_tensor()).unwrap();
-            let e = g_theirs.get(v.as_tensor()).unwrap();
-            let d = max_difference(a, e) / largest(e).max(1.0);
-            assert!(
-                d < 1e-5,
-                "case {i}: {what} gradient differs by {d} (relative)"
-            );
-        }
+        assert_gradients_agree(i, &ours, &theirs, &r, &[("input", &x), ("bias", &b)]);
     }
 }
 
@@ -315,22 +322,13 @@ fn linear_matches_candle_in_values_and_gradients() {
             .unwrap();
         assert!(max_difference(&ours, &theirs) < 1e-5, "case {i}: values");
         let r = random(ours.dims(), seed + 2);
-        let g_ours = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_gradients_agree(i, &ours, &theirs, &r, &[("input", &x), ("weight", &w)]);
         let g_theirs = (&theirs * &r)
             .unwrap()
             .sum_all()
             .unwrap()
             .backward()
             .unwrap();
-        for (what, v) in [("input", &x), ("weight", &w)] {
-            let a = g_ours.get(v.as_tensor()).unwrap();
-            let e = g_theirs.get(v.as_tensor()).unwrap();
-            let d = max_difference(a, e) / largest(e).max(1.0);
-            assert!(
-                d < 1e-5,
-                "case {i}: {what} gradient differs by {d} (relative)"
-            );
-        }
         // Data as input: only the weight gets a gradient.
         let data = random(&x_shape, seed);
         let y = linear(&data, w.as_tensor()).unwrap();
