@@ -216,7 +216,9 @@ fn every_trained_bert_parameter_gets_a_gradient() {
         .unwrap();
         let out = model.forward(&x, true).unwrap();
         let logits = &out.iter().find(|(p, _)| p == "logits").unwrap().1;
-        let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = model
+            .backward(&logits.sqr().unwrap().sum_all().unwrap())
+            .unwrap();
         let expected = match trainable {
             Trainable::Last(1) => 16 + 2,
             _ => 5 + 2 * 16 + 2,

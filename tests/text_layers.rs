@@ -329,7 +329,7 @@ fn every_parameter_of_every_sequence_stack_gets_a_gradient() {
         let mut m = model(stack, 12, 3);
         let outputs = m.forward(&ids(&rows(), 12), true).unwrap();
         let out = &outputs.iter().find(|(p, _)| p == "output").unwrap().1;
-        let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = m.backward(&out.sqr().unwrap().sum_all().unwrap()).unwrap();
         for (name, var) in m.params() {
             let grad = grads
                 .get(var.as_tensor())
@@ -365,7 +365,7 @@ fn transformer_gradients_match_finite_differences() {
     };
     let outputs = m.forward(&x, false).unwrap();
     let out = &outputs.iter().find(|(p, _)| p == "output").unwrap().1;
-    let grads = out.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = m.backward(&out.sqr().unwrap().sum_all().unwrap()).unwrap();
     let params: Vec<(String, candle_core::Var)> = m.params().to_vec();
     for (name, var) in params
         .iter()

@@ -9,16 +9,33 @@ use crate::optim::CHUNK;
 /// `y[o, c, i] = x[o, c, i] + bias[c]` for `x` viewed as `[outer, channels, inner]`
 /// (a linear layer's `[rows, out]` has `inner` 1, an NCHW image `inner` H * W).
 pub fn add_bias(x: &[f32], bias: &[f32], inner: usize) -> Vec<f32> {
+    map_with_bias(x, bias, inner, |v, b| v + b)
+}
+
+/// `max(x + bias, 0)`, [`add_bias`] and a ReLU in one pass (a dense layer's tail).
+pub fn add_bias_relu(x: &[f32], bias: &[f32], inner: usize) -> Vec<f32> {
+    map_with_bias(x, bias, inner, |v, b| (v + b).max(0.0))
+}
+
+fn map_with_bias(
+    x: &[f32],
+    bias: &[f32],
+    inner: usize,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Vec<f32> {
     let (channels, inner) = (bias.len().max(1), inner.max(1));
-    let mut y = x.to_vec();
-    y.par_chunks_mut(channels * inner).for_each(|block| {
-        for (c, run) in block.chunks_mut(inner).enumerate() {
-            let b = bias[c % channels];
-            for v in run {
-                *v += b;
+    // Written once from `x` (a copy first and an update after would be two passes).
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(channels * inner)
+        .zip(x.par_chunks(channels * inner))
+        .for_each(|(block, x)| {
+            for (c, (run, x)) in block.chunks_mut(inner).zip(x.chunks(inner)).enumerate() {
+                let b = bias[c % channels];
+                for (v, &x) in run.iter_mut().zip(x) {
+                    *v = f(x, b);
+                }
             }
-        }
-    });
+        });
     y
 }
 

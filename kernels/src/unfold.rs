@@ -60,30 +60,32 @@ fn valid_outputs(out_len: usize, offset: usize, g: &Window2d, size: usize) -> (u
     (lo.min(out_len), hi.min(out_len).max(lo.min(out_len)))
 }
 
-/// `x` is `[batch, C, H, W]`; returns `[batch, C * k * k, H' * W']`: per sample, one row
-/// per kernel element (in the order of a `[out, C, k, k]` weight), one column per output
-/// position, so that `weight @ cols` is the output in NCHW order. Each row is filled from
+/// `x` is `[batch, C, H, W]`; returns `[C * k * k, batch * H' * W']`: one row per kernel
+/// element (in the order of a `[out, C, k, k]` weight), holding every sample's output
+/// positions side by side, so that `weight @ cols` is one matrix product for the whole
+/// batch (`[out, batch, H' * W']`, each sample a contiguous run). Each row is filled from
 /// runs of input columns (contiguous when the stride is 1).
 pub fn unfold2d(x: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
     let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
     let mut cols = vec![0f32; batch * rows * row_len];
-    if rows * row_len == 0 {
+    if rows * row_len * batch == 0 {
         return cols;
     }
     let (out_h, out_w, k, stride) = (g.out_height(), g.out_width(), g.kernel, g.stride.max(1));
-    cols.par_chunks_mut(rows * row_len)
-        .zip(x.par_chunks(sample_len))
-        .for_each(|(cols, x)| {
-            for (r, row) in cols.chunks_mut(rows).enumerate() {
-                let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
-                let plane = &x[c * g.height * g.width..(c + 1) * g.height * g.width];
-                let (x_lo, x_hi) = valid_outputs(out_w, kx, g, g.width);
+    cols.par_chunks_mut(batch * rows)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
+            let (x_lo, x_hi) = valid_outputs(out_w, kx, g, g.width);
+            for (sample, positions) in row.chunks_mut(rows).enumerate() {
+                let plane =
+                    &x[sample * sample_len..][c * g.height * g.width..][..g.height * g.width];
                 for oy in 0..out_h {
                     let Some(iy) = g.source(oy, ky, g.height) else {
                         continue;
                     };
                     let line = &plane[iy * g.width..(iy + 1) * g.width];
-                    let out = &mut row[oy * out_w..(oy + 1) * out_w];
+                    let out = &mut positions[oy * out_w..(oy + 1) * out_w];
                     let first = x_lo * stride + kx - g.padding;
                     if stride == 1 {
                         out[x_lo..x_hi].copy_from_slice(&line[first..first + (x_hi - x_lo)]);
@@ -98,7 +100,7 @@ pub fn unfold2d(x: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
     cols
 }
 
-/// The transpose of [`unfold2d`]: `cols` is `[batch, C * k * k, H' * W']`; returns
+/// The transpose of [`unfold2d`]: `cols` is `[C * k * k, batch * H' * W']`; returns
 /// `[batch, C, H, W]`, each input value the sum of the values copied from it.
 pub fn fold2d(cols: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
     let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
@@ -108,9 +110,10 @@ pub fn fold2d(cols: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
     }
     let (out_h, out_w, k, stride) = (g.out_height(), g.out_width(), g.kernel, g.stride.max(1));
     x.par_chunks_mut(sample_len)
-        .zip(cols.par_chunks(rows * row_len))
-        .for_each(|(x, cols)| {
-            for (r, row) in cols.chunks(rows).enumerate() {
+        .enumerate()
+        .for_each(|(sample, x)| {
+            for r in 0..row_len {
+                let row = &cols[(r * batch + sample) * rows..][..rows];
                 let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
                 let plane = &mut x[c * g.height * g.width..(c + 1) * g.height * g.width];
                 let (x_lo, x_hi) = valid_outputs(out_w, kx, g, g.width);

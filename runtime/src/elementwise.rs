@@ -1,7 +1,8 @@
-//! Bias addition, ReLU and the embedding lookup as candle custom ops over
-//! `kd_kernels::elementwise`: one pass each way instead of candle's several (tests/ops.rs
-//! checks them against candle's).
+//! ReLU and the embedding lookup as candle custom ops over `kd_kernels::elementwise`, and
+//! the bias and ReLU gradients `crate::dense` uses: one pass each way instead of candle's
+//! several (tests/ops.rs checks them against candle's).
 
+use crate::grad_sink::GradSink;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use kd_kernels::elementwise as kernels;
 
@@ -14,54 +15,6 @@ pub(crate) fn contiguous_f32<'a>(
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
         _ => candle_core::bail!("expected a contiguous f32 tensor"),
-    }
-}
-
-/// Adds a `[channels]` bias along axis `axis` of the input.
-struct AddBias {
-    axis: usize,
-}
-
-impl AddBias {
-    /// Values after the bias axis (the run each bias value covers).
-    fn inner(&self, dims: &[usize]) -> usize {
-        dims.iter().skip(self.axis + 1).product()
-    }
-}
-
-impl CustomOp2 for AddBias {
-    fn name(&self) -> &'static str {
-        "add-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        b: &CpuStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let bias = contiguous_f32(b, bl)?;
-        if xl.dims().get(self.axis) != Some(&bias.len()) {
-            candle_core::bail!("a bias of {} values for {:?}", bias.len(), xl.dims());
-        }
-        let y = kernels::add_bias(contiguous_f32(x, xl)?, bias, self.inner(xl.dims()));
-        Ok((CpuStorage::F32(y), xl.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        b: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let bias_grad = grad.apply_op1_no_bwd(&BiasGradient {
-            channels: b.elem_count(),
-            inner: self.inner(x.dims()),
-        })?;
-        Ok((Some(grad), Some(bias_grad)))
     }
 }
 
@@ -81,10 +34,14 @@ impl CustomOp1 for BiasGradient {
     }
 }
 
-/// `x + bias`, the bias running along `axis` (1 for NCHW images, the last for features).
-pub fn add_bias(x: &Tensor, bias: &Tensor, axis: usize) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&bias.contiguous()?, AddBias { axis })
+/// The gradient of a `[channels]` bias from its output's gradient `grad` (contiguous),
+/// each bias value covering runs of `inner` values; outside the graph.
+pub(crate) fn bias_gradient(
+    grad: &Tensor,
+    channels: usize,
+    inner: usize,
+) -> candle_core::Result<Tensor> {
+    grad.apply_op1_no_bwd(&BiasGradient { channels, inner })
 }
 
 struct Relu;
@@ -102,8 +59,7 @@ impl CustomOp1 for Relu {
     }
 
     fn bwd(&self, x: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        x.apply_op2_no_bwd(&grad.contiguous()?, &ReluBackward)
-            .map(Some)
+        relu_backward(x, grad).map(Some)
     }
 }
 
@@ -130,6 +86,12 @@ pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(Relu)
 }
 
+/// A ReLU's input gradient: `grad` where `x > 0`, else 0; outside the graph.
+pub(crate) fn relu_backward(x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &ReluBackward)
+}
+
 fn ids_u32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [u32]> {
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::U32(values), Some((start, end))) => Ok(&values[start..end]),
@@ -139,7 +101,9 @@ fn ids_u32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<
 
 /// An embedding lookup: rows of the table by id, with a backward that adds the gradient
 /// rows straight into one zeroed table (candle's goes through `index_add` on a copy).
-struct Embedding;
+struct Embedding {
+    table_sink: Option<GradSink>,
+}
 
 impl CustomOp2 for Embedding {
     fn name(&self) -> &'static str {
@@ -175,7 +139,7 @@ impl CustomOp2 for Embedding {
         let dtable = grad
             .contiguous()?
             .apply_op2_no_bwd(ids, &EmbeddingBackward { rows })?;
-        Ok((Some(dtable), None))
+        Ok((crate::dense::sink(Some(dtable), &self.table_sink)?, None))
     }
 }
 
@@ -202,9 +166,17 @@ impl CustomOp2 for EmbeddingBackward {
     }
 }
 
-/// Rows of `table` `[rows, dim]` for `ids` (u32, any shape flattened): `[ids, dim]`.
-pub fn embedding(table: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
+/// Rows of `table` `[rows, dim]` for `ids` (u32, any shape flattened): `[ids, dim]`. The
+/// table's gradient goes to `table_sink` when there is one.
+pub fn embedding(
+    table: &Tensor,
+    ids: &Tensor,
+    table_sink: Option<&GradSink>,
+) -> candle_core::Result<Tensor> {
+    let op = Embedding {
+        table_sink: table_sink.cloned(),
+    };
     table
         .contiguous()?
-        .apply_op2(&ids.flatten_all()?.contiguous()?, Embedding)
+        .apply_op2(&ids.flatten_all()?.contiguous()?, op)
 }

@@ -653,8 +653,9 @@ impl Run<'_> {
                         .ctx("reading the loss")?,
                 );
                 let applied = if value.is_finite() {
-                    let grads = loss
-                        .backward()
+                    let grads = self
+                        .model_ref(models, &stage.trains)?
+                        .backward(loss)
                         .ctx_with(|| format!("backward of stage `{}`", stage.name))?;
                     match optim.step(&params, &grads, lr, stage.clip)? {
                         Update::Applied { .. } => true,

@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use kd_plan::{Layer, LayerSpec, ModelSpec, SeqPool};
 
+use crate::dense::{dense, Dense};
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
+use crate::grad_sink::GradSinks;
 use crate::losses;
 use crate::rng::Rng;
 use crate::sequence;
@@ -107,6 +110,8 @@ pub struct Model {
     taps: Vec<(String, usize)>,
     /// Trainable parameters in declaration order.
     params: Vec<(String, Var)>,
+    /// Where the ops that compute a parameter's whole gradient put it.
+    grad_sinks: GradSinks,
     /// Batch-norm running statistics.
     buffers: Vec<(String, Var)>,
     /// Ends in a softmax layer, so its output is already probabilities.
@@ -452,6 +457,7 @@ impl Model {
                 .iter()
                 .map(|t| (t.name.clone(), t.layer))
                 .collect(),
+            grad_sinks: GradSinks::new(&builder.params),
             params: builder.params,
             buffers: builder.buffers,
             seed,
@@ -494,6 +500,7 @@ impl Model {
             name: spec.name.clone(),
             layers: Vec::new(),
             taps: Vec::new(),
+            grad_sinks: GradSinks::new(&params),
             params,
             buffers: Vec::new(),
             outputs_probabilities: false,
@@ -606,6 +613,7 @@ impl Model {
             layers: Vec::new(),
             taps: Vec::new(),
             params: Vec::new(),
+            grad_sinks: GradSinks::default(),
             buffers: Vec::new(),
             outputs_probabilities: spec
                 .taps
@@ -623,6 +631,20 @@ impl Model {
             bert: None,
             pad_id: None,
         })
+    }
+
+    /// candle's backward of `loss` with the parameter gradients this model's ops put in
+    /// their sinks (`crate::grad_sink`): what a training step must call instead of
+    /// `loss.backward()`.
+    pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
+        let grads = loss.backward().and_then(|mut grads| {
+            self.grad_sinks.drain_into(&mut grads)?;
+            Ok(grads)
+        });
+        if grads.is_err() {
+            self.grad_sinks.clear();
+        }
+        grads
     }
 
     /// Trainable parameters, in declaration order.
@@ -824,6 +846,7 @@ impl Model {
             seed: self.seed,
             model: &self.name,
             call,
+            sinks: &self.grad_sinks,
         };
         let mut ports = Vec::with_capacity(self.taps.len() + 1);
         let mut h = x.clone();
@@ -836,8 +859,17 @@ impl Model {
             ),
             None => None,
         };
+        // A dense layer and the ReLU after it run as one op unless a tap reads between them.
+        let mut relu_applied = false;
         for (index, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h, &mut mask, &context)?;
+            if std::mem::take(&mut relu_applied) {
+                debug_assert!(matches!(layer, LayerImpl::Relu));
+            } else {
+                relu_applied = layer.is_dense()
+                    && matches!(self.layers.get(index + 1), Some(LayerImpl::Relu))
+                    && !self.taps.iter().any(|(_, at)| *at == index);
+                h = layer.forward(&h, &mut mask, &context, relu_applied)?;
+            }
             for (tap, _) in self.taps.iter().filter(|(_, at)| *at == index) {
                 ports.push((tap.clone(), h.clone()));
             }
@@ -852,14 +884,25 @@ struct ForwardContext<'a> {
     seed: u64,
     model: &'a str,
     call: u64,
+    sinks: &'a GradSinks,
 }
 
 impl LayerImpl {
+    /// A linear or convolution layer: one `crate::dense` op with its bias and a ReLU.
+    fn is_dense(&self) -> bool {
+        matches!(
+            self,
+            LayerImpl::Linear { .. } | LayerImpl::Conv1d { .. } | LayerImpl::Conv2d { .. }
+        )
+    }
+
+    /// The layer's output for `x`; a dense layer applies a ReLU too when `relu`.
     fn forward(
         &self,
         x: &Tensor,
         mask: &mut Option<Tensor>,
         context: &ForwardContext,
+        relu: bool,
     ) -> Result<Tensor> {
         let fail = |what: &str| format!("{what} of model `{}`", context.model);
         match self {
@@ -872,7 +915,9 @@ impl LayerImpl {
                 let dim = weight.dim(1).ctx_with(|| fail("embedding"))?;
                 let table = weight.as_tensor();
                 let y = match table.dtype() {
-                    DType::F32 => crate::elementwise::embedding(table, &ids),
+                    DType::F32 => {
+                        crate::elementwise::embedding(table, &ids, context.sinks.get(table))
+                    }
                     _ => table.index_select(&ids, 0),
                 }
                 .and_then(|y| y.reshape((b, len, dim)))
@@ -895,12 +940,15 @@ impl LayerImpl {
                 kernel,
             } => {
                 // Channels last in and out: no transposes (crate::conv).
-                let y = crate::conv::conv1d(x, weight.as_tensor(), *padding)
-                    .ctx_with(|| fail("conv1d"))?;
-                let y = match bias {
-                    Some(b) => bias_add(&y, b.as_tensor(), 2).ctx_with(|| fail("conv1d bias"))?,
-                    None => y,
-                };
+                let y = dense(
+                    Dense::Conv1d { padding: *padding },
+                    x,
+                    weight.as_tensor(),
+                    bias.as_ref().map(Var::as_tensor),
+                    relu,
+                    context.sinks,
+                )
+                .ctx_with(|| fail("conv1d"))?;
                 if let Some(m) = mask.as_ref() {
                     // An output position is real when its window covers a real token.
                     let ones = Tensor::ones((1, 1, *kernel), DType::F32, x.device())
@@ -926,32 +974,35 @@ impl LayerImpl {
             LayerImpl::Pool { kind } => {
                 sequence::pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool"))
             }
-            LayerImpl::Linear { weight, bias } => {
-                let y = match x.dtype() {
-                    DType::F32 => crate::linear::linear(x, weight.as_tensor()),
-                    _ => linear_candle(x, weight.as_tensor()),
-                }
-                .ctx_with(|| fail("linear"))?;
-                match bias {
-                    Some(b) => {
-                        bias_add(&y, b.as_tensor(), y.rank() - 1).ctx_with(|| fail("linear bias"))
-                    }
-                    None => Ok(y),
-                }
+            LayerImpl::Linear { weight, bias } => match x.dtype() {
+                DType::F32 => dense(
+                    Dense::Linear,
+                    x,
+                    weight.as_tensor(),
+                    bias.as_ref().map(Var::as_tensor),
+                    relu,
+                    context.sinks,
+                ),
+                _ => linear_candle(x, weight.as_tensor(), bias.as_ref(), relu),
             }
+            .ctx_with(|| fail("linear")),
             LayerImpl::Conv2d {
                 weight,
                 bias,
                 stride,
                 padding,
-            } => {
-                let y = crate::conv::conv2d(x, weight.as_tensor(), *stride, *padding)
-                    .ctx_with(|| fail("conv2d"))?;
-                match bias {
-                    Some(b) => bias_add(&y, b.as_tensor(), 1).ctx_with(|| fail("conv2d bias")),
-                    None => Ok(y),
-                }
-            }
+            } => dense(
+                Dense::Conv2d {
+                    stride: *stride,
+                    padding: *padding,
+                },
+                x,
+                weight.as_tensor(),
+                bias.as_ref().map(Var::as_tensor),
+                relu,
+                context.sinks,
+            )
+            .ctx_with(|| fail("conv2d")),
             LayerImpl::MaxPool { kernel, stride } => {
                 pool(x, *kernel, *stride, Pool::Max).ctx_with(|| fail("max pool"))
             }
@@ -976,10 +1027,10 @@ impl LayerImpl {
                 let mut h = x.clone();
                 let mut inner_mask = mask.clone();
                 for layer in body {
-                    h = layer.forward(&h, &mut inner_mask, context)?;
+                    h = layer.forward(&h, &mut inner_mask, context, false)?;
                 }
                 let skip = match shortcut {
-                    Some(short) => short.forward(x, &mut mask.clone(), context)?,
+                    Some(short) => short.forward(x, &mut mask.clone(), context, false)?,
                     None => x.clone(),
                 };
                 h.add(&skip).ctx_with(|| fail("residual sum"))
@@ -988,25 +1039,28 @@ impl LayerImpl {
     }
 }
 
-/// `x @ w^T` with candle's own ops (non-f32 inputs).
-fn linear_candle(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+/// A linear layer with candle's own ops (non-f32 inputs).
+fn linear_candle(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Var>,
+    relu: bool,
+) -> candle_core::Result<Tensor> {
     let w = w.t()?;
-    if x.rank() == 2 {
-        x.matmul(&w)
+    let y = if x.rank() == 2 {
+        x.matmul(&w)?
     } else {
-        x.broadcast_matmul(&w)
+        x.broadcast_matmul(&w)?
+    };
+    let y = match bias {
+        Some(b) => y.broadcast_add(b.as_tensor())?,
+        None => y,
+    };
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
     }
-}
-
-/// `x + bias` along `axis`: one pass each way for f32 (crate::elementwise), candle's
-/// broadcast otherwise.
-fn bias_add(x: &Tensor, bias: &Tensor, axis: usize) -> candle_core::Result<Tensor> {
-    if x.dtype() == DType::F32 && bias.dtype() == DType::F32 {
-        return crate::elementwise::add_bias(x, bias, axis);
-    }
-    let mut shape = vec![1; x.rank()];
-    shape[axis] = bias.elem_count();
-    x.broadcast_add(&bias.reshape(shape)?)
 }
 
 /// Zeroes each value with probability `p` in training mode (scaling the rest by

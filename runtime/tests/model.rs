@@ -162,7 +162,7 @@ fn names_shapes_and_taps() {
     assert_eq!(find("output").dims(), &[3, 10]);
     // Backward reaches every trainable parameter through the gathered max pool.
     let loss = find("output").sqr().unwrap().sum_all().unwrap();
-    let grads = loss.backward().unwrap();
+    let grads = model.backward(&loss).unwrap();
     for (name, var) in model.params() {
         assert!(
             grads.get(var.as_tensor()).is_some(),

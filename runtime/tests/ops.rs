@@ -1,4 +1,4 @@
-//! kdc's custom ops (runtime/src/conv.rs, pooling.rs, elementwise.rs, linear.rs) against
+//! kdc's custom ops (runtime/src/dense.rs, pooling.rs, elementwise.rs) against
 //! candle's own ops or their definitions: the same values and the same gradients, on random
 //! inputs over several shapes.
 
@@ -6,7 +6,8 @@
 #![allow(clippy::needless_range_loop)] // the reference formula reads best as indices
 
 use candle_core::{Device, Tensor, Var};
-use kd_runtime::conv;
+use kd_runtime::dense::{dense, Dense};
+use kd_runtime::grad_sink::GradSinks;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -83,20 +84,33 @@ fn assert_same(case: usize, ours: &(Tensor, Tensor, Tensor), theirs: &(Tensor, T
     }
 }
 
-/// Output, input gradient and kernel gradient of `f` under the loss `sum(y * r)`.
+/// Output, input gradient and kernel gradient of `f` under the loss `sum(y * r)`. `f` gets
+/// the input, the kernel and sinks that hold the kernel's gradient when `sink` (kdc's
+/// training step drains them into candle's gradients after the backward, as here).
 fn run(
-    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+    f: impl Fn(&Tensor, &Tensor, &GradSinks) -> Tensor,
     x: &Tensor,
     w: &Tensor,
     seed: u64,
+    sink: bool,
 ) -> (Tensor, Tensor, Tensor) {
     let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
-    let y = f(xv.as_tensor(), wv.as_tensor());
+    let sinks = match sink {
+        true => GradSinks::new(&[("w".to_string(), wv.clone())]),
+        false => GradSinks::default(),
+    };
+    let y = f(xv.as_tensor(), wv.as_tensor(), &sinks);
     let r = random(y.dims(), seed);
-    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let mut grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    sinks.drain_into(&mut grads).unwrap();
     let gx = grads.get(xv.as_tensor()).unwrap().clone();
     let gw = grads.get(wv.as_tensor()).unwrap().clone();
     (y, gx, gw)
+}
+
+/// kdc's convolution, without bias or ReLU.
+fn conv(kind: Dense) -> impl Fn(&Tensor, &Tensor, &GradSinks) -> Tensor {
+    move |x, w, sinks| dense(kind, x, w, None, false, sinks).unwrap()
 }
 
 #[test]
@@ -118,19 +132,23 @@ fn conv2d_matches_candle_in_values_and_gradients() {
         let seed = i as u64 * 3 + 1;
         let x = random(&[b, c, size, size], seed);
         let w = random(&[o, c, k, k], seed + 1);
-        let ours = run(
-            |x, w| conv::conv2d(x, w, stride, padding).unwrap(),
-            &x,
-            &w,
-            seed + 2,
-        );
         let theirs = run(
-            |x, w| x.conv2d(w, padding, stride, 1, 1).unwrap(),
+            |x, w, _| x.conv2d(w, padding, stride, 1, 1).unwrap(),
             &x,
             &w,
             seed + 2,
+            false,
         );
-        assert_same(i, &ours, &theirs);
+        for sink in [false, true] {
+            let ours = run(
+                conv(Dense::Conv2d { stride, padding }),
+                &x,
+                &w,
+                seed + 2,
+                sink,
+            );
+            assert_same(i, &ours, &theirs);
+        }
     }
 }
 
@@ -149,16 +167,11 @@ fn conv1d_on_channels_last_matches_candle_in_values_and_gradients() {
         let seed = 100 + i as u64 * 3;
         let x = random(&[b, len, c], seed);
         let w = random(&[o, c, k], seed + 1);
-        let ours = run(
-            |x, w| conv::conv1d(x, w, padding).unwrap(),
-            &x,
-            &w,
-            seed + 2,
-        );
+        let ours = run(conv(Dense::Conv1d { padding }), &x, &w, seed + 2, true);
         // The reference is candle's conv2d on a one-row image: candle's conv1d gets the
         // kernel gradient wrong (the first version of this test compared against it).
         let theirs = run(
-            |x, w| {
+            |x, w, _| {
                 let image = x.transpose(1, 2).unwrap().unsqueeze(2).unwrap();
                 let kernel = w.unsqueeze(2).unwrap();
                 image
@@ -178,6 +191,7 @@ fn conv1d_on_channels_last_matches_candle_in_values_and_gradients() {
             &x,
             &w,
             seed + 2,
+            false,
         );
         assert_same(i, &ours, &theirs);
     }
@@ -191,7 +205,7 @@ fn conv1d_kernel_gradient_matches_the_formula() {
     let (b, len, c, o, k, padding) = (2, 6, 3, 4, 3, 1);
     let x = random(&[b, len, c], 7);
     let w = random(&[o, c, k], 8);
-    let (y, _, gw) = run(|x, w| conv::conv1d(x, w, padding).unwrap(), &x, &w, 9);
+    let (y, _, gw) = run(conv(Dense::Conv1d { padding }), &x, &w, 9, false);
     let r = random(y.dims(), 9).to_vec3::<f32>().unwrap();
     let xs = x.to_vec3::<f32>().unwrap();
     let gw = gw.to_vec3::<f32>().unwrap();
@@ -269,76 +283,126 @@ fn max_pool_matches_candle_in_values_and_the_definition_in_gradients() {
     }
 }
 
-/// kdc's bias addition (along any axis) and ReLU against candle's broadcast add and relu:
-/// values and gradients.
+/// kdc's ReLU against candle's: values and gradients.
 #[test]
-fn bias_and_relu_match_candle_in_values_and_gradients() {
-    use kd_runtime::elementwise::{add_bias, relu};
-    for (i, (shape, axis)) in [
-        (vec![16, 7], 1),
-        (vec![3, 5, 6], 2),
-        (vec![4, 3, 5, 5], 1),
-        // More than one parallel chunk (16,384 values).
-        (vec![64, 40, 9], 2),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let seed = 300 + i as u64 * 2;
-        let x = Var::from_tensor(&random(&shape, seed)).unwrap();
-        let b = Var::from_tensor(&random(&[shape[axis]], seed + 1)).unwrap();
-        let mut bias_shape = vec![1; shape.len()];
-        bias_shape[axis] = shape[axis];
-        let r = random(&shape, seed + 2);
-        let ours = relu(&add_bias(x.as_tensor(), b.as_tensor(), axis).unwrap()).unwrap();
-        let theirs = x
-            .as_tensor()
-            .broadcast_add(&b.as_tensor().reshape(bias_shape).unwrap())
-            .unwrap()
-            .relu()
-            .unwrap();
-        assert!(max_difference(&ours, &theirs) < 1e-6, "case {i}: values");
-        assert_gradients_agree(i, &ours, &theirs, &r, &[("input", &x), ("bias", &b)]);
-    }
-}
-
-/// kdc's linear matmul (runtime/src/linear.rs) against candle's `x.matmul(w.t())`, for
-/// matrices and sequences, with and without a tracked input.
-#[test]
-fn linear_matches_candle_in_values_and_gradients() {
-    use kd_runtime::linear::linear;
-    for (i, (x_shape, out)) in [(vec![16, 9], 5), (vec![3, 7, 6], 4), (vec![130, 70], 33)]
+fn relu_matches_candle_in_values_and_gradients() {
+    use kd_runtime::elementwise::relu;
+    // The last shape is more than one parallel chunk (16,384 values).
+    for (i, shape) in [vec![16, 7], vec![4, 3, 5, 5], vec![64, 40, 9]]
         .into_iter()
         .enumerate()
     {
-        let seed = 400 + i as u64 * 3;
-        let k = *x_shape.last().unwrap();
+        let seed = 300 + i as u64 * 2;
+        let x = Var::from_tensor(&random(&shape, seed)).unwrap();
+        let r = random(&shape, seed + 2);
+        let ours = relu(x.as_tensor()).unwrap();
+        let theirs = x.as_tensor().relu().unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-6, "case {i}: values");
+        assert_gradients_agree(i, &ours, &theirs, &r, &[("input", &x)]);
+    }
+}
+
+/// kdc's dense layers (linear, conv1d, conv2d) with a bias and a ReLU against the same
+/// layers built from candle's ops: values and the gradients of input, weight and bias,
+/// with and without sinks for the parameters, and with data (untracked) as input.
+#[test]
+fn dense_layers_match_candle_in_values_and_gradients() {
+    let linear = |x: &Tensor, w: &Tensor| x.broadcast_matmul(&w.t().unwrap()).unwrap();
+    let conv2d = |x: &Tensor, w: &Tensor| x.conv2d(w, 1, 2, 1, 1).unwrap();
+    let conv1d = |x: &Tensor, w: &Tensor| {
+        // candle's conv1d gets the kernel gradient wrong: conv2d on one-row images.
+        let image = x.transpose(1, 2).unwrap().unsqueeze(2).unwrap();
+        image
+            .contiguous()
+            .unwrap()
+            .conv2d(&w.unsqueeze(2).unwrap(), 1, 1, 1, 1)
+            .unwrap()
+            .narrow(2, 1, 1)
+            .unwrap()
+            .squeeze(2)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+    };
+    // (kind, input shape, weight shape, the output's channel axis, candle's layer)
+    type Case<'a> = (
+        Dense,
+        Vec<usize>,
+        Vec<usize>,
+        usize,
+        &'a dyn Fn(&Tensor, &Tensor) -> Tensor,
+    );
+    let cases: [Case; 5] = [
+        (Dense::Linear, vec![16, 9], vec![5, 9], 1, &linear),
+        (Dense::Linear, vec![3, 7, 6], vec![4, 6], 2, &linear),
+        (Dense::Linear, vec![130, 70], vec![33, 70], 1, &linear),
+        (
+            Dense::Conv2d {
+                stride: 2,
+                padding: 1,
+            },
+            vec![3, 4, 9, 9],
+            vec![6, 4, 3, 3],
+            1,
+            &conv2d,
+        ),
+        (
+            Dense::Conv1d { padding: 1 },
+            vec![4, 11, 5],
+            vec![7, 5, 3],
+            2,
+            &conv1d,
+        ),
+    ];
+    for (i, (kind, x_shape, w_shape, axis, reference)) in cases.into_iter().enumerate() {
+        let seed = 400 + i as u64 * 4;
         let x = Var::from_tensor(&random(&x_shape, seed)).unwrap();
-        let w = Var::from_tensor(&random(&[out, k], seed + 1)).unwrap();
-        let ours = linear(x.as_tensor(), w.as_tensor()).unwrap();
-        let theirs = x
-            .as_tensor()
-            .broadcast_matmul(&w.as_tensor().t().unwrap())
-            .unwrap();
-        assert!(max_difference(&ours, &theirs) < 1e-5, "case {i}: values");
-        let r = random(ours.dims(), seed + 2);
-        assert_gradients_agree(i, &ours, &theirs, &r, &[("input", &x), ("weight", &w)]);
+        let w = Var::from_tensor(&random(&w_shape, seed + 1)).unwrap();
+        let b = Var::from_tensor(&random(&[w_shape[0]], seed + 2)).unwrap();
+        let theirs = {
+            let y = reference(x.as_tensor(), w.as_tensor());
+            let mut bias_shape = vec![1; y.rank()];
+            bias_shape[axis] = w_shape[0];
+            let bias = b.as_tensor().reshape(bias_shape).unwrap();
+            y.broadcast_add(&bias).unwrap().relu().unwrap()
+        };
+        let r = random(theirs.dims(), seed + 3);
         let g_theirs = (&theirs * &r)
             .unwrap()
             .sum_all()
             .unwrap()
             .backward()
             .unwrap();
-        // Data as input: only the weight gets a gradient.
-        let data = random(&x_shape, seed);
-        let y = linear(&data, w.as_tensor()).unwrap();
-        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let a = grads.get(w.as_tensor()).unwrap();
-        let e = g_theirs.get(w.as_tensor()).unwrap();
-        assert!(
-            max_difference(a, e) / largest(e).max(1.0) < 1e-5,
-            "case {i}: data input"
-        );
+        let params = [("w".to_string(), w.clone()), ("b".to_string(), b.clone())];
+        for (input, sinks) in [
+            (x.as_tensor().clone(), GradSinks::default()),
+            (x.as_tensor().clone(), GradSinks::new(&params)),
+            // Data as input: only the parameters get gradients.
+            (x.as_tensor().detach(), GradSinks::new(&params)),
+        ] {
+            let ours = dense(
+                kind,
+                &input,
+                w.as_tensor(),
+                Some(b.as_tensor()),
+                true,
+                &sinks,
+            )
+            .unwrap();
+            assert!(max_difference(&ours, &theirs) < 1e-5, "case {i}: values");
+            let mut grads = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            sinks.drain_into(&mut grads).unwrap();
+            let vars = [("input", &x), ("weight", &w), ("bias", &b)];
+            for (what, v) in vars {
+                let Some(a) = grads.get(v.as_tensor()) else {
+                    assert!(!input.track_op() && what == "input", "case {i}: no {what}");
+                    continue;
+                };
+                let e = g_theirs.get(v.as_tensor()).unwrap();
+                let d = max_difference(a, e) / largest(e).max(1.0);
+                assert!(d < 1e-5, "case {i}: {what} gradient differs by {d}");
+            }
+        }
     }
 }
 
@@ -401,7 +465,7 @@ fn embedding_matches_index_select() {
     let table = Var::from_tensor(&random(&[50, 8], 600)).unwrap();
     let ids: Vec<u32> = (0..40u32).map(|i| (i * 7) % 50).chain([3, 3, 3]).collect();
     let ids = Tensor::from_vec(ids, 43, &Device::Cpu).unwrap();
-    let ours = embedding(table.as_tensor(), &ids).unwrap();
+    let ours = embedding(table.as_tensor(), &ids, None).unwrap();
     let theirs = table.as_tensor().index_select(&ids, 0).unwrap();
     assert!(max_difference(&ours, &theirs) < 1e-7);
     let r = random(ours.dims(), 601);
@@ -419,5 +483,35 @@ fn embedding_matches_index_select() {
     assert!(d < 1e-6, "gradients differ by {d}");
     // An id past the table is an error, not a panic.
     let bad = Tensor::from_vec(vec![50u32], 1, &Device::Cpu).unwrap();
-    assert!(embedding(table.as_tensor(), &bad).is_err());
+    assert!(embedding(table.as_tensor(), &bad, None).is_err());
+    // Through a sink, the same gradient.
+    let sinks = GradSinks::new(&[("table".to_string(), table.clone())]);
+    let ours = embedding(table.as_tensor(), &ids, sinks.get(table.as_tensor())).unwrap();
+    let mut grads = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(table.as_tensor()).is_none());
+    sinks.drain_into(&mut grads).unwrap();
+    let d = max_difference(
+        grads.get(table.as_tensor()).unwrap(),
+        g_theirs.get(table.as_tensor()).unwrap(),
+    );
+    assert!(d < 1e-6, "gradients through the sink differ by {d}");
+}
+
+/// A NaN in a window pools to NaN (so a non-finite batch reaches the loss), on the tiled
+/// path (kernel = stride) and the general one.
+#[test]
+fn max_pool_propagates_nan() {
+    use kd_runtime::pooling::max_pool2d;
+    for (k, stride) in [(2, 2), (3, 2)] {
+        let mut values = vec![0.5f32; 36];
+        values[7] = f32::NAN; // row 1, column 1: the first window of either geometry
+        let x = Tensor::from_vec(values, (1, 1, 6, 6), &Device::Cpu).unwrap();
+        let y = max_pool2d(&x, k, stride).unwrap().flatten_all().unwrap();
+        let y = y.to_vec1::<f32>().unwrap();
+        assert!(y[0].is_nan(), "kernel {k}, stride {stride}: {y:?}");
+        assert!(
+            y[1..].iter().all(|&v| v == 0.5 || (k == 3 && v.is_nan())),
+            "{y:?}"
+        );
+    }
 }
