@@ -208,3 +208,45 @@ pub fn fold1d(cols: &[f32], batch: usize, g: &Window1d) -> Vec<f32> {
         });
     x
 }
+
+/// A convolution's output from its products: each part is `[out, n * positions]` (the
+/// layout `weight @ unfold2d(..)` gives for `n` samples), and the result is
+/// `[samples, out, positions]` (NCHW), with `bias[o]` added and, when `relu`, negative
+/// values zeroed, in the one pass that moves the values.
+pub fn channels_first(
+    parts: &[&[f32]],
+    out: usize,
+    positions: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let sample_len = out * positions;
+    // (part, sample within it) for every sample, in order.
+    let samples: Vec<(usize, usize)> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(p, part)| (0..part.len() / sample_len.max(1)).map(move |s| (p, s)))
+        .collect();
+    let mut y = vec![0f32; samples.len() * sample_len];
+    if sample_len == 0 {
+        return y;
+    }
+    y.par_chunks_mut(sample_len)
+        .zip(samples.par_iter())
+        .for_each(|(y, &(p, s))| {
+            let part = parts[p];
+            let n = part.len() / sample_len;
+            for (o, dst) in y.chunks_mut(positions).enumerate() {
+                let src = &part[(o * n + s) * positions..][..positions];
+                let b = bias.map_or(0.0, |b| b[o]);
+                match relu {
+                    true => dst
+                        .iter_mut()
+                        .zip(src)
+                        .for_each(|(d, &v)| *d = (v + b).max(0.0)),
+                    false => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b),
+                }
+            }
+        });
+    y
+}

@@ -11,7 +11,7 @@ use crate::elementwise::{bias_gradient, contiguous_f32, relu_backward};
 use crate::grad_sink::{GradSink, GradSinks};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
 use kd_kernels::elementwise as kernels;
-use kd_kernels::unfold::{Window1d, Window2d};
+use kd_kernels::unfold::{channels_first, Window1d, Window2d};
 
 /// Which product the layer computes.
 #[derive(Clone, Copy, Debug)]
@@ -51,7 +51,7 @@ pub fn dense(
 
 impl Dense {
     /// The product alone, on tensors outside the graph.
-    fn product(self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    fn product(self, x: &Tensor, w: &Tensor) -> candle_core::Result<Product> {
         match self {
             Dense::Linear => {
                 let (rows, k) = linear_rows(x)?;
@@ -59,7 +59,9 @@ impl Dense {
                 if let Some(last) = dims.last_mut() {
                     *last = w.dim(0)?;
                 }
-                x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(dims)
+                Ok(Product::Whole(
+                    x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(dims)?,
+                ))
             }
             Dense::Conv1d { padding } => {
                 let (batch, _, _) = x.dims3()?;
@@ -67,26 +69,30 @@ impl Dense {
                 let cols = Unfold::Conv1d(window)
                     .apply(x)?
                     .reshape((batch * window.rows(), window.row_len()))?;
-                cols.matmul(&kernel_rows(w)?.t()?)?
-                    .reshape((batch, window.rows(), w.dim(0)?))
+                Ok(Product::Whole(
+                    cols.matmul(&kernel_rows(w)?.t()?)?.reshape((
+                        batch,
+                        window.rows(),
+                        w.dim(0)?,
+                    ))?,
+                ))
             }
             Dense::Conv2d { stride, padding } => {
                 let batch = x.dim(0)?;
                 let window = window2d(x, w, stride, padding)?;
                 let out = w.dim(0)?;
                 let kernel = w.reshape((out, window.row_len()))?;
-                let mut parts = Vec::new();
-                for (start, len) in chunks2d(batch, &window) {
-                    let cols = Unfold::Conv2d(window).apply(&x.narrow(0, start, len)?)?;
-                    // [O, n * L'] to [n, O, L']: runs of L' values move, no transposing.
-                    let y = kernel.matmul(&cols)?.reshape((out, len, window.rows()))?;
-                    parts.push(y.transpose(0, 1)?.contiguous()?);
-                }
-                let y = match parts.len() {
-                    1 => parts.swap_remove(0),
-                    _ => Tensor::cat(&parts, 0)?,
-                };
-                y.reshape((batch, out, window.out_height(), window.out_width()))
+                // Each chunk's product is [O, n * L']; the op moves it to NCHW (no copy here).
+                let parts = chunks2d(batch, &window)
+                    .into_iter()
+                    .map(|(start, len)| {
+                        kernel.matmul(&Unfold::Conv2d(window).apply(&x.narrow(0, start, len)?)?)
+                    })
+                    .collect::<candle_core::Result<_>>()?;
+                Ok(Product::Conv2dChunks {
+                    parts,
+                    dims: vec![batch, out, window.out_height(), window.out_width()],
+                })
             }
         }
     }
@@ -262,10 +268,20 @@ impl candle_core::CustomOp1 for Fold {
     }
 }
 
+/// A dense layer's product before its bias, computed outside the graph.
+enum Product {
+    /// In the output's layout.
+    Whole(Tensor),
+    /// conv2d: `[O, n * H' * W']` per chunk of `n` samples, for output `dims` (NCHW).
+    Conv2dChunks {
+        parts: Vec<Tensor>,
+        dims: Vec<usize>,
+    },
+}
+
 struct DenseOp {
     kind: Dense,
-    /// `product(x, w)`, computed outside the graph before the op is applied.
-    product: Tensor,
+    product: Product,
     relu: bool,
     weight_sink: Option<GradSink>,
     bias_sink: Option<GradSink>,
@@ -273,19 +289,36 @@ struct DenseOp {
 
 impl DenseOp {
     fn forward(&self, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (storage, layout) = self.product.storage_and_layout();
-        let Storage::Cpu(storage) = &*storage else {
-            candle_core::bail!("dense: the product is not on the CPU");
-        };
-        let z = contiguous_f32(storage, layout)?;
-        let inner = self.kind.bias_inner(layout.dims());
-        let y = match (bias, self.relu) {
-            (Some(b), true) => kernels::add_bias_relu(z, b, inner),
-            (Some(b), false) => kernels::add_bias(z, b, inner),
-            (None, true) => kernels::relu(z),
-            (None, false) => z.to_vec(),
-        };
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        match &self.product {
+            Product::Whole(product) => {
+                let (storage, layout) = product.storage_and_layout();
+                let Storage::Cpu(storage) = &*storage else {
+                    candle_core::bail!("dense: the product is not on the CPU");
+                };
+                let z = contiguous_f32(storage, layout)?;
+                let inner = self.kind.bias_inner(layout.dims());
+                let y = match (bias, self.relu) {
+                    (Some(b), true) => kernels::add_bias_relu(z, b, inner),
+                    (Some(b), false) => kernels::add_bias(z, b, inner),
+                    (None, true) => kernels::relu(z),
+                    (None, false) => z.to_vec(),
+                };
+                Ok((CpuStorage::F32(y), layout.shape().clone()))
+            }
+            Product::Conv2dChunks { parts, dims } => {
+                let guards: Vec<_> = parts.iter().map(Tensor::storage_and_layout).collect();
+                let values = guards
+                    .iter()
+                    .map(|(storage, layout)| match &**storage {
+                        Storage::Cpu(storage) => contiguous_f32(storage, layout),
+                        _ => candle_core::bail!("dense: the product is not on the CPU"),
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let positions = dims.iter().skip(2).product();
+                let y = channels_first(&values, dims[1], positions, bias, self.relu);
+                Ok((CpuStorage::F32(y), Shape::from(dims.clone())))
+            }
+        }
     }
 
     /// Gradients for `x`, `w` and (with a bias) `b`, from the output `y` and its gradient.
