@@ -24,15 +24,21 @@ fn map_with_bias(
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Vec<f32> {
     let (channels, inner) = (bias.len().max(1), inner.max(1));
+    let block = channels * inner;
+    // Whole blocks per task, at least CHUNK values each (a [rows, 128] layer's blocks are
+    // 128 values: one task each cost more than the work).
+    let per_task = (CHUNK / block).max(1) * block;
     // Written once from `x` (a copy first and an update after would be two passes).
     let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(channels * inner)
-        .zip(x.par_chunks(channels * inner))
-        .for_each(|(block, x)| {
-            for (c, (run, x)) in block.chunks_mut(inner).zip(x.chunks(inner)).enumerate() {
-                let b = bias[c % channels];
-                for (v, &x) in run.iter_mut().zip(x) {
-                    *v = f(x, b);
+    y.par_chunks_mut(per_task)
+        .zip(x.par_chunks(per_task))
+        .for_each(|(y, x)| {
+            for (y, x) in y.chunks_mut(block).zip(x.chunks(block)) {
+                for (c, (run, x)) in y.chunks_mut(inner).zip(x.chunks(inner)).enumerate() {
+                    let b = bias[c % channels];
+                    for (v, &x) in run.iter_mut().zip(x) {
+                        *v = f(x, b);
+                    }
                 }
             }
         });
@@ -50,6 +56,20 @@ pub fn bias_gradient(grad: &[f32], channels: usize, inner: usize) -> Vec<f32> {
         .par_chunks(per_task)
         .map(|blocks| {
             let mut sums = vec![0f64; channels];
+            if inner == 1 {
+                // Channels last: whole rows added element-wise (vectorises), in f32 within
+                // the task.
+                let mut row_sums = vec![0f32; channels];
+                for row in blocks.chunks(block) {
+                    for (sum, &v) in row_sums.iter_mut().zip(row) {
+                        *sum += v;
+                    }
+                }
+                for (sum, row_sum) in sums.iter_mut().zip(row_sums) {
+                    *sum = f64::from(row_sum);
+                }
+                return sums;
+            }
             for block in blocks.chunks(block) {
                 for (c, run) in block.chunks(inner).enumerate() {
                     sums[c] += f64::from(run.iter().sum::<f32>());

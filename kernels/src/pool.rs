@@ -180,14 +180,19 @@ pub fn max_over_time(
                 if mask.is_some_and(|m| m[b * length + t] == 0.0) {
                     continue;
                 }
-                for ((best, at), &v) in y.iter_mut().zip(from.iter_mut()).zip(frame) {
-                    // The first maximum wins; a NaN wins and stays.
-                    if !seen || v > *best || (v.is_nan() && !best.is_nan()) {
-                        *best = v;
-                        *at = t as u32;
-                    }
+                if !seen {
+                    y.copy_from_slice(frame);
+                    from.fill(t as u32);
+                    seen = true;
+                    continue;
                 }
-                seen = true;
+                for ((best, at), &v) in y.iter_mut().zip(from.iter_mut()).zip(frame) {
+                    // The first maximum wins; a NaN wins and stays. Selects, not branches
+                    // (which mispredicted on every other value).
+                    let take = (v > *best) | (v.is_nan() & !best.is_nan());
+                    *best = if take { v } else { *best };
+                    *at = if take { t as u32 } else { *at };
+                }
             }
         });
     (y, from)
