@@ -34,6 +34,13 @@ fn map_with_bias(
         .zip(x.par_chunks(per_task))
         .for_each(|(y, x)| {
             for (y, x) in y.chunks_mut(block).zip(x.chunks(block)) {
+                if inner == 1 {
+                    // Channels last: a row against the bias, element by element (vectorises).
+                    for ((v, &x), &b) in y.iter_mut().zip(x).zip(bias) {
+                        *v = f(x, b);
+                    }
+                    continue;
+                }
                 for (c, (run, x)) in y.chunks_mut(inner).zip(x.chunks(inner)).enumerate() {
                     let b = bias[c % channels];
                     for (v, &x) in run.iter_mut().zip(x) {
