@@ -154,3 +154,38 @@ pub fn scatter_rows(grad: &[f32], ids: &[u32], rows: usize, dim: usize) -> Vec<f
     }
     table
 }
+
+/// `[rows, n]` from its transpose `zt` `[n, rows]`, with `bias[j]` added to column `j`
+/// and, when `relu`, negative values zeroed, in the one pass that transposes. A linear
+/// layer computes its product as `w @ x^T` (the weight contiguous is the faster operand
+/// for gemm here) and writes its output through this.
+pub fn transpose_bias(
+    zt: &[f32],
+    n: usize,
+    rows: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    // Rows per task: a block of the output of at most CHUNK values (in cache while the
+    // columns of `zt` are read into it).
+    const BLOCK: usize = 64;
+    let mut y = vec![0f32; n * rows];
+    if n == 0 || rows == 0 {
+        return y;
+    }
+    y.par_chunks_mut(BLOCK * n)
+        .enumerate()
+        .for_each(|(block, y)| {
+            let r0 = block * BLOCK;
+            let count = y.len() / n;
+            for j in 0..n {
+                let b = bias.map_or(0.0, |b| b[j]);
+                let column = &zt[j * rows + r0..j * rows + r0 + count];
+                for (i, &v) in column.iter().enumerate() {
+                    let v = v + b;
+                    y[i * n + j] = if relu { v.max(0.0) } else { v };
+                }
+            }
+        });
+    y
+}

@@ -59,9 +59,13 @@ impl Dense {
                 if let Some(last) = dims.last_mut() {
                     *last = w.dim(0)?;
                 }
-                Ok(Product::Whole(
-                    x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(dims)?,
-                ))
+                // w @ x^T: the weight as gemm's contiguous left operand measured 0.3-0.9 ms
+                // faster per layer than x @ w^T on mlp_distill's shapes; the op transposes.
+                let x2 = x.reshape((rows, k))?;
+                Ok(Product::Transposed {
+                    product: w.matmul(&x2.t()?)?,
+                    dims,
+                })
             }
             Dense::Conv1d { padding } => {
                 let (batch, _, _) = x.dims3()?;
@@ -272,6 +276,8 @@ impl candle_core::CustomOp1 for Fold {
 enum Product {
     /// In the output's layout.
     Whole(Tensor),
+    /// linear: `[N, rows]`, the transpose of the output (`dims`) as rows.
+    Transposed { product: Tensor, dims: Vec<usize> },
     /// conv2d: `[O, n * H' * W']` per chunk of `n` samples, for output `dims` (NCHW).
     Conv2dChunks {
         parts: Vec<Tensor>,
@@ -304,6 +310,16 @@ impl DenseOp {
                     (None, false) => z.to_vec(),
                 };
                 Ok((CpuStorage::F32(y), layout.shape().clone()))
+            }
+            Product::Transposed { product, dims } => {
+                let (storage, layout) = product.storage_and_layout();
+                let Storage::Cpu(storage) = &*storage else {
+                    candle_core::bail!("dense: the product is not on the CPU");
+                };
+                let (n, rows) = layout.shape().dims2()?;
+                let zt = contiguous_f32(storage, layout)?;
+                let y = kernels::transpose_bias(zt, n, rows, bias, self.relu);
+                Ok((CpuStorage::F32(y), Shape::from(dims.clone())))
             }
             Product::Conv2dChunks { parts, dims } => {
                 let guards: Vec<_> = parts.iter().map(Tensor::storage_and_layout).collect();
