@@ -124,8 +124,16 @@ pub fn fold2d(cols: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
                     let line = &mut plane[iy * g.width..(iy + 1) * g.width];
                     let values = &row[oy * out_w + x_lo..oy * out_w + x_hi];
                     let first = x_lo * stride + kx - g.padding;
-                    for (o, &value) in values.iter().enumerate() {
-                        line[first + o * stride] += value;
+                    if stride == 1 {
+                        // A contiguous run: added element-wise (vectorises).
+                        let run = &mut line[first..first + values.len()];
+                        for (x, &value) in run.iter_mut().zip(values) {
+                            *x += value;
+                        }
+                    } else {
+                        for (o, &value) in values.iter().enumerate() {
+                            line[first + o * stride] += value;
+                        }
                     }
                 }
             }
