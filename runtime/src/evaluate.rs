@@ -68,7 +68,7 @@ pub fn predict(model: &mut Model, dataset: &Dataset, split: &Split) -> Result<Pr
         shape[0] = chunk.len();
         let x = Tensor::from_vec(x, shape.as_slice(), &Device::Cpu)
             .ctx("building an evaluation batch")?;
-        let outputs = model.forward(&x, false)?;
+        let outputs = model.forward_with(&x, false, true, false)?;
         if let Some((_, output)) = outputs.iter().find(|(port, _)| port == "output") {
             predictions.extend_from(output, model.outputs_probabilities())?;
         }

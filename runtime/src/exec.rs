@@ -989,7 +989,7 @@ impl Run<'_> {
                     let model = models
                         .get_mut(&stage.trains)
                         .ok_or_else(|| plan_error(format!("no model `{}`", stage.trains)))?;
-                    let outputs = model.forward(&batch.x, false)?;
+                    let outputs = model.forward_with(&batch.x, false, true, false)?;
                     outputs
                         .into_iter()
                         .find(|(p, _)| p == "output")
@@ -1136,7 +1136,7 @@ impl Run<'_> {
                     let batch =
                         self.build_batch(&evaluation.data, &evaluation.split, &[position % n])?;
                     let started = Instant::now();
-                    let outputs = model.forward_with(&batch.x, false, false)?;
+                    let outputs = model.forward_with(&batch.x, false, false, false)?;
                     // candle is eager, but make sure the result exists before the clock stops.
                     if let Some((_, t)) = outputs.last() {
                         t.sum_all().ctx("timing a forward")?;

@@ -200,7 +200,9 @@ pub fn run_step(
                             Some(Op::Batch { .. })
                         )
                     });
-                let outputs = instance.forward_with(&x, train_mode, cacheable)?;
+                // Only the trained model needs a graph for the backward pass.
+                let gradients = is_trained && !input.validating;
+                let outputs = instance.forward_with(&x, train_mode, cacheable, gradients)?;
                 if !is_trained && !input.validating {
                     out.frozen_samples += x.dims().first().copied().unwrap_or(0) as u64;
                 }
@@ -244,7 +246,7 @@ pub fn run_step(
                     &batch.indices,
                     &batch.x,
                     |x| {
-                        let mut outputs = instance.forward(x, false)?;
+                        let mut outputs = instance.forward_with(x, false, true, false)?;
                         outputs.retain(|(port, _)| wanted.contains(port));
                         Ok(outputs)
                     },

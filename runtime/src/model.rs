@@ -792,16 +792,19 @@ impl Model {
     /// Runs the model on `x` (`[B, ...input]`): the outputs of the taps and `output`.
     /// `train` puts dropout and batch norm in training mode.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
-        self.forward_with(x, train, true)
+        self.forward_with(x, train, true, true)
     }
 
     /// [`Model::forward`]; `cacheable` says whether this batch's rows recur (not augmented),
-    /// so a frozen BERT encoder may keep their outputs.
+    /// so a frozen BERT encoder may keep their outputs. Without `gradients` the parameters
+    /// enter as constants: no graph is kept, so each layer's values are freed as soon as
+    /// the next has read them (a frozen teacher, evaluation).
     pub fn forward_with(
         &mut self,
         x: &Tensor,
         train: bool,
         cacheable: bool,
+        gradients: bool,
     ) -> Result<Vec<(String, Tensor)>> {
         if let Some(bert) = self.bert.as_mut() {
             let pad_id = self.pad_id.unwrap_or(0);
@@ -847,6 +850,7 @@ impl Model {
             model: &self.name,
             call,
             sinks: &self.grad_sinks,
+            gradients,
         };
         let mut ports = Vec::with_capacity(self.taps.len() + 1);
         let mut h = x.clone();
@@ -885,6 +889,18 @@ struct ForwardContext<'a> {
     model: &'a str,
     call: u64,
     sinks: &'a GradSinks,
+    /// Whether parameters are tracked for a backward pass.
+    gradients: bool,
+}
+
+impl ForwardContext<'_> {
+    /// A parameter as this forward uses it: outside the graph without `gradients`.
+    fn param(&self, var: &Var) -> Tensor {
+        match self.gradients {
+            true => var.as_tensor().clone(),
+            false => var.as_tensor().detach(),
+        }
+    }
 }
 
 impl LayerImpl {
@@ -913,7 +929,7 @@ impl LayerImpl {
                     .and_then(|ids| ids.flatten_all())
                     .ctx_with(|| fail("embedding"))?;
                 let dim = weight.dim(1).ctx_with(|| fail("embedding"))?;
-                let table = weight.as_tensor();
+                let table = &context.param(weight);
                 let y = match table.dtype() {
                     DType::F32 => {
                         crate::elementwise::embedding(table, &ids, context.sinks.get(table))
@@ -925,7 +941,8 @@ impl LayerImpl {
                 match positions {
                     Some(p) => y
                         .broadcast_add(
-                            &p.as_tensor()
+                            &context
+                                .param(p)
                                 .narrow(0, 0, len)
                                 .ctx_with(|| fail("positions"))?,
                         )
@@ -943,8 +960,8 @@ impl LayerImpl {
                 let y = dense(
                     Dense::Conv1d { padding: *padding },
                     x,
-                    weight.as_tensor(),
-                    bias.as_ref().map(Var::as_tensor),
+                    &context.param(weight),
+                    bias.as_ref().map(|b| context.param(b)).as_ref(),
                     relu,
                     context.sinks,
                 )
@@ -978,12 +995,12 @@ impl LayerImpl {
                 DType::F32 => dense(
                     Dense::Linear,
                     x,
-                    weight.as_tensor(),
-                    bias.as_ref().map(Var::as_tensor),
+                    &context.param(weight),
+                    bias.as_ref().map(|b| context.param(b)).as_ref(),
                     relu,
                     context.sinks,
                 ),
-                _ => linear_candle(x, weight.as_tensor(), bias.as_ref(), relu),
+                _ => linear_candle(x, &context.param(weight), bias.as_ref(), relu),
             }
             .ctx_with(|| fail("linear")),
             LayerImpl::Conv2d {
@@ -997,8 +1014,8 @@ impl LayerImpl {
                     padding: *padding,
                 },
                 x,
-                weight.as_tensor(),
-                bias.as_ref().map(Var::as_tensor),
+                &context.param(weight),
+                bias.as_ref().map(|b| context.param(b)).as_ref(),
                 relu,
                 context.sinks,
             )
