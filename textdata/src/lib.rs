@@ -180,9 +180,10 @@ fn read_folders(path: &Path, layout: &Layout, with_text: bool) -> Result<Vec<Rec
 pub fn folder_files(path: &Path, layout: &Layout) -> Result<Vec<(String, PathBuf)>, ReadError> {
     let mut files = Vec::new();
     for label_dir in sorted_entries(path)? {
-        if !label_dir.is_dir() {
+        if !label_dir.is(|kind| kind.is_dir(), Path::is_dir) {
             continue;
         }
+        let label_dir = label_dir.path;
         let label = label_dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -190,17 +191,18 @@ pub fn folder_files(path: &Path, layout: &Layout) -> Result<Vec<(String, PathBuf
             .to_string();
         for file in sorted_entries(&label_dir)? {
             let name = file
+                .path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
-            let wanted = file.is_file()
-                && !name.starts_with('.')
+            let wanted = !name.starts_with('.')
                 && layout
                     .extension
                     .as_deref()
-                    .is_none_or(|ext| name.ends_with(ext));
+                    .is_none_or(|ext| name.ends_with(ext))
+                && file.is(|kind| kind.is_file(), Path::is_file);
             if wanted {
-                files.push((label.clone(), file));
+                files.push((label.clone(), file.path));
             }
         }
     }
@@ -213,14 +215,46 @@ pub fn folder_files(path: &Path, layout: &Layout) -> Result<Vec<(String, PathBuf
     Ok(files)
 }
 
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| fail(dir, format!("cannot list it ({e})")))?;
-    let mut paths = entries
-        .map(|e| e.map(|e| e.path()))
+/// A folder entry and its type as the listing gave it (no `stat` per file: listing the
+/// spam corpus's 6,046 files that way was most of `kdc check`'s time).
+struct Entry {
+    name: std::ffi::OsString,
+    path: PathBuf,
+    kind: Option<std::fs::FileType>,
+}
+
+impl Entry {
+    /// Whether the entry is of a kind, following a symbolic link (or an unknown type) to
+    /// what it points at.
+    fn is(
+        &self,
+        kind: impl Fn(&std::fs::FileType) -> bool,
+        follow: impl Fn(&Path) -> bool,
+    ) -> bool {
+        match &self.kind {
+            Some(k) if !k.is_symlink() => kind(k),
+            _ => follow(&self.path),
+        }
+    }
+}
+
+/// A folder's entries sorted by name.
+fn sorted_entries(dir: &Path) -> Result<Vec<Entry>, ReadError> {
+    let listing = std::fs::read_dir(dir).map_err(|e| fail(dir, format!("cannot list it ({e})")))?;
+    let mut entries = listing
+        .map(|e| {
+            e.map(|e| Entry {
+                name: e.file_name(),
+                kind: e.file_type().ok(),
+                path: e.path(),
+            })
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| fail(dir, format!("cannot list it ({e})")))?;
-    paths.sort();
-    Ok(paths)
+    // One folder: the names decide the order (comparing them as bytes is faster than
+    // comparing whole paths component by component).
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
 }
 
 /// Text as kdc reads it: UTF-8 where it is, Latin-1 otherwise (old e-mail is both). Files
@@ -385,21 +419,20 @@ pub fn tokenizer_facts(path: &Path) -> Result<TokenizerFacts, String> {
 
 /// [`tokenizer_facts`] of a tokenizer.json's text.
 pub fn tokenizer_facts_of(text: &str) -> Result<TokenizerFacts, String> {
-    let json: serde_json::Value =
+    let file: TokenizerFile =
         serde_json::from_str(text).map_err(|e| format!("it is not JSON ({e})"))?;
-    let model = json
-        .get("model")
+    let model = file
+        .model
         .ok_or("it has no `model`: not a Hugging Face tokenizer.json")?;
     let mut max_id: Option<u64> = None;
     let mut bump = |id: u64| max_id = Some(max_id.map_or(id, |m| m.max(id)));
-    match model.get("vocab") {
-        Some(serde_json::Value::Object(map)) => {
-            map.values().filter_map(|v| v.as_u64()).for_each(&mut bump)
-        }
+    match model.vocab {
+        Some(Vocab::Ids(largest)) => largest.into_iter().for_each(&mut bump),
         // Unigram: a list of [piece, score] whose ids are positions.
-        Some(serde_json::Value::Array(list)) if !list.is_empty() => bump(list.len() as u64 - 1),
+        Some(Vocab::Pieces(count)) if count > 0 => bump(count as u64 - 1),
         _ => return Err("its `model` has no vocabulary".into()),
     }
+    let json = serde_json::Value::Object(file.rest);
     let mut special_ids = Vec::new();
     let mut by_content = Vec::new();
     for token in json
@@ -451,9 +484,255 @@ pub fn tokenizer_facts_of(text: &str) -> Result<TokenizerFacts, String> {
     })
 }
 
+/// The parts of a tokenizer.json that kdc reads. The vocabulary (30,522 entries for
+/// MiniLM) is streamed for its largest id instead of being built as a JSON map: that map
+/// was most of `kdc check`'s time on a text pipeline. Everything else at the top level is
+/// kept as JSON (small: added tokens, padding). A value of an unexpected type reads as
+/// absent, so the caller says what is missing.
+struct TokenizerFile {
+    model: Option<ModelPart>,
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Default)]
+struct ModelPart {
+    vocab: Option<Vocab>,
+}
+
+enum Vocab {
+    /// `{piece: id}`: the largest id (values that are not ids are skipped).
+    Ids(Option<u64>),
+    /// `[[piece, score], ...]` (Unigram): how many pieces.
+    Pieces(usize),
+    /// Anything else.
+    Other,
+}
+
+/// Visitor methods for the JSON values a visitor does not expect: each gives `$value`.
+macro_rules! otherwise {
+    ($value:expr) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// Skips the rest of a JSON array.
+fn skip_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<usize, A::Error> {
+    let mut count = 0;
+    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+        count += 1;
+    }
+    Ok(count)
+}
+
+impl<'de> serde::Deserialize<'de> for TokenizerFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> serde::de::Visitor<'de> for Top {
+            type Value = TokenizerFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TokenizerFile, A::Error> {
+                let mut file = TokenizerFile {
+                    model: None,
+                    rest: serde_json::Map::new(),
+                };
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "model" {
+                        file.model = Some(map.next_value::<ModelPart>()?);
+                    } else {
+                        file.rest.insert(key, map.next_value()?);
+                    }
+                }
+                Ok(file)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<TokenizerFile, A::Error> {
+                skip_seq(seq)?;
+                Ok(TokenizerFile {
+                    model: None,
+                    rest: serde_json::Map::new(),
+                })
+            }
+            otherwise!(TokenizerFile {
+                model: None,
+                rest: serde_json::Map::new(),
+            });
+        }
+        d.deserialize_any(Top)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ModelPart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Model;
+        impl<'de> serde::de::Visitor<'de> for Model {
+            type Value = ModelPart;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ModelPart, A::Error> {
+                let mut model = ModelPart::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "vocab" {
+                        model.vocab = Some(map.next_value::<Vocab>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(model)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<ModelPart, A::Error> {
+                skip_seq(seq)?;
+                Ok(ModelPart::default())
+            }
+            otherwise!(ModelPart::default());
+        }
+        d.deserialize_any(Model)
+    }
+}
+
+/// A JSON value that is an id (a non-negative integer), or anything else (skipped).
+struct MaybeId(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for MaybeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Id;
+        impl<'de> serde::de::Visitor<'de> for Id {
+            type Value = MaybeId;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MaybeId, E> {
+                Ok(MaybeId(Some(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MaybeId, E> {
+                Ok(MaybeId(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<MaybeId, E> {
+                Ok(MaybeId(None))
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<MaybeId, E> {
+                Ok(MaybeId(None))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<MaybeId, E> {
+                Ok(MaybeId(None))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<MaybeId, E> {
+                Ok(MaybeId(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<MaybeId, A::Error> {
+                skip_seq(seq)?;
+                Ok(MaybeId(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<MaybeId, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MaybeId(None))
+            }
+        }
+        d.deserialize_any(Id)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Vocab {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vocab;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Vocab, A::Error> {
+                let mut max: Option<u64> = None;
+                while let Some((_, MaybeId(id))) =
+                    map.next_entry::<serde::de::IgnoredAny, MaybeId>()?
+                {
+                    if let Some(id) = id {
+                        max = Some(max.map_or(id, |m| m.max(id)));
+                    }
+                }
+                Ok(Vocab::Ids(max))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Vocab, A::Error> {
+                Ok(Vocab::Pieces(skip_seq(seq)?))
+            }
+            otherwise!(Vocab::Other);
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vocabulary is streamed, not built: the facts must be the same as reading the
+    /// whole file would give, for each shape of file the readers meet.
+    #[test]
+    fn tokenizer_facts_from_each_shape_of_file() {
+        let facts = |json: &str| tokenizer_facts_of(json).map(|f| (f.vocab, f.pad_id, f.mask_id));
+        let word_piece = r#"{"added_tokens": [{"id": 0, "content": "[PAD]", "special": true},
+            {"id": 4, "content": "[MASK]", "special": true}],
+            "model": {"type": "WordPiece", "vocab": {"[PAD]": 0, "a": 1, "b": 7, "odd": "x"}}}"#;
+        assert_eq!(facts(word_piece), Ok((8, 0, Some(4))));
+        // Unigram: ids are positions; padding named in `padding`.
+        let unigram = r#"{"padding": {"pad_id": 1}, "model": {"vocab": [["<s>", 0.0],
+            ["<pad>", 0.0], ["a", -1.5]], "unk_id": 0}, "added_tokens": []}"#;
+        assert_eq!(facts(unigram), Ok((3, 1, None)));
+        // Added tokens past the vocabulary count.
+        let added = r#"{"padding": {"pad_id": 0}, "model": {"vocab": {"[PAD]": 0}}, "added_tokens": [
+            {"id": 9, "content": "<new>", "special": false}]}"#;
+        assert_eq!(facts(added), Ok((10, 0, None)));
+        for (json, message) in [
+            ("[1, 2]", "it has no `model`"),
+            (r#"{"model": "bpe"}"#, "its `model` has no vocabulary"),
+            (
+                r#"{"model": {"vocab": []}}"#,
+                "its `model` has no vocabulary",
+            ),
+            (r#"{"model": {"vocab": {"a": 0}}"#, "it is not JSON"),
+        ] {
+            let error = tokenizer_facts_of(json).err().unwrap_or_default();
+            assert!(error.starts_with(message), "{json}: {error}");
+        }
+    }
 
     #[test]
     fn quoted_fields_keep_delimiters_newlines_and_quotes() {
