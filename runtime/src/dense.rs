@@ -293,15 +293,22 @@ struct DenseOp {
     bias_sink: Option<GradSink>,
 }
 
+/// `f` on the values of `t`, a contiguous f32 CPU tensor, and its layout.
+fn read_f32<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32], &Layout) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("dense: the product is not on the CPU");
+    };
+    f(contiguous_f32(storage, layout)?, layout)
+}
+
 impl DenseOp {
     fn forward(&self, bias: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
         match &self.product {
-            Product::Whole(product) => {
-                let (storage, layout) = product.storage_and_layout();
-                let Storage::Cpu(storage) = &*storage else {
-                    candle_core::bail!("dense: the product is not on the CPU");
-                };
-                let z = contiguous_f32(storage, layout)?;
+            Product::Whole(product) => read_f32(product, |z, layout| {
                 let inner = self.kind.bias_inner(layout.dims());
                 let y = match (bias, self.relu) {
                     (Some(b), true) => kernels::add_bias_relu(z, b, inner),
@@ -310,17 +317,12 @@ impl DenseOp {
                     (None, false) => z.to_vec(),
                 };
                 Ok((CpuStorage::F32(y), layout.shape().clone()))
-            }
-            Product::Transposed { product, dims } => {
-                let (storage, layout) = product.storage_and_layout();
-                let Storage::Cpu(storage) = &*storage else {
-                    candle_core::bail!("dense: the product is not on the CPU");
-                };
+            }),
+            Product::Transposed { product, dims } => read_f32(product, |zt, layout| {
                 let (n, rows) = layout.shape().dims2()?;
-                let zt = contiguous_f32(storage, layout)?;
                 let y = kernels::transpose_bias(zt, n, rows, bias, self.relu);
                 Ok((CpuStorage::F32(y), Shape::from(dims.clone())))
-            }
+            }),
             Product::Conv2dChunks { parts, dims } => {
                 let guards: Vec<_> = parts.iter().map(Tensor::storage_and_layout).collect();
                 let values = guards
