@@ -318,6 +318,28 @@ fn attention_transfer_matches_a_hand_computed_example() {
     let _ = Path::new("");
 }
 
+/// A forward without gradients (a frozen teacher) records no graph in any sequence layer
+/// and gives the values of a tracked forward.
+#[test]
+fn sequence_stacks_run_without_a_graph_when_frozen() {
+    let stacks = [
+        "embedding(30522, 6, positions: true) conv1d(5, kernel: 3, padding: 1) relu max_over_time linear(2)",
+        "embedding(30522, 6) bilstm(4) pool(mean) linear(2)",
+        "embedding(30522, 8) transformer(heads: 2, ff: 12) layernorm pool(first) linear(2)",
+    ];
+    for stack in stacks {
+        let mut m = model(stack, 12, 3);
+        let x = ids(&rows(), 12);
+        let tracked = m.forward(&x, false).unwrap();
+        let frozen = m.forward_with(&x, false, true, false).unwrap();
+        for ((port, a), (_, b)) in tracked.iter().zip(&frozen) {
+            assert!(a.track_op() && !b.track_op(), "{stack}: {port}");
+            let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
+            assert_eq!(a.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+        }
+    }
+}
+
 #[test]
 fn every_parameter_of_every_sequence_stack_gets_a_gradient() {
     let stacks = [

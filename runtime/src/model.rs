@@ -982,11 +982,11 @@ impl LayerImpl {
                 Ok(y)
             }
             LayerImpl::Lstm { directions, hidden } => {
-                lstm(x, mask.as_ref(), directions, *hidden).ctx_with(|| fail("lstm"))
+                lstm(x, mask.as_ref(), directions, *hidden, context).ctx_with(|| fail("lstm"))
             }
             LayerImpl::Transformer(block) => block.forward(x, mask.as_ref(), context),
             LayerImpl::LayerNorm { weight, bias, eps } => {
-                layer_norm(x, weight, bias, *eps).ctx_with(|| fail("layernorm"))
+                layer_norm(x, (weight, bias), *eps, context).ctx_with(|| fail("layernorm"))
             }
             LayerImpl::Pool { kind } => {
                 sequence::pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool"))
@@ -1026,9 +1026,7 @@ impl LayerImpl {
             LayerImpl::AvgPool { kernel, stride } => {
                 pool(x, *kernel, *stride, Pool::Avg).ctx_with(|| fail("avg pool"))
             }
-            LayerImpl::BatchNorm(bn) => {
-                bn.forward(x, context.train).ctx_with(|| fail("batch norm"))
-            }
+            LayerImpl::BatchNorm(bn) => bn.forward(x, context).ctx_with(|| fail("batch norm")),
             LayerImpl::Dropout { p, name } => dropout(x, *p, name, context),
             LayerImpl::Flatten => x.flatten_from(1).ctx_with(|| fail("flatten")),
             LayerImpl::Relu => match x.dtype() {
@@ -1103,14 +1101,23 @@ fn dropout(x: &Tensor, p: f64, name: &str, context: &ForwardContext) -> Result<T
 }
 
 /// `x W^T + b` on the last axis of `[B, L, in]`.
-fn linear3(x: &Tensor, (weight, bias): &(Var, Var)) -> candle_core::Result<Tensor> {
-    x.broadcast_matmul(&weight.as_tensor().t()?)?
-        .broadcast_add(bias.as_tensor())
+fn linear3(
+    x: &Tensor,
+    (weight, bias): &(Var, Var),
+    context: &ForwardContext,
+) -> candle_core::Result<Tensor> {
+    x.broadcast_matmul(&context.param(weight).t()?)?
+        .broadcast_add(&context.param(bias))
 }
 
 /// Layer norm with a layer's parameters.
-fn layer_norm(x: &Tensor, weight: &Var, bias: &Var, eps: f64) -> candle_core::Result<Tensor> {
-    sequence::layer_norm(x, weight.as_tensor(), bias.as_tensor(), eps)
+fn layer_norm(
+    x: &Tensor,
+    (weight, bias): (&Var, &Var),
+    eps: f64,
+    context: &ForwardContext,
+) -> candle_core::Result<Tensor> {
+    sequence::layer_norm(x, &context.param(weight), &context.param(bias), eps)
 }
 
 /// An LSTM over `[B, L, C]` with PyTorch's gate order (input, forget, cell, output); each
@@ -1121,15 +1128,16 @@ fn lstm(
     mask: Option<&Tensor>,
     directions: &[(Var, Var, Var)],
     hidden: usize,
+    context: &ForwardContext,
 ) -> candle_core::Result<Tensor> {
     let (b, len, _) = x.dims3()?;
     let mut outputs = Vec::with_capacity(directions.len());
     for (direction, (w_ih, w_hh, bias)) in directions.iter().enumerate() {
         // The input's part of every gate for every step at once.
         let projected = x
-            .broadcast_matmul(&w_ih.as_tensor().t()?)?
-            .broadcast_add(bias.as_tensor())?;
-        let w_hh = w_hh.as_tensor().t()?;
+            .broadcast_matmul(&context.param(w_ih).t()?)?
+            .broadcast_add(&context.param(bias))?;
+        let w_hh = context.param(w_hh).t()?;
         let mut h = Tensor::zeros((b, hidden), DType::F32, x.device())?;
         let mut c = h.clone();
         let mut steps = vec![None; len];
@@ -1181,11 +1189,11 @@ impl TransformerBlock {
         let fail = || format!("transformer `{}` of model `{}`", self.name, context.model);
         let d = x.dim(D::Minus1).ctx_with(fail)?;
         let attended = (|| {
-            let normed = layer_norm(x, &self.norm1.0, &self.norm1.1, 1e-5)?;
-            let qkv = linear3(&normed, &self.qkv)?;
+            let normed = layer_norm(x, (&self.norm1.0, &self.norm1.1), 1e-5, context)?;
+            let qkv = linear3(&normed, &self.qkv, context)?;
             let part = |i: usize| qkv.narrow(2, i * d, d);
-            let context = sequence::attention(&part(0)?, &part(1)?, &part(2)?, mask, self.heads)?;
-            linear3(&context, &self.attn_out)
+            let mixed = sequence::attention(&part(0)?, &part(1)?, &part(2)?, mask, self.heads)?;
+            linear3(&mixed, &self.attn_out, context)
         })()
         .ctx_with(fail)?;
         let attended = dropout(
@@ -1196,8 +1204,9 @@ impl TransformerBlock {
         )?;
         let h = x.add(&attended).ctx_with(fail)?;
         let fed = (|| {
-            let normed = layer_norm(&h, &self.norm2.0, &self.norm2.1, 1e-5)?;
-            linear3(&linear3(&normed, &self.ff1)?.gelu_erf()?, &self.ff2)
+            let normed = layer_norm(&h, (&self.norm2.0, &self.norm2.1), 1e-5, context)?;
+            let inner = linear3(&normed, &self.ff1, context)?.gelu_erf()?;
+            linear3(&inner, &self.ff2, context)
         })()
         .ctx_with(fail)?;
         let fed = dropout(&fed, self.dropout, &format!("{}.ff", self.name), context)?;
@@ -1206,7 +1215,8 @@ impl TransformerBlock {
 }
 
 impl BatchNorm {
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, context: &ForwardContext) -> candle_core::Result<Tensor> {
+        let train = context.train;
         let rank = x.rank();
         let channels = self.weight.elem_count();
         // Parameters broadcast as [1, C, 1, ...].
@@ -1235,20 +1245,25 @@ impl BatchNorm {
             self.running_var.set(&new_var)?;
             (mean, var)
         } else {
+            // Running statistics are buffers, never trained: constants in any graph.
             (
                 self.running_mean
                     .as_tensor()
+                    .detach()
                     .reshape(param_shape.as_slice())?,
                 self.running_var
                     .as_tensor()
+                    .detach()
                     .reshape(param_shape.as_slice())?,
             )
         };
         let normalised = x
             .broadcast_sub(&mean)?
             .broadcast_div(&var.affine(1.0, self.eps)?.sqrt()?)?;
-        let weight = self.weight.as_tensor().reshape(param_shape.as_slice())?;
-        let bias = self.bias.as_tensor().reshape(param_shape.as_slice())?;
+        let weight = context
+            .param(&self.weight)
+            .reshape(param_shape.as_slice())?;
+        let bias = context.param(&self.bias).reshape(param_shape.as_slice())?;
         normalised.broadcast_mul(&weight)?.broadcast_add(&bias)
     }
 }

@@ -171,6 +171,20 @@ fn names_shapes_and_taps() {
     }
 }
 
+/// Without gradients (a frozen teacher, evaluation) a forward records no graph, so its
+/// activations can be freed layer by layer, and gives the same values.
+#[test]
+fn a_forward_without_gradients_keeps_no_graph() {
+    let mut model = Model::new(&cnn("m", "m"), 1).unwrap();
+    let tracked = model.forward(&input(3), false).unwrap();
+    let untracked = model.forward_with(&input(3), false, true, false).unwrap();
+    for ((port, a), (_, b)) in tracked.iter().zip(&untracked) {
+        assert!(a.track_op(), "{port} should be in the graph");
+        assert!(!b.track_op(), "{port} should be outside any graph");
+        assert_eq!(values(a), values(b), "{port}");
+    }
+}
+
 #[test]
 fn initialisation_is_seeded_uniform_and_shared_by_init_key() {
     let a = Model::new(&cnn("a", "student"), 7).unwrap();
