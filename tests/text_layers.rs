@@ -318,16 +318,18 @@ fn attention_transfer_matches_a_hand_computed_example() {
     let _ = Path::new("");
 }
 
+/// One stack of each kind of sequence layer.
+const STACKS: [&str; 3] = [
+    "embedding(30522, 6, positions: true) conv1d(5, kernel: 3, padding: 1) relu max_over_time linear(2)",
+    "embedding(30522, 6) bilstm(4) pool(mean) linear(2)",
+    "embedding(30522, 8) transformer(heads: 2, ff: 12) layernorm pool(first) linear(2)",
+];
+
 /// A forward without gradients (a frozen teacher) records no graph in any sequence layer
 /// and gives the values of a tracked forward.
 #[test]
 fn sequence_stacks_run_without_a_graph_when_frozen() {
-    let stacks = [
-        "embedding(30522, 6, positions: true) conv1d(5, kernel: 3, padding: 1) relu max_over_time linear(2)",
-        "embedding(30522, 6) bilstm(4) pool(mean) linear(2)",
-        "embedding(30522, 8) transformer(heads: 2, ff: 12) layernorm pool(first) linear(2)",
-    ];
-    for stack in stacks {
+    for stack in STACKS {
         let mut m = model(stack, 12, 3);
         let x = ids(&rows(), 12);
         let tracked = m.forward(&x, false).unwrap();
@@ -342,12 +344,7 @@ fn sequence_stacks_run_without_a_graph_when_frozen() {
 
 #[test]
 fn every_parameter_of_every_sequence_stack_gets_a_gradient() {
-    let stacks = [
-        "embedding(30522, 6, positions: true) conv1d(5, kernel: 3, padding: 1) relu max_over_time linear(2)",
-        "embedding(30522, 6) bilstm(4) pool(mean) linear(2)",
-        "embedding(30522, 8) transformer(heads: 2, ff: 12) layernorm pool(first) linear(2)",
-    ];
-    for stack in stacks {
+    for stack in STACKS {
         let mut m = model(stack, 12, 3);
         let outputs = m.forward(&ids(&rows(), 12), true).unwrap();
         let out = &outputs.iter().find(|(p, _)| p == "output").unwrap().1;
