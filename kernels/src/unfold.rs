@@ -30,7 +30,9 @@ impl Window2d {
         self.out_height() * self.out_width()
     }
 
-    /// Values per row, in the order of a `[out, channels, kernel, kernel]` weight.
+    /// Values per row, in the order of a `[out, kernel, kernel, channels]` weight (a
+    /// `[out, channels, kernel, kernel]` one permuted), so that each kernel row of a window
+    /// is one contiguous run of a channels-last image.
     pub fn row_len(&self) -> usize {
         self.channels * self.kernel * self.kernel
     }
@@ -39,68 +41,100 @@ impl Window2d {
         self.channels * self.height * self.width
     }
 
-    /// The input position a window element reads, or `None` in the padding.
-    #[inline]
-    fn source(&self, out: usize, offset: usize, size: usize) -> Option<usize> {
-        (out * self.stride + offset)
-            .checked_sub(self.padding)
-            .filter(|&i| i < size)
+    /// The padded image every window reads, `[height, width, channels]`: the input with
+    /// `padding` zeros around it, and more below and to the right when a window would
+    /// reach past that (a kernel larger than the padded input).
+    fn padded(&self) -> (usize, usize) {
+        let stride = self.stride.max(1);
+        let span = |out: usize, size: usize| {
+            ((out - 1) * stride + self.kernel).max(size + 2 * self.padding)
+        };
+        (
+            span(self.out_height(), self.height),
+            span(self.out_width(), self.width),
+        )
+    }
+
+    fn padded_len(&self) -> usize {
+        let (height, width) = self.padded();
+        height * width * self.channels
+    }
+
+    /// Offsets in the padded image of each kernel row of each window, in row order:
+    /// `(window, kernel row)` reads `kernel * channels` values from there.
+    fn window_rows(&self) -> impl Iterator<Item = usize> + '_ {
+        let (stride, (_, width)) = (self.stride.max(1), self.padded());
+        (0..self.out_height()).flat_map(move |oy| {
+            (0..self.out_width()).flat_map(move |ox| {
+                (0..self.kernel)
+                    .map(move |ky| ((oy * stride + ky) * width + ox * stride) * self.channels)
+            })
+        })
     }
 }
 
-/// The range of output columns whose input column `o * stride + offset - padding` lies in
-/// `0..size`.
-fn valid_outputs(out_len: usize, offset: usize, g: &Window2d, size: usize) -> (usize, usize) {
-    let stride = g.stride.max(1);
-    // The first output whose input index is >= 0, and the first whose index is >= size.
-    let lo = g.padding.saturating_sub(offset).div_ceil(stride);
-    let hi = (size + g.padding)
-        .checked_sub(offset)
-        .map_or(0, |limit| limit.div_ceil(stride));
-    (lo.min(out_len), hi.min(out_len).max(lo.min(out_len)))
-}
-
-/// `x` is `[batch, C, H, W]`; returns `[C * k * k, batch * H' * W']`: one row per kernel
-/// element (in the order of a `[out, C, k, k]` weight), holding every sample's output
-/// positions side by side, so that `weight @ cols` is one matrix product for the whole
-/// batch (`[out, batch, H' * W']`, each sample a contiguous run). Each row is filled from
-/// runs of input columns (contiguous when the stride is 1).
-pub fn unfold2d(x: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
-    let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
-    let mut cols = vec![0f32; batch * rows * row_len];
-    if rows * row_len * batch == 0 {
-        return cols;
-    }
-    let (out_h, out_w, k, stride) = (g.out_height(), g.out_width(), g.kernel, g.stride.max(1));
-    cols.par_chunks_mut(batch * rows)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
-            let (x_lo, x_hi) = valid_outputs(out_w, kx, g, g.width);
-            for (sample, positions) in row.chunks_mut(rows).enumerate() {
-                let plane =
-                    &x[sample * sample_len..][c * g.height * g.width..][..g.height * g.width];
-                for oy in 0..out_h {
-                    let Some(iy) = g.source(oy, ky, g.height) else {
-                        continue;
-                    };
-                    let line = &plane[iy * g.width..(iy + 1) * g.width];
-                    let out = &mut positions[oy * out_w..(oy + 1) * out_w];
-                    let first = x_lo * stride + kx - g.padding;
-                    if stride == 1 {
-                        out[x_lo..x_hi].copy_from_slice(&line[first..first + (x_hi - x_lo)]);
-                    } else {
-                        for (o, value) in out[x_lo..x_hi].iter_mut().enumerate() {
-                            *value = line[first + o * stride];
-                        }
-                    }
-                }
+/// One sample `[C, H, W]` into the interior of `padded` (channels last); the border is
+/// left as it is (zero).
+fn to_padded(sample: &[f32], g: &Window2d, padded: &mut [f32]) {
+    let (c_n, width) = (g.channels, g.padded().1);
+    for y in 0..g.height {
+        let line = &mut padded[((y + g.padding) * width + g.padding) * c_n..][..g.width * c_n];
+        for c in 0..c_n {
+            let src = &sample[(c * g.height + y) * g.width..][..g.width];
+            for (x, &value) in src.iter().enumerate() {
+                line[x * c_n + c] = value;
             }
-        });
+        }
+    }
+}
+
+/// The interior of `padded` (channels last) back into one sample `[C, H, W]`.
+fn from_padded(padded: &[f32], g: &Window2d, sample: &mut [f32]) {
+    let (c_n, width) = (g.channels, g.padded().1);
+    for y in 0..g.height {
+        let line = &padded[((y + g.padding) * width + g.padding) * c_n..][..g.width * c_n];
+        for c in 0..c_n {
+            let dst = &mut sample[(c * g.height + y) * g.width..][..g.width];
+            for (x, value) in dst.iter_mut().enumerate() {
+                *value = line[x * c_n + c];
+            }
+        }
+    }
+}
+
+/// `x` is `[batch, C, H, W]`; returns `[batch * H' * W', k * k * C]`: one row per output
+/// position (a sample's positions in a contiguous run), in the order of [`Window2d::row_len`],
+/// so that `cols @ weight^T` is the convolution as `[positions, out]` (channels last).
+/// Each sample is first copied channels last into a zero-padded image, from which every
+/// kernel row of a window is one contiguous copy, with no bounds to test.
+pub fn unfold2d(x: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
+    let mut cols = vec![0f32; batch * g.rows() * g.row_len()];
+    unfold2d_into(x, g, &mut cols);
     cols
 }
 
-/// The transpose of [`unfold2d`]: `cols` is `[C * k * k, batch * H' * W']`; returns
+/// [`unfold2d`] into `cols`, which holds the windows of as many samples as `x` does: a
+/// buffer reused chunk after chunk is neither zeroed nor faulted in again.
+pub fn unfold2d_into(x: &[f32], g: &Window2d, cols: &mut [f32]) {
+    let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
+    if rows * row_len == 0 || sample_len == 0 {
+        return;
+    }
+    let span = g.kernel * g.channels;
+    cols.par_chunks_mut(rows * row_len)
+        .zip(x.par_chunks(sample_len))
+        .for_each_init(
+            || vec![0f32; g.padded_len()],
+            |padded, (cols, sample)| {
+                to_padded(sample, g, padded);
+                for (dst, start) in cols.chunks_exact_mut(span).zip(g.window_rows()) {
+                    dst.copy_from_slice(&padded[start..start + span]);
+                }
+            },
+        );
+}
+
+/// The transpose of [`unfold2d`]: `cols` is `[batch * H' * W', k * k * C]`; returns
 /// `[batch, C, H, W]`, each input value the sum of the values copied from it.
 pub fn fold2d(cols: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
     let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
@@ -108,36 +142,22 @@ pub fn fold2d(cols: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
     if rows * row_len == 0 || sample_len == 0 {
         return x;
     }
-    let (out_h, out_w, k, stride) = (g.out_height(), g.out_width(), g.kernel, g.stride.max(1));
+    let span = g.kernel * g.channels;
     x.par_chunks_mut(sample_len)
-        .enumerate()
-        .for_each(|(sample, x)| {
-            for r in 0..row_len {
-                let row = &cols[(r * batch + sample) * rows..][..rows];
-                let (c, ky, kx) = (r / (k * k), r / k % k, r % k);
-                let plane = &mut x[c * g.height * g.width..(c + 1) * g.height * g.width];
-                let (x_lo, x_hi) = valid_outputs(out_w, kx, g, g.width);
-                for oy in 0..out_h {
-                    let Some(iy) = g.source(oy, ky, g.height) else {
-                        continue;
-                    };
-                    let line = &mut plane[iy * g.width..(iy + 1) * g.width];
-                    let values = &row[oy * out_w + x_lo..oy * out_w + x_hi];
-                    let first = x_lo * stride + kx - g.padding;
-                    if stride == 1 {
-                        // A contiguous run: added element-wise (vectorises).
-                        let run = &mut line[first..first + values.len()];
-                        for (x, &value) in run.iter_mut().zip(values) {
-                            *x += value;
-                        }
-                    } else {
-                        for (o, &value) in values.iter().enumerate() {
-                            line[first + o * stride] += value;
-                        }
+        .zip(cols.par_chunks(rows * row_len))
+        .for_each_init(
+            || vec![0f32; g.padded_len()],
+            |padded, (x, cols)| {
+                padded.fill(0.0);
+                for (src, start) in cols.chunks_exact(span).zip(g.window_rows()) {
+                    let dst = &mut padded[start..start + span];
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d += s;
                     }
                 }
-            }
-        });
+                from_padded(padded, g, x);
+            },
+        );
     x
 }
 
@@ -217,44 +237,167 @@ pub fn fold1d(cols: &[f32], batch: usize, g: &Window1d) -> Vec<f32> {
     x
 }
 
-/// A convolution's output from its products: each part is `[out, n * positions]` (the
-/// layout `weight @ unfold2d(..)` gives for `n` samples), and the result is
-/// `[samples, out, positions]` (NCHW), with `bias[o]` added and, when `relu`, negative
-/// values zeroed, in the one pass that moves the values.
+/// Side of the square blocks the transposes below move through registers.
+const BLOCK: usize = 8;
+
+/// `dst[j * dst_stride + i] = f(j, src[i * src_stride + j])` for `i < rows`, `j < cols`:
+/// a transpose with a per-column map, in 8 x 8 blocks that the compiler keeps in registers
+/// (element by element, the strided side of a transpose ran at 3 ns a value).
+fn transpose_map(
+    src: &[f32],
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+    (rows, cols): (usize, usize),
+    f: impl Fn(usize, f32) -> f32,
+) {
+    for i0 in (0..rows).step_by(BLOCK) {
+        for j0 in (0..cols).step_by(BLOCK) {
+            if i0 + BLOCK <= rows && j0 + BLOCK <= cols {
+                let mut block = [[0f32; BLOCK]; BLOCK];
+                for (i, line) in block.iter_mut().enumerate() {
+                    line.copy_from_slice(&src[(i0 + i) * src_stride + j0..][..BLOCK]);
+                }
+                for j in 0..BLOCK {
+                    let out = &mut dst[(j0 + j) * dst_stride + i0..][..BLOCK];
+                    for (i, value) in out.iter_mut().enumerate() {
+                        *value = f(j0 + j, block[i][j]);
+                    }
+                }
+            } else {
+                for i in i0..rows.min(i0 + BLOCK) {
+                    for j in j0..cols.min(j0 + BLOCK) {
+                        dst[j * dst_stride + i] = f(j, src[i * src_stride + j]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A convolution's output as [`channels_first`] writes it: `channels` planes of `height` x
+/// `width` positions per sample, then optionally max-pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Output2d {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// A max pool's `(kernel, stride)`, no padding, the windows inside the plane.
+    pub max_pool: Option<(usize, usize)>,
+}
+
+impl Output2d {
+    /// `(height, width)` of the planes written: pooled when there is a pool.
+    pub fn written(&self) -> (usize, usize) {
+        match self.max_pool {
+            Some((kernel, stride)) => {
+                let side = |size: usize| size.saturating_sub(kernel) / stride.max(1) + 1;
+                (side(self.height), side(self.width))
+            }
+            None => (self.height, self.width),
+        }
+    }
+
+    /// Values written per sample.
+    pub fn sample_len(&self) -> usize {
+        let (height, width) = self.written();
+        self.channels * height * width
+    }
+}
+
+/// A convolution's output from its product: `product` is `[n * height * width, channels]`
+/// (the layout `unfold2d(..) @ weight^T` gives for `n` samples); `out` receives `[n,
+/// channels, ..]` (NCHW) with `bias[c]` added, negative values zeroed when `relu`, and
+/// `g.max_pool` applied, in the one pass that transposes the values. The pool keeps a NaN
+/// (as the max pool does) and reads the values after the ReLU.
 pub fn channels_first(
-    parts: &[&[f32]],
-    out: usize,
-    positions: usize,
+    product: &[f32],
+    out: &mut [f32],
+    g: &Output2d,
     bias: Option<&[f32]>,
     relu: bool,
-) -> Vec<f32> {
-    let sample_len = out * positions;
-    // (part, sample within it) for every sample, in order.
-    let samples: Vec<(usize, usize)> = parts
-        .iter()
-        .enumerate()
-        .flat_map(|(p, part)| (0..part.len() / sample_len.max(1)).map(move |s| (p, s)))
-        .collect();
-    let mut y = vec![0f32; samples.len() * sample_len];
+) {
+    let positions = g.height * g.width;
+    let sample_len = g.channels * positions;
+    if sample_len == 0 || g.sample_len() == 0 {
+        return;
+    }
+    let act = |c: usize, v: f32| {
+        let v = v + bias.map_or(0.0, |b| b[c]);
+        if relu {
+            v.max(0.0)
+        } else {
+            v
+        }
+    };
+    let written = g.written();
+    out.par_chunks_mut(g.sample_len())
+        .zip(product.par_chunks(sample_len))
+        .for_each_init(
+            || vec![0f32; g.max_pool.map_or(0, |_| g.sample_len())],
+            |pooled, (out, src)| match g.max_pool {
+                None => transpose_map(
+                    src,
+                    g.channels,
+                    out,
+                    positions,
+                    (positions, g.channels),
+                    act,
+                ),
+                Some((kernel, stride)) => {
+                    max_pool_rows(src, g, (kernel, stride.max(1)), written, pooled, act);
+                    let shape = (written.0 * written.1, g.channels);
+                    transpose_map(pooled, g.channels, out, shape.0, shape, |_, v| v);
+                }
+            },
+        );
+}
+
+/// One sample's max pool in the product's layout: `src` `[height * width, channels]`
+/// (each value through `act` first) into `pooled` `[pooled positions, channels]`, channel
+/// rows at a time (they vectorise).
+fn max_pool_rows(
+    src: &[f32],
+    g: &Output2d,
+    (kernel, stride): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    pooled: &mut [f32],
+    act: impl Fn(usize, f32) -> f32,
+) {
+    let c_n = g.channels;
+    for (p, best) in pooled.chunks_exact_mut(c_n).enumerate() {
+        let (y0, x0) = (p / out_w * stride, p % out_w * stride);
+        debug_assert!(y0 / stride < out_h);
+        for (i, (dy, dx)) in (0..kernel)
+            .flat_map(|dy| (0..kernel).map(move |dx| (dy, dx)))
+            .enumerate()
+        {
+            let row = &src[((y0 + dy) * g.width + x0 + dx) * c_n..][..c_n];
+            for (c, (b, &v)) in best.iter_mut().zip(row).enumerate() {
+                let v = act(c, v);
+                // A NaN wins, as in the max pool.
+                *b = if i == 0 || v > *b || v.is_nan() {
+                    v
+                } else {
+                    *b
+                };
+            }
+        }
+    }
+}
+
+/// `[samples, channels, positions]` (NCHW) as `[samples * positions, channels]`: a
+/// convolution's output gradient in the layout of its product.
+pub fn channels_last(x: &[f32], channels: usize, positions: usize) -> Vec<f32> {
+    let sample_len = channels * positions;
+    let mut y = vec![0f32; x.len()];
     if sample_len == 0 {
         return y;
     }
     y.par_chunks_mut(sample_len)
-        .zip(samples.par_iter())
-        .for_each(|(y, &(p, s))| {
-            let part = parts[p];
-            let n = part.len() / sample_len;
-            for (o, dst) in y.chunks_mut(positions).enumerate() {
-                let src = &part[(o * n + s) * positions..][..positions];
-                let b = bias.map_or(0.0, |b| b[o]);
-                match relu {
-                    true => dst
-                        .iter_mut()
-                        .zip(src)
-                        .for_each(|(d, &v)| *d = (v + b).max(0.0)),
-                    false => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b),
-                }
-            }
+        .zip(x.par_chunks(sample_len))
+        .for_each(|(y, x)| {
+            transpose_map(x, positions, y, channels, (channels, positions), |_, v| v)
         });
     y
 }

@@ -8,7 +8,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use kd_plan::{Layer, LayerSpec, ModelSpec, SeqPool};
 
-use crate::dense::{dense, Dense};
+use crate::dense::{dense, Dense, Epilogue};
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
 use crate::grad_sink::GradSinks;
 use crate::losses;
@@ -863,16 +863,17 @@ impl Model {
             ),
             None => None,
         };
-        // A dense layer and the ReLU after it run as one op unless a tap reads between them.
-        let mut relu_applied = false;
+        // A dense layer and the ReLU after it run as one op unless a tap reads between them;
+        // without gradients a conv2d takes a following max pool in too.
+        let mut fused = 0;
         for (index, layer) in self.layers.iter().enumerate() {
-            if std::mem::take(&mut relu_applied) {
-                debug_assert!(matches!(layer, LayerImpl::Relu));
+            if fused > 0 {
+                fused -= 1;
+                debug_assert!(matches!(layer, LayerImpl::Relu | LayerImpl::MaxPool { .. }));
             } else {
-                relu_applied = layer.is_dense()
-                    && matches!(self.layers.get(index + 1), Some(LayerImpl::Relu))
-                    && !self.taps.iter().any(|(_, at)| *at == index);
-                h = layer.forward(&h, &mut mask, &context, relu_applied)?;
+                let epilogue = self.epilogue(index, gradients);
+                fused = usize::from(epilogue.relu) + usize::from(epilogue.max_pool.is_some());
+                h = layer.forward(&h, &mut mask, &context, epilogue)?;
             }
             for (tap, _) in self.taps.iter().filter(|(_, at)| *at == index) {
                 ports.push((tap.clone(), h.clone()));
@@ -880,6 +881,32 @@ impl Model {
         }
         ports.push(("output".to_string(), h));
         Ok(ports)
+    }
+}
+
+impl Model {
+    /// What the dense layer at `index` applies in its output pass: the ReLU and (without
+    /// `gradients`, for a conv2d) the max pool that follow it, unless a tap reads a value
+    /// in between.
+    fn epilogue(&self, index: usize, gradients: bool) -> Epilogue {
+        let layers = &self.layers;
+        let tapped = |at: usize| self.taps.iter().any(|(_, tap)| *tap == at);
+        if !layers[index].is_dense() {
+            return Epilogue::default();
+        }
+        let relu = matches!(layers.get(index + 1), Some(LayerImpl::Relu)) && !tapped(index);
+        let last = index + usize::from(relu);
+        let max_pool = match layers.get(last + 1) {
+            Some(&LayerImpl::MaxPool { kernel, stride })
+                if !gradients
+                    && !tapped(last)
+                    && matches!(layers[index], LayerImpl::Conv2d { .. }) =>
+            {
+                Some((kernel, stride))
+            }
+            _ => None,
+        };
+        Epilogue { relu, max_pool }
     }
 }
 
@@ -912,13 +939,13 @@ impl LayerImpl {
         )
     }
 
-    /// The layer's output for `x`; a dense layer applies a ReLU too when `relu`.
+    /// The layer's output for `x`; a dense layer applies `epilogue` too.
     fn forward(
         &self,
         x: &Tensor,
         mask: &mut Option<Tensor>,
         context: &ForwardContext,
-        relu: bool,
+        epilogue: Epilogue,
     ) -> Result<Tensor> {
         let fail = |what: &str| format!("{what} of model `{}`", context.model);
         match self {
@@ -962,7 +989,7 @@ impl LayerImpl {
                     x,
                     &context.param(weight),
                     bias.as_ref().map(|b| context.param(b)).as_ref(),
-                    relu,
+                    epilogue,
                     context.sinks,
                 )
                 .ctx_with(|| fail("conv1d"))?;
@@ -997,10 +1024,10 @@ impl LayerImpl {
                     x,
                     &context.param(weight),
                     bias.as_ref().map(|b| context.param(b)).as_ref(),
-                    relu,
+                    epilogue,
                     context.sinks,
                 ),
-                _ => linear_candle(x, &context.param(weight), bias.as_ref(), relu),
+                _ => linear_candle(x, &context.param(weight), bias.as_ref(), epilogue.relu),
             }
             .ctx_with(|| fail("linear")),
             LayerImpl::Conv2d {
@@ -1016,7 +1043,7 @@ impl LayerImpl {
                 x,
                 &context.param(weight),
                 bias.as_ref().map(|b| context.param(b)).as_ref(),
-                relu,
+                epilogue,
                 context.sinks,
             )
             .ctx_with(|| fail("conv2d")),
@@ -1042,10 +1069,12 @@ impl LayerImpl {
                 let mut h = x.clone();
                 let mut inner_mask = mask.clone();
                 for layer in body {
-                    h = layer.forward(&h, &mut inner_mask, context, false)?;
+                    h = layer.forward(&h, &mut inner_mask, context, Epilogue::default())?;
                 }
                 let skip = match shortcut {
-                    Some(short) => short.forward(x, &mut mask.clone(), context, false)?,
+                    Some(short) => {
+                        short.forward(x, &mut mask.clone(), context, Epilogue::default())?
+                    }
                     None => x.clone(),
                 };
                 h.add(&skip).ctx_with(|| fail("residual sum"))

@@ -6,7 +6,7 @@
 #![allow(clippy::needless_range_loop)] // the reference formula reads best as indices
 
 use candle_core::{Device, Tensor, Var};
-use kd_runtime::dense::{dense, Dense};
+use kd_runtime::dense::{dense, Dense, Epilogue};
 use kd_runtime::grad_sink::GradSinks;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -110,7 +110,7 @@ fn run(
 
 /// kdc's convolution, without bias or ReLU.
 fn conv(kind: Dense) -> impl Fn(&Tensor, &Tensor, &GradSinks) -> Tensor {
-    move |x, w, sinks| dense(kind, x, w, None, false, sinks).unwrap()
+    move |x, w, sinks| dense(kind, x, w, None, Epilogue::default(), sinks).unwrap()
 }
 
 #[test]
@@ -385,7 +385,7 @@ fn dense_layers_match_candle_in_values_and_gradients() {
                 &input,
                 w.as_tensor(),
                 Some(b.as_tensor()),
-                true,
+                Epilogue::RELU,
                 &sinks,
             )
             .unwrap();
@@ -404,6 +404,89 @@ fn dense_layers_match_candle_in_values_and_gradients() {
             }
         }
     }
+}
+
+/// A conv2d with its max pool in the output pass (a forward without gradients) against
+/// conv2d, bias, ReLU and max pool as separate steps; a NaN reaches the pool as it would.
+#[test]
+fn pooled_conv2d_matches_the_separate_layers() {
+    use kd_runtime::pooling::max_pool2d;
+    // (batch, in, out, size, stride, padding, pool kernel, pool stride, relu)
+    for (i, &(b, c, o, size, stride, padding, k, s, relu)) in [
+        (3, 4, 6, 12, 1, 1, 2, 2, true),
+        (2, 3, 5, 11, 1, 1, 2, 2, true),
+        (2, 3, 7, 13, 2, 1, 3, 2, false),
+        (1, 2, 3, 9, 1, 0, 3, 1, true),
+        // Chunked: more than one unfold's worth of samples.
+        (40, 16, 8, 28, 1, 1, 2, 2, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 700 + i as u64 * 4;
+        let mut x = random(&[b, c, size, size], seed);
+        if !relu {
+            // A NaN in the first sample: the pool keeps it.
+            let mut values = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            values[5] = f32::NAN;
+            x = Tensor::from_vec(values, x.dims(), x.device()).unwrap();
+        }
+        let w = random(&[o, c, 3, 3], seed + 1);
+        let bias = random(&[o], seed + 2);
+        let kind = Dense::Conv2d { stride, padding };
+        let unpooled = Epilogue {
+            relu,
+            max_pool: None,
+        };
+        let sinks = GradSinks::default();
+        let separate = dense(kind, &x, &w, Some(&bias), unpooled, &sinks).unwrap();
+        let theirs = max_pool2d(&separate, k, s).unwrap();
+        let pooled = Epilogue {
+            relu,
+            max_pool: Some((k, s)),
+        };
+        let ours = dense(kind, &x, &w, Some(&bias), pooled, &sinks).unwrap();
+        assert_eq!(ours.dims(), theirs.dims(), "case {i}");
+        let (ours, theirs) = (
+            ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(
+            ours.iter().filter(|v| v.is_nan()).count(),
+            theirs.iter().filter(|v| v.is_nan()).count(),
+            "case {i}: NaNs"
+        );
+        assert!(
+            relu || theirs.iter().any(|v| v.is_nan()),
+            "case {i}: no NaN"
+        );
+        for (a, e) in ours.iter().zip(&theirs) {
+            assert!(a.is_nan() == e.is_nan(), "case {i}: a NaN moved");
+            assert!(a.is_nan() || (a - e).abs() < 1e-5, "case {i}: {a} vs {e}");
+        }
+    }
+    // With gradients wanted there is no pooled op: it has no backward.
+    let w = Var::from_tensor(&random(&[2, 1, 3, 3], 1)).unwrap();
+    let x = random(&[1, 1, 6, 6], 2);
+    let pooled = Epilogue {
+        relu: true,
+        max_pool: Some((2, 2)),
+    };
+    let conv = Dense::Conv2d {
+        stride: 1,
+        padding: 1,
+    };
+    let sinks = GradSinks::default();
+    assert!(dense(conv, &x, w.as_tensor(), None, pooled, &sinks).is_err());
+    // A window larger than the convolution's output: the pool's own error.
+    let small = Epilogue {
+        relu: true,
+        max_pool: Some((7, 1)),
+    };
+    let message = dense(conv, &x, &w.as_tensor().detach(), None, small, &sinks)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("pooling window 7 larger"), "{message}");
 }
 
 /// kdc's masked max over time against the candle formula it replaced (a padding penalty,
