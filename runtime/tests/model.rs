@@ -185,6 +185,76 @@ fn a_forward_without_gradients_keeps_no_graph() {
     }
 }
 
+/// conv -> relu -> maxpool -> conv (no bias) -> maxpool -> flatten -> linear, with a tap
+/// on the ReLU when `tapped`: without gradients the convolutions take their pools into
+/// their output pass, except where the tap reads the value in between.
+fn pooled_cnn(tapped: bool) -> ModelSpec {
+    let conv = |out, bias| Layer::Conv2d {
+        out,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        bias,
+    };
+    let pool = Layer::MaxPool {
+        kernel: 2,
+        stride: 2,
+    };
+    ModelSpec {
+        name: "pooled".into(),
+        architecture: "cnn".into(),
+        role: Role::Teacher,
+        input: vec![1, 8, 8],
+        layers: vec![
+            layer("conv1", conv(4, true), vec![1, 8, 8]),
+            layer("relu", Layer::Relu, vec![4, 8, 8]),
+            layer("pool1", pool.clone(), vec![4, 8, 8]),
+            layer("conv2", conv(6, false), vec![4, 4, 4]),
+            layer("pool2", pool, vec![6, 4, 4]),
+            layer("flat", Layer::Flatten, vec![6, 2, 2]),
+            layer(
+                "fc",
+                Layer::Linear {
+                    out: 10,
+                    bias: true,
+                },
+                vec![24],
+            ),
+        ],
+        taps: match tapped {
+            true => vec![Tap {
+                name: "hidden".into(),
+                layer: 1,
+                ty: TensorType::scalar(),
+            }],
+            false => vec![],
+        },
+        init_from: None,
+        onnx: None,
+        bert: None,
+        tokens: false,
+        init_key: "pooled".into(),
+        params: 0,
+        flops: 0,
+        span: Span::default(),
+    }
+}
+
+#[test]
+fn convolutions_with_their_pools_give_the_same_values_without_gradients() {
+    for tapped in [false, true] {
+        let mut model = Model::new(&pooled_cnn(tapped), 3).unwrap();
+        let tracked = model.forward(&input(5), false).unwrap();
+        let untracked = model.forward_with(&input(5), false, true, false).unwrap();
+        assert_eq!(tracked.len(), untracked.len());
+        for ((port, a), (_, b)) in tracked.iter().zip(&untracked) {
+            assert!(!b.track_op(), "{port} should be outside any graph");
+            assert_eq!(a.dims(), b.dims(), "{port}");
+            assert_eq!(values(a), values(b), "{port} (tap: {tapped})");
+        }
+    }
+}
+
 #[test]
 fn initialisation_is_seeded_uniform_and_shared_by_init_key() {
     let a = Model::new(&cnn("a", "student"), 7).unwrap();
