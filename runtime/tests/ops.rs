@@ -238,13 +238,25 @@ fn conv1d_kernel_gradient_matches_the_formula() {
 #[test]
 fn max_pool_matches_candle_in_values_and_the_definition_in_gradients() {
     use kd_runtime::pooling::max_pool2d;
-    // (batch, channels, size, kernel, stride)
-    for (i, &(b, c, size, k, stride)) in [(4, 3, 8, 2, 2), (2, 2, 9, 3, 3), (3, 4, 7, 3, 2)]
-        .iter()
-        .enumerate()
+    // (batch, channels, size, kernel, stride, ties): with ties, values after a ReLU (whole
+    // windows of zeros, whose gradient goes to the first).
+    for (i, &(b, c, size, k, stride, ties)) in [
+        (4, 3, 8, 2, 2, false),
+        (2, 2, 9, 3, 3, false),
+        (3, 4, 7, 3, 2, false),
+        (4, 3, 8, 2, 2, true),
+        (2, 3, 7, 2, 2, true),
+        (2, 2, 9, 3, 3, true),
+    ]
+    .iter()
+    .enumerate()
     {
         let seed = 200 + i as u64;
-        let x = Var::from_tensor(&random(&[b, c, size, size], seed)).unwrap();
+        let mut x = random(&[b, c, size, size], seed);
+        if ties {
+            x = x.relu().unwrap();
+        }
+        let x = Var::from_tensor(&x).unwrap();
         let ours = max_pool2d(x.as_tensor(), k, stride).unwrap();
         let theirs = x.as_tensor().max_pool2d_with_stride(k, stride).unwrap();
         assert!(max_difference(&ours, &theirs) < 1e-7, "case {i}: values");
