@@ -243,6 +243,7 @@ const BLOCK: usize = 8;
 /// `dst[j * dst_stride + i] = f(j, src[i * src_stride + j])` for `i < rows`, `j < cols`:
 /// a transpose with a per-column map, in 8 x 8 blocks that the compiler keeps in registers
 /// (element by element, the strided side of a transpose ran at 3 ns a value).
+#[inline(always)]
 fn transpose_map(
     src: &[f32],
     src_stride: usize,
@@ -322,65 +323,106 @@ pub fn channels_first(
     if sample_len == 0 || g.sample_len() == 0 {
         return;
     }
-    let act = |c: usize, v: f32| {
-        let v = v + bias.map_or(0.0, |b| b[c]);
-        if relu {
-            v.max(0.0)
-        } else {
-            v
-        }
-    };
-    let written = g.written();
+    let arch = pulp::Arch::new();
     out.par_chunks_mut(g.sample_len())
         .zip(product.par_chunks(sample_len))
         .for_each_init(
             || vec![0f32; g.max_pool.map_or(0, |_| g.sample_len())],
-            |pooled, (out, src)| match g.max_pool {
-                None => transpose_map(
+            |pooled, (out, src)| {
+                arch.dispatch(OutputSample {
                     src,
-                    g.channels,
                     out,
-                    positions,
-                    (positions, g.channels),
-                    act,
-                ),
-                Some((kernel, stride)) => {
-                    max_pool_rows(src, g, (kernel, stride.max(1)), written, pooled, act);
-                    let shape = (written.0 * written.1, g.channels);
-                    transpose_map(pooled, g.channels, out, shape.0, shape, |_, v| v);
-                }
+                    pooled,
+                    g,
+                    bias,
+                    relu,
+                })
             },
         );
 }
 
-/// One sample's max pool in the product's layout: `src` `[height * width, channels]`
-/// (each value through `act` first) into `pooled` `[pooled positions, channels]`, channel
-/// rows at a time (they vectorise).
+/// One sample of [`channels_first`], compiled for the widest vectors the CPU has.
+struct OutputSample<'a> {
+    src: &'a [f32],
+    out: &'a mut [f32],
+    pooled: &'a mut [f32],
+    g: &'a Output2d,
+    bias: Option<&'a [f32]>,
+    relu: bool,
+}
+
+impl pulp::WithSimd for OutputSample<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        let OutputSample {
+            src,
+            out,
+            pooled,
+            g,
+            bias,
+            relu,
+        } = self;
+        let act = |c: usize, v: f32| {
+            let v = v + bias.map_or(0.0, |b| b[c]);
+            if relu {
+                v.max(0.0)
+            } else {
+                v
+            }
+        };
+        let positions = g.height * g.width;
+        match g.max_pool {
+            None => transpose_map(
+                src,
+                g.channels,
+                out,
+                positions,
+                (positions, g.channels),
+                act,
+            ),
+            Some((kernel, stride)) => {
+                let written = g.written();
+                max_pool_rows(src, g, (kernel, stride.max(1)), written.1, pooled, relu);
+                let shape = (written.0 * written.1, g.channels);
+                transpose_map(pooled, g.channels, out, shape.0, shape, act);
+            }
+        }
+    }
+}
+
+/// One sample's max pool in the product's layout, before the bias and the ReLU: `src`
+/// `[height * width, channels]` into `pooled` `[pooled positions, channels]`, a row of
+/// channels at a time (they vectorise). Adding a bias and the ReLU are monotone, so
+/// pooling first gives the same values; with `relu` a NaN may be dropped here (`f32::max`),
+/// as the ReLU would have made it 0, and without, it wins, as in the max pool.
+#[inline(always)]
 fn max_pool_rows(
     src: &[f32],
     g: &Output2d,
     (kernel, stride): (usize, usize),
-    (out_h, out_w): (usize, usize),
+    out_w: usize,
     pooled: &mut [f32],
-    act: impl Fn(usize, f32) -> f32,
+    relu: bool,
 ) {
     let c_n = g.channels;
     for (p, best) in pooled.chunks_exact_mut(c_n).enumerate() {
         let (y0, x0) = (p / out_w * stride, p % out_w * stride);
-        debug_assert!(y0 / stride < out_h);
-        for (i, (dy, dx)) in (0..kernel)
+        let row = |dy: usize, dx: usize| &src[((y0 + dy) * g.width + x0 + dx) * c_n..][..c_n];
+        best.copy_from_slice(row(0, 0));
+        for (dy, dx) in (0..kernel)
             .flat_map(|dy| (0..kernel).map(move |dx| (dy, dx)))
-            .enumerate()
+            .skip(1)
         {
-            let row = &src[((y0 + dy) * g.width + x0 + dx) * c_n..][..c_n];
-            for (c, (b, &v)) in best.iter_mut().zip(row).enumerate() {
-                let v = act(c, v);
-                // A NaN wins, as in the max pool.
-                *b = if i == 0 || v > *b || v.is_nan() {
-                    v
-                } else {
-                    *b
-                };
+            match relu {
+                true => best
+                    .iter_mut()
+                    .zip(row(dy, dx))
+                    .for_each(|(b, &v)| *b = b.max(v)),
+                false => best.iter_mut().zip(row(dy, dx)).for_each(|(b, &v)| {
+                    *b = if v > *b || v.is_nan() { v } else { *b };
+                }),
             }
         }
     }
