@@ -150,7 +150,10 @@ pub fn max_pool2d_backward(x: &[f32], grad: &[f32], planes: usize, p: &Pool2d) -
             // A NaN takes its window's gradient: planes holding one take the general path.
             let nan = plane.iter().fold(false, |nan, v| nan | v.is_nan());
             match (p.kernel, p.stride, nan) {
-                (2, 2, false) => p.backward_2x2(plane, grad, dx, lanes),
+                (2, 2, false) => crate::vectorised(
+                    #[inline(always)]
+                    || p.backward_2x2(plane, grad, dx, lanes),
+                ),
                 _ => {
                     for (o, &g) in grad.iter().enumerate() {
                         dx[p.argmax(plane, o / out_w, o % out_w)] += g;
@@ -167,6 +170,7 @@ impl Pool2d {
     /// maximum is and zero elsewhere. A pair of rows is split into its four window corners
     /// (`lanes`, a row each) so that the selection runs along whole rows and vectorises;
     /// the search in [`Pool2d::argmax`] cost 7 ms on cnn_distill's first pool.
+    #[inline(always)]
     fn backward_2x2(&self, plane: &[f32], grad: &[f32], dx: &mut [f32], lanes: &mut Vec<f32>) {
         let (width, out_w) = (self.width, self.out_width());
         lanes.resize(8 * out_w, 0.0);

@@ -323,71 +323,52 @@ pub fn channels_first(
     if sample_len == 0 || g.sample_len() == 0 {
         return;
     }
-    let arch = pulp::Arch::new();
     out.par_chunks_mut(g.sample_len())
         .zip(product.par_chunks(sample_len))
         .for_each_init(
             || vec![0f32; g.max_pool.map_or(0, |_| g.sample_len())],
             |pooled, (out, src)| {
-                arch.dispatch(OutputSample {
-                    src,
-                    out,
-                    pooled,
-                    g,
-                    bias,
-                    relu,
-                })
+                crate::vectorised(
+                    #[inline(always)]
+                    || output_sample(src, out, pooled, g, bias, relu),
+                )
             },
         );
 }
 
-/// One sample of [`channels_first`], compiled for the widest vectors the CPU has.
-struct OutputSample<'a> {
-    src: &'a [f32],
-    out: &'a mut [f32],
-    pooled: &'a mut [f32],
-    g: &'a Output2d,
-    bias: Option<&'a [f32]>,
+/// One sample of [`channels_first`].
+#[inline(always)]
+fn output_sample(
+    src: &[f32],
+    out: &mut [f32],
+    pooled: &mut [f32],
+    g: &Output2d,
+    bias: Option<&[f32]>,
     relu: bool,
-}
-
-impl pulp::WithSimd for OutputSample<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
-        let OutputSample {
+) {
+    let act = |c: usize, v: f32| {
+        let v = v + bias.map_or(0.0, |b| b[c]);
+        if relu {
+            v.max(0.0)
+        } else {
+            v
+        }
+    };
+    let positions = g.height * g.width;
+    match g.max_pool {
+        None => transpose_map(
             src,
+            g.channels,
             out,
-            pooled,
-            g,
-            bias,
-            relu,
-        } = self;
-        let act = |c: usize, v: f32| {
-            let v = v + bias.map_or(0.0, |b| b[c]);
-            if relu {
-                v.max(0.0)
-            } else {
-                v
-            }
-        };
-        let positions = g.height * g.width;
-        match g.max_pool {
-            None => transpose_map(
-                src,
-                g.channels,
-                out,
-                positions,
-                (positions, g.channels),
-                act,
-            ),
-            Some((kernel, stride)) => {
-                let written = g.written();
-                max_pool_rows(src, g, (kernel, stride.max(1)), written.1, pooled, relu);
-                let shape = (written.0 * written.1, g.channels);
-                transpose_map(pooled, g.channels, out, shape.0, shape, act);
-            }
+            positions,
+            (positions, g.channels),
+            act,
+        ),
+        Some((kernel, stride)) => {
+            let written = g.written();
+            max_pool_rows(src, g, (kernel, stride.max(1)), written.1, pooled, relu);
+            let shape = (written.0 * written.1, g.channels);
+            transpose_map(pooled, g.channels, out, shape.0, shape, act);
         }
     }
 }
