@@ -2,9 +2,10 @@
 //! of candle's graph. Built from separate ops, every intermediate (the unfolded windows, the
 //! product, the biased product, each reshape) gets its own gradient, and candle's backward
 //! adds each into a freshly zeroed tensor: on text_student that was most of the backward.
-//! Here the product is computed on detached tensors and one custom op adds the bias, applies
-//! the ReLU and carries the backward to the input, the weight and the bias. tests/ops.rs
-//! checks it against the layer built from candle's ops.
+//! Here the output (the product, the bias, the ReLU and, for a frozen conv2d, a following
+//! max pool) is computed on detached tensors, and one custom op puts it in the graph and
+//! carries the backward to the input, the weight and the bias. tests/ops.rs checks it
+//! against the layer built from candle's ops.
 
 use crate::conv::{Unfold, Windows2d, PRODUCT_BYTES, UNFOLD_BYTES};
 use crate::elementwise::{bias_gradient, contiguous_f32, relu_backward};
