@@ -102,20 +102,14 @@ fn from_padded(padded: &[f32], g: &Window2d, sample: &mut [f32]) {
     }
 }
 
-/// `x` is `[batch, C, H, W]`; returns `[batch * H' * W', k * k * C]`: one row per output
-/// position (a sample's positions in a contiguous run), in the order of [`Window2d::row_len`],
-/// so that `cols @ weight^T` is the convolution as `[positions, out]` (channels last).
-/// Each sample is first copied channels last into a zero-padded image, from which every
-/// kernel row of a window is one contiguous copy, with no bounds to test.
-pub fn unfold2d(x: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
-    let mut cols = vec![0f32; batch * g.rows() * g.row_len()];
-    unfold2d_into(x, g, &mut cols);
-    cols
-}
-
-/// [`unfold2d`] into `cols`, which holds the windows of as many samples as `x` does: a
-/// buffer reused chunk after chunk is neither zeroed nor faulted in again.
-pub fn unfold2d_into(x: &[f32], g: &Window2d, cols: &mut [f32]) {
+/// `x` is `[batch, C, H, W]`; fills `cols` (`[batch * H' * W', k * k * C]`, every value
+/// written, so a buffer reused chunk after chunk needs no zeroing) with one row per output
+/// position (a sample's positions in a contiguous run), in the order of
+/// [`Window2d::row_len`], so that `cols @ weight^T` is the convolution as `[positions,
+/// out]` (channels last). Each sample is first copied channels last into a zero-padded
+/// image, from which every kernel row of a window is one contiguous copy, with no bounds
+/// to test.
+pub fn unfold2d(x: &[f32], g: &Window2d, cols: &mut [f32]) {
     let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
     if rows * row_len == 0 || sample_len == 0 {
         return;

@@ -6,9 +6,10 @@
 
 use crate::elementwise::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, InplaceOp2, Layout, Shape, Tensor};
-use kd_kernels::unfold::{fold1d, fold2d, unfold1d, unfold2d, unfold2d_into, Window1d, Window2d};
+use kd_kernels::unfold::{fold1d, fold2d, unfold1d, unfold2d, Window1d, Window2d};
 
-/// A convolution's windows: unfolds an input into them and folds their gradients back.
+/// A convolution's windows, in the layout of their gradients that [`Unfold::fold`] sums
+/// back onto the input (the layout [`windows1d`] and [`Windows2d`] unfold into).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Unfold {
     /// `[B, L, C]` (channels last) into `[B, L', k * C]`, a window frame by frame per row.
@@ -18,12 +19,13 @@ pub(crate) enum Unfold {
     Conv2d(Window2d),
 }
 
-impl Unfold {
-    /// The unfolded windows of `x` (contiguous), outside the graph.
-    pub(crate) fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.apply_op1_no_bwd(&UnfoldOp(self))
-    }
+/// A conv1d's windows of `x` (contiguous, `[B, L, C]`) as `[B, L', k * C]`, outside the
+/// graph. (A conv2d's go through [`Windows2d`].)
+pub(crate) fn windows1d(x: &Tensor, window: Window1d) -> candle_core::Result<Tensor> {
+    x.apply_op1_no_bwd(&UnfoldOp(window))
+}
 
+impl Unfold {
     /// Window gradients (the unfolded shape) summed back onto the input's shape.
     pub(crate) fn fold(
         self,
@@ -111,7 +113,7 @@ impl InplaceOp2 for UnfoldInto {
         let x = contiguous_f32(src, src_l)?;
         match (dst, dst_l.contiguous_offsets()) {
             (CpuStorage::F32(cols), Some((start, end))) => {
-                unfold2d_into(x, &self.0, &mut cols[start..end]);
+                unfold2d(x, &self.0, &mut cols[start..end]);
                 Ok(())
             }
             _ => candle_core::bail!("unfold: expected a contiguous f32 buffer"),
@@ -119,7 +121,7 @@ impl InplaceOp2 for UnfoldInto {
     }
 }
 
-struct UnfoldOp(Unfold);
+struct UnfoldOp(Window1d);
 
 impl CustomOp1 for UnfoldOp {
     fn name(&self) -> &'static str {
@@ -127,18 +129,11 @@ impl CustomOp1 for UnfoldOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let batch = l.dims()[0];
-        let x = contiguous_f32(s, l)?;
-        Ok(match self.0 {
-            Unfold::Conv1d(g) => (
-                CpuStorage::F32(unfold1d(x, batch, &g)),
-                Shape::from((batch, g.rows(), g.row_len())),
-            ),
-            Unfold::Conv2d(g) => (
-                CpuStorage::F32(unfold2d(x, batch, &g)),
-                Shape::from((batch * g.rows(), g.row_len())),
-            ),
-        })
+        let (batch, g) = (l.dims()[0], self.0);
+        Ok((
+            CpuStorage::F32(unfold1d(contiguous_f32(s, l)?, batch, &g)),
+            Shape::from((batch, g.rows(), g.row_len())),
+        ))
     }
 }
 

@@ -7,7 +7,7 @@
 //! carries the backward to the input, the weight and the bias. tests/ops.rs checks it
 //! against the layer built from candle's ops.
 
-use crate::conv::{Unfold, Windows2d, PRODUCT_BYTES, UNFOLD_BYTES};
+use crate::conv::{windows1d, Unfold, Windows2d, PRODUCT_BYTES, UNFOLD_BYTES};
 use crate::elementwise::{bias_gradient, contiguous_f32, relu_backward};
 use crate::grad_sink::{GradSink, GradSinks};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
@@ -107,8 +107,7 @@ impl Dense {
             Dense::Conv1d { padding } => {
                 let (batch, _, _) = x.dims3()?;
                 let window = window1d(x, w, padding)?;
-                let product = Unfold::Conv1d(window)
-                    .apply(x)?
+                let product = windows1d(x, window)?
                     .reshape((batch * window.rows(), window.row_len()))?
                     .matmul(&kernel_rows(w)?.t()?)?;
                 let y = with_values(b, |bias| {
@@ -211,8 +210,7 @@ impl Dense {
                 };
                 let dw = match want_w {
                     true => {
-                        let cols = Unfold::Conv1d(window)
-                            .apply(x)?
+                        let cols = windows1d(x, window)?
                             .reshape((batch * window.rows(), window.row_len()))?;
                         // Rows hold a window frame by frame: [O, k, C] back to [O, C, k].
                         Some(
