@@ -2,9 +2,12 @@
 //! (the workspace's dev profile builds kdc's own crates at opt-level 1), and so that they
 //! can be tested against plain references in isolation.
 
+pub mod activation;
+pub mod batchnorm;
 pub mod elementwise;
 pub mod optim;
 pub mod pool;
+pub mod recurrent;
 pub mod unfold;
 
 /// Runs `f` compiled for the widest vector instructions this CPU has (pulp's runtime

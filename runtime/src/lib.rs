@@ -5,6 +5,7 @@
 //! bitwise the same weights and metrics.
 
 pub mod augment;
+pub mod batch_norm;
 pub mod bert;
 pub mod cache;
 pub mod checkpoint;
@@ -26,6 +27,7 @@ pub mod onnx_export;
 pub mod optim;
 pub mod pooling;
 pub mod progress;
+pub mod recurrent;
 pub mod rng;
 pub mod sequence;
 pub mod summary;

@@ -74,7 +74,6 @@ enum LayerImpl {
     Lstm {
         /// `(weight_ih, weight_hh, bias)` forward, then backward when bidirectional.
         directions: Vec<(Var, Var, Var)>,
-        hidden: usize,
     },
     Transformer(Box<TransformerBlock>),
     LayerNorm {
@@ -355,10 +354,7 @@ impl Builder<'_> {
                         self.uniform(format!("{name}.bias{d}"), &[4 * hidden], bound)?,
                     ));
                 }
-                LayerImpl::Lstm {
-                    directions,
-                    hidden: *hidden,
-                }
+                LayerImpl::Lstm { directions }
             }
             Layer::Transformer { heads, ff, dropout } => {
                 let d = spec.input.last().copied().unwrap_or(1);
@@ -853,7 +849,6 @@ impl Model {
             gradients,
         };
         let mut ports = Vec::with_capacity(self.taps.len() + 1);
-        let mut h = x.clone();
         // Token inputs: 1 at real tokens, 0 at padding, `[B, L]`; sequence layers keep it.
         let mut mask = match self.pad_id {
             Some(pad) => Some(
@@ -863,51 +858,75 @@ impl Model {
             ),
             None => None,
         };
-        // A dense layer and the ReLU after it run as one op unless a tap reads between them;
-        // without gradients a conv2d takes a following max pool in too.
-        let mut fused = 0;
-        for (index, layer) in self.layers.iter().enumerate() {
-            if fused > 0 {
-                fused -= 1;
-                debug_assert!(matches!(layer, LayerImpl::Relu | LayerImpl::MaxPool { .. }));
-            } else {
-                let epilogue = self.epilogue(index, gradients);
-                fused = usize::from(epilogue.relu) + usize::from(epilogue.max_pool.is_some());
-                h = layer.forward(&h, &mut mask, &context, epilogue)?;
-            }
-            for (tap, _) in self.taps.iter().filter(|(_, at)| *at == index) {
-                ports.push((tap.clone(), h.clone()));
-            }
-        }
+        let taps = &self.taps;
+        let h = run_layers(
+            &self.layers,
+            x,
+            &mut mask,
+            &context,
+            |at| taps.iter().any(|(_, tap)| *tap == at),
+            |index, h| {
+                for (tap, _) in taps.iter().filter(|(_, at)| *at == index) {
+                    ports.push((tap.clone(), h.clone()));
+                }
+            },
+        )?;
         ports.push(("output".to_string(), h));
         Ok(ports)
     }
 }
 
-impl Model {
-    /// What the dense layer at `index` applies in its output pass: the ReLU and (without
-    /// `gradients`, for a conv2d) the max pool that follow it, unless a tap reads a value
-    /// in between.
-    fn epilogue(&self, index: usize, gradients: bool) -> Epilogue {
-        let layers = &self.layers;
-        let tapped = |at: usize| self.taps.iter().any(|(_, tap)| *tap == at);
-        if !layers[index].is_dense() {
-            return Epilogue::default();
-        }
-        let relu = matches!(layers.get(index + 1), Some(LayerImpl::Relu)) && !tapped(index);
-        let last = index + usize::from(relu);
-        let max_pool = match layers.get(last + 1) {
-            Some(&LayerImpl::MaxPool { kernel, stride })
-                if !gradients
-                    && !tapped(last)
-                    && matches!(layers[index], LayerImpl::Conv2d { .. }) =>
-            {
-                Some((kernel, stride))
-            }
-            _ => None,
-        };
-        Epilogue { relu, max_pool }
+/// What the layer at `index` applies in its output pass: for a dense layer or a batch
+/// norm, the ReLU after it, and (for a conv2d without `gradients`) the max pool after that,
+/// unless `tapped` says a tap reads a value in between.
+fn epilogue(
+    layers: &[LayerImpl],
+    index: usize,
+    gradients: bool,
+    tapped: &impl Fn(usize) -> bool,
+) -> Epilogue {
+    let layer = &layers[index];
+    if !layer.is_dense() && !matches!(layer, LayerImpl::BatchNorm(_)) {
+        return Epilogue::default();
     }
+    let relu = matches!(layers.get(index + 1), Some(LayerImpl::Relu)) && !tapped(index);
+    let last = index + usize::from(relu);
+    let max_pool = match layers.get(last + 1) {
+        Some(&LayerImpl::MaxPool { kernel, stride })
+            if !gradients && !tapped(last) && matches!(layer, LayerImpl::Conv2d { .. }) =>
+        {
+            Some((kernel, stride))
+        }
+        _ => None,
+    };
+    Epilogue { relu, max_pool }
+}
+
+/// `layers` in order from `x`; `visit` sees each layer's output by index. A layer and the
+/// ReLU (and pool) its epilogue takes in run as one op, unless `tapped` says a tap reads
+/// between them.
+fn run_layers(
+    layers: &[LayerImpl],
+    x: &Tensor,
+    mask: &mut Option<Tensor>,
+    context: &ForwardContext,
+    tapped: impl Fn(usize) -> bool,
+    mut visit: impl FnMut(usize, &Tensor),
+) -> Result<Tensor> {
+    let mut h = x.clone();
+    let mut fused = 0;
+    for (index, layer) in layers.iter().enumerate() {
+        if fused > 0 {
+            fused -= 1;
+            debug_assert!(matches!(layer, LayerImpl::Relu | LayerImpl::MaxPool { .. }));
+        } else {
+            let epilogue = epilogue(layers, index, context.gradients, &tapped);
+            fused = usize::from(epilogue.relu) + usize::from(epilogue.max_pool.is_some());
+            h = layer.forward(&h, mask, context, epilogue)?;
+        }
+        visit(index, &h);
+    }
+    Ok(h)
 }
 
 struct ForwardContext<'a> {
@@ -1008,8 +1027,8 @@ impl LayerImpl {
                 }
                 Ok(y)
             }
-            LayerImpl::Lstm { directions, hidden } => {
-                lstm(x, mask.as_ref(), directions, *hidden, context).ctx_with(|| fail("lstm"))
+            LayerImpl::Lstm { directions } => {
+                lstm(x, mask.as_ref(), directions, context).ctx_with(|| fail("lstm"))
             }
             LayerImpl::Transformer(block) => block.forward(x, mask.as_ref(), context),
             LayerImpl::LayerNorm { weight, bias, eps } => {
@@ -1053,7 +1072,9 @@ impl LayerImpl {
             LayerImpl::AvgPool { kernel, stride } => {
                 pool(x, *kernel, *stride, Pool::Avg).ctx_with(|| fail("avg pool"))
             }
-            LayerImpl::BatchNorm(bn) => bn.forward(x, context).ctx_with(|| fail("batch norm")),
+            LayerImpl::BatchNorm(bn) => bn
+                .forward(x, context, epilogue.relu)
+                .ctx_with(|| fail("batch norm")),
             LayerImpl::Dropout { p, name } => dropout(x, *p, name, context),
             LayerImpl::Flatten => x.flatten_from(1).ctx_with(|| fail("flatten")),
             LayerImpl::Relu => match x.dtype() {
@@ -1066,11 +1087,7 @@ impl LayerImpl {
             LayerImpl::Sigmoid => candle_nn::ops::sigmoid(x).ctx_with(|| fail("sigmoid")),
             LayerImpl::Softmax => losses::softmax(x, 1.0).ctx_with(|| fail("softmax")),
             LayerImpl::Residual { body, shortcut } => {
-                let mut h = x.clone();
-                let mut inner_mask = mask.clone();
-                for layer in body {
-                    h = layer.forward(&h, &mut inner_mask, context, Epilogue::default())?;
-                }
+                let h = run_layers(body, x, &mut mask.clone(), context, |_| false, |_, _| ())?;
                 let skip = match shortcut {
                     Some(short) => {
                         short.forward(x, &mut mask.clone(), context, Epilogue::default())?
@@ -1151,60 +1168,39 @@ fn layer_norm(
 
 /// An LSTM over `[B, L, C]` with PyTorch's gate order (input, forget, cell, output); each
 /// direction's outputs are concatenated. At padded steps the state carries over and the
-/// output is zero, so right padding changes nothing for either direction.
+/// output is zero, so right padding changes nothing for either direction. The input's part
+/// of every gate is one dense layer over all steps; the recurrence one op
+/// (`crate::recurrent`).
 fn lstm(
     x: &Tensor,
     mask: Option<&Tensor>,
     directions: &[(Var, Var, Var)],
-    hidden: usize,
     context: &ForwardContext,
 ) -> candle_core::Result<Tensor> {
-    let (b, len, _) = x.dims3()?;
     let mut outputs = Vec::with_capacity(directions.len());
     for (direction, (w_ih, w_hh, bias)) in directions.iter().enumerate() {
-        // The input's part of every gate for every step at once.
-        let projected = x
-            .broadcast_matmul(&context.param(w_ih).t()?)?
-            .broadcast_add(&context.param(bias))?;
-        let w_hh = context.param(w_hh).t()?;
-        let mut h = Tensor::zeros((b, hidden), DType::F32, x.device())?;
-        let mut c = h.clone();
-        let mut steps = vec![None; len];
-        let order: Vec<usize> = if direction == 0 {
-            (0..len).collect()
-        } else {
-            (0..len).rev().collect()
-        };
-        for t in order {
-            let gates = projected
-                .narrow(1, t, 1)?
-                .squeeze(1)?
-                .add(&h.matmul(&w_hh)?)?;
-            let i = candle_nn::ops::sigmoid(&gates.narrow(1, 0, hidden)?)?;
-            let f = candle_nn::ops::sigmoid(&gates.narrow(1, hidden, hidden)?)?;
-            let g = gates.narrow(1, 2 * hidden, hidden)?.tanh()?;
-            let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hidden, hidden)?)?;
-            let c_next = f.mul(&c)?.add(&i.mul(&g)?)?;
-            let h_next = o.mul(&c_next.tanh()?)?;
-            match mask {
-                Some(m) => {
-                    let m = m.narrow(1, t, 1)?;
-                    let keep = (1.0 - &m)?;
-                    c = c_next.broadcast_mul(&m)?.add(&c.broadcast_mul(&keep)?)?;
-                    h = h_next.broadcast_mul(&m)?.add(&h.broadcast_mul(&keep)?)?;
-                    steps[t] = Some(h_next.broadcast_mul(&m)?);
-                }
-                None => {
-                    c = c_next;
-                    h = h_next.clone();
-                    steps[t] = Some(h_next);
-                }
-            }
-        }
-        let steps: Vec<Tensor> = steps.into_iter().flatten().collect();
-        outputs.push(Tensor::stack(&steps, 1)?);
+        let x = x.to_dtype(DType::F32)?;
+        let projected = dense(
+            Dense::Linear,
+            &x,
+            &context.param(w_ih),
+            Some(&context.param(bias)),
+            Epilogue::default(),
+            context.sinks,
+        )?;
+        let w_hh = context.param(w_hh);
+        outputs.push(crate::recurrent::lstm_direction(
+            &projected,
+            &w_hh,
+            mask,
+            direction == 1,
+            context.sinks.get(&w_hh),
+        )?);
     }
-    Tensor::cat(&outputs, 2)
+    match outputs.len() {
+        1 => Ok(outputs.swap_remove(0)),
+        _ => Tensor::cat(&outputs, 2),
+    }
 }
 
 impl TransformerBlock {
@@ -1244,7 +1240,40 @@ impl TransformerBlock {
 }
 
 impl BatchNorm {
-    fn forward(&self, x: &Tensor, context: &ForwardContext) -> candle_core::Result<Tensor> {
+    /// The normalised `x`, then a ReLU when `relu`: one fused op for f32 inputs.
+    fn forward(
+        &self,
+        x: &Tensor,
+        context: &ForwardContext,
+        relu: bool,
+    ) -> candle_core::Result<Tensor> {
+        if x.dtype() != DType::F32 {
+            let y = self.forward_candle(x, context)?;
+            return if relu { y.relu() } else { Ok(y) };
+        }
+        let statistics = match context.train {
+            true => crate::batch_norm::Statistics::Batch {
+                running: (&self.running_mean, &self.running_var),
+                momentum: self.momentum,
+            },
+            false => crate::batch_norm::Statistics::Running {
+                mean: self.running_mean.as_tensor(),
+                var: self.running_var.as_tensor(),
+            },
+        };
+        crate::batch_norm::batch_norm(
+            x,
+            &context.param(&self.weight),
+            &context.param(&self.bias),
+            statistics,
+            self.eps,
+            relu,
+            context.sinks,
+        )
+    }
+
+    /// The same from candle's ops (inputs other than f32).
+    fn forward_candle(&self, x: &Tensor, context: &ForwardContext) -> candle_core::Result<Tensor> {
         let train = context.train;
         let rank = x.rank();
         let channels = self.weight.elem_count();

@@ -1,0 +1,188 @@
+//! `exp`, `sigmoid` and `tanh` without branches, so that loops over slices vectorise (the
+//! standard library's call libm one value at a time), and the row softmax of attention
+//! with its padding mask, forward and backward.
+//!
+//! `exp` reduces `x = n ln 2 + r` with `|r| <= ln 2 / 2` and evaluates a degree-6 Taylor
+//! polynomial for `e^r` (truncation below 1.2e-7 relative), scaled by `2^n` built from the
+//! exponent bits; tests/activation.rs bounds its error against `f64::exp`.
+
+use rayon::prelude::*;
+
+use crate::optim::CHUNK;
+
+/// 1.5 * 2^23: adding it rounds a float below 2^22 to an integer held in the mantissa.
+const ROUNDING: f32 = 12_582_912.0;
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 split in two so that `n * LN2_HI` is exact.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
+/// `e^x` within a few ulp; 0 below about -87 (where e^x < 2^-125: no subnormals), +inf
+/// above 88.72.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.33, 88.72);
+    let shifted = x * LOG2_E + ROUNDING;
+    let n = shifted - ROUNDING;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // The integer n sits in the low mantissa bits of `shifted`; 2^(n - 1) from its
+    // exponent bits (2^n would overflow them at n = 128), times 2.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUNDING.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(126) << 23);
+    p * scale * 2.0
+}
+
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// `tanh(x) = 1 - 2 / (e^{2x} + 1)`: exact to about 1e-7 absolute (so less, relatively,
+/// very near zero).
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
+
+/// Softmax over each row of `len` scores, in place, after scaling by `scale`. Row `r`
+/// belongs to mask row `r / rows_per_mask`; keys where the mask is 0 get weight 0, and a
+/// row whose keys are all masked spreads its weight evenly (as adding -1e9 to every
+/// masked score did: in f32 they all become -1e9).
+pub fn masked_softmax(
+    scores: &mut [f32],
+    len: usize,
+    scale: f32,
+    mask: Option<&[f32]>,
+    rows_per_mask: usize,
+) {
+    let len = len.max(1);
+    let per_task = (CHUNK / len).max(1) * len;
+    scores
+        .par_chunks_mut(per_task)
+        .enumerate()
+        .for_each(|(task, rows)| {
+            crate::vectorised(|| {
+                for (r, row) in rows.chunks_mut(len).enumerate() {
+                    let index = task * per_task / len + r;
+                    let keys = mask.map(|m| {
+                        let at = index / rows_per_mask.max(1) * len;
+                        &m[at..at + len]
+                    });
+                    match keys {
+                        Some(k) if k.iter().all(|&v| v == 0.0) => row.fill(1.0 / len as f32),
+                        _ => softmax_row(row, scale, keys),
+                    }
+                }
+            })
+        });
+}
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32], scale: f32, keys: Option<&[f32]>) {
+    let mut max = f32::NEG_INFINITY;
+    match keys {
+        Some(keys) => {
+            for (v, &k) in row.iter_mut().zip(keys) {
+                *v *= scale;
+                if k != 0.0 {
+                    max = max.max(*v);
+                }
+            }
+        }
+        None => {
+            for v in row.iter_mut() {
+                *v *= scale;
+                max = max.max(*v);
+            }
+        }
+    }
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    if let Some(keys) = keys {
+        for (v, &k) in row.iter_mut().zip(keys) {
+            if k == 0.0 {
+                *v = 0.0;
+            }
+        }
+    }
+    for v in row.iter() {
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// The gradient of the scaled scores from the weights `w` and their gradient `dw`, in
+/// place in `dw`: `scale * w * (dw - sum(dw * w))` per row.
+pub fn softmax_backward(weights: &[f32], grad: &mut [f32], len: usize, scale: f32) {
+    let len = len.max(1);
+    let per_task = (CHUNK / len).max(1) * len;
+    grad.par_chunks_mut(per_task)
+        .zip(weights.par_chunks(per_task))
+        .for_each(|(g, w)| {
+            crate::vectorised(|| {
+                for (g, w) in g.chunks_mut(len).zip(w.chunks(len)) {
+                    let dot: f32 = g.iter().zip(w).map(|(g, w)| g * w).sum();
+                    for (g, &w) in g.iter_mut().zip(w) {
+                        *g = scale * w * (*g - dot);
+                    }
+                }
+            })
+        });
+}
+
+/// The error function, Abramowitz and Stegun's 7.1.26 (absolute error below 1.5e-7, 5e-7 in f32),
+/// branch-free.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    (1.0 - poly * exp(-a * a)).copysign(x)
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2 pi).
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// GELU with the error function (PyTorch's default): `x / 2 (1 + erf(x / sqrt 2))`.
+pub fn gelu(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            crate::vectorised(|| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2));
+                }
+            })
+        });
+    y
+}
+
+/// The gradient of [`gelu`]: `grad (Phi(x) + x phi(x))`.
+pub fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let mut dx = vec![0f32; x.len()];
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, g))| {
+            crate::vectorised(|| {
+                for ((d, &x), &g) in dx.iter_mut().zip(x).zip(g) {
+                    let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
+                    let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+                    *d = g * (cdf + x * pdf);
+                }
+            })
+        });
+    dx
+}
