@@ -152,19 +152,25 @@ fn shift(
     }
     scratch.copy_from_slice(sample);
     let (h, w) = (img.height as isize, img.width as isize);
+    // Output columns [left, right) read the source row from column left - dx on: one copy
+    // per row, the fill on either side.
+    let left = dx.clamp(0, w) as usize;
+    let right = (w + dx).clamp(0, w) as usize;
     for c in 0..img.channels {
         let base = c * img.plane();
         let value = fill(c);
         for i in 0..h {
+            let row = &mut sample[base + (i * w) as usize..base + ((i + 1) * w) as usize];
             let si = i - dy;
-            for j in 0..w {
-                let sj = j - dx;
-                sample[base + (i * w + j) as usize] = if si >= 0 && si < h && sj >= 0 && sj < w {
-                    scratch[base + (si * w + sj) as usize]
-                } else {
-                    value
-                };
+            if si < 0 || si >= h || left >= right {
+                row.fill(value);
+                continue;
             }
+            let source = base + (si * w) as usize;
+            let from = (left as isize - dx) as usize;
+            row[..left].fill(value);
+            row[left..right].copy_from_slice(&scratch[source + from..source + from + right - left]);
+            row[right..].fill(value);
         }
     }
 }

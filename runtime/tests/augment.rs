@@ -241,3 +241,71 @@ mod text {
         }
     }
 }
+
+/// `sample` (`[channels, h, w]`) moved by `(dy, dx)`, `fill[c]` coming in: the definition.
+fn shifted(
+    sample: &[f32],
+    (c, h, w): (usize, usize, usize),
+    dy: isize,
+    dx: isize,
+    fill: &[f32],
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(sample.len());
+    for ch in 0..c {
+        for i in 0..h as isize {
+            for j in 0..w as isize {
+                let (si, sj) = (i - dy, j - dx);
+                out.push(
+                    if (0..h as isize).contains(&si) && (0..w as isize).contains(&sj) {
+                        sample[ch * h * w + si as usize * w + sj as usize]
+                    } else {
+                        fill[ch]
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn crop_and_translate_shift_each_sample_within_their_range() {
+    let (c, h, w) = (3, 5, 7);
+    let fill = [-1.0, -2.0, -3.0];
+    for (op, max) in [
+        (AugmentOp::RandomCrop { padding: 2 }, 2),
+        (AugmentOp::Translate { max_pixels: 1 }, 1),
+        (AugmentOp::RandomCrop { padding: 8 }, 8),
+    ] {
+        let samples = 64;
+        let original: Vec<f32> = (0..samples * c * h * w).map(|i| i as f32).collect();
+        let mut x = original.clone();
+        let mut labels = Labels::hard(vec![0; samples]);
+        apply(
+            std::slice::from_ref(&op),
+            &mut x,
+            &mut labels,
+            &[c, h, w],
+            &fill,
+            key(3, 2),
+        );
+        let mut seen = std::collections::HashSet::new();
+        for (b, (out, input)) in x
+            .chunks_exact(c * h * w)
+            .zip(original.chunks_exact(c * h * w))
+            .enumerate()
+        {
+            let shift = (-max..=max)
+                .flat_map(|dy| (-max..=max).map(move |dx| (dy, dx)))
+                .find(|&(dy, dx)| shifted(input, (c, h, w), dy, dx, &fill) == out);
+            let shift = shift.unwrap_or_else(|| panic!("{op:?}: sample {b} is no shift"));
+            seen.insert(shift);
+        }
+        // Shifts that leave any of the image are told apart; 64 draws hit many of them.
+        assert!(
+            seen.len() >= 8,
+            "{op:?}: only {} distinct shifts",
+            seen.len()
+        );
+    }
+}
