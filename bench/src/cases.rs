@@ -16,10 +16,22 @@ pub enum Case {
     MlpDistill,
     CnnDistill,
     TextStudent,
+    BnCnn,
+    ResnetBn,
+    BilstmStudent,
+    TransformerStudent,
 }
 
 impl Case {
-    pub const ALL: [Case; 3] = [Case::MlpDistill, Case::CnnDistill, Case::TextStudent];
+    pub const ALL: [Case; 7] = [
+        Case::MlpDistill,
+        Case::CnnDistill,
+        Case::TextStudent,
+        Case::BnCnn,
+        Case::ResnetBn,
+        Case::BilstmStudent,
+        Case::TransformerStudent,
+    ];
 
     /// The name torch_ref.py's `--case` takes.
     pub fn name(self) -> &'static str {
@@ -27,6 +39,10 @@ impl Case {
             Case::MlpDistill => "mlp_distill",
             Case::CnnDistill => "cnn_distill",
             Case::TextStudent => "text_student",
+            Case::BnCnn => "bn_cnn",
+            Case::ResnetBn => "resnet_bn",
+            Case::BilstmStudent => "bilstm_student",
+            Case::TransformerStudent => "transformer_student",
         }
     }
 
@@ -36,17 +52,34 @@ impl Case {
 
     pub fn batch(self) -> usize {
         match self {
-            Case::MlpDistill | Case::CnnDistill => 128,
+            Case::MlpDistill | Case::CnnDistill | Case::BnCnn | Case::ResnetBn => 128,
             Case::TextStudent => 64,
+            Case::BilstmStudent | Case::TransformerStudent => 32,
         }
     }
 
-    /// The pipeline; its one stage is named `distill`.
+    /// The pipeline's one stage, whose epochs the bench sets.
+    pub fn stage(self) -> &'static str {
+        match self {
+            Case::MlpDistill
+            | Case::CnnDistill
+            | Case::TextStudent
+            | Case::BilstmStudent
+            | Case::TransformerStudent => "distill",
+            Case::BnCnn | Case::ResnetBn => "fit",
+        }
+    }
+
+    /// The pipeline; its one stage is named [`Case::stage`].
     pub fn source(self) -> &'static str {
         match self {
             Case::MlpDistill => include_str!("../cases/mlp_distill.kd"),
             Case::CnnDistill => include_str!("../cases/cnn_distill.kd"),
             Case::TextStudent => include_str!("../cases/text_student.kd"),
+            Case::BnCnn => include_str!("../cases/bn_cnn.kd"),
+            Case::ResnetBn => include_str!("../cases/resnet_bn.kd"),
+            Case::BilstmStudent => include_str!("../cases/bilstm_student.kd"),
+            Case::TransformerStudent => include_str!("../cases/transformer_student.kd"),
         }
     }
 
@@ -58,22 +91,33 @@ impl Case {
         let samples = self.batch() * steps;
         let mut random = SplitMix(0x6b64_6362_656e_6368);
         match self {
-            Case::MlpDistill | Case::CnnDistill => {
-                let mut images = idx_header(0x0803, &[samples, 28, 28]);
-                images.extend((0..samples * 28 * 28).map(|_| random.below(256) as u8));
+            Case::MlpDistill | Case::CnnDistill | Case::BnCnn | Case::ResnetBn => {
+                // resnet_bn's samples are 3 x 32 x 32 values, stored as 32 x 96 images.
+                let (height, width) = match self {
+                    Case::ResnetBn => (32, 96),
+                    _ => (28, 28),
+                };
+                let mut images = idx_header(0x0803, &[samples, height, width]);
+                images.extend((0..samples * height * width).map(|_| random.below(256) as u8));
                 write_file(&data.join("train-images-idx3-ubyte"), &images)?;
                 let mut labels = idx_header(0x0801, &[samples]);
                 labels.extend((0..samples).map(|_| random.below(10) as u8));
                 write_file(&data.join("train-labels-idx1-ubyte"), &labels)
             }
-            Case::TextStudent => {
+            Case::TextStudent | Case::BilstmStudent | Case::TransformerStudent => {
                 write_file(
                     &data.join("tokenizer.json"),
                     word_tokenizer(VOCAB).as_bytes(),
                 )?;
                 let mut lines = String::new();
                 for _ in 0..samples {
-                    let words: Vec<String> = (0..128)
+                    // text_student's texts fill its 128 tokens; the sequence students'
+                    // vary from 4 to 48 words, so padding is masked.
+                    let words = match self {
+                        Case::TextStudent => 128,
+                        _ => 4 + random.below(45),
+                    };
+                    let words: Vec<String> = (0..words)
                         .map(|_| format!("w{}", FIRST_WORD + random.below(VOCAB - FIRST_WORD)))
                         .collect();
                     let label = if random.below(2) == 0 { "a" } else { "b" };

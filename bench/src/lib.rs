@@ -257,7 +257,7 @@ fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<(f64
         &options.work_dir,
         &run_index.to_string(),
         STEPS_PER_EPOCH,
-        &[format!("stage.distill.epochs={epochs}")],
+        &[format!("stage.{}.epochs={epochs}", case.stage())],
     )?;
     plan.settings.threads = Some(options.threads);
     let (_, times) = run(case, &plan, &dir, &options.kdc_version)?;
