@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod elementwise;
+pub mod layernorm;
 pub mod optim;
 pub mod pool;
 pub mod recurrent;

@@ -37,58 +37,133 @@ pub fn batch_norm(
     sinks: &GradSinks,
 ) -> candle_core::Result<Tensor> {
     let x = x.contiguous()?;
-    let channels = weight.elem_count();
-    if x.rank() < 2 || x.dim(1)? != channels {
-        candle_core::bail!(
-            "batch norm of {channels} channels on an input of shape {:?}",
-            x.dims()
-        );
-    }
-    let shape = Channels {
-        channels,
-        inner: x.dims()[2..].iter().product(),
-    };
-    let (mean, var, train) = match statistics {
-        Statistics::Batch { running, momentum } => {
-            let (mean, var) = read(&x, |v| Ok(kernels::moments(v, shape)))?;
-            update_running(running, &mean, &var, shape.count(x.elem_count()), momentum)?;
-            (mean, var, true)
-        }
-        Statistics::Running { mean, var } => (f64s(mean)?, f64s(var)?, false),
-    };
-    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let w = f64s(weight)?;
-    // The kernels subtract the mean rounded to f32; what the rounding left out (`low`)
-    // goes into the shift, so a channel far from zero is centred exactly.
-    let centre: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let low: Vec<f64> = mean
-        .iter()
-        .zip(&centre)
-        .map(|(&m, &c)| m - f64::from(c))
-        .collect();
-    let scale: Vec<f64> = w.iter().zip(&inv_std).map(|(w, s)| w * s).collect();
-    let affine = Affine {
-        centre,
-        scale: scale.iter().map(|&k| k as f32).collect(),
-        shift: f64s(bias)?
-            .into_iter()
-            .zip(scale.iter().zip(&low))
-            .map(|(b, (k, lo))| (b - k * lo) as f32)
-            .collect(),
-    };
-    let y = read(&x, |v| Ok(kernels::normalise(v, shape, &affine, relu)))?;
-    let op = BatchNormOp {
-        output: Mutex::new(Some((y, x.shape().clone()))),
-        shape,
-        centre: affine.centre,
-        low,
-        inv_std,
-        train,
-        relu,
-        weight_sink: sinks.get(weight).cloned(),
-        bias_sink: sinks.get(bias).cloned(),
-    };
+    let op = BatchNormOp::new(&x, weight, bias, statistics, eps, relu, sinks)?;
     x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// [`batch_norm`] outside candle's graph, for kdc's own reverse pass: the output and what
+/// computes the input's gradient (when `want_x`) from the output's, the parameters'
+/// gradients going to their sinks.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batch_norm_taped(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    statistics: Statistics,
+    eps: f64,
+    relu: bool,
+    sinks: &GradSinks,
+    want_x: bool,
+) -> candle_core::Result<(Tensor, BatchNormBackward)> {
+    let x = x.contiguous()?.detach();
+    let op = BatchNormOp::new(&x, weight, bias, statistics, eps, relu, sinks)?;
+    if op.weight_sink.is_none() || op.bias_sink.is_none() {
+        candle_core::bail!("batch norm: a trained parameter without a gradient sink");
+    }
+    let (values, shape) = op.take_output()?;
+    let y = Tensor::from_vec(values, shape, x.device())?;
+    let backward = BatchNormBackward {
+        op,
+        x,
+        weight: weight.detach(),
+        y: y.clone(),
+        want_x,
+    };
+    Ok((y, backward))
+}
+
+/// What [`batch_norm_taped`]'s backward needs.
+pub(crate) struct BatchNormBackward {
+    op: BatchNormOp,
+    x: Tensor,
+    weight: Tensor,
+    y: Tensor,
+    want_x: bool,
+}
+
+impl BatchNormBackward {
+    pub(crate) fn backward(&self, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (dx, _, _) = self.op.backward(
+            &self.x,
+            &self.weight,
+            &self.y,
+            grad,
+            (self.want_x, true, true),
+        )?;
+        Ok(dx)
+    }
+}
+
+impl BatchNormOp {
+    fn new(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        statistics: Statistics,
+        eps: f64,
+        relu: bool,
+        sinks: &GradSinks,
+    ) -> candle_core::Result<BatchNormOp> {
+        let channels = weight.elem_count();
+        if x.rank() < 2 || x.dim(1)? != channels {
+            candle_core::bail!(
+                "batch norm of {channels} channels on an input of shape {:?}",
+                x.dims()
+            );
+        }
+        let shape = Channels {
+            channels,
+            inner: x.dims()[2..].iter().product(),
+        };
+        let (mean, var, train) = match statistics {
+            Statistics::Batch { running, momentum } => {
+                let (mean, var) = read(x, |v| Ok(kernels::moments(v, shape)))?;
+                update_running(running, &mean, &var, shape.count(x.elem_count()), momentum)?;
+                (mean, var, true)
+            }
+            Statistics::Running { mean, var } => (f64s(mean)?, f64s(var)?, false),
+        };
+        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let w = f64s(weight)?;
+        // The kernels subtract the mean rounded to f32; what the rounding left out (`low`)
+        // goes into the shift, so a channel far from zero is centred exactly.
+        let centre: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+        let low: Vec<f64> = mean
+            .iter()
+            .zip(&centre)
+            .map(|(&m, &c)| m - f64::from(c))
+            .collect();
+        let scale: Vec<f64> = w.iter().zip(&inv_std).map(|(w, s)| w * s).collect();
+        let affine = Affine {
+            centre,
+            scale: scale.iter().map(|&k| k as f32).collect(),
+            shift: f64s(bias)?
+                .into_iter()
+                .zip(scale.iter().zip(&low))
+                .map(|(b, (k, lo))| (b - k * lo) as f32)
+                .collect(),
+        };
+        let y = read(x, |v| Ok(kernels::normalise(v, shape, &affine, relu)))?;
+        Ok(BatchNormOp {
+            output: Mutex::new(Some((y, x.shape().clone()))),
+            shape,
+            centre: affine.centre,
+            low,
+            inv_std,
+            train,
+            relu,
+            weight_sink: sinks.get(weight).cloned(),
+            bias_sink: sinks.get(bias).cloned(),
+        })
+    }
+
+    fn take_output(&self) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let taken = match self.output.lock() {
+            Ok(mut output) => output.take(),
+            Err(_) => None,
+        };
+        taken.ok_or_else(|| candle_core::Error::Msg("batch norm: the op ran twice".into()))
+    }
 }
 
 /// The running statistics after one training batch of `count` values per channel.
@@ -149,13 +224,14 @@ struct BatchNormOp {
 }
 
 impl BatchNormOp {
+    /// The gradients of `x`, the weight and the bias, those in `want`.
     fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
-        b: &Tensor,
         y: &Tensor,
         grad: &Tensor,
+        (want_x, want_w, want_b): (bool, bool, bool),
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, grad, y) = (x.contiguous()?, grad.contiguous()?, y.contiguous()?);
         let shape = self.shape;
@@ -182,7 +258,7 @@ impl BatchNormOp {
             .collect();
         let device = x.device();
         let channels = shape.channels;
-        let dw = match w.track_op() {
+        let dw = match want_w {
             true => {
                 let dw: Vec<f32> = sum_gx
                     .iter()
@@ -193,14 +269,14 @@ impl BatchNormOp {
             }
             false => None,
         };
-        let db = match b.track_op() {
+        let db = match want_b {
             true => {
                 let db: Vec<f32> = sum_g.iter().map(|&s| s as f32).collect();
                 Some(Tensor::from_vec(db, channels, device)?)
             }
             false => None,
         };
-        let dx = match x.track_op() {
+        let dx = match want_x {
             true => Some(self.input_gradient(&x, &grad, &y, w, &sum_g, &sum_gx)?),
             false => None,
         };
@@ -276,14 +352,8 @@ impl CustomOp3 for BatchNormOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let taken = match self.output.lock() {
-            Ok(mut output) => output.take(),
-            Err(_) => None,
-        };
-        match taken {
-            Some((y, shape)) => Ok((CpuStorage::F32(y), shape)),
-            None => candle_core::bail!("batch norm: the op ran twice"),
-        }
+        let (y, shape) = self.take_output()?;
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -294,6 +364,7 @@ impl CustomOp3 for BatchNormOp {
         y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.backward(x, w, b, y, grad)
+        let want = (x.track_op(), w.track_op(), b.track_op());
+        self.backward(x, w, y, grad, want)
     }
 }

@@ -59,21 +59,83 @@ pub fn dense(
     }
     let x = x.contiguous()?;
     let b = b.map(Tensor::contiguous).transpose()?;
-    let output = {
-        let bias = b.as_ref().map(Tensor::detach);
-        kind.output(&x.detach(), &w.detach(), bias.as_ref(), epilogue)?
-    };
-    let op = DenseOp {
-        kind,
-        output: Mutex::new(Some(output)),
-        relu: epilogue.relu,
-        weight_sink: sinks.get(w).cloned(),
-        bias_sink: b.as_ref().and_then(|b| sinks.get(b)).cloned(),
-    };
+    let op = DenseOp::new(kind, &x, w, b.as_ref(), epilogue, sinks)?;
     match b {
         Some(b) => x.apply_op3(w, &b, op),
         None => x.apply_op2(w, op),
     }
+}
+
+/// [`dense`] outside candle's graph, for kdc's own reverse pass: the output and what
+/// computes the input's gradient (when `want_x`) from the output's, the parameters'
+/// gradients going to their sinks (`w` and `b` are the parameters' own tensors).
+pub(crate) fn dense_taped(
+    kind: Dense,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    epilogue: Epilogue,
+    sinks: &GradSinks,
+    want_x: bool,
+) -> candle_core::Result<(Tensor, DenseBackward)> {
+    if epilogue.max_pool.is_some() {
+        candle_core::bail!("dense: a fused max pool has no backward");
+    }
+    let x = x.contiguous()?.detach();
+    let b = b.map(Tensor::contiguous).transpose()?;
+    // The sinks are found by the parameters' own tensors; the op keeps detached ones.
+    let op = DenseOp::new(kind, &x, w, b.as_ref(), epilogue, sinks)?;
+    let (w, b) = (w.detach(), b.map(|b| b.detach()));
+    let (values, shape) = op.forward()?;
+    let CpuStorage::F32(values) = values else {
+        candle_core::bail!("dense: the output is not f32");
+    };
+    let y = Tensor::from_vec(values, shape, x.device())?;
+    let backward = DenseBackward {
+        op,
+        x,
+        w,
+        b,
+        y: y.clone(),
+        want_x,
+    };
+    Ok((y, backward))
+}
+
+/// What [`dense_taped`]'s backward needs.
+pub(crate) struct DenseBackward {
+    op: DenseOp,
+    x: Tensor,
+    w: Tensor,
+    b: Option<Tensor>,
+    y: Tensor,
+    want_x: bool,
+}
+
+impl DenseBackward {
+    /// The input's gradient (when wanted) from the output's; the parameters' go to sinks.
+    pub(crate) fn backward(&self, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if self.op.weight_sink.is_none() || (self.b.is_some() && self.op.bias_sink.is_none()) {
+            candle_core::bail!("dense: a trained parameter without a gradient sink");
+        }
+        let want = Want {
+            x: self.want_x,
+            w: true,
+            b: self.b.is_some(),
+        };
+        let (dx, _, _) =
+            self.op
+                .backward(&self.x, &self.w, self.b.as_ref(), &self.y, grad, want)?;
+        Ok(dx)
+    }
+}
+
+/// Which gradients a backward computes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Want {
+    pub x: bool,
+    pub w: bool,
+    pub b: bool,
 }
 
 impl Dense {
@@ -408,6 +470,27 @@ fn read_f32<R>(
 }
 
 impl DenseOp {
+    fn new(
+        kind: Dense,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        epilogue: Epilogue,
+        sinks: &GradSinks,
+    ) -> candle_core::Result<DenseOp> {
+        let output = {
+            let bias = b.map(Tensor::detach);
+            kind.output(&x.detach(), &w.detach(), bias.as_ref(), epilogue)?
+        };
+        Ok(DenseOp {
+            kind,
+            output: Mutex::new(Some(output)),
+            relu: epilogue.relu,
+            weight_sink: sinks.get(w).cloned(),
+            bias_sink: b.and_then(|b| sinks.get(b)).cloned(),
+        })
+    }
+
     fn forward(&self) -> candle_core::Result<(CpuStorage, Shape)> {
         let taken = match self.output.lock() {
             Ok(mut output) => output.take(),
@@ -427,6 +510,7 @@ impl DenseOp {
         b: Option<&Tensor>,
         y: &Tensor,
         grad: &Tensor,
+        want: Want,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // y > 0 exactly where the biased product is: the ReLU's mask, read from the output.
         let g = match self.relu {
@@ -434,15 +518,15 @@ impl DenseOp {
             false => grad.contiguous()?,
         };
         let db = match b {
-            Some(b) if b.track_op() => {
+            Some(b) if want.b => {
                 let inner = self.kind.bias_inner(y.dims());
                 Some(bias_gradient(&g, b.elem_count(), inner)?)
             }
             _ => None,
         };
-        let (dx, dw) =
-            self.kind
-                .backward(&x.detach(), &w.detach(), &g, x.track_op(), w.track_op())?;
+        let (dx, dw) = self
+            .kind
+            .backward(&x.detach(), &w.detach(), &g, want.x, want.w)?;
         Ok((dx, sink(dw, &self.weight_sink)?, sink(db, &self.bias_sink)?))
     }
 }
@@ -483,7 +567,12 @@ impl CustomOp3 for DenseOp {
         y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.backward(x, w, Some(b), y, grad)
+        let want = Want {
+            x: x.track_op(),
+            w: w.track_op(),
+            b: b.track_op(),
+        };
+        self.backward(x, w, Some(b), y, grad, want)
     }
 }
 
@@ -509,7 +598,12 @@ impl CustomOp2 for DenseOp {
         y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = self.backward(x, w, None, y, grad)?;
+        let want = Want {
+            x: x.track_op(),
+            w: w.track_op(),
+            b: false,
+        };
+        let (dx, dw, _) = self.backward(x, w, None, y, grad, want)?;
         Ok((dx, dw))
     }
 }

@@ -180,3 +180,18 @@ pub fn embedding(
         .contiguous()?
         .apply_op2(&ids.flatten_all()?.contiguous()?, op)
 }
+
+/// The table's gradient of [`embedding`] into `table_sink`, for kdc's own reverse pass.
+pub(crate) fn embedding_backward(
+    table: &Tensor,
+    ids: &Tensor,
+    grad: &Tensor,
+    table_sink: &GradSink,
+) -> candle_core::Result<()> {
+    let rows = table.dim(0)?;
+    let dtable = grad.contiguous()?.apply_op2_no_bwd(
+        &ids.flatten_all()?.contiguous()?,
+        &EmbeddingBackward { rows },
+    )?;
+    table_sink.add(dtable)
+}

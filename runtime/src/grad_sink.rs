@@ -38,7 +38,7 @@ impl GradSink {
 }
 
 /// The sinks of a model's trainable parameters.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct GradSinks(HashMap<TensorId, (Var, GradSink)>);
 
 impl GradSinks {
@@ -66,6 +66,17 @@ impl GradSinks {
                     None => grad,
                 };
                 grads.insert(var.as_tensor(), grad);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the gradients candle computed for the parameters into their sinks (a layer
+    /// run in candle's graph inside kdc's own reverse pass).
+    pub fn absorb(&self, grads: &mut GradStore) -> candle_core::Result<()> {
+        for (var, sink) in self.0.values() {
+            if let Some(grad) = grads.remove(var.as_tensor()) {
+                sink.add(grad)?;
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! Every random draw comes from [`rng`], keyed by the run's seed, so the same seed gives
 //! bitwise the same weights and metrics.
 
+pub(crate) mod attention;
 pub mod augment;
 pub mod batch_norm;
 pub mod bert;
@@ -31,6 +32,7 @@ pub mod recurrent;
 pub mod rng;
 pub mod sequence;
 pub mod summary;
+pub(crate) mod tape;
 
 pub use error::RuntimeError;
 pub use exec::{run_plan, RunOptions, StepTime};

@@ -15,6 +15,8 @@ use crate::losses;
 use crate::rng::Rng;
 use crate::sequence;
 
+mod taped;
+
 /// Batch norm state: affine parameters and running statistics (buffers, not trained).
 #[derive(Debug)]
 struct BatchNorm {
@@ -124,6 +126,9 @@ pub struct Model {
     bert: Option<Box<crate::bert::Bert>>,
     /// The input is token ids padded with this id (the mask is `id != pad_id`).
     pad_id: Option<u32>,
+    /// Training steps run kdc's own reverse pass (`crate::tape`) rather than candle's
+    /// graph through every layer.
+    own_reverse_pass: bool,
 }
 
 /// A frozen model evaluated by candle-onnx.
@@ -461,6 +466,7 @@ impl Model {
             onnx: None,
             bert: None,
             pad_id: None,
+            own_reverse_pass: true,
         })
     }
 
@@ -505,10 +511,17 @@ impl Model {
             onnx: None,
             bert: Some(Box::new(bert)),
             pad_id: None,
+            own_reverse_pass: true,
         })
     }
 
     /// Token models: the id their data pads with.
+    /// Whether training steps run kdc's own reverse pass (the default) or candle's graph
+    /// through every layer (the reference the tests compare it with).
+    pub fn set_own_reverse_pass(&mut self, own: bool) {
+        self.own_reverse_pass = own;
+    }
+
     pub fn set_pad_id(&mut self, pad_id: u32) {
         self.pad_id = Some(pad_id);
     }
@@ -626,6 +639,7 @@ impl Model {
             }),
             bert: None,
             pad_id: None,
+            own_reverse_pass: true,
         })
     }
 
@@ -848,6 +862,11 @@ impl Model {
             sinks: &self.grad_sinks,
             gradients,
         };
+        if gradients && self.own_reverse_pass {
+            if let Some((_, anchor)) = self.params.first() {
+                return self.forward_taped(x, anchor.as_tensor().clone(), &context);
+            }
+        }
         let mut ports = Vec::with_capacity(self.taps.len() + 1);
         // Token inputs: 1 at real tokens, 0 at padding, `[B, L]`; sequence layers keep it.
         let mut mask = match self.pad_id {
@@ -1013,24 +1032,26 @@ impl LayerImpl {
                 )
                 .ctx_with(|| fail("conv1d"))?;
                 if let Some(m) = mask.as_ref() {
-                    // An output position is real when its window covers a real token.
-                    let ones = Tensor::ones((1, 1, *kernel), DType::F32, x.device())
-                        .ctx_with(|| fail("conv1d mask"))?;
-                    let next = m
-                        .unsqueeze(1)
-                        .and_then(|m| m.conv1d(&ones, *padding, 1, 1, 1))
-                        .and_then(|m| m.squeeze(1))
-                        .and_then(|m| m.gt(0.5))
-                        .and_then(|m| m.to_dtype(DType::F32))
-                        .ctx_with(|| fail("conv1d mask"))?;
-                    *mask = Some(next);
+                    *mask =
+                        Some(conv1d_mask(m, *kernel, *padding).ctx_with(|| fail("conv1d mask"))?);
                 }
                 Ok(y)
             }
             LayerImpl::Lstm { directions } => {
                 lstm(x, mask.as_ref(), directions, context).ctx_with(|| fail("lstm"))
             }
+            // Without gradients, the reverse pass's kernels (the same values as training).
+            LayerImpl::Transformer(block) if !context.gradients && x.dtype() == DType::F32 => block
+                .forward_taped(x, mask.as_ref(), context)
+                .map(|(y, _)| y),
             LayerImpl::Transformer(block) => block.forward(x, mask.as_ref(), context),
+            LayerImpl::LayerNorm { weight, bias, eps }
+                if !context.gradients && x.dtype() == DType::F32 =>
+            {
+                crate::attention::layer_norm(x, &context.param(weight), &context.param(bias), *eps)
+                    .map(|(y, _)| y)
+                    .ctx_with(|| fail("layernorm"))
+            }
             LayerImpl::LayerNorm { weight, bias, eps } => {
                 layer_norm(x, (weight, bias), *eps, context).ctx_with(|| fail("layernorm"))
             }
@@ -1082,7 +1103,11 @@ impl LayerImpl {
                 _ => x.relu(),
             }
             .ctx_with(|| fail("relu")),
-            LayerImpl::Gelu => x.gelu_erf().ctx_with(|| fail("gelu")),
+            LayerImpl::Gelu => match x.dtype() {
+                DType::F32 => crate::attention::gelu_op(x),
+                _ => x.gelu_erf(),
+            }
+            .ctx_with(|| fail("gelu")),
             LayerImpl::Tanh => x.tanh().ctx_with(|| fail("tanh")),
             LayerImpl::Sigmoid => candle_nn::ops::sigmoid(x).ctx_with(|| fail("sigmoid")),
             LayerImpl::Softmax => losses::softmax(x, 1.0).ctx_with(|| fail("softmax")),
@@ -1098,6 +1123,17 @@ impl LayerImpl {
             }
         }
     }
+}
+
+/// The padding mask after a conv1d: an output position is real when its window covers a
+/// real token.
+fn conv1d_mask(mask: &Tensor, kernel: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let ones = Tensor::ones((1, 1, kernel), DType::F32, mask.device())?;
+    mask.unsqueeze(1)?
+        .conv1d(&ones, padding, 1, 1, 1)?
+        .squeeze(1)?
+        .gt(0.5)?
+        .to_dtype(DType::F32)
 }
 
 /// A linear layer with candle's own ops (non-f32 inputs).
@@ -1127,8 +1163,24 @@ fn linear_candle(
 /// Zeroes each value with probability `p` in training mode (scaling the rest by
 /// `1 / (1 - p)`), drawing from the stream of this model, layer and forward pass.
 fn dropout(x: &Tensor, p: f64, name: &str, context: &ForwardContext) -> Result<Tensor> {
+    match dropout_mask(x, p, name, context)? {
+        Some(mask) => x
+            .mul(&mask)
+            .ctx_with(|| format!("dropout of model `{}`", context.model)),
+        None => Ok(x.clone()),
+    }
+}
+
+/// Dropout's factors for `x` (0 or `1 / (1 - p)` each), or `None` when it changes nothing
+/// (evaluation, `p` 0).
+fn dropout_mask(
+    x: &Tensor,
+    p: f64,
+    name: &str,
+    context: &ForwardContext,
+) -> Result<Option<Tensor>> {
     if !context.train || p <= 0.0 {
-        return Ok(x.clone());
+        return Ok(None);
     }
     let keep = 1.0 - p;
     let mut rng = Rng::new(
@@ -1139,11 +1191,10 @@ fn dropout(x: &Tensor, p: f64, name: &str, context: &ForwardContext) -> Result<T
     let mask: Vec<f32> = (0..x.elem_count())
         .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
         .collect();
-    let fail = || format!("dropout of model `{}`", context.model);
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())
+    Tensor::from_vec(mask, x.shape(), x.device())
         .and_then(|m| m.to_dtype(x.dtype()))
-        .ctx_with(fail)?;
-    x.mul(&mask).ctx_with(fail)
+        .map(Some)
+        .ctx_with(|| format!("dropout of model `{}`", context.model))
 }
 
 /// `x W^T + b` on the last axis of `[B, L, in]`.
@@ -1230,7 +1281,11 @@ impl TransformerBlock {
         let h = x.add(&attended).ctx_with(fail)?;
         let fed = (|| {
             let normed = layer_norm(&h, (&self.norm2.0, &self.norm2.1), 1e-5, context)?;
-            let inner = linear3(&normed, &self.ff1, context)?.gelu_erf()?;
+            let inner = linear3(&normed, &self.ff1, context)?;
+            let inner = match inner.dtype() {
+                DType::F32 => crate::attention::gelu_op(&inner)?,
+                _ => inner.gelu_erf()?,
+            };
             linear3(&inner, &self.ff2, context)
         })()
         .ctx_with(fail)?;

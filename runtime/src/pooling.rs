@@ -95,6 +95,20 @@ pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize) -> candle_core::Resu
     x.contiguous()?.apply_op1(MaxPool { kernel, stride })
 }
 
+/// The input gradient of [`max_pool2d`] from its output's, for kdc's own reverse pass.
+pub(crate) fn max_pool2d_grad(
+    x: &Tensor,
+    y: &Tensor,
+    grad: &Tensor,
+    kernel: usize,
+    stride: usize,
+) -> candle_core::Result<Tensor> {
+    match (MaxPool { kernel, stride }).bwd(x, y, grad)? {
+        Some(dx) => Ok(dx),
+        None => candle_core::bail!("max pool: no input gradient"),
+    }
+}
+
 /// Masked max over time: `x` `[B, L, C]`, `mask` `[B, L]` (1 at real tokens) to `[B, C]`;
 /// the gradient goes to each maximum's position.
 struct MaxOverTime;
@@ -190,4 +204,22 @@ pub fn max_over_time(x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<T
         None => Tensor::ones((b, l), candle_core::DType::F32, x.device())?,
     };
     x.contiguous()?.apply_op2(&mask, MaxOverTime)
+}
+
+/// The input gradient of [`max_over_time`] from its output's, for kdc's own reverse pass.
+pub(crate) fn max_over_time_backward(
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    y: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (b, l, _) = x.dims3()?;
+    let mask = match mask {
+        Some(m) => m.to_dtype(candle_core::DType::F32)?.contiguous()?,
+        None => Tensor::ones((b, l), candle_core::DType::F32, x.device())?,
+    };
+    match candle_core::CustomOp2::bwd(&MaxOverTime, &x.contiguous()?, &mask, y, grad)? {
+        (Some(dx), _) => Ok(dx),
+        _ => candle_core::bail!("max over time: no input gradient"),
+    }
 }

@@ -28,44 +28,99 @@ pub fn lstm_direction(
     reverse: bool,
     w_sink: Option<&GradSink>,
 ) -> candle_core::Result<Tensor> {
-    let (batch, len, gates) = projected.dims3()?;
-    let (rows, hidden) = w_hh.dims2()?;
-    if gates != 4 * hidden || rows != gates {
-        candle_core::bail!(
-            "lstm: gates {:?} do not fit a recurrent weight {:?}",
-            projected.dims(),
-            w_hh.dims()
-        );
-    }
     let projected = projected.contiguous()?;
-    let mask = match mask {
-        Some(m) => {
-            let m = m.to_dtype(candle_core::DType::F32)?.flatten_all()?;
-            if m.elem_count() != batch * len {
-                candle_core::bail!(
-                    "lstm: a mask of {} values for {batch}x{len}",
-                    m.elem_count()
-                );
-            }
-            m.to_vec1::<f32>()?
-        }
-        None => vec![1.0; batch * len],
-    };
-    let shape = Steps {
-        batch,
-        len,
-        hidden,
-        reverse,
-    };
-    let w = w_hh.detach().contiguous()?;
-    let (output, saved) = read(&projected, |p| forward(p, &w, &mask, shape))?;
-    let op = LstmOp {
-        output: Mutex::new(Some(output)),
-        saved,
-        shape,
-        w_sink: w_sink.cloned(),
-    };
+    let op = LstmOp::new(&projected, w_hh, mask, reverse, w_sink)?;
     projected.apply_op2(&w_hh.contiguous()?, op)
+}
+
+/// [`lstm_direction`] outside candle's graph, for kdc's own reverse pass: the hidden
+/// states and what computes the gates' gradient from theirs (the recurrent weight's going
+/// to `w_sink`).
+pub(crate) fn lstm_direction_taped(
+    projected: &Tensor,
+    w_hh: &Tensor,
+    mask: Option<&Tensor>,
+    reverse: bool,
+    w_sink: &GradSink,
+) -> candle_core::Result<(Tensor, LstmBackward)> {
+    let projected = projected.contiguous()?.detach();
+    let w = w_hh.detach().contiguous()?;
+    let op = LstmOp::new(&projected, &w, mask, reverse, Some(w_sink))?;
+    let (values, shape) = op.take_output()?;
+    let y = Tensor::from_vec(values, shape, projected.device())?;
+    Ok((y, LstmBackward { op, w, projected }))
+}
+
+/// What [`lstm_direction_taped`]'s backward needs.
+pub(crate) struct LstmBackward {
+    op: LstmOp,
+    w: Tensor,
+    projected: Tensor,
+}
+
+impl LstmBackward {
+    /// The gates' gradient from the hidden states'; the weight's goes to its sink.
+    pub(crate) fn backward(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
+        let grad = grad.contiguous()?;
+        let (dp, dw) = read(&grad, |g| self.op.backward(&self.w, g))?;
+        sink(Some(dw), &self.op.w_sink)?;
+        Tensor::from_vec(dp, self.projected.shape(), self.projected.device())
+    }
+}
+
+impl LstmOp {
+    fn new(
+        projected: &Tensor,
+        w_hh: &Tensor,
+        mask: Option<&Tensor>,
+        reverse: bool,
+        w_sink: Option<&GradSink>,
+    ) -> candle_core::Result<LstmOp> {
+        let (batch, len, gates) = projected.dims3()?;
+        let (rows, hidden) = w_hh.dims2()?;
+        if gates != 4 * hidden || rows != gates {
+            candle_core::bail!(
+                "lstm: gates {:?} do not fit a recurrent weight {:?}",
+                projected.dims(),
+                w_hh.dims()
+            );
+        }
+        let mask = match mask {
+            Some(m) => {
+                let m = m.to_dtype(candle_core::DType::F32)?.flatten_all()?;
+                if m.elem_count() != batch * len {
+                    candle_core::bail!(
+                        "lstm: a mask of {} values for {batch}x{len}",
+                        m.elem_count()
+                    );
+                }
+                m.to_vec1::<f32>()?
+            }
+            None => vec![1.0; batch * len],
+        };
+        let shape = Steps {
+            batch,
+            len,
+            hidden,
+            reverse,
+        };
+        let w = w_hh.detach().contiguous()?;
+        let (output, saved) = read(projected, |p| forward(p, &w, &mask, shape))?;
+        Ok(LstmOp {
+            output: Mutex::new(Some(output)),
+            saved,
+            shape,
+            w_sink: w_sink.cloned(),
+        })
+    }
+
+    fn take_output(&self) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let taken = match self.output.lock() {
+            Ok(mut output) => output.take(),
+            Err(_) => None,
+        };
+        taken.ok_or_else(|| candle_core::Error::Msg("lstm: the op ran twice".into()))
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -225,14 +280,8 @@ impl CustomOp2 for LstmOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let taken = match self.output.lock() {
-            Ok(mut output) => output.take(),
-            Err(_) => None,
-        };
-        match taken {
-            Some((y, shape)) => Ok((CpuStorage::F32(y), shape)),
-            None => candle_core::bail!("lstm: the op ran twice"),
-        }
+        let (y, shape) = self.take_output()?;
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(

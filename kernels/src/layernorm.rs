@@ -1,0 +1,130 @@
+//! Layer normalisation over the last axis, forward and backward, each one parallel pass
+//! over rows (candle's composition took seven passes each way, with a zeroed gradient
+//! tensor per intermediate). Rows are short (a model's width), so each is normalised while
+//! it sits in cache. The parameters' gradients are summed per fixed block of rows and the
+//! blocks' sums added in order, so results do not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use crate::optim::CHUNK;
+
+/// Rows per task: at least CHUNK values each.
+fn rows_per_task(dim: usize) -> usize {
+    (CHUNK / dim.max(1)).max(1)
+}
+
+/// A row's mean and `1 / sqrt(var + eps)`, the variance around the mean (two passes over
+/// a row in cache).
+#[inline(always)]
+fn row_statistics(row: &[f32], eps: f64) -> (f32, f32) {
+    let n = row.len().max(1) as f64;
+    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let m = mean as f32;
+    let var = row
+        .iter()
+        .map(|&v| {
+            let d = f64::from(v - m);
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (m, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+/// What the forward keeps for the backward: each row's mean and `1 / sqrt(var + eps)`.
+#[derive(Clone, Debug, Default)]
+pub struct RowStatistics {
+    pub mean: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias` over rows of `weight.len()` values.
+pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], eps: f64) -> (Vec<f32>, RowStatistics) {
+    let dim = weight.len().max(1);
+    let rows = x.len() / dim;
+    let per_task = rows_per_task(dim);
+    let mut y = vec![0f32; x.len()];
+    let mut stats = vec![(0f32, 0f32); rows];
+    y.par_chunks_mut(per_task * dim)
+        .zip(x.par_chunks(per_task * dim))
+        .zip(stats.par_chunks_mut(per_task))
+        .for_each(|((y, x), stats)| {
+            for ((y, x), stat) in y.chunks_mut(dim).zip(x.chunks(dim)).zip(stats) {
+                let (mean, inv) = row_statistics(x, eps);
+                *stat = (mean, inv);
+                for (((v, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
+                    *v = (x - mean) * inv * w + b;
+                }
+            }
+        });
+    let (mean, inv_std) = stats.into_iter().unzip();
+    (y, RowStatistics { mean, inv_std })
+}
+
+/// The gradients of [`layer_norm`]: the input's (when `want_input`), the weight's and the
+/// bias's, from the output's gradient `grad`.
+pub fn layer_norm_backward(
+    x: &[f32],
+    grad: &[f32],
+    weight: &[f32],
+    stats: &RowStatistics,
+    want_input: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let dim = weight.len().max(1);
+    let per_task = rows_per_task(dim);
+    let mut dx = vec![0f32; if want_input { x.len() } else { 0 }];
+    let task = |(index, (x, g)): (usize, (&[f32], &[f32])), dx: Option<&mut [f32]>| {
+        let mut dw = vec![0f32; dim];
+        let mut db = vec![0f32; dim];
+        let mut dxhat = vec![0f32; dim];
+        let mut dx = dx;
+        for (r, (x, g)) in x.chunks(dim).zip(g.chunks(dim)).enumerate() {
+            let row = index * per_task + r;
+            let (mean, inv) = (stats.mean[row], stats.inv_std[row]);
+            let (mut sum, mut sum_xhat) = (0f32, 0f32);
+            for j in 0..dim {
+                let xhat = (x[j] - mean) * inv;
+                dw[j] += g[j] * xhat;
+                db[j] += g[j];
+                dxhat[j] = g[j] * weight[j];
+                sum += dxhat[j];
+                sum_xhat += dxhat[j] * xhat;
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                let (a, b) = (sum / dim as f32, sum_xhat / dim as f32);
+                let out = &mut dx[r * dim..(r + 1) * dim];
+                for j in 0..dim {
+                    let xhat = (x[j] - mean) * inv;
+                    out[j] = inv * (dxhat[j] - a - xhat * b);
+                }
+            }
+        }
+        (dw, db)
+    };
+    let blocks = x
+        .par_chunks(per_task * dim)
+        .zip(grad.par_chunks(per_task * dim));
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = match want_input {
+        true => blocks
+            .enumerate()
+            .zip(dx.par_chunks_mut(per_task * dim))
+            .map(|(block, dx)| task(block, Some(dx)))
+            .collect(),
+        false => blocks.enumerate().map(|block| task(block, None)).collect(),
+    };
+    let mut dw = vec![0f64; dim];
+    let mut db = vec![0f64; dim];
+    for (w, b) in partials {
+        for (sum, v) in dw.iter_mut().zip(w) {
+            *sum += f64::from(v);
+        }
+        for (sum, v) in db.iter_mut().zip(b) {
+            *sum += f64::from(v);
+        }
+    }
+    (
+        want_input.then_some(dx),
+        dw.into_iter().map(|v| v as f32).collect(),
+        db.into_iter().map(|v| v as f32).collect(),
+    )
+}

@@ -1,0 +1,340 @@
+//! kdc's own reverse pass over a trained model's layers. candle's backward adds every
+//! gradient it hands to an op's input into a freshly zeroed tensor (`GradStore::or_insert`,
+//! then `add`): between two layers that is an allocation and three passes over the
+//! activation, which on a batch-norm CNN was about 40% of the backward. A trained model's
+//! forward instead runs each layer outside candle's graph and records how to get its
+//! input's gradient from its output's (a [`Backward`]); the model's ports join candle's
+//! graph as one node ([`join`]) whose backward walks this tape from the last layer to the
+//! first, handing gradients from layer to layer as they are, and parameters' gradients to
+//! their sinks. Layers without a backward of kdc's own keep candle's graph inside the
+//! layer ([`Local`]).
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var};
+
+use crate::attention::{BlockBackward, LayerNormBackward};
+use crate::batch_norm::BatchNormBackward;
+use crate::dense::DenseBackward;
+use crate::grad_sink::{GradSink, GradSinks};
+use crate::recurrent::LstmBackward;
+
+/// How one layer's input gradient comes from its output's.
+pub(crate) enum Backward {
+    /// The input needs no gradient (the layer reads data).
+    Stop,
+    Identity,
+    Dense(DenseBackward),
+    BatchNorm(BatchNormBackward),
+    /// A ReLU, from its output.
+    Relu {
+        y: Tensor,
+    },
+    MaxPool {
+        x: Tensor,
+        y: Tensor,
+        kernel: usize,
+        stride: usize,
+    },
+    MaxOverTime {
+        x: Tensor,
+        mask: Option<Tensor>,
+        y: Tensor,
+    },
+    Reshape {
+        dims: Vec<usize>,
+    },
+    /// Elementwise scaling by a constant (dropout's mask).
+    Scale {
+        factor: Tensor,
+    },
+    /// An embedding lookup (token ids have no gradient): the table's and the position
+    /// vectors' gradients go to their sinks.
+    Embedding {
+        table: Tensor,
+        ids: Tensor,
+        table_sink: GradSink,
+        /// The positions' sink and their table's row count.
+        positions: Option<(GradSink, usize)>,
+    },
+    /// Each direction's projection and recurrence; their outputs side by side.
+    Lstm {
+        directions: Vec<(DenseBackward, LstmBackward)>,
+        hidden: usize,
+    },
+    LayerNorm(LayerNormBackward),
+    /// GELU, from its input.
+    Gelu {
+        x: Tensor,
+    },
+    Transformer(Box<BlockBackward>),
+    /// `body(x) + shortcut(x)`.
+    Residual {
+        body: Tape,
+        shortcut: Option<Box<Backward>>,
+        want_x: bool,
+    },
+    Local(Local),
+}
+
+/// A layer run in candle's graph on its own: its input as a variable, so that candle's
+/// backward from the layer's output gives the input's and the parameters' gradients.
+pub(crate) struct Local {
+    pub input: Option<Var>,
+    pub output: Tensor,
+}
+
+/// A model's layers' backwards, each with the index of the last layer it covers (a
+/// dense layer's fused ReLU makes one entry of two layers).
+#[derive(Default)]
+pub(crate) struct Tape {
+    entries: Vec<(usize, Backward)>,
+}
+
+impl Tape {
+    pub(crate) fn push(&mut self, last_layer: usize, backward: Backward) {
+        self.entries.push((last_layer, backward));
+    }
+
+    /// The input's gradient from the output's (`None` when the loss did not read the
+    /// output) and the taps' (`(layer index, gradient)`).
+    pub(crate) fn backward(
+        &self,
+        output: Option<Tensor>,
+        taps: &[(usize, Tensor)],
+        sinks: &GradSinks,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let mut grad = output;
+        for (last, entry) in self.entries.iter().rev() {
+            for (_, g) in taps.iter().filter(|(at, _)| at == last) {
+                grad = Some(match grad {
+                    Some(sum) => (sum + g)?,
+                    None => g.clone(),
+                });
+            }
+            grad = match grad {
+                Some(g) => entry.backward(&g, sinks)?,
+                None => None,
+            };
+        }
+        Ok(grad)
+    }
+}
+
+impl Backward {
+    fn backward(&self, grad: &Tensor, sinks: &GradSinks) -> candle_core::Result<Option<Tensor>> {
+        Ok(match self {
+            Backward::Stop => None,
+            Backward::Identity => Some(grad.clone()),
+            Backward::Dense(dense) => dense.backward(grad)?,
+            Backward::BatchNorm(bn) => bn.backward(grad)?,
+            Backward::Relu { y } => Some(crate::elementwise::relu_backward(y, grad)?),
+            Backward::MaxPool {
+                x,
+                y,
+                kernel,
+                stride,
+            } => Some(crate::pooling::max_pool2d_grad(
+                x, y, grad, *kernel, *stride,
+            )?),
+            Backward::MaxOverTime { x, mask, y } => Some(crate::pooling::max_over_time_backward(
+                x,
+                mask.as_ref(),
+                y,
+                grad,
+            )?),
+            Backward::Reshape { dims } => Some(grad.reshape(dims.as_slice())?),
+            Backward::Scale { factor } => Some(grad.mul(factor)?),
+            Backward::Embedding {
+                table,
+                ids,
+                table_sink,
+                positions,
+            } => {
+                let dim = table.dim(1)?;
+                let rows = grad.elem_count() / dim.max(1);
+                crate::elementwise::embedding_backward(
+                    table,
+                    ids,
+                    &grad.reshape((rows, dim))?,
+                    table_sink,
+                )?;
+                if let Some((sink, table_rows)) = positions {
+                    // [B, L, D] summed over the batch, then zeros for rows past L.
+                    let used = grad.sum(0)?;
+                    let len = used.dim(0)?;
+                    let full = match table_rows.saturating_sub(len) {
+                        0 => used,
+                        rest => Tensor::cat(
+                            &[used, Tensor::zeros((rest, dim), DType::F32, grad.device())?],
+                            0,
+                        )?,
+                    };
+                    sink.add(full)?;
+                }
+                None
+            }
+            Backward::Lstm { directions, hidden } => {
+                let mut dx: Option<Tensor> = None;
+                for (d, (projection, recurrence)) in directions.iter().enumerate() {
+                    let part = match directions.len() {
+                        1 => grad.clone(),
+                        _ => grad.narrow(2, d * hidden, *hidden)?.contiguous()?,
+                    };
+                    let gates = recurrence.backward(&part)?;
+                    if let Some(g) = projection.backward(&gates)? {
+                        dx = Some(match dx {
+                            Some(sum) => (sum + g)?,
+                            None => g,
+                        });
+                    }
+                }
+                dx
+            }
+            Backward::Residual {
+                body,
+                shortcut,
+                want_x,
+            } => {
+                let through_body = body.backward(Some(grad.clone()), &[], sinks)?;
+                let through_shortcut = match shortcut {
+                    Some(short) => short.backward(grad, sinks)?,
+                    None => Some(grad.clone()),
+                };
+                match (want_x, through_body, through_shortcut) {
+                    (false, _, _) => None,
+                    (true, Some(a), Some(b)) => Some((a + b)?),
+                    (true, a, b) => a.or(b),
+                }
+            }
+            Backward::LayerNorm(norm) => Some(norm.backward(grad)?),
+            Backward::Gelu { x } => Some(crate::attention::gelu_backward(x, grad)?),
+            Backward::Transformer(block) => Some(block.backward(grad)?),
+            Backward::Local(local) => local.backward(grad, sinks)?,
+        })
+    }
+}
+
+impl Local {
+    fn backward(&self, grad: &Tensor, sinks: &GradSinks) -> candle_core::Result<Option<Tensor>> {
+        let root = self.output.apply_op1(Inject(grad.clone()))?;
+        let mut store = root.backward()?;
+        sinks.absorb(&mut store)?;
+        Ok(match &self.input {
+            Some(input) => store.remove(input.as_tensor()),
+            None => None,
+        })
+    }
+}
+
+/// A scalar whose backward hands its input a given gradient: how a backward through
+/// candle's graph starts from a layer's output gradient.
+struct Inject(Tensor);
+
+impl CustomOp1 for Inject {
+    fn name(&self) -> &'static str {
+        "inject-gradient"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![0.0]), Shape::from(())))
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, _: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+/// A port of the model: a tap's layer index (`None` for the output) and its value.
+pub(crate) struct Port {
+    pub layer: Option<usize>,
+    pub value: Tensor,
+}
+
+/// The model's ports as nodes of candle's graph: one op over `anchor` (a trained
+/// parameter, so that candle runs its backward) holds every port's values side by side,
+/// and its backward runs `tape` with each port's gradient.
+pub(crate) fn join(
+    anchor: &Tensor,
+    ports: Vec<Port>,
+    tape: Tape,
+    sinks: GradSinks,
+) -> candle_core::Result<Vec<Tensor>> {
+    let Some(first) = ports.first() else {
+        return Ok(Vec::new());
+    };
+    let batch = first.value.dim(0)?;
+    let flat: Vec<Tensor> = ports
+        .iter()
+        .map(|p| p.value.to_dtype(DType::F32)?.reshape((batch, ())))
+        .collect::<candle_core::Result<_>>()?;
+    let widths: Vec<usize> = flat
+        .iter()
+        .map(|t| t.dim(1))
+        .collect::<candle_core::Result<_>>()?;
+    let values: Vec<f32> = Tensor::cat(&flat, 1)?.flatten_all()?.to_vec1()?;
+    let total: usize = widths.iter().sum();
+    let layout: Vec<(Option<usize>, Vec<usize>)> = ports
+        .iter()
+        .map(|p| (p.layer, p.value.dims().to_vec()))
+        .collect();
+    let op = Join {
+        values: Mutex::new(Some((values, Shape::from((batch, total))))),
+        ports: layout.clone(),
+        widths: widths.clone(),
+        tape,
+        sinks,
+    };
+    let joined = anchor.apply_op1(op)?;
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(layout.len());
+    for ((_, dims), width) in layout.iter().zip(&widths) {
+        out.push(joined.narrow(1, offset, *width)?.reshape(dims.as_slice())?);
+        offset += width;
+    }
+    Ok(out)
+}
+
+struct Join {
+    values: Mutex<Option<(Vec<f32>, Shape)>>,
+    ports: Vec<(Option<usize>, Vec<usize>)>,
+    widths: Vec<usize>,
+    tape: Tape,
+    sinks: GradSinks,
+}
+
+impl CustomOp1 for Join {
+    fn name(&self) -> &'static str {
+        "model-ports"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let taken = match self.values.lock() {
+            Ok(mut values) => values.take(),
+            Err(_) => None,
+        };
+        match taken {
+            Some((values, shape)) => Ok((CpuStorage::F32(values), shape)),
+            None => candle_core::bail!("model ports: the op ran twice"),
+        }
+    }
+
+    fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let mut output = None;
+        let mut taps = Vec::new();
+        let mut offset = 0;
+        for ((layer, dims), width) in self.ports.iter().zip(&self.widths) {
+            let g = grad
+                .narrow(1, offset, *width)?
+                .contiguous()?
+                .reshape(dims.as_slice())?;
+            offset += width;
+            match layer {
+                Some(at) => taps.push((*at, g)),
+                None => output = Some(g),
+            }
+        }
+        self.tape.backward(output, &taps, &self.sinks)?;
+        Ok(None)
+    }
+}

@@ -1,0 +1,170 @@
+//! kdc's own reverse pass (runtime/src/tape.rs) against candle's graph through every layer:
+//! for models using every layer kind, with taps read by the loss, dropout and batch norm
+//! in training mode, the same outputs, the same gradient for every parameter within 1e-5
+//! (relative to the gradient's largest magnitude), and the same running statistics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use kd_runtime::model::Model;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Two instances of model `m` (same weights): one with kdc's reverse pass, one without.
+fn models(data: &str, input: &str, layers: &str, pad: bool) -> (Model, Model) {
+    let source = format!(
+        "{data}\nmodel m {{ input {input} {layers} }}\nstudent s = m\n\
+         stage a {{ train s on d.train, loss cross_entropy(s.output, label), optimizer adam, epochs 1 }}\n"
+    );
+    let compiled = kd_compiler::compile(&source, &root().join("tests/reverse_pass.kd"), &[])
+        .unwrap_or_else(|e| panic!("{layers}: {e:?}"));
+    let spec = compiled.plan.model("s").unwrap().clone();
+    let make = |own: bool| {
+        let mut model = Model::new(&spec, 11).unwrap();
+        model.set_own_reverse_pass(own);
+        if pad {
+            model.set_pad_id(0);
+        }
+        model
+    };
+    (make(true), make(false))
+}
+
+/// Values in [-1, 1) from a fixed generator.
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Two training steps' forward and backward on `x` in both models: every port, every
+/// parameter's gradient and every buffer agree.
+fn assert_same_gradients(what: &str, (mut own, mut graph): (Model, Model), x: &Tensor) {
+    for step in 0..2 {
+        let a = own.forward(x, true).unwrap();
+        let b = graph.forward(x, true).unwrap();
+        let loss = |ports: &[(String, Tensor)]| {
+            let mut total = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+            for (i, (_, t)) in ports.iter().enumerate() {
+                let weights = random(t.dims(), 100 + i as u64 + 10 * step);
+                total = (total + (t * weights).unwrap().sum_all().unwrap()).unwrap();
+            }
+            total
+        };
+        for ((name, ta), (_, tb)) in a.iter().zip(&b) {
+            for (va, vb) in values(ta).iter().zip(values(tb)) {
+                assert!(
+                    (va - vb).abs() <= 1e-6 * vb.abs().max(1.0),
+                    "{what}: port {name}"
+                );
+            }
+        }
+        let ga = own.backward(&loss(&a)).unwrap();
+        let gb = graph.backward(&loss(&b)).unwrap();
+        for ((name, va), (_, vb)) in own.params().iter().zip(graph.params()) {
+            let (Some(da), Some(db)) = (ga.get(va.as_tensor()), gb.get(vb.as_tensor())) else {
+                panic!("{what}: no gradient for {name}");
+            };
+            let (da, db) = (values(da), values(db));
+            let scale = db.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+            for (i, (x, y)) in da.iter().zip(&db).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * scale,
+                    "{what}, step {step}: {name}[{i}] {x} vs {y}"
+                );
+            }
+            // Both models take the same step, so the second one starts from equal weights.
+            va.set(&(va.as_tensor() - (ga.get(va.as_tensor()).unwrap() * 0.01).unwrap()).unwrap())
+                .unwrap();
+            vb.set(&(vb.as_tensor() - (gb.get(vb.as_tensor()).unwrap() * 0.01).unwrap()).unwrap())
+                .unwrap();
+        }
+        let (sa, sb) = (
+            own.buffer_snapshot().unwrap(),
+            graph.buffer_snapshot().unwrap(),
+        );
+        for (a, b) in sa.iter().zip(&sb) {
+            for (x, y) in values(a).iter().zip(values(b)) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                    "{what}: running statistics"
+                );
+            }
+        }
+    }
+}
+
+const DIGITS: &str =
+    "data d = csv(\"../examples/data/digits.csv.gz\") { shape: [1, 8, 8], scale: 16 }";
+
+#[test]
+fn image_models_match_candle_in_outputs_and_gradients() {
+    let stacks = [
+        "conv2d(4, kernel: 3, padding: 1) batchnorm relu \
+         residual { conv2d(4, kernel: 3, padding: 1) batchnorm relu conv2d(4, kernel: 3, padding: 1) batchnorm } relu \
+         residual { conv2d(6, kernel: 3, stride: 2, padding: 1, bias: false) batchnorm } \
+         maxpool(2) as pooled avgpool(2) flatten dropout(0.3) linear(16) gelu linear(12) tanh \
+         softmax linear(10) sigmoid linear(10) as logits",
+        "conv2d(5, kernel: 3) as c1 relu maxpool(3, stride: 1) conv2d(6, kernel: 2, stride: 2) relu \
+         flatten linear(20) relu batchnorm dropout(0.2) residual { linear(20) relu } linear(10)",
+        "flatten linear(32) relu as hidden linear(32) batchnorm relu linear(10) as logits",
+    ];
+    let x = random(&[6, 1, 8, 8], 1);
+    for stack in stacks {
+        assert_same_gradients(stack, models(DIGITS, "[1, 8, 8]", stack, false), &x);
+    }
+}
+
+#[test]
+fn sequence_models_match_candle_in_outputs_and_gradients() {
+    let data = "data d = text(\"text/mail.jsonl\") { classes: [\"ham\", \"spam\"], \
+                tokenizer: \"text/tokenizer.json\", max_len: 12 }";
+    let stacks = [
+        "embedding(30522, 8, positions: true) conv1d(6, kernel: 3, padding: 1) relu as seq \
+         max_over_time linear(2)",
+        "embedding(30522, 8) bilstm(5) as seq pool(mean) linear(2)",
+        "embedding(30522, 8) lstm(4) pool(max) linear(2)",
+        "embedding(30522, 8, positions: true) transformer(heads: 2, ff: 12, dropout: 0.1) \
+         transformer(heads: 4, ff: 8) layernorm pool(first) linear(2)",
+    ];
+    // Rows of 12, 5, 2 and 0 real tokens (ids 2..), padded with 0.
+    let lengths = [12, 5, 2, 0];
+    let ids: Vec<f32> = lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &n)| {
+            (0..12).map(move |t| {
+                if t < n {
+                    (2 + 97 * r + 31 * t) as f32
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let x = Tensor::from_vec(ids, (4, 12), &Device::Cpu).unwrap();
+    for stack in stacks {
+        assert_same_gradients(stack, models(data, "tokens[12]", stack, true), &x);
+    }
+}
