@@ -290,6 +290,31 @@ impl Dense {
             Dense::Conv2d { stride, padding } => {
                 let batch = x.dim(0)?;
                 let window = window2d(x, w, stride, padding)?;
+                // Stride 1: the input gradient is the output gradient convolved with the
+                // flipped kernel (padding k - 1 - p), through the forward's fast path: its
+                // products are O k k long instead of O, and nothing is folded back.
+                let (want_x, flipped_dx) = match (want_x, stride, window.kernel) {
+                    (true, 1, k) if padding < k => {
+                        let flipped = Dense::Conv2d {
+                            stride: 1,
+                            padding: k - 1 - padding,
+                        };
+                        let (dx, shape) =
+                            flipped.output(g, &flipped_kernel(w)?, None, Epilogue::default())?;
+                        if shape.dims() != x.dims() {
+                            candle_core::bail!(
+                                "conv2d: the input gradient came out {:?} for an input {:?}",
+                                shape.dims(),
+                                x.dims()
+                            );
+                        }
+                        (false, Some(Tensor::from_vec(dx, shape, x.device())?))
+                    }
+                    _ => (want_x, None),
+                };
+                if !want_x && !want_w {
+                    return Ok((flipped_dx, None));
+                }
                 let kernel = kernel_rows2d(w)?;
                 let mut dx_parts = Vec::new();
                 let mut dw: Option<Tensor> = None;
@@ -323,7 +348,7 @@ impl Dense {
                 let dx = match want_x {
                     true if dx_parts.len() == 1 => Some(dx_parts.swap_remove(0)),
                     true => Some(Tensor::cat(&dx_parts, 0)?),
-                    false => None,
+                    false => flipped_dx,
                 };
                 // [k * k * C, O] back to [O, C, k, k].
                 let (out, channels, k, _) = w.dims4()?;
@@ -382,6 +407,19 @@ fn kernel_rows(w: &Tensor) -> candle_core::Result<Tensor> {
     w.permute((0, 2, 1))?
         .contiguous()?
         .reshape((out, kernel * channels))
+}
+
+/// The kernel of a stride-1 conv2d's input gradient: `[O, C, k, k]` to `[C, O, k, k]`,
+/// each `k x k` window turned by 180 degrees.
+fn flipped_kernel(w: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, k, _) = w.dims4()?;
+    let reversed: Vec<u32> = (0..k as u32).rev().collect();
+    let reversed = Tensor::from_vec(reversed, k, w.device())?;
+    w.transpose(0, 1)?
+        .contiguous()?
+        .index_select(&reversed, 2)?
+        .index_select(&reversed, 3)?
+        .contiguous()
 }
 
 /// A conv2d kernel `[O, C, k, k]` as the rows the unfolded windows meet: `[O, k * k * C]`.
