@@ -41,6 +41,13 @@ pub(crate) enum Backward {
         mask: Option<Tensor>,
         y: Tensor,
     },
+    /// Average pooling whose windows tile the plane (kernel = stride, dividing it): each
+    /// window's gradient spread evenly over it.
+    AvgPool {
+        kernel: usize,
+        height: usize,
+        width: usize,
+    },
     Reshape {
         dims: Vec<usize>,
     },
@@ -143,6 +150,14 @@ impl Backward {
                 y,
                 grad,
             )?),
+            Backward::AvgPool {
+                kernel,
+                height,
+                width,
+            } => Some(
+                grad.upsample_nearest2d(*height, *width)?
+                    .affine(1.0 / (kernel * kernel) as f64, 0.0)?,
+            ),
             Backward::Reshape { dims } => Some(grad.reshape(dims.as_slice())?),
             Backward::Scale { factor } => Some(grad.mul(factor)?),
             Backward::Embedding {

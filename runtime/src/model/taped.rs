@@ -246,6 +246,22 @@ impl LayerImpl {
                 };
                 (y, backward)
             }
+            LayerImpl::AvgPool { kernel, stride }
+                if f32_input
+                    && x.rank() == 4
+                    && kernel == stride
+                    && x.dim(2).is_ok_and(|h| h % kernel == 0)
+                    && x.dim(3).is_ok_and(|w| w % kernel == 0) =>
+            {
+                let (_, _, height, width) = x.dims4().ctx_with(|| fail("avg pool"))?;
+                let y = x.avg_pool2d(*kernel).ctx_with(|| fail("avg pool"))?;
+                let backward = Backward::AvgPool {
+                    kernel: *kernel,
+                    height,
+                    width,
+                };
+                (y, backward)
+            }
             LayerImpl::Pool {
                 kind: kd_plan::SeqPool::Max,
             } if f32_input => {
