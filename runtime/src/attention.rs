@@ -4,22 +4,12 @@
 //! backward. Built from candle's ops, a block was about forty graph nodes each way.
 //! tests/reverse_pass.rs checks them against the composition from candle's ops.
 
-use candle_core::{Storage, Tensor};
+use candle_core::Tensor;
 use kd_kernels::activation;
 use kd_kernels::layernorm::{self, RowStatistics};
 
-use crate::elementwise::contiguous_f32;
+use crate::elementwise::{contiguous_f32, read_f32};
 use crate::grad_sink::GradSink;
-
-/// `f` on the values of `t`, made contiguous, an f32 CPU tensor.
-fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(storage) = &*storage else {
-        candle_core::bail!("the tensor is not on the CPU");
-    };
-    f(contiguous_f32(storage, layout)?)
-}
 
 /// Layer norm of `x` over its last axis, outside the graph, with what its backward needs.
 pub(crate) fn layer_norm(
@@ -35,9 +25,9 @@ pub(crate) fn layer_norm(
             x.dims()
         );
     }
-    let (y, stats) = read(x, |xv| {
-        read(weight, |w| {
-            read(bias, |b| Ok(layernorm::layer_norm(xv, w, b, eps)))
+    let (y, stats) = read_f32(x, |xv| {
+        read_f32(weight, |w| {
+            read_f32(bias, |b| Ok(layernorm::layer_norm(xv, w, b, eps)))
         })
     })?;
     Ok((Tensor::from_vec(y, x.shape(), x.device())?, stats))
@@ -55,9 +45,9 @@ pub(crate) struct LayerNormBackward {
 
 impl LayerNormBackward {
     pub(crate) fn backward(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
-        let (dx, dw, db) = read(&self.x, |x| {
-            read(grad, |g| {
-                read(&self.weight, |w| {
+        let (dx, dw, db) = read_f32(&self.x, |x| {
+            read_f32(grad, |g| {
+                read_f32(&self.weight, |w| {
                     Ok(layernorm::layer_norm_backward(x, g, w, &self.stats, true))
                 })
             })
@@ -105,13 +95,15 @@ impl candle_core::CustomOp1 for Gelu {
 
 /// GELU (with the error function) outside the graph.
 pub(crate) fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    let y = read(x, |v| Ok(activation::gelu(v)))?;
+    let y = read_f32(x, |v| Ok(activation::gelu(v)))?;
     Tensor::from_vec(y, x.shape(), x.device())
 }
 
 /// GELU's input gradient from its input `x` and output gradient.
 pub(crate) fn gelu_backward(x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
-    let dx = read(x, |xv| read(grad, |g| Ok(activation::gelu_backward(xv, g))))?;
+    let dx = read_f32(x, |xv| {
+        read_f32(grad, |g| Ok(activation::gelu_backward(xv, g)))
+    })?;
     Tensor::from_vec(dx, x.shape(), x.device())
 }
 
@@ -196,7 +188,7 @@ impl AttentionBackward {
             .reshape((b * heads, len, head_dim))?;
         let dv = self.weights.t()?.matmul(&g)?;
         let mut ds: Vec<f32> = g.matmul(&self.v.t()?)?.flatten_all()?.to_vec1()?;
-        read(&self.weights, |w| {
+        read_f32(&self.weights, |w| {
             activation::softmax_backward(w, &mut ds, len, self.scale);
             Ok(())
         })?;

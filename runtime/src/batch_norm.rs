@@ -4,13 +4,11 @@
 //! 85% of a batch-norm CNN's training step. tests/ops.rs checks it against that
 //! composition, values and gradients.
 
-use std::sync::Mutex;
-
-use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use kd_kernels::batchnorm::{self as kernels, Affine, Channels, InputGradient};
 
 use crate::dense::sink;
-use crate::elementwise::contiguous_f32;
+use crate::elementwise::{read_f32, Computed};
 use crate::grad_sink::{GradSink, GradSinks};
 
 /// The statistics a batch norm normalises with.
@@ -117,7 +115,7 @@ impl BatchNormOp {
         };
         let (mean, var, train) = match statistics {
             Statistics::Batch { running, momentum } => {
-                let (mean, var) = read(x, |v| Ok(kernels::moments(v, shape)))?;
+                let (mean, var) = read_f32(x, |v| Ok(kernels::moments(v, shape)))?;
                 update_running(running, &mean, &var, shape.count(x.elem_count()), momentum)?;
                 (mean, var, true)
             }
@@ -143,9 +141,9 @@ impl BatchNormOp {
                 .map(|(b, (k, lo))| (b - k * lo) as f32)
                 .collect(),
         };
-        let y = read(x, |v| Ok(kernels::normalise(v, shape, &affine, relu)))?;
+        let y = read_f32(x, |v| Ok(kernels::normalise(v, shape, &affine, relu)))?;
         Ok(BatchNormOp {
-            output: Mutex::new(Some((y, x.shape().clone()))),
+            output: Computed::new(y, x.shape().clone()),
             shape,
             centre: affine.centre,
             low,
@@ -158,11 +156,7 @@ impl BatchNormOp {
     }
 
     fn take_output(&self) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let taken = match self.output.lock() {
-            Ok(mut output) => output.take(),
-            Err(_) => None,
-        };
-        taken.ok_or_else(|| candle_core::Error::Msg("batch norm: the op ran twice".into()))
+        self.output.take("batch norm")
     }
 }
 
@@ -198,18 +192,9 @@ fn f64s(t: &Tensor) -> candle_core::Result<Vec<f64>> {
         .to_vec1()
 }
 
-/// `f` on the values of `t`, a contiguous f32 CPU tensor.
-fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(storage) = &*storage else {
-        candle_core::bail!("batch norm: the tensor is not on the CPU");
-    };
-    f(contiguous_f32(storage, layout)?)
-}
-
 struct BatchNormOp {
     /// The output, computed before the op joins the graph; candle's forward takes it.
-    output: Mutex<Option<(Vec<f32>, Shape)>>,
+    output: Computed,
     shape: Channels,
     /// The mean normalised with (the batch's, or the running one), rounded to f32, and
     /// what the rounding left out.
@@ -235,9 +220,9 @@ impl BatchNormOp {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (x, grad, y) = (x.contiguous()?, grad.contiguous()?, y.contiguous()?);
         let shape = self.shape;
-        let (sum_g, sum_gx) = read(&x, |xv| {
-            read(&grad, |gv| match self.relu {
-                true => read(&y, |yv| {
+        let (sum_g, sum_gx) = read_f32(&x, |xv| {
+            read_f32(&grad, |gv| match self.relu {
+                true => read_f32(&y, |yv| {
                     Ok(kernels::backward_sums(
                         xv,
                         gv,
@@ -320,9 +305,9 @@ impl BatchNormOp {
             slope,
             offset,
         };
-        let dx = read(x, |xv| {
-            read(grad, |gv| match self.relu {
-                true => read(y, |yv| {
+        let dx = read_f32(x, |xv| {
+            read_f32(grad, |gv| match self.relu {
+                true => read_f32(y, |yv| {
                     Ok(kernels::backward_input(
                         xv,
                         gv,

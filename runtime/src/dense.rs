@@ -8,12 +8,11 @@
 //! against the layer built from candle's ops.
 
 use crate::conv::{windows1d, Unfold, Windows2d, PRODUCT_BYTES, UNFOLD_BYTES};
-use crate::elementwise::{bias_gradient, contiguous_f32, relu_backward};
+use crate::elementwise::{bias_gradient, contiguous_f32, read_f32, relu_backward, Computed};
 use crate::grad_sink::{GradSink, GradSinks};
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use kd_kernels::elementwise as kernels;
 use kd_kernels::unfold::{channels_first, channels_last, Output2d, Window1d, Window2d};
-use std::sync::Mutex;
 
 /// Which product the layer computes.
 #[derive(Clone, Copy, Debug)]
@@ -160,7 +159,7 @@ impl Dense {
                 let product = w.matmul(&x.reshape((rows, k))?.t()?)?;
                 let n = w.dim(0)?;
                 let y = with_values(b, |bias| {
-                    read_f32(&product, |zt, _| {
+                    read_f32(&product, |zt| {
                         Ok(kernels::transpose_bias(zt, n, rows, bias, epilogue.relu))
                     })
                 })?;
@@ -173,7 +172,7 @@ impl Dense {
                     .reshape((batch * window.rows(), window.row_len()))?
                     .matmul(&kernel_rows(w)?.t()?)?;
                 let y = with_values(b, |bias| {
-                    read_f32(&product, |z, _| {
+                    read_f32(&product, |z| {
                         Ok(match (bias, epilogue.relu) {
                             (Some(b), true) => kernels::add_bias_relu(z, b, 1),
                             (Some(b), false) => kernels::add_bias(z, b, 1),
@@ -212,7 +211,7 @@ impl Dense {
                     let product = windows.unfold(x, start, len)?.matmul(&kernel)?;
                     let out = &mut y[start * sample_len..(start + len) * sample_len];
                     with_values(b, |bias| {
-                        read_f32(&product, |z, _| {
+                        read_f32(&product, |z| {
                             channels_first(z, out, &geometry, bias, epilogue.relu);
                             Ok(())
                         })
@@ -478,7 +477,7 @@ impl candle_core::CustomOp1 for ChannelsLast {
 struct DenseOp {
     kind: Dense,
     /// The output, computed before the op joins the graph; candle's forward takes it.
-    output: Mutex<Option<(Vec<f32>, Shape)>>,
+    output: Computed,
     relu: bool,
     weight_sink: Option<GradSink>,
     bias_sink: Option<GradSink>,
@@ -490,21 +489,9 @@ fn with_values<R>(
     f: impl FnOnce(Option<&[f32]>) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
     match t {
-        Some(t) => read_f32(t, |values, _| f(Some(values))),
+        Some(t) => read_f32(t, |values| f(Some(values))),
         None => f(None),
     }
-}
-
-/// `f` on the values of `t`, a contiguous f32 CPU tensor, and its layout.
-fn read_f32<R>(
-    t: &Tensor,
-    f: impl FnOnce(&[f32], &Layout) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(storage) = &*storage else {
-        candle_core::bail!("dense: the product is not on the CPU");
-    };
-    f(contiguous_f32(storage, layout)?, layout)
 }
 
 impl DenseOp {
@@ -522,7 +509,7 @@ impl DenseOp {
         };
         Ok(DenseOp {
             kind,
-            output: Mutex::new(Some(output)),
+            output: Computed::new(output.0, output.1),
             relu: epilogue.relu,
             weight_sink: sinks.get(w).cloned(),
             bias_sink: b.and_then(|b| sinks.get(b)).cloned(),
@@ -530,14 +517,7 @@ impl DenseOp {
     }
 
     fn forward(&self) -> candle_core::Result<(CpuStorage, Shape)> {
-        let taken = match self.output.lock() {
-            Ok(mut output) => output.take(),
-            Err(_) => None,
-        };
-        match taken {
-            Some((y, shape)) => Ok((CpuStorage::F32(y), shape)),
-            None => candle_core::bail!("dense: the op ran twice"),
-        }
+        self.output.storage("dense")
     }
 
     /// Gradients for `x`, `w` and (with a bias) `b`, from the output `y` and its gradient.

@@ -2,8 +2,10 @@
 //! the bias and ReLU gradients `crate::dense` uses: one pass each way instead of candle's
 //! several (tests/ops.rs checks them against candle's).
 
+use std::sync::Mutex;
+
 use crate::grad_sink::GradSink;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
 use kd_kernels::elementwise as kernels;
 
 /// The values of a contiguous f32 CPU tensor, without a copy: what every custom op here
@@ -15,6 +17,44 @@ pub(crate) fn contiguous_f32<'a>(
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
         _ => candle_core::bail!("expected a contiguous f32 tensor"),
+    }
+}
+
+/// `f` on the values of `t`, an f32 CPU tensor (made contiguous first when it is not).
+pub(crate) fn read_f32<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("expected a tensor on the CPU");
+    };
+    f(contiguous_f32(storage, layout)?)
+}
+
+/// An op's output computed before the op joins candle's graph (outside it, on detached
+/// tensors), for candle's forward to take once.
+pub(crate) struct Computed(Mutex<Option<(Vec<f32>, Shape)>>);
+
+impl Computed {
+    pub(crate) fn new(values: Vec<f32>, shape: Shape) -> Computed {
+        Computed(Mutex::new(Some((values, shape))))
+    }
+
+    /// The values and their shape; an error the second time (`op` names the op).
+    pub(crate) fn take(&self, op: &str) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let taken = match self.0.lock() {
+            Ok(mut output) => output.take(),
+            Err(_) => None,
+        };
+        taken.ok_or_else(|| candle_core::Error::Msg(format!("{op}: the op ran twice")))
+    }
+
+    /// [`Computed::take`] as candle's forward returns it.
+    pub(crate) fn storage(&self, op: &str) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (values, shape) = self.take(op)?;
+        Ok((CpuStorage::F32(values), shape))
     }
 }
 

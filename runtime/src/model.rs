@@ -515,13 +515,13 @@ impl Model {
         })
     }
 
-    /// Token models: the id their data pads with.
     /// Whether training steps run kdc's own reverse pass (the default) or candle's graph
     /// through every layer (the reference the tests compare it with).
     pub fn set_own_reverse_pass(&mut self, own: bool) {
         self.own_reverse_pass = own;
     }
 
+    /// Token models: the id their data pads with.
     pub fn set_pad_id(&mut self, pad_id: u32) {
         self.pad_id = Some(pad_id);
     }

@@ -7,13 +7,11 @@
 //! and the recurrent weight's gradient as one product at the end. tests/recurrent.rs checks
 //! values and gradients against the composition.
 
-use std::sync::Mutex;
-
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use kd_kernels::recurrent::{step_backward, step_forward, swap_leading, StepBackward, StepForward};
 
 use crate::dense::sink;
-use crate::elementwise::contiguous_f32;
+use crate::elementwise::{read_f32, Computed};
 use crate::grad_sink::GradSink;
 
 /// The hidden states of one LSTM direction, `[B, L, H]`, from the input's part of every
@@ -62,7 +60,7 @@ impl LstmBackward {
     /// The gates' gradient from the hidden states'; the weight's goes to its sink.
     pub(crate) fn backward(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
         let grad = grad.contiguous()?;
-        let (dp, dw) = read(&grad, |g| self.op.backward(&self.w, g))?;
+        let (dp, dw) = read_f32(&grad, |g| self.op.backward(&self.w, g))?;
         sink(Some(dw), &self.op.w_sink)?;
         Tensor::from_vec(dp, self.projected.shape(), self.projected.device())
     }
@@ -105,9 +103,9 @@ impl LstmOp {
             reverse,
         };
         let w = w_hh.detach().contiguous()?;
-        let (output, saved) = read(projected, |p| forward(p, &w, &mask, shape))?;
+        let (output, saved) = read_f32(projected, |p| forward(p, &w, &mask, shape))?;
         Ok(LstmOp {
-            output: Mutex::new(Some(output)),
+            output: Computed::new(output.0, output.1),
             saved,
             shape,
             w_sink: w_sink.cloned(),
@@ -115,11 +113,7 @@ impl LstmOp {
     }
 
     fn take_output(&self) -> candle_core::Result<(Vec<f32>, Shape)> {
-        let taken = match self.output.lock() {
-            Ok(mut output) => output.take(),
-            Err(_) => None,
-        };
-        taken.ok_or_else(|| candle_core::Error::Msg("lstm: the op ran twice".into()))
+        self.output.take("lstm")
     }
 }
 
@@ -208,18 +202,9 @@ fn forward(
     Ok(((out, Shape::from((b, l, h))), saved))
 }
 
-/// `f` on the values of `t`, a contiguous f32 CPU tensor.
-fn read<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(storage) = &*storage else {
-        candle_core::bail!("lstm: the tensor is not on the CPU");
-    };
-    f(contiguous_f32(storage, layout)?)
-}
-
 struct LstmOp {
     /// The output, computed before the op joins the graph; candle's forward takes it.
-    output: Mutex<Option<(Vec<f32>, Shape)>>,
+    output: Computed,
     saved: Saved,
     shape: Steps,
     w_sink: Option<GradSink>,
@@ -292,7 +277,7 @@ impl CustomOp2 for LstmOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (dp, dw) = read(&grad, |g| self.backward(&w.detach(), g))?;
+        let (dp, dw) = read_f32(&grad, |g| self.backward(&w.detach(), g))?;
         let dp = match projected.track_op() {
             true => Some(Tensor::from_vec(dp, projected.shape(), projected.device())?),
             false => None,

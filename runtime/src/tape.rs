@@ -9,13 +9,12 @@
 //! their sinks. Layers without a backward of kdc's own keep candle's graph inside the
 //! layer ([`Local`]).
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var};
 
 use crate::attention::{BlockBackward, LayerNormBackward};
 use crate::batch_norm::BatchNormBackward;
 use crate::dense::DenseBackward;
+use crate::elementwise::Computed;
 use crate::grad_sink::{GradSink, GradSinks};
 use crate::recurrent::LstmBackward;
 
@@ -294,7 +293,7 @@ pub(crate) fn join(
         .map(|p| (p.layer, p.value.dims().to_vec()))
         .collect();
     let op = Join {
-        values: Mutex::new(Some((values, Shape::from((batch, total))))),
+        values: Computed::new(values, Shape::from((batch, total))),
         ports: layout.clone(),
         widths: widths.clone(),
         tape,
@@ -311,7 +310,7 @@ pub(crate) fn join(
 }
 
 struct Join {
-    values: Mutex<Option<(Vec<f32>, Shape)>>,
+    values: Computed,
     ports: Vec<(Option<usize>, Vec<usize>)>,
     widths: Vec<usize>,
     tape: Tape,
@@ -324,14 +323,7 @@ impl CustomOp1 for Join {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let taken = match self.values.lock() {
-            Ok(mut values) => values.take(),
-            Err(_) => None,
-        };
-        match taken {
-            Some((values, shape)) => Ok((CpuStorage::F32(values), shape)),
-            None => candle_core::bail!("model ports: the op ran twice"),
-        }
+        self.values.storage("model ports")
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
