@@ -51,6 +51,10 @@ pub struct CaseResult {
     pub batch: usize,
     pub kdc_samples_per_s: Vec<f64>,
     pub torch_samples_per_s: Vec<f64>,
+    /// Peak resident set of each run in MiB: kdc's from a peak reset just before the case
+    /// ran in this process, PyTorch's from its process, which runs the case alone.
+    pub kdc_peak_rss_mb: Vec<f64>,
+    pub torch_peak_rss_mb: Vec<f64>,
     /// Dense FLOPs of one step: the teacher's forward when it runs, and three times the
     /// student's forward (forward, input gradients, weight gradients).
     pub flops_per_step: f64,
@@ -108,6 +112,8 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
             batch: c.batch(),
             kdc_samples_per_s: Vec::new(),
             torch_samples_per_s: Vec::new(),
+            kdc_peak_rss_mb: Vec::new(),
+            torch_peak_rss_mb: Vec::new(),
             flops_per_step: 0.0,
         })
         .collect();
@@ -136,14 +142,18 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
                 options.runs,
                 case.name()
             ));
-            let (samples_per_s, flops) = kdc_case(*case, options, run)?;
-            result.kdc_samples_per_s.push(samples_per_s);
-            result.flops_per_step = flops;
+            let measured = kdc_case(*case, options, run)?;
+            result.kdc_samples_per_s.push(measured.samples_per_s);
+            result.kdc_peak_rss_mb.extend(measured.peak_rss_mb);
+            result.flops_per_step = measured.flops;
             if let (Ok(reference), Ok(_)) = (&options.torch, &torch_version) {
                 match reference.run(case.name(), options.steps, options.threads) {
                     Ok(value) => {
                         if let Some(s) = value.get("samples_per_s").and_then(|s| s.as_f64()) {
                             result.torch_samples_per_s.push(s);
+                        }
+                        if let Some(m) = value.get("peak_rss_mb").and_then(|m| m.as_f64()) {
+                            result.torch_peak_rss_mb.push(m);
                         }
                     }
                     Err(reason) => torch_version = Err(reason),
@@ -248,9 +258,23 @@ pub fn run(
     Ok((summary, times))
 }
 
-/// One run of a case through kdc: samples per second (the median timed step) and the
-/// step's FLOPs.
-fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<(f64, f64)> {
+/// One run of a case through kdc.
+struct Measured {
+    /// The median timed step's.
+    samples_per_s: f64,
+    /// Dense FLOPs of one step.
+    flops: f64,
+    /// The peak resident set while the case ran (Linux only).
+    peak_rss_mb: Option<f64>,
+}
+
+/// Starts a new peak of the process's resident set (Linux 4.0 and later: writing 5 to
+/// clear_refs resets `VmHWM` to the current size); without it, the peak is the process's.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<Measured> {
     let epochs = 1 + options.steps.div_ceil(STEPS_PER_EPOCH);
     let (dir, mut plan) = prepare(
         case,
@@ -260,7 +284,8 @@ fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<(f64
         &[format!("stage.{}.epochs={epochs}", case.stage())],
     )?;
     plan.settings.threads = Some(options.threads);
-    let (_, times) = run(case, &plan, &dir, &options.kdc_version)?;
+    reset_peak_rss();
+    let (summary, times) = run(case, &plan, &dir, &options.kdc_version)?;
     let timed: Vec<f64> = times
         .iter()
         .skip(STEPS_PER_EPOCH)
@@ -276,7 +301,11 @@ fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<(f64
     }
     let _ = std::fs::remove_dir_all(&dir);
     let step = median(&timed).unwrap_or(f64::NAN);
-    Ok((case.batch() as f64 / step, step_flops(&plan, case.batch())))
+    Ok(Measured {
+        samples_per_s: case.batch() as f64 / step,
+        flops: step_flops(&plan, case.batch()),
+        peak_rss_mb: summary.peak_rss_mb,
+    })
 }
 
 /// Dense FLOPs of one training step of the plan's one stage (see `CaseResult`).
@@ -319,12 +348,15 @@ impl TrainReport {
                 );
             }
         }
-        out.push_str("| case | kdc | PyTorch | kdc / PyTorch | kdc GFLOP/s | of PyTorch sgemm |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|\n");
+        out.push_str(
+            "| case | kdc | PyTorch | kdc / PyTorch | kdc GFLOP/s | of PyTorch sgemm \
+             | kdc peak RSS MiB | PyTorch peak RSS MiB |\n",
+        );
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
         let fmt =
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         out.push_str(&format!(
-            "| sgemm 1024^3 (GFLOP/s) | {} | {} | {} | | |\n",
+            "| sgemm 1024^3 (GFLOP/s) | {} | {} | {} | | | | |\n",
             fmt(median(&self.sgemm.kdc_gflops), 1),
             fmt(torch_sgemm, 1),
             fmt(
@@ -336,7 +368,7 @@ impl TrainReport {
             let kdc = median(&case.kdc_samples_per_s);
             let gflops = kdc.map(|s| case.flops_per_step / case.batch as f64 * s / 1e9);
             out.push_str(&format!(
-                "| {} [{}] (samples/s) | {} | {} | {} | {} | {} |\n",
+                "| {} [{}] (samples/s) | {} | {} | {} | {} | {} | {} | {} |\n",
                 case.case,
                 case.batch,
                 fmt(kdc, 0),
@@ -347,6 +379,8 @@ impl TrainReport {
                 ),
                 fmt(gflops, 1),
                 fmt(gflops.zip(torch_sgemm).map(|(g, roof)| g / roof), 2),
+                fmt(median(&case.kdc_peak_rss_mb), 0),
+                fmt(median(&case.torch_peak_rss_mb), 0),
             ));
         }
         out
