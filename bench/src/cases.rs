@@ -2,7 +2,7 @@
 //! written as `.kd` pipelines, and the random data each one reads.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{write_file, Result};
 
@@ -20,10 +20,11 @@ pub enum Case {
     ResnetBn,
     BilstmStudent,
     TransformerStudent,
+    BertTeacher,
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::MlpDistill,
         Case::CnnDistill,
         Case::TextStudent,
@@ -31,6 +32,7 @@ impl Case {
         Case::ResnetBn,
         Case::BilstmStudent,
         Case::TransformerStudent,
+        Case::BertTeacher,
     ];
 
     /// The name torch_ref.py's `--case` takes.
@@ -43,6 +45,7 @@ impl Case {
             Case::ResnetBn => "resnet_bn",
             Case::BilstmStudent => "bilstm_student",
             Case::TransformerStudent => "transformer_student",
+            Case::BertTeacher => "bert_teacher",
         }
     }
 
@@ -54,7 +57,7 @@ impl Case {
         match self {
             Case::MlpDistill | Case::CnnDistill | Case::BnCnn | Case::ResnetBn => 128,
             Case::TextStudent => 64,
-            Case::BilstmStudent | Case::TransformerStudent => 32,
+            Case::BilstmStudent | Case::TransformerStudent | Case::BertTeacher => 32,
         }
     }
 
@@ -65,7 +68,8 @@ impl Case {
             | Case::CnnDistill
             | Case::TextStudent
             | Case::BilstmStudent
-            | Case::TransformerStudent => "distill",
+            | Case::TransformerStudent
+            | Case::BertTeacher => "distill",
             Case::BnCnn | Case::ResnetBn => "fit",
         }
     }
@@ -80,6 +84,7 @@ impl Case {
             Case::ResnetBn => include_str!("../cases/resnet_bn.kd"),
             Case::BilstmStudent => include_str!("../cases/bilstm_student.kd"),
             Case::TransformerStudent => include_str!("../cases/transformer_student.kd"),
+            Case::BertTeacher => include_str!("../cases/bert_teacher.kd"),
         }
     }
 
@@ -103,6 +108,24 @@ impl Case {
                 let mut labels = idx_header(0x0801, &[samples]);
                 labels.extend((0..samples).map(|_| random.below(10) as u8));
                 write_file(&data.join("train-labels-idx1-ubyte"), &labels)
+            }
+            Case::BertTeacher => {
+                link_minilm(&data, self)?;
+                let mut lines = String::new();
+                for _ in 0..samples {
+                    // Ordinary English words, more than 128 WordPiece tokens: every row is
+                    // cut to max_len.
+                    let words: Vec<&str> = (0..160)
+                        .map(|_| ENGLISH[random.below(ENGLISH.len())])
+                        .collect();
+                    let label = if random.below(2) == 0 { "a" } else { "b" };
+                    let _ = writeln!(
+                        lines,
+                        "{}",
+                        serde_json::json!({"text": words.join(" "), "label": label})
+                    );
+                }
+                write_file(&data.join("texts.jsonl"), lines.as_bytes())
             }
             Case::TextStudent | Case::BilstmStudent | Case::TransformerStudent => {
                 write_file(
@@ -131,6 +154,44 @@ impl Case {
             }
         }
     }
+}
+
+/// What the bench installs into PyTorch's venv for bert_teacher's twin (the version it
+/// was measured with).
+pub const TRANSFORMERS: &str = "transformers==5.24.0";
+
+/// Words for the BERT teacher's texts.
+const ENGLISH: [&str; 24] = [
+    "the", "model", "teacher", "student", "learns", "from", "soft", "targets", "and", "a", "small",
+    "network", "keeps", "most", "of", "its", "accuracy", "while", "running", "faster", "on",
+    "every", "machine", "today",
+];
+
+/// Where the MiniLM checkpoint is: `data/minilm` under the current folder (the repository's
+/// root, where `scripts/fetch-data.sh minilm` puts it), else next to this crate's source.
+pub fn minilm_folder() -> Option<PathBuf> {
+    let here = std::env::current_dir().ok()?.join("data/minilm");
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/minilm");
+    [here, beside]
+        .into_iter()
+        .find(|folder| folder.join("model.safetensors").is_file())
+}
+
+/// Links the MiniLM checkpoint into the case's data folder as `minilm`.
+fn link_minilm(data: &Path, case: Case) -> Result<()> {
+    let Some(folder) = minilm_folder() else {
+        return Err(crate::error::BenchError::MissingCheckpoint {
+            case: case.name().to_string(),
+            looked: std::env::current_dir()
+                .unwrap_or_default()
+                .join("data/minilm"),
+        });
+    };
+    let folder = folder
+        .canonicalize()
+        .map_err(|e| crate::error::io(&folder, e))?;
+    let link = data.join("minilm");
+    std::os::unix::fs::symlink(&folder, &link).map_err(|e| crate::error::io(&link, e))
 }
 
 /// torch_ref.py's vocabulary: token ids in [0, 30522).

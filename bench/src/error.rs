@@ -25,6 +25,12 @@ pub enum BenchError {
         case: String,
         source: Box<kd_runtime::RuntimeError>,
     },
+    #[error("the bench case `{case}` needs the MiniLM checkpoint, which is not in `{looked}`")]
+    #[diagnostic(
+        code(kd::bench::data),
+        help("run `scripts/fetch-data.sh minilm` from the repository's root, and run the bench from there")
+    )]
+    MissingCheckpoint { case: String, looked: PathBuf },
     #[error("`{case}` recorded {got} timed steps, fewer than the {wanted} asked for")]
     #[diagnostic(code(kd::bench::steps))]
     Steps {

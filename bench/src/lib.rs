@@ -55,6 +55,8 @@ pub struct CaseResult {
     /// ran in this process, PyTorch's from its process, which runs the case alone.
     pub kdc_peak_rss_mb: Vec<f64>,
     pub torch_peak_rss_mb: Vec<f64>,
+    /// Why PyTorch's twin of this case did not run, when it did not.
+    pub torch_failed: Option<String>,
     /// Dense FLOPs of one step: the teacher's forward when it runs, and three times the
     /// student's forward (forward, input gradients, weight gradients).
     pub flops_per_step: f64,
@@ -114,6 +116,7 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
             torch_samples_per_s: Vec::new(),
             kdc_peak_rss_mb: Vec::new(),
             torch_peak_rss_mb: Vec::new(),
+            torch_failed: None,
             flops_per_step: 0.0,
         })
         .collect();
@@ -123,7 +126,7 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
         note(&format!("run {} of {}: sgemm", run + 1, options.runs));
         sgemm.kdc_gflops.push(kdc_sgemm(options.steps)?);
         if let Ok(reference) = &options.torch {
-            match reference.run("sgemm", options.steps, options.threads) {
+            match reference.run("sgemm", options.steps, options.threads, &[]) {
                 Ok(value) => {
                     if let Some(g) = value.get("gflops").and_then(|g| g.as_f64()) {
                         sgemm.torch_gflops.push(g);
@@ -147,7 +150,7 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
             result.kdc_peak_rss_mb.extend(measured.peak_rss_mb);
             result.flops_per_step = measured.flops;
             if let (Ok(reference), Ok(_)) = (&options.torch, &torch_version) {
-                match reference.run(case.name(), options.steps, options.threads) {
+                match reference_case(reference, *case, options) {
                     Ok(value) => {
                         if let Some(s) = value.get("samples_per_s").and_then(|s| s.as_f64()) {
                             result.torch_samples_per_s.push(s);
@@ -156,7 +159,9 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
                             result.torch_peak_rss_mb.push(m);
                         }
                     }
-                    Err(reason) => torch_version = Err(reason),
+                    // A case whose reference cannot run fails on its own (the others
+                    // still compare); it shows in the table.
+                    Err(reason) => result.torch_failed = Some(reason),
                 }
             }
         }
@@ -256,6 +261,23 @@ pub fn run(
     })?;
     let times = times.lock().map(|t| t.clone()).unwrap_or_default();
     Ok((summary, times))
+}
+
+/// PyTorch's twin of `case`: bert_teacher's needs `transformers` (installed into the
+/// reference's venv from PyPI when missing) and the MiniLM checkpoint.
+fn reference_case(
+    reference: &TorchRef,
+    case: Case,
+    options: &TrainOptions,
+) -> std::result::Result<serde_json::Value, String> {
+    let mut extra = Vec::new();
+    if case == Case::BertTeacher {
+        reference.ensure("transformers", cases::TRANSFORMERS)?;
+        let folder =
+            cases::minilm_folder().ok_or("no MiniLM checkpoint (scripts/fetch-data.sh minilm)")?;
+        extra = vec!["--minilm".to_string(), folder.display().to_string()];
+    }
+    reference.run(case.name(), options.steps, options.threads, &extra)
 }
 
 /// One run of a case through kdc.
@@ -364,6 +386,11 @@ impl TrainReport {
                 2
             ),
         ));
+        for case in self.cases.iter().filter(|c| c.torch_failed.is_some()) {
+            if let Some(reason) = &case.torch_failed {
+                out.push_str(&format!("PyTorch's {} failed: {reason}\n", case.case));
+            }
+        }
         for case in &self.cases {
             let kdc = median(&case.kdc_samples_per_s);
             let gflops = kdc.map(|s| case.flops_per_step / case.batch as f64 * s / 1e9);

@@ -52,18 +52,47 @@ impl TorchRef {
         command
     }
 
-    /// Runs one case; the JSON object it prints, or why there is none.
+    /// Makes sure the venv can import `module`, installing `requirement` from PyPI with
+    /// its pip when it cannot.
+    pub fn ensure(&self, module: &str, requirement: &str) -> std::result::Result<(), String> {
+        let imports = |reference: &TorchRef| {
+            reference
+                .command()
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if imports(self) {
+            return Ok(());
+        }
+        let install = self
+            .command()
+            .args(["-m", "pip", "install", "--quiet", requirement])
+            .output()
+            .map_err(|e| format!("cannot start pip: {e}"))?;
+        if !install.status.success() || !imports(self) {
+            let stderr = String::from_utf8_lossy(&install.stderr);
+            let last = stderr.lines().last().unwrap_or("");
+            return Err(format!("installing `{requirement}` failed: {last}"));
+        }
+        Ok(())
+    }
+
+    /// Runs one case (with `extra` arguments); the JSON object it prints, or why there is
+    /// none.
     pub fn run(
         &self,
         case: &str,
         steps: usize,
         threads: usize,
+        extra: &[String],
     ) -> std::result::Result<serde_json::Value, String> {
         let output = self
             .command()
             .arg(&self.script)
             .args(["--case", case, "--steps", &steps.to_string()])
             .args(["--threads", &threads.to_string()])
+            .args(extra)
             .output()
             .map_err(|e| format!("cannot start `{}`: {e}", self.python.display()))?;
         if !output.status.success() {
