@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use kd_plan::{BertSpec, Pooling, SeqPool, Trainable};
 use sha2::{Digest, Sha256};
 
@@ -117,11 +117,13 @@ impl SimpleBackend for CheckpointBackend {
     }
 }
 
-/// The encoder: candle-transformers' `BertModel` when it is frozen (its fused layer norm
-/// and softmax are fast but have no backward pass in candle-nn 0.11), and the same
-/// computation written here with differentiable ops when a stage trains some of it.
+/// The encoder, written here: on kdc's fused kernels (dense layers, masked attention,
+/// layer norm, GELU; `crate::attention`) while it is frozen, and with candle's
+/// differentiable ops when a stage trains some of it. candle-transformers' `BertModel`
+/// ran the frozen encoder before; its layer norm and softmax have no backward pass in
+/// candle-nn 0.11, and it was 0.8x PyTorch's speed on MiniLM (docs/performance.md).
 enum Encoder {
-    Fused(Box<BertModel>),
+    Frozen(Box<OwnEncoder>),
     Differentiable(Box<OwnEncoder>),
 }
 
@@ -197,21 +199,69 @@ impl OwnEncoder {
         })
     }
 
-    /// The last layer's states `[B, L, H]` for ids `[B, L]` and mask `[B, L]`.
-    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        use candle_transformers::models::bert::HiddenAct;
+    /// The embeddings of `ids` `[B, L]`, before their layer norm.
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, len) = ids.dims2()?;
         let h = self.word.dim(1)?;
-        let linear =
-            |x: &Tensor, (w, bias): &Dense| x.broadcast_matmul(&w.t()?)?.broadcast_add(bias);
-        let norm = |x: &Tensor, (w, bias): &Dense| sequence::layer_norm(x, w, bias, self.eps);
-        let embedded = self
-            .word
+        self.word
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, len, h))?
             .broadcast_add(&self.position.narrow(0, 0, len)?)?
-            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
-        let mut x = norm(&embedded, &self.norm)?;
+            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)
+    }
+
+    /// [`OwnEncoder::forward`] for a frozen encoder, outside candle's graph on kdc's fused
+    /// kernels: the same values within float rounding.
+    fn forward_frozen(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        use crate::dense::{dense, Epilogue};
+        use candle_transformers::models::bert::HiddenAct;
+        let none = crate::grad_sink::GradSinks::default();
+        let linear = |x: &Tensor, (w, bias): &Dense| {
+            dense(
+                crate::dense::Dense::Linear,
+                x,
+                &w.detach(),
+                Some(&bias.detach()),
+                Epilogue::default(),
+                &none,
+            )
+        };
+        let norm = |x: &Tensor, (w, bias): &Dense| {
+            crate::attention::layer_norm(x, &w.detach(), &bias.detach(), self.eps).map(|(y, _)| y)
+        };
+        let mut x = norm(&self.embed(ids)?.detach(), &self.norm)?;
+        for layer in &self.layers {
+            let qkv = Tensor::cat(
+                &[
+                    linear(&x, &layer.query)?,
+                    linear(&x, &layer.key)?,
+                    linear(&x, &layer.value)?,
+                ],
+                2,
+            )?;
+            let (context, _) = crate::attention::attention(&qkv, Some(mask), self.heads)?;
+            x = norm(
+                &(linear(&context, &layer.attn_out)? + &x)?,
+                &layer.attn_norm,
+            )?;
+            let inner = linear(&x, &layer.inner)?;
+            let inner = match self.act {
+                HiddenAct::Gelu => crate::attention::gelu(&inner)?,
+                HiddenAct::GeluApproximate => inner.gelu()?,
+                HiddenAct::Relu => inner.relu()?,
+            };
+            x = norm(&(linear(&inner, &layer.out)? + &x)?, &layer.out_norm)?;
+        }
+        Ok(x)
+    }
+
+    /// The last layer's states `[B, L, H]` for ids `[B, L]` and mask `[B, L]`.
+    fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        use candle_transformers::models::bert::HiddenAct;
+        let linear =
+            |x: &Tensor, (w, bias): &Dense| x.broadcast_matmul(&w.t()?)?.broadcast_add(bias);
+        let norm = |x: &Tensor, (w, bias): &Dense| sequence::layer_norm(x, w, bias, self.eps);
+        let mut x = norm(&self.embed(ids)?, &self.norm)?;
         for layer in &self.layers {
             let context = sequence::attention(
                 &linear(&x, &layer.query)?,
@@ -326,7 +376,7 @@ impl Bert {
         };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
         let encoder = if spec.trainable == Trainable::Head {
-            Encoder::Fused(Box::new(BertModel::load(vb, &config).map_err(|e| {
+            Encoder::Frozen(Box::new(OwnEncoder::load(&vb, &config).map_err(|e| {
                 checkpoint_error(&weights, format!("does not fit its config ({e})"))
             })?))
         } else {
@@ -490,9 +540,8 @@ impl Bert {
         let b = rows.len();
         let ids = Tensor::from_vec(ids, (b, len), &Device::Cpu).ctx("token ids")?;
         let mask = Tensor::from_vec(mask, (b, len), &Device::Cpu).ctx("attention mask")?;
-        let types = ids.zeros_like().ctx("token types")?;
         let hidden = match &self.encoder {
-            Encoder::Fused(model) => model.forward(&ids, &types, Some(&mask)),
+            Encoder::Frozen(model) => model.forward_frozen(&ids, &mask),
             Encoder::Differentiable(model) => model.forward(&ids, &mask),
         }
         .ctx("the BERT encoder")?;
