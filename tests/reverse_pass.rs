@@ -58,12 +58,18 @@ fn values(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
-/// Two training steps' forward and backward on `x` in both models: every port, every
-/// parameter's gradient and every buffer agree.
-fn assert_same_gradients(what: &str, (mut own, mut graph): (Model, Model), x: &Tensor) {
+/// Two training steps' forward and backward on `x` in both models (`train`: dropout and
+/// batch norm in training mode): every port, every parameter's gradient and every buffer
+/// agree.
+fn assert_same_gradients(
+    what: &str,
+    (mut own, mut graph): (Model, Model),
+    x: &Tensor,
+    train: bool,
+) {
     for step in 0..2 {
-        let a = own.forward(x, true).unwrap();
-        let b = graph.forward(x, true).unwrap();
+        let a = own.forward(x, train).unwrap();
+        let b = graph.forward(x, train).unwrap();
         let loss = |ports: &[(String, Tensor)]| {
             let mut total = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
             for (i, (_, t)) in ports.iter().enumerate() {
@@ -132,7 +138,7 @@ fn image_models_match_candle_in_outputs_and_gradients() {
     ];
     let x = random(&[6, 1, 8, 8], 1);
     for stack in stacks {
-        assert_same_gradients(stack, models(DIGITS, "[1, 8, 8]", stack, false), &x);
+        assert_same_gradients(stack, models(DIGITS, "[1, 8, 8]", stack, false), &x, true);
     }
 }
 
@@ -165,6 +171,17 @@ fn sequence_models_match_candle_in_outputs_and_gradients() {
         .collect();
     let x = Tensor::from_vec(ids, (4, 12), &Device::Cpu).unwrap();
     for stack in stacks {
-        assert_same_gradients(stack, models(data, "tokens[12]", stack, true), &x);
+        assert_same_gradients(stack, models(data, "tokens[12]", stack, true), &x, true);
     }
+}
+
+/// A trained model run with `train` off (a stage that evaluates in eval mode while
+/// gradients flow): batch norm on its running statistics, dropout as the identity.
+#[test]
+fn evaluation_mode_with_gradients_matches_candle() {
+    let stack = "conv2d(4, kernel: 3, padding: 1) batchnorm relu \
+                 residual { conv2d(4, kernel: 3, padding: 1) batchnorm } \
+                 flatten dropout(0.5) linear(16) batchnorm gelu linear(10)";
+    let x = random(&[5, 1, 8, 8], 2);
+    assert_same_gradients(stack, models(DIGITS, "[1, 8, 8]", stack, false), &x, false);
 }
