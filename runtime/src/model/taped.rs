@@ -83,6 +83,20 @@ impl LayerImpl {
             })
         };
         let f32_input = x.dtype() == DType::F32;
+        // A linear or convolution layer with its epilogue, as one dense op.
+        let dense_layer = |kind: Dense, weight: &Var, bias: &Option<Var>, what: &str| {
+            dense_taped(
+                kind,
+                x,
+                weight.as_tensor(),
+                bias.as_ref().map(Var::as_tensor),
+                epilogue,
+                context.sinks,
+                want_x,
+            )
+            .map(|(y, backward)| (y, Backward::Dense(backward)))
+            .ctx_with(|| fail(what))
+        };
         Ok(match self {
             LayerImpl::Embedding { weight, positions } if weight.dtype() == DType::F32 => {
                 let (b, len) = x.dims2().ctx_with(|| fail("embedding"))?;
@@ -122,34 +136,15 @@ impl LayerImpl {
                 padding,
                 kernel,
             } if f32_input => {
-                let (y, backward) = dense_taped(
-                    Dense::Conv1d { padding: *padding },
-                    x,
-                    weight.as_tensor(),
-                    bias.as_ref().map(Var::as_tensor),
-                    epilogue,
-                    context.sinks,
-                    want_x,
-                )
-                .ctx_with(|| fail("conv1d"))?;
+                let y = dense_layer(Dense::Conv1d { padding: *padding }, weight, bias, "conv1d")?;
                 if let Some(m) = mask.as_ref() {
                     *mask =
                         Some(conv1d_mask(m, *kernel, *padding).ctx_with(|| fail("conv1d mask"))?);
                 }
-                (y, Backward::Dense(backward))
+                y
             }
             LayerImpl::Linear { weight, bias } if f32_input => {
-                let (y, backward) = dense_taped(
-                    Dense::Linear,
-                    x,
-                    weight.as_tensor(),
-                    bias.as_ref().map(Var::as_tensor),
-                    epilogue,
-                    context.sinks,
-                    want_x,
-                )
-                .ctx_with(|| fail("linear"))?;
-                (y, Backward::Dense(backward))
+                dense_layer(Dense::Linear, weight, bias, "linear")?
             }
             LayerImpl::Conv2d {
                 weight,
@@ -161,17 +156,7 @@ impl LayerImpl {
                     stride: *stride,
                     padding: *padding,
                 };
-                let (y, backward) = dense_taped(
-                    kind,
-                    x,
-                    weight.as_tensor(),
-                    bias.as_ref().map(Var::as_tensor),
-                    epilogue,
-                    context.sinks,
-                    want_x,
-                )
-                .ctx_with(|| fail("conv2d"))?;
-                (y, Backward::Dense(backward))
+                dense_layer(kind, weight, bias, "conv2d")?
             }
             LayerImpl::BatchNorm(bn) if f32_input => {
                 let statistics = match context.train {
