@@ -184,10 +184,20 @@ fn kill_and_resume_until_done(
             child.kill().unwrap();
             kills += 1;
         }
-        let status = child.wait().unwrap();
         if finished {
-            assert!(status.success(), "a resumed run failed: {status:?}");
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "a resumed run failed after {kills} kills: {}",
+                stderr(&output)
+            );
             return kills;
+        }
+        child.wait().unwrap();
+        if dir.join("summary.json").is_file() && !kd_runtime::checkpoint::path(dir).exists() {
+            // The kill came after the run had finished its work, as it exited: the kill
+            // interrupted nothing, and a resume would rightly say there is nothing to do.
+            return kills - 1;
         }
         args = vec!["run".into(), "--resume".into(), dir.display().to_string()];
     }
@@ -200,16 +210,31 @@ fn kill_and_resume_until_done(
 #[test]
 fn sigkill_at_random_moments_then_resume_ends_bitwise_as_an_uninterrupted_run() {
     let (expected, took) = reference_run();
-    let dir = scratch("sigkill").join("run");
     // Kill, resume, kill again, ... at moments spread over the whole run: loading the
     // data, mid-step, writing a checkpoint, evaluating, exporting. Each attempt lives
-    // 5-35% of an uninterrupted run on this machine (fixed moments stopped landing when
-    // training got faster), so several kills land before a resume gets to the end.
-    let (min, spread) = ((took / 20).max(20), (took * 3 / 10).max(1));
-    let kills =
-        kill_and_resume_until_done(digits_args(&dir), &dir, &mut Lcg(20261128), min, spread);
-    assert!(kills >= 3, "only {kills} kills landed");
-    assert_eq!(&outcome(&dir), expected);
+    // 5-35% of an uninterrupted run on this machine, so several kills land before a resume
+    // gets to the end. The reference may have been timed while other tests of this binary
+    // ran beside it, so its time can overstate a run; when fewer than three kills land,
+    // the sequence starts over in a fresh folder with windows half as long. Every sequence,
+    // however many kills landed, must end bitwise as the uninterrupted run.
+    let mut rng = Lcg(20261128);
+    let mut landed = Vec::new();
+    for halving in 0..4 {
+        let (min, spread) = (
+            ((took / 20) >> halving).max(20),
+            ((took * 3 / 10) >> halving).max(1),
+        );
+        let dir = scratch(&format!("sigkill-{halving}")).join("run");
+        let kills = kill_and_resume_until_done(digits_args(&dir), &dir, &mut rng, min, spread);
+        assert_eq!(&outcome(&dir), expected, "after {kills} kills");
+        if kills >= 3 {
+            return;
+        }
+        landed.push(kills);
+    }
+    panic!(
+        "never three kills in one sequence (kills per sequence: {landed:?}, reference {took} ms)"
+    );
 }
 
 #[cfg(unix)]
