@@ -37,6 +37,8 @@ enum ErrorFormat {
 enum BenchKind {
     /// Training throughput beside PyTorch, and the matmul roof.
     Train,
+    /// Every layer and augmentation alone, forward and backward, beside PyTorch.
+    Layers,
     /// A distilling stage with its teacher cached and uncached.
     Cache,
     /// `kdc check` on the examples and on generated files.
@@ -309,6 +311,16 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         &mut |line| eprintln!("bench: {line}"),
                     )?;
                     options.print("cache", &report, report.table())?;
+                }
+                if wants(BenchKind::Layers) {
+                    let report = kd_bench::layers::layers(
+                        options.runs,
+                        options.steps,
+                        threads,
+                        &kd_bench::TorchRef::find(python.clone(), torch_ref.clone()),
+                        &mut |line| eprintln!("bench: {line}"),
+                    )?;
+                    options.print("layers", &report, report.table())?;
                 }
                 if wants(BenchKind::Train) {
                     let train = kd_bench::TrainOptions {

@@ -38,6 +38,12 @@ pub enum BenchError {
         got: usize,
         wanted: usize,
     },
+    #[error("the layer bench's row `{row}` failed: {reason}")]
+    #[diagnostic(
+        code(kd::bench::layer),
+        help("the rows of bench/src/layers.rs are part of kdc: this is a bug")
+    )]
+    Layer { row: String, reason: String },
     #[error("the matmul benchmark failed: {0}")]
     #[diagnostic(code(kd::bench::matmul))]
     Matmul(#[from] candle_core::Error),

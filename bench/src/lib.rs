@@ -3,6 +3,7 @@
 //!   Plan run by `kd_runtime::run_plan`), each beside PyTorch in the same run, with the
 //!   sgemm roof of both;
 //! - `cache`: a distilling stage with its teacher's outputs cached versus run every step;
+//! - `layers`: every layer and augmentation alone, forward and backward, beside PyTorch;
 //! - `compile`: `kdc check` on every example, and on generated files of growing length.
 //!
 //! Figures are medians over runs, and the figure to compare is the ratio measured in one
@@ -11,6 +12,7 @@
 pub mod cases;
 pub mod compile_speed;
 pub mod error;
+pub mod layers;
 pub mod torch;
 
 use std::path::{Path, PathBuf};

@@ -78,8 +78,8 @@ impl TorchRef {
         Ok(())
     }
 
-    /// Runs one case (with `extra` arguments); the JSON object it prints, or why there is
-    /// none.
+    /// Runs one case (with `extra` arguments); the last JSON object it prints, or why
+    /// there is none.
     pub fn run(
         &self,
         case: &str,
@@ -87,6 +87,20 @@ impl TorchRef {
         threads: usize,
         extra: &[String],
     ) -> std::result::Result<serde_json::Value, String> {
+        self.run_all(case, steps, threads, extra)?
+            .pop()
+            .ok_or_else(|| format!("torch_ref.py --case {case} printed no JSON"))
+    }
+
+    /// Runs one case (with `extra` arguments); every JSON object it prints, or why there
+    /// is none.
+    pub fn run_all(
+        &self,
+        case: &str,
+        steps: usize,
+        threads: usize,
+        extra: &[String],
+    ) -> std::result::Result<Vec<serde_json::Value>, String> {
         let output = self
             .command()
             .arg(&self.script)
@@ -101,10 +115,13 @@ impl TorchRef {
             return Err(format!("torch_ref.py --case {case} failed: {last}"));
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
-        stdout
+        let values: Vec<serde_json::Value> = stdout
             .lines()
-            .rev()
-            .find_map(|line| serde_json::from_str(line).ok())
-            .ok_or_else(|| format!("torch_ref.py --case {case} printed no JSON"))
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        match values.is_empty() {
+            true => Err(format!("torch_ref.py --case {case} printed no JSON")),
+            false => Ok(values),
+        }
     }
 }

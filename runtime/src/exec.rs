@@ -186,7 +186,7 @@ fn remove_partial_files(dir: &Path) -> Result<()> {
 
 /// Makes candle's CPU kernels use `threads` (they read `RAYON_NUM_THREADS` on every call,
 /// and rayon's pool reads it when first used); returns the number in effect.
-fn configure_threads(threads: Option<usize>) -> usize {
+pub fn configure_threads(threads: Option<usize>) -> usize {
     if let Some(n) = threads.filter(|&n| n > 0) {
         if candle_core::utils::get_num_threads() != n {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());

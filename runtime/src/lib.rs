@@ -35,6 +35,7 @@ pub mod summary;
 pub(crate) mod tape;
 
 pub use error::RuntimeError;
-pub use exec::{run_plan, RunOptions, StepTime};
+pub use exec::{configure_threads, run_plan, RunOptions, StepTime};
 pub use progress::Progress;
 pub use summary::{report, Summary};
+pub use tape::LayerTime;

@@ -129,6 +129,8 @@ pub struct Model {
     /// Training steps run kdc's own reverse pass (`crate::tape`) rather than candle's
     /// graph through every layer.
     own_reverse_pass: bool,
+    /// Where taped steps report their layers' times, when timed.
+    layer_times: Option<crate::tape::LayerTimes>,
 }
 
 /// A frozen model evaluated by candle-onnx.
@@ -467,6 +469,7 @@ impl Model {
             bert: None,
             pad_id: None,
             own_reverse_pass: true,
+            layer_times: None,
         })
     }
 
@@ -512,6 +515,7 @@ impl Model {
             bert: Some(Box::new(bert)),
             pad_id: None,
             own_reverse_pass: true,
+            layer_times: None,
         })
     }
 
@@ -522,6 +526,21 @@ impl Model {
     }
 
     /// Token models: the id their data pads with.
+    /// Times every layer of the steps that run kdc's own reverse pass, forward and
+    /// backward, until [`Model::take_layer_times`] collects them (`kdc bench layers`).
+    pub fn time_layers(&mut self) {
+        self.layer_times.get_or_insert_with(Default::default);
+    }
+
+    /// The layer times recorded since the last call, a backward's entries in layer order,
+    /// backwards one after the other.
+    pub fn take_layer_times(&self) -> Vec<crate::tape::LayerTime> {
+        self.layer_times
+            .as_ref()
+            .and_then(|times| times.lock().ok().map(|mut t| std::mem::take(&mut *t)))
+            .unwrap_or_default()
+    }
+
     pub fn set_pad_id(&mut self, pad_id: u32) {
         self.pad_id = Some(pad_id);
     }
@@ -640,6 +659,7 @@ impl Model {
             bert: None,
             pad_id: None,
             own_reverse_pass: true,
+            layer_times: None,
         })
     }
 

@@ -9,6 +9,9 @@
 //! their sinks. Layers without a backward of kdc's own keep candle's graph inside the
 //! layer ([`Local`]).
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var};
 
 use crate::attention::{BlockBackward, LayerNormBackward};
@@ -90,16 +93,53 @@ pub(crate) struct Local {
     pub output: Tensor,
 }
 
-/// A model's layers' backwards, each with the index of the last layer it covers (a
-/// dense layer's fused ReLU makes one entry of two layers).
+/// A model's layers' backwards, each with the indices of the first and last layer it
+/// covers (a dense layer's fused ReLU makes one entry of two layers) and the time its
+/// forward took.
 #[derive(Default)]
 pub(crate) struct Tape {
-    entries: Vec<(usize, Backward)>,
+    entries: Vec<Entry>,
+    /// Where the backward reports each entry's times, when the model is timed.
+    timing: Option<LayerTimes>,
 }
 
+struct Entry {
+    first: usize,
+    last: usize,
+    forward: Duration,
+    backward: Backward,
+}
+
+/// One entry of a taped forward and backward: the layers it covers and their times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerTime {
+    pub first: usize,
+    pub last: usize,
+    pub forward: Duration,
+    pub backward: Duration,
+}
+
+/// Where a timed model's tapes report their [`LayerTime`]s (`kdc bench layers`).
+pub(crate) type LayerTimes = Arc<Mutex<Vec<LayerTime>>>;
+
 impl Tape {
-    pub(crate) fn push(&mut self, last_layer: usize, backward: Backward) {
-        self.entries.push((last_layer, backward));
+    pub(crate) fn push(
+        &mut self,
+        (first, last): (usize, usize),
+        forward: Duration,
+        backward: Backward,
+    ) {
+        self.entries.push(Entry {
+            first,
+            last,
+            forward,
+            backward,
+        });
+    }
+
+    /// Reports each entry's times to `times` when the backward has run.
+    pub(crate) fn report_to(&mut self, times: LayerTimes) {
+        self.timing = Some(times);
     }
 
     /// The input's gradient from the output's (`None` when the loss did not read the
@@ -111,17 +151,30 @@ impl Tape {
         sinks: &GradSinks,
     ) -> candle_core::Result<Option<Tensor>> {
         let mut grad = output;
-        for (last, entry) in self.entries.iter().rev() {
-            for (_, g) in taps.iter().filter(|(at, _)| at == last) {
+        let mut times = Vec::new();
+        for entry in self.entries.iter().rev() {
+            for (_, g) in taps.iter().filter(|(at, _)| *at == entry.last) {
                 grad = Some(match grad {
                     Some(sum) => (sum + g)?,
                     None => g.clone(),
                 });
             }
+            let started = Instant::now();
             grad = match grad {
-                Some(g) => entry.backward(&g, sinks)?,
+                Some(g) => entry.backward.backward(&g, sinks)?,
                 None => None,
             };
+            times.push(LayerTime {
+                first: entry.first,
+                last: entry.last,
+                forward: entry.forward,
+                backward: started.elapsed(),
+            });
+        }
+        if let Some(timing) = &self.timing {
+            if let Ok(mut all) = timing.lock() {
+                all.extend(times.into_iter().rev());
+            }
         }
         Ok(grad)
     }

@@ -3,6 +3,8 @@
 //! Layers without a backward of kdc's own run in candle's graph on their own
 //! (`Backward::Local`), with the same arithmetic as the graph path.
 
+use std::time::Instant;
+
 use candle_core::{DType, Tensor, Var};
 
 use super::{conv1d_mask, dropout_mask, epilogue, ForwardContext, LayerImpl, TransformerBlock};
@@ -36,8 +38,9 @@ pub(super) fn run_layers_taped(
         } else {
             let epilogue = epilogue(layers, index, true, &tapped);
             fused = usize::from(epilogue.relu);
+            let started = Instant::now();
             let (y, backward) = layer.forward_taped(&h, mask, context, epilogue, want)?;
-            tape.push(index + fused, backward);
+            tape.push((index, index + fused), started.elapsed(), backward);
             want |= layer.has_params();
             h = y;
         }
@@ -383,7 +386,7 @@ impl super::Model {
         };
         let taps = &self.taps;
         let mut ports = Vec::with_capacity(taps.len() + 1);
-        let (h, tape) = run_layers_taped(
+        let (h, mut tape) = run_layers_taped(
             &self.layers,
             &x.detach(),
             &mut mask,
@@ -397,6 +400,9 @@ impl super::Model {
             false,
         )?;
         ports.push(("output".to_string(), None, h));
+        if let Some(times) = &self.layer_times {
+            tape.report_to(times.clone());
+        }
         let (names, ports): (Vec<String>, Vec<Port>) = ports
             .into_iter()
             .map(|(name, layer, value)| (name, Port { layer, value }))
