@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod conv2d;
 pub mod elementwise;
 pub mod layernorm;
 pub mod optim;

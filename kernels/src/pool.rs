@@ -136,6 +136,21 @@ pub fn max_pool2d(x: &[f32], planes: usize, p: &Pool2d) -> Vec<f32> {
     y
 }
 
+/// [`max_pool2d`] on this thread, into `y` (`planes` pooled planes): for kernels that
+/// pool inside their own parallel loop. `line` is scratch of `p.width` values.
+pub(crate) fn max_pool2d_into(x: &[f32], p: &Pool2d, y: &mut [f32], line: &mut [f32]) {
+    let (plane_len, out_len) = (p.height * p.width, p.out_height() * p.out_width());
+    if plane_len == 0 || out_len == 0 || p.kernel == 0 || p.kernel > p.height.min(p.width) {
+        return;
+    }
+    let out_w = p.out_width();
+    for (out, plane) in y.chunks_mut(out_len).zip(x.chunks(plane_len)) {
+        for (oy, row) in out.chunks_mut(out_w).enumerate() {
+            p.max_row(plane, oy, row, line);
+        }
+    }
+}
+
 /// The gradient of [`max_pool2d`] for `x`, given the output gradient `grad`.
 pub fn max_pool2d_backward(x: &[f32], grad: &[f32], planes: usize, p: &Pool2d) -> Vec<f32> {
     let (plane_len, out_len) = (p.height * p.width, p.out_height() * p.out_width());

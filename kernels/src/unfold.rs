@@ -1,7 +1,8 @@
 //! Convolution as a matrix product: `unfold` copies every kernel window of the input into a
 //! row (im2col), so that one matmul with the flattened kernel computes the convolution, and
 //! `fold` is its transpose (col2im), which sums the rows' gradients back into the input's.
-//! Samples run in parallel.
+//! 2-d windows go one sample at a time (`crate::conv2d` runs samples in parallel); 1-d
+//! windows a batch at a time, samples in parallel.
 
 use rayon::prelude::*;
 
@@ -55,7 +56,7 @@ impl Window2d {
         )
     }
 
-    fn padded_len(&self) -> usize {
+    pub(crate) fn padded_len(&self) -> usize {
         let (height, width) = self.padded();
         height * width * self.channels
     }
@@ -102,57 +103,31 @@ fn from_padded(padded: &[f32], g: &Window2d, sample: &mut [f32]) {
     }
 }
 
-/// `x` is `[batch, C, H, W]`; fills `cols` (`[batch * H' * W', k * k * C]`, every value
-/// written, so a buffer reused chunk after chunk needs no zeroing) with one row per output
-/// position (a sample's positions in a contiguous run), in the order of
-/// [`Window2d::row_len`], so that `cols @ weight^T` is the convolution as `[positions,
-/// out]` (channels last). Each sample is first copied channels last into a zero-padded
-/// image, from which every kernel row of a window is one contiguous copy, with no bounds
-/// to test.
-pub fn unfold2d(x: &[f32], g: &Window2d, cols: &mut [f32]) {
-    let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
-    if rows * row_len == 0 || sample_len == 0 {
-        return;
-    }
+/// One sample's windows: `cols` (`[H' * W', k * k * C]`, every value written) gets one row
+/// per output position, in the order of [`Window2d::row_len`], so that `cols @ weight^T`
+/// is the convolution. The sample is first copied channels last into `padded`
+/// ([`Window2d::padded_len`] values whose border is zero; the interior is written), from
+/// which every kernel row of a window is one contiguous copy, with no bounds to test.
+pub(crate) fn unfold_sample(sample: &[f32], g: &Window2d, padded: &mut [f32], cols: &mut [f32]) {
     let span = g.kernel * g.channels;
-    cols.par_chunks_mut(rows * row_len)
-        .zip(x.par_chunks(sample_len))
-        .for_each_init(
-            || vec![0f32; g.padded_len()],
-            |padded, (cols, sample)| {
-                to_padded(sample, g, padded);
-                for (dst, start) in cols.chunks_exact_mut(span).zip(g.window_rows()) {
-                    dst.copy_from_slice(&padded[start..start + span]);
-                }
-            },
-        );
+    to_padded(sample, g, padded);
+    for (dst, start) in cols.chunks_exact_mut(span).zip(g.window_rows()) {
+        dst.copy_from_slice(&padded[start..start + span]);
+    }
 }
 
-/// The transpose of [`unfold2d`]: `cols` is `[batch * H' * W', k * k * C]`; returns
-/// `[batch, C, H, W]`, each input value the sum of the values copied from it.
-pub fn fold2d(cols: &[f32], batch: usize, g: &Window2d) -> Vec<f32> {
-    let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
-    let mut x = vec![0f32; batch * sample_len];
-    if rows * row_len == 0 || sample_len == 0 {
-        return x;
-    }
+/// The transpose of [`unfold_sample`]: the windows' gradients `cols` summed into `x`
+/// (`[C, H, W]`, overwritten); `padded` is scratch of [`Window2d::padded_len`] values.
+pub(crate) fn fold_sample(cols: &[f32], g: &Window2d, padded: &mut [f32], x: &mut [f32]) {
     let span = g.kernel * g.channels;
-    x.par_chunks_mut(sample_len)
-        .zip(cols.par_chunks(rows * row_len))
-        .for_each_init(
-            || vec![0f32; g.padded_len()],
-            |padded, (x, cols)| {
-                padded.fill(0.0);
-                for (src, start) in cols.chunks_exact(span).zip(g.window_rows()) {
-                    let dst = &mut padded[start..start + span];
-                    for (d, &s) in dst.iter_mut().zip(src) {
-                        *d += s;
-                    }
-                }
-                from_padded(padded, g, x);
-            },
-        );
-    x
+    padded.fill(0.0);
+    for (src, start) in cols.chunks_exact(span).zip(g.window_rows()) {
+        let dst = &mut padded[start..start + span];
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+    from_padded(padded, g, x);
 }
 
 /// A 1-d convolution's geometry on `[length, channels]` samples (channels last, as kdc
@@ -229,192 +204,4 @@ pub fn fold1d(cols: &[f32], batch: usize, g: &Window1d) -> Vec<f32> {
             }
         });
     x
-}
-
-/// Side of the square blocks the transposes below move through registers.
-const BLOCK: usize = 8;
-
-/// `dst[j * dst_stride + i] = f(j, src[i * src_stride + j])` for `i < rows`, `j < cols`:
-/// a transpose with a per-column map, in 8 x 8 blocks that the compiler keeps in registers
-/// (element by element, the strided side of a transpose ran at 3 ns a value).
-#[inline(always)]
-fn transpose_map(
-    src: &[f32],
-    src_stride: usize,
-    dst: &mut [f32],
-    dst_stride: usize,
-    (rows, cols): (usize, usize),
-    f: impl Fn(usize, f32) -> f32,
-) {
-    for i0 in (0..rows).step_by(BLOCK) {
-        for j0 in (0..cols).step_by(BLOCK) {
-            if i0 + BLOCK <= rows && j0 + BLOCK <= cols {
-                let mut block = [[0f32; BLOCK]; BLOCK];
-                for (i, line) in block.iter_mut().enumerate() {
-                    line.copy_from_slice(&src[(i0 + i) * src_stride + j0..][..BLOCK]);
-                }
-                for j in 0..BLOCK {
-                    let out = &mut dst[(j0 + j) * dst_stride + i0..][..BLOCK];
-                    for (i, value) in out.iter_mut().enumerate() {
-                        *value = f(j0 + j, block[i][j]);
-                    }
-                }
-            } else {
-                for i in i0..rows.min(i0 + BLOCK) {
-                    for j in j0..cols.min(j0 + BLOCK) {
-                        dst[j * dst_stride + i] = f(j, src[i * src_stride + j]);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A convolution's output as [`channels_first`] writes it: `channels` planes of `height` x
-/// `width` positions per sample, then optionally max-pooled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Output2d {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-    /// A max pool's `(kernel, stride)`, no padding, the windows inside the plane.
-    pub max_pool: Option<(usize, usize)>,
-}
-
-impl Output2d {
-    /// `(height, width)` of the planes written: pooled when there is a pool.
-    pub fn written(&self) -> (usize, usize) {
-        match self.max_pool {
-            Some((kernel, stride)) => {
-                let side = |size: usize| size.saturating_sub(kernel) / stride.max(1) + 1;
-                (side(self.height), side(self.width))
-            }
-            None => (self.height, self.width),
-        }
-    }
-
-    /// Values written per sample.
-    pub fn sample_len(&self) -> usize {
-        let (height, width) = self.written();
-        self.channels * height * width
-    }
-}
-
-/// A convolution's output from its product: `product` is `[n * height * width, channels]`
-/// (the layout `unfold2d(..) @ weight^T` gives for `n` samples); `out` receives `[n,
-/// channels, ..]` (NCHW) with `bias[c]` added, negative values zeroed when `relu`, and
-/// `g.max_pool` applied, in the one pass that transposes the values. The pool keeps a NaN
-/// (as the max pool does) and reads the values after the ReLU.
-pub fn channels_first(
-    product: &[f32],
-    out: &mut [f32],
-    g: &Output2d,
-    bias: Option<&[f32]>,
-    relu: bool,
-) {
-    let positions = g.height * g.width;
-    let sample_len = g.channels * positions;
-    if sample_len == 0 || g.sample_len() == 0 {
-        return;
-    }
-    out.par_chunks_mut(g.sample_len())
-        .zip(product.par_chunks(sample_len))
-        .for_each_init(
-            || vec![0f32; g.max_pool.map_or(0, |_| g.sample_len())],
-            |pooled, (out, src)| {
-                crate::vectorised(
-                    #[inline(always)]
-                    || output_sample(src, out, pooled, g, bias, relu),
-                )
-            },
-        );
-}
-
-/// One sample of [`channels_first`].
-#[inline(always)]
-fn output_sample(
-    src: &[f32],
-    out: &mut [f32],
-    pooled: &mut [f32],
-    g: &Output2d,
-    bias: Option<&[f32]>,
-    relu: bool,
-) {
-    let act = |c: usize, v: f32| {
-        let v = v + bias.map_or(0.0, |b| b[c]);
-        if relu {
-            v.max(0.0)
-        } else {
-            v
-        }
-    };
-    let positions = g.height * g.width;
-    match g.max_pool {
-        None => transpose_map(
-            src,
-            g.channels,
-            out,
-            positions,
-            (positions, g.channels),
-            act,
-        ),
-        Some((kernel, stride)) => {
-            let written = g.written();
-            max_pool_rows(src, g, (kernel, stride.max(1)), written.1, pooled, relu);
-            let shape = (written.0 * written.1, g.channels);
-            transpose_map(pooled, g.channels, out, shape.0, shape, act);
-        }
-    }
-}
-
-/// One sample's max pool in the product's layout, before the bias and the ReLU: `src`
-/// `[height * width, channels]` into `pooled` `[pooled positions, channels]`, a row of
-/// channels at a time (they vectorise). Adding a bias and the ReLU are monotone, so
-/// pooling first gives the same values; with `relu` a NaN may be dropped here (`f32::max`),
-/// as the ReLU would have made it 0, and without, it wins, as in the max pool.
-#[inline(always)]
-fn max_pool_rows(
-    src: &[f32],
-    g: &Output2d,
-    (kernel, stride): (usize, usize),
-    out_w: usize,
-    pooled: &mut [f32],
-    relu: bool,
-) {
-    let c_n = g.channels;
-    for (p, best) in pooled.chunks_exact_mut(c_n).enumerate() {
-        let (y0, x0) = (p / out_w * stride, p % out_w * stride);
-        let row = |dy: usize, dx: usize| &src[((y0 + dy) * g.width + x0 + dx) * c_n..][..c_n];
-        best.copy_from_slice(row(0, 0));
-        for (dy, dx) in (0..kernel)
-            .flat_map(|dy| (0..kernel).map(move |dx| (dy, dx)))
-            .skip(1)
-        {
-            match relu {
-                true => best
-                    .iter_mut()
-                    .zip(row(dy, dx))
-                    .for_each(|(b, &v)| *b = b.max(v)),
-                false => best.iter_mut().zip(row(dy, dx)).for_each(|(b, &v)| {
-                    *b = if v > *b || v.is_nan() { v } else { *b };
-                }),
-            }
-        }
-    }
-}
-
-/// `[samples, channels, positions]` (NCHW) as `[samples * positions, channels]`: a
-/// convolution's output gradient in the layout of its product.
-pub fn channels_last(x: &[f32], channels: usize, positions: usize) -> Vec<f32> {
-    let sample_len = channels * positions;
-    let mut y = vec![0f32; x.len()];
-    if sample_len == 0 {
-        return y;
-    }
-    y.par_chunks_mut(sample_len)
-        .zip(x.par_chunks(sample_len))
-        .for_each(|(y, x)| {
-            transpose_map(x, positions, y, channels, (channels, positions), |_, v| v)
-        });
-    y
 }

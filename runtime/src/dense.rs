@@ -7,12 +7,13 @@
 //! carries the backward to the input, the weight and the bias. tests/ops.rs checks it
 //! against the layer built from candle's ops.
 
-use crate::conv::{windows1d, Unfold, Windows2d, PRODUCT_BYTES, UNFOLD_BYTES};
-use crate::elementwise::{bias_gradient, contiguous_f32, read_f32, relu_backward, Computed};
+use crate::conv::{fold_windows1d, windows1d};
+use crate::elementwise::{bias_gradient, read_f32, relu_backward, Computed};
 use crate::grad_sink::{GradSink, GradSinks};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use kd_kernels::conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvEpilogue};
 use kd_kernels::elementwise as kernels;
-use kd_kernels::unfold::{channels_first, channels_last, Output2d, Window1d, Window2d};
+use kd_kernels::unfold::{Window1d, Window2d};
 
 /// Which product the layer computes.
 #[derive(Clone, Copy, Debug)]
@@ -186,39 +187,34 @@ impl Dense {
             Dense::Conv2d { stride, padding } => {
                 let batch = x.dim(0)?;
                 let window = window2d(x, w, stride, padding)?;
-                let geometry = Output2d {
-                    channels: w.dim(0)?,
-                    height: window.out_height(),
-                    width: window.out_width(),
-                    max_pool: epilogue.max_pool,
-                };
-                if let Some((k, _)) = epilogue.max_pool {
-                    let (height, width) = (geometry.height, geometry.width);
-                    if k > height || k > width {
-                        candle_core::bail!(
-                            "pooling window {k} larger than the input {height}x{width}"
-                        );
+                let out_channels = w.dim(0)?;
+                let (height, width) = match epilogue.max_pool {
+                    Some((k, s)) => {
+                        let (height, width) = (window.out_height(), window.out_width());
+                        if k > height || k > width {
+                            candle_core::bail!(
+                                "pooling window {k} larger than the input {height}x{width}"
+                            );
+                        }
+                        ((height - k) / s.max(1) + 1, (width - k) / s.max(1) + 1)
                     }
-                }
-                let kernel = kernel_rows2d(w)?.t()?;
-                let sample_len = geometry.sample_len();
-                let mut y = vec![0f32; batch * sample_len];
-                // Chunk by chunk: each product ([n * H' * W', O]) goes to its place in the
-                // output while it is still in cache.
-                let chunks = chunks2d(batch, &window, geometry.channels);
-                let windows = Windows2d::new(window, x, chunks.first().map_or(0, |c| c.1))?;
-                for (start, len) in chunks {
-                    let product = windows.unfold(x, start, len)?.matmul(&kernel)?;
-                    let out = &mut y[start * sample_len..(start + len) * sample_len];
-                    with_values(b, |bias| {
-                        read_f32(&product, |z| {
-                            channels_first(z, out, &geometry, bias, epilogue.relu);
+                    None => (window.out_height(), window.out_width()),
+                };
+                let mut y = vec![0f32; batch * out_channels * height * width];
+                read_f32(x, |xs| {
+                    read_f32(&kernel_rows2d(w)?, |kernel| {
+                        with_values(b, |bias| {
+                            let epilogue = ConvEpilogue {
+                                bias,
+                                relu: epilogue.relu,
+                                max_pool: epilogue.max_pool,
+                            };
+                            conv2d(xs, &window, kernel, out_channels, &epilogue, &mut y);
                             Ok(())
                         })
-                    })?;
-                }
-                let (height, width) = geometry.written();
-                Ok((y, Shape::from((batch, geometry.channels, height, width))))
+                    })
+                })?;
+                Ok((y, Shape::from((batch, out_channels, height, width))))
             }
         }
     }
@@ -262,11 +258,14 @@ impl Dense {
                 let (out, _, kernel) = w.dims3()?;
                 let g = g.reshape((batch * window.rows(), out))?;
                 let dx = match want_x {
-                    true => Some(
-                        g.matmul(&kernel_rows(w)?)?
-                            .reshape((batch, window.rows(), window.row_len()))?
-                            .apply_op1_no_bwd(&Fold(Unfold::Conv1d(window)))?,
-                    ),
+                    true => Some(fold_windows1d(
+                        &g.matmul(&kernel_rows(w)?)?.reshape((
+                            batch,
+                            window.rows(),
+                            window.row_len(),
+                        ))?,
+                        window,
+                    )?),
                     false => None,
                 };
                 let dw = match want_w {
@@ -287,19 +286,21 @@ impl Dense {
                 Ok((dx, dw))
             }
             Dense::Conv2d { stride, padding } => {
-                let batch = x.dim(0)?;
                 let window = window2d(x, w, stride, padding)?;
-                // Stride 1: the input gradient is the output gradient convolved with the
-                // flipped kernel (padding k - 1 - p), through the forward's fast path: its
-                // products are O k k long instead of O, and nothing is folded back.
-                let (want_x, flipped_dx) = match (want_x, stride, window.kernel) {
+                let out_channels = w.dim(0)?;
+                let g = g.contiguous()?;
+                let dx = match (want_x, stride, window.kernel) {
+                    (false, _, _) => None,
+                    // Stride 1: the input gradient is the output gradient convolved with
+                    // the flipped kernel (padding k - 1 - p), through the forward: its
+                    // products are O k k long instead of O, and nothing is folded back.
                     (true, 1, k) if padding < k => {
                         let flipped = Dense::Conv2d {
                             stride: 1,
                             padding: k - 1 - padding,
                         };
                         let (dx, shape) =
-                            flipped.output(g, &flipped_kernel(w)?, None, Epilogue::default())?;
+                            flipped.output(&g, &flipped_kernel(w)?, None, Epilogue::default())?;
                         if shape.dims() != x.dims() {
                             candle_core::bail!(
                                 "conv2d: the input gradient came out {:?} for an input {:?}",
@@ -307,57 +308,34 @@ impl Dense {
                                 x.dims()
                             );
                         }
-                        (false, Some(Tensor::from_vec(dx, shape, x.device())?))
+                        Some(Tensor::from_vec(dx, shape, x.device())?)
                     }
-                    _ => (want_x, None),
+                    (true, _, _) => {
+                        let dx = read_f32(&g, |grad| {
+                            read_f32(&kernel_rows2d(w)?, |kernel| {
+                                Ok(conv2d_input_grad(grad, &window, kernel, out_channels))
+                            })
+                        })?;
+                        Some(Tensor::from_vec(dx, x.dims(), x.device())?)
+                    }
                 };
-                if !want_x && !want_w {
-                    return Ok((flipped_dx, None));
-                }
-                let kernel = kernel_rows2d(w)?;
-                let mut dx_parts = Vec::new();
-                let mut dw: Option<Tensor> = None;
-                let chunks = chunks2d(batch, &window, w.dim(0)?);
-                let windows = match want_w {
-                    true => Some(Windows2d::new(
-                        window,
-                        x,
-                        chunks.first().map_or(0, |c| c.1),
-                    )?),
+                let dw = match want_w {
+                    true => {
+                        let dw = read_f32(x, |xs| {
+                            read_f32(&g, |grad| {
+                                Ok(conv2d_weight_grad(xs, &window, grad, out_channels))
+                            })
+                        })?;
+                        // [O, k * k * C] back to [O, C, k, k].
+                        let (out, channels, k, _) = w.dims4()?;
+                        Some(
+                            Tensor::from_vec(dw, (out, k, k, channels), w.device())?
+                                .permute((0, 3, 1, 2))?
+                                .contiguous()?,
+                        )
+                    }
                     false => None,
                 };
-                for (start, len) in chunks {
-                    // The chunk's gradient as [n * H' * W', O], the layout of the product.
-                    let g = g.narrow(0, start, len)?.apply_op1_no_bwd(&ChannelsLast)?;
-                    if want_x {
-                        let dcols = g.matmul(&kernel)?;
-                        dx_parts.push(dcols.apply_op1_no_bwd(&Fold(Unfold::Conv2d(window)))?);
-                    }
-                    if let Some(windows) = &windows {
-                        let cols = windows.unfold(x, start, len)?;
-                        // cols^T @ g, [k * k * C, O]: 2.3x faster than g^T @ cols for
-                        // the student's first layer (C = 1), 1.2x for its second.
-                        let part = cols.t()?.matmul(&g)?;
-                        dw = Some(match dw {
-                            Some(sum) => (sum + part)?,
-                            None => part,
-                        });
-                    }
-                }
-                let dx = match want_x {
-                    true if dx_parts.len() == 1 => Some(dx_parts.swap_remove(0)),
-                    true => Some(Tensor::cat(&dx_parts, 0)?),
-                    false => flipped_dx,
-                };
-                // [k * k * C, O] back to [O, C, k, k].
-                let (out, channels, k, _) = w.dims4()?;
-                let dw = dw
-                    .map(|dw| {
-                        dw.reshape((k, k, channels, out))?
-                            .permute((3, 2, 0, 1))?
-                            .contiguous()
-                    })
-                    .transpose()?;
                 Ok((dx, dw))
             }
         }
@@ -427,51 +405,6 @@ fn kernel_rows2d(w: &Tensor) -> candle_core::Result<Tensor> {
     w.permute((0, 2, 3, 1))?
         .contiguous()?
         .reshape((out, k * k * channels))
-}
-
-/// `(start, len)` of the batch chunks whose unfolded windows fit in [`UNFOLD_BYTES`] and
-/// whose product (`out` channels) fits in [`PRODUCT_BYTES`].
-fn chunks2d(batch: usize, window: &Window2d, out: usize) -> Vec<(usize, usize)> {
-    let unfolded = (window.row_len() * window.rows() * 4).max(1);
-    let product = (out * window.rows() * 4).max(1);
-    let chunk = (UNFOLD_BYTES / unfolded)
-        .min(PRODUCT_BYTES / product)
-        .clamp(1, batch.max(1));
-    (0..batch)
-        .step_by(chunk)
-        .map(|start| (start, chunk.min(batch - start)))
-        .collect()
-}
-
-/// Folds unfolded-window gradients back onto the input (outside the graph).
-struct Fold(Unfold);
-
-impl candle_core::CustomOp1 for Fold {
-    fn name(&self) -> &'static str {
-        "fold"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.0.fold(s, l)
-    }
-}
-
-/// `[B, C, H, W]` as `[B * H * W, C]`, outside the graph.
-struct ChannelsLast;
-
-impl candle_core::CustomOp1 for ChannelsLast {
-    fn name(&self) -> &'static str {
-        "channels-last"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (batch, channels, height, width) = l.shape().dims4()?;
-        let positions = height * width;
-        Ok((
-            CpuStorage::F32(channels_last(contiguous_f32(s, l)?, channels, positions)),
-            Shape::from((batch * positions, channels)),
-        ))
-    }
 }
 
 struct DenseOp {
