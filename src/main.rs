@@ -108,7 +108,7 @@ enum Command {
     Bench {
         #[arg(value_enum, default_value = "all")]
         kind: BenchKind,
-        /// Training cases to run (default: all of mlp_distill, cnn_distill, text_student).
+        /// Training cases to run (default: all), or with `layers` rows of its table.
         #[arg(long = "case", value_name = "NAME")]
         cases: Vec<String>,
         /// Runs of each case; every figure is the median over runs.
@@ -267,8 +267,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             examples,
             json,
         } => {
+            let rows = kd_bench::layers::LayerFilter::new(cases);
             let mut chosen = Vec::new();
-            for name in cases {
+            // `--case` names rows of the layer table there.
+            for name in cases.iter().filter(|_| *kind != BenchKind::Layers) {
                 let case = kd_bench::Case::from_name(name).ok_or_else(|| {
                     let names: Vec<&str> = kd_bench::Case::ALL.iter().map(|c| c.name()).collect();
                     Failure::Usage(format!(
@@ -314,6 +316,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 }
                 if wants(BenchKind::Layers) {
                     let report = kd_bench::layers::layers(
+                        &rows?,
                         options.runs,
                         options.steps,
                         threads,

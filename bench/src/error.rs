@@ -44,6 +44,9 @@ pub enum BenchError {
         help("the rows of bench/src/layers.rs are part of kdc: this is a bug")
     )]
     Layer { row: String, reason: String },
+    #[error("no row `{row}` in the layer table; the rows are {rows}")]
+    #[diagnostic(code(kd::bench::row))]
+    UnknownRow { row: String, rows: String },
     #[error("the matmul benchmark failed: {0}")]
     #[diagnostic(code(kd::bench::matmul))]
     Matmul(#[from] candle_core::Error),

@@ -220,16 +220,48 @@ pub struct LayersReport {
     pub rows: Vec<RowResult>,
 }
 
+/// Which rows to time: all, or those named.
+#[derive(Debug, Clone)]
+pub struct LayerFilter(Vec<String>);
+
+impl LayerFilter {
+    /// The rows named in `names` (all rows when it is empty); an unknown name is an error
+    /// that lists the rows.
+    pub fn new(names: &[String]) -> Result<LayerFilter> {
+        let known: Vec<&str> = LAYERS
+            .iter()
+            .map(|r| r.id)
+            .chain(augment_rows().iter().map(|a| a.id))
+            .collect();
+        if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(BenchError::UnknownRow {
+                row: unknown.clone(),
+                rows: known.join(", "),
+            });
+        }
+        Ok(LayerFilter(names.to_vec()))
+    }
+
+    fn wants(&self, id: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|n| n == id)
+    }
+}
+
 /// Times every row `runs` times (kdc, then PyTorch's twin of every row, run after run).
 pub fn layers(
+    filter: &LayerFilter,
     runs: usize,
     steps: usize,
     threads: usize,
     torch: &std::result::Result<TorchRef, String>,
     note: &mut dyn FnMut(&str),
 ) -> Result<LayersReport> {
-    let augments = augment_rows();
-    let mut rows: Vec<RowResult> = LAYERS
+    let augments: Vec<AugmentRow> = augment_rows()
+        .into_iter()
+        .filter(|a| filter.wants(a.id))
+        .collect();
+    let layer_rows: Vec<&LayerRow> = LAYERS.iter().filter(|r| filter.wants(r.id)).collect();
+    let mut rows: Vec<RowResult> = layer_rows
         .iter()
         .map(|r| RowResult {
             id: r.id.to_string(),
@@ -255,17 +287,19 @@ pub fn layers(
     let mut torch_version = torch.as_ref().map(|_| String::new()).map_err(Clone::clone);
     for run in 0..runs {
         note(&format!("run {} of {runs}: kdc", run + 1));
-        for (row, result) in LAYERS.iter().zip(rows.iter_mut()) {
+        for (row, result) in layer_rows.iter().zip(rows.iter_mut()) {
             let (forward, backward) = time_layer(row, steps, threads)?;
             result.kdc_forward_us.push(forward);
             result.kdc_backward_us.push(backward);
         }
-        for (row, result) in augments.iter().zip(rows.iter_mut().skip(LAYERS.len())) {
+        for (row, result) in augments.iter().zip(rows.iter_mut().skip(layer_rows.len())) {
             result.kdc_forward_us.push(time_augment(row, steps)?);
         }
         if let (Ok(reference), Ok(_)) = (torch, &torch_version) {
             note(&format!("run {} of {runs}: PyTorch", run + 1));
-            match reference.run_all("layers", steps, threads, &[]) {
+            let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+            let extra = ["--rows".to_string(), ids.join(",")];
+            match reference.run_all("layers", steps, threads, &extra) {
                 Ok(values) => {
                     for value in values {
                         if let Some(v) = value.get("torch").and_then(|v| v.as_str()) {

@@ -143,12 +143,19 @@ pub fn softmax_backward(weights: &[f32], grad: &mut [f32], len: usize, scale: f3
 /// branch-free.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_and_gauss(x).0
+}
+
+/// `(erf(x), e^(-x^2))`: the second is a step of the first.
+#[inline(always)]
+fn erf_and_gauss(x: f32) -> (f32, f32) {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    (1.0 - poly * exp(-a * a)).copysign(x)
+    let gauss = exp(-a * a);
+    ((1.0 - poly * gauss).copysign(x), gauss)
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -178,9 +185,9 @@ pub fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
         .for_each(|(dx, (x, g))| {
             crate::vectorised(|| {
                 for ((d, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                    let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
-                    let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
-                    *d = g * (cdf + x * pdf);
+                    // erf's own exp(-a^2) at a = x / sqrt 2 is the density's exp(-x^2 / 2).
+                    let (erf, gauss) = erf_and_gauss(x * FRAC_1_SQRT_2);
+                    *d = g * (0.5 * (1.0 + erf) + x * FRAC_1_SQRT_2PI * gauss);
                 }
             })
         });

@@ -173,17 +173,25 @@ pub fn transpose_bias(
     if n == 0 || rows == 0 {
         return y;
     }
+    // Columns per tile: each output row's part of a tile is one cache line. Writing a
+    // whole column of the block at a time strode the output by `n` values, which for n a
+    // power of two maps every write to a few cache sets (linear(256) on [1536, 64]: the
+    // pass took 0.8 ms, 2.5 times the product).
+    const TILE: usize = 16;
     y.par_chunks_mut(BLOCK * n)
         .enumerate()
         .for_each(|(block, y)| {
             let r0 = block * BLOCK;
             let count = y.len() / n;
-            for j in 0..n {
-                let b = bias.map_or(0.0, |b| b[j]);
-                let column = &zt[j * rows + r0..j * rows + r0 + count];
-                for (i, &v) in column.iter().enumerate() {
-                    let v = v + b;
-                    y[i * n + j] = if relu { v.max(0.0) } else { v };
+            for j0 in (0..n).step_by(TILE) {
+                let j1 = (j0 + TILE).min(n);
+                for i in 0..count {
+                    let out = &mut y[i * n + j0..i * n + j1];
+                    for (offset, value) in out.iter_mut().enumerate() {
+                        let j = j0 + offset;
+                        let v = zt[j * rows + r0 + i] + bias.map_or(0.0, |b| b[j]);
+                        *value = if relu { v.max(0.0) } else { v };
+                    }
                 }
             }
         });

@@ -344,10 +344,14 @@ fn dense_layers_match_candle_in_values_and_gradients() {
         usize,
         &'a dyn Fn(&Tensor, &Tensor) -> Tensor,
     );
-    let cases: [Case; 5] = [
+    let cases: [Case; 7] = [
         (Dense::Linear, vec![16, 9], vec![5, 9], 1, &linear),
         (Dense::Linear, vec![3, 7, 6], vec![4, 6], 2, &linear),
         (Dense::Linear, vec![130, 70], vec![33, 70], 1, &linear),
+        // Fewer rows than outputs: the product as w @ x^T, transposed back (tiles of 16
+        // columns, a ragged last one).
+        (Dense::Linear, vec![6, 20], vec![41, 20], 1, &linear),
+        (Dense::Linear, vec![2, 3, 9], vec![70, 9], 2, &linear),
         (
             Dense::Conv2d {
                 stride: 2,
