@@ -84,37 +84,26 @@ pub fn masked_softmax(
 #[inline(always)]
 fn softmax_row(row: &mut [f32], scale: f32, keys: Option<&[f32]>) {
     let mut max = f32::NEG_INFINITY;
+    for v in row.iter_mut() {
+        *v *= scale;
+    }
     match keys {
         Some(keys) => {
-            for (v, &k) in row.iter_mut().zip(keys) {
-                *v *= scale;
-                if k != 0.0 {
-                    max = max.max(*v);
-                }
+            for (&v, &k) in row.iter().zip(keys) {
+                max = if k != 0.0 { max.max(v) } else { max };
             }
         }
-        None => {
-            for v in row.iter_mut() {
-                *v *= scale;
-                max = max.max(*v);
-            }
-        }
+        None => max = row.iter().fold(max, |m, &v| m.max(v)),
     }
-    let mut sum = 0f32;
     for v in row.iter_mut() {
         *v = exp(*v - max);
     }
     if let Some(keys) = keys {
         for (v, &k) in row.iter_mut().zip(keys) {
-            if k == 0.0 {
-                *v = 0.0;
-            }
+            *v = if k != 0.0 { *v } else { 0.0 };
         }
     }
-    for v in row.iter() {
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / row.iter().sum::<f32>();
     for v in row.iter_mut() {
         *v *= inv;
     }
@@ -192,4 +181,56 @@ pub fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
             })
         });
     dx
+}
+
+/// `f` of each value, in parallel chunks, compiled for the widest vectors.
+#[inline(always)]
+fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| {
+            crate::vectorised(|| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = f(x);
+                }
+            })
+        });
+    y
+}
+
+/// `f(a, b)` of each pair of values, as [`map`].
+#[inline(always)]
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut y = vec![0f32; a.len().min(b.len())];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            crate::vectorised(|| {
+                for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                    *y = f(a, b);
+                }
+            })
+        });
+    y
+}
+
+/// [`tanh`] of every value.
+pub fn tanh_values(x: &[f32]) -> Vec<f32> {
+    map(x, tanh)
+}
+
+/// The gradient of [`tanh_values`] from its output `y`: `grad (1 - y^2)`.
+pub fn tanh_backward(y: &[f32], grad: &[f32]) -> Vec<f32> {
+    map2(y, grad, |y, g| g * (1.0 - y * y))
+}
+
+/// [`sigmoid`] of every value.
+pub fn sigmoid_values(x: &[f32]) -> Vec<f32> {
+    map(x, sigmoid)
+}
+
+/// The gradient of [`sigmoid_values`] from its output `y`: `grad y (1 - y)`.
+pub fn sigmoid_backward(y: &[f32], grad: &[f32]) -> Vec<f32> {
+    map2(y, grad, |y, g| g * y * (1.0 - y))
 }

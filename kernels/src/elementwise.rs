@@ -197,3 +197,24 @@ pub fn transpose_bias(
         });
     y
 }
+
+/// `x` viewed as `[batch, n]` summed over the batch: `[n]`, each value summed in batch
+/// order (the same bits on any number of threads).
+pub fn sum_over_batch(x: &[f32], batch: usize) -> Vec<f32> {
+    let n = x.len().checked_div(batch).unwrap_or(0);
+    let mut sum = vec![0f32; n];
+    if n == 0 {
+        return sum;
+    }
+    sum.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(task, sum)| {
+            let (start, len) = (task * CHUNK, sum.len());
+            for row in x.chunks_exact(n) {
+                for (s, &v) in sum.iter_mut().zip(&row[start..start + len]) {
+                    *s += v;
+                }
+            }
+        });
+    sum
+}

@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use crate::optim::CHUNK;
+
 /// A max pool's geometry: windows of `kernel` x `kernel`, `stride` apart, no padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2d {
@@ -301,6 +303,143 @@ pub fn max_over_time_backward(
             for (c, (&g, &t)) in grad.iter().zip(from).enumerate() {
                 if let Some(slot) = dx.get_mut(t as usize * channels + c) {
                     *slot += g;
+                }
+            }
+        });
+    dx
+}
+
+/// The mean over time of `x` `[batch, length, channels]` at the positions where `mask`
+/// `[batch, length]` is nonzero (every position without a mask): `[batch, channels]`; a
+/// sample without a real position pools to zeros.
+pub fn mean_over_time(
+    x: &[f32],
+    mask: Option<&[f32]>,
+    batch: usize,
+    length: usize,
+    channels: usize,
+) -> Vec<f32> {
+    let mut y = vec![0f32; batch * channels];
+    if batch * length * channels == 0 {
+        return y;
+    }
+    y.par_chunks_mut(channels)
+        .zip(x.par_chunks(length * channels))
+        .enumerate()
+        .for_each(|(b, (y, x))| {
+            let mut count = 0usize;
+            for (t, frame) in x.chunks_exact(channels).enumerate() {
+                if mask.is_some_and(|m| m[b * length + t] == 0.0) {
+                    continue;
+                }
+                count += 1;
+                for (s, &v) in y.iter_mut().zip(frame) {
+                    *s += v;
+                }
+            }
+            let scale = 1.0 / count.max(1) as f32;
+            y.iter_mut().for_each(|v| *v *= scale);
+        });
+    y
+}
+
+/// The gradient of [`mean_over_time`] for `x`: each output gradient spread evenly over the
+/// sample's real positions.
+pub fn mean_over_time_backward(
+    grad: &[f32],
+    mask: Option<&[f32]>,
+    batch: usize,
+    length: usize,
+    channels: usize,
+) -> Vec<f32> {
+    let mut dx = vec![0f32; batch * length * channels];
+    if batch * length * channels == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(length * channels)
+        .zip(grad.par_chunks(channels))
+        .enumerate()
+        .for_each(|(b, (dx, grad))| {
+            let real = |t: usize| mask.is_none_or(|m| m[b * length + t] != 0.0);
+            let count = (0..length).filter(|&t| real(t)).count();
+            let scale = 1.0 / count.max(1) as f32;
+            for (t, frame) in dx.chunks_exact_mut(channels).enumerate() {
+                if real(t) {
+                    for (d, &g) in frame.iter_mut().zip(grad) {
+                        *d = g * scale;
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// Average pooling with windows that tile each plane (`kernel` = stride, dividing its
+/// `height` and `width`): `planes` planes in, pooled planes out.
+pub fn avg_pool2d_tiled(
+    x: &[f32],
+    planes: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+) -> Vec<f32> {
+    let k = kernel.max(1);
+    let (out_h, out_w) = (height / k, width / k);
+    let mut y = vec![0f32; planes * out_h * out_w];
+    if y.is_empty() {
+        return y;
+    }
+    let scale = 1.0 / (k * k) as f32;
+    let per_task = (CHUNK / (height * width).max(1)).max(1);
+    y.par_chunks_mut(per_task * out_h * out_w)
+        .zip(x.par_chunks(per_task * height * width))
+        .for_each(|(y, x)| {
+            for (out, plane) in y
+                .chunks_exact_mut(out_h * out_w)
+                .zip(x.chunks_exact(height * width))
+            {
+                for (oy, row) in out.chunks_exact_mut(out_w).enumerate() {
+                    for line in plane[oy * k * width..(oy + 1) * k * width].chunks_exact(width) {
+                        for (o, window) in row.iter_mut().zip(line.chunks_exact(k)) {
+                            *o += window.iter().sum::<f32>();
+                        }
+                    }
+                    row.iter_mut().for_each(|v| *v *= scale);
+                }
+            }
+        });
+    y
+}
+
+/// The gradient of [`avg_pool2d_tiled`]: each output gradient spread evenly over its
+/// window.
+pub fn avg_pool2d_tiled_backward(
+    grad: &[f32],
+    planes: usize,
+    height: usize,
+    width: usize,
+    kernel: usize,
+) -> Vec<f32> {
+    let k = kernel.max(1);
+    let (out_h, out_w) = (height / k, width / k);
+    let mut dx = vec![0f32; planes * height * width];
+    if dx.is_empty() || out_h * out_w == 0 {
+        return dx;
+    }
+    let scale = 1.0 / (k * k) as f32;
+    let per_task = (CHUNK / (height * width).max(1)).max(1);
+    dx.par_chunks_mut(per_task * height * width)
+        .zip(grad.par_chunks(per_task * out_h * out_w))
+        .for_each(|(dx, grad)| {
+            for (plane, out) in dx
+                .chunks_exact_mut(height * width)
+                .zip(grad.chunks_exact(out_h * out_w))
+            {
+                for (y, line) in plane.chunks_exact_mut(width).enumerate() {
+                    let row = &out[(y / k) * out_w..(y / k + 1) * out_w];
+                    for (window, &g) in line.chunks_exact_mut(k).zip(row) {
+                        window.fill(g * scale);
+                    }
                 }
             }
         });

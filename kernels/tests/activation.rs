@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use kd_kernels::activation::{
-    erf, exp, gelu, gelu_backward, masked_softmax, sigmoid, softmax_backward, tanh,
+    erf, exp, gelu, gelu_backward, masked_softmax, sigmoid, sigmoid_backward, sigmoid_values,
+    softmax_backward, tanh, tanh_backward, tanh_values,
 };
 
 /// Every 1/64 from -90 to 90, and the values around the clamps.
@@ -155,5 +156,27 @@ fn masked_softmax_matches_the_definition() {
             let expected = f64::from(scale) * f64::from(w[i]) * (f64::from(grad[i]) - dot);
             assert!((f64::from(d[i]) - expected).abs() <= 1e-6, "gradient {i}");
         }
+    }
+}
+
+#[test]
+fn tanh_and_sigmoid_over_slices_and_their_gradients_match_f64() {
+    let x = inputs();
+    let grad: Vec<f32> = x.iter().map(|v| (v * 1.7).cos()).collect();
+    let (t, s) = (tanh_values(&x), sigmoid_values(&x));
+    let (dt, ds) = (tanh_backward(&t, &grad), sigmoid_backward(&s, &grad));
+    for (i, &v) in x.iter().enumerate() {
+        let (v, g) = (f64::from(v), f64::from(grad[i]));
+        let (tv, sv) = (v.tanh(), 1.0 / (1.0 + (-v).exp()));
+        assert!((f64::from(t[i]) - tv).abs() <= 1e-6, "tanh({v})");
+        assert!((f64::from(s[i]) - sv).abs() <= 1e-6, "sigmoid({v})");
+        assert!(
+            (f64::from(dt[i]) - g * (1.0 - tv * tv)).abs() <= 1e-5,
+            "tanh'({v})"
+        );
+        assert!(
+            (f64::from(ds[i]) - g * sv * (1.0 - sv)).abs() <= 1e-5,
+            "sigmoid'({v})"
+        );
     }
 }

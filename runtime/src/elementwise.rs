@@ -33,6 +33,59 @@ pub(crate) fn read_f32<R>(
     f(contiguous_f32(storage, layout)?)
 }
 
+/// `f` of `x`'s values as a tensor of `x`'s shape, outside the graph.
+pub(crate) fn map_values(
+    x: &Tensor,
+    f: impl FnOnce(&[f32]) -> Vec<f32>,
+) -> candle_core::Result<Tensor> {
+    let values = read_f32(x, |v| Ok(f(v)))?;
+    Tensor::from_vec(values, x.dims(), x.device())
+}
+
+/// `f` of the values of `a` and `b` (the same number) as a tensor of `a`'s shape, outside
+/// the graph.
+pub(crate) fn map_values2(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+) -> candle_core::Result<Tensor> {
+    if a.elem_count() != b.elem_count() {
+        candle_core::bail!("{:?} against {:?}", a.dims(), b.dims());
+    }
+    let values = read_f32(a, |a| read_f32(b, |b| Ok(f(a, b))))?;
+    Tensor::from_vec(values, a.dims(), a.device())
+}
+
+/// tanh of every value, outside the graph (kdc's vectorised kernel).
+pub(crate) fn tanh(x: &Tensor) -> candle_core::Result<Tensor> {
+    map_values(x, kd_kernels::activation::tanh_values)
+}
+
+/// The logistic sigmoid of every value, outside the graph.
+pub(crate) fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
+    map_values(x, kd_kernels::activation::sigmoid_values)
+}
+
+/// Softmax over the last axis, outside the graph.
+pub(crate) fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let len = x.dims().last().copied().unwrap_or(1);
+    map_values(x, |x| {
+        let mut y = x.to_vec();
+        kd_kernels::activation::masked_softmax(&mut y, len, 1.0, None, 1);
+        y
+    })
+}
+
+/// `y` `[B, L, D]` plus the first L rows of `positions` for every sample, outside the graph.
+pub(crate) fn add_positions(y: &Tensor, positions: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, len, _) = y.dims3()?;
+    let used = positions.narrow(0, 0, len)?;
+    let values = read_f32(y, |y| {
+        read_f32(&used, |p| Ok(kd_kernels::elementwise::add_bias(y, p, 1)))
+    })?;
+    Tensor::from_vec(values, y.dims(), y.device())
+}
+
 /// An op's output computed before the op joins candle's graph (outside it, on detached
 /// tensors), for candle's forward to take once.
 pub(crate) struct Computed(Mutex<Option<(Vec<f32>, Shape)>>);

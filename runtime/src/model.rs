@@ -1006,6 +1006,8 @@ impl LayerImpl {
         epilogue: Epilogue,
     ) -> Result<Tensor> {
         let fail = |what: &str| format!("{what} of model `{}`", context.model);
+        // An f32 input outside any graph: a parameter-free layer needs no graph either.
+        let untracked = x.dtype() == DType::F32 && !x.track_op();
         match self {
             LayerImpl::Embedding { weight, positions } => {
                 let (b, len) = x.dims2().ctx_with(|| fail("embedding"))?;
@@ -1024,6 +1026,11 @@ impl LayerImpl {
                 .and_then(|y| y.reshape((b, len, dim)))
                 .ctx_with(|| fail("embedding"))?;
                 match positions {
+                    // Without a graph, the taped forward's kernel: the same values.
+                    Some(p) if !y.track_op() && !context.gradients && y.dtype() == DType::F32 => {
+                        crate::elementwise::add_positions(&y, &context.param(p))
+                            .ctx_with(|| fail("embedding positions"))
+                    }
                     Some(p) => y
                         .broadcast_add(
                             &context
@@ -1075,6 +1082,17 @@ impl LayerImpl {
             LayerImpl::LayerNorm { weight, bias, eps } => {
                 layer_norm(x, (weight, bias), *eps, context).ctx_with(|| fail("layernorm"))
             }
+            // Without a graph, the taped forward's kernels (the same values).
+            LayerImpl::Pool {
+                kind: SeqPool::Mean,
+            } if untracked && x.rank() == 3 => {
+                crate::pooling::mean_over_time(x, mask.as_ref()).ctx_with(|| fail("pool"))
+            }
+            LayerImpl::Pool {
+                kind: SeqPool::First,
+            } if untracked && x.rank() == 3 => {
+                crate::pooling::first_of_sequence(x).ctx_with(|| fail("pool"))
+            }
             LayerImpl::Pool { kind } => {
                 sequence::pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool"))
             }
@@ -1110,6 +1128,15 @@ impl LayerImpl {
             LayerImpl::MaxPool { kernel, stride } => {
                 pool(x, *kernel, *stride, Pool::Max).ctx_with(|| fail("max pool"))
             }
+            LayerImpl::AvgPool { kernel, stride }
+                if untracked
+                    && x.rank() == 4
+                    && kernel == stride
+                    && x.dim(2).is_ok_and(|h| h % kernel == 0)
+                    && x.dim(3).is_ok_and(|w| w % kernel == 0) =>
+            {
+                crate::pooling::avg_pool2d_tiled(x, *kernel).ctx_with(|| fail("avg pool"))
+            }
             LayerImpl::AvgPool { kernel, stride } => {
                 pool(x, *kernel, *stride, Pool::Avg).ctx_with(|| fail("avg pool"))
             }
@@ -1128,8 +1155,15 @@ impl LayerImpl {
                 _ => x.gelu_erf(),
             }
             .ctx_with(|| fail("gelu")),
+            LayerImpl::Tanh if untracked => crate::elementwise::tanh(x).ctx_with(|| fail("tanh")),
             LayerImpl::Tanh => x.tanh().ctx_with(|| fail("tanh")),
+            LayerImpl::Sigmoid if untracked => {
+                crate::elementwise::sigmoid(x).ctx_with(|| fail("sigmoid"))
+            }
             LayerImpl::Sigmoid => candle_nn::ops::sigmoid(x).ctx_with(|| fail("sigmoid")),
+            LayerImpl::Softmax if untracked => {
+                crate::elementwise::softmax(x).ctx_with(|| fail("softmax"))
+            }
             LayerImpl::Softmax => losses::softmax(x, 1.0).ctx_with(|| fail("softmax")),
             LayerImpl::Residual { body, shortcut } => {
                 let h = run_layers(body, x, &mut mask.clone(), context, |_| false, |_, _| ())?;

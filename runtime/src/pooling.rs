@@ -223,3 +223,45 @@ pub(crate) fn max_over_time_backward(
         _ => candle_core::bail!("max over time: no input gradient"),
     }
 }
+
+/// Average pooling of `x` `[B, C, H, W]` whose `kernel` x `kernel` windows tile each plane
+/// (stride = kernel, dividing H and W), outside the graph; its backward is
+/// [`kd_kernels::pool::avg_pool2d_tiled_backward`].
+pub(crate) fn avg_pool2d_tiled(x: &Tensor, kernel: usize) -> candle_core::Result<Tensor> {
+    let (batch, channels, height, width) = x.dims4()?;
+    if kernel == 0 || height % kernel != 0 || width % kernel != 0 {
+        candle_core::bail!("avg pool: {kernel} x {kernel} windows do not tile {height}x{width}");
+    }
+    let y = crate::elementwise::read_f32(x, |x| {
+        Ok(kd_kernels::pool::avg_pool2d_tiled(
+            x,
+            batch * channels,
+            height,
+            width,
+            kernel,
+        ))
+    })?;
+    Tensor::from_vec(
+        y,
+        (batch, channels, height / kernel, width / kernel),
+        x.device(),
+    )
+}
+
+/// The mean of `x` `[B, L, C]` over the positions where `mask` `[B, L]` is 1 (all without
+/// a mask), `[B, C]`, outside the graph; a row with no real position pools to zeros.
+pub(crate) fn mean_over_time(x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (b, l, c) = x.dims3()?;
+    let y = crate::elementwise::read_f32(x, |x| match mask {
+        Some(m) => crate::elementwise::read_f32(m, |m| {
+            Ok(kd_kernels::pool::mean_over_time(x, Some(m), b, l, c))
+        }),
+        None => Ok(kd_kernels::pool::mean_over_time(x, None, b, l, c)),
+    })?;
+    Tensor::from_vec(y, (b, c), x.device())
+}
+
+/// The first position of `x` `[B, L, C]`, `[B, C]`, outside the graph.
+pub(crate) fn first_of_sequence(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()
+}

@@ -17,9 +17,10 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var};
 use crate::attention::{BlockBackward, LayerNormBackward};
 use crate::batch_norm::BatchNormBackward;
 use crate::dense::DenseBackward;
-use crate::elementwise::Computed;
+use crate::elementwise::{map_values2, read_f32, Computed};
 use crate::grad_sink::{GradSink, GradSinks};
 use crate::recurrent::LstmBackward;
+use kd_kernels::{activation, elementwise, pool};
 
 /// How one layer's input gradient comes from its output's.
 pub(crate) enum Backward {
@@ -49,6 +50,27 @@ pub(crate) enum Backward {
         kernel: usize,
         height: usize,
         width: usize,
+    },
+    /// tanh, from its output.
+    Tanh {
+        y: Tensor,
+    },
+    /// The logistic sigmoid, from its output.
+    Sigmoid {
+        y: Tensor,
+    },
+    /// Softmax over the last axis, from its output.
+    Softmax {
+        y: Tensor,
+    },
+    /// The mean over a sequence's real positions (`dims` the input's `[B, L, C]`).
+    MeanOverTime {
+        mask: Option<Tensor>,
+        dims: (usize, usize, usize),
+    },
+    /// A sequence's first position (`dims` the input's `[B, L, C]`).
+    FirstOfSequence {
+        dims: (usize, usize, usize),
     },
     Reshape {
         dims: Vec<usize>,
@@ -206,10 +228,54 @@ impl Backward {
                 kernel,
                 height,
                 width,
-            } => Some(
-                grad.upsample_nearest2d(*height, *width)?
-                    .affine(1.0 / (kernel * kernel) as f64, 0.0)?,
-            ),
+            } => {
+                let (batch, channels, _, _) = grad.dims4()?;
+                let dx = read_f32(grad, |g| {
+                    Ok(pool::avg_pool2d_tiled_backward(
+                        g,
+                        batch * channels,
+                        *height,
+                        *width,
+                        *kernel,
+                    ))
+                })?;
+                Some(Tensor::from_vec(
+                    dx,
+                    (batch, channels, *height, *width),
+                    grad.device(),
+                )?)
+            }
+            Backward::Tanh { y } => Some(map_values2(y, grad, activation::tanh_backward)?),
+            Backward::Sigmoid { y } => Some(map_values2(y, grad, activation::sigmoid_backward)?),
+            Backward::Softmax { y } => {
+                let len = y.dims().last().copied().unwrap_or(1);
+                Some(map_values2(grad, y, |g, y| {
+                    let mut dx = g.to_vec();
+                    activation::softmax_backward(y, &mut dx, len, 1.0);
+                    dx
+                })?)
+            }
+            Backward::MeanOverTime { mask, dims } => {
+                let (b, l, c) = *dims;
+                let dx = read_f32(grad, |g| match mask {
+                    Some(m) => read_f32(m, |m| {
+                        Ok(pool::mean_over_time_backward(g, Some(m), b, l, c))
+                    }),
+                    None => Ok(pool::mean_over_time_backward(g, None, b, l, c)),
+                })?;
+                Some(Tensor::from_vec(dx, (b, l, c), grad.device())?)
+            }
+            Backward::FirstOfSequence { dims } => {
+                let (b, l, c) = *dims;
+                let dx = read_f32(grad, |g| {
+                    let mut dx = vec![0f32; b * l * c];
+                    for (frame, g) in dx.chunks_exact_mut(l * c).zip(g.chunks_exact(c)) {
+                        frame[..c].copy_from_slice(g);
+                    }
+                    Ok(dx)
+                })?;
+                Some(Tensor::from_vec(dx, (b, l, c), grad.device())?)
+            }
             Backward::Reshape { dims } => Some(grad.reshape(dims.as_slice())?),
             Backward::Scale { factor } => Some(grad.mul(factor)?),
             Backward::Embedding {
@@ -228,16 +294,10 @@ impl Backward {
                 )?;
                 if let Some((sink, table_rows)) = positions {
                     // [B, L, D] summed over the batch, then zeros for rows past L.
-                    let used = grad.sum(0)?;
-                    let len = used.dim(0)?;
-                    let full = match table_rows.saturating_sub(len) {
-                        0 => used,
-                        rest => Tensor::cat(
-                            &[used, Tensor::zeros((rest, dim), DType::F32, grad.device())?],
-                            0,
-                        )?,
-                    };
-                    sink.add(full)?;
+                    let batch = grad.dim(0)?;
+                    let mut used = read_f32(grad, |g| Ok(elementwise::sum_over_batch(g, batch)))?;
+                    used.resize(table_rows * dim, 0.0);
+                    sink.add(Tensor::from_vec(used, (*table_rows, dim), grad.device())?)?;
                 }
                 None
             }

@@ -115,11 +115,8 @@ impl LayerImpl {
                 let positions = match positions {
                     Some(p) => {
                         let rows = p.dim(0).ctx_with(|| fail("positions"))?;
-                        y = p
-                            .as_tensor()
-                            .detach()
-                            .narrow(0, 0, len)
-                            .and_then(|p| y.broadcast_add(&p))
+                        // Every sample's [L, D] plus the first L position vectors.
+                        y = crate::elementwise::add_positions(&y, &p.as_tensor().detach())
                             .ctx_with(|| fail("embedding positions"))?;
                         Some((sink(p)?, rows))
                     }
@@ -242,7 +239,8 @@ impl LayerImpl {
                     && x.dim(3).is_ok_and(|w| w % kernel == 0) =>
             {
                 let (_, _, height, width) = x.dims4().ctx_with(|| fail("avg pool"))?;
-                let y = x.avg_pool2d(*kernel).ctx_with(|| fail("avg pool"))?;
+                let y =
+                    crate::pooling::avg_pool2d_tiled(x, *kernel).ctx_with(|| fail("avg pool"))?;
                 let backward = Backward::AvgPool {
                     kernel: *kernel,
                     height,
@@ -262,6 +260,37 @@ impl LayerImpl {
                     y: y.clone(),
                 };
                 (y, backward)
+            }
+            LayerImpl::Pool {
+                kind: kd_plan::SeqPool::Mean,
+            } if f32_input && x.rank() == 3 => {
+                let dims = x.dims3().ctx_with(|| fail("pool"))?;
+                let y =
+                    crate::pooling::mean_over_time(x, mask.as_ref()).ctx_with(|| fail("pool"))?;
+                let backward = Backward::MeanOverTime {
+                    mask: mask.clone(),
+                    dims,
+                };
+                (y, backward)
+            }
+            LayerImpl::Pool {
+                kind: kd_plan::SeqPool::First,
+            } if f32_input && x.rank() == 3 => {
+                let dims = x.dims3().ctx_with(|| fail("pool"))?;
+                let y = crate::pooling::first_of_sequence(x).ctx_with(|| fail("pool"))?;
+                (y, Backward::FirstOfSequence { dims })
+            }
+            LayerImpl::Tanh if f32_input => {
+                let y = crate::elementwise::tanh(x).ctx_with(|| fail("tanh"))?;
+                (y.clone(), Backward::Tanh { y })
+            }
+            LayerImpl::Sigmoid if f32_input => {
+                let y = crate::elementwise::sigmoid(x).ctx_with(|| fail("sigmoid"))?;
+                (y.clone(), Backward::Sigmoid { y })
+            }
+            LayerImpl::Softmax if f32_input => {
+                let y = crate::elementwise::softmax(x).ctx_with(|| fail("softmax"))?;
+                (y.clone(), Backward::Softmax { y })
             }
             LayerImpl::Relu if f32_input => {
                 let y = crate::elementwise::relu(x).ctx_with(|| fail("relu"))?;
