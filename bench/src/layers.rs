@@ -288,12 +288,15 @@ pub fn layers(
     for run in 0..runs {
         note(&format!("run {} of {runs}: kdc", run + 1));
         for (row, result) in layer_rows.iter().zip(rows.iter_mut()) {
-            let (forward, backward) = time_layer(row, steps, threads)?;
+            // On a pool's worker, as `run_plan` runs a pipeline.
+            let (forward, backward) =
+                kd_runtime::on_worker(threads, || time_layer(row, steps, threads))?;
             result.kdc_forward_us.push(forward);
             result.kdc_backward_us.push(backward);
         }
         for (row, result) in augments.iter().zip(rows.iter_mut().skip(layer_rows.len())) {
-            result.kdc_forward_us.push(time_augment(row, steps)?);
+            let micros = kd_runtime::on_worker(threads, || time_augment(row, steps))?;
+            result.kdc_forward_us.push(micros);
         }
         if let (Ok(reference), Ok(_)) = (torch, &torch_version) {
             note(&format!("run {} of {runs}: PyTorch", run + 1));

@@ -35,7 +35,7 @@ pub mod summary;
 pub(crate) mod tape;
 
 pub use error::RuntimeError;
-pub use exec::{configure_threads, run_plan, RunOptions, StepTime};
+pub use exec::{configure_threads, on_worker, run_plan, RunOptions, StepTime};
 pub use progress::Progress;
 pub use summary::{report, Summary};
 pub use tape::LayerTime;
