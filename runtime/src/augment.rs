@@ -6,6 +6,7 @@
 //! value of a raw zero (per channel), as padding before normalisation would.
 
 use kd_plan::AugmentOp;
+use rayon::prelude::*;
 
 use crate::losses::{Labels, Mix};
 use crate::rng::Rng;
@@ -82,11 +83,7 @@ pub fn apply(
     for (op_index, op) in ops.iter().enumerate() {
         let mut rng = key.rng(op_index);
         match (op, image) {
-            (AugmentOp::Noise { std }, _) => {
-                for v in x.iter_mut() {
-                    *v += (*std * rng.normal()) as f32;
-                }
-            }
+            (AugmentOp::Noise { std }, _) => add_noise(x, *std, &rng),
             (AugmentOp::Mixup { alpha }, _) => {
                 mixup(x, labels, sample_len, batch, *alpha, &mut rng)
             }
@@ -122,10 +119,16 @@ pub fn apply(
                 }
             }
             (AugmentOp::Rotate { max_degrees }, Some(img)) => {
-                for sample in x.chunks_exact_mut(sample_len) {
-                    let degrees = rng.uniform_in(-*max_degrees, *max_degrees);
-                    rotate(sample, &mut scratch, img, degrees.to_radians(), &fill_of);
-                }
+                // The angles in sample order, then the samples in parallel.
+                let angles: Vec<f64> = (0..batch)
+                    .map(|_| rng.uniform_in(-*max_degrees, *max_degrees).to_radians())
+                    .collect();
+                x.par_chunks_exact_mut(sample_len)
+                    .zip(angles.par_iter())
+                    .for_each_init(
+                        || vec![0f32; sample_len],
+                        |scratch, (sample, &angle)| rotate(sample, scratch, img, angle, &fill_of),
+                    );
             }
             (AugmentOp::Cutout { size }, Some(img)) => {
                 for sample in x.chunks_exact_mut(sample_len) {
@@ -136,6 +139,23 @@ pub fn apply(
             }
         }
     }
+}
+
+/// Adds `std` times a standard normal to every value: the draws `rng.normal()` would make
+/// one after the other (Box-Muller pairs, each from the stream's next two uniforms), made
+/// in parallel chunks that each start the stream at their first pair's position.
+fn add_noise(x: &mut [f32], std: f64, rng: &Rng) {
+    // Values per task: even, so that every task starts on a pair.
+    const VALUES: usize = 1 << 14;
+    x.par_chunks_mut(VALUES)
+        .enumerate()
+        .for_each(|(task, values)| {
+            // Value i takes pair i / 2, whose uniforms are the stream's values i and i + 1.
+            let mut rng = rng.at_position((task * VALUES) as u64);
+            for v in values.iter_mut() {
+                *v += (std * rng.normal()) as f32;
+            }
+        });
 }
 
 /// Moves the image content by `(dy, dx)` pixels, filling what comes in.
@@ -201,6 +221,7 @@ fn rotate(
                 value
             }
         };
+        let plane = &scratch[base..base + h * w];
         for i in 0..h {
             for j in 0..w {
                 let (y, x) = (i as f64 - cy, j as f64 - cx);
@@ -210,8 +231,22 @@ fn rotate(
                 let (y0, x0) = (sy.floor(), sx.floor());
                 let (fy, fx) = (sy - y0, sx - x0);
                 let (y0, x0) = (y0 as isize, x0 as isize);
-                let top = at(y0, x0) * (1.0 - fx) + at(y0, x0 + 1) * fx;
-                let bottom = at(y0 + 1, x0) * (1.0 - fx) + at(y0 + 1, x0 + 1) * fx;
+                // Most pixels read four neighbours inside the image: no bounds to test.
+                let corners =
+                    if y0 >= 0 && x0 >= 0 && ((y0 + 1) as usize) < h && ((x0 + 1) as usize) < w {
+                        let at = y0 as usize * w + x0 as usize;
+                        let v = |k: usize| f64::from(plane[k]);
+                        (v(at), v(at + 1), v(at + w), v(at + w + 1))
+                    } else {
+                        (
+                            at(y0, x0),
+                            at(y0, x0 + 1),
+                            at(y0 + 1, x0),
+                            at(y0 + 1, x0 + 1),
+                        )
+                    };
+                let top = corners.0 * (1.0 - fx) + corners.1 * fx;
+                let bottom = corners.2 * (1.0 - fx) + corners.3 * fx;
                 sample[base + i * w + j] = (top * (1.0 - fy) + bottom * fy) as f32;
             }
         }

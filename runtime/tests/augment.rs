@@ -309,3 +309,63 @@ fn crop_and_translate_shift_each_sample_within_their_range() {
         );
     }
 }
+
+/// Noise is added in parallel chunks; the values are the stream's normals in order, as
+/// one draw after the other would make them (an odd count, across several chunks).
+#[test]
+fn noise_is_the_streams_normals_in_order() {
+    let n = 3 * 16_384 + 7;
+    let mut x = vec![0f32; n];
+    let mut labels = Labels::hard(vec![0]);
+    apply(
+        &[AugmentOp::Noise { std: 0.5 }],
+        &mut x,
+        &mut labels,
+        &[n],
+        &[0.0],
+        key(3, 4),
+    );
+    let mut rng = kd_runtime::rng::Rng::new(3, "augment/train/0/4/0");
+    for (i, v) in x.iter().enumerate() {
+        assert_eq!(*v, (0.5 * rng.normal()) as f32, "value {i}");
+    }
+}
+
+/// Rotating samples in parallel gives each sample the angle drawn for it in order: the
+/// same batch as rotating one sample at a time.
+#[test]
+fn rotation_of_a_batch_is_rotation_of_each_sample() {
+    let shape = [2, 9, 7];
+    let len = 2 * 9 * 7;
+    let x = batch(5, len);
+    let op = [AugmentOp::Rotate { max_degrees: 30.0 }];
+    let mut whole = x.clone();
+    apply(
+        &op,
+        &mut whole,
+        &mut Labels::hard(vec![0; 5]),
+        &shape,
+        &[-1.0],
+        key(9, 2),
+    );
+    // The same draws, one sample per batch: sample k takes the stream's k-th angle, so it
+    // is rotated alone by giving it a batch where it comes k-th after copies of itself.
+    for k in 0..5 {
+        let mut alone: Vec<f32> = (0..=k)
+            .flat_map(|_| x[k * len..(k + 1) * len].to_vec())
+            .collect();
+        apply(
+            &op,
+            &mut alone,
+            &mut Labels::hard(vec![0; k + 1]),
+            &shape,
+            &[-1.0],
+            key(9, 2),
+        );
+        assert_eq!(
+            &alone[k * len..],
+            &whole[k * len..(k + 1) * len],
+            "sample {k}"
+        );
+    }
+}
