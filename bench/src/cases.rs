@@ -21,10 +21,12 @@ pub enum Case {
     BilstmStudent,
     TransformerStudent,
     BertTeacher,
+    /// The prediction path of `evaluate` on a test split, and single-sample latency.
+    Evaluate,
 }
 
 impl Case {
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 9] = [
         Case::MlpDistill,
         Case::CnnDistill,
         Case::TextStudent,
@@ -33,6 +35,7 @@ impl Case {
         Case::BilstmStudent,
         Case::TransformerStudent,
         Case::BertTeacher,
+        Case::Evaluate,
     ];
 
     /// The name torch_ref.py's `--case` takes.
@@ -46,6 +49,7 @@ impl Case {
             Case::BilstmStudent => "bilstm_student",
             Case::TransformerStudent => "transformer_student",
             Case::BertTeacher => "bert_teacher",
+            Case::Evaluate => "evaluate",
         }
     }
 
@@ -58,6 +62,8 @@ impl Case {
             Case::MlpDistill | Case::CnnDistill | Case::BnCnn | Case::ResnetBn => 128,
             Case::TextStudent => 64,
             Case::BilstmStudent | Case::TransformerStudent | Case::BertTeacher => 32,
+            // `evaluate`'s batch (kd_runtime::evaluate::EVAL_BATCH).
+            Case::Evaluate => 512,
         }
     }
 
@@ -70,7 +76,7 @@ impl Case {
             | Case::BilstmStudent
             | Case::TransformerStudent
             | Case::BertTeacher => "distill",
-            Case::BnCnn | Case::ResnetBn => "fit",
+            Case::BnCnn | Case::ResnetBn | Case::Evaluate => "fit",
         }
     }
 
@@ -85,6 +91,7 @@ impl Case {
             Case::BilstmStudent => include_str!("../cases/bilstm_student.kd"),
             Case::TransformerStudent => include_str!("../cases/transformer_student.kd"),
             Case::BertTeacher => include_str!("../cases/bert_teacher.kd"),
+            Case::Evaluate => include_str!("../cases/evaluate.kd"),
         }
     }
 
@@ -96,7 +103,7 @@ impl Case {
         let samples = self.batch() * steps;
         let mut random = SplitMix(0x6b64_6362_656e_6368);
         match self {
-            Case::MlpDistill | Case::CnnDistill | Case::BnCnn | Case::ResnetBn => {
+            Case::MlpDistill | Case::CnnDistill | Case::BnCnn | Case::ResnetBn | Case::Evaluate => {
                 // resnet_bn's samples are 3 x 32 x 32 values, stored as 32 x 96 images.
                 let (height, width) = match self {
                     Case::ResnetBn => (32, 96),

@@ -57,6 +57,9 @@ pub struct CaseResult {
     /// ran in this process, PyTorch's from its process, which runs the case alone.
     pub kdc_peak_rss_mb: Vec<f64>,
     pub torch_peak_rss_mb: Vec<f64>,
+    /// Single-sample forward latency in milliseconds, per run (the `evaluate` case).
+    pub kdc_latency_ms: Vec<f64>,
+    pub torch_latency_ms: Vec<f64>,
     /// Why PyTorch's twin of this case did not run, when it did not.
     pub torch_failed: Option<String>,
     /// Dense FLOPs of one step: the teacher's forward when it runs, and three times the
@@ -118,6 +121,8 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
             torch_samples_per_s: Vec::new(),
             kdc_peak_rss_mb: Vec::new(),
             torch_peak_rss_mb: Vec::new(),
+            kdc_latency_ms: Vec::new(),
+            torch_latency_ms: Vec::new(),
             torch_failed: None,
             flops_per_step: 0.0,
         })
@@ -150,6 +155,7 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
             let measured = kdc_case(*case, options, run)?;
             result.kdc_samples_per_s.push(measured.samples_per_s);
             result.kdc_peak_rss_mb.extend(measured.peak_rss_mb);
+            result.kdc_latency_ms.extend(measured.latency_ms);
             result.flops_per_step = measured.flops;
             if let (Ok(reference), Ok(_)) = (&options.torch, &torch_version) {
                 match reference_case(reference, *case, options) {
@@ -159,6 +165,9 @@ pub fn train(options: &TrainOptions, note: &mut dyn FnMut(&str)) -> Result<Train
                         }
                         if let Some(m) = value.get("peak_rss_mb").and_then(|m| m.as_f64()) {
                             result.torch_peak_rss_mb.push(m);
+                        }
+                        if let Some(l) = value.get("latency_ms").and_then(|l| l.as_f64()) {
+                            result.torch_latency_ms.push(l);
                         }
                     }
                     // A case whose reference cannot run fails on its own (the others
@@ -290,6 +299,8 @@ struct Measured {
     flops: f64,
     /// The peak resident set while the case ran (Linux only).
     peak_rss_mb: Option<f64>,
+    /// A single sample's forward (the `evaluate` case).
+    latency_ms: Option<f64>,
 }
 
 /// Starts a new peak of the process's resident set (Linux 4.0 and later: writing 5 to
@@ -299,6 +310,9 @@ fn reset_peak_rss() {
 }
 
 fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<Measured> {
+    if case == Case::Evaluate {
+        return kdc_evaluate(options, run_index);
+    }
     let epochs = 1 + options.steps.div_ceil(STEPS_PER_EPOCH);
     let (dir, mut plan) = prepare(
         case,
@@ -329,6 +343,79 @@ fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<Meas
         samples_per_s: case.batch() as f64 / step,
         flops: step_flops(&plan, case.batch()),
         peak_rss_mb: summary.peak_rss_mb,
+        latency_ms: None,
+    })
+}
+
+/// The `evaluate` case: the runtime's prediction path (`kd_runtime::evaluate::predict`,
+/// what an `evaluate` declaration runs) over the test split, the median of `steps`
+/// passes after one, and the median of 50 single-sample forwards after one, on a worker
+/// of a pool as `run_plan` runs.
+fn kdc_evaluate(options: &TrainOptions, run_index: usize) -> Result<Measured> {
+    use kd_runtime::data::Dataset;
+    use kd_runtime::model::Model;
+    let case = Case::Evaluate;
+    let (dir, plan) = prepare(
+        case,
+        &options.work_dir,
+        &run_index.to_string(),
+        STEPS_PER_EPOCH,
+        &[],
+    )?;
+    let fail = |e: kd_runtime::RuntimeError| BenchError::Run {
+        case: case.name().to_string(),
+        source: Box::new(e),
+    };
+    let threads = options.threads;
+    kd_runtime::configure_threads(Some(threads));
+    reset_peak_rss();
+    let measured = kd_runtime::on_worker(threads, || -> Result<(f64, f64)> {
+        let (Some(data), Some(spec)) = (plan.data.first(), plan.model("s")) else {
+            return Err(BenchError::Compile {
+                case: case.name().to_string(),
+                messages: "no data or no model `s`".into(),
+            });
+        };
+        let dataset =
+            Dataset::load(data, &plan.source.base_dir, plan.settings.seed).map_err(fail)?;
+        let split = dataset.split("test").map_err(fail)?;
+        let mut model = Model::new(spec, plan.settings.seed).map_err(fail)?;
+        let mut passes = Vec::new();
+        for pass in 0..=options.steps {
+            let started = Instant::now();
+            kd_runtime::evaluate::predict(&mut model, &dataset, split).map_err(fail)?;
+            if pass > 0 {
+                passes.push(started.elapsed().as_secs_f64());
+            }
+        }
+        let (mut x, mut labels) = (Vec::new(), Vec::new());
+        dataset
+            .fill_batch(split, &[0], &mut x, &mut labels)
+            .map_err(fail)?;
+        let mut shape = vec![1];
+        shape.extend(&dataset.sample_shape);
+        let x = candle_core::Tensor::from_vec(x, shape, &candle_core::Device::Cpu)?;
+        let mut latencies = Vec::new();
+        for i in 0..=50 {
+            let started = Instant::now();
+            model.forward_with(&x, false, false, false).map_err(fail)?;
+            if i > 0 {
+                latencies.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let pass = median(&passes).unwrap_or(f64::NAN);
+        Ok((
+            split.len() as f64 / pass,
+            median(&latencies).unwrap_or(f64::NAN),
+        ))
+    })?;
+    let peak_rss_mb = kd_runtime::summary::peak_rss_mb();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Measured {
+        samples_per_s: measured.0,
+        flops: step_flops(&plan, case.batch()) / 3.0,
+        peak_rss_mb,
+        latency_ms: Some(measured.1),
     })
 }
 
@@ -410,6 +497,22 @@ impl TrainReport {
                 fmt(gflops.zip(torch_sgemm).map(|(g, roof)| g / roof), 2),
                 fmt(median(&case.kdc_peak_rss_mb), 0),
                 fmt(median(&case.torch_peak_rss_mb), 0),
+            ));
+        }
+        for case in self.cases.iter().filter(|c| !c.kdc_latency_ms.is_empty()) {
+            if out.ends_with("|\n") {
+                out.push('\n');
+            }
+            out.push_str(&format!(
+                "{}: single-sample latency {} ms in kdc, {} ms in PyTorch (kdc / PyTorch \
+                 speed {})\n",
+                case.case,
+                fmt(median(&case.kdc_latency_ms), 3),
+                fmt(median(&case.torch_latency_ms), 3),
+                fmt(
+                    median_ratio(&case.torch_latency_ms, &case.kdc_latency_ms),
+                    2
+                ),
             ));
         }
         out
