@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod batchnorm;
+pub mod conv1d;
 pub mod conv2d;
 pub mod elementwise;
 pub mod layernorm;

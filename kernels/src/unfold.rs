@@ -1,10 +1,8 @@
 //! Convolution as a matrix product: `unfold` copies every kernel window of the input into a
 //! row (im2col), so that one matmul with the flattened kernel computes the convolution, and
 //! `fold` is its transpose (col2im), which sums the rows' gradients back into the input's.
-//! 2-d windows go one sample at a time (`crate::conv2d` runs samples in parallel); 1-d
-//! windows a batch at a time, samples in parallel.
-
-use rayon::prelude::*;
+//! 2-d windows go one sample at a time (`crate::conv2d` runs samples in parallel). A
+//! conv1d needs no windows (`crate::conv1d`); its geometry is here too.
 
 /// A 2-d convolution's geometry on NCHW inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,54 +152,4 @@ impl Window1d {
     pub fn sample_len(&self) -> usize {
         self.length * self.channels
     }
-}
-
-/// `x` is `[batch, L, C]`; returns `[batch, rows, k * C]`.
-pub fn unfold1d(x: &[f32], batch: usize, g: &Window1d) -> Vec<f32> {
-    let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
-    let mut cols = vec![0f32; batch * rows * row_len];
-    if rows * row_len == 0 {
-        return cols;
-    }
-    let k = g.kernel;
-    cols.par_chunks_mut(rows * row_len)
-        .zip(x.par_chunks(sample_len))
-        .for_each(|(cols, x)| {
-            for (t, row) in cols.chunks_mut(row_len).enumerate() {
-                for j in 0..k {
-                    let Some(i) = (t + j).checked_sub(g.padding).filter(|&i| i < g.length) else {
-                        continue;
-                    };
-                    row[j * g.channels..(j + 1) * g.channels]
-                        .copy_from_slice(&x[i * g.channels..(i + 1) * g.channels]);
-                }
-            }
-        });
-    cols
-}
-
-/// The transpose of [`unfold1d`].
-pub fn fold1d(cols: &[f32], batch: usize, g: &Window1d) -> Vec<f32> {
-    let (rows, row_len, sample_len) = (g.rows(), g.row_len(), g.sample_len());
-    let mut x = vec![0f32; batch * sample_len];
-    if rows * row_len == 0 || sample_len == 0 {
-        return x;
-    }
-    let k = g.kernel;
-    x.par_chunks_mut(sample_len)
-        .zip(cols.par_chunks(rows * row_len))
-        .for_each(|(x, cols)| {
-            for (t, row) in cols.chunks(row_len).enumerate() {
-                for j in 0..k {
-                    let Some(i) = (t + j).checked_sub(g.padding).filter(|&i| i < g.length) else {
-                        continue;
-                    };
-                    let frame = &mut x[i * g.channels..(i + 1) * g.channels];
-                    for (value, &add) in frame.iter_mut().zip(&row[j * g.channels..]) {
-                        *value += add;
-                    }
-                }
-            }
-        });
-    x
 }

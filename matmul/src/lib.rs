@@ -27,6 +27,23 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// `rows x cols` with element `(i, j)` at `data[i * row_stride + j * col_stride]`.
+    pub fn strided(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Mat<'a> {
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
     /// The transpose: no copy, the strides swap.
     pub fn t(self) -> Mat<'a> {
         Mat {

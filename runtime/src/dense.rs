@@ -7,10 +7,10 @@
 //! carries the backward to the input, the weight and the bias. tests/ops.rs checks it
 //! against the layer built from candle's ops.
 
-use crate::conv::{fold_windows1d, windows1d};
 use crate::elementwise::{bias_gradient, read_f32, relu_backward, Computed};
 use crate::grad_sink::{GradSink, GradSinks};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use kd_kernels::conv1d::{conv1d, conv1d_input_grad, conv1d_weight_grad};
 use kd_kernels::conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvEpilogue};
 use kd_kernels::elementwise as kernels;
 use kd_kernels::unfold::{Window1d, Window2d};
@@ -178,13 +178,15 @@ impl Dense {
             Dense::Conv1d { padding } => {
                 let (batch, _, _) = x.dims3()?;
                 let window = window1d(x, w, padding)?;
-                let product = windows1d(x, window)?
-                    .reshape((batch * window.rows(), window.row_len()))?
-                    .matmul(&kernel_rows(w)?.t()?)?;
-                let y = with_values(b, |bias| {
-                    read_f32(&product, |z| Ok(bias_relu(z, bias, 1, epilogue.relu)))
+                let out = w.dim(0)?;
+                let y = read_f32(x, |xs| {
+                    read_f32(&kernel_rows(w)?, |kernel| {
+                        with_values(b, |bias| {
+                            Ok(conv1d(xs, &window, kernel, out, bias, epilogue.relu))
+                        })
+                    })
                 })?;
-                Ok((y, Shape::from((batch, window.rows(), w.dim(0)?))))
+                Ok((y, Shape::from((batch, window.rows(), out))))
             }
             Dense::Conv2d { stride, padding } => {
                 let batch = x.dim(0)?;
@@ -255,30 +257,28 @@ impl Dense {
                 Ok((dx, dw))
             }
             Dense::Conv1d { padding } => {
-                let (batch, _, channels) = x.dims3()?;
+                let (_, _, channels) = x.dims3()?;
                 let window = window1d(x, w, padding)?;
                 let (out, _, kernel) = w.dims3()?;
-                let g = g.reshape((batch * window.rows(), out))?;
                 let dx = match want_x {
-                    true => Some(fold_windows1d(
-                        &g.matmul(&kernel_rows(w)?)?.reshape((
-                            batch,
-                            window.rows(),
-                            window.row_len(),
-                        ))?,
-                        window,
-                    )?),
+                    true => {
+                        let dx = read_f32(g, |grad| {
+                            read_f32(&kernel_rows(w)?, |rows| {
+                                Ok(conv1d_input_grad(grad, &window, rows, out))
+                            })
+                        })?;
+                        Some(Tensor::from_vec(dx, x.dims(), x.device())?)
+                    }
                     false => None,
                 };
                 let dw = match want_w {
                     true => {
-                        let cols = windows1d(x, window)?
-                            .reshape((batch * window.rows(), window.row_len()))?;
+                        let dw = read_f32(x, |xs| {
+                            read_f32(g, |grad| Ok(conv1d_weight_grad(xs, &window, grad, out)))
+                        })?;
                         // Rows hold a window frame by frame: [O, k, C] back to [O, C, k].
                         Some(
-                            g.t()?
-                                .matmul(&cols)?
-                                .reshape((out, kernel, channels))?
+                            Tensor::from_vec(dw, (out, kernel, channels), w.device())?
                                 .permute((0, 2, 1))?
                                 .contiguous()?,
                         )

@@ -10,7 +10,6 @@ pub mod batch_norm;
 pub mod bert;
 pub mod cache;
 pub mod checkpoint;
-pub mod conv;
 pub mod data;
 pub mod dense;
 pub mod elementwise;

@@ -1048,7 +1048,7 @@ impl LayerImpl {
                 padding,
                 kernel,
             } => {
-                // Channels last in and out: no transposes (crate::conv).
+                // Channels last in and out: no transposes (kd_kernels::conv1d).
                 let y = dense(
                     Dense::Conv1d { padding: *padding },
                     x,
