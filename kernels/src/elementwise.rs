@@ -96,29 +96,19 @@ pub fn bias_gradient(grad: &[f32], channels: usize, inner: usize) -> Vec<f32> {
     sums.into_iter().map(|s| s as f32).collect()
 }
 
+/// `max(x, 0)`. Collected straight into the output: a zeroed output written over cost a
+/// sixth more (relu on [128, 4096] in a step, 0.79-0.92 -> 0.68-0.72 us a sample).
 pub fn relu(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x.max(0.0);
-            }
-        });
-    y
+    x.par_iter().with_min_len(CHUNK).map(|&x| x.max(0.0)).collect()
 }
 
 /// The gradient of [`relu`]: `grad` where `x > 0`, else 0 (PyTorch's choice at 0).
 pub fn relu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0f32; x.len()];
-    dx.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, g))| {
-            for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-                *dx = if x > 0.0 { g } else { 0.0 };
-            }
-        });
-    dx
+    x.par_iter()
+        .zip(grad)
+        .with_min_len(CHUNK)
+        .map(|(&x, &g)| if x > 0.0 { g } else { 0.0 })
+        .collect()
 }
 
 /// Rows `ids` of `table` (`[rows, dim]`), `[ids.len(), dim]`; an id past the table reads
