@@ -3,6 +3,7 @@
 //! can be tested against plain references in isolation.
 
 pub mod activation;
+pub mod augment;
 pub mod batchnorm;
 pub mod conv1d;
 pub mod conv2d;

@@ -127,7 +127,11 @@ pub fn apply(
                     .zip(angles.par_iter())
                     .for_each_init(
                         || vec![0f32; sample_len],
-                        |scratch, (sample, &angle)| rotate(sample, scratch, img, angle, &fill_of),
+                        |scratch, (sample, &angle)| {
+                            let fills: Vec<f32> = (0..img.channels).map(fill_of).collect();
+                            let geometry = (img.channels, img.height, img.width);
+                            kd_kernels::augment::rotate(sample, scratch, geometry, angle, &fills);
+                        },
                     );
             }
             (AugmentOp::Cutout { size }, Some(img)) => {
@@ -191,64 +195,6 @@ fn shift(
             row[..left].fill(value);
             row[left..right].copy_from_slice(&scratch[source + from..source + from + right - left]);
             row[right..].fill(value);
-        }
-    }
-}
-
-/// Rotates around the image centre by `angle` radians (counter-clockwise), bilinear,
-/// neighbours outside the image taking the fill value.
-fn rotate(
-    sample: &mut [f32],
-    scratch: &mut [f32],
-    img: Image,
-    angle: f64,
-    fill: &impl Fn(usize) -> f32,
-) {
-    if angle == 0.0 {
-        return;
-    }
-    scratch.copy_from_slice(sample);
-    let (h, w) = (img.height, img.width);
-    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
-    let (sin, cos) = angle.sin_cos();
-    for c in 0..img.channels {
-        let base = c * img.plane();
-        let value = f64::from(fill(c));
-        let at = |y: isize, x: isize| -> f64 {
-            if y >= 0 && (y as usize) < h && x >= 0 && (x as usize) < w {
-                f64::from(scratch[base + y as usize * w + x as usize])
-            } else {
-                value
-            }
-        };
-        let plane = &scratch[base..base + h * w];
-        for i in 0..h {
-            for j in 0..w {
-                let (y, x) = (i as f64 - cy, j as f64 - cx);
-                // The inverse rotation maps each output pixel to its source.
-                let sy = cos * y - sin * x + cy;
-                let sx = sin * y + cos * x + cx;
-                let (y0, x0) = (sy.floor(), sx.floor());
-                let (fy, fx) = (sy - y0, sx - x0);
-                let (y0, x0) = (y0 as isize, x0 as isize);
-                // Most pixels read four neighbours inside the image: no bounds to test.
-                let corners =
-                    if y0 >= 0 && x0 >= 0 && ((y0 + 1) as usize) < h && ((x0 + 1) as usize) < w {
-                        let at = y0 as usize * w + x0 as usize;
-                        let v = |k: usize| f64::from(plane[k]);
-                        (v(at), v(at + 1), v(at + w), v(at + w + 1))
-                    } else {
-                        (
-                            at(y0, x0),
-                            at(y0, x0 + 1),
-                            at(y0 + 1, x0),
-                            at(y0 + 1, x0 + 1),
-                        )
-                    };
-                let top = corners.0 * (1.0 - fx) + corners.1 * fx;
-                let bottom = corners.2 * (1.0 - fx) + corners.3 * fx;
-                sample[base + i * w + j] = (top * (1.0 - fy) + bottom * fy) as f32;
-            }
         }
     }
 }
