@@ -1,5 +1,54 @@
-//! Per-sample image augmentation loops (the runtime draws the random parameters, in
-//! order, and runs samples in parallel): here so that every build profile optimises them.
+//! Augmentation loops: a sample's rotation (the runtime draws the angles in order and runs
+//! samples in parallel) and Gaussian noise (drawn here, from kdc's counter-based stream,
+//! in parallel chunks): here so that every build profile optimises them.
+
+use rayon::prelude::*;
+
+use crate::activation::{ln, sin_cos_pi};
+use crate::random::stream_value;
+
+/// Adds `std` times a standard normal to every value. Values `2p` and `2p + 1` take the
+/// Box-Muller pair of the stream's values `position + 2p` and `position + 2p + 1` (the
+/// stream keyed `key`), computed in f32 with kdc's branch-free logarithm, sine and cosine
+/// so that the loop vectorises (f64 with libm's took 30 us a 3 x 32 x 32 sample, 0.4x of
+/// PyTorch). Chunks of values run in parallel, each starting the stream at its first pair:
+/// the same values on any number of threads.
+pub fn add_noise(values: &mut [f32], std: f32, key: u64, position: u64) {
+    // Values per task: even, so that every task starts on a pair.
+    const VALUES: usize = 1 << 14;
+    values
+        .par_chunks_mut(VALUES)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let start = position.wrapping_add((task * VALUES) as u64);
+            let whole = 2 * (chunk.len() / 2) as u64;
+            crate::vectorised(|| {
+                let mut pairs = chunk.chunks_exact_mut(2);
+                for (p, pair) in pairs.by_ref().enumerate() {
+                    let (a, b) = normal_pair(key, start.wrapping_add(2 * p as u64));
+                    pair[0] += std * a;
+                    pair[1] += std * b;
+                }
+                let rest = pairs.into_remainder();
+                if let Some(last) = rest.first_mut() {
+                    *last += std * normal_pair(key, start.wrapping_add(whole)).0;
+                }
+            })
+        });
+}
+
+/// Box-Muller on the stream's values `n` and `n + 1`: two independent standard normals.
+#[inline(always)]
+fn normal_pair(key: u64, n: u64) -> (f32, f32) {
+    const UNIT: f32 = 1.0 / 16_777_216.0;
+    let (a, b) = (stream_value(key, n), stream_value(key, n.wrapping_add(1)));
+    // 24 random bits each: u1 in (0, 1] (its logarithm is finite), u2 in [0, 1).
+    let u1 = ((a >> 40) as f32 + 1.0) * UNIT;
+    let u2 = (b >> 40) as f32 * UNIT;
+    let radius = (-2.0 * ln(u1)).sqrt();
+    let (sin, cos) = sin_cos_pi(2.0 * u2 - 1.0);
+    (radius * cos, radius * sin)
+}
 
 /// Rotates one `[channels, h, w]` sample around the image centre by `angle` radians
 /// (counter-clockwise), bilinear, neighbours outside the image taking their channel's

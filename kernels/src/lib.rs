@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod layernorm;
 pub mod optim;
 pub mod pool;
+pub mod random;
 pub mod recurrent;
 pub mod unfold;
 

@@ -180,3 +180,27 @@ fn tanh_and_sigmoid_over_slices_and_their_gradients_match_f64() {
         );
     }
 }
+
+#[test]
+fn ln_and_sin_cos_are_close_to_f64() {
+    use kd_kernels::activation::{ln, sin_cos_pi};
+    for i in 1..=(1 << 16) {
+        // (0, 1], the range noise needs, and values above one.
+        for x in [
+            i as f32 / 65536.0,
+            i as f32 * 3.7,
+            (i as f32).powi(2) * 1e-12,
+        ] {
+            let want = f64::from(x).ln();
+            assert!(
+                (f64::from(ln(x)) - want).abs() <= 3e-7 * want.abs().max(1.0),
+                "ln({x})"
+            );
+        }
+        let s = i as f32 / 32768.0 - 1.0;
+        let (sin, cos) = sin_cos_pi(s);
+        let angle = std::f64::consts::PI * f64::from(s);
+        assert!((f64::from(sin) - angle.sin()).abs() <= 1e-6, "sin(pi {s})");
+        assert!((f64::from(cos) - angle.cos()).abs() <= 1e-6, "cos(pi {s})");
+    }
+}

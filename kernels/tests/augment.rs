@@ -65,3 +65,27 @@ fn a_small_angle_is_bilinear_interpolation_with_the_fill_outside() {
         }
     }
 }
+
+#[test]
+fn noise_does_not_depend_on_the_thread_count_and_pairs_its_draws() {
+    use kd_kernels::augment::add_noise;
+    let n = 2 * 16_384 + 5;
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut x = vec![0f32; n];
+            add_noise(&mut x, 1.0, 0x1234, 6);
+            x
+        })
+    };
+    let one = run(1);
+    assert_eq!(one, run(3));
+    // A stretch that starts two values later is the same stream two values on.
+    let mut later = vec![0f32; 10];
+    add_noise(&mut later, 1.0, 0x1234, 8);
+    assert_eq!(&later[..], &one[2..12]);
+    assert!(one.iter().all(|v| v.is_finite()));
+}

@@ -83,7 +83,10 @@ pub fn apply(
     for (op_index, op) in ops.iter().enumerate() {
         let mut rng = key.rng(op_index);
         match (op, image) {
-            (AugmentOp::Noise { std }, _) => add_noise(x, *std, &rng),
+            (AugmentOp::Noise { std }, _) => {
+                let (key, position) = rng.key_and_position();
+                kd_kernels::augment::add_noise(x, *std as f32, key, position);
+            }
             (AugmentOp::Mixup { alpha }, _) => {
                 mixup(x, labels, sample_len, batch, *alpha, &mut rng)
             }
@@ -143,23 +146,6 @@ pub fn apply(
             }
         }
     }
-}
-
-/// Adds `std` times a standard normal to every value: the draws `rng.normal()` would make
-/// one after the other (Box-Muller pairs, each from the stream's next two uniforms), made
-/// in parallel chunks that each start the stream at their first pair's position.
-fn add_noise(x: &mut [f32], std: f64, rng: &Rng) {
-    // Values per task: even, so that every task starts on a pair.
-    const VALUES: usize = 1 << 14;
-    x.par_chunks_mut(VALUES)
-        .enumerate()
-        .for_each(|(task, values)| {
-            // Value i takes pair i / 2, whose uniforms are the stream's values i and i + 1.
-            let mut rng = rng.at_position((task * VALUES) as u64);
-            for v in values.iter_mut() {
-                *v += (std * rng.normal()) as f32;
-            }
-        });
 }
 
 /// Moves the image content by `(dy, dx)` pixels, filling what comes in.

@@ -5,14 +5,7 @@
 //! `(seed, stream name, n)` (SplitMix64 with a per-stream starting point), so results do
 //! not depend on thread count or on the order in which streams are used.
 
-const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// SplitMix64's output function: a bijective 64-bit mixer.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use kd_kernels::random::{mix64, stream_value, GOLDEN_GAMMA};
 
 /// 64-bit FNV-1a of a stream name.
 fn fnv1a(text: &str) -> u64 {
@@ -58,12 +51,15 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let value = mix64(
-            self.key
-                .wrapping_add(self.counter.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA)),
-        );
+        let value = stream_value(self.key, self.counter);
         self.counter = self.counter.wrapping_add(1);
         value
+    }
+
+    /// The stream's key and the position of its next value, for kernels that draw a
+    /// stretch of it themselves (`kd_kernels::random::stream_value`).
+    pub fn key_and_position(&self) -> (u64, u64) {
+        (self.key, self.counter)
     }
 
     /// Uniform in `[0, 1)` with 53 random bits.
