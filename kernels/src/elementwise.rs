@@ -105,6 +105,16 @@ pub fn relu(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// `a + b`, and with `relu` negative sums zeroed: a residual block's sum (and the ReLU
+/// after it) in one pass.
+pub fn add(a: &[f32], b: &[f32], relu: bool) -> Vec<f32> {
+    let sums = a.par_iter().zip(b).with_min_len(CHUNK);
+    match relu {
+        true => sums.map(|(&a, &b)| (a + b).max(0.0)).collect(),
+        false => sums.map(|(&a, &b)| a + b).collect(),
+    }
+}
+
 /// The gradient of [`relu`]: `grad` where `x > 0`, else 0 (PyTorch's choice at 0).
 pub fn relu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     x.par_iter()

@@ -56,6 +56,11 @@ pub(crate) fn map_values2(
     Tensor::from_vec(values, a.dims(), a.device())
 }
 
+/// `a + b` (the same shape), with negative sums zeroed when `relu`, outside the graph.
+pub(crate) fn add(a: &Tensor, b: &Tensor, relu: bool) -> candle_core::Result<Tensor> {
+    map_values2(a, b, |a, b| kernels::add(a, b, relu))
+}
+
 /// tanh of every value, outside the graph (kdc's vectorised kernel).
 pub(crate) fn tanh(x: &Tensor) -> candle_core::Result<Tensor> {
     map_values(x, kd_kernels::activation::tanh_values)

@@ -925,7 +925,8 @@ fn epilogue(
     tapped: &impl Fn(usize) -> bool,
 ) -> Epilogue {
     let layer = &layers[index];
-    if !layer.is_dense() && !matches!(layer, LayerImpl::BatchNorm(_)) {
+    let fuses_relu = matches!(layer, LayerImpl::BatchNorm(_) | LayerImpl::Residual { .. });
+    if !layer.is_dense() && !fuses_relu {
         return Epilogue::default();
     }
     let relu = matches!(layers.get(index + 1), Some(LayerImpl::Relu)) && !tapped(index);
@@ -1173,7 +1174,16 @@ impl LayerImpl {
                     }
                     None => x.clone(),
                 };
-                h.add(&skip).ctx_with(|| fail("residual sum"))
+                let tracked = h.track_op() || skip.track_op();
+                match (tracked, epilogue.relu) {
+                    // Outside a graph, one pass for the sum and the ReLU after it.
+                    (false, relu) if h.dtype() == DType::F32 => {
+                        crate::elementwise::add(&h, &skip, relu)
+                    }
+                    (_, false) => h.add(&skip),
+                    (_, true) => h.add(&skip).and_then(|sum| crate::elementwise::relu(&sum)),
+                }
+                .ctx_with(|| fail("residual sum"))
             }
         }
     }

@@ -99,11 +99,12 @@ pub(crate) enum Backward {
         x: Tensor,
     },
     Transformer(Box<BlockBackward>),
-    /// `body(x) + shortcut(x)`.
+    /// `body(x) + shortcut(x)`, with the ReLU after it when `relu` holds its output.
     Residual {
         body: Tape,
         shortcut: Option<Box<Backward>>,
         want_x: bool,
+        relu: Option<Tensor>,
     },
     Local(Local),
 }
@@ -322,15 +323,20 @@ impl Backward {
                 body,
                 shortcut,
                 want_x,
+                relu,
             } => {
+                let grad = match relu {
+                    Some(y) => crate::elementwise::relu_backward(y, grad)?,
+                    None => grad.clone(),
+                };
                 let through_body = body.backward(Some(grad.clone()), &[], sinks)?;
                 let through_shortcut = match shortcut {
-                    Some(short) => short.backward(grad, sinks)?,
-                    None => Some(grad.clone()),
+                    Some(short) => short.backward(&grad, sinks)?,
+                    None => Some(grad),
                 };
                 match (want_x, through_body, through_shortcut) {
                     (false, _, _) => None,
-                    (true, Some(a), Some(b)) => Some((a + b)?),
+                    (true, Some(a), Some(b)) => Some(crate::elementwise::add(&a, &b, false)?),
                     (true, a, b) => a.or(b),
                 }
             }

@@ -331,11 +331,13 @@ impl LayerImpl {
                     }
                     None => (x.clone(), None),
                 };
-                let y = h.add(&skip).ctx_with(|| fail("residual sum"))?;
+                let y = crate::elementwise::add(&h, &skip, epilogue.relu)
+                    .ctx_with(|| fail("residual sum"))?;
                 let backward = Backward::Residual {
                     body: body_tape,
                     shortcut: short,
                     want_x,
+                    relu: epilogue.relu.then(|| y.clone()),
                 };
                 (y, backward)
             }
