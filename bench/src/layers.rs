@@ -190,6 +190,19 @@ pub struct RowResult {
 }
 
 impl RowResult {
+    fn new(id: &str, written: &str, batch: usize, backward: bool) -> RowResult {
+        RowResult {
+            id: id.to_string(),
+            written: written.to_string(),
+            batch,
+            backward,
+            kdc_forward_us: Vec::new(),
+            kdc_backward_us: Vec::new(),
+            torch_forward_us: Vec::new(),
+            torch_backward_us: Vec::new(),
+        }
+    }
+
     fn kdc_total(&self) -> Vec<f64> {
         sums(&self.kdc_forward_us, &self.kdc_backward_us, self.backward)
     }
@@ -263,25 +276,10 @@ pub fn layers(
     let layer_rows: Vec<&LayerRow> = LAYERS.iter().filter(|r| filter.wants(r.id)).collect();
     let mut rows: Vec<RowResult> = layer_rows
         .iter()
-        .map(|r| RowResult {
-            id: r.id.to_string(),
-            written: r.layer.to_string(),
-            batch: r.batch,
-            backward: true,
-            kdc_forward_us: Vec::new(),
-            kdc_backward_us: Vec::new(),
-            torch_forward_us: Vec::new(),
-            torch_backward_us: Vec::new(),
-        })
-        .chain(augments.iter().map(|a| RowResult {
-            id: a.id.to_string(),
-            written: a.written.to_string(),
-            batch: if a.text { TEXT_BATCH } else { IMAGE_BATCH },
-            backward: false,
-            kdc_forward_us: Vec::new(),
-            kdc_backward_us: Vec::new(),
-            torch_forward_us: Vec::new(),
-            torch_backward_us: Vec::new(),
+        .map(|r| RowResult::new(r.id, r.layer, r.batch, true))
+        .chain(augments.iter().map(|a| {
+            let batch = if a.text { TEXT_BATCH } else { IMAGE_BATCH };
+            RowResult::new(a.id, a.written, batch, false)
         }))
         .collect();
     let mut torch_version = torch.as_ref().map(|_| String::new()).map_err(Clone::clone);

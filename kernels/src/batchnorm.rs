@@ -61,17 +61,7 @@ fn channel_sums(
             (first, second)
         })
         .collect();
-    let mut first = vec![0f64; channels];
-    let mut second = vec![0f64; channels];
-    for (a, b) in partials {
-        for (sum, v) in first.iter_mut().zip(a) {
-            *sum += v;
-        }
-        for (sum, v) in second.iter_mut().zip(b) {
-            *sum += v;
-        }
-    }
-    (first, second)
+    add_in_order(partials, channels)
 }
 
 /// [`channel_sums`] for flat features (`inner` 1): `terms(index, channel)` for every
@@ -101,6 +91,11 @@ fn column_sums(
             (first, second)
         })
         .collect();
+    add_in_order(partials, channels)
+}
+
+/// The tasks' per-channel sums added in task order.
+fn add_in_order(partials: Vec<(Vec<f64>, Vec<f64>)>, channels: usize) -> (Vec<f64>, Vec<f64>) {
     let mut first = vec![0f64; channels];
     let mut second = vec![0f64; channels];
     for (a, b) in partials {

@@ -5,20 +5,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod common;
+
+use common::random;
+
 use kd_kernels::conv1d::{conv1d, conv1d_input_grad, conv1d_weight_grad};
 use kd_kernels::unfold::Window1d;
-
-fn random(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-        })
-        .collect()
-}
 
 /// (batch, length, channels, out, kernel, padding)
 const GEOMETRIES: [(usize, usize, usize, usize, usize, usize); 6] = [
