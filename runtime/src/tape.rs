@@ -187,12 +187,14 @@ impl Tape {
                 Some(g) => entry.backward.backward(&g, sinks)?,
                 None => None,
             };
-            times.push(LayerTime {
-                first: entry.first,
-                last: entry.last,
-                forward: entry.forward,
-                backward: started.elapsed(),
-            });
+            if self.timing.is_some() {
+                times.push(LayerTime {
+                    first: entry.first,
+                    last: entry.last,
+                    forward: entry.forward,
+                    backward: started.elapsed(),
+                });
+            }
         }
         if let Some(timing) = &self.timing {
             if let Ok(mut all) = timing.lock() {
