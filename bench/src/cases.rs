@@ -125,12 +125,7 @@ impl Case {
                     let words: Vec<&str> = (0..160)
                         .map(|_| ENGLISH[random.below(ENGLISH.len())])
                         .collect();
-                    let label = if random.below(2) == 0 { "a" } else { "b" };
-                    let _ = writeln!(
-                        lines,
-                        "{}",
-                        serde_json::json!({"text": words.join(" "), "label": label})
-                    );
+                    labelled_line(&mut lines, &words.join(" "), &mut random);
                 }
                 write_file(&data.join("texts.jsonl"), lines.as_bytes())
             }
@@ -150,12 +145,7 @@ impl Case {
                     let words: Vec<String> = (0..words)
                         .map(|_| format!("w{}", FIRST_WORD + random.below(VOCAB - FIRST_WORD)))
                         .collect();
-                    let label = if random.below(2) == 0 { "a" } else { "b" };
-                    let _ = writeln!(
-                        lines,
-                        "{}",
-                        serde_json::json!({"text": words.join(" "), "label": label})
-                    );
+                    labelled_line(&mut lines, &words.join(" "), &mut random);
                 }
                 write_file(&data.join("texts.jsonl"), lines.as_bytes())
             }
@@ -199,6 +189,16 @@ fn link_minilm(data: &Path, case: Case) -> Result<()> {
         .map_err(|e| crate::error::io(&folder, e))?;
     let link = data.join("minilm");
     std::os::unix::fs::symlink(&folder, &link).map_err(|e| crate::error::io(&link, e))
+}
+
+/// One JSONL line of `text` with a random label, `a` or `b`.
+fn labelled_line(lines: &mut String, text: &str, random: &mut SplitMix) {
+    let label = if random.below(2) == 0 { "a" } else { "b" };
+    let _ = writeln!(
+        lines,
+        "{}",
+        serde_json::json!({"text": text, "label": label})
+    );
 }
 
 /// torch_ref.py's vocabulary: token ids in [0, 30522).

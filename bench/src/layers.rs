@@ -340,8 +340,9 @@ fn layer_error(row: &LayerRow, reason: impl std::fmt::Display) -> BenchError {
     }
 }
 
-/// The row's model: `input`, the prefix, the layer, with the layer's output as `output`.
-fn layer_model(row: &LayerRow) -> Result<Model> {
+/// The row's model (`input`, the prefix, the layer, with the layer's output as `output`)
+/// and the sample shape it declares (token rows: `[len]`).
+fn layer_model(row: &LayerRow) -> Result<(Model, Vec<usize>)> {
     let source = format!(
         "model m {{ input {} {} {} }}\nstudent s = m\n",
         row.input, row.prefix, row.layer
@@ -363,7 +364,7 @@ fn layer_model(row: &LayerRow) -> Result<Model> {
         model.set_pad_id(0);
     }
     model.time_layers();
-    Ok(model)
+    Ok((model, spec.input))
 }
 
 /// A batch for `row`: token ids with 4 to all real tokens per row (the rest 0, padding),
@@ -403,8 +404,7 @@ fn layer_input(row: &LayerRow, spec_input: &[usize]) -> Result<Tensor> {
 /// training steps (after 3 untimed ones).
 fn time_layer(row: &LayerRow, steps: usize, threads: usize) -> Result<(f64, f64)> {
     kd_runtime::configure_threads(Some(threads));
-    let mut model = layer_model(row)?;
-    let spec_input = model_input(row)?;
+    let (mut model, spec_input) = layer_model(row)?;
     let x = layer_input(row, &spec_input)?;
     let fail = |e: candle_core::Error| layer_error(row, e);
     let mut weights: Option<Tensor> = None;
@@ -441,20 +441,6 @@ fn time_layer(row: &LayerRow, steps: usize, threads: usize) -> Result<(f64, f64)
     }
     let per_sample = |v: &[f64]| median(v).unwrap_or(f64::NAN) * 1e6 / row.batch as f64;
     Ok((per_sample(&forward), per_sample(&backward)))
-}
-
-/// The sample shape the row's model declares (token rows: `[len]`).
-fn model_input(row: &LayerRow) -> Result<Vec<usize>> {
-    let inner = row
-        .input
-        .trim_start_matches("tokens")
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    inner
-        .split(',')
-        .map(|d| d.trim().parse::<usize>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| layer_error(row, e))
 }
 
 /// Median microseconds per sample of applying `row`'s operation to a batch, over `steps`

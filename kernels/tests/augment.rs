@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod common;
+
+use common::on_threads;
+
 use kd_kernels::augment::rotate;
 
 #[test]
@@ -71,11 +75,7 @@ fn noise_does_not_depend_on_the_thread_count_and_pairs_its_draws() {
     use kd_kernels::augment::add_noise;
     let n = 2 * 16_384 + 5;
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             let mut x = vec![0f32; n];
             add_noise(&mut x, 1.0, 0x1234, 6);
             x

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::random;
+use common::{close, on_threads, random};
 
 use kd_kernels::conv1d::{conv1d, conv1d_input_grad, conv1d_weight_grad};
 use kd_kernels::unfold::Window1d;
@@ -21,17 +21,6 @@ const GEOMETRIES: [(usize, usize, usize, usize, usize, usize); 6] = [
     (2, 2, 3, 3, 5, 2),
     (9, 12, 16, 8, 3, 2),
 ];
-
-fn close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (f64::from(*g) - w).abs() <= 1e-5 * scale,
-            "{what}[{i}]: {g} vs {w}"
-        );
-    }
-}
 
 #[test]
 fn the_output_and_gradients_match_the_definition() {
@@ -107,11 +96,7 @@ fn the_results_do_not_depend_on_the_thread_count() {
     let (x, w) = (random(5, b * l * c), random(6, o * k * c));
     let grad = random(7, b * g.rows() * o);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             [
                 conv1d(&x, &g, &w, o, None, false),
                 conv1d_weight_grad(&x, &g, &grad, o),

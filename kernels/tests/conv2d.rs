@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::random;
+use common::{close, on_threads, random};
 
 use kd_kernels::conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvEpilogue};
 use kd_kernels::unfold::Window2d;
@@ -129,17 +129,6 @@ impl Case {
     }
 }
 
-fn close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (f64::from(*g) - w).abs() <= 1e-5 * scale,
-            "{what}[{i}]: {g} vs {w}"
-        );
-    }
-}
-
 #[test]
 fn the_output_matches_the_definition_with_every_epilogue() {
     for i in 0..GEOMETRIES.len() {
@@ -231,11 +220,7 @@ fn the_results_do_not_depend_on_the_thread_count() {
     let grad = random(50, case.b * case.o * g.rows());
     let kernel = case.kernel_rows();
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        on_threads(threads, || {
             let mut out = vec![0f32; case.b * case.o * g.rows()];
             conv2d(
                 &case.x,

@@ -126,13 +126,13 @@ pub fn apply(
                 let angles: Vec<f64> = (0..batch)
                     .map(|_| rng.uniform_in(-*max_degrees, *max_degrees).to_radians())
                     .collect();
+                let fills: Vec<f32> = (0..img.channels).map(fill_of).collect();
+                let geometry = (img.channels, img.height, img.width);
                 x.par_chunks_exact_mut(sample_len)
                     .zip(angles.par_iter())
                     .for_each_init(
                         || vec![0f32; sample_len],
                         |scratch, (sample, &angle)| {
-                            let fills: Vec<f32> = (0..img.channels).map(fill_of).collect();
-                            let geometry = (img.channels, img.height, img.width);
                             kd_kernels::augment::rotate(sample, scratch, geometry, angle, &fills);
                         },
                     );

@@ -1130,11 +1130,7 @@ impl LayerImpl {
                 pool(x, *kernel, *stride, Pool::Max).ctx_with(|| fail("max pool"))
             }
             LayerImpl::AvgPool { kernel, stride }
-                if untracked
-                    && x.rank() == 4
-                    && kernel == stride
-                    && x.dim(2).is_ok_and(|h| h % kernel == 0)
-                    && x.dim(3).is_ok_and(|w| w % kernel == 0) =>
+                if untracked && crate::pooling::tiles_planes(x, *kernel, *stride) =>
             {
                 crate::pooling::avg_pool2d_tiled(x, *kernel).ctx_with(|| fail("avg pool"))
             }

@@ -224,9 +224,18 @@ pub(crate) fn max_over_time_backward(
     }
 }
 
+/// Whether pooling windows of `kernel` every `stride` tile `x`'s planes (`x` `[B, C, H,
+/// W]`, stride = kernel, dividing H and W): what [`avg_pool2d_tiled`] takes.
+pub(crate) fn tiles_planes(x: &Tensor, kernel: usize, stride: usize) -> bool {
+    x.rank() == 4
+        && kernel == stride
+        && kernel > 0
+        && x.dim(2).is_ok_and(|h| h % kernel == 0)
+        && x.dim(3).is_ok_and(|w| w % kernel == 0)
+}
+
 /// Average pooling of `x` `[B, C, H, W]` whose `kernel` x `kernel` windows tile each plane
-/// (stride = kernel, dividing H and W), outside the graph; its backward is
-/// [`kd_kernels::pool::avg_pool2d_tiled_backward`].
+/// (see [`tiles_planes`]), outside the graph.
 pub(crate) fn avg_pool2d_tiled(x: &Tensor, kernel: usize) -> candle_core::Result<Tensor> {
     let (batch, channels, height, width) = x.dims4()?;
     if kernel == 0 || height % kernel != 0 || width % kernel != 0 {
@@ -264,4 +273,55 @@ pub(crate) fn mean_over_time(x: &Tensor, mask: Option<&Tensor>) -> candle_core::
 /// The first position of `x` `[B, L, C]`, `[B, C]`, outside the graph.
 pub(crate) fn first_of_sequence(x: &Tensor) -> candle_core::Result<Tensor> {
     x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()
+}
+
+/// The gradient of [`avg_pool2d_tiled`] for an input of `height` x `width` planes: each
+/// output gradient spread evenly over its window.
+pub(crate) fn avg_pool2d_tiled_backward(
+    grad: &Tensor,
+    kernel: usize,
+    (height, width): (usize, usize),
+) -> candle_core::Result<Tensor> {
+    let (batch, channels, _, _) = grad.dims4()?;
+    let dx = crate::elementwise::read_f32(grad, |g| {
+        Ok(kd_kernels::pool::avg_pool2d_tiled_backward(
+            g,
+            batch * channels,
+            height,
+            width,
+            kernel,
+        ))
+    })?;
+    Tensor::from_vec(dx, (batch, channels, height, width), grad.device())
+}
+
+/// The gradient of [`mean_over_time`] for an input of `dims` `[B, L, C]`.
+pub(crate) fn mean_over_time_backward(
+    grad: &Tensor,
+    mask: Option<&Tensor>,
+    (b, l, c): (usize, usize, usize),
+) -> candle_core::Result<Tensor> {
+    use crate::elementwise::read_f32;
+    use kd_kernels::pool::mean_over_time_backward as kernel;
+    let dx = read_f32(grad, |g| match mask {
+        Some(m) => read_f32(m, |m| Ok(kernel(g, Some(m), b, l, c))),
+        None => Ok(kernel(g, None, b, l, c)),
+    })?;
+    Tensor::from_vec(dx, (b, l, c), grad.device())
+}
+
+/// The gradient of [`first_of_sequence`] for an input of `dims` `[B, L, C]`: each row's
+/// gradient at its first position, zeros elsewhere.
+pub(crate) fn first_of_sequence_backward(
+    grad: &Tensor,
+    (b, l, c): (usize, usize, usize),
+) -> candle_core::Result<Tensor> {
+    let dx = crate::elementwise::read_f32(grad, |g| {
+        let mut dx = vec![0f32; b * l * c];
+        for (frame, g) in dx.chunks_exact_mut(l * c).zip(g.chunks_exact(c)) {
+            frame[..c].copy_from_slice(g);
+        }
+        Ok(dx)
+    })?;
+    Tensor::from_vec(dx, (b, l, c), grad.device())
 }

@@ -41,15 +41,6 @@ impl Rng {
         }
     }
 
-    /// The same stream at `position` (no normal kept over).
-    pub fn at_position(&self, position: u64) -> Self {
-        Rng {
-            key: self.key,
-            counter: position,
-            spare_normal: None,
-        }
-    }
-
     pub fn next_u64(&mut self) -> u64 {
         let value = stream_value(self.key, self.counter);
         self.counter = self.counter.wrapping_add(1);

@@ -20,7 +20,7 @@ use crate::dense::DenseBackward;
 use crate::elementwise::{map_values2, read_f32, Computed};
 use crate::grad_sink::{GradSink, GradSinks};
 use crate::recurrent::LstmBackward;
-use kd_kernels::{activation, elementwise, pool};
+use kd_kernels::{activation, elementwise};
 
 /// How one layer's input gradient comes from its output's.
 pub(crate) enum Backward {
@@ -231,23 +231,11 @@ impl Backward {
                 kernel,
                 height,
                 width,
-            } => {
-                let (batch, channels, _, _) = grad.dims4()?;
-                let dx = read_f32(grad, |g| {
-                    Ok(pool::avg_pool2d_tiled_backward(
-                        g,
-                        batch * channels,
-                        *height,
-                        *width,
-                        *kernel,
-                    ))
-                })?;
-                Some(Tensor::from_vec(
-                    dx,
-                    (batch, channels, *height, *width),
-                    grad.device(),
-                )?)
-            }
+            } => Some(crate::pooling::avg_pool2d_tiled_backward(
+                grad,
+                *kernel,
+                (*height, *width),
+            )?),
             Backward::Tanh { y } => Some(map_values2(y, grad, activation::tanh_backward)?),
             Backward::Sigmoid { y } => Some(map_values2(y, grad, activation::sigmoid_backward)?),
             Backward::Softmax { y } => {
@@ -258,26 +246,13 @@ impl Backward {
                     dx
                 })?)
             }
-            Backward::MeanOverTime { mask, dims } => {
-                let (b, l, c) = *dims;
-                let dx = read_f32(grad, |g| match mask {
-                    Some(m) => read_f32(m, |m| {
-                        Ok(pool::mean_over_time_backward(g, Some(m), b, l, c))
-                    }),
-                    None => Ok(pool::mean_over_time_backward(g, None, b, l, c)),
-                })?;
-                Some(Tensor::from_vec(dx, (b, l, c), grad.device())?)
-            }
+            Backward::MeanOverTime { mask, dims } => Some(crate::pooling::mean_over_time_backward(
+                grad,
+                mask.as_ref(),
+                *dims,
+            )?),
             Backward::FirstOfSequence { dims } => {
-                let (b, l, c) = *dims;
-                let dx = read_f32(grad, |g| {
-                    let mut dx = vec![0f32; b * l * c];
-                    for (frame, g) in dx.chunks_exact_mut(l * c).zip(g.chunks_exact(c)) {
-                        frame[..c].copy_from_slice(g);
-                    }
-                    Ok(dx)
-                })?;
-                Some(Tensor::from_vec(dx, (b, l, c), grad.device())?)
+                Some(crate::pooling::first_of_sequence_backward(grad, *dims)?)
             }
             Backward::Reshape { dims } => Some(grad.reshape(dims.as_slice())?),
             Backward::Scale { factor } => Some(grad.mul(factor)?),

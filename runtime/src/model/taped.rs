@@ -232,11 +232,7 @@ impl LayerImpl {
                 (y, backward)
             }
             LayerImpl::AvgPool { kernel, stride }
-                if f32_input
-                    && x.rank() == 4
-                    && kernel == stride
-                    && x.dim(2).is_ok_and(|h| h % kernel == 0)
-                    && x.dim(3).is_ok_and(|w| w % kernel == 0) =>
+                if f32_input && crate::pooling::tiles_planes(x, *kernel, *stride) =>
             {
                 let (_, _, height, width) = x.dims4().ctx_with(|| fail("avg pool"))?;
                 let y =
