@@ -4,8 +4,9 @@
 //! path: its forward and its backward entry of kdc's own reverse pass
 //! (`Model::time_layers`). The prefix gives the layer an input that needs a gradient, as
 //! inside a network; a row without one times a first layer, whose input is data. The twin
-//! in torch_ref.py (`--case layers`) times the same layer alone on an input of the same
-//! shape, `requires_grad` where kdc's input needs a gradient.
+//! in torch_ref.py (`--case layers`) times PyTorch's module the same way, inside the same
+//! small model with the same loss: its forward, and its backward from its output's gradient
+//! to its input's (tensor hooks).
 
 use std::path::Path;
 use std::time::Instant;
