@@ -410,7 +410,7 @@ fn resumable_plan(
         return Err(Failure::Input);
     }
     let saved = load_plan(&saved_path, format)?;
-    if dir.join("summary.json").is_file() && !kd_runtime::checkpoint::path(dir).exists() {
+    if dir.join("summary.json").is_file() && !kd_runtime::train::checkpoint::path(dir).exists() {
         plain_error(
             "kd::run::finished",
             &format!(
@@ -677,13 +677,13 @@ fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), F
     let resuming = matches!(folder, RunFolder::Resume(_));
     // A resumed run keeps its plan.yaml; a run killed before its first checkpoint
     // starts again from the beginning in the same folder.
-    let resume = resuming && kd_runtime::checkpoint::path(&dir).exists();
+    let resume = resuming && kd_runtime::train::checkpoint::path(&dir).exists();
     if !resuming {
         let yaml = plan
             .to_yaml()
             .map_err(|e| Failure::Usage(format!("cannot write the plan: {e}")))?;
         let plan_path = dir.join("plan.yaml");
-        kd_runtime::files::write_atomically(&plan_path, yaml.as_bytes()).map_err(|e| {
+        kd_runtime::output::files::write_atomically(&plan_path, yaml.as_bytes()).map_err(|e| {
             runtime_failure(plan, e, format);
             Failure::Input
         })?;

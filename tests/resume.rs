@@ -194,7 +194,8 @@ fn kill_and_resume_until_done(
             return kills;
         }
         child.wait().unwrap();
-        if dir.join("summary.json").is_file() && !kd_runtime::checkpoint::path(dir).exists() {
+        if dir.join("summary.json").is_file() && !kd_runtime::train::checkpoint::path(dir).exists()
+        {
             // The kill came after the run had finished its work, as it exited: the kill
             // interrupted nothing, and a resume would rightly say there is nothing to do.
             return kills - 1;

@@ -1,4 +1,4 @@
-//! kdc's own reverse pass (runtime/src/tape.rs) against candle's graph through every layer:
+//! kdc's own reverse pass (runtime/src/model/tape.rs) against candle's graph through every layer:
 //! for models using every layer kind, with taps read by the loss, dropout and batch norm
 //! in training mode, the same outputs, the same gradient for every parameter within 1e-5
 //! (relative to the gradient's largest magnitude), and the same running statistics.

@@ -301,7 +301,7 @@ fn attention_transfer_matches_a_hand_computed_example() {
     // unit (0, 1). Loss: mean of squared differences over the 2 positions.
     let a = Tensor::from_vec(vec![1f32, 2.0, 3.0, 0.0], (1, 2, 1, 2), &Device::Cpu).unwrap();
     let b = Tensor::from_vec(vec![0f32, 2.0], (1, 1, 1, 2), &Device::Cpu).unwrap();
-    let got = kd_runtime::losses::attention_transfer(&a, &b)
+    let got = kd_runtime::train::losses::attention_transfer(&a, &b)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
@@ -310,7 +310,7 @@ fn attention_transfer_matches_a_hand_computed_example() {
     assert!((f64::from(got) - want).abs() < 1e-6, "{got} vs {want}");
     // Sequences [B, L, C]: channels on the last axis.
     let seq = Tensor::from_vec(vec![1f32, 3.0, 2.0, 0.0], (1, 2, 2), &Device::Cpu).unwrap();
-    let got = kd_runtime::losses::attention_transfer(&seq, &seq)
+    let got = kd_runtime::train::losses::attention_transfer(&seq, &seq)
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();

@@ -62,7 +62,7 @@ impl Case {
             Case::MlpDistill | Case::CnnDistill | Case::BnCnn | Case::ResnetBn => 128,
             Case::TextStudent => 64,
             Case::BilstmStudent | Case::TransformerStudent | Case::BertTeacher => 32,
-            // `evaluate`'s batch (kd_runtime::evaluate::EVAL_BATCH).
+            // `evaluate`'s batch (kd_runtime::output::evaluate::EVAL_BATCH).
             Case::Evaluate => 512,
         }
     }

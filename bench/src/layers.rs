@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use kd_plan::AugmentOp;
-use kd_runtime::augment::{self, AugmentKey, Tokens};
-use kd_runtime::losses::Labels;
+use kd_runtime::data::augment::{self, AugmentKey, Tokens};
 use kd_runtime::model::Model;
+use kd_runtime::train::losses::Labels;
 use serde::Serialize;
 
 use crate::error::{BenchError, Result};

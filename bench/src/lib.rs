@@ -347,7 +347,7 @@ fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<Meas
     })
 }
 
-/// The `evaluate` case: the runtime's prediction path (`kd_runtime::evaluate::predict`,
+/// The `evaluate` case: the runtime's prediction path (`kd_runtime::output::evaluate::predict`,
 /// what an `evaluate` declaration runs) over the test split, the median of `steps`
 /// passes after one, and the median of 50 single-sample forwards after one, on a worker
 /// of a pool as `run_plan` runs.
@@ -383,7 +383,7 @@ fn kdc_evaluate(options: &TrainOptions, run_index: usize) -> Result<Measured> {
         let mut passes = Vec::new();
         for pass in 0..=options.steps {
             let started = Instant::now();
-            kd_runtime::evaluate::predict(&mut model, &dataset, split).map_err(fail)?;
+            kd_runtime::output::evaluate::predict(&mut model, &dataset, split).map_err(fail)?;
             if pass > 0 {
                 passes.push(started.elapsed().as_secs_f64());
             }
@@ -409,7 +409,7 @@ fn kdc_evaluate(options: &TrainOptions, run_index: usize) -> Result<Measured> {
             median(&latencies).unwrap_or(f64::NAN),
         ))
     })?;
-    let peak_rss_mb = kd_runtime::summary::peak_rss_mb();
+    let peak_rss_mb = kd_runtime::output::summary::peak_rss_mb();
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Measured {
         samples_per_s: measured.0,

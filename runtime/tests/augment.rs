@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use kd_plan::AugmentOp;
-use kd_runtime::augment::{apply, AugmentKey};
-use kd_runtime::losses::Labels;
+use kd_runtime::data::augment::{apply, AugmentKey};
+use kd_runtime::train::losses::Labels;
 
 fn batch(samples: usize, len: usize) -> Vec<f32> {
     (0..samples * len)
@@ -128,7 +128,7 @@ fn flip_mirrors_rows_and_translate_fills() {
 
 mod text {
     use kd_plan::AugmentOp;
-    use kd_runtime::augment::{apply_text, AugmentKey, Tokens};
+    use kd_runtime::data::augment::{apply_text, AugmentKey, Tokens};
 
     const LEN: usize = 40;
     const SPECIAL: [u32; 3] = [0, 101, 102];

@@ -1,4 +1,4 @@
-//! The fused batch norm (runtime/src/batch_norm.rs) against batch norm composed from
+//! The fused batch norm (runtime/src/ops/batch_norm.rs) against batch norm composed from
 //! candle's ops in f64: output, input gradient, weight and bias gradients, with and
 //! without a fused ReLU, with batch and running statistics, with and without gradient
 //! sinks; and the running statistics' update against PyTorch's rule.
@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use candle_core::{DType, Device, Tensor, Var};
-use kd_runtime::batch_norm::{batch_norm, Statistics};
-use kd_runtime::grad_sink::GradSinks;
+use kd_runtime::ops::batch_norm::{batch_norm, Statistics};
+use kd_runtime::ops::grad_sink::GradSinks;
 
 fn random(shape: &[usize], seed: u64, centre: f32, spread: f32) -> Tensor {
     let n: usize = shape.iter().product();

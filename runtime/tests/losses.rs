@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use candle_core::{DType, Device, Tensor, Var};
-use kd_runtime::losses::{self, Dist, Labels, Mix};
+use kd_runtime::train::losses::{self, Dist, Labels, Mix};
 
 const S: [[f64; 5]; 4] = [
     [

@@ -453,7 +453,7 @@ fn an_onnx_export_runs_in_kdc_as_the_model_it_came_from() {
     let path = dir.join("m.onnx");
     std::fs::write(
         &path,
-        kd_runtime::onnx_export::export(&spec, &model).unwrap(),
+        kd_runtime::output::onnx_export::export(&spec, &model).unwrap(),
     )
     .unwrap();
     let teacher = ModelSpec {

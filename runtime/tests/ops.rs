@@ -1,4 +1,4 @@
-//! kdc's custom ops (runtime/src/dense.rs, pooling.rs, elementwise.rs) against
+//! kdc's custom ops (runtime/src/ops/: dense.rs, pooling.rs, elementwise.rs) against
 //! candle's own ops or their definitions: the same values and the same gradients, on random
 //! inputs over several shapes.
 
@@ -6,8 +6,8 @@
 #![allow(clippy::needless_range_loop)] // the reference formula reads best as indices
 
 use candle_core::{Device, Tensor, Var};
-use kd_runtime::dense::{dense, Dense, Epilogue};
-use kd_runtime::grad_sink::GradSinks;
+use kd_runtime::ops::dense::{dense, Dense, Epilogue};
+use kd_runtime::ops::grad_sink::GradSinks;
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -237,7 +237,7 @@ fn conv1d_kernel_gradient_matches_the_formula() {
 /// before this test.)
 #[test]
 fn max_pool_matches_candle_in_values_and_the_definition_in_gradients() {
-    use kd_runtime::pooling::max_pool2d;
+    use kd_runtime::ops::pooling::max_pool2d;
     // (batch, channels, size, kernel, stride, ties): with ties, values after a ReLU (whole
     // windows of zeros, whose gradient goes to the first).
     for (i, &(b, c, size, k, stride, ties)) in [
@@ -298,7 +298,7 @@ fn max_pool_matches_candle_in_values_and_the_definition_in_gradients() {
 /// kdc's ReLU against candle's: values and gradients.
 #[test]
 fn relu_matches_candle_in_values_and_gradients() {
-    use kd_runtime::elementwise::relu;
+    use kd_runtime::ops::elementwise::relu;
     // The last shape is more than one parallel chunk (16,384 values).
     for (i, shape) in [vec![16, 7], vec![4, 3, 5, 5], vec![64, 40, 9]]
         .into_iter()
@@ -426,7 +426,7 @@ fn dense_layers_match_candle_in_values_and_gradients() {
 /// conv2d, bias, ReLU and max pool as separate steps; a NaN reaches the pool as it would.
 #[test]
 fn pooled_conv2d_matches_the_separate_layers() {
-    use kd_runtime::pooling::max_pool2d;
+    use kd_runtime::ops::pooling::max_pool2d;
     // (batch, in, out, size, stride, padding, pool kernel, pool stride, relu)
     for (i, &(b, c, o, size, stride, padding, k, s, relu)) in [
         (3, 4, 6, 12, 1, 1, 2, 2, true),
@@ -509,7 +509,7 @@ fn pooled_conv2d_matches_the_separate_layers() {
 /// `max(1)`, zeros for a sample without real tokens): values and input gradients.
 #[test]
 fn max_over_time_matches_the_candle_formula() {
-    use kd_runtime::pooling::max_over_time;
+    use kd_runtime::ops::pooling::max_over_time;
     let (b, l, c) = (5, 9, 70);
     let x = Var::from_tensor(&random(&[b, l, c], 500)).unwrap();
     // Sample 0 all real, sample 3 without a real token, the rest padded at the end.
@@ -560,7 +560,7 @@ fn max_over_time_matches_the_candle_formula() {
 /// with repeated ids.
 #[test]
 fn embedding_matches_index_select() {
-    use kd_runtime::elementwise::embedding;
+    use kd_runtime::ops::elementwise::embedding;
     let table = Var::from_tensor(&random(&[50, 8], 600)).unwrap();
     let ids: Vec<u32> = (0..40u32).map(|i| (i * 7) % 50).chain([3, 3, 3]).collect();
     let ids = Tensor::from_vec(ids, 43, &Device::Cpu).unwrap();
@@ -600,7 +600,7 @@ fn embedding_matches_index_select() {
 /// path (kernel = stride) and the general one.
 #[test]
 fn max_pool_propagates_nan() {
-    use kd_runtime::pooling::max_pool2d;
+    use kd_runtime::ops::pooling::max_pool2d;
     for (k, stride) in [(2, 2), (3, 2)] {
         let mut values = vec![0.5f32; 36];
         values[7] = f32::NAN; // row 1, column 1: the first window of either geometry

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use kd_plan::Optimizer;
-use kd_runtime::optim::{Optim, Update};
+use kd_runtime::train::optim::{Optim, Update};
 
 const GRADS: [[f64; 2]; 4] = [[0.5, -1.0], [0.25, 0.75], [-0.4, 0.1], [1.2, -0.3]];
 const START: [f64; 2] = [1.0, -2.0];

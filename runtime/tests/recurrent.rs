@@ -1,4 +1,4 @@
-//! The fused LSTM direction (runtime/src/recurrent.rs) against the LSTM composed from
+//! The fused LSTM direction (runtime/src/ops/recurrent.rs) against the LSTM composed from
 //! candle's ops in f64, as the runtime built it before: outputs, the gradient of the
 //! gates' input parts and of the recurrent weight, forward and reversed, with padding
 //! masked and without a mask, with and without a gradient sink.
@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use candle_core::{DType, Device, Tensor, Var};
-use kd_runtime::grad_sink::GradSinks;
-use kd_runtime::recurrent::lstm_direction;
+use kd_runtime::ops::grad_sink::GradSinks;
+use kd_runtime::ops::recurrent::lstm_direction;
 
 fn random(shape: &[usize], seed: u64, spread: f32) -> Tensor {
     let n: usize = shape.iter().product();

@@ -3,6 +3,7 @@
 //! Samples stay in their compact source form (bytes for IDX bytes) and are scaled and
 //! normalised only when a batch is built, straight into the `Vec<f32>` a tensor is made of.
 
+pub mod augment;
 pub mod csv;
 pub mod idx;
 pub mod split;

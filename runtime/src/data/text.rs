@@ -145,13 +145,19 @@ fn source_hash(path: &Path, layout: &kd_textdata::Layout) -> Result<String> {
     let mut hasher = Sha256::new();
     for (_, file) in files {
         let mut one = Sha256::new();
-        crate::files::hash_file(&mut one, &file)?;
+        crate::output::files::hash_file(&mut one, &file)?;
         let relative = file
             .strip_prefix(path)
             .unwrap_or(&file)
             .to_string_lossy()
             .to_string();
-        hasher.update(format!("{}  {relative}\n", crate::files::hex(&one.finalize())).as_bytes());
+        hasher.update(
+            format!(
+                "{}  {relative}\n",
+                crate::output::files::hex(&one.finalize())
+            )
+            .as_bytes(),
+        );
     }
-    Ok(crate::files::hex(&hasher.finalize()))
+    Ok(crate::output::files::hex(&hasher.finalize()))
 }

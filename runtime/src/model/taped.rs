@@ -1,4 +1,4 @@
-//! A trained model's forward for kdc's own reverse pass (`crate::tape`): every layer runs
+//! A trained model's forward for kdc's own reverse pass (`crate::model::tape`): every layer runs
 //! outside candle's graph and records how its input's gradient follows from its output's.
 //! Layers without a backward of kdc's own run in candle's graph on their own
 //! (`Backward::Local`), with the same arithmetic as the graph path.
@@ -8,13 +8,13 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var};
 
 use super::{conv1d_mask, dropout_mask, epilogue, ForwardContext, LayerImpl, TransformerBlock};
-use crate::attention::{self, BlockBackward, LayerNormBackward};
-use crate::batch_norm::{batch_norm_taped, Statistics};
-use crate::dense::{dense_taped, Dense, Epilogue};
 use crate::error::{Result, TensorContext};
-use crate::recurrent::lstm_direction_taped;
-use crate::tape::{join, Port};
-use crate::tape::{Backward, Local, Tape};
+use crate::model::tape::{join, Port};
+use crate::model::tape::{Backward, Local, Tape};
+use crate::ops::attention::{self, BlockBackward, LayerNormBackward};
+use crate::ops::batch_norm::{batch_norm_taped, Statistics};
+use crate::ops::dense::{dense_taped, Dense, Epilogue};
+use crate::ops::recurrent::lstm_direction_taped;
 
 /// `layers` in order from `x`, as `super::run_layers`, recording each layer's backward.
 /// `want_x` says whether `x` needs a gradient (not when it is data).
@@ -109,14 +109,14 @@ impl LayerImpl {
                     .ctx_with(|| fail("embedding"))?;
                 let table = weight.as_tensor().detach();
                 let dim = table.dim(1).ctx_with(|| fail("embedding"))?;
-                let mut y = crate::elementwise::embedding(&table, &ids, None)
+                let mut y = crate::ops::elementwise::embedding(&table, &ids, None)
                     .and_then(|y| y.reshape((b, len, dim)))
                     .ctx_with(|| fail("embedding"))?;
                 let positions = match positions {
                     Some(p) => {
                         let rows = p.dim(0).ctx_with(|| fail("positions"))?;
                         // Every sample's [L, D] plus the first L position vectors.
-                        y = crate::elementwise::add_positions(&y, &p.as_tensor().detach())
+                        y = crate::ops::elementwise::add_positions(&y, &p.as_tensor().detach())
                             .ctx_with(|| fail("embedding positions"))?;
                         Some((sink(p)?, rows))
                     }
@@ -221,7 +221,7 @@ impl LayerImpl {
             }
             LayerImpl::MaxPool { kernel, stride } if f32_input && x.rank() == 4 => {
                 let x = x.contiguous().ctx_with(|| fail("max pool"))?;
-                let y = crate::pooling::max_pool2d(&x, *kernel, *stride)
+                let y = crate::ops::pooling::max_pool2d(&x, *kernel, *stride)
                     .ctx_with(|| fail("max pool"))?;
                 let backward = Backward::MaxPool {
                     x,
@@ -232,11 +232,11 @@ impl LayerImpl {
                 (y, backward)
             }
             LayerImpl::AvgPool { kernel, stride }
-                if f32_input && crate::pooling::tiles_planes(x, *kernel, *stride) =>
+                if f32_input && crate::ops::pooling::tiles_planes(x, *kernel, *stride) =>
             {
                 let (_, _, height, width) = x.dims4().ctx_with(|| fail("avg pool"))?;
-                let y =
-                    crate::pooling::avg_pool2d_tiled(x, *kernel).ctx_with(|| fail("avg pool"))?;
+                let y = crate::ops::pooling::avg_pool2d_tiled(x, *kernel)
+                    .ctx_with(|| fail("avg pool"))?;
                 let backward = Backward::AvgPool {
                     kernel: *kernel,
                     height,
@@ -248,8 +248,8 @@ impl LayerImpl {
                 kind: kd_plan::SeqPool::Max,
             } if f32_input => {
                 let x = x.contiguous().ctx_with(|| fail("pool"))?;
-                let y =
-                    crate::pooling::max_over_time(&x, mask.as_ref()).ctx_with(|| fail("pool"))?;
+                let y = crate::ops::pooling::max_over_time(&x, mask.as_ref())
+                    .ctx_with(|| fail("pool"))?;
                 let backward = Backward::MaxOverTime {
                     x,
                     mask: mask.clone(),
@@ -261,8 +261,8 @@ impl LayerImpl {
                 kind: kd_plan::SeqPool::Mean,
             } if f32_input && x.rank() == 3 => {
                 let dims = x.dims3().ctx_with(|| fail("pool"))?;
-                let y =
-                    crate::pooling::mean_over_time(x, mask.as_ref()).ctx_with(|| fail("pool"))?;
+                let y = crate::ops::pooling::mean_over_time(x, mask.as_ref())
+                    .ctx_with(|| fail("pool"))?;
                 let backward = Backward::MeanOverTime {
                     mask: mask.clone(),
                     dims,
@@ -273,23 +273,23 @@ impl LayerImpl {
                 kind: kd_plan::SeqPool::First,
             } if f32_input && x.rank() == 3 => {
                 let dims = x.dims3().ctx_with(|| fail("pool"))?;
-                let y = crate::pooling::first_of_sequence(x).ctx_with(|| fail("pool"))?;
+                let y = crate::ops::pooling::first_of_sequence(x).ctx_with(|| fail("pool"))?;
                 (y, Backward::FirstOfSequence { dims })
             }
             LayerImpl::Tanh if f32_input => {
-                let y = crate::elementwise::tanh(x).ctx_with(|| fail("tanh"))?;
+                let y = crate::ops::elementwise::tanh(x).ctx_with(|| fail("tanh"))?;
                 (y.clone(), Backward::Tanh { y })
             }
             LayerImpl::Sigmoid if f32_input => {
-                let y = crate::elementwise::sigmoid(x).ctx_with(|| fail("sigmoid"))?;
+                let y = crate::ops::elementwise::sigmoid(x).ctx_with(|| fail("sigmoid"))?;
                 (y.clone(), Backward::Sigmoid { y })
             }
             LayerImpl::Softmax if f32_input => {
-                let y = crate::elementwise::softmax(x).ctx_with(|| fail("softmax"))?;
+                let y = crate::ops::elementwise::softmax(x).ctx_with(|| fail("softmax"))?;
                 (y.clone(), Backward::Softmax { y })
             }
             LayerImpl::Relu if f32_input => {
-                let y = crate::elementwise::relu(x).ctx_with(|| fail("relu"))?;
+                let y = crate::ops::elementwise::relu(x).ctx_with(|| fail("relu"))?;
                 (y.clone(), Backward::Relu { y })
             }
             LayerImpl::Flatten => {
@@ -327,7 +327,7 @@ impl LayerImpl {
                     }
                     None => (x.clone(), None),
                 };
-                let y = crate::elementwise::add(&h, &skip, epilogue.relu)
+                let y = crate::ops::elementwise::add(&h, &skip, epilogue.relu)
                     .ctx_with(|| fail("residual sum"))?;
                 let backward = Backward::Residual {
                     body: body_tape,

@@ -10,9 +10,9 @@
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use kd_kernels::recurrent::{step_backward, step_forward, swap_leading, StepBackward, StepForward};
 
-use crate::dense::sink;
-use crate::elementwise::{read_f32, Computed};
-use crate::grad_sink::GradSink;
+use crate::ops::dense::sink;
+use crate::ops::elementwise::{read_f32, Computed};
+use crate::ops::grad_sink::GradSink;
 
 /// The hidden states of one LSTM direction, `[B, L, H]`, from the input's part of every
 /// gate `projected` (`x W_ih^T + b`, `[B, L, 4H]`, PyTorch's gate order: input, forget,

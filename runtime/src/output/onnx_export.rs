@@ -426,7 +426,7 @@ impl Builder {
     fn bert(
         &mut self,
         spec: &kd_plan::BertSpec,
-        config: &crate::bert::ExportConfig,
+        config: &crate::model::bert::ExportConfig,
         input: &str,
     ) -> Result<String> {
         let mask = self.current_mask("bert")?;
@@ -507,16 +507,17 @@ impl Builder {
                 &format!("{p}.intermediate.dense"),
                 &format!("{p}.inner"),
             )?;
-            let inner =
-                match config.act {
-                    crate::bert::Activation::GeluErf => self.gelu(&inner, &format!("{p}.gelu")),
-                    crate::bert::Activation::GeluTanh => return Err(plan_error(
+            let inner = match config.act {
+                crate::model::bert::Activation::GeluErf => self.gelu(&inner, &format!("{p}.gelu")),
+                crate::model::bert::Activation::GeluTanh => {
+                    return Err(plan_error(
                         "kdc writes BERT's exact (erf) GELU to ONNX, not the tanh approximation",
-                    )),
-                    crate::bert::Activation::Relu => {
-                        self.op("Relu", &format!("{p}.relu"), &[&inner], vec![])
-                    }
-                };
+                    ))
+                }
+                crate::model::bert::Activation::Relu => {
+                    self.op("Relu", &format!("{p}.relu"), &[&inner], vec![])
+                }
+            };
             let fed = self.linear(&inner, &format!("{p}.output.dense"), &format!("{p}.fed"))?;
             let sum = self.op("Add", &format!("{p}.residual2"), &[&fed, &x], vec![]);
             x = self.layer_norm(&sum, &format!("{p}.output.LayerNorm"), config.eps, &p)?;

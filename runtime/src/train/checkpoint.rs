@@ -12,13 +12,13 @@ use candle_core::{Device, Tensor, Var};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheTable, OutputCache};
 use crate::error::{Result, RuntimeError, TensorContext};
-use crate::files::write_atomically;
-use crate::metrics::SplitMetrics;
 use crate::model::Model;
-use crate::optim::Slot;
-use crate::summary::StageSummary;
+use crate::output::files::write_atomically;
+use crate::output::metrics::SplitMetrics;
+use crate::output::summary::StageSummary;
+use crate::train::cache::{CacheTable, OutputCache};
+use crate::train::optim::Slot;
 
 /// The checkpoint's name in the run folder.
 pub const FILE: &str = "checkpoint.safetensors";

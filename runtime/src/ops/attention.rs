@@ -1,5 +1,5 @@
 //! The pieces of a transformer block outside candle's graph, for kdc's own reverse pass
-//! (`crate::tape`) and for forwards without gradients: layer norm over the last axis,
+//! (`crate::model::tape`) and for forwards without gradients: layer norm over the last axis,
 //! multi-head attention with the padding mask and softmax fused, and GELU, each with its
 //! backward. Built from candle's ops, a block was about forty graph nodes each way.
 //! tests/reverse_pass.rs checks them against the composition from candle's ops.
@@ -8,8 +8,8 @@ use candle_core::Tensor;
 use kd_kernels::activation;
 use kd_kernels::layernorm::{self, RowStatistics};
 
-use crate::elementwise::{contiguous_f32, read_f32};
-use crate::grad_sink::GradSink;
+use crate::ops::elementwise::{contiguous_f32, read_f32};
+use crate::ops::grad_sink::GradSink;
 
 /// Layer norm of `x` over its last axis, outside the graph, with what its backward needs.
 pub(crate) fn layer_norm(
@@ -208,15 +208,15 @@ impl AttentionBackward {
 /// `h = x + drop1(out(attention(qkv(norm1(x)))))`, `y = h + drop2(ff2(gelu(ff1(norm2(h)))))`.
 pub(crate) struct BlockBackward {
     pub norm1: LayerNormBackward,
-    pub qkv: crate::dense::DenseBackward,
+    pub qkv: crate::ops::dense::DenseBackward,
     pub attention: AttentionBackward,
-    pub out: crate::dense::DenseBackward,
+    pub out: crate::ops::dense::DenseBackward,
     pub drop1: Option<Tensor>,
     pub norm2: LayerNormBackward,
-    pub ff1: crate::dense::DenseBackward,
+    pub ff1: crate::ops::dense::DenseBackward,
     /// GELU's input.
     pub inner: Tensor,
-    pub ff2: crate::dense::DenseBackward,
+    pub ff2: crate::ops::dense::DenseBackward,
     pub drop2: Option<Tensor>,
 }
 
@@ -224,7 +224,7 @@ impl BlockBackward {
     /// The block input's gradient from the output's.
     pub(crate) fn backward(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
         let input_grad =
-            |dense: &crate::dense::DenseBackward, g: &Tensor| match dense.backward(g)? {
+            |dense: &crate::ops::dense::DenseBackward, g: &Tensor| match dense.backward(g)? {
                 Some(dx) => Ok(dx),
                 None => candle_core::bail!("transformer: a projection without its input gradient"),
             };

@@ -8,13 +8,15 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
 use kd_plan::{Layer, LayerSpec, ModelSpec, SeqPool};
 
-use crate::dense::{dense, Dense, Epilogue};
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
-use crate::grad_sink::GradSinks;
-use crate::losses;
+use crate::ops::dense::{dense, Dense, Epilogue};
+use crate::ops::grad_sink::GradSinks;
+use crate::ops::sequence;
 use crate::rng::Rng;
-use crate::sequence;
+use crate::train::losses;
 
+pub mod bert;
+pub(crate) mod tape;
 mod taped;
 
 /// Batch norm state: affine parameters and running statistics (buffers, not trained).
@@ -123,14 +125,14 @@ pub struct Model {
     /// Set when the model runs from an ONNX file instead of `layers`.
     onnx: Option<OnnxGraph>,
     /// Set for a BERT-family model.
-    bert: Option<Box<crate::bert::Bert>>,
+    bert: Option<Box<crate::model::bert::Bert>>,
     /// The input is token ids padded with this id (the mask is `id != pad_id`).
     pad_id: Option<u32>,
-    /// Training steps run kdc's own reverse pass (`crate::tape`) rather than candle's
+    /// Training steps run kdc's own reverse pass (`crate::model::tape`) rather than candle's
     /// graph through every layer.
     own_reverse_pass: bool,
     /// Where taped steps report their layers' times, when timed.
-    layer_times: Option<crate::tape::LayerTimes>,
+    layer_times: Option<crate::model::tape::LayerTimes>,
 }
 
 /// A frozen model evaluated by candle-onnx.
@@ -492,7 +494,7 @@ impl Model {
             params: Vec::new(),
             buffers: Vec::new(),
         };
-        let bert = crate::bert::Bert::load(
+        let bert = crate::model::bert::Bert::load(
             bert_spec,
             folder,
             &mut |name, shape, bound| builder.uniform(name.to_string(), shape, bound),
@@ -534,7 +536,7 @@ impl Model {
 
     /// The layer times recorded since the last call, a backward's entries in layer order,
     /// backwards one after the other.
-    pub fn take_layer_times(&self) -> Vec<crate::tape::LayerTime> {
+    pub fn take_layer_times(&self) -> Vec<crate::model::tape::LayerTime> {
         self.layer_times
             .as_ref()
             .and_then(|times| times.lock().ok().map(|mut t| std::mem::take(&mut *t)))
@@ -581,7 +583,7 @@ impl Model {
     }
 
     /// What an ONNX export of a BERT model needs of its config.
-    pub fn bert_export_config(&self) -> Option<crate::bert::ExportConfig> {
+    pub fn bert_export_config(&self) -> Option<crate::model::bert::ExportConfig> {
         self.bert.as_ref().map(|b| b.export_config())
     }
 
@@ -664,7 +666,7 @@ impl Model {
     }
 
     /// candle's backward of `loss` with the parameter gradients this model's ops put in
-    /// their sinks (`crate::grad_sink`): what a training step must call instead of
+    /// their sinks (`crate::ops::grad_sink`): what a training step must call instead of
     /// `loss.backward()`.
     pub fn backward(&self, loss: &Tensor) -> candle_core::Result<GradStore> {
         let grads = loss.backward().and_then(|mut grads| {
@@ -798,14 +800,14 @@ impl Model {
     }
 
     /// Writes every tensor as safetensors to `path` atomically (see
-    /// [`crate::files::write_atomically`]); returns the file's size.
+    /// [`crate::output::files::write_atomically`]); returns the file's size.
     pub fn save_weights(&self, path: &Path) -> Result<u64> {
         let tensors = self.export_tensors();
         let bytes = safetensors::serialize(tensors, None).map_err(|e| RuntimeError::Write {
             path: path.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        crate::files::write_atomically(path, &bytes)?;
+        crate::output::files::write_atomically(path, &bytes)?;
         Ok(bytes.len() as u64)
     }
 
@@ -990,7 +992,7 @@ impl ForwardContext<'_> {
 }
 
 impl LayerImpl {
-    /// A linear or convolution layer: one `crate::dense` op with its bias and a ReLU.
+    /// A linear or convolution layer: one `crate::ops::dense` op with its bias and a ReLU.
     fn is_dense(&self) -> bool {
         matches!(
             self,
@@ -1020,7 +1022,7 @@ impl LayerImpl {
                 let table = &context.param(weight);
                 let y = match table.dtype() {
                     DType::F32 => {
-                        crate::elementwise::embedding(table, &ids, context.sinks.get(table))
+                        crate::ops::elementwise::embedding(table, &ids, context.sinks.get(table))
                     }
                     _ => table.index_select(&ids, 0),
                 }
@@ -1029,7 +1031,7 @@ impl LayerImpl {
                 match positions {
                     // Without a graph, the taped forward's kernel: the same values.
                     Some(p) if !y.track_op() && !context.gradients && y.dtype() == DType::F32 => {
-                        crate::elementwise::add_positions(&y, &context.param(p))
+                        crate::ops::elementwise::add_positions(&y, &context.param(p))
                             .ctx_with(|| fail("embedding positions"))
                     }
                     Some(p) => y
@@ -1076,9 +1078,14 @@ impl LayerImpl {
             LayerImpl::LayerNorm { weight, bias, eps }
                 if !context.gradients && x.dtype() == DType::F32 =>
             {
-                crate::attention::layer_norm(x, &context.param(weight), &context.param(bias), *eps)
-                    .map(|(y, _)| y)
-                    .ctx_with(|| fail("layernorm"))
+                crate::ops::attention::layer_norm(
+                    x,
+                    &context.param(weight),
+                    &context.param(bias),
+                    *eps,
+                )
+                .map(|(y, _)| y)
+                .ctx_with(|| fail("layernorm"))
             }
             LayerImpl::LayerNorm { weight, bias, eps } => {
                 layer_norm(x, (weight, bias), *eps, context).ctx_with(|| fail("layernorm"))
@@ -1087,12 +1094,12 @@ impl LayerImpl {
             LayerImpl::Pool {
                 kind: SeqPool::Mean,
             } if untracked && x.rank() == 3 => {
-                crate::pooling::mean_over_time(x, mask.as_ref()).ctx_with(|| fail("pool"))
+                crate::ops::pooling::mean_over_time(x, mask.as_ref()).ctx_with(|| fail("pool"))
             }
             LayerImpl::Pool {
                 kind: SeqPool::First,
             } if untracked && x.rank() == 3 => {
-                crate::pooling::first_of_sequence(x).ctx_with(|| fail("pool"))
+                crate::ops::pooling::first_of_sequence(x).ctx_with(|| fail("pool"))
             }
             LayerImpl::Pool { kind } => {
                 sequence::pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool"))
@@ -1130,9 +1137,9 @@ impl LayerImpl {
                 pool(x, *kernel, *stride, Pool::Max).ctx_with(|| fail("max pool"))
             }
             LayerImpl::AvgPool { kernel, stride }
-                if untracked && crate::pooling::tiles_planes(x, *kernel, *stride) =>
+                if untracked && crate::ops::pooling::tiles_planes(x, *kernel, *stride) =>
             {
-                crate::pooling::avg_pool2d_tiled(x, *kernel).ctx_with(|| fail("avg pool"))
+                crate::ops::pooling::avg_pool2d_tiled(x, *kernel).ctx_with(|| fail("avg pool"))
             }
             LayerImpl::AvgPool { kernel, stride } => {
                 pool(x, *kernel, *stride, Pool::Avg).ctx_with(|| fail("avg pool"))
@@ -1143,23 +1150,25 @@ impl LayerImpl {
             LayerImpl::Dropout { p, name } => dropout(x, *p, name, context),
             LayerImpl::Flatten => x.flatten_from(1).ctx_with(|| fail("flatten")),
             LayerImpl::Relu => match x.dtype() {
-                DType::F32 => crate::elementwise::relu(x),
+                DType::F32 => crate::ops::elementwise::relu(x),
                 _ => x.relu(),
             }
             .ctx_with(|| fail("relu")),
             LayerImpl::Gelu => match x.dtype() {
-                DType::F32 => crate::attention::gelu_op(x),
+                DType::F32 => crate::ops::attention::gelu_op(x),
                 _ => x.gelu_erf(),
             }
             .ctx_with(|| fail("gelu")),
-            LayerImpl::Tanh if untracked => crate::elementwise::tanh(x).ctx_with(|| fail("tanh")),
+            LayerImpl::Tanh if untracked => {
+                crate::ops::elementwise::tanh(x).ctx_with(|| fail("tanh"))
+            }
             LayerImpl::Tanh => x.tanh().ctx_with(|| fail("tanh")),
             LayerImpl::Sigmoid if untracked => {
-                crate::elementwise::sigmoid(x).ctx_with(|| fail("sigmoid"))
+                crate::ops::elementwise::sigmoid(x).ctx_with(|| fail("sigmoid"))
             }
             LayerImpl::Sigmoid => candle_nn::ops::sigmoid(x).ctx_with(|| fail("sigmoid")),
             LayerImpl::Softmax if untracked => {
-                crate::elementwise::softmax(x).ctx_with(|| fail("softmax"))
+                crate::ops::elementwise::softmax(x).ctx_with(|| fail("softmax"))
             }
             LayerImpl::Softmax => losses::softmax(x, 1.0).ctx_with(|| fail("softmax")),
             LayerImpl::Residual { body, shortcut } => {
@@ -1174,10 +1183,12 @@ impl LayerImpl {
                 match (tracked, epilogue.relu) {
                     // Outside a graph, one pass for the sum and the ReLU after it.
                     (false, relu) if h.dtype() == DType::F32 => {
-                        crate::elementwise::add(&h, &skip, relu)
+                        crate::ops::elementwise::add(&h, &skip, relu)
                     }
                     (_, false) => h.add(&skip),
-                    (_, true) => h.add(&skip).and_then(|sum| crate::elementwise::relu(&sum)),
+                    (_, true) => h
+                        .add(&skip)
+                        .and_then(|sum| crate::ops::elementwise::relu(&sum)),
                 }
                 .ctx_with(|| fail("residual sum"))
             }
@@ -1281,7 +1292,7 @@ fn layer_norm(
 /// direction's outputs are concatenated. At padded steps the state carries over and the
 /// output is zero, so right padding changes nothing for either direction. The input's part
 /// of every gate is one dense layer over all steps; the recurrence one op
-/// (`crate::recurrent`).
+/// (`crate::ops::recurrent`).
 fn lstm(
     x: &Tensor,
     mask: Option<&Tensor>,
@@ -1300,7 +1311,7 @@ fn lstm(
             context.sinks,
         )?;
         let w_hh = context.param(w_hh);
-        outputs.push(crate::recurrent::lstm_direction(
+        outputs.push(crate::ops::recurrent::lstm_direction(
             &projected,
             &w_hh,
             mask,
@@ -1343,7 +1354,7 @@ impl TransformerBlock {
             let normed = layer_norm(&h, (&self.norm2.0, &self.norm2.1), 1e-5, context)?;
             let inner = linear3(&normed, &self.ff1, context)?;
             let inner = match inner.dtype() {
-                DType::F32 => crate::attention::gelu_op(&inner)?,
+                DType::F32 => crate::ops::attention::gelu_op(&inner)?,
                 _ => inner.gelu_erf()?,
             };
             linear3(&inner, &self.ff2, context)
@@ -1367,16 +1378,16 @@ impl BatchNorm {
             return if relu { y.relu() } else { Ok(y) };
         }
         let statistics = match context.train {
-            true => crate::batch_norm::Statistics::Batch {
+            true => crate::ops::batch_norm::Statistics::Batch {
                 running: (&self.running_mean, &self.running_var),
                 momentum: self.momentum,
             },
-            false => crate::batch_norm::Statistics::Running {
+            false => crate::ops::batch_norm::Statistics::Running {
                 mean: self.running_mean.as_tensor(),
                 var: self.running_var.as_tensor(),
             },
         };
-        crate::batch_norm::batch_norm(
+        crate::ops::batch_norm::batch_norm(
             x,
             &context.param(&self.weight),
             &context.param(&self.bias),
@@ -1451,7 +1462,7 @@ enum Pool {
 /// own kernels only differentiate when kernel equals stride; other cases gather windows.
 fn pool(x: &Tensor, kernel: usize, stride: usize, kind: Pool) -> candle_core::Result<Tensor> {
     if x.rank() == 4 && x.dtype() == DType::F32 && kind == Pool::Max {
-        return crate::pooling::max_pool2d(x, kernel, stride);
+        return crate::ops::pooling::max_pool2d(x, kernel, stride);
     }
     if kernel == stride && x.rank() == 4 {
         return match kind {

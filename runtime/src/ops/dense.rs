@@ -7,8 +7,8 @@
 //! carries the backward to the input, the weight and the bias. tests/ops.rs checks it
 //! against the layer built from candle's ops.
 
-use crate::elementwise::{bias_gradient, read_f32, relu_backward, Computed};
-use crate::grad_sink::{GradSink, GradSinks};
+use crate::ops::elementwise::{bias_gradient, read_f32, relu_backward, Computed};
+use crate::ops::grad_sink::{GradSink, GradSinks};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use kd_kernels::conv1d::{conv1d, conv1d_input_grad, conv1d_weight_grad};
 use kd_kernels::conv2d::{conv2d, conv2d_input_grad, conv2d_weight_grad, ConvEpilogue};

@@ -8,8 +8,8 @@
 use kd_plan::AugmentOp;
 use rayon::prelude::*;
 
-use crate::losses::{Labels, Mix};
 use crate::rng::Rng;
+use crate::train::losses::{Labels, Mix};
 
 /// Where a batch's draws come from.
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,9 @@ use std::fmt::Write;
 use kd_plan::Role;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::SplitMetrics;
+use crate::output::metrics::SplitMetrics;
+use crate::train::checkpoint::SeedRecord;
+use kd_plan::Plan;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -240,4 +242,86 @@ fn verdict(models: &[(&String, &ModelSummary)]) -> Option<String> {
     Some(format!(
         "the distilled student `{student_name}` {outcome} the baseline `{baseline_name}` on `{split}`: {difference:+.2} accuracy points"
     ))
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+/// Sample standard deviation (n - 1); 0 for fewer than two values.
+fn sample_std(values: &[f64]) -> f64 {
+    if values.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(values);
+    (values.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (values.len() - 1) as f64).sqrt()
+}
+
+/// Per model: the first seed's numbers, with metric means and standard deviations over
+/// seeds when there are several.
+pub(crate) fn model_summaries(
+    plan: &Plan,
+    results: &[SeedRecord],
+) -> BTreeMap<String, ModelSummary> {
+    let mut models = BTreeMap::new();
+    let Some(first) = results.first() else {
+        return models;
+    };
+    for spec in &plan.models {
+        let mut metrics = first.metrics.get(&spec.name).cloned().unwrap_or_default();
+        let mut metrics_std = None;
+        if results.len() > 1 {
+            let mut stds = BTreeMap::new();
+            for (split, m) in metrics.iter_mut() {
+                let per_seed: Vec<&SplitMetrics> = results
+                    .iter()
+                    .filter_map(|r| r.metrics.get(&spec.name).and_then(|s| s.get(split)))
+                    .collect();
+                let pick = |f: fn(&SplitMetrics) -> f64| -> Vec<f64> {
+                    per_seed.iter().map(|m| f(m)).collect()
+                };
+                let (acc, prec, rec, f1, ece) = (
+                    pick(|m| m.accuracy),
+                    pick(|m| m.precision),
+                    pick(|m| m.recall),
+                    pick(|m| m.f1),
+                    pick(|m| m.ece),
+                );
+                m.accuracy = mean(&acc);
+                m.precision = mean(&prec);
+                m.recall = mean(&rec);
+                m.f1 = mean(&f1);
+                m.ece = mean(&ece);
+                if m.agreement.is_some() {
+                    let agreements: Vec<f64> =
+                        per_seed.iter().filter_map(|m| m.agreement).collect();
+                    m.agreement = Some(mean(&agreements));
+                }
+                stds.insert(
+                    split.clone(),
+                    MetricsStd {
+                        accuracy: sample_std(&acc),
+                        precision: sample_std(&prec),
+                        recall: sample_std(&rec),
+                        f1: sample_std(&f1),
+                    },
+                );
+            }
+            metrics_std = Some(stds);
+        }
+        models.insert(
+            spec.name.clone(),
+            ModelSummary {
+                role: spec.role,
+                architecture: spec.architecture.clone(),
+                params: first.params.get(&spec.name).copied().unwrap_or(spec.params),
+                bytes: first.bytes.get(&spec.name).copied(),
+                latency_ms: first.latency_ms.get(&spec.name).copied(),
+                encoder_forwards: first.encoder_forwards.get(&spec.name).copied(),
+                metrics,
+                metrics_std,
+            },
+        );
+    }
+    models
 }

@@ -3,7 +3,7 @@
 //! and its backward rebuilds the gradient from several full-size tensor ops. Checked
 //! against candle's max pool in tests/ops.rs.
 
-use crate::elementwise::contiguous_f32;
+use crate::ops::elementwise::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use kd_kernels::pool::{max_pool2d_backward, Pool2d};
 
@@ -241,7 +241,7 @@ pub(crate) fn avg_pool2d_tiled(x: &Tensor, kernel: usize) -> candle_core::Result
     if kernel == 0 || height % kernel != 0 || width % kernel != 0 {
         candle_core::bail!("avg pool: {kernel} x {kernel} windows do not tile {height}x{width}");
     }
-    let y = crate::elementwise::read_f32(x, |x| {
+    let y = crate::ops::elementwise::read_f32(x, |x| {
         Ok(kd_kernels::pool::avg_pool2d_tiled(
             x,
             batch * channels,
@@ -261,8 +261,8 @@ pub(crate) fn avg_pool2d_tiled(x: &Tensor, kernel: usize) -> candle_core::Result
 /// a mask), `[B, C]`, outside the graph; a row with no real position pools to zeros.
 pub(crate) fn mean_over_time(x: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let (b, l, c) = x.dims3()?;
-    let y = crate::elementwise::read_f32(x, |x| match mask {
-        Some(m) => crate::elementwise::read_f32(m, |m| {
+    let y = crate::ops::elementwise::read_f32(x, |x| match mask {
+        Some(m) => crate::ops::elementwise::read_f32(m, |m| {
             Ok(kd_kernels::pool::mean_over_time(x, Some(m), b, l, c))
         }),
         None => Ok(kd_kernels::pool::mean_over_time(x, None, b, l, c)),
@@ -283,7 +283,7 @@ pub(crate) fn avg_pool2d_tiled_backward(
     (height, width): (usize, usize),
 ) -> candle_core::Result<Tensor> {
     let (batch, channels, _, _) = grad.dims4()?;
-    let dx = crate::elementwise::read_f32(grad, |g| {
+    let dx = crate::ops::elementwise::read_f32(grad, |g| {
         Ok(kd_kernels::pool::avg_pool2d_tiled_backward(
             g,
             batch * channels,
@@ -301,7 +301,7 @@ pub(crate) fn mean_over_time_backward(
     mask: Option<&Tensor>,
     (b, l, c): (usize, usize, usize),
 ) -> candle_core::Result<Tensor> {
-    use crate::elementwise::read_f32;
+    use crate::ops::elementwise::read_f32;
     use kd_kernels::pool::mean_over_time_backward as kernel;
     let dx = read_f32(grad, |g| match mask {
         Some(m) => read_f32(m, |m| Ok(kernel(g, Some(m), b, l, c))),
@@ -316,7 +316,7 @@ pub(crate) fn first_of_sequence_backward(
     grad: &Tensor,
     (b, l, c): (usize, usize, usize),
 ) -> candle_core::Result<Tensor> {
-    let dx = crate::elementwise::read_f32(grad, |g| {
+    let dx = crate::ops::elementwise::read_f32(grad, |g| {
         let mut dx = vec![0f32; b * l * c];
         for (frame, g) in dx.chunks_exact_mut(l * c).zip(g.chunks_exact(c)) {
             frame[..c].copy_from_slice(g);

@@ -1,10 +1,10 @@
 //! ReLU and the embedding lookup as candle custom ops over `kd_kernels::elementwise`, and
-//! the bias and ReLU gradients `crate::dense` uses: one pass each way instead of candle's
+//! the bias and ReLU gradients `crate::ops::dense` uses: one pass each way instead of candle's
 //! several (tests/ops.rs checks them against candle's).
 
 use std::sync::Mutex;
 
-use crate::grad_sink::GradSink;
+use crate::ops::grad_sink::GradSink;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Storage, Tensor};
 use kd_kernels::elementwise as kernels;
 
@@ -237,7 +237,10 @@ impl CustomOp2 for Embedding {
         let dtable = grad
             .contiguous()?
             .apply_op2_no_bwd(ids, &EmbeddingBackward { rows })?;
-        Ok((crate::dense::sink(Some(dtable), &self.table_sink)?, None))
+        Ok((
+            crate::ops::dense::sink(Some(dtable), &self.table_sink)?,
+            None,
+        ))
     }
 }
 

@@ -20,7 +20,7 @@ use kd_plan::{BertSpec, Pooling, SeqPool, Trainable};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, RuntimeError, TensorContext};
-use crate::sequence;
+use crate::ops::sequence;
 
 type Handed = Vec<(String, Tensor, Option<Var>)>;
 
@@ -118,7 +118,7 @@ impl SimpleBackend for CheckpointBackend {
 }
 
 /// The encoder, written here: on kdc's fused kernels (dense layers, masked attention,
-/// layer norm, GELU; `crate::attention`) while it is frozen, and with candle's
+/// layer norm, GELU; `crate::ops::attention`) while it is frozen, and with candle's
 /// differentiable ops when a stage trains some of it. candle-transformers' `BertModel`
 /// ran the frozen encoder before; its layer norm and softmax have no backward pass in
 /// candle-nn 0.11, and it was 0.8x PyTorch's speed on MiniLM (docs/performance.md).
@@ -213,12 +213,12 @@ impl OwnEncoder {
     /// [`OwnEncoder::forward`] for a frozen encoder, outside candle's graph on kdc's fused
     /// kernels: the same values within float rounding.
     fn forward_frozen(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        use crate::dense::{dense, Epilogue};
+        use crate::ops::dense::{dense, Epilogue};
         use candle_transformers::models::bert::HiddenAct;
-        let none = crate::grad_sink::GradSinks::default();
+        let none = crate::ops::grad_sink::GradSinks::default();
         let linear = |x: &Tensor, (w, bias): &Dense| {
             dense(
-                crate::dense::Dense::Linear,
+                crate::ops::dense::Dense::Linear,
                 x,
                 &w.detach(),
                 Some(&bias.detach()),
@@ -227,7 +227,8 @@ impl OwnEncoder {
             )
         };
         let norm = |x: &Tensor, (w, bias): &Dense| {
-            crate::attention::layer_norm(x, &w.detach(), &bias.detach(), self.eps).map(|(y, _)| y)
+            crate::ops::attention::layer_norm(x, &w.detach(), &bias.detach(), self.eps)
+                .map(|(y, _)| y)
         };
         let mut x = norm(&self.embed(ids)?.detach(), &self.norm)?;
         for layer in &self.layers {
@@ -239,14 +240,14 @@ impl OwnEncoder {
                 ],
                 2,
             )?;
-            let (context, _) = crate::attention::attention(&qkv, Some(mask), self.heads)?;
+            let (context, _) = crate::ops::attention::attention(&qkv, Some(mask), self.heads)?;
             x = norm(
                 &(linear(&context, &layer.attn_out)? + &x)?,
                 &layer.attn_norm,
             )?;
             let inner = linear(&x, &layer.inner)?;
             let inner = match self.act {
-                HiddenAct::Gelu => crate::attention::gelu(&inner)?,
+                HiddenAct::Gelu => crate::ops::attention::gelu(&inner)?,
                 HiddenAct::GeluApproximate => inner.gelu()?,
                 HiddenAct::Relu => inner.relu()?,
             };
@@ -442,10 +443,10 @@ impl Bert {
 fn cache_key(spec: &BertSpec, folder: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-    crate::files::hash_file(&mut hasher, &folder.join("model.safetensors"))?;
-    crate::files::hash_file(&mut hasher, &folder.join("config.json"))?;
+    crate::output::files::hash_file(&mut hasher, &folder.join("model.safetensors"))?;
+    crate::output::files::hash_file(&mut hasher, &folder.join("config.json"))?;
     hasher.update(format!("{:?}/{:?}", spec.layers, spec.pooling).as_bytes());
-    Ok(crate::files::hex(&hasher.finalize()[..16]))
+    Ok(crate::output::files::hex(&hasher.finalize()[..16]))
 }
 
 /// The cache key of one sample: its real token ids (trailing padding dropped, so another
@@ -616,7 +617,7 @@ impl Bert {
                 Tensor::from_vec(pooled, (n, self.hidden), &Device::Cpu).ctx("cache values")?,
             ),
         ]);
-        crate::files::write_safetensors(&file, &tensors)?;
+        crate::output::files::write_safetensors(&file, &tensors)?;
         self.unsaved = 0;
         Ok(())
     }

@@ -7,9 +7,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, Var};
 use kd_kernels::batchnorm::{self as kernels, Affine, Channels, InputGradient};
 
-use crate::dense::sink;
-use crate::elementwise::{read_f32, Computed};
-use crate::grad_sink::{GradSink, GradSinks};
+use crate::ops::dense::sink;
+use crate::ops::elementwise::{read_f32, Computed};
+use crate::ops::grad_sink::{GradSink, GradSinks};
 
 /// The statistics a batch norm normalises with.
 pub enum Statistics<'a> {

@@ -58,9 +58,9 @@ pub fn attention(
 /// pools to zeros.
 pub fn pool(x: &Tensor, mask: Option<&Tensor>, kind: SeqPool) -> Result<Tensor> {
     match (kind, mask) {
-        // One pass each way (runtime/src/pooling.rs) instead of a strided reduction.
+        // One pass each way (runtime/src/ops/pooling.rs) instead of a strided reduction.
         (SeqPool::Max, _) if x.dtype() == candle_core::DType::F32 => {
-            crate::pooling::max_over_time(x, mask)
+            crate::ops::pooling::max_over_time(x, mask)
         }
         (SeqPool::First, _) => x.narrow(1, 0, 1)?.squeeze(1),
         (SeqPool::Max, None) => x.max(1),

@@ -1,7 +1,7 @@
 //! Parameter gradients handed over by the ops that compute them. candle's backward adds
 //! every gradient it is given into a zeroed tensor of the parameter's size: a fresh
 //! allocation and two extra passes per parameter per step (8 MB each for a 30,522 x 64
-//! embedding table). Ops that compute a parameter's whole gradient (`crate::dense`, the
+//! embedding table). Ops that compute a parameter's whole gradient (`crate::ops::dense`, the
 //! embedding lookup) put it in the parameter's sink instead, and the training step moves
 //! the sinks into candle's gradient store after the backward.
 

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var};
 
-use crate::attention::{BlockBackward, LayerNormBackward};
-use crate::batch_norm::BatchNormBackward;
-use crate::dense::DenseBackward;
-use crate::elementwise::{map_values2, read_f32, Computed};
-use crate::grad_sink::{GradSink, GradSinks};
-use crate::recurrent::LstmBackward;
+use crate::ops::attention::{BlockBackward, LayerNormBackward};
+use crate::ops::batch_norm::BatchNormBackward;
+use crate::ops::dense::DenseBackward;
+use crate::ops::elementwise::{map_values2, read_f32, Computed};
+use crate::ops::grad_sink::{GradSink, GradSinks};
+use crate::ops::recurrent::LstmBackward;
 use kd_kernels::{activation, elementwise};
 
 /// How one layer's input gradient comes from its output's.
@@ -212,26 +212,23 @@ impl Backward {
             Backward::Identity => Some(grad.clone()),
             Backward::Dense(dense) => dense.backward(grad)?,
             Backward::BatchNorm(bn) => bn.backward(grad)?,
-            Backward::Relu { y } => Some(crate::elementwise::relu_backward(y, grad)?),
+            Backward::Relu { y } => Some(crate::ops::elementwise::relu_backward(y, grad)?),
             Backward::MaxPool {
                 x,
                 y,
                 kernel,
                 stride,
-            } => Some(crate::pooling::max_pool2d_grad(
+            } => Some(crate::ops::pooling::max_pool2d_grad(
                 x, y, grad, *kernel, *stride,
             )?),
-            Backward::MaxOverTime { x, mask, y } => Some(crate::pooling::max_over_time_backward(
-                x,
-                mask.as_ref(),
-                y,
-                grad,
-            )?),
+            Backward::MaxOverTime { x, mask, y } => Some(
+                crate::ops::pooling::max_over_time_backward(x, mask.as_ref(), y, grad)?,
+            ),
             Backward::AvgPool {
                 kernel,
                 height,
                 width,
-            } => Some(crate::pooling::avg_pool2d_tiled_backward(
+            } => Some(crate::ops::pooling::avg_pool2d_tiled_backward(
                 grad,
                 *kernel,
                 (*height, *width),
@@ -246,14 +243,12 @@ impl Backward {
                     dx
                 })?)
             }
-            Backward::MeanOverTime { mask, dims } => Some(crate::pooling::mean_over_time_backward(
-                grad,
-                mask.as_ref(),
-                *dims,
-            )?),
-            Backward::FirstOfSequence { dims } => {
-                Some(crate::pooling::first_of_sequence_backward(grad, *dims)?)
-            }
+            Backward::MeanOverTime { mask, dims } => Some(
+                crate::ops::pooling::mean_over_time_backward(grad, mask.as_ref(), *dims)?,
+            ),
+            Backward::FirstOfSequence { dims } => Some(
+                crate::ops::pooling::first_of_sequence_backward(grad, *dims)?,
+            ),
             Backward::Reshape { dims } => Some(grad.reshape(dims.as_slice())?),
             Backward::Scale { factor } => Some(grad.mul(factor)?),
             Backward::Embedding {
@@ -264,7 +259,7 @@ impl Backward {
             } => {
                 let dim = table.dim(1)?;
                 let rows = grad.elem_count() / dim.max(1);
-                crate::elementwise::embedding_backward(
+                crate::ops::elementwise::embedding_backward(
                     table,
                     ids,
                     &grad.reshape((rows, dim))?,
@@ -303,7 +298,7 @@ impl Backward {
                 relu,
             } => {
                 let grad = match relu {
-                    Some(y) => crate::elementwise::relu_backward(y, grad)?,
+                    Some(y) => crate::ops::elementwise::relu_backward(y, grad)?,
                     None => grad.clone(),
                 };
                 let through_body = body.backward(Some(grad.clone()), &[], sinks)?;
@@ -313,12 +308,12 @@ impl Backward {
                 };
                 match (want_x, through_body, through_shortcut) {
                     (false, _, _) => None,
-                    (true, Some(a), Some(b)) => Some(crate::elementwise::add(&a, &b, false)?),
+                    (true, Some(a), Some(b)) => Some(crate::ops::elementwise::add(&a, &b, false)?),
                     (true, a, b) => a.or(b),
                 }
             }
             Backward::LayerNorm(norm) => Some(norm.backward(grad)?),
-            Backward::Gelu { x } => Some(crate::attention::gelu_backward(x, grad)?),
+            Backward::Gelu { x } => Some(crate::ops::attention::gelu_backward(x, grad)?),
             Backward::Transformer(block) => Some(block.backward(grad)?),
             Backward::Local(local) => local.backward(grad, sinks)?,
         })

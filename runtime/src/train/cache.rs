@@ -220,6 +220,6 @@ impl CacheTable {
                 Tensor::from_vec(bytes, len, &Device::Cpu).ctx("saving a cache")?,
             );
         }
-        crate::files::write_safetensors(path, &tensors)
+        crate::output::files::write_safetensors(path, &tensors)
     }
 }

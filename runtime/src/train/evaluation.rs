@@ -1,0 +1,122 @@
+//! The end of a seed: every `evaluate` declaration's metrics, and each evaluated model's
+//! single-sample latency.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use kd_plan::Role;
+
+use super::Run;
+use crate::error::{plan_error, Result, TensorContext};
+use crate::model::Model;
+use crate::output::evaluate::predict;
+use crate::output::metrics::{split_metrics, SplitMetrics};
+
+impl Run<'_> {
+    /// Per-sample CPU latency of each evaluated model: the median of single-sample
+    /// forwards (batch of one, eval mode, no cache) over the first samples of its first
+    /// evaluation split, after one warm-up forward.
+    pub(super) fn latencies(
+        &self,
+        models: &mut HashMap<String, Model>,
+    ) -> Result<BTreeMap<String, f64>> {
+        const SAMPLES: usize = 20;
+        let mut out = BTreeMap::new();
+        for evaluation in &self.plan.evaluations {
+            let dataset = self.dataset(&evaluation.data)?;
+            let n = dataset.split(&evaluation.split)?.len().min(SAMPLES);
+            if n == 0 {
+                continue;
+            }
+            for name in &evaluation.models {
+                if out.contains_key(name) {
+                    continue;
+                }
+                let model = models
+                    .get_mut(name)
+                    .ok_or_else(|| plan_error(format!("no model `{name}`")))?;
+                let mut times = Vec::with_capacity(n);
+                for position in 0..=n {
+                    let batch =
+                        self.build_batch(&evaluation.data, &evaluation.split, &[position % n])?;
+                    let started = Instant::now();
+                    let outputs = model.forward_with(&batch.x, false, false, false)?;
+                    // candle is eager, but make sure the result exists before the clock stops.
+                    if let Some((_, t)) = outputs.last() {
+                        t.sum_all().ctx("timing a forward")?;
+                    }
+                    if position > 0 {
+                        times.push(started.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                times.sort_by(f64::total_cmp);
+                out.insert(name.clone(), times[times.len() / 2]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every evaluation: each model on each split, keyed by split name (`data/split` when
+    /// two data sources share a split name).
+    pub(super) fn evaluate(
+        &self,
+        models: &mut HashMap<String, Model>,
+    ) -> Result<BTreeMap<String, BTreeMap<String, SplitMetrics>>> {
+        let mut results: BTreeMap<String, BTreeMap<String, SplitMetrics>> = BTreeMap::new();
+        let mut split_keys: HashMap<String, String> = HashMap::new();
+        let mut teacher_cache: HashMap<(String, String), Vec<u32>> = HashMap::new();
+        let teacher = self.teacher().map(str::to_string);
+        for evaluation in &self.plan.evaluations {
+            let dataset = self.dataset(&evaluation.data)?;
+            let split = dataset.split(&evaluation.split)?;
+            let labels = dataset.split_labels(split)?;
+            let key = match split_keys.get(&evaluation.split) {
+                Some(owner) if *owner != evaluation.data => {
+                    format!("{}/{}", evaluation.data, evaluation.split)
+                }
+                _ => {
+                    split_keys.insert(evaluation.split.clone(), evaluation.data.clone());
+                    evaluation.split.clone()
+                }
+            };
+            let class_names = self.class_names(&evaluation.data);
+            for name in &evaluation.models {
+                let role =
+                    self.plan.model(name).map(|m| m.role).ok_or_else(|| {
+                        plan_error(format!("evaluation of unknown model `{name}`"))
+                    })?;
+                let teacher_predictions = match (&teacher, role) {
+                    (Some(teacher), Role::Student | Role::Baseline) => {
+                        let cache_key = (evaluation.data.clone(), evaluation.split.clone());
+                        if !teacher_cache.contains_key(&cache_key) {
+                            let model = models
+                                .get_mut(teacher)
+                                .ok_or_else(|| plan_error(format!("no model `{teacher}`")))?;
+                            teacher_cache
+                                .insert(cache_key.clone(), predict(model, dataset, split)?.classes);
+                        }
+                        teacher_cache.get(&cache_key)
+                    }
+                    _ => None,
+                };
+                let model = models
+                    .get_mut(name)
+                    .ok_or_else(|| plan_error(format!("no model `{name}`")))?;
+                let predictions = predict(model, dataset, split)?;
+                let metrics = split_metrics(
+                    &dataset.name,
+                    &labels,
+                    &predictions.classes,
+                    &predictions.confidences,
+                    &class_names,
+                    teacher_predictions.map(Vec::as_slice),
+                );
+                results
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(key.clone(), metrics);
+            }
+        }
+        Ok(results)
+    }
+}
