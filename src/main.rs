@@ -101,6 +101,10 @@ enum Command {
         /// Continue the run in this folder from its last checkpoint.
         #[arg(long, value_name = "RUNDIR")]
         resume: Option<PathBuf>,
+        /// Where to run, over the pipeline's `device:` (also on --resume: a run may
+        /// continue on another device).
+        #[arg(long, value_name = "cpu|cuda|cuda:N|auto", value_parser = parse_device)]
+        device: Option<kd_plan::Device>,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
@@ -239,16 +243,23 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             out,
             force,
             resume,
+            device,
             set,
         } => {
+            let on_device = |mut plan: Plan| {
+                if let Some(device) = device {
+                    plan.settings.device = device.clone();
+                }
+                plan
+            };
             if let Some(dir) = resume {
-                let plan = resumable_plan(dir, file.as_deref(), set, format)?;
+                let plan = on_device(resumable_plan(dir, file.as_deref(), set, format)?);
                 return run_plan(&plan, RunFolder::Resume(dir), format);
             }
             let Some(file) = file else {
                 return Err(Failure::Usage("name a pipeline to run".into()));
             };
-            let plan = pipeline_plan(file, set, format)?;
+            let plan = on_device(pipeline_plan(file, set, format)?);
             let folder = match out {
                 Some(dir) if *force => RunFolder::Replace(dir),
                 Some(dir) => RunFolder::New(dir),
@@ -561,6 +572,20 @@ fn load_plan(file: &Path, format: ErrorFormat) -> Result<Plan, Failure> {
         return Err(Failure::Input);
     }
     Ok(plan)
+}
+
+/// `--device`: `cpu`, `cuda` (`cuda:0`), `cuda:N` or `auto`, as the language's strings.
+fn parse_device(text: &str) -> Result<kd_plan::Device, String> {
+    match text {
+        "cpu" => Ok(kd_plan::Device::Cpu),
+        "auto" => Ok(kd_plan::Device::Auto),
+        "cuda" => Ok(kd_plan::Device::Cuda(0)),
+        _ => text
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(kd_plan::Device::Cuda)
+            .ok_or_else(|| "expected `cpu`, `cuda`, `cuda:N` or `auto`".to_string()),
+    }
 }
 
 /// Where a run writes.

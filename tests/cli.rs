@@ -147,6 +147,37 @@ fn json_diagnostics_are_one_object_per_line() {
     );
 }
 
+/// `--device cuda` on the CPU build: exit 1 with `kd::run::device` naming the CUDA binary;
+/// `--device cpu` over a pipeline's `cuda` runs. A device that is no device is a usage
+/// error.
+#[test]
+fn device_flag_chooses_and_refuses_with_help() {
+    if kd_runtime::device::HAS_CUDA {
+        return; // this test binary was built with CUDA: the refusal cannot happen
+    }
+    let dir = scratch("device");
+    let refused = run_digits(&dir.join("cuda"), &["--device", "cuda"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("kd::run::device"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("kdc-cuda"),
+        "{}",
+        stderr(&refused)
+    );
+    let on_cpu = run_digits(
+        &dir.join("cpu"),
+        &["--set", "pipeline.digits.device=cuda", "--device", "cpu"],
+    );
+    assert_eq!(on_cpu.status.code(), Some(0), "{}", stderr(&on_cpu));
+    assert_eq!(summary(&dir.join("cpu"))["device"], "cpu");
+    let bogus = kdc(&["run", "examples/digits.kd", "--device", "tpu"]);
+    assert_eq!(bogus.status.code(), Some(2), "{}", stderr(&bogus));
+}
+
 #[test]
 fn usage_errors_exit_2() {
     assert_eq!(kdc(&["frobnicate"]).status.code(), Some(2));

@@ -855,6 +855,9 @@ impl Plan {
             path: PathBuf::new(),
             base_dir: PathBuf::new(),
         };
+        // Where a run executes is not what it computes: a run checkpointed on a GPU
+        // resumes on the CPU (`kdc run --resume DIR --device cpu`) and the reverse.
+        canonical.settings.device = Device::Auto;
         let text = serde_yaml::to_string(&canonical).unwrap_or_default();
         let digest = Sha256::digest(text.as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -865,7 +868,10 @@ impl Plan {
     /// `.kd` file does not make another plan).
     pub fn differences(&self, other: &Plan) -> Vec<String> {
         let as_value = |plan: &Plan| {
-            let mut value = serde_yaml::to_value(plan).unwrap_or(serde_yaml::Value::Null);
+            let mut plan = plan.clone();
+            // Not part of the hash either (see `hash`).
+            plan.settings.device = Device::Auto;
+            let mut value = serde_yaml::to_value(&plan).unwrap_or(serde_yaml::Value::Null);
             if let serde_yaml::Value::Mapping(map) = &mut value {
                 map.remove("source");
             }

@@ -41,9 +41,36 @@ pub enum RuntimeError {
     )]
     Weights { path: PathBuf, reason: String },
 
-    #[error("this kdc build runs on CPU only, the plan asks for `cuda:{0}`")]
-    #[diagnostic(code(kd::run::device), help("use `device: cpu` or `device: auto`"))]
-    Device(usize),
+    #[error("this kdc was built without CUDA, and the run asks for `cuda:{index}`")]
+    #[diagnostic(
+        code(kd::run::device),
+        help("on a machine with an NVIDIA GPU run `kdc-cuda` instead (scripts/build-cuda.sh builds it; `cargo build --features cuda` is the same build), or run on the CPU: `--device cpu`, or `device: cpu` / `auto` in the pipeline")
+    )]
+    NoCuda { index: usize },
+
+    #[error("`cuda:{index}` is not available: {reason}")]
+    #[diagnostic(
+        code(kd::run::device),
+        help("`nvidia-smi` lists the GPUs this machine has; `--device cpu` runs on the CPU")
+    )]
+    NoGpu { index: usize, reason: String },
+
+    #[error("{what} cannot run on `{device}` yet")]
+    #[diagnostic(
+        code(kd::run::device),
+        help("ONNX and BERT models run on the CPU only so far (docs/cuda.md): run with `--device cpu`")
+    )]
+    NotOnDevice { device: String, what: String },
+
+    #[error(
+        "the NVIDIA driver ({driver}) is older than this kdc's CUDA {}",
+        crate::device::CUDA_VERSION
+    )]
+    #[diagnostic(
+        code(kd::run::device),
+        help("CUDA 13.0 needs driver 580 or newer: update the driver, or run on the CPU with `--device cpu`")
+    )]
+    OldDriver { driver: String },
 
     /// Boxed: its span and texts would make every `Result` of the runtime large.
     #[error(transparent)]

@@ -5,6 +5,7 @@
 //! bitwise the same weights and metrics.
 
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod limits;
 pub mod model;

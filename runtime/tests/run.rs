@@ -741,3 +741,35 @@ fn digits_cnn_with_augmentation() {
             .unwrap();
     assert!(tensors.contains_key("bn.running_mean") && tensors.contains_key("conv.weight"));
 }
+
+/// A run on the layers composed from candle's ops (kdc's CPU kernels off: the path a GPU
+/// takes) ends where the kernels' run does, within float rounding: the same losses to
+/// 1e-3 and the same accuracy to one test sample in a hundred.
+#[test]
+fn a_run_on_the_composed_layers_ends_as_the_kernels_run() {
+    let (_, kernels) = run_in("kernels", 4, 1);
+    kd_runtime::ops::set_cpu_kernels(false);
+    let (_, composed) = run_in("composed", 4, 1);
+    kd_runtime::ops::set_cpu_kernels(true);
+    assert_eq!(kernels.stages.len(), composed.stages.len());
+    for (a, b) in kernels.stages.iter().zip(&composed.stages) {
+        assert!(
+            (a.final_loss - b.final_loss).abs() <= 1e-3 * a.final_loss.abs().max(1e-3),
+            "stage {}: loss {} vs {}",
+            a.name,
+            a.final_loss,
+            b.final_loss
+        );
+    }
+    for (name, model) in &kernels.models {
+        for (split, metrics) in &model.metrics {
+            let other = &composed.models[name].metrics[split];
+            assert!(
+                (metrics.accuracy - other.accuracy).abs() <= 0.01,
+                "{name} on {split}: accuracy {} vs {}",
+                metrics.accuracy,
+                other.accuracy
+            );
+        }
+    }
+}

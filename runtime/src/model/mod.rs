@@ -160,7 +160,10 @@ fn copy_all<'a>(vars: impl Iterator<Item = (&'a str, &'a Var)>) -> Result<Vec<Te
 
 fn set_all<'a>(vars: impl Iterator<Item = (&'a str, &'a Var)>, saved: &[Tensor]) -> Result<()> {
     for ((name, var), value) in vars.zip(saved) {
-        var.set(value).ctx_with(|| format!("restoring `{name}`"))?;
+        value
+            .to_device(var.device())
+            .and_then(|value| var.set(&value))
+            .ctx_with(|| format!("restoring `{name}`"))?;
     }
     Ok(())
 }
@@ -178,6 +181,8 @@ fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
 struct Builder<'a> {
     seed: u64,
     init_key: &'a str,
+    /// Where the parameters live (drawn on the host, then moved there).
+    device: &'a Device,
     params: Vec<(String, Var)>,
     buffers: Vec<(String, Var)>,
 }
@@ -189,7 +194,7 @@ impl Builder<'_> {
         let values: Vec<f32> = (0..count)
             .map(|_| rng.uniform_in(-bound, bound) as f32)
             .collect();
-        let var = Var::from_vec(values, shape, &Device::Cpu)
+        let var = Var::from_vec(values, shape, self.device)
             .ctx_with(|| format!("initialising `{name}`"))?;
         self.params.push((name, var.clone()));
         Ok(var)
@@ -203,7 +208,7 @@ impl Builder<'_> {
         trainable: bool,
     ) -> Result<Var> {
         let count: usize = shape.iter().product();
-        let var = Var::from_vec(vec![value; count], shape, &Device::Cpu)
+        let var = Var::from_vec(vec![value; count], shape, self.device)
             .ctx_with(|| format!("initialising `{name}`"))?;
         if trainable {
             self.params.push((name, var.clone()));
@@ -429,11 +434,18 @@ impl Builder<'_> {
 }
 
 impl Model {
-    /// A fresh model: every parameter drawn from `init/{init_key}/{name}` under `seed`.
+    /// A fresh model on the CPU: every parameter drawn from `init/{init_key}/{name}` under
+    /// `seed`.
     pub fn new(spec: &ModelSpec, seed: u64) -> Result<Model> {
+        Model::new_on(spec, seed, &Device::Cpu)
+    }
+
+    /// [`Model::new`] with the parameters on `device` (the same values on every device).
+    pub fn new_on(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Model> {
         let mut builder = Builder {
             seed,
             init_key: &spec.init_key,
+            device,
             params: Vec::new(),
             buffers: Vec::new(),
         };
@@ -491,6 +503,7 @@ impl Model {
         let mut builder = Builder {
             seed,
             init_key: &spec.init_key,
+            device: &Device::Cpu,
             params: Vec::new(),
             buffers: Vec::new(),
         };
@@ -519,6 +532,14 @@ impl Model {
             own_reverse_pass: true,
             layer_times: None,
         })
+    }
+
+    /// Where the model's parameters live (the CPU for a model without any).
+    pub fn device(&self) -> Device {
+        self.params
+            .first()
+            .map(|(_, v)| v.device().clone())
+            .unwrap_or(Device::Cpu)
     }
 
     /// Whether training steps run kdc's own reverse pass (the default) or candle's graph
@@ -884,7 +905,8 @@ impl Model {
             sinks: &self.grad_sinks,
             gradients,
         };
-        if gradients && self.own_reverse_pass {
+        // kdc's own reverse pass runs on its CPU kernels; elsewhere candle's graph does.
+        if gradients && self.own_reverse_pass && crate::ops::cpu_kernels() && x.device().is_cpu() {
             if let Some((_, anchor)) = self.params.first() {
                 return self.forward_taped(x, anchor.as_tensor().clone(), &context);
             }
@@ -918,12 +940,12 @@ impl Model {
 }
 
 /// What the layer at `index` applies in its output pass: for a dense layer or a batch
-/// norm, the ReLU after it, and (for a conv2d without `gradients`) the max pool after that,
-/// unless `tapped` says a tap reads a value in between.
+/// norm, the ReLU after it, and (for a conv2d without `gradients`, on kdc's kernels) the
+/// max pool after that, unless `tapped` says a tap reads a value in between.
 fn epilogue(
     layers: &[LayerImpl],
     index: usize,
-    gradients: bool,
+    (gradients, kernels): (bool, bool),
     tapped: &impl Fn(usize) -> bool,
 ) -> Epilogue {
     let layer = &layers[index];
@@ -935,7 +957,10 @@ fn epilogue(
     let last = index + usize::from(relu);
     let max_pool = match layers.get(last + 1) {
         Some(&LayerImpl::MaxPool { kernel, stride })
-            if !gradients && !tapped(last) && matches!(layer, LayerImpl::Conv2d { .. }) =>
+            if kernels
+                && !gradients
+                && !tapped(last)
+                && matches!(layer, LayerImpl::Conv2d { .. }) =>
         {
             Some((kernel, stride))
         }
@@ -962,7 +987,8 @@ fn run_layers(
             fused -= 1;
             debug_assert!(matches!(layer, LayerImpl::Relu | LayerImpl::MaxPool { .. }));
         } else {
-            let epilogue = epilogue(layers, index, context.gradients, &tapped);
+            let kernels = crate::ops::kernels_apply(&h);
+            let epilogue = epilogue(layers, index, (context.gradients, kernels), &tapped);
             fused = usize::from(epilogue.relu) + usize::from(epilogue.max_pool.is_some());
             h = layer.forward(&h, mask, context, epilogue)?;
         }
@@ -1009,8 +1035,10 @@ impl LayerImpl {
         epilogue: Epilogue,
     ) -> Result<Tensor> {
         let fail = |what: &str| format!("{what} of model `{}`", context.model);
-        // An f32 input outside any graph: a parameter-free layer needs no graph either.
-        let untracked = x.dtype() == DType::F32 && !x.track_op();
+        // kdc's kernels apply (see `crate::ops`) to an f32 CPU input.
+        let kernels = crate::ops::kernels_apply(x);
+        // Such an input outside any graph: a parameter-free layer needs no graph either.
+        let untracked = kernels && !x.track_op();
         match self {
             LayerImpl::Embedding { weight, positions } => {
                 let (b, len) = x.dims2().ctx_with(|| fail("embedding"))?;
@@ -1020,17 +1048,19 @@ impl LayerImpl {
                     .ctx_with(|| fail("embedding"))?;
                 let dim = weight.dim(1).ctx_with(|| fail("embedding"))?;
                 let table = &context.param(weight);
-                let y = match table.dtype() {
-                    DType::F32 => {
+                let y = match crate::ops::kernels_apply(table) {
+                    true => {
                         crate::ops::elementwise::embedding(table, &ids, context.sinks.get(table))
                     }
-                    _ => table.index_select(&ids, 0),
+                    false => table.index_select(&ids, 0),
                 }
                 .and_then(|y| y.reshape((b, len, dim)))
                 .ctx_with(|| fail("embedding"))?;
                 match positions {
                     // Without a graph, the taped forward's kernel: the same values.
-                    Some(p) if !y.track_op() && !context.gradients && y.dtype() == DType::F32 => {
+                    Some(p)
+                        if !y.track_op() && !context.gradients && crate::ops::kernels_apply(&y) =>
+                    {
                         crate::ops::elementwise::add_positions(&y, &context.param(p))
                             .ctx_with(|| fail("embedding positions"))
                     }
@@ -1071,13 +1101,11 @@ impl LayerImpl {
                 lstm(x, mask.as_ref(), directions, context).ctx_with(|| fail("lstm"))
             }
             // Without gradients, the reverse pass's kernels (the same values as training).
-            LayerImpl::Transformer(block) if !context.gradients && x.dtype() == DType::F32 => block
+            LayerImpl::Transformer(block) if !context.gradients && kernels => block
                 .forward_taped(x, mask.as_ref(), context)
                 .map(|(y, _)| y),
             LayerImpl::Transformer(block) => block.forward(x, mask.as_ref(), context),
-            LayerImpl::LayerNorm { weight, bias, eps }
-                if !context.gradients && x.dtype() == DType::F32 =>
-            {
+            LayerImpl::LayerNorm { weight, bias, eps } if !context.gradients && kernels => {
                 crate::ops::attention::layer_norm(
                     x,
                     &context.param(weight),
@@ -1104,17 +1132,14 @@ impl LayerImpl {
             LayerImpl::Pool { kind } => {
                 sequence::pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool"))
             }
-            LayerImpl::Linear { weight, bias } => match x.dtype() {
-                DType::F32 => dense(
-                    Dense::Linear,
-                    x,
-                    &context.param(weight),
-                    bias.as_ref().map(|b| context.param(b)).as_ref(),
-                    epilogue,
-                    context.sinks,
-                ),
-                _ => linear_candle(x, &context.param(weight), bias.as_ref(), epilogue.relu),
-            }
+            LayerImpl::Linear { weight, bias } => dense(
+                Dense::Linear,
+                x,
+                &context.param(weight),
+                bias.as_ref().map(|b| context.param(b)).as_ref(),
+                epilogue,
+                context.sinks,
+            )
             .ctx_with(|| fail("linear")),
             LayerImpl::Conv2d {
                 weight,
@@ -1149,14 +1174,14 @@ impl LayerImpl {
                 .ctx_with(|| fail("batch norm")),
             LayerImpl::Dropout { p, name } => dropout(x, *p, name, context),
             LayerImpl::Flatten => x.flatten_from(1).ctx_with(|| fail("flatten")),
-            LayerImpl::Relu => match x.dtype() {
-                DType::F32 => crate::ops::elementwise::relu(x),
-                _ => x.relu(),
+            LayerImpl::Relu => match kernels {
+                true => crate::ops::elementwise::relu(x),
+                false => crate::ops::elementwise::relu_composed(x),
             }
             .ctx_with(|| fail("relu")),
-            LayerImpl::Gelu => match x.dtype() {
-                DType::F32 => crate::ops::attention::gelu_op(x),
-                _ => x.gelu_erf(),
+            LayerImpl::Gelu => match kernels {
+                true => crate::ops::attention::gelu_op(x),
+                false => x.gelu_erf(),
             }
             .ctx_with(|| fail("gelu")),
             LayerImpl::Tanh if untracked => {
@@ -1182,13 +1207,17 @@ impl LayerImpl {
                 let tracked = h.track_op() || skip.track_op();
                 match (tracked, epilogue.relu) {
                     // Outside a graph, one pass for the sum and the ReLU after it.
-                    (false, relu) if h.dtype() == DType::F32 => {
+                    (false, relu) if crate::ops::kernels_apply(&h) => {
                         crate::ops::elementwise::add(&h, &skip, relu)
                     }
                     (_, false) => h.add(&skip),
-                    (_, true) => h
-                        .add(&skip)
-                        .and_then(|sum| crate::ops::elementwise::relu(&sum)),
+                    (_, true) => {
+                        h.add(&skip)
+                            .and_then(|sum| match crate::ops::kernels_apply(&sum) {
+                                true => crate::ops::elementwise::relu(&sum),
+                                false => crate::ops::elementwise::relu_composed(&sum),
+                            })
+                    }
                 }
                 .ctx_with(|| fail("residual sum"))
             }
@@ -1205,30 +1234,6 @@ fn conv1d_mask(mask: &Tensor, kernel: usize, padding: usize) -> candle_core::Res
         .squeeze(1)?
         .gt(0.5)?
         .to_dtype(DType::F32)
-}
-
-/// A linear layer with candle's own ops (non-f32 inputs).
-fn linear_candle(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Var>,
-    relu: bool,
-) -> candle_core::Result<Tensor> {
-    let w = w.t()?;
-    let y = if x.rank() == 2 {
-        x.matmul(&w)?
-    } else {
-        x.broadcast_matmul(&w)?
-    };
-    let y = match bias {
-        Some(b) => y.broadcast_add(b.as_tensor())?,
-        None => y,
-    };
-    if relu {
-        y.relu()
-    } else {
-        Ok(y)
-    }
 }
 
 /// Zeroes each value with probability `p` in training mode (scaling the rest by
@@ -1353,9 +1358,9 @@ impl TransformerBlock {
         let fed = (|| {
             let normed = layer_norm(&h, (&self.norm2.0, &self.norm2.1), 1e-5, context)?;
             let inner = linear3(&normed, &self.ff1, context)?;
-            let inner = match inner.dtype() {
-                DType::F32 => crate::ops::attention::gelu_op(&inner)?,
-                _ => inner.gelu_erf()?,
+            let inner = match crate::ops::kernels_apply(&inner) {
+                true => crate::ops::attention::gelu_op(&inner)?,
+                false => inner.gelu_erf()?,
             };
             linear3(&inner, &self.ff2, context)
         })()
@@ -1373,9 +1378,13 @@ impl BatchNorm {
         context: &ForwardContext,
         relu: bool,
     ) -> candle_core::Result<Tensor> {
-        if x.dtype() != DType::F32 {
+        if !crate::ops::kernels_apply(x) {
             let y = self.forward_candle(x, context)?;
-            return if relu { y.relu() } else { Ok(y) };
+            return if relu {
+                crate::ops::elementwise::relu_composed(&y)
+            } else {
+                Ok(y)
+            };
         }
         let statistics = match context.train {
             true => crate::ops::batch_norm::Statistics::Batch {
@@ -1461,14 +1470,13 @@ enum Pool {
 /// 2-D pooling over the last two axes without padding (PyTorch's floor mode). candle's
 /// own kernels only differentiate when kernel equals stride; other cases gather windows.
 fn pool(x: &Tensor, kernel: usize, stride: usize, kind: Pool) -> candle_core::Result<Tensor> {
-    if x.rank() == 4 && x.dtype() == DType::F32 && kind == Pool::Max {
+    if x.rank() == 4 && crate::ops::kernels_apply(x) && kind == Pool::Max {
         return crate::ops::pooling::max_pool2d(x, kernel, stride);
     }
-    if kernel == stride && x.rank() == 4 {
-        return match kind {
-            Pool::Max => x.max_pool2d(kernel),
-            Pool::Avg => x.avg_pool2d(kernel),
-        };
+    // Not candle's max pool: its backward is wrong in candle 0.11 (the windows below
+    // differentiate through `max`).
+    if kernel == stride && x.rank() == 4 && kind == Pool::Avg {
+        return x.avg_pool2d(kernel);
     }
     let dims = x.dims().to_vec();
     if dims.len() < 2 {
@@ -1499,7 +1507,7 @@ fn pool(x: &Tensor, kernel: usize, stride: usize, kind: Pool) -> candle_core::Re
     windowed_shape.extend([kernel * kernel, out_h * out_w]);
     let windows = gathered.reshape(windowed_shape)?;
     let pooled = match kind {
-        Pool::Max => windows.max(D::Minus2)?,
+        Pool::Max => sequence::first_max(&windows, windows.rank() - 2)?,
         Pool::Avg => windows.mean(D::Minus2)?,
     };
     let mut out_shape = lead;

@@ -36,7 +36,7 @@ pub(super) fn run_layers_taped(
         if fused > 0 {
             fused -= 1;
         } else {
-            let epilogue = epilogue(layers, index, true, &tapped);
+            let epilogue = epilogue(layers, index, (true, true), &tapped);
             fused = usize::from(epilogue.relu);
             let started = Instant::now();
             let (y, backward) = layer.forward_taped(&h, mask, context, epilogue, want)?;

@@ -57,12 +57,67 @@ pub fn dense(
     if epilogue.max_pool.is_some() && (tracked || !matches!(kind, Dense::Conv2d { .. })) {
         candle_core::bail!("dense: a max pool joins only a conv2d outside the graph");
     }
+    if !crate::ops::kernels_apply(x) {
+        if epilogue.max_pool.is_some() {
+            candle_core::bail!("dense: a max pool joins a conv2d only on kdc's CPU kernels");
+        }
+        return composed(kind, x, w, b, epilogue.relu);
+    }
     let x = x.contiguous()?;
     let b = b.map(Tensor::contiguous).transpose()?;
     let op = DenseOp::new(kind, &x, w, b.as_ref(), epilogue, sinks)?;
     match b {
         Some(b) => x.apply_op3(w, &b, op),
         None => x.apply_op2(w, op),
+    }
+}
+
+/// The layer from candle's ops, for every device and float type; the conv1d as its windows
+/// unfolded into one product (candle 0.11's conv1d kernel gradient is wrong).
+pub fn composed(
+    kind: Dense,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    relu: bool,
+) -> candle_core::Result<Tensor> {
+    let (y, channel_axis) = match kind {
+        Dense::Linear => {
+            let w = w.t()?;
+            let y = match x.rank() {
+                2 => x.matmul(&w)?,
+                _ => x.broadcast_matmul(&w)?,
+            };
+            (y, None)
+        }
+        Dense::Conv1d { padding } => {
+            let (batch, len, channels) = x.dims3()?;
+            let (out, _, kernel) = w.dims3()?;
+            let padded = x.pad_with_zeros(1, padding, padding)?;
+            let steps = (len + 2 * padding + 1).saturating_sub(kernel);
+            // [B, L', C, k]: tap j of every window, matching w's [O, C, k] layout.
+            let taps: Vec<Tensor> = (0..kernel)
+                .map(|j| padded.narrow(1, j, steps))
+                .collect::<candle_core::Result<_>>()?;
+            let windows = Tensor::stack(&taps, 3)?.reshape((batch, steps, channels * kernel))?;
+            let w = w.reshape((out, channels * kernel))?.t()?;
+            (windows.broadcast_matmul(&w)?, None)
+        }
+        Dense::Conv2d { stride, padding } => (x.conv2d(w, padding, stride, 1, 1)?, Some(1)),
+    };
+    let y = match (b, channel_axis) {
+        (Some(b), Some(axis)) => {
+            let mut shape = vec![1; y.rank()];
+            shape[axis] = b.elem_count();
+            y.broadcast_add(&b.reshape(shape)?)?
+        }
+        (Some(b), None) => y.broadcast_add(b)?,
+        (None, _) => y,
+    };
+    if relu {
+        crate::ops::elementwise::relu_composed(&y)
+    } else {
+        Ok(y)
     }
 }
 

@@ -184,6 +184,13 @@ pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(Relu)
 }
 
+/// A ReLU from candle's ops whose gradient is 0 at 0, as PyTorch's and [`relu`]'s
+/// (candle's own `relu` passes the gradient at 0, where a ReLU after a ReLU or a max pool
+/// meets many exact zeros).
+pub fn relu_composed(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.broadcast_mul(&x.gt(0.0)?.to_dtype(x.dtype())?)
+}
+
 /// A ReLU's input gradient: `grad` where `x > 0`, else 0; outside the graph.
 pub(crate) fn relu_backward(x: &Tensor, grad: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?

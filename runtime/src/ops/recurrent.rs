@@ -26,9 +26,63 @@ pub fn lstm_direction(
     reverse: bool,
     w_sink: Option<&GradSink>,
 ) -> candle_core::Result<Tensor> {
+    if !crate::ops::kernels_apply(projected) {
+        return lstm_direction_composed(projected, w_hh, mask, reverse);
+    }
     let projected = projected.contiguous()?;
     let op = LstmOp::new(&projected, w_hh, mask, reverse, w_sink)?;
     projected.apply_op2(&w_hh.contiguous()?, op)
+}
+
+/// [`lstm_direction`] from candle's ops, step by step (every device, every float type):
+/// `projected` `[B, L, 4H]` (gates i, f, g, o), `w_hh` `[4H, H]`; at a padded step the
+/// state carries over and the output is zero.
+pub fn lstm_direction_composed(
+    projected: &Tensor,
+    w_hh: &Tensor,
+    mask: Option<&Tensor>,
+    reverse: bool,
+) -> candle_core::Result<Tensor> {
+    let (batch, len, gates) = projected.dims3()?;
+    let hidden = gates / 4;
+    let w_t = w_hh.t()?;
+    let sigmoid = |x: &Tensor| -> candle_core::Result<Tensor> { (x.neg()?.exp()? + 1.0)?.recip() };
+    let mask = mask.map(|m| m.to_dtype(projected.dtype())).transpose()?;
+    let mut h = Tensor::zeros((batch, hidden), projected.dtype(), projected.device())?;
+    let mut c = h.clone();
+    let mut steps: Vec<Option<Tensor>> = vec![None; len];
+    let order: Vec<usize> = match reverse {
+        false => (0..len).collect(),
+        true => (0..len).rev().collect(),
+    };
+    for t in order {
+        let a = (projected.narrow(1, t, 1)?.squeeze(1)? + h.matmul(&w_t)?)?;
+        let part = |k: usize| a.narrow(1, k * hidden, hidden);
+        let (i, f, g, o) = (
+            sigmoid(&part(0)?)?,
+            sigmoid(&part(1)?)?,
+            part(2)?.tanh()?,
+            sigmoid(&part(3)?)?,
+        );
+        let c_next = ((&f * &c)? + (&i * &g)?)?;
+        let h_next = (&o * c_next.tanh()?)?;
+        match &mask {
+            Some(m) => {
+                let m = m.narrow(1, t, 1)?;
+                let keep = (1.0 - &m)?;
+                c = (c_next.broadcast_mul(&m)? + c.broadcast_mul(&keep)?)?;
+                h = (h_next.broadcast_mul(&m)? + h.broadcast_mul(&keep)?)?;
+                steps[t] = Some(h_next.broadcast_mul(&m)?);
+            }
+            None => {
+                c = c_next;
+                h = h_next.clone();
+                steps[t] = Some(h_next);
+            }
+        }
+    }
+    let steps: Vec<Tensor> = steps.into_iter().flatten().collect();
+    Tensor::stack(&steps, 1)
 }
 
 /// [`lstm_direction`] outside candle's graph, for kdc's own reverse pass: the hidden

@@ -54,21 +54,27 @@ pub fn attention(
         .reshape((b, len, d))
 }
 
+/// The maximum over `axis`, its gradient going to the first position that holds it
+/// (PyTorch's rule; candle's `max` hands it to every tied position).
+pub fn first_max(x: &Tensor, axis: usize) -> Result<Tensor> {
+    let first = x.argmax_keepdim(axis)?;
+    x.gather(&first, axis)?.squeeze(axis)
+}
+
 /// `[B, L, C]` to `[B, C]` over the positions where `mask` is 1. A row with no real token
 /// pools to zeros.
 pub fn pool(x: &Tensor, mask: Option<&Tensor>, kind: SeqPool) -> Result<Tensor> {
     match (kind, mask) {
         // One pass each way (runtime/src/ops/pooling.rs) instead of a strided reduction.
-        (SeqPool::Max, _) if x.dtype() == candle_core::DType::F32 => {
+        (SeqPool::Max, _) if crate::ops::kernels_apply(x) => {
             crate::ops::pooling::max_over_time(x, mask)
         }
         (SeqPool::First, _) => x.narrow(1, 0, 1)?.squeeze(1),
-        (SeqPool::Max, None) => x.max(1),
+        (SeqPool::Max, None) => first_max(x, 1),
         (SeqPool::Mean, None) => x.mean(1),
         (SeqPool::Max, Some(m)) => {
             let any_real = m.max_keepdim(1)?;
-            x.broadcast_add(&padding_penalty(m)?.unsqueeze(2)?)?
-                .max(1)?
+            first_max(&x.broadcast_add(&padding_penalty(m)?.unsqueeze(2)?)?, 1)?
                 .broadcast_mul(&any_real)
         }
         (SeqPool::Mean, Some(m)) => {

@@ -1,6 +1,6 @@
 //! Predictions of a model over a whole split, in eval mode.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use crate::data::{Dataset, Split};
 use crate::error::{Result, TensorContext};
@@ -66,7 +66,7 @@ pub fn predict(model: &mut Model, dataset: &Dataset, split: &Split) -> Result<Pr
         let mut labels = Vec::new();
         dataset.fill_batch(split, chunk, &mut x, &mut labels)?;
         shape[0] = chunk.len();
-        let x = Tensor::from_vec(x, shape.as_slice(), &Device::Cpu)
+        let x = Tensor::from_vec(x, shape.as_slice(), &model.device())
             .ctx("building an evaluation batch")?;
         let outputs = model.forward_with(&x, false, true, false)?;
         if let Some((_, output)) = outputs.iter().find(|(port, _)| port == "output") {

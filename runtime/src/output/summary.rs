@@ -19,7 +19,11 @@ pub struct Summary {
     /// The base seed; the run used `seeds`.
     pub seed: u64,
     pub seeds: Vec<u64>,
+    /// `cpu` or `cuda:N`.
     pub device: String,
+    /// The GPU a CUDA run used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::device::GpuInfo>,
     pub threads: usize,
     pub provenance: Provenance,
     pub models: BTreeMap<String, ModelSummary>,

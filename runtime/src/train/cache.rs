@@ -78,7 +78,8 @@ impl OutputCache {
             }
             let mut dims = vec![indices.len()];
             dims.extend(shape);
-            let tensor = Tensor::from_vec(values, dims, &Device::Cpu).ctx("reading the cache")?;
+            // Served where the batch lives.
+            let tensor = Tensor::from_vec(values, dims, x.device()).ctx("reading the cache")?;
             ports.push((name.clone(), tensor));
         }
         Ok(Cached {

@@ -197,7 +197,7 @@ impl Checkpoint {
                 ),
             ));
         }
-        let tensor = Tensor::from_vec(values.clone(), shape.as_slice(), &Device::Cpu)
+        let tensor = Tensor::from_vec(values.clone(), shape.as_slice(), var.device())
             .ctx_with(|| format!("restoring `{key}`"))?;
         var.set(&tensor).ctx_with(|| format!("restoring `{key}`"))
     }

@@ -21,6 +21,7 @@ use candle_core::{Device, Tensor, Var};
 use kd_plan::{Op, Plan, Role, Stage};
 
 use crate::data::Dataset;
+use crate::device::RunDevice;
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
 use crate::model::Model;
 use crate::output::files::write_atomically;
@@ -61,6 +62,8 @@ pub struct StepTime {
 struct Run<'a> {
     plan: &'a Plan,
     opts: &'a RunOptions,
+    /// Where the models and batches live.
+    device: Device,
     datasets: HashMap<String, Dataset>,
     /// Per data source: the normalised value of a raw zero, per channel.
     fills: HashMap<String, Vec<f32>>,
@@ -73,12 +76,14 @@ struct Run<'a> {
 
 /// Runs `plan` and writes its run folder into `opts.out_dir`.
 pub fn run_plan(plan: &Plan, opts: &RunOptions) -> Result<Summary> {
-    if let kd_plan::Device::Cuda(index) = plan.settings.device {
-        return Err(RuntimeError::Device(index));
-    }
     crate::limits::check(plan)?;
+    let device = crate::device::select(&plan.settings.device)?;
     let threads = configure_threads(plan.settings.threads);
-    on_worker(threads, || run_plan_on(plan, opts, threads))
+    let kernels = crate::ops::cpu_kernels();
+    on_worker(threads, || {
+        crate::ops::set_cpu_kernels(kernels);
+        run_plan_on(plan, opts, threads, device)
+    })
 }
 
 /// Runs `f` on a worker thread of a pool of `threads` threads, so that the parallel loops
@@ -95,7 +100,33 @@ pub fn on_worker<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-fn run_plan_on(plan: &Plan, opts: &RunOptions, threads: usize) -> Result<Summary> {
+fn run_plan_on(
+    plan: &Plan,
+    opts: &RunOptions,
+    threads: usize,
+    device: RunDevice,
+) -> Result<Summary> {
+    if !device.device.is_cpu() {
+        // Not yet: their encoders and candle-onnx's evaluation run on the CPU.
+        let foreign = plan
+            .models
+            .iter()
+            .find(|m| m.onnx.is_some() || m.bert.is_some());
+        if let Some(model) = foreign {
+            return Err(RuntimeError::NotOnDevice {
+                device: device.name.clone(),
+                what: format!(
+                    "model `{}` ({} model)",
+                    model.name,
+                    if model.onnx.is_some() {
+                        "an ONNX"
+                    } else {
+                        "a BERT"
+                    }
+                ),
+            });
+        }
+    }
     let mut datasets = HashMap::new();
     let mut fills = HashMap::new();
     let mut data_files = BTreeMap::new();
@@ -136,6 +167,7 @@ fn run_plan_on(plan: &Plan, opts: &RunOptions, threads: usize) -> Result<Summary
     let mut run = Run {
         plan,
         opts,
+        device: device.device.clone(),
         datasets,
         fills,
         log,
@@ -161,7 +193,8 @@ fn run_plan_on(plan: &Plan, opts: &RunOptions, threads: usize) -> Result<Summary
         pipeline: plan.settings.name.clone(),
         seed: plan.settings.seed,
         seeds: seeds.clone(),
-        device: "cpu".into(),
+        device: device.name.clone(),
+        gpu: device.gpu.clone(),
         threads,
         provenance: Provenance {
             kdc_version: opts.kdc_version.clone(),
@@ -259,7 +292,7 @@ impl Run<'_> {
                 (None, Some(bert)) => {
                     Model::from_bert(spec, &plan.resolve(&bert.path), seed, cache_dir.as_deref())?
                 }
-                (None, None) => Model::new(spec, seed)?,
+                (None, None) => Model::new_on(spec, seed, &self.device)?,
             };
             if let Some(pad_id) = pad_id_for(plan, &spec.name) {
                 model.set_pad_id(pad_id);
@@ -354,7 +387,7 @@ impl Run<'_> {
         let ordered = self.plan.models.iter().filter_map(|m| models.get(&m.name));
         let mut checkpoint = Checkpoint::new(state, ordered)?;
         if let Some((optim, best, cache, projections)) = stage {
-            checkpoint.add_optimizer(optim.slots());
+            checkpoint.add_optimizer(&optim.slots()?);
             checkpoint.add_cache(cache);
             checkpoint.add_projections(projections)?;
             if let Some(best) = best {
@@ -418,7 +451,7 @@ impl Run<'_> {
         dataset.fill_batch(split, positions, &mut x, &mut labels)?;
         let mut shape = vec![positions.len()];
         shape.extend(&dataset.sample_shape);
-        let x = Tensor::from_vec(x, shape, &Device::Cpu).ctx("building a batch")?;
+        let x = Tensor::from_vec(x, shape, &self.device).ctx("building a batch")?;
         Ok(BatchData {
             x,
             labels: Labels::hard(labels),

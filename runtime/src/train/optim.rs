@@ -33,6 +33,16 @@ pub enum Update {
 pub struct Optim {
     config: Optimizer,
     slots: Vec<Slot>,
+    /// For parameters that kdc's CPU kernels do not update (on a GPU): the moments as
+    /// tensors beside the parameter; their slot's vectors stay empty until read back.
+    moments: Vec<Moments>,
+}
+
+/// A slot's moments on the parameter's device.
+#[derive(Debug, Clone, Default)]
+struct Moments {
+    first: Option<Tensor>,
+    second: Option<Tensor>,
 }
 
 impl Optim {
@@ -40,16 +50,34 @@ impl Optim {
         Optim {
             config: config.clone(),
             slots: vec![Slot::default(); params],
+            moments: vec![Moments::default(); params],
         }
     }
 
-    /// The state of every parameter, in the order of the parameter list.
-    pub fn slots(&self) -> &[Slot] {
-        &self.slots
+    /// The state of every parameter, in the order of the parameter list (moments kept on a
+    /// device are copied back).
+    pub fn slots(&self) -> Result<Vec<Slot>> {
+        let mut slots = self.slots.clone();
+        for (slot, moments) in slots.iter_mut().zip(&self.moments) {
+            let host = |t: &Option<Tensor>| -> Result<Option<Vec<f32>>> {
+                t.as_ref()
+                    .map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()))
+                    .transpose()
+                    .ctx("reading the optimizer's state")
+            };
+            if let Some(first) = host(&moments.first)? {
+                slot.first = first;
+            }
+            if let Some(second) = host(&moments.second)? {
+                slot.second = second;
+            }
+        }
+        Ok(slots)
     }
 
     /// Continues from saved state (see [`Optim::slots`]).
     pub fn restore(&mut self, slots: Vec<Slot>) {
+        self.moments = vec![Moments::default(); slots.len()];
         self.slots = slots;
     }
 
@@ -88,7 +116,11 @@ impl Optim {
         let mut squares = Vec::with_capacity(params.len());
         for ((name, _), grad) in params.iter().zip(&gradients) {
             squares.push(match grad {
-                Some(g) => with_values(g, kernels::sum_of_squares)
+                Some(g) if crate::ops::kernels_apply(g) => with_values(g, kernels::sum_of_squares)
+                    .ctx_with(|| format!("reading the gradient of `{name}`"))?,
+                Some(g) => g
+                    .to_dtype(candle_core::DType::F64)
+                    .and_then(|g| g.sqr()?.sum_all()?.to_scalar::<f64>())
                     .ctx_with(|| format!("reading the gradient of `{name}`"))?,
                 None => 0.0,
             });
@@ -111,8 +143,23 @@ impl Optim {
         if self.slots.len() < params.len() {
             self.slots.resize(params.len(), Slot::default());
         }
-        for (((name, var), grad), slot) in params.iter().zip(&gradients).zip(&mut self.slots) {
+        if self.moments.len() < params.len() {
+            self.moments.resize(params.len(), Moments::default());
+        }
+        let state = self.slots.iter_mut().zip(&mut self.moments);
+        for (((name, var), grad), (slot, moments)) in params.iter().zip(&gradients).zip(state) {
             let Some(grad) = grad else { continue };
+            if !crate::ops::kernels_apply(var.as_tensor()) {
+                let update = Composed {
+                    config: &self.config,
+                    lr,
+                    scale,
+                };
+                update
+                    .apply(slot, moments, var, grad)
+                    .ctx_with(|| format!("updating `{name}`"))?;
+                continue;
+            }
             let op = InPlaceUpdate {
                 config: &self.config,
                 slot: std::sync::Mutex::new(slot),
@@ -179,6 +226,114 @@ impl InplaceOp2 for InPlaceUpdate<'_> {
             .map_err(|_| candle_core::Error::Msg("optimizer state poisoned".into()))?;
         apply(self.config, &mut slot, param, grad, self.lr, self.scale);
         Ok(())
+    }
+}
+
+/// The update of a parameter kdc's CPU kernels do not handle (on a GPU), from candle's
+/// ops: the same rules as `kd_kernels::optim`, in f32 (SGD's kernel works in f64, so the
+/// two agree closely, not bitwise).
+struct Composed<'a> {
+    config: &'a Optimizer,
+    lr: f64,
+    scale: Option<f64>,
+}
+
+impl Composed<'_> {
+    fn apply(
+        &self,
+        slot: &mut Slot,
+        moments: &mut Moments,
+        param: &Var,
+        grad: &Tensor,
+    ) -> candle_core::Result<()> {
+        slot.steps += 1;
+        let first_step = slot.steps == 1;
+        let p = param.as_tensor().detach();
+        let n = p.elem_count();
+        // A moment continues from the device, else from a restored checkpoint's vector.
+        let previous = |on_device: &mut Option<Tensor>, host: &mut Vec<f32>| {
+            let restored = match host.len() == n {
+                true => Some(Tensor::from_slice(host, p.shape(), p.device())?),
+                false => None,
+            };
+            host.clear();
+            candle_core::Result::Ok(on_device.take().or(restored))
+        };
+        let g = match self.scale {
+            Some(scale) => (grad.detach() * scale)?,
+            None => grad.detach(),
+        };
+        let lr = self.lr;
+        match *self.config {
+            Optimizer::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+                ..
+            } => {
+                let g = match weight_decay {
+                    0.0 => g,
+                    wd => (g + (&p * wd)?)?,
+                };
+                if momentum == 0.0 {
+                    return param.set(&(&p - (g * lr)?)?);
+                }
+                let buffer = match (first_step, previous(&mut moments.first, &mut slot.first)?) {
+                    (false, Some(b)) => ((b * momentum)? + &g)?,
+                    _ => g.clone(),
+                };
+                let step = match nesterov {
+                    true => (&g + (&buffer * momentum)?)?,
+                    false => buffer.clone(),
+                };
+                moments.first = Some(buffer);
+                param.set(&(&p - (step * lr)?)?)
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            }
+            | Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                // The kernel's f32 constants, so that both round alike.
+                let decoupled = matches!(self.config, Optimizer::AdamW { .. });
+                let f = |v: f32| f64::from(v);
+                let (b1, b2) = (beta1 as f32, beta2 as f32);
+                let t = i32::try_from(slot.steps).unwrap_or(i32::MAX);
+                let step_size = (lr / (1.0 - beta1.powi(t))) as f32;
+                let correction = (1.0 - beta2.powi(t)).sqrt() as f32;
+                let value = match decoupled {
+                    true => (&p * f(1.0 - (lr * weight_decay) as f32))?,
+                    false => p.clone(),
+                };
+                let g = match (decoupled, weight_decay) {
+                    (false, wd) if wd != 0.0 => (g + (&value * f(wd as f32))?)?,
+                    _ => g,
+                };
+                let first = previous(&mut moments.first, &mut slot.first)?;
+                let second = previous(&mut moments.second, &mut slot.second)?;
+                let fresh = |shape: &Tensor| shape.zeros_like();
+                let (m0, v0) = match (first_step, first, second) {
+                    (false, Some(m), Some(v)) => (m, v),
+                    _ => (fresh(&p)?, fresh(&p)?),
+                };
+                let m = ((m0 * f(b1))? + (&g * f(1.0 - b1))?)?;
+                let v = ((v0 * f(b2))? + ((&g * f(1.0 - b2))? * &g)?)?;
+                let denominator = ((v.sqrt()? / f(correction))? + f(eps as f32))?;
+                let updated = (value - ((&m * f(step_size))? / denominator)?)?;
+                moments.first = Some(m);
+                moments.second = Some(v);
+                param.set(&updated)
+            }
+        }
     }
 }
 

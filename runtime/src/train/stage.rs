@@ -91,7 +91,7 @@ impl Run<'_> {
         let total_steps = steps_per_epoch * stage.epochs;
         let mut params = self.model_ref(models, &stage.trains)?.params().to_vec();
         // The stage's own projections train with the model and are dropped after it.
-        let projections = projections(stage, seed)?;
+        let projections = projections(stage, seed, &self.device)?;
         let projection_vars: Vec<(String, Var)> = stage
             .projections
             .iter()
@@ -479,7 +479,7 @@ impl Run<'_> {
 
 /// Fresh weights and biases for a stage's projections, each drawn from its own stream
 /// (uniform in `±1/sqrt(input)`, as PyTorch's `Linear`).
-fn projections(stage: &Stage, seed: u64) -> Result<Projections> {
+fn projections(stage: &Stage, seed: u64, device: &candle_core::Device) -> Result<Projections> {
     let mut out = Projections::new();
     for p in &stage.projections {
         let bound = 1.0 / (p.input.max(1) as f64).sqrt();
@@ -491,7 +491,7 @@ fn projections(stage: &Stage, seed: u64) -> Result<Projections> {
             let values: Vec<f32> = (0..count)
                 .map(|_| rng.uniform_in(-bound, bound) as f32)
                 .collect();
-            Var::from_vec(values, shape.as_slice(), &candle_core::Device::Cpu)
+            Var::from_vec(values, shape.as_slice(), device)
                 .ctx_with(|| format!("initialising projection `{name}`"))
         };
         let weight = draw("weight", vec![p.out, p.input])?;
