@@ -69,6 +69,11 @@ sys="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$cudarc_versio
     while read -r name; do echo "int $name(void) { return 34; }"; done
 } >"$cuda/lib/stubs/libcuda_stub.c"
 cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda/lib/stubs/libcuda.so" "$cuda/lib/stubs/libcuda_stub.c"
+# The stub under the name the loader asks for, in a folder of its own: with it on
+# LD_LIBRARY_PATH a CUDA build starts on a machine without a driver and finds no GPU
+# (.ci/run checks that it then runs on the CPU and refuses `cuda` with a diagnostic).
+mkdir -p "$cuda/no-driver"
+ln -s ../lib/stubs/libcuda.so "$cuda/no-driver/libcuda.so.1"
 
 cat >"$root/env.sh" <<EOF
 # Written by scripts/cuda-toolchain.sh: source before \`cargo build --features cuda\`.

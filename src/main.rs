@@ -137,6 +137,9 @@ enum Command {
         /// Print the reports as JSON lines instead of tables.
         #[arg(long)]
         json: bool,
+        /// Where the training cases run, kdc and PyTorch alike (docs/cuda.md).
+        #[arg(long, value_name = "cpu|cuda|cuda:N", default_value = "cpu", value_parser = parse_device)]
+        device: kd_plan::Device,
     },
 }
 
@@ -277,6 +280,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             torch_ref,
             examples,
             json,
+            device,
         } => {
             let rows = kd_bench::layers::LayerFilter::new(cases);
             let mut chosen = Vec::new();
@@ -345,6 +349,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                         torch: kd_bench::TorchRef::find(python.clone(), torch_ref.clone()),
                         work_dir: options.work_dir.clone(),
                         kdc_version: env!("CARGO_PKG_VERSION").to_string(),
+                        device: device.clone(),
                     };
                     let report = kd_bench::train(&train, &mut |line| eprintln!("bench: {line}"))?;
                     options.print("train", &report, report.table())?;

@@ -16,12 +16,17 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use kd_runtime::model::Model;
 
+/// The repository: `KDC_ROOT` where the test binary runs away from where it was built
+/// (scripts/gpu-check.sh on a GPU host).
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("KDC_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-/// Two instances of model `m` (same weights): one with kdc's reverse pass, one without.
-fn models(data: &str, input: &str, layers: &str, pad: bool) -> (Model, Model) {
+/// Two instances of model `m` (same weights): one with kdc's reverse pass, one without
+/// (on `device`).
+fn models_on(data: &str, input: &str, layers: &str, pad: bool, device: &Device) -> (Model, Model) {
     let source = format!(
         "{data}\nmodel m {{ input {input} {layers} }}\nstudent s = m\n\
          stage a {{ train s on d.train, loss cross_entropy(s.output, label), optimizer adam, epochs 1 }}\n"
@@ -30,7 +35,8 @@ fn models(data: &str, input: &str, layers: &str, pad: bool) -> (Model, Model) {
         .unwrap_or_else(|e| panic!("{layers}: {e:?}"));
     let spec = compiled.plan.model("s").unwrap().clone();
     let make = |own: bool| {
-        let mut model = Model::new(&spec, 11).unwrap();
+        let on = if own { &Device::Cpu } else { device };
+        let mut model = Model::new_on(&spec, 11, on).unwrap();
         model.set_own_reverse_pass(own);
         if pad {
             model.set_pad_id(0);
@@ -71,6 +77,9 @@ enum Other {
     Graph,
     /// candle's graph through layers composed from candle's ops (kdc's kernels off).
     Composed,
+    /// The composed layers on GPU 0 (a CUDA build on a GPU host: scripts/gpu-check.sh).
+    #[allow(dead_code)]
+    Cuda,
 }
 
 /// Runs `f` with kdc's CPU kernels on this thread as `other` wants them.
@@ -82,10 +91,15 @@ fn as_other<R>(other: Other, f: impl FnOnce() -> R) -> R {
 }
 
 /// Both comparisons for one stack: the reverse pass against candle's graph, and the
-/// kernels against the layers composed from candle's ops.
-fn assert_both(what: &str, models: impl Fn() -> (Model, Model), x: &Tensor, train: bool) {
-    assert_same_gradients(what, models(), x, train, Other::Graph);
-    assert_same_gradients(what, models(), x, train, Other::Composed);
+/// kernels against the layers composed from candle's ops; in a CUDA build, also against
+/// those layers on the GPU.
+fn assert_both(what: &str, models: impl Fn(&Device) -> (Model, Model), x: &Tensor, train: bool) {
+    assert_same_gradients(what, models(&Device::Cpu), x, train, Other::Graph);
+    assert_same_gradients(what, models(&Device::Cpu), x, train, Other::Composed);
+    if kd_runtime::device::HAS_CUDA {
+        let gpu = Device::new_cuda(0).expect("a CUDA build's tests run on a GPU host");
+        assert_same_gradients(what, models(&gpu), x, train, Other::Cuda);
+    }
 }
 
 /// Two training steps' forward and backward on `x` in both models (`train`: dropout and
@@ -103,16 +117,21 @@ fn assert_same_gradients(
     // here: hence the floor under the gradient's scale.
     let (port_tolerance, gradient_tolerance, floor) = match other {
         Other::Graph => (1e-6, 1e-5, 1e-3f64),
-        Other::Composed => (1e-5, 1e-4, 0.1),
+        Other::Composed | Other::Cuda => (1e-5, 1e-4, 0.1),
     };
+    let device = graph.device();
+    let x_other = x.to_device(&device).unwrap();
     let what = &format!("{what} ({other:?})");
     for step in 0..2 {
         let a = own.forward(x, train).unwrap();
-        let b = as_other(other, || graph.forward(x, train).unwrap());
+        let b = as_other(other, || graph.forward(&x_other, train).unwrap());
         let loss = |ports: &[(String, Tensor)]| {
-            let mut total = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+            let on = ports[0].1.device().clone();
+            let mut total = Tensor::zeros((), DType::F32, &on).unwrap();
             for (i, (_, t)) in ports.iter().enumerate() {
-                let weights = random(t.dims(), 100 + i as u64 + 10 * step);
+                let weights = random(t.dims(), 100 + i as u64 + 10 * step)
+                    .to_device(&on)
+                    .unwrap();
                 total = (total + (t * weights).unwrap().sum_all().unwrap()).unwrap();
             }
             total
@@ -136,7 +155,7 @@ fn assert_same_gradients(
             for (i, (x, y)) in da.iter().zip(&db).enumerate() {
                 // The second step's weights already differ by the first step's rounding.
                 let tolerance = match (other, step) {
-                    (Other::Composed, 1) => 5.0 * gradient_tolerance,
+                    (Other::Composed | Other::Cuda, 1) => 5.0 * gradient_tolerance,
                     _ => gradient_tolerance,
                 };
                 assert!(
@@ -184,7 +203,7 @@ fn image_models_match_candle_in_outputs_and_gradients() {
     for stack in stacks {
         assert_both(
             stack,
-            || models(DIGITS, "[1, 8, 8]", stack, false),
+            |d| models_on(DIGITS, "[1, 8, 8]", stack, false, d),
             &x,
             true,
         );
@@ -220,7 +239,12 @@ fn sequence_models_match_candle_in_outputs_and_gradients() {
         .collect();
     let x = Tensor::from_vec(ids, (4, 12), &Device::Cpu).unwrap();
     for stack in stacks {
-        assert_both(stack, || models(data, "tokens[12]", stack, true), &x, true);
+        assert_both(
+            stack,
+            |d| models_on(data, "tokens[12]", stack, true, d),
+            &x,
+            true,
+        );
     }
 }
 
@@ -234,7 +258,7 @@ fn evaluation_mode_with_gradients_matches_candle() {
     let x = random(&[5, 1, 8, 8], 2);
     assert_both(
         stack,
-        || models(DIGITS, "[1, 8, 8]", stack, false),
+        |d| models_on(DIGITS, "[1, 8, 8]", stack, false, d),
         &x,
         false,
     );

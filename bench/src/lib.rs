@@ -44,6 +44,8 @@ pub struct TrainOptions {
     /// Scratch folder for the cases' data and run folders (emptied first).
     pub work_dir: PathBuf,
     pub kdc_version: String,
+    /// Where kdc runs the cases (and PyTorch its twins: the same device).
+    pub device: kd_plan::Device,
 }
 
 /// One case's figures, one entry per run.
@@ -282,11 +284,14 @@ fn reference_case(
     options: &TrainOptions,
 ) -> std::result::Result<serde_json::Value, String> {
     let mut extra = Vec::new();
+    if let kd_plan::Device::Cuda(index) = options.device {
+        extra.extend(["--device".to_string(), format!("cuda:{index}")]);
+    }
     if case == Case::BertTeacher {
         reference.ensure("transformers", cases::TRANSFORMERS)?;
         let folder =
             cases::minilm_folder().ok_or("no MiniLM checkpoint (scripts/fetch-data.sh minilm)")?;
-        extra = vec!["--minilm".to_string(), folder.display().to_string()];
+        extra.extend(["--minilm".to_string(), folder.display().to_string()]);
     }
     reference.run(case.name(), options.steps, options.threads, &extra)
 }
@@ -322,6 +327,7 @@ fn kdc_case(case: Case, options: &TrainOptions, run_index: usize) -> Result<Meas
         &[format!("stage.{}.epochs={epochs}", case.stage())],
     )?;
     plan.settings.threads = Some(options.threads);
+    plan.settings.device = options.device.clone();
     reset_peak_rss();
     let (summary, times) = run(case, &plan, &dir, &options.kdc_version)?;
     let timed: Vec<f64> = times
@@ -379,7 +385,10 @@ fn kdc_evaluate(options: &TrainOptions, run_index: usize) -> Result<Measured> {
         let dataset =
             Dataset::load(data, &plan.source.base_dir, plan.settings.seed).map_err(fail)?;
         let split = dataset.split("test").map_err(fail)?;
-        let mut model = Model::new(spec, plan.settings.seed).map_err(fail)?;
+        let device = kd_runtime::device::select(&options.device)
+            .map_err(fail)?
+            .device;
+        let mut model = Model::new_on(spec, plan.settings.seed, &device).map_err(fail)?;
         let mut passes = Vec::new();
         for pass in 0..=options.steps {
             let started = Instant::now();
@@ -394,7 +403,7 @@ fn kdc_evaluate(options: &TrainOptions, run_index: usize) -> Result<Measured> {
             .map_err(fail)?;
         let mut shape = vec![1];
         shape.extend(&dataset.sample_shape);
-        let x = candle_core::Tensor::from_vec(x, shape, &candle_core::Device::Cpu)?;
+        let x = candle_core::Tensor::from_vec(x, shape, &device)?;
         let mut latencies = Vec::new();
         for i in 0..=50 {
             let started = Instant::now();

@@ -121,8 +121,18 @@ mod gpu {
 
     fn driver_error(error: DriverError) -> RuntimeError {
         match error.0 {
-            cudaError_enum::CUDA_ERROR_INSUFFICIENT_DRIVER => RuntimeError::OldDriver {
+            cudaError_enum::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
+            | cudaError_enum::CUDA_ERROR_CALL_REQUIRES_NEWER_DRIVER
+            | cudaError_enum::CUDA_ERROR_UNSUPPORTED_PTX_VERSION => RuntimeError::OldDriver {
                 driver: driver_version().unwrap_or_else(|| "unknown".into()),
+            },
+            cudaError_enum::CUDA_ERROR_NO_DEVICE => RuntimeError::NoGpu {
+                index: 0,
+                reason: "the driver sees no GPU".into(),
+            },
+            cudaError_enum::CUDA_ERROR_STUB_LIBRARY => RuntimeError::NoGpu {
+                index: 0,
+                reason: "no NVIDIA driver is installed (the libcuda.so.1 found is a stub)".into(),
             },
             _ => RuntimeError::NoGpu {
                 index: 0,

@@ -114,16 +114,31 @@ impl Optim {
             gradients.push(grad);
         }
         let mut squares = Vec::with_capacity(params.len());
+        // Off kdc's kernels (on a GPU), each sum stays on the device until one read of all.
+        let mut on_device = Vec::new();
         for ((name, _), grad) in params.iter().zip(&gradients) {
             squares.push(match grad {
                 Some(g) if crate::ops::kernels_apply(g) => with_values(g, kernels::sum_of_squares)
                     .ctx_with(|| format!("reading the gradient of `{name}`"))?,
-                Some(g) => g
-                    .to_dtype(candle_core::DType::F64)
-                    .and_then(|g| g.sqr()?.sum_all()?.to_scalar::<f64>())
-                    .ctx_with(|| format!("reading the gradient of `{name}`"))?,
+                Some(g) => {
+                    let sum = g
+                        .to_dtype(candle_core::DType::F64)
+                        .and_then(|g| g.sqr()?.sum_all())
+                        .ctx_with(|| format!("reading the gradient of `{name}`"))?;
+                    on_device.push((squares.len(), sum));
+                    0.0
+                }
                 None => 0.0,
             });
+        }
+        if !on_device.is_empty() {
+            let sums: Vec<Tensor> = on_device.iter().map(|(_, t)| t.clone()).collect();
+            let values = Tensor::stack(&sums, 0)
+                .and_then(|t| t.to_vec1::<f64>())
+                .ctx("reading the gradients' norms")?;
+            for ((index, _), value) in on_device.iter().zip(values) {
+                squares[*index] = value;
+            }
         }
         let norm = squares.iter().sum::<f64>().sqrt();
         // A finite sum of squares means every value is finite: the check costs nothing.
