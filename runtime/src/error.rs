@@ -55,12 +55,16 @@ pub enum RuntimeError {
     )]
     NoGpu { index: usize, reason: String },
 
-    #[error("{what} cannot run on `{device}` yet")]
+    #[error("stage `{stage}` ran out of memory on `{device}` at batch size {batch}")]
     #[diagnostic(
-        code(kd::run::device),
-        help("ONNX and BERT models run on the CPU only so far (docs/cuda.md): run with `--device cpu`")
+        code(kd::run::out_of_memory),
+        help("free the GPU (`nvidia-smi` shows what holds it) and continue with `kdc run --resume` (the run folder keeps the last checkpoint), or start again with a smaller batch (`--set stage.{stage}.batch=N`)")
     )]
-    NotOnDevice { device: String, what: String },
+    OutOfMemory {
+        device: String,
+        stage: String,
+        batch: usize,
+    },
 
     #[error(
         "the NVIDIA driver ({driver}) is older than this kdc's CUDA {}",

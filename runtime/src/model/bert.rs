@@ -324,6 +324,8 @@ pub struct Bert {
     /// Samples the encoder actually ran on.
     pub encoder_samples: u64,
     hidden: usize,
+    /// Where the encoder and head live.
+    device: Device,
 }
 
 impl std::fmt::Debug for Bert {
@@ -356,6 +358,7 @@ impl Bert {
         folder: &Path,
         init: &mut Init,
         cache_dir: Option<&Path>,
+        device: &Device,
     ) -> Result<Bert> {
         let config_path = folder.join("config.json");
         let raw = std::fs::read(&config_path).map_err(|source| RuntimeError::Io {
@@ -375,7 +378,7 @@ impl Bert {
             trainable: spec.trainable,
             handed: handed.clone(),
         };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         let encoder = if spec.trainable == Trainable::Head {
             Encoder::Frozen(Box::new(OwnEncoder::load(&vb, &config).map_err(|e| {
                 checkpoint_error(&weights, format!("does not fit its config ({e})"))
@@ -425,6 +428,7 @@ impl Bert {
             cache_file: None,
             encoder_samples: 0,
             hidden: spec.hidden,
+            device: device.clone(),
         };
         if spec.trainable == Trainable::Head {
             if let Some(dir) = cache_dir {
@@ -509,7 +513,7 @@ impl Bert {
                     .ok_or_else(|| RuntimeError::Plan("a cached encoder output vanished".into()))?;
                 flat.extend_from_slice(row);
             }
-            Tensor::from_vec(flat, (rows.len(), self.hidden), &Device::Cpu).ctx("pooled outputs")?
+            Tensor::from_vec(flat, (rows.len(), self.hidden), &self.device).ctx("pooled outputs")?
         } else {
             let pooled = self.encode(&rows, pad_id)?;
             if self.trained.is_empty() {
@@ -539,10 +543,14 @@ impl Bert {
             }
         }
         let b = rows.len();
-        let ids = Tensor::from_vec(ids, (b, len), &Device::Cpu).ctx("token ids")?;
-        let mask = Tensor::from_vec(mask, (b, len), &Device::Cpu).ctx("attention mask")?;
+        let ids = Tensor::from_vec(ids, (b, len), &self.device).ctx("token ids")?;
+        let mask = Tensor::from_vec(mask, (b, len), &self.device).ctx("attention mask")?;
         let hidden = match &self.encoder {
-            Encoder::Frozen(model) => model.forward_frozen(&ids, &mask),
+            // kdc's kernels for a frozen encoder; candle's ops elsewhere (a GPU).
+            Encoder::Frozen(model) if crate::ops::kernels_apply(&mask) => {
+                model.forward_frozen(&ids, &mask)
+            }
+            Encoder::Frozen(model) => model.forward(&ids, &mask).map(|h| h.detach()),
             Encoder::Differentiable(model) => model.forward(&ids, &mask),
         }
         .ctx("the BERT encoder")?;

@@ -496,6 +496,17 @@ impl Model {
         seed: u64,
         cache_dir: Option<&Path>,
     ) -> Result<Model> {
+        Model::from_bert_on(spec, folder, seed, cache_dir, &Device::Cpu)
+    }
+
+    /// [`Model::from_bert`] with the encoder and head on `device`.
+    pub fn from_bert_on(
+        spec: &ModelSpec,
+        folder: &Path,
+        seed: u64,
+        cache_dir: Option<&Path>,
+        device: &Device,
+    ) -> Result<Model> {
         let bert_spec = spec
             .bert
             .as_ref()
@@ -503,7 +514,7 @@ impl Model {
         let mut builder = Builder {
             seed,
             init_key: &spec.init_key,
-            device: &Device::Cpu,
+            device,
             params: Vec::new(),
             buffers: Vec::new(),
         };
@@ -512,6 +523,7 @@ impl Model {
             folder,
             &mut |name, shape, bound| builder.uniform(name.to_string(), shape, bound),
             cache_dir,
+            device,
         )?;
         // Trained encoder parameters first, then the head (which the builder holds).
         let mut params = bert.trained.clone();
@@ -869,7 +881,10 @@ impl Model {
             ]);
         }
         if let Some(onnx) = &self.onnx {
-            let inputs = HashMap::from([(onnx.input.clone(), x.clone())]);
+            // candle-onnx evaluates on the host (its weights load there); the outputs go
+            // back to where the input came from.
+            let on_host = x.to_device(&Device::Cpu).ctx("an ONNX model's input")?;
+            let inputs = HashMap::from([(onnx.input.clone(), on_host)]);
             // candle-onnx panics on some malformed graphs: a file's fault, not kdc's.
             let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 candle_onnx::simple_eval(&onnx.proto, inputs)
@@ -888,7 +903,9 @@ impl Model {
                     })?;
                     Ok((
                         port.clone(),
-                        t.to_dtype(DType::F32).ctx("reading an ONNX output")?,
+                        t.to_dtype(DType::F32)
+                            .and_then(|t| t.to_device(x.device()))
+                            .ctx("reading an ONNX output")?,
                     ))
                 })
                 .collect();

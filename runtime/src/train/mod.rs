@@ -64,6 +64,8 @@ struct Run<'a> {
     opts: &'a RunOptions,
     /// Where the models and batches live.
     device: Device,
+    /// Its name for messages (`cpu`, `cuda:0`).
+    device_name: String,
     datasets: HashMap<String, Dataset>,
     /// Per data source: the normalised value of a raw zero, per channel.
     fills: HashMap<String, Vec<f32>>,
@@ -106,27 +108,6 @@ fn run_plan_on(
     threads: usize,
     device: RunDevice,
 ) -> Result<Summary> {
-    if !device.device.is_cpu() {
-        // Not yet: their encoders and candle-onnx's evaluation run on the CPU.
-        let foreign = plan
-            .models
-            .iter()
-            .find(|m| m.onnx.is_some() || m.bert.is_some());
-        if let Some(model) = foreign {
-            return Err(RuntimeError::NotOnDevice {
-                device: device.name.clone(),
-                what: format!(
-                    "model `{}` ({} model)",
-                    model.name,
-                    if model.onnx.is_some() {
-                        "an ONNX"
-                    } else {
-                        "a BERT"
-                    }
-                ),
-            });
-        }
-    }
     let mut datasets = HashMap::new();
     let mut fills = HashMap::new();
     let mut data_files = BTreeMap::new();
@@ -168,6 +149,7 @@ fn run_plan_on(
         plan,
         opts,
         device: device.device.clone(),
+        device_name: device.name.clone(),
         datasets,
         fills,
         log,
@@ -289,9 +271,13 @@ impl Run<'_> {
         for spec in &plan.models {
             let mut model = match (&spec.onnx, &spec.bert) {
                 (Some(onnx), _) => Model::from_onnx(spec, &plan.resolve(&onnx.path))?,
-                (None, Some(bert)) => {
-                    Model::from_bert(spec, &plan.resolve(&bert.path), seed, cache_dir.as_deref())?
-                }
+                (None, Some(bert)) => Model::from_bert_on(
+                    spec,
+                    &plan.resolve(&bert.path),
+                    seed,
+                    cache_dir.as_deref(),
+                    &self.device,
+                )?,
                 (None, None) => Model::new_on(spec, seed, &self.device)?,
             };
             if let Some(pad_id) = pad_id_for(plan, &spec.name) {

@@ -216,7 +216,10 @@ impl Run<'_> {
             };
             batches.insert(source.clone(), data);
         }
-        if let Some(loss) = self.step_update(run, models, &batches)? {
+        let update = self.step_update(run, models, &batches);
+        let update =
+            update.map_err(|e| out_of_memory(e, &stage.name, stage.batch, &self.device_name));
+        if let Some(loss) = update? {
             run.st.loss_sum += loss * positions.len() as f64;
             run.st.loss_samples += positions.len();
         }
@@ -477,6 +480,23 @@ impl Run<'_> {
     }
 }
 
+/// A step that ran out of GPU memory, as a diagnostic naming the stage and its batch size
+/// (any other error as it is).
+fn out_of_memory(error: RuntimeError, stage: &str, batch: usize, device: &str) -> RuntimeError {
+    let text = match &error {
+        RuntimeError::Tensor { source, .. } => source.to_string(),
+        _ => return error,
+    };
+    match text.contains("CUDA_ERROR_OUT_OF_MEMORY") || text.contains("out of memory") {
+        true => RuntimeError::OutOfMemory {
+            device: device.to_string(),
+            stage: stage.to_string(),
+            batch,
+        },
+        false => error,
+    }
+}
+
 /// Fresh weights and biases for a stage's projections, each drawn from its own stream
 /// (uniform in `±1/sqrt(input)`, as PyTorch's `Linear`).
 fn projections(stage: &Stage, seed: u64, device: &candle_core::Device) -> Result<Projections> {
@@ -499,4 +519,32 @@ fn projections(stage: &Stage, seed: u64, device: &candle_core::Device) -> Result
         out.insert(p.name.clone(), (weight, bias));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_gpu_memory_names_the_stage_and_its_batch() {
+        let cuda = RuntimeError::Tensor {
+            context: "forward of `s`".into(),
+            source: candle_core::Error::Msg(
+                "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+            ),
+        };
+        let error = out_of_memory(cuda, "distill", 512, "cuda:0");
+        assert_eq!(
+            error.to_string(),
+            "stage `distill` ran out of memory on `cuda:0` at batch size 512"
+        );
+        let other = RuntimeError::Tensor {
+            context: "forward of `s`".into(),
+            source: candle_core::Error::Msg("shape mismatch".into()),
+        };
+        assert!(matches!(
+            out_of_memory(other, "distill", 512, "cuda:0"),
+            RuntimeError::Tensor { .. }
+        ));
+    }
 }
