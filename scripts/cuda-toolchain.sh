@@ -81,7 +81,7 @@ export CUDA_HOME="$cuda"          # cudarc's link search: \$CUDA_HOME/lib, \$CUD
 export PATH="$cuda/bin:\$PATH"
 export NVCC="$cuda/bin/nvcc"      # candle-kernels' build (cudaforge)
 export CUDARC_CUDA_VERSION=13000  # the bindings for CUDA 13.0, without asking nvcc
-export CUDA_COMPUTE_CAP=90        # Hopper (H100, H200); there is no GPU here to ask
+export CUDA_COMPUTE_CAP=\${CUDA_COMPUTE_CAP:-90}  # Hopper (H100, H200) unless set; no GPU here to ask
 export CUDAFORGE_THREADS=\${CUDAFORGE_THREADS:-2}
 EOF
 echo "$root/env.sh"
