@@ -1191,16 +1191,8 @@ impl LayerImpl {
                 .ctx_with(|| fail("batch norm")),
             LayerImpl::Dropout { p, name } => dropout(x, *p, name, context),
             LayerImpl::Flatten => x.flatten_from(1).ctx_with(|| fail("flatten")),
-            LayerImpl::Relu => match kernels {
-                true => crate::ops::elementwise::relu(x),
-                false => crate::ops::elementwise::relu_composed(x),
-            }
-            .ctx_with(|| fail("relu")),
-            LayerImpl::Gelu => match kernels {
-                true => crate::ops::attention::gelu_op(x),
-                false => x.gelu_erf(),
-            }
-            .ctx_with(|| fail("gelu")),
+            LayerImpl::Relu => crate::ops::elementwise::relu(x).ctx_with(|| fail("relu")),
+            LayerImpl::Gelu => crate::ops::attention::gelu_op(x).ctx_with(|| fail("gelu")),
             LayerImpl::Tanh if untracked => {
                 crate::ops::elementwise::tanh(x).ctx_with(|| fail("tanh"))
             }
@@ -1228,13 +1220,9 @@ impl LayerImpl {
                         crate::ops::elementwise::add(&h, &skip, relu)
                     }
                     (_, false) => h.add(&skip),
-                    (_, true) => {
-                        h.add(&skip)
-                            .and_then(|sum| match crate::ops::kernels_apply(&sum) {
-                                true => crate::ops::elementwise::relu(&sum),
-                                false => crate::ops::elementwise::relu_composed(&sum),
-                            })
-                    }
+                    (_, true) => h
+                        .add(&skip)
+                        .and_then(|sum| crate::ops::elementwise::relu(&sum)),
                 }
                 .ctx_with(|| fail("residual sum"))
             }
@@ -1375,10 +1363,7 @@ impl TransformerBlock {
         let fed = (|| {
             let normed = layer_norm(&h, (&self.norm2.0, &self.norm2.1), 1e-5, context)?;
             let inner = linear3(&normed, &self.ff1, context)?;
-            let inner = match crate::ops::kernels_apply(&inner) {
-                true => crate::ops::attention::gelu_op(&inner)?,
-                false => inner.gelu_erf()?,
-            };
+            let inner = crate::ops::attention::gelu_op(&inner)?;
             linear3(&inner, &self.ff2, context)
         })()
         .ctx_with(fail)?;

@@ -67,8 +67,12 @@ impl LayerNormBackward {
 }
 
 /// GELU (with the error function) as a node of candle's graph, so that every path (the
-/// graph, kdc's reverse pass, forwards without gradients) computes the same values.
+/// graph, kdc's reverse pass, forwards without gradients) computes the same values; off
+/// kdc's kernels (a GPU), candle's own `gelu_erf`.
 pub(crate) fn gelu_op(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !crate::ops::kernels_apply(x) {
+        return x.gelu_erf();
+    }
     x.contiguous()?.apply_op1(Gelu)
 }
 

@@ -180,7 +180,11 @@ impl CustomOp2 for ReluBackward {
     }
 }
 
+/// A ReLU: kdc's kernel op, or off the kernels (a GPU) [`relu_composed`].
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !crate::ops::kernels_apply(x) {
+        return relu_composed(x);
+    }
     x.contiguous()?.apply_op1(Relu)
 }
 

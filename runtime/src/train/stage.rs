@@ -216,10 +216,10 @@ impl Run<'_> {
             };
             batches.insert(source.clone(), data);
         }
-        let update = self.step_update(run, models, &batches);
-        let update =
-            update.map_err(|e| out_of_memory(e, &stage.name, stage.batch, &self.device_name));
-        if let Some(loss) = update? {
+        let update = self
+            .step_update(run, models, &batches)
+            .map_err(|e| out_of_memory(e, &stage.name, stage.batch, &self.device_name))?;
+        if let Some(loss) = update {
             run.st.loss_sum += loss * positions.len() as f64;
             run.st.loss_samples += positions.len();
         }
