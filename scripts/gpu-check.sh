@@ -9,7 +9,8 @@
 # On the host it runs, keeping going past a failure: the binaries' libraries, a smoke run
 # of digits on the GPU, every layer kind's values and gradients on the GPU against the
 # CPU (tests/reverse_pass.rs), the digits example on both devices (metrics side by side),
-# and the bench cases beside PyTorch on the same GPU. Logs go to $OUT (or /tmp/gpu-check).
+# digits again on the GPU (bitwise the same weights), digits in bf16 on the GPU, and the
+# bench cases beside PyTorch on the same GPU. Logs go to $OUT (or /tmp/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pack=target/gpu-check
@@ -97,6 +98,26 @@ for name, model in cpu["models"].items():
 print("gpu:", gpu.get("gpu"))
 EOF
 }
+# The same seed on the same GPU gives bitwise the same weights (docs/cuda.md, determinism).
+repeatable() {
+  "$kdc" run examples/digits.kd --device cuda --out "$out/digits-cuda-again" &&
+    for f in teacher.safetensors student.safetensors baseline.safetensors; do
+      cmp "$out/digits-cuda/$f" "$out/digits-cuda-again/$f" || return 1
+    done && echo "bitwise the same weights"
+}
+# Mixed precision on the GPU: every model of digits in bf16, accuracies beside f32's.
+bf16() {
+  "$kdc" run examples/digits.kd --device cuda --set pipeline.digits.precision=bf16 \
+    --out "$out/digits-bf16" &&
+    "$python" - "$out/digits-cuda/summary.json" "$out/digits-bf16/summary.json" <<'EOF'
+import json, sys
+f32, bf16 = (json.load(open(p)) for p in sys.argv[1:3])
+for name, model in f32["models"].items():
+    a = model["metrics"]["test"]["accuracy"]
+    b = bf16["models"][name]["metrics"]["test"]["accuracy"]
+    print(f"{name}: f32 {a:.4f} bf16 {b:.4f} ({bf16['models'][name]['precision']})")
+EOF
+}
 bench() {
   "$kdc" bench train --device cuda --runs 3 --steps 20 --python "$python" \
     --torch-ref bench/torch_ref.py --case mlp_distill --case cnn_distill --case text_student \
@@ -108,6 +129,8 @@ check libraries missing_libraries
 check smoke smoke
 check layers layers
 check digits digits
+check repeatable repeatable
+check bf16 bf16
 check bench bench
 
 echo
@@ -116,4 +139,5 @@ echo "|---|---|---:|---|"
 printf '%s\n' "${rows[@]}"
 echo
 cat "$out/digits.log" 2>/dev/null | tail -12
+cat "$out/bf16.log" 2>/dev/null | tail -4
 tail -20 "$out/bench.log" 2>/dev/null

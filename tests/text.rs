@@ -16,8 +16,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use candle_core::{Device, Tensor};
-use kd_plan::{BertSpec, ModelSpec, Pooling, Role, Span, Trainable};
+use candle_core::{DType, Device, Tensor};
+use kd_plan::{BertSpec, ModelSpec, Pooling, Precision, Role, Span, Trainable};
 use kd_runtime::model::Model;
 
 use common::{fetch, python, root, valid_summary};
@@ -117,6 +117,7 @@ fn bert_spec(folder: &str, layers: Vec<usize>, hidden: usize, pooling: Pooling) 
             max_positions: 512,
         }),
         tokens: true,
+        precision: Default::default(),
     }
 }
 
@@ -128,11 +129,23 @@ fn pooled_difference(
     pooling: Pooling,
     trainable: Trainable,
 ) -> f64 {
+    pooled_difference_in(folder, layers, hidden, (pooling, trainable), Precision::F32)
+}
+
+/// [`pooled_difference`] for a model computing in `precision`.
+fn pooled_difference_in(
+    folder: &str,
+    layers: Vec<usize>,
+    hidden: usize,
+    (pooling, trainable): (Pooling, Trainable),
+    precision: Precision,
+) -> f64 {
     let texts = mails(6);
     let max_len = 48;
     let ids = tokenize(&texts, max_len);
     let mut spec = bert_spec(folder, layers.clone(), hidden, pooling);
     spec.bert.as_mut().unwrap().trainable = trainable;
+    spec.precision = precision;
     let mut model = Model::from_bert(&spec, &root().join(folder), 1, None).unwrap();
     model.set_pad_id(0);
     let x = Tensor::from_vec(
@@ -181,6 +194,30 @@ fn a_tiny_bert_and_its_layer_subsets_match_a_numpy_bert() {
     }
 }
 
+/// `precision: bf16`: the frozen encoder holds bf16 weights, a trained one f32 master
+/// weights cast in each forward; either way its pooled output follows the numpy BERT to
+/// bf16's rounding (8 significant bits, through four layers).
+#[test]
+fn a_bf16_bert_follows_the_numpy_bert() {
+    for (layers, pooling, trainable) in [
+        (vec![0, 1, 2, 3], Pooling::Mean, Trainable::Head),
+        (vec![0, 2], Pooling::Cls, Trainable::All),
+    ] {
+        let worst = pooled_difference_in(
+            "tests/bert/tiny",
+            layers.clone(),
+            8,
+            (pooling, trainable),
+            Precision::Bf16,
+        );
+        assert!(
+            worst < 0.05,
+            "layers {layers:?}, {trainable:?} in bf16: differs by {worst}"
+        );
+        assert!(worst > 1e-5, "bf16 must round somewhere: {worst}");
+    }
+}
+
 #[test]
 fn minilm_matches_a_numpy_bert() {
     fetch(&["minilm"]);
@@ -207,9 +244,14 @@ fn minilm_matches_a_numpy_bert() {
 
 #[test]
 fn every_trained_bert_parameter_gets_a_gradient() {
-    for trainable in [Trainable::Last(1), Trainable::All] {
+    for (trainable, precision) in [
+        (Trainable::Last(1), Precision::F32),
+        (Trainable::All, Precision::F32),
+        (Trainable::All, Precision::Bf16),
+    ] {
         let mut spec = bert_spec("tests/bert/tiny", vec![0, 2], 8, Pooling::Mean);
         spec.bert.as_mut().unwrap().trainable = trainable;
+        spec.precision = precision;
         let mut model = Model::from_bert(&spec, &root().join("tests/bert/tiny"), 1, None).unwrap();
         model.set_pad_id(0);
         let ids = tokenize(&mails(4), 16);
@@ -241,6 +283,7 @@ fn every_trained_bert_parameter_gets_a_gradient() {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(norm > 0.0, "{trainable:?}: zero gradient for {name}");
+            assert_eq!(grad.dtype(), DType::F32, "{precision:?}: {name}'s gradient");
         }
     }
 }

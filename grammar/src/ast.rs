@@ -184,6 +184,8 @@ pub enum RoleSource {
     Architecture {
         architecture: Ident,
         init_from: Option<Value>,
+        /// `{ precision: bf16 }` after it.
+        settings: Vec<Setting>,
     },
     /// `= onnx("file.onnx") { ... }`
     Onnx(OnnxSource),

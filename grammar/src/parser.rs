@@ -85,7 +85,7 @@ fn ident(pair: Pair<Rule>) -> Ident {
 }
 
 fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
-    let span = span_of(&pair);
+    let mut span = span_of(&pair);
     let rule = pair.as_rule();
     let mut it = parts(pair);
     Ok(match rule {
@@ -163,9 +163,24 @@ fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
                     span,
                 })
             } else {
+                let architecture = ident(what);
+                let mut init_from = None;
+                let mut block = Vec::new();
+                let mut end = architecture.span.end;
+                for part in it {
+                    end = part.as_span().end();
+                    match part.as_rule() {
+                        Rule::settings => block = settings(part)?,
+                        _ => init_from = Some(string_value(part)?),
+                    }
+                }
+                // The declaration ends with its last part, not with the whitespace pest
+                // skipped looking for an optional part after it.
+                span = Span::new(span.start, end);
                 RoleSource::Architecture {
-                    architecture: ident(what),
-                    init_from: it.next().map(string_value).transpose()?,
+                    architecture,
+                    init_from,
+                    settings: block,
                 }
             };
             Declaration::Role(RoleDecl {

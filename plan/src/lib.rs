@@ -86,6 +86,33 @@ pub struct Settings {
     /// Where cached frozen-model outputs live.
     #[serde(default)]
     pub cache: CacheMode,
+    /// The arithmetic models compute in unless their own declaration says otherwise.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// The floating-point format a model computes in. Trained weights stay f32 either way
+/// (the optimizer's master copy); under `Bf16` each forward casts them, so activations
+/// and gradients inside the model are bf16.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Where the outputs of frozen models (a cached teacher, a frozen BERT encoder) are kept.
@@ -343,6 +370,10 @@ pub struct ModelSpec {
     /// The input is token ids (`input tokens[len]`), padded with the data's pad id.
     #[serde(default)]
     pub tokens: bool,
+    /// What the model computes in: its own `precision:`, else the pipeline's (an ONNX
+    /// model always runs in its file's f32).
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 /// A BERT-family encoder from a folder holding `config.json` and `model.safetensors`,
@@ -1154,6 +1185,7 @@ mod tests {
                 checkpoint_every: None,
                 non_finite: NonFinite::Stop,
                 cache: Default::default(),
+                precision: Default::default(),
             },
             data: Vec::new(),
             augments: Vec::new(),

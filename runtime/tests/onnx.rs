@@ -44,6 +44,7 @@ fn spec(file: &str, tap: &str, tap_shape: Vec<usize>) -> ModelSpec {
         }),
         bert: None,
         tokens: false,
+        precision: Default::default(),
     }
 }
 

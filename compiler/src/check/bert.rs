@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use kd_grammar::ast::{BertSource, RoleDecl, RoleKind, Value, ValueKind};
-use kd_plan::{BertSpec, Kind, ModelSpec, Pooling, Role, Tap, TensorType, Trainable};
+use kd_plan::{BertSpec, Kind, ModelSpec, Pooling, Precision, Role, Tap, TensorType, Trainable};
 
 use super::Cx;
 use crate::diagnostics::{span, CheckError};
@@ -25,12 +25,21 @@ struct BertConfig {
 
 impl Cx<'_> {
     /// The model a `bert(...)` role declares, or `None` after reporting why there is none.
-    pub(super) fn bert_role(&mut self, r: &RoleDecl, source: &BertSource) -> Option<ModelSpec> {
+    pub(super) fn bert_role(
+        &mut self,
+        r: &RoleDecl,
+        source: &BertSource,
+        precision: Precision,
+    ) -> Option<ModelSpec> {
         let fields = self.fields(
             &source.settings,
-            &["pooling", "classes", "trainable", "layers"],
+            &["pooling", "classes", "trainable", "layers", "precision"],
             "a bert model",
         );
+        let precision = match fields.value("precision") {
+            Some(v) => self.precision(v).unwrap_or(precision),
+            None => precision,
+        };
         let text = self.string(&source.path, "a checkpoint folder")?;
         let folder = self.resolve_path(&text);
         let config = self.bert_config(&text, &folder, &source.path)?;
@@ -116,6 +125,7 @@ impl Cx<'_> {
                 max_positions: config.max_position_embeddings,
             }),
             tokens: true,
+            precision,
         })
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use kd_grammar::ast::{Call, DataDecl, Declaration, Program, SettingValue, Span, Value, ValueKind};
 use kd_plan::{
     AugmentOp, AugmentSpec, CacheMode, DataSource, DataSpec, Device, NonFinite, Normalize,
-    Settings, SplitSize, SplitSpec,
+    Precision, Settings, SplitSize, SplitSpec,
 };
 
 use super::values::format_number;
@@ -23,6 +23,7 @@ const PIPELINE_SETTINGS: &[&str] = &[
     "checkpoint_every",
     "non_finite",
     "cache",
+    "precision",
 ];
 const DATA_SETTINGS: &[&str] = &[
     "header",
@@ -72,6 +73,7 @@ impl Cx<'_> {
             checkpoint_every: None,
             non_finite: NonFinite::Stop,
             cache: CacheMode::Memory,
+            precision: Precision::F32,
         };
         let Some(decl) = program.declarations.iter().find_map(|d| match d {
             Declaration::Pipeline(p) => Some(p),
@@ -114,7 +116,18 @@ impl Cx<'_> {
         if let Some(v) = fields.value("non_finite") {
             settings.non_finite = self.non_finite(v).unwrap_or_default();
         }
+        if let Some(v) = fields.value("precision") {
+            settings.precision = self.precision(v).unwrap_or_default();
+        }
         settings
+    }
+
+    /// `precision: f32 | bf16`, in `pipeline` and in a model instance's settings.
+    pub(super) fn precision(&mut self, value: &Value) -> Option<Precision> {
+        match self.choice(value, "precision", &["f32", "bf16"])?.as_str() {
+            "bf16" => Some(Precision::Bf16),
+            _ => Some(Precision::F32),
+        }
     }
 
     fn non_finite(&mut self, value: &Value) -> Option<NonFinite> {

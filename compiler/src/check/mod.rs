@@ -148,7 +148,7 @@ pub fn check(
     let data = cx.data_decls(program);
     let augments = cx.augments(program, &data);
     let architectures = cx.architectures(program);
-    let mut models = cx.roles(program, &architectures, &data);
+    let mut models = cx.roles(program, &architectures, &data, settings.precision);
     let losses = cx.loss_decls(program);
     let mut stages = cx.stages(program, &models, &data, &augments, &losses);
     cx.baselines(program, &mut models, &mut stages);

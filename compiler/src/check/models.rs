@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use kd_grammar::ast::{
     Call, Declaration, LayerKind, LayerNode, Program, RoleKind, RoleSource, Span,
 };
-use kd_plan::{DataSpec, Kind, Layer, LayerSpec, ModelSpec, Role, SeqPool, Tap, TensorType};
+use kd_plan::{
+    DataSpec, Kind, Layer, LayerSpec, ModelSpec, Precision, Role, SeqPool, Tap, TensorType,
+};
 
 use super::Cx;
 use crate::diagnostics::{did_you_mean, labeled, one_of, span, CheckError};
@@ -635,18 +637,20 @@ impl Cx<'_> {
         program: &Program,
         architectures: &HashMap<String, Architecture>,
         data: &[DataSpec],
+        precision: Precision,
     ) -> Vec<ModelSpec> {
         let _ = data;
         let mut models = Vec::new();
         for decl in &program.declarations {
             let Declaration::Role(r) = decl else { continue };
-            let (architecture, init_from) = match &r.source {
+            let (architecture, init_from, settings) = match &r.source {
                 RoleSource::Architecture {
                     architecture,
                     init_from,
-                } => (architecture, init_from),
+                    settings,
+                } => (architecture, init_from, settings),
                 RoleSource::Bert(source) => {
-                    match self.bert_role(r, source) {
+                    match self.bert_role(r, source, precision) {
                         Some(model) => models.push(model),
                         None => {
                             self.failed.insert(format!("model {}", r.name.name));
@@ -663,6 +667,15 @@ impl Cx<'_> {
                     }
                     continue;
                 }
+            };
+            let fields = self.fields(
+                settings,
+                &["precision"],
+                &format!("model `{}`", r.name.name),
+            );
+            let precision = match fields.value("precision") {
+                Some(v) => self.precision(v).unwrap_or(precision),
+                None => precision,
             };
             let Some(arch) = architectures.get(&architecture.name) else {
                 self.failed.insert(format!("model {}", r.name.name));
@@ -727,6 +740,7 @@ impl Cx<'_> {
                 onnx: None,
                 bert: None,
                 tokens: arch.tokens,
+                precision,
             });
             let _ = arch.span;
         }

@@ -183,6 +183,7 @@ impl Cx<'_> {
             }),
             bert: None,
             tokens: false,
+            precision: Default::default(),
         })
     }
 

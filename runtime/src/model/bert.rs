@@ -150,10 +150,12 @@ struct OwnEncoder {
     heads: usize,
     eps: f64,
     act: candle_transformers::models::bert::HiddenAct,
+    /// What the layers compute in; weights held in another dtype are cast where used.
+    dtype: DType,
 }
 
 impl OwnEncoder {
-    fn load(vb: &VarBuilder, config: &Config) -> candle_core::Result<OwnEncoder> {
+    fn load(vb: &VarBuilder, config: &Config, dtype: DType) -> candle_core::Result<OwnEncoder> {
         let h = config.hidden_size;
         let dense = |name: &str, out: usize, inp: usize| -> candle_core::Result<Dense> {
             Ok((
@@ -196,6 +198,7 @@ impl OwnEncoder {
             heads: config.num_attention_heads,
             eps: config.layer_norm_eps,
             act: config.hidden_act,
+            dtype,
         })
     }
 
@@ -203,11 +206,13 @@ impl OwnEncoder {
     fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, len) = ids.dims2()?;
         let h = self.word.dim(1)?;
+        let dtype = self.dtype;
         self.word
             .index_select(&ids.flatten_all()?, 0)?
+            .to_dtype(dtype)?
             .reshape((b, len, h))?
-            .broadcast_add(&self.position.narrow(0, 0, len)?)?
-            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)
+            .broadcast_add(&self.position.narrow(0, 0, len)?.to_dtype(dtype)?)?
+            .broadcast_add(&self.token_type.narrow(0, 0, 1)?.to_dtype(dtype)?)
     }
 
     /// [`OwnEncoder::forward`] for a frozen encoder, outside candle's graph on kdc's fused
@@ -259,8 +264,11 @@ impl OwnEncoder {
     /// The last layer's states `[B, L, H]` for ids `[B, L]` and mask `[B, L]`.
     fn forward(&self, ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         use candle_transformers::models::bert::HiddenAct;
-        let linear =
-            |x: &Tensor, (w, bias): &Dense| x.broadcast_matmul(&w.t()?)?.broadcast_add(bias);
+        // Mixed precision: f32 weights cast to the compute dtype (a no-op in f32).
+        let linear = |x: &Tensor, (w, bias): &Dense| {
+            x.broadcast_matmul(&w.to_dtype(self.dtype)?.t()?)?
+                .broadcast_add(&bias.to_dtype(self.dtype)?)
+        };
         let norm = |x: &Tensor, (w, bias): &Dense| sequence::layer_norm(x, w, bias, self.eps);
         let mut x = norm(&self.embed(ids)?, &self.norm)?;
         for layer in &self.layers {
@@ -326,6 +334,8 @@ pub struct Bert {
     hidden: usize,
     /// Where the encoder and head live.
     device: Device,
+    /// What the encoder computes in (`precision:`).
+    dtype: DType,
 }
 
 impl std::fmt::Debug for Bert {
@@ -358,7 +368,7 @@ impl Bert {
         folder: &Path,
         init: &mut Init,
         cache_dir: Option<&Path>,
-        device: &Device,
+        (device, dtype): (&Device, DType),
     ) -> Result<Bert> {
         let config_path = folder.join("config.json");
         let raw = std::fs::read(&config_path).map_err(|source| RuntimeError::Io {
@@ -378,15 +388,16 @@ impl Bert {
             trainable: spec.trainable,
             handed: handed.clone(),
         };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        let encoder = if spec.trainable == Trainable::Head {
-            Encoder::Frozen(Box::new(OwnEncoder::load(&vb, &config).map_err(|e| {
-                checkpoint_error(&weights, format!("does not fit its config ({e})"))
-            })?))
-        } else {
-            Encoder::Differentiable(Box::new(OwnEncoder::load(&vb, &config).map_err(|e| {
-                checkpoint_error(&weights, format!("does not fit its config ({e})"))
-            })?))
+        let frozen = spec.trainable == Trainable::Head;
+        // A frozen encoder keeps its weights in the compute dtype; a trained one keeps f32
+        // master weights and casts them in each forward.
+        let stored = if frozen { dtype } else { DType::F32 };
+        let vb = VarBuilder::from_backend(Box::new(backend), stored, device.clone());
+        let own = OwnEncoder::load(&vb, &config, dtype)
+            .map_err(|e| checkpoint_error(&weights, format!("does not fit its config ({e})")))?;
+        let encoder = match frozen {
+            true => Encoder::Frozen(Box::new(own)),
+            false => Encoder::Differentiable(Box::new(own)),
         };
         let handed = std::mem::take(
             &mut *handed
@@ -429,10 +440,14 @@ impl Bert {
             encoder_samples: 0,
             hidden: spec.hidden,
             device: device.clone(),
+            dtype,
         };
         if spec.trainable == Trainable::Head {
             if let Some(dir) = cache_dir {
-                let file = dir.join(format!("bert-{}.safetensors", cache_key(spec, folder)?));
+                let file = dir.join(format!(
+                    "bert-{}.safetensors",
+                    cache_key(spec, folder, dtype)?
+                ));
                 bert.load_cache(&file)?;
                 bert.cache_file = Some(file);
             }
@@ -444,12 +459,12 @@ impl Bert {
 /// Names the disk cache after everything the pooled outputs depend on besides the token
 /// ids: kdc's version (its forward code), the checkpoint's weights and config, the layers
 /// kept and the pooling.
-fn cache_key(spec: &BertSpec, folder: &Path) -> Result<String> {
+fn cache_key(spec: &BertSpec, folder: &Path, dtype: DType) -> Result<String> {
     let mut hasher = Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
     crate::output::files::hash_file(&mut hasher, &folder.join("model.safetensors"))?;
     crate::output::files::hash_file(&mut hasher, &folder.join("config.json"))?;
-    hasher.update(format!("{:?}/{:?}", spec.layers, spec.pooling).as_bytes());
+    hasher.update(format!("{:?}/{:?}/{dtype:?}", spec.layers, spec.pooling).as_bytes());
     Ok(crate::output::files::hex(&hasher.finalize()[..16]))
 }
 
@@ -544,7 +559,9 @@ impl Bert {
         }
         let b = rows.len();
         let ids = Tensor::from_vec(ids, (b, len), &self.device).ctx("token ids")?;
-        let mask = Tensor::from_vec(mask, (b, len), &self.device).ctx("attention mask")?;
+        let mask = Tensor::from_vec(mask, (b, len), &self.device)
+            .and_then(|m| m.to_dtype(self.dtype))
+            .ctx("attention mask")?;
         let hidden = match &self.encoder {
             // kdc's kernels for a frozen encoder; candle's ops elsewhere (a GPU).
             Encoder::Frozen(model) if crate::ops::kernels_apply(&mask) => {
@@ -559,7 +576,9 @@ impl Bert {
             Pooling::Mean => SeqPool::Mean,
             Pooling::Cls => SeqPool::First,
         };
-        sequence::pool(&hidden, Some(&mask), kind).ctx("pooling")
+        sequence::pool(&hidden, Some(&mask), kind)
+            .and_then(|p| p.to_dtype(DType::F32))
+            .ctx("pooling")
     }
 
     pub fn export_config(&self) -> ExportConfig {
@@ -567,8 +586,14 @@ impl Bert {
     }
 
     /// Every tensor of the model by export name: the encoder's, then the head.
+    /// Every tensor under its export name, in f32 (a frozen bf16 encoder's weights are
+    /// the bf16 values it ran with, exactly).
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = self.encoder_tensors.clone();
+        let mut out: Vec<(String, Tensor)> = self
+            .encoder_tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.to_dtype(DType::F32).unwrap_or(t.clone())))
+            .collect();
         out.push(("head.weight".into(), self.head_weight.as_tensor().clone()));
         out.push(("head.bias".into(), self.head_bias.as_tensor().clone()));
         out

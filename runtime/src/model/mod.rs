@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var, D};
-use kd_plan::{Layer, LayerSpec, ModelSpec, SeqPool};
+use kd_plan::{Layer, LayerSpec, ModelSpec, Precision, SeqPool};
 
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
 use crate::ops::dense::{dense, Dense, Epilogue};
@@ -133,6 +133,17 @@ pub struct Model {
     own_reverse_pass: bool,
     /// Where taped steps report their layers' times, when timed.
     layer_times: Option<crate::model::tape::LayerTimes>,
+    /// What the layers compute in (`precision:`): parameters stay f32 and are cast on use,
+    /// the input is cast on entry and every port back to f32 on exit.
+    dtype: DType,
+}
+
+/// The dtype a model of `precision` computes in.
+pub fn compute_dtype(precision: Precision) -> DType {
+    match precision {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+    }
 }
 
 /// A frozen model evaluated by candle-onnx.
@@ -484,6 +495,7 @@ impl Model {
             pad_id: None,
             own_reverse_pass: true,
             layer_times: None,
+            dtype: compute_dtype(spec.precision),
         })
     }
 
@@ -523,7 +535,7 @@ impl Model {
             folder,
             &mut |name, shape, bound| builder.uniform(name.to_string(), shape, bound),
             cache_dir,
-            device,
+            (device, compute_dtype(spec.precision)),
         )?;
         // Trained encoder parameters first, then the head (which the builder holds).
         let mut params = bert.trained.clone();
@@ -543,6 +555,7 @@ impl Model {
             pad_id: None,
             own_reverse_pass: true,
             layer_times: None,
+            dtype: compute_dtype(spec.precision),
         })
     }
 
@@ -695,6 +708,7 @@ impl Model {
             pad_id: None,
             own_reverse_pass: true,
             layer_times: None,
+            dtype: DType::F32,
         })
     }
 
@@ -921,9 +935,15 @@ impl Model {
             call,
             sinks: &self.grad_sinks,
             gradients,
+            dtype: self.dtype,
         };
-        // kdc's own reverse pass runs on its CPU kernels; elsewhere candle's graph does.
-        if gradients && self.own_reverse_pass && crate::ops::cpu_kernels() && x.device().is_cpu() {
+        // kdc's own reverse pass runs on its f32 CPU kernels; elsewhere candle's graph does.
+        if gradients
+            && self.own_reverse_pass
+            && self.dtype == DType::F32
+            && crate::ops::cpu_kernels()
+            && x.device().is_cpu()
+        {
             if let Some((_, anchor)) = self.params.first() {
                 return self.forward_taped(x, anchor.as_tensor().clone(), &context);
             }
@@ -933,15 +953,21 @@ impl Model {
         let mut mask = match self.pad_id {
             Some(pad) => Some(
                 x.ne(pad as f64)
-                    .and_then(|m| m.to_dtype(DType::F32))
+                    .and_then(|m| m.to_dtype(self.dtype))
                     .ctx("the attention mask")?,
             ),
             None => None,
         };
+        // Token ids stay as they are (the embedding reads them); values take the model's
+        // precision.
+        let x = match self.pad_id {
+            None => x.to_dtype(self.dtype).ctx("casting the input")?,
+            Some(_) => x.clone(),
+        };
         let taps = &self.taps;
         let h = run_layers(
             &self.layers,
-            x,
+            &x,
             &mut mask,
             &context,
             |at| taps.iter().any(|(_, tap)| *tap == at),
@@ -952,7 +978,11 @@ impl Model {
             },
         )?;
         ports.push(("output".to_string(), h));
-        Ok(ports)
+        // Losses, metrics and caches see f32 whatever the model computed in.
+        ports
+            .into_iter()
+            .map(|(port, t)| Ok((port, t.to_dtype(DType::F32).ctx("casting an output")?)))
+            .collect()
     }
 }
 
@@ -1022,11 +1052,23 @@ struct ForwardContext<'a> {
     sinks: &'a GradSinks,
     /// Whether parameters are tracked for a backward pass.
     gradients: bool,
+    /// The model's compute dtype: f32 parameters are cast to it where they are used, so
+    /// their gradients come back f32 through the cast (mixed precision).
+    dtype: DType,
 }
 
 impl ForwardContext<'_> {
-    /// A parameter as this forward uses it: outside the graph without `gradients`.
+    /// A parameter as this forward uses it: outside the graph without `gradients`, in the
+    /// model's precision.
     fn param(&self, var: &Var) -> Tensor {
+        let t = self.param_f32(var);
+        // `to_dtype` to the same dtype is a clone; a failed cast (never for f32 to bf16)
+        // would surface as the layer's dtype mismatch.
+        t.to_dtype(self.dtype).unwrap_or(t)
+    }
+
+    /// The parameter in its own f32.
+    fn param_f32(&self, var: &Var) -> Tensor {
         match self.gradients {
             true => var.as_tensor().clone(),
             false => var.as_tensor().detach(),
@@ -1064,13 +1106,17 @@ impl LayerImpl {
                     .and_then(|ids| ids.flatten_all())
                     .ctx_with(|| fail("embedding"))?;
                 let dim = weight.dim(1).ctx_with(|| fail("embedding"))?;
-                let table = &context.param(weight);
+                // The table stays f32 and its rows are cast once selected, so a row's
+                // gradient sums its tokens' in f32 (the embedding is the layer whose
+                // gradient adds up most terms).
+                let table = &context.param_f32(weight);
                 let y = match crate::ops::kernels_apply(table) {
                     true => {
                         crate::ops::elementwise::embedding(table, &ids, context.sinks.get(table))
                     }
                     false => table.index_select(&ids, 0),
                 }
+                .and_then(|y| y.to_dtype(context.dtype))
                 .and_then(|y| y.reshape((b, len, dim)))
                 .ctx_with(|| fail("embedding"))?;
                 match positions {
@@ -1204,7 +1250,9 @@ impl LayerImpl {
             LayerImpl::Softmax if untracked => {
                 crate::ops::elementwise::softmax(x).ctx_with(|| fail("softmax"))
             }
-            LayerImpl::Softmax => losses::softmax(x, 1.0).ctx_with(|| fail("softmax")),
+            LayerImpl::Softmax => {
+                sequence::in_f32(x, |x| losses::softmax(x, 1.0)).ctx_with(|| fail("softmax"))
+            }
             LayerImpl::Residual { body, shortcut } => {
                 let h = run_layers(body, x, &mut mask.clone(), context, |_| false, |_, _| ())?;
                 let skip = match shortcut {
@@ -1233,12 +1281,12 @@ impl LayerImpl {
 /// The padding mask after a conv1d: an output position is real when its window covers a
 /// real token.
 fn conv1d_mask(mask: &Tensor, kernel: usize, padding: usize) -> candle_core::Result<Tensor> {
-    let ones = Tensor::ones((1, 1, kernel), DType::F32, mask.device())?;
+    let ones = Tensor::ones((1, 1, kernel), mask.dtype(), mask.device())?;
     mask.unsqueeze(1)?
         .conv1d(&ones, padding, 1, 1, 1)?
         .squeeze(1)?
         .gt(0.5)?
-        .to_dtype(DType::F32)
+        .to_dtype(mask.dtype())
 }
 
 /// Zeroes each value with probability `p` in training mode (scaling the rest by
@@ -1309,18 +1357,22 @@ fn lstm(
     directions: &[(Var, Var, Var)],
     context: &ForwardContext,
 ) -> candle_core::Result<Tensor> {
+    // The recurrence runs in f32 in a bf16 model too (its state accumulates over steps).
+    let param = |v: &Var| context.param(v).to_dtype(DType::F32);
+    let mask = mask.map(|m| m.to_dtype(DType::F32)).transpose()?;
+    let mask = mask.as_ref();
     let mut outputs = Vec::with_capacity(directions.len());
     for (direction, (w_ih, w_hh, bias)) in directions.iter().enumerate() {
         let x = x.to_dtype(DType::F32)?;
         let projected = dense(
             Dense::Linear,
             &x,
-            &context.param(w_ih),
-            Some(&context.param(bias)),
+            &param(w_ih)?,
+            Some(&param(bias)?),
             Epilogue::default(),
             context.sinks,
         )?;
-        let w_hh = context.param(w_hh);
+        let w_hh = param(w_hh)?;
         outputs.push(crate::ops::recurrent::lstm_direction(
             &projected,
             &w_hh,
@@ -1330,9 +1382,10 @@ fn lstm(
         )?);
     }
     match outputs.len() {
-        1 => Ok(outputs.swap_remove(0)),
-        _ => Tensor::cat(&outputs, 2),
+        1 => outputs.swap_remove(0),
+        _ => Tensor::cat(&outputs, 2)?,
     }
+    .to_dtype(context.dtype)
 }
 
 impl TransformerBlock {
@@ -1381,7 +1434,10 @@ impl BatchNorm {
         relu: bool,
     ) -> candle_core::Result<Tensor> {
         if !crate::ops::kernels_apply(x) {
-            let y = self.forward_candle(x, context)?;
+            // Statistics in f32 whatever the model computes in (as PyTorch's autocast).
+            let y = self
+                .forward_candle(&x.to_dtype(DType::F32)?, context)?
+                .to_dtype(x.dtype())?;
             return if relu {
                 crate::ops::elementwise::relu_composed(&y)
             } else {
@@ -1457,8 +1513,12 @@ impl BatchNorm {
             .broadcast_div(&var.affine(1.0, self.eps)?.sqrt()?)?;
         let weight = context
             .param(&self.weight)
+            .to_dtype(x.dtype())?
             .reshape(param_shape.as_slice())?;
-        let bias = context.param(&self.bias).reshape(param_shape.as_slice())?;
+        let bias = context
+            .param(&self.bias)
+            .to_dtype(x.dtype())?
+            .reshape(param_shape.as_slice())?;
         normalised.broadcast_mul(&weight)?.broadcast_add(&bias)
     }
 }

@@ -103,6 +103,19 @@ pub fn composed(
             let w = w.reshape((out, channels * kernel))?.t()?;
             (windows.broadcast_matmul(&w)?, None)
         }
+        // candle 0.11 has no bf16 convolution on the CPU; its bf16 matmul there widens to
+        // f32 and rounds the result, so the convolution does the same (as bf16 hardware
+        // accumulates in f32).
+        Dense::Conv2d { stride, padding }
+            if x.dtype() == candle_core::DType::BF16 && x.device().is_cpu() =>
+        {
+            let f32 = candle_core::DType::F32;
+            let y = x
+                .to_dtype(f32)?
+                .conv2d(&w.to_dtype(f32)?, padding, stride, 1, 1)?
+                .to_dtype(x.dtype())?;
+            (y, Some(1))
+        }
         Dense::Conv2d { stride, padding } => (x.conv2d(w, padding, stride, 1, 1)?, Some(1)),
     };
     let y = match (b, channel_axis) {

@@ -4,11 +4,24 @@
 //! ops that have a backward pass (candle-nn 0.11's fused `layer_norm` and
 //! `softmax_last_dim` do not).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use kd_plan::SeqPool;
+
+/// `f` on `x` in f32, its result back in `x`'s dtype: reductions (means, variances,
+/// softmax sums) stay f32 in a bf16 model, as PyTorch's autocast keeps them.
+pub fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 | DType::F64 => f(x),
+        other => f(&x.to_dtype(DType::F32)?)?.to_dtype(other),
+    }
+}
 
 /// Normalises the last axis to zero mean and unit variance, then scales and shifts.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.dtype() != DType::F32 && x.dtype() != DType::F64 {
+        let (w, b) = (weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?);
+        return in_f32(x, |x| layer_norm(x, &w, &b, eps));
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -46,7 +59,7 @@ pub fn attention(
         Some(m) => scores.broadcast_add(&padding_penalty(m)?.reshape((b, 1, 1, len))?)?,
         None => scores,
     };
-    let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let weights = in_f32(&scores, |s| candle_nn::ops::softmax(s, D::Minus1))?;
     weights
         .matmul(&v)?
         .transpose(1, 2)?
@@ -64,6 +77,10 @@ pub fn first_max(x: &Tensor, axis: usize) -> Result<Tensor> {
 /// `[B, L, C]` to `[B, C]` over the positions where `mask` is 1. A row with no real token
 /// pools to zeros.
 pub fn pool(x: &Tensor, mask: Option<&Tensor>, kind: SeqPool) -> Result<Tensor> {
+    if kind == SeqPool::Mean && x.dtype() != DType::F32 && x.dtype() != DType::F64 {
+        let mask = mask.map(|m| m.to_dtype(DType::F32)).transpose()?;
+        return in_f32(x, |x| pool(x, mask.as_ref(), kind));
+    }
     match (kind, mask) {
         // One pass each way (runtime/src/ops/pooling.rs) instead of a strided reduction.
         (SeqPool::Max, _) if crate::ops::kernels_apply(x) => {

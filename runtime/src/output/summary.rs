@@ -55,6 +55,9 @@ pub struct Provenance {
 pub struct ModelSummary {
     pub role: Role,
     pub architecture: String,
+    /// What the model computed in: `f32` or `bf16` (`precision:`).
+    #[serde(default = "f32_name")]
+    pub precision: String,
     pub params: usize,
     /// Size of the exported weights file (the first seed's), if exported.
     pub bytes: Option<u64>,
@@ -72,6 +75,10 @@ pub struct ModelSummary {
     /// With several seeds: the sample standard deviation over seeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_std: Option<BTreeMap<String, MetricsStd>>,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -318,6 +325,7 @@ pub(crate) fn model_summaries(
             ModelSummary {
                 role: spec.role,
                 architecture: spec.architecture.clone(),
+                precision: spec.precision.name().to_string(),
                 params: first.params.get(&spec.name).copied().unwrap_or(spec.params),
                 bytes: first.bytes.get(&spec.name).copied(),
                 latency_ms: first.latency_ms.get(&spec.name).copied(),
