@@ -13,6 +13,7 @@ mod onnx;
 mod overrides;
 mod passes;
 pub mod render;
+pub mod vocabulary;
 mod weights;
 
 use std::path::Path;

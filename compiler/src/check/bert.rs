@@ -33,7 +33,7 @@ impl Cx<'_> {
     ) -> Option<ModelSpec> {
         let fields = self.fields(
             &source.settings,
-            &["pooling", "classes", "trainable", "layers", "precision"],
+            crate::vocabulary::BERT_SETTINGS,
             "a bert model",
         );
         let precision = match fields.value("precision") {

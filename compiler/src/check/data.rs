@@ -13,49 +13,7 @@ use super::values::format_number;
 use super::Cx;
 use crate::diagnostics::{did_you_mean, one_of, span, CheckError};
 use crate::inspect::{self, LabelColumn, SourceFacts};
-
-const PIPELINE_SETTINGS: &[&str] = &[
-    "seed",
-    "device",
-    "output",
-    "threads",
-    "repeat",
-    "checkpoint_every",
-    "non_finite",
-    "cache",
-    "precision",
-];
-const DATA_SETTINGS: &[&str] = &[
-    "header",
-    "label",
-    "delimiter",
-    "shape",
-    "scale",
-    "classes",
-    "relabel",
-    "limit",
-    "split",
-    "normalize",
-    "text",
-    "tokenizer",
-    "max_len",
-    "format",
-    "extension",
-    "skip_headers",
-];
-const AUGMENT_OPS: &[&str] = &[
-    "crop",
-    "flip",
-    "rotate",
-    "translate",
-    "noise",
-    "cutout",
-    "mixup",
-    "token_dropout",
-    "mask_tokens",
-    "span_delete",
-    "swap_tokens",
-];
+use crate::vocabulary::{AUGMENTATIONS, DATA_SETTINGS, PIPELINE_SETTINGS};
 
 impl Cx<'_> {
     pub(super) fn pipeline(&mut self, program: &Program, path: &Path) -> Settings {
@@ -869,8 +827,8 @@ impl Cx<'_> {
                     what: "augmentation",
                     name: name.to_string(),
                     span: span(call.name.span),
-                    help: did_you_mean(name, AUGMENT_OPS.iter().copied())
-                        .or_else(|| Some(one_of(AUGMENT_OPS.iter().copied()))),
+                    help: did_you_mean(name, AUGMENTATIONS.iter().copied())
+                        .or_else(|| Some(one_of(AUGMENTATIONS.iter().copied()))),
                 });
                 return None;
             }

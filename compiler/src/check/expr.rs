@@ -12,18 +12,7 @@ use kd_plan::{Kind, ModelSpec, Op, TensorType};
 use super::values::format_number;
 use super::{describe_type, kind_name, Cx, TypedExpr, TypedNode};
 use crate::diagnostics::{did_you_mean, labeled, list, one_of, span, CheckError};
-
-const BUILTINS: &[&str] = &[
-    "softmax",
-    "log_softmax",
-    "kl",
-    "cross_entropy",
-    "soft_cross_entropy",
-    "mse",
-    "cosine",
-    "project",
-    "attention_transfer",
-];
+use crate::vocabulary::BUILTINS;
 
 /// The program's named losses, and which of them some stage uses.
 pub(crate) struct Losses {

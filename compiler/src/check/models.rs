@@ -12,29 +12,7 @@ use kd_plan::{
 
 use super::Cx;
 use crate::diagnostics::{did_you_mean, labeled, one_of, span, CheckError};
-
-const LAYERS: &[&str] = &[
-    "linear",
-    "conv2d",
-    "maxpool",
-    "avgpool",
-    "batchnorm",
-    "dropout",
-    "flatten",
-    "relu",
-    "gelu",
-    "tanh",
-    "sigmoid",
-    "softmax",
-    "embedding",
-    "conv1d",
-    "lstm",
-    "bilstm",
-    "transformer",
-    "layernorm",
-    "pool",
-    "max_over_time",
-];
+use crate::vocabulary::{INSTANCE_SETTINGS, LAYERS};
 
 /// A checked `model` declaration.
 #[derive(Debug, Clone)]
@@ -670,7 +648,7 @@ impl Cx<'_> {
             };
             let fields = self.fields(
                 settings,
-                &["precision"],
+                INSTANCE_SETTINGS,
                 &format!("model `{}`", r.name.name),
             );
             let precision = match fields.value("precision") {

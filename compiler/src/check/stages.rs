@@ -11,19 +11,7 @@ use super::expr::{Losses, Scope};
 use super::models::to_plan;
 use super::{CheckedStage, Cx, TypedExpr, TypedNode};
 use crate::diagnostics::{did_you_mean, labeled, list, one_of, span, CheckError};
-
-const METRICS: &[&str] = &[
-    "accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "loss",
-    "confusion",
-    "per_class",
-    "agreement",
-    "ece",
-];
-const KEEP_METRICS: &[&str] = &["accuracy", "precision", "recall", "f1", "loss"];
+use crate::vocabulary::{KEEP_METRICS, METRICS, OPTIMIZERS, SCHEDULES, STAGE_SETTINGS};
 
 fn metric(name: &str) -> Option<Metric> {
     Some(match name {
@@ -468,11 +456,7 @@ impl Cx<'_> {
                 warmup_epochs: 0,
             }),
         };
-        let fields = self.fields(
-            &settings,
-            &["epochs", "batch", "clip", "early_stop"],
-            &format!("stage `{name}`"),
-        );
+        let fields = self.fields(&settings, STAGE_SETTINGS, &format!("stage `{name}`"));
         let epochs = match fields.value("epochs") {
             Some(v) => self.count(v, "epochs", 1),
             None => {
@@ -791,8 +775,8 @@ impl Cx<'_> {
                     what: "optimizer",
                     name: other.to_string(),
                     span: span(call.name.span),
-                    help: did_you_mean(other, ["sgd", "adam", "adamw"])
-                        .or_else(|| Some(one_of(["sgd", "adam", "adamw"]))),
+                    help: did_you_mean(other, OPTIMIZERS.iter().copied())
+                        .or_else(|| Some(one_of(OPTIMIZERS.iter().copied()))),
                 });
                 None
             }
@@ -801,13 +785,13 @@ impl Cx<'_> {
 
     fn schedule(&mut self, call: &Call) -> Option<Schedule> {
         let name = call.name.name.as_str();
-        let known = ["constant", "step", "cosine", "linear", "warmup"];
-        if !known.contains(&name) {
+        let known = SCHEDULES.iter().copied();
+        if !SCHEDULES.contains(&name) {
             self.error(CheckError::UnknownName {
                 what: "schedule",
                 name: name.to_string(),
                 span: span(call.name.span),
-                help: did_you_mean(name, known).or_else(|| Some(one_of(known))),
+                help: did_you_mean(name, known.clone()).or_else(|| Some(one_of(known))),
             });
             return None;
         }
