@@ -64,6 +64,14 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Rewrite .kd files in their canonical layout (docs/language.md, "Layout").
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing: show what would change, exit 1 if anything would.
+        #[arg(long)]
+        check: bool,
+    },
     /// Print each model's layers, shapes, parameters and FLOPs.
     Explain {
         file: PathBuf,
@@ -207,6 +215,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             eprintln!("{}: ok", file.display());
             Ok(())
         }
+        Command::Fmt { files, check } => fmt_files(files, *check, format),
         Command::Explain { file, set } => {
             let compiled = compile_file(file, set, format)?;
             print!("{}", kd_compiler::explain::explain(&compiled.plan));
@@ -476,6 +485,63 @@ fn is_plan(file: &Path) -> bool {
         file.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     )
+}
+
+/// `kdc fmt`: every file formatted (or, with `check`, compared); a file with a syntax
+/// error is reported as `kdc check` reports it and left as it is.
+fn fmt_files(files: &[PathBuf], check: bool, format: ErrorFormat) -> Result<(), Failure> {
+    let mut failed = false;
+    for file in files {
+        let source = match std::fs::read_to_string(file) {
+            Ok(s) => s,
+            Err(e) => {
+                io_failure(file, &e, format);
+                failed = true;
+                continue;
+            }
+        };
+        let formatted = match kd_grammar::format(&source) {
+            Ok(f) => f,
+            Err(e) => {
+                report(
+                    &[KdError::from(e)],
+                    &file.display().to_string(),
+                    &source,
+                    format,
+                );
+                failed = true;
+                continue;
+            }
+        };
+        if formatted == source {
+            continue;
+        }
+        if check {
+            print!("{}", fmt_diff(file, &source, &formatted));
+            failed = true;
+        } else if let Err(e) =
+            kd_runtime::output::files::write_atomically(file, formatted.as_bytes())
+        {
+            plain_error("kd::io", &e.to_string(), format);
+            failed = true;
+        } else {
+            eprintln!("formatted {}", file.display());
+        }
+    }
+    match failed {
+        true => Err(Failure::Input),
+        false => Ok(()),
+    }
+}
+
+/// What `kdc fmt` would change in `file`, as a unified diff.
+fn fmt_diff(file: &Path, before: &str, after: &str) -> String {
+    let name = file.display().to_string();
+    similar::TextDiff::from_lines(before, after)
+        .unified_diff()
+        .context_radius(2)
+        .header(&name, &format!("{name} (formatted)"))
+        .to_string()
 }
 
 fn compile_file(file: &Path, set: &[String], format: ErrorFormat) -> Result<Compiled, Failure> {

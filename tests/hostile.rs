@@ -2,7 +2,8 @@
 //! file (truncated, corrupt, mismatched or absurdly sized). kdc must answer each with exit
 //! code 1 and a message naming the file, never a panic; the message is compared with the
 //! case's `expected.stderr` (`UPDATE_EXPECT=1 cargo test --test hostile` rewrites them).
-//! `tests/hostile/make.py` wrote the folders and documents `case.txt`.
+//! `tests/hostile/make.py` wrote the folders and documents `case.txt`; `command: fmt` cases
+//! also check that `kdc fmt` leaves the file it refuses unchanged.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -47,8 +48,8 @@ fn read_case(dir: &Path) -> Case {
         }
     }
     assert!(
-        matches!(case.command.as_str(), "check" | "run") && !case.names.is_empty(),
-        "{}: case.txt needs `command: check|run` and `names: FILE`",
+        matches!(case.command.as_str(), "check" | "run" | "fmt") && !case.names.is_empty(),
+        "{}: case.txt needs `command: check|run|fmt` and `names: FILE`",
         dir.display()
     );
     case
@@ -81,6 +82,17 @@ fn run_case(source: &Path, case: &Case, scratch: &Path) -> (Option<i32>, String)
     copy_tree(source, scratch);
     let output = if case.command == "check" {
         kdc(scratch, &["check", "pipeline.kd"])
+    } else if case.command == "fmt" {
+        // The formatter refuses the file and leaves it byte for byte as it was.
+        let before = std::fs::read(scratch.join("pipeline.kd")).unwrap();
+        let output = kdc(scratch, &["fmt", "pipeline.kd"]);
+        assert_eq!(
+            std::fs::read(scratch.join("pipeline.kd")).unwrap(),
+            before,
+            "{}: kdc fmt changed the file it refused",
+            source.display()
+        );
+        output
     } else {
         let compiled = kdc(scratch, &["compile", "pipeline.kd", "-o", "plan.yaml"]);
         assert_eq!(

@@ -1,6 +1,7 @@
 //! Arbitrary bytes, read as UTF-8 lossily, through the whole compiler: parser, checker
 //! (which reads the data files a program names), lowering and passes. Any panic is a bug:
-//! every input must give a Plan or diagnostics.
+//! every input must give a Plan or diagnostics. The formatter (`kdc fmt`) reads the same
+//! input: it must not panic either, and what it writes must format to itself.
 
 #![no_main]
 
@@ -33,4 +34,7 @@ fn input_path() -> &'static PathBuf {
 fuzz_target!(|data: &[u8]| {
     let source = String::from_utf8_lossy(data);
     let _ = kd_compiler::compile(&source, input_path(), &[]);
+    if let Ok(formatted) = kd_grammar::format(&source) {
+        assert_eq!(kd_grammar::format(&formatted).ok(), Some(formatted));
+    }
 });

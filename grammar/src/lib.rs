@@ -3,9 +3,11 @@
 
 pub mod ast;
 mod error;
+mod format;
 mod parser;
 
 pub use error::ParseError;
+pub use format::{format, WIDTH};
 pub use parser::{parse, parse_value};
 
 /// The grammar's text, for tools that want to show or test it.

@@ -6,9 +6,11 @@ nothing; the folders are committed, this script says how they were made.
     python3 tests/hostile/make.py        # from the repository root
 
 Each case folder holds `case.txt`:
-    command: check | run     check: `kdc check pipeline.kd`; run: compile pipeline.kd (it must
+    command: check | run | fmt
+                             check: `kdc check pipeline.kd`; run: compile pipeline.kd (it must
                              compile), replace files with those in `run/`, apply `edit:` lines
-                             to plan.yaml, then `kdc run plan.yaml`
+                             to plan.yaml, then `kdc run plan.yaml`; fmt: `kdc fmt pipeline.kd`,
+                             which must leave the file as it was
     names: FILE              the file the error message must name
     edit: OLD => NEW         (run only) a textual edit of the compiled plan.yaml (`\\n` is a
                              newline)
@@ -439,6 +441,13 @@ CASES = {
         safetensors(dict(GOOD_WEIGHTS, **{"linear1.weight": ("F32", [4], (8, 24))}))),
     "run_safetensors_empty": lambda: weights_run(
         "run_safetensors_empty", "an empty weights file at run time", b""),
+    # .kd files kdc fmt refuses (and must not touch)
+    "fmt_syntax_error": lambda: case(
+        "fmt_syntax_error", "a pipeline with a syntax error, formatted", "fmt", "pipeline.kd",
+        "pipeline p { seed: 1 }\nmodel m { input [2] linear(2 as logits }\n", {}),
+    "fmt_not_utf8": lambda: case(
+        "fmt_not_utf8", "a pipeline file that is not UTF-8, formatted", "fmt", "pipeline.kd",
+        "", {"pipeline.kd": b"pipeline p { seed: 1 }\n// \xff\xfe caf\xe9\n"}),
     # plans edited by hand
     "plan_garbage": lambda: case(
         "plan_garbage", "a plan.yaml that is not YAML", "run", "plan.yaml", csv_pipeline(),
