@@ -403,7 +403,13 @@ fn the_extension_packages_as_a_vsix() {
         "extension/syntaxes/kd.tmLanguage.json",
         "extension/language-configuration.json",
     ] {
-        assert!(listing.contains(file), "{file} is not in the .vsix:\n{listing}");
+        assert!(
+            listing.contains(file),
+            "{file} is not in the .vsix:\n{listing}"
+        );
     }
-    assert!(!listing.contains("node_modules"), "the .vsix carries node_modules");
+    assert!(
+        !listing.contains("node_modules"),
+        "the .vsix carries node_modules"
+    );
 }
