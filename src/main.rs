@@ -72,6 +72,8 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Serve an editor over stdin and stdout (the Language Server Protocol).
+    Lsp,
     /// Print each model's layers, shapes, parameters and FLOPs.
     Explain {
         file: PathBuf,
@@ -216,6 +218,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Fmt { files, check } => fmt_files(files, *check, format),
+        Command::Lsp => kd_lsp::serve_stdio().map_err(|e| {
+            plain_error("kd::lsp", &e, format);
+            Failure::Input
+        }),
         Command::Explain { file, set } => {
             let compiled = compile_file(file, set, format)?;
             print!("{}", kd_compiler::explain::explain(&compiled.plan));
