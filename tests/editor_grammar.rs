@@ -372,11 +372,19 @@ fn the_grammar_passes_its_syntax_tests_and_snapshots() {
     );
 }
 
-/// The extension packages as a .vsix (with @vscode/vsce, as VS Code's marketplace takes
-/// it) holding its manifest, grammar and language configuration.
+/// The extension's client type-checks (tsc, strict) and packages as a .vsix (with
+/// @vscode/vsce, as VS Code's marketplace takes it) holding its manifest, grammar,
+/// language configuration, compiled client and its runtime dependency only.
 #[test]
-fn the_extension_packages_as_a_vsix() {
+fn the_extension_type_checks_and_packages_as_a_vsix() {
     npm_packages();
+    let typecheck = tool("tsc", &["-p", ".", "--noEmit"]);
+    assert!(
+        typecheck.status.success(),
+        "tsc:\n{}{}",
+        String::from_utf8_lossy(&typecheck.stdout),
+        String::from_utf8_lossy(&typecheck.stderr)
+    );
     let out_dir = std::env::temp_dir().join(format!("kdc-vsix-{}", std::process::id()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let vsix = out_dir.join("kd-language.vsix");
@@ -402,14 +410,20 @@ fn the_extension_packages_as_a_vsix() {
         "extension/package.json",
         "extension/syntaxes/kd.tmLanguage.json",
         "extension/language-configuration.json",
+        // The client that starts `kdc lsp`, compiled by tsc, and the package it needs.
+        "extension/out/extension.js",
+        "extension/node_modules/vscode-languageclient/package.json",
     ] {
         assert!(
             listing.contains(file),
             "{file} is not in the .vsix:\n{listing}"
         );
     }
-    assert!(
-        !listing.contains("node_modules"),
-        "the .vsix carries node_modules"
-    );
+    for dev in [
+        "node_modules/typescript/",
+        "node_modules/vscode-tmgrammar-test/",
+        "src/extension.ts",
+    ] {
+        assert!(!listing.contains(dev), "the .vsix carries {dev}");
+    }
 }
