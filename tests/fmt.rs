@@ -332,3 +332,58 @@ fn a_file_with_a_syntax_error_is_reported_and_left_alone() {
         "pipeline p { seed: 1 }\nmodel m {\n  input [1] relu\n}\n"
     );
 }
+
+/// The layout rules on one small program: spacing, separators, blank lines, comments
+/// (own-line, trailing and aligned, inside a one-line construct), a long loss.
+#[test]
+fn a_small_program_in_its_canonical_layout() {
+    let messy = r#"pipeline   p{seed:1 , precision :bf16}
+
+
+data d=csv("d.csv"){label:64
+   split{train:0.8,val:0.2}   // the splits
+shape:[1,8,8] // one sample
+}
+model m {
+
+  // the input
+  input [1,8,8]   flatten
+  linear(10)as logits
+}
+student s=m
+loss long(T=2,alpha=0.5)=alpha*T^2*kl(softmax(s.logits,T),softmax(s.logits,T))+(1-alpha)*cross_entropy(s.logits,label)-(-T)
+stage a{train s on d.train,loss long(),optimizer adam(lr:3e-3),schedule cosine
+epochs 2,batch 16
+
+}
+"#;
+    let expected = r#"pipeline p { seed: 1, precision: bf16 }
+
+data d = csv("d.csv") {
+  label: 64
+  split { train: 0.8, val: 0.2 }  // the splits
+  shape: [1, 8, 8]                // one sample
+}
+model m {
+  // the input
+  input [1, 8, 8] flatten
+  linear(10) as logits
+}
+student s = m
+loss long(T = 2, alpha = 0.5) =
+    alpha * T^2 * kl(softmax(s.logits, T), softmax(s.logits, T))
+  + (1 - alpha) * cross_entropy(s.logits, label)
+  - (-T)
+stage a {
+  train s on d.train, loss long(), optimizer adam(lr: 3e-3), schedule cosine
+  epochs 2, batch 16
+}
+"#;
+    let formatted = kd_grammar::format(messy).unwrap();
+    assert!(
+        formatted == expected,
+        "{}",
+        similar::TextDiff::from_lines(expected, &formatted).unified_diff()
+    );
+    assert_eq!(meaning(&formatted), meaning(messy));
+}

@@ -172,7 +172,12 @@ fn render(source: &str, lines: Vec<Line>, comments: &[Comment]) -> String {
                       previous_end: Option<usize>,
                       start: usize| {
         if let Some(end) = previous_end {
-            if blank_between(source, end, start) && out.last().is_some_and(|l| !l.1.is_empty()) {
+            // No blank line right after a `{`.
+            if blank_between(source, end, start)
+                && out
+                    .last()
+                    .is_some_and(|l| !l.1.is_empty() && !l.1.ends_with('{'))
+            {
                 out.push((0, String::new(), None, 0));
             }
         }
@@ -733,7 +738,10 @@ impl Printer<'_> {
         self.push(0, head, l.span.start, l.name.span.end);
         for (k, (op, term)) in terms.iter().enumerate() {
             // A later term is a right operand: a sum there keeps its parentheses.
-            let text = self.expr_in(term, 1, k > 0);
+            let text = match (&term.kind, k > 0) {
+                (ExprKind::Neg(_), true) => format!("({})", self.expr(term)),
+                _ => self.expr_in(term, 1, k > 0),
+            };
             let (indent, text) = match (k, op) {
                 (0, _) | (_, None) => (2 * INDENT, text),
                 (_, Some(op)) => (INDENT, format!("{} {text}", op.symbol())),
@@ -879,7 +887,13 @@ impl Printer<'_> {
                             _ => self.expr_in(rhs, p, false),
                         },
                     ),
-                    _ => (self.expr_in(lhs, p, false), self.expr_in(rhs, p, true)),
+                    // A sign right after an operator reads better in parentheses.
+                    _ => match &rhs.kind {
+                        ExprKind::Neg(_) => {
+                            (self.expr_in(lhs, p, false), format!("({})", self.expr(rhs)))
+                        }
+                        _ => (self.expr_in(lhs, p, false), self.expr_in(rhs, p, true)),
+                    },
                 };
                 match op {
                     BinaryOp::Pow => format!("{left}^{right}"),

@@ -1,6 +1,7 @@
 //! Helpers the CLI-level test binaries share: where the repository is, fetching data sets
-//! with the project's pinned script, the Python of scripts/python-env.sh, and reading a run's
-//! summary.json checked against its schema. Each test binary uses some of them.
+//! with the project's pinned script, the Python of scripts/python-env.sh, reading a run's
+//! summary.json checked against its schema, and fixed pseudo-random tensors. Each test
+//! binary uses some of them.
 
 #![allow(dead_code)]
 
@@ -81,4 +82,27 @@ pub fn valid_summary(run: &Path) -> serde_json::Value {
         run.display()
     );
     summary
+}
+
+/// Values in [-1, 1) from a fixed generator (xorshift64), as a CPU tensor of `shape`.
+pub fn random(shape: &[usize], seed: u64) -> candle_core::Tensor {
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let values: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect();
+    candle_core::Tensor::from_vec(values, shape, &candle_core::Device::Cpu).expect("a tensor")
+}
+
+/// A tensor's values as f64, flattened.
+pub fn values(t: &candle_core::Tensor) -> Vec<f64> {
+    t.to_dtype(candle_core::DType::F64)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("values")
 }
