@@ -273,6 +273,7 @@ fn idx_labels_from(mut input: Input<'_>) -> Result<(usize, usize), String> {
 }
 
 /// A CSV file: `(rows, features, classes, header names)`; `label` is the label column.
+#[derive(Debug, Clone)]
 pub struct CsvFacts {
     pub rows: usize,
     pub columns: usize,

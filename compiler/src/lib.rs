@@ -12,6 +12,7 @@ mod lower;
 mod onnx;
 mod overrides;
 mod passes;
+mod remembered;
 pub mod render;
 pub mod vocabulary;
 mod weights;
@@ -25,6 +26,8 @@ pub use overrides::{apply_overrides, parse_overrides};
 pub use passes::{
     cache_frozen_forwards, fold_constants, optimize, order_stages, prune, share_common,
 };
+/// For benchmarks: the next check reads every data file again (a fresh `kdc check`).
+pub use remembered::forget_files;
 
 use kd_plan::{Override, Plan};
 

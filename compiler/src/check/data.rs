@@ -436,13 +436,14 @@ impl Cx<'_> {
         ))
     }
 
-    fn inspect_file<T>(
+    fn inspect_file<T: Clone + Send + 'static>(
         &mut self,
         path: &Path,
         at: Span,
         read: impl Fn(&Path) -> Result<T, String>,
     ) -> Option<T> {
-        match read(&self.resolve_path(&path.to_string_lossy())) {
+        let resolved = self.resolve_path(&path.to_string_lossy());
+        match crate::remembered::remembered(&resolved, "", || read(&resolved)) {
             Ok(facts) => Some(facts),
             Err(reason) => {
                 self.error(CheckError::File {
@@ -534,7 +535,9 @@ impl Cx<'_> {
             None => LabelColumn::Index(-1),
         };
         let at = fields.value("label").map_or(path_value.span, |v| v.span);
-        let (facts, label_column) = match inspect::csv(&path, header, delimiter, &label) {
+        let args = format!("{header}/{delimiter:?}/{label:?}");
+        let read = || inspect::csv(&path, header, delimiter, &label);
+        let (facts, label_column) = match crate::remembered::remembered(&path, &args, read) {
             Ok(f) => f,
             Err(reason) => {
                 self.error(CheckError::File {

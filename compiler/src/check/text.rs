@@ -123,7 +123,8 @@ impl Cx<'_> {
             extension: extension.clone(),
             skip_headers,
         };
-        let records = match kd_textdata::read(&path, &layout, false) {
+        let read = || kd_textdata::read(&path, &layout, false);
+        let records = match crate::remembered::remembered(&path, &format!("{layout:?}"), read) {
             Ok(records) => records,
             Err(e) => {
                 self.error(CheckError::File {
@@ -396,7 +397,7 @@ impl Cx<'_> {
             });
             return None;
         }
-        match kd_textdata::tokenizer_facts(&path) {
+        match crate::remembered::remembered(&path, "", || kd_textdata::tokenizer_facts(&path)) {
             Ok(facts) => Some((PathBuf::from(text), facts)),
             Err(reason) => {
                 self.error(CheckError::File {
