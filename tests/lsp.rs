@@ -287,12 +287,10 @@ fn an_editor_session_on_the_digits_example() {
         "{hover}"
     );
     let hover = editor.request("textDocument/hover", at(&text, "on digits.train", 4));
+    let shown = hover["contents"]["value"].as_str().unwrap();
     assert!(
-        hover["contents"]["value"]
-            .as_str()
-            .unwrap()
-            .contains("10 classes"),
-        "{hover}"
+        shown.contains("1797 samples") && shown.contains("10 classes"),
+        "{shown}"
     );
 
     // Completion: a model's taps after `t.`; words and names elsewhere.

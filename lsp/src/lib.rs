@@ -610,8 +610,18 @@ fn symbol_hover(plan: Option<&Plan>, sym: &Symbol) -> String {
         },
         Space::Data => match plan.data(&sym.name) {
             Some(d) => format!(
-                "data `{}`: samples of shape {:?}, {} classes ({}); splits {}",
+                "data `{}`: {} of shape {:?}, {} classes ({}); splits {}",
                 d.name,
+                match d.samples {
+                    Some(kd_plan::Samples {
+                        train,
+                        test: Some(test),
+                    }) => {
+                        format!("{train} training and {test} test samples")
+                    }
+                    Some(kd_plan::Samples { train, test: None }) => format!("{train} samples"),
+                    None => "samples".to_string(),
+                },
                 d.sample_shape,
                 d.classes,
                 d.class_names.join(", "),

@@ -171,6 +171,18 @@ pub struct DataSpec {
     /// Set for text data: how samples become token ids.
     #[serde(default)]
     pub text: Option<TextSpec>,
+    /// The samples the checker found, after `limit`: what editors show. The runtime counts
+    /// again when it reads the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Samples>,
+}
+
+/// Samples in a data source's training part, and in its own test part (IDX `t10k` files).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Samples {
+    pub train: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<usize>,
 }
 
 /// Tokenisation of a text data source: each sample becomes `max_len` token ids, padded

@@ -27,6 +27,7 @@ fn idx_spec(dir_files: [&str; 4], classes: usize, splits: Vec<kd_plan::SplitSpec
         normalize: Normalize::None,
         splits,
         text: None,
+        samples: None,
     }
 }
 

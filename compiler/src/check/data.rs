@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use kd_grammar::ast::{Call, DataDecl, Declaration, Program, SettingValue, Span, Value, ValueKind};
 use kd_plan::{
     AugmentOp, AugmentSpec, CacheMode, DataSource, DataSpec, Device, NonFinite, Normalize,
-    Precision, Settings, SplitSize, SplitSpec,
+    Precision, Samples, Settings, SplitSize, SplitSpec,
 };
 
 use super::values::format_number;
@@ -291,6 +291,10 @@ impl Cx<'_> {
             normalize,
             splits,
             text: None,
+            samples: Some(Samples {
+                train: train_count,
+                test: test_count,
+            }),
         })
     }
 

@@ -211,6 +211,10 @@ impl Cx<'_> {
                 mask_id: facts.mask_id,
                 special_ids: facts.special_ids,
             }),
+            samples: Some(kd_plan::Samples {
+                train: count,
+                test: None,
+            }),
         })
     }
 

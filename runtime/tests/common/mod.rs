@@ -68,6 +68,7 @@ pub fn csv_spec(
         normalize: Normalize::None,
         splits,
         text: None,
+        samples: None,
     }
 }
 
