@@ -120,11 +120,17 @@ impl Editor {
 
     /// The diagnostics published for `version` of the document.
     fn diagnostics(&mut self, version: i64) -> Vec<Value> {
+        self.diagnostics_of(&uri(), version)
+    }
+
+    /// The diagnostics published for `version` of the document at `uri`.
+    fn diagnostics_of(&mut self, uri: &str, version: i64) -> Vec<Value> {
         let started = Instant::now();
         loop {
             if let Some(i) = self.notes.iter().position(|n| {
                 n["method"] == "textDocument/publishDiagnostics"
                     && n["params"]["version"] == json!(version)
+                    && n["params"]["uri"] == json!(uri)
             }) {
                 let note = self.notes.remove(i);
                 return note["params"]["diagnostics"].as_array().unwrap().clone();
@@ -409,58 +415,82 @@ fn below(state: &mut u64, n: usize) -> usize {
 #[test]
 fn random_edits_never_stop_the_server() {
     let mut editor = Editor::start();
-    let mut text = digits();
-    editor.notify(
-        "textDocument/didOpen",
-        json!({"textDocument": {"uri": uri(), "languageId": "kd", "version": 1, "text": text}}),
-    );
     let pieces = [
         "{", "}", "(", ")", "linear(", "t.", ".", ",", "\"", "/*", "//", " as ", "é𝛼", "\n",
         "loss ", "=", "-> ",
     ];
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    for version in 2..300 {
-        // Cut a random range or insert a random piece, at character boundaries.
-        let chars: Vec<(usize, char)> = text.char_indices().collect();
-        let a = chars
-            .get(below(&mut state, chars.len()))
-            .map_or(text.len(), |c| c.0);
-        if below(&mut state, 2) == 0 {
-            let b = chars
+    let mut examples: Vec<_> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "kd"))
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 5);
+    for file in &examples {
+        let uri = format!("file://{}", file.display());
+        let mut text = format!("// é𝛼 ✓\n{}", std::fs::read_to_string(file).unwrap());
+        editor.notify(
+            "textDocument/didOpen",
+            json!({"textDocument": {"uri": uri, "languageId": "kd", "version": 1, "text": text}}),
+        );
+        let last = 120;
+        for version in 2..=last {
+            // Cut a random range or insert a random piece, at character boundaries.
+            let chars: Vec<(usize, char)> = text.char_indices().collect();
+            let a = chars
                 .get(below(&mut state, chars.len()))
-                .map_or(text.len(), |c| c.0)
-                .max(a);
-            let b = (a + (b - a).min(40)).min(text.len());
-            let b = (b..=text.len())
+                .map_or(text.len(), |c| c.0);
+            if below(&mut state, 2) == 0 {
+                let b = chars
+                    .get(below(&mut state, chars.len()))
+                    .map_or(text.len(), |c| c.0)
+                    .max(a);
+                let b = (a + (b - a).min(40)).min(text.len());
+                let b = (b..=text.len())
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap();
+                text.replace_range(a..b, "");
+            } else {
+                text.insert_str(a, pieces[below(&mut state, pieces.len())]);
+            }
+            editor.notify(
+                "textDocument/didChange",
+                json!({"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": text}]}),
+            );
+            let offset = below(&mut state, text.len() + 1);
+            let offset = (0..=offset)
+                .rev()
                 .find(|&i| text.is_char_boundary(i))
                 .unwrap();
-            text.replace_range(a..b, "");
-        } else {
-            text.insert_str(a, pieces[below(&mut state, pieces.len())]);
+            let place = json!({"textDocument": {"uri": uri}, "position": position(&text, offset)});
+            for method in [
+                "textDocument/hover",
+                "textDocument/completion",
+                "textDocument/definition",
+                "textDocument/references",
+                "textDocument/formatting",
+            ] {
+                let mut params = place.clone();
+                match method {
+                    "textDocument/references" => {
+                        params["context"] = json!({"includeDeclaration": true})
+                    }
+                    "textDocument/formatting" => {
+                        params["options"] = json!({"tabSize": 2, "insertSpaces": true})
+                    }
+                    _ => {}
+                }
+                let reply = editor.call(method, params);
+                assert!(
+                    reply.get("error").is_none(),
+                    "{method} after edit {version} of {}: {reply}",
+                    file.display()
+                );
+            }
         }
-        change(&mut editor, version, &text);
-        let offset = chars
-            .get(below(&mut state, chars.len()))
-            .map_or(0, |c| c.0)
-            .min(text.len());
-        let offset = (0..=offset)
-            .rev()
-            .find(|&i| text.is_char_boundary(i))
-            .unwrap();
-        let place = json!({"textDocument": {"uri": uri()}, "position": position(&text, offset)});
-        for method in [
-            "textDocument/hover",
-            "textDocument/completion",
-            "textDocument/definition",
-        ] {
-            let reply = editor.call(method, place.clone());
-            assert!(
-                reply.get("error").is_none(),
-                "{method} after edit {version}: {reply}"
-            );
-        }
+        // The checker is alive too: the last version's diagnostics arrive.
+        let _ = editor.diagnostics_of(&uri, last);
     }
-    let last = editor.diagnostics(299);
-    let _ = last;
     editor.shutdown();
 }
