@@ -333,6 +333,31 @@ fn a_file_with_a_syntax_error_is_reported_and_left_alone() {
     );
 }
 
+/// Comments keep their place whatever ends their lines (trailing spaces, CRLF), and a
+/// blank line after a block's first comment stays.
+#[test]
+fn comments_stay_in_place_with_trailing_spaces_and_crlf() {
+    let cases = [
+        (
+            "export m\n// a\n// b \nexport n\n",
+            "export m\n// a\n// b\nexport n\n",
+        ),
+        (
+            "export m\r\n\r\n// b\r\nexport n\r\n",
+            "export m\n\n// b\nexport n\n",
+        ),
+        (
+            "stage s {\n  // c\n\n  epochs 3\n}\n",
+            "stage s {\n  // c\n\n  epochs 3\n}\n",
+        ),
+    ];
+    for (source, expected) in cases {
+        let formatted = kd_grammar::format(source).unwrap();
+        assert_eq!(formatted, expected, "{source:?}");
+        assert_eq!(kd_grammar::format(&formatted).unwrap(), formatted);
+    }
+}
+
 /// The layout rules on one small program: spacing, separators, blank lines, comments
 /// (own-line, trailing and aligned, inside a one-line construct), a long loss.
 #[test]

@@ -267,6 +267,12 @@ fn an_editor_session_on_the_digits_example() {
     let syntax = editor.diagnostics(3);
     assert_eq!(syntax.len(), 1, "{syntax:#?}");
     assert_eq!(syntax[0]["code"], "kd::parse::syntax");
+    // The names of the last text that parsed are not this text's: renaming waits.
+    let refused = editor.call(
+        "textDocument/rename",
+        json!({"textDocument": {"uri": uri()}, "position": position(&half, half.find("model cnn").unwrap() + 6), "newName": "net"}),
+    );
+    assert!(refused.get("error").is_some(), "{refused}");
 
     // Mended.
     change(&mut editor, 4, &text);

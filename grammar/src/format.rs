@@ -80,7 +80,10 @@ fn comments(source: &str) -> Vec<Comment> {
             b'/' if bytes.get(i + 1) == Some(&b'/') || bytes.get(i + 1) == Some(&b'*') => {
                 let start = i;
                 let end = if bytes[i + 1] == b'/' {
-                    source[i..].find('\n').map_or(source.len(), |n| i + n)
+                    // A line comment ends at its last visible character (not at a `\r` or
+                    // trailing spaces), so spans trimmed to code see where it ends.
+                    let line_end = source[i..].find('\n').map_or(source.len(), |n| i + n);
+                    i + source[i..line_end].trim_end().len()
                 } else {
                     source[i + 2..]
                         .find("*/")
@@ -195,7 +198,8 @@ fn render(source: &str, lines: Vec<Line>, comments: &[Comment]) -> String {
             previous_end = Some(c.end);
         }
         // A block's first line and its closing brace take no blank line before them.
-        let opens_after = index > 0 && lines[index - 1].text.ends_with('{');
+        let opens_after =
+            index > 0 && lines[index - 1].text.ends_with('{') && before[index].is_empty();
         if !line.closes && !opens_after {
             emit_blank(&mut out, previous_end, line.start);
         }

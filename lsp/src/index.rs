@@ -139,6 +139,10 @@ fn expr_uses<'a>(e: &'a Expr, params: &[&str], out: &mut Vec<(Space, &'a Ident)>
             expr_uses(rhs, params, out);
         }
         ExprKind::Neg(inner) => expr_uses(inner, params, out),
+        // A named loss may be used by its bare name (`loss ce`); a parameter shadows it.
+        ExprKind::Name(name) if !params.contains(&name.name.as_str()) => {
+            out.push((Space::Loss, name))
+        }
         ExprKind::Number(_) | ExprKind::Name(_) => {}
     }
 }
@@ -183,10 +187,11 @@ impl<'a> Lines<'a> {
         let Some(&start) = self.starts.get(position.line as usize) else {
             return self.text.len();
         };
+        // A column past the line's end means its end (before the newline), as LSP says.
         let end = self
             .starts
             .get(position.line as usize + 1)
-            .map_or(self.text.len(), |&e| e);
+            .map_or(self.text.len(), |&e| e - 1);
         let mut units = 0u32;
         for (i, c) in self.text[start..end].char_indices() {
             if units >= position.character {
@@ -195,5 +200,31 @@ impl<'a> Lines<'a> {
             units += c.len_utf16() as u32;
         }
         end
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loss_used_by_its_bare_name_is_a_use() {
+        let program = kd_grammar::parse(
+            "loss ce = cross_entropy(s.logits, label)\nloss both(ce = 1) = ce + ce\n\
+             stage a { train s on d.train, loss ce }\n",
+        )
+        .unwrap();
+        let all = symbols(&program);
+        let ce = all.iter().find(|s| s.name == "ce").unwrap();
+        // The stage's `loss ce`; inside `both`, `ce` is its parameter.
+        assert_eq!(ce.uses.len(), 1, "{:?}", ce.uses);
+    }
+
+    #[test]
+    fn a_column_past_the_end_of_a_line_is_its_end() {
+        let lines = Lines::new("ab\ncd\n");
+        assert_eq!(lines.offset(lsp_types::Position::new(0, 9)), 2);
+        assert_eq!(lines.offset(lsp_types::Position::new(1, 1)), 4);
     }
 }

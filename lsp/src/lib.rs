@@ -214,9 +214,13 @@ fn file_path(uri: &Uri) -> PathBuf {
 struct Document {
     uri: Uri,
     text: String,
-    /// The last text that parsed: navigation keeps working while a line is half typed.
+    /// The last text that parsed (completion keeps its declarations while a line is half
+    /// typed).
     program: Option<Program>,
     symbols: Vec<Symbol>,
+    /// Whether `program` and `symbols` are of `text` itself: positions of an older text
+    /// would point at the wrong characters, so navigation and rename wait for a parse.
+    fresh: bool,
 }
 
 struct Server {
@@ -262,6 +266,9 @@ impl Server {
             "textDocument/didClose" => {
                 if let Ok(p) = serde_json::from_value::<DidCloseTextDocumentParams>(n.params) {
                     self.docs.remove(p.text_document.uri.as_str());
+                    if let Ok(mut plans) = self.plans.lock() {
+                        plans.remove(p.text_document.uri.as_str());
+                    }
                 }
             }
             _ => {}
@@ -276,8 +283,10 @@ impl Server {
             text: String::new(),
             program: None,
             symbols: Vec::new(),
+            fresh: false,
         });
         doc.text = text.clone();
+        doc.fresh = parsed.is_some();
         if let Some(program) = parsed {
             doc.symbols = symbols(&program);
             doc.program = Some(program);
@@ -341,6 +350,11 @@ impl Server {
         self.docs.get(uri.as_str())
     }
 
+    /// The document, when its names are of its current text.
+    fn parsed_doc(&self, uri: &Uri) -> Option<&Document> {
+        self.doc(uri).filter(|d| d.fresh)
+    }
+
     fn plan(&self, uri: &Uri) -> Option<Plan> {
         self.plans.lock().ok()?.get(uri.as_str()).cloned()
     }
@@ -368,7 +382,11 @@ impl Server {
         let offset = lines.offset(position);
         let (word, span, owner) = Self::word_at(&doc.text, offset)?;
         let plan = self.plan(uri);
-        let text = match (symbol_at(&doc.symbols, offset), owner) {
+        let found = match doc.fresh {
+            true => symbol_at(&doc.symbols, offset),
+            false => None,
+        };
+        let text = match (found, owner) {
             (_, Some(owner)) => member_hover(plan.as_ref(), &owner, &word)?,
             (Some((sym, _)), None) => symbol_hover(plan.as_ref(), sym),
             (None, None) => words::describe(&word)?.to_string(),
@@ -469,7 +487,7 @@ impl Server {
         uses: bool,
         with_decl: bool,
     ) -> Option<Vec<Location>> {
-        let doc = self.doc(uri)?;
+        let doc = self.parsed_doc(uri)?;
         let lines = Lines::new(&doc.text);
         let (sym, _) = symbol_at(&doc.symbols, lines.offset(position))?;
         let mut spans = Vec::new();
@@ -493,6 +511,7 @@ impl Server {
         position: Position,
         new_name: &str,
     ) -> Result<WorkspaceEdit, String> {
+        use kd_compiler::vocabulary as v;
         let valid = new_name
             .chars()
             .next()
@@ -500,12 +519,24 @@ impl Server {
             && new_name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !kd_compiler::vocabulary::JOINING_WORDS.contains(&new_name)
             && !["true", "false"].contains(&new_name);
         if !valid {
             return Err(format!("`{new_name}` is not a name kdc accepts"));
         }
-        let doc = self.doc(uri).ok_or("the document is not open")?;
+        // Words the language gives a meaning would change what the program says.
+        let taken = v::JOINING_WORDS
+            .iter()
+            .chain(v::DECLARATION_KEYWORDS)
+            .chain(v::STATEMENT_KEYWORDS)
+            .chain(v::BUILTINS)
+            .chain(v::BUILTIN_VALUES)
+            .any(|w| *w == new_name);
+        if taken {
+            return Err(format!("`{new_name}` is a word of the language"));
+        }
+        let doc = self
+            .parsed_doc(uri)
+            .ok_or("the file does not parse: mend it before renaming")?;
         let lines = Lines::new(&doc.text);
         let (sym, _) = symbol_at(&doc.symbols, lines.offset(position))
             .ok_or("nothing declared here to rename")?;
@@ -527,7 +558,7 @@ impl Server {
     }
 
     fn document_symbols(&self, uri: &Uri) -> Option<DocumentSymbolResponse> {
-        let doc = self.doc(uri)?;
+        let doc = self.parsed_doc(uri)?;
         let lines = Lines::new(&doc.text);
         #[allow(deprecated)] // `deprecated` is a required field of the struct
         let list = doc

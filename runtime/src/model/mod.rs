@@ -136,6 +136,8 @@ pub struct Model {
     /// What the layers compute in (`precision:`): parameters stay f32 and are cast on use,
     /// the input is cast on entry and every port back to f32 on exit.
     dtype: DType,
+    /// The input is token ids (`input tokens[...]`), never cast.
+    tokens: bool,
 }
 
 /// The dtype a model of `precision` computes in.
@@ -496,6 +498,7 @@ impl Model {
             own_reverse_pass: true,
             layer_times: None,
             dtype: compute_dtype(spec.precision),
+            tokens: spec.tokens,
         })
     }
 
@@ -556,6 +559,7 @@ impl Model {
             own_reverse_pass: true,
             layer_times: None,
             dtype: compute_dtype(spec.precision),
+            tokens: spec.tokens,
         })
     }
 
@@ -709,6 +713,7 @@ impl Model {
             own_reverse_pass: true,
             layer_times: None,
             dtype: DType::F32,
+            tokens: spec.tokens,
         })
     }
 
@@ -958,11 +963,11 @@ impl Model {
             ),
             None => None,
         };
-        // Token ids stay as they are (the embedding reads them); values take the model's
-        // precision.
-        let x = match self.pad_id {
-            None => x.to_dtype(self.dtype).ctx("casting the input")?,
-            Some(_) => x.clone(),
+        // Token ids stay as they are (the embedding reads them, and bf16 would round ids
+        // past 256); values take the model's precision.
+        let x = match self.tokens {
+            false => x.to_dtype(self.dtype).ctx("casting the input")?,
+            true => x.clone(),
         };
         let taps = &self.taps;
         let h = run_layers(
@@ -1358,7 +1363,7 @@ fn lstm(
     context: &ForwardContext,
 ) -> candle_core::Result<Tensor> {
     // The recurrence runs in f32 in a bf16 model too (its state accumulates over steps).
-    let param = |v: &Var| context.param(v).to_dtype(DType::F32);
+    let param = |v: &Var| context.param_f32(v).to_dtype(DType::F32);
     let mask = mask.map(|m| m.to_dtype(DType::F32)).transpose()?;
     let mask = mask.as_ref();
     let mut outputs = Vec::with_capacity(directions.len());
@@ -1511,12 +1516,13 @@ impl BatchNorm {
         let normalised = x
             .broadcast_sub(&mean)?
             .broadcast_div(&var.affine(1.0, self.eps)?.sqrt()?)?;
+        // The f32 parameters themselves: this runs in f32 for a bf16 model too.
         let weight = context
-            .param(&self.weight)
+            .param_f32(&self.weight)
             .to_dtype(x.dtype())?
             .reshape(param_shape.as_slice())?;
         let bias = context
-            .param(&self.bias)
+            .param_f32(&self.bias)
             .to_dtype(x.dtype())?
             .reshape(param_shape.as_slice())?;
         normalised.broadcast_mul(&weight)?.broadcast_add(&bias)
