@@ -1,8 +1,9 @@
 //! Facts the checker reads from data files, tokenizers and headers, kept for the life of
 //! the process while the file is unchanged (same length and modification time): `kdc lsp`
-//! checks on every keystroke without reading a data file again. A folder (text data laid
-//! out one folder per label, an IDX folder) is listed again each time: stamping every file
-//! in it costs more than the listing the checker does.
+//! checks on every keystroke without reading a data file again. For a folder (text data
+//! laid out one folder per label) the checker reads only names, so the folder and its
+//! sub-folders' modification times stamp it: adding, removing or renaming a file changes
+//! them, and a few `stat`s cost far less than listing thousands of files.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -10,12 +11,34 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
-/// A file's length and modification time.
-type Stamp = (u64, Option<SystemTime>);
+/// A file's length and modification time; for a folder, every folder's in it.
+type Stamp = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// Folders holding more folders than this are read every time.
+const MOST_FOLDERS: usize = 10_000;
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
-    meta.is_file().then(|| (meta.len(), meta.modified().ok()))
+    if meta.is_file() {
+        return Some(vec![(path.to_path_buf(), meta.len(), meta.modified().ok())]);
+    }
+    let mut found = Vec::new();
+    let mut folders = vec![(path.to_path_buf(), meta)];
+    while let Some((dir, meta)) = folders.pop() {
+        found.push((dir.clone(), 0, meta.modified().ok()));
+        if found.len() > MOST_FOLDERS {
+            return None;
+        }
+        for entry in std::fs::read_dir(&dir).ok()? {
+            let entry = entry.ok()?;
+            // The entry's own type: no `stat` for the files.
+            if entry.file_type().ok()?.is_dir() {
+                folders.push((entry.path(), entry.metadata().ok()?));
+            }
+        }
+    }
+    found.sort();
+    Some(found)
 }
 
 type Entries = HashMap<(String, PathBuf, String), (Stamp, Box<dyn Any + Send>)>;
