@@ -13,7 +13,10 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::{random, values};
 use kd_runtime::model::Model;
 
 /// The repository: `KDC_ROOT` where the test binary runs away from where it was built
@@ -44,30 +47,6 @@ fn models_on(data: &str, input: &str, layers: &str, pad: bool, device: &Device) 
         model
     };
     (make(true), make(false))
-}
-
-/// Values in [-1, 1) from a fixed generator.
-fn random(shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// How the second model of a comparison runs.

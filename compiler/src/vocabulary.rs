@@ -131,6 +131,15 @@ pub const DATA_SETTINGS: &[&str] = &[
     "extension",
     "skip_headers",
 ];
+/// The settings only text data takes (the tail of [`DATA_SETTINGS`]).
+pub const TEXT_SETTINGS: &[&str] = &[
+    "text",
+    "tokenizer",
+    "max_len",
+    "format",
+    "extension",
+    "skip_headers",
+];
 /// Settings of a `bert(...)` model.
 pub const BERT_SETTINGS: &[&str] = &["pooling", "classes", "trainable", "layers", "precision"];
 /// Settings of an instance of an architecture (`student s = mlp { ... }`).

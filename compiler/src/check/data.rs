@@ -13,7 +13,7 @@ use super::values::format_number;
 use super::Cx;
 use crate::diagnostics::{did_you_mean, one_of, span, CheckError};
 use crate::inspect::{self, LabelColumn, SourceFacts};
-use crate::vocabulary::{AUGMENTATIONS, DATA_SETTINGS, PIPELINE_SETTINGS};
+use crate::vocabulary::{AUGMENTATIONS, DATA_SETTINGS, PIPELINE_SETTINGS, TEXT_SETTINGS};
 
 impl Cx<'_> {
     pub(super) fn pipeline(&mut self, program: &Program, path: &Path) -> Settings {
@@ -168,14 +168,7 @@ impl Cx<'_> {
         if kind == "text" {
             return self.text_data_decl(decl, &fields);
         }
-        for key in [
-            "text",
-            "tokenizer",
-            "max_len",
-            "format",
-            "extension",
-            "skip_headers",
-        ] {
+        for key in TEXT_SETTINGS {
             if let Some(setting) = fields.get(key) {
                 self.invalid(
                     setting.key.span,
