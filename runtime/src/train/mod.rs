@@ -224,9 +224,23 @@ fn remove_partial_files(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many times candle's idle workers spin before they sleep.
+const CANDLE_SPIN_LIMIT: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 /// Makes candle's CPU kernels use `threads` (they read `RAYON_NUM_THREADS` on every call,
 /// and rayon's pool reads it when first used); returns the number in effect.
+///
+/// It also has candle's worker threads sleep as soon as an op of candle's ends, unless
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` says otherwise: by default each spins 25,000 times
+/// first, holding a core that kdc's own kernels (on rayon's pool) then share. On 2 cores
+/// that halved the speed of every memory-bound kernel that ran next (`kdc bench layers`:
+/// relu's backward 1.44-1.89 -> 1.00-1.16 us a sample) and cost resnet_bn and
+/// transformer_student a fifth of their speed (docs/performance.md).
 pub fn configure_threads(threads: Option<usize>) -> usize {
+    if std::env::var_os(CANDLE_SPIN_LIMIT).is_none() {
+        // Read once, when candle's pool starts: on its first op, after this.
+        std::env::set_var(CANDLE_SPIN_LIMIT, "0");
+    }
     if let Some(n) = threads.filter(|&n| n > 0) {
         if candle_core::utils::get_num_threads() != n {
             std::env::set_var("RAYON_NUM_THREADS", n.to_string());
