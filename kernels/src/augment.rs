@@ -22,18 +22,21 @@ pub fn add_noise(values: &mut [f32], std: f32, key: u64, position: u64) {
         .for_each(|(task, chunk)| {
             let start = position.wrapping_add((task * VALUES) as u64);
             let whole = 2 * (chunk.len() / 2) as u64;
-            crate::vectorised(|| {
-                let mut pairs = chunk.chunks_exact_mut(2);
-                for (p, pair) in pairs.by_ref().enumerate() {
-                    let (a, b) = normal_pair(key, start.wrapping_add(2 * p as u64));
-                    pair[0] += std * a;
-                    pair[1] += std * b;
-                }
-                let rest = pairs.into_remainder();
-                if let Some(last) = rest.first_mut() {
-                    *last += std * normal_pair(key, start.wrapping_add(whole)).0;
-                }
-            })
+            crate::vectorised(
+                #[inline(always)]
+                || {
+                    let mut pairs = chunk.chunks_exact_mut(2);
+                    for (p, pair) in pairs.by_ref().enumerate() {
+                        let (a, b) = normal_pair(key, start.wrapping_add(2 * p as u64));
+                        pair[0] += std * a;
+                        pair[1] += std * b;
+                    }
+                    let rest = pairs.into_remainder();
+                    if let Some(last) = rest.first_mut() {
+                        *last += std * normal_pair(key, start.wrapping_add(whole)).0;
+                    }
+                },
+            )
         });
 }
 
@@ -74,16 +77,19 @@ pub fn rotate(
     let mut fy = vec![0f64; w];
     let mut fx = vec![0f64; w];
     for i in 0..h {
-        crate::vectorised(|| {
-            for j in 0..w {
-                let (y, x) = (i as f64 - cy, j as f64 - cx);
-                // The inverse rotation maps each output pixel to its source.
-                let sy = cos * y - sin * x + cy;
-                let sx = sin * y + cos * x + cx;
-                let (ty, tx) = (floor(sy), floor(sx));
-                (y0[j], x0[j], fy[j], fx[j]) = (ty, tx, sy - ty as f64, sx - tx as f64);
-            }
-        });
+        crate::vectorised(
+            #[inline(always)]
+            || {
+                for j in 0..w {
+                    let (y, x) = (i as f64 - cy, j as f64 - cx);
+                    // The inverse rotation maps each output pixel to its source.
+                    let sy = cos * y - sin * x + cy;
+                    let sx = sin * y + cos * x + cx;
+                    let (ty, tx) = (floor(sy), floor(sx));
+                    (y0[j], x0[j], fy[j], fx[j]) = (ty, tx, sy - ty as f64, sx - tx as f64);
+                }
+            },
+        );
         for c in 0..channels {
             let plane = &scratch[c * plane_len..(c + 1) * plane_len];
             let value = f64::from(fill.get(c).copied().unwrap_or(0.0));

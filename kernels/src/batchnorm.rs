@@ -79,15 +79,18 @@ fn column_sums(
         .map(|task| {
             let mut first = vec![0f64; channels];
             let mut second = vec![0f64; channels];
-            crate::vectorised(|| {
-                for row in task * rows_per_task..((task + 1) * rows_per_task).min(rows) {
-                    for (c, (a, b)) in first.iter_mut().zip(second.iter_mut()).enumerate() {
-                        let (x, y) = terms(row * channels + c, c);
-                        *a += x;
-                        *b += y;
+            crate::vectorised(
+                #[inline(always)]
+                || {
+                    for row in task * rows_per_task..((task + 1) * rows_per_task).min(rows) {
+                        for (c, (a, b)) in first.iter_mut().zip(second.iter_mut()).enumerate() {
+                            let (x, y) = terms(row * channels + c, c);
+                            *a += x;
+                            *b += y;
+                        }
                     }
-                }
-            });
+                },
+            );
             (first, second)
         })
         .collect();
@@ -321,43 +324,46 @@ pub fn backward_input(
         .enumerate()
         .for_each(|(task, dx)| {
             let base = task * per_task;
-            crate::vectorised(|| {
-                for (row, dx) in dx.chunks_mut(block).enumerate() {
-                    let start = base + row * block;
-                    let range = start..start + block;
-                    let (x, g) = (&x[range.clone()], &grad[range.clone()]);
-                    let y = y.map(|y| &y[range]);
-                    if shape.inner == 1 {
-                        // Flat features: a row holds one value per channel.
-                        let each = coefs
-                            .centre
-                            .iter()
-                            .zip(&coefs.scale)
-                            .zip(&coefs.slope)
-                            .zip(&coefs.offset)
-                            .map(|(((m, k), p), o)| (m, k, p, o));
-                        input_gradient_run(dx, x, g, y, each);
-                        continue;
+            crate::vectorised(
+                #[inline(always)]
+                || {
+                    for (row, dx) in dx.chunks_mut(block).enumerate() {
+                        let start = base + row * block;
+                        let range = start..start + block;
+                        let (x, g) = (&x[range.clone()], &grad[range.clone()]);
+                        let y = y.map(|y| &y[range]);
+                        if shape.inner == 1 {
+                            // Flat features: a row holds one value per channel.
+                            let each = coefs
+                                .centre
+                                .iter()
+                                .zip(&coefs.scale)
+                                .zip(&coefs.slope)
+                                .zip(&coefs.offset)
+                                .map(|(((m, k), p), o)| (m, k, p, o));
+                            input_gradient_run(dx, x, g, y, each);
+                            continue;
+                        }
+                        let inner = shape.inner;
+                        for c in 0..shape.channels {
+                            let run = c * inner..(c + 1) * inner;
+                            let same = std::iter::repeat((
+                                &coefs.centre[c],
+                                &coefs.scale[c],
+                                &coefs.slope[c],
+                                &coefs.offset[c],
+                            ));
+                            input_gradient_run(
+                                &mut dx[run.clone()],
+                                &x[run.clone()],
+                                &g[run.clone()],
+                                y.map(|y| &y[run]),
+                                same,
+                            );
+                        }
                     }
-                    let inner = shape.inner;
-                    for c in 0..shape.channels {
-                        let run = c * inner..(c + 1) * inner;
-                        let same = std::iter::repeat((
-                            &coefs.centre[c],
-                            &coefs.scale[c],
-                            &coefs.slope[c],
-                            &coefs.offset[c],
-                        ));
-                        input_gradient_run(
-                            &mut dx[run.clone()],
-                            &x[run.clone()],
-                            &g[run.clone()],
-                            y.map(|y| &y[run]),
-                            same,
-                        );
-                    }
-                }
-            })
+                },
+            )
         });
     dx
 }

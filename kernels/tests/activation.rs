@@ -99,12 +99,19 @@ fn gelu_and_its_gradient_match_the_definition() {
 
 #[test]
 fn masked_softmax_matches_the_definition() {
-    let (rows, len, rows_per_mask) = (12, 7, 3);
+    // Rows shorter than the kernels' 16 lanes, and rows of two whole lanes and a rest.
+    for len in [7, 37] {
+        masked_softmax_rows_of(len);
+    }
+}
+
+fn masked_softmax_rows_of(len: usize) {
+    let (rows, rows_per_mask) = (12, 3);
     let scores: Vec<f32> = (0..rows * len)
         .map(|i| ((i * 37) % 23) as f32 / 3.0 - 4.0)
         .collect();
     // Mask rows: all real, three real, none real, one real.
-    let mask: Vec<f32> = [7, 3, 0, 1]
+    let mask: Vec<f32> = [len, 3, 0, 1]
         .iter()
         .flat_map(|&n| (0..len).map(move |k| if k < n { 1.0 } else { 0.0 }))
         .collect();
