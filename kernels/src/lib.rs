@@ -14,6 +14,7 @@ pub mod pool;
 pub mod random;
 pub mod recurrent;
 pub mod unfold;
+pub mod warm;
 
 /// Runs `f` compiled for the widest vector instructions this CPU has (pulp's runtime
 /// dispatch: AVX-512 or AVX2 instead of the SSE2 baseline). The kernels' loops are plain

@@ -72,6 +72,7 @@ pub fn apply(
     fill: &[f32],
     key: AugmentKey,
 ) {
+    kd_kernels::warm::keep_warm();
     let sample_len: usize = sample_shape.iter().product();
     if sample_len == 0 || x.is_empty() {
         return;

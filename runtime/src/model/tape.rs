@@ -182,6 +182,7 @@ impl Tape {
                     None => g.clone(),
                 });
             }
+            kd_kernels::warm::keep_warm();
             let started = Instant::now();
             grad = match grad {
                 Some(g) => entry.backward.backward(&g, sinks)?,

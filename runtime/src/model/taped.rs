@@ -38,6 +38,7 @@ pub(super) fn run_layers_taped(
         } else {
             let epilogue = epilogue(layers, index, (true, true), &tapped);
             fused = usize::from(epilogue.relu);
+            kd_kernels::warm::keep_warm();
             let started = Instant::now();
             let (y, backward) = layer.forward_taped(&h, mask, context, epilogue, want)?;
             tape.push((index, index + fused), started.elapsed(), backward);

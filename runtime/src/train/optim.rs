@@ -102,6 +102,7 @@ impl Optim {
         lr: f64,
         clip: Option<f64>,
     ) -> Result<Update> {
+        kd_kernels::warm::keep_warm();
         let mut gradients: Vec<Option<Tensor>> = Vec::with_capacity(params.len());
         for (name, var) in params {
             let grad = match grads.get(var.as_tensor()) {
