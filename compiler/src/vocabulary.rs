@@ -96,7 +96,7 @@ pub const AUGMENTATIONS: &[&str] = &[
     "swap_tokens",
 ];
 /// `data NAME = SOURCE(...)`.
-pub const DATA_SOURCES: &[&str] = &["idx", "csv", "tsv", "text"];
+pub const DATA_SOURCES: &[&str] = &["idx", "csv", "tsv", "text", "npy", "npz"];
 /// `teacher NAME = SOURCE(...)` for models from files.
 pub const MODEL_SOURCES: &[&str] = &["onnx", "bert"];
 
@@ -124,6 +124,7 @@ pub const DATA_SETTINGS: &[&str] = &[
     "limit",
     "split",
     "normalize",
+    "channels",
     "text",
     "tokenizer",
     "max_len",

@@ -235,6 +235,25 @@ pub enum DataSource {
         label_column: usize,
         delimiter: char,
     },
+    /// NumPy `.npy` files of samples (`[N, ...]`) and labels (`[N]`), and optionally the
+    /// source's own test part.
+    Npy {
+        x: PathBuf,
+        y: PathBuf,
+        test_x: Option<PathBuf>,
+        test_y: Option<PathBuf>,
+        /// Samples stored channels last (`[N, H, W, C]`): models see `[C, H, W]`.
+        channels_last: bool,
+    },
+    /// Arrays of one NumPy `.npz` archive, named by their keys.
+    Npz {
+        path: PathBuf,
+        x: String,
+        y: String,
+        test_x: Option<String>,
+        test_y: Option<String>,
+        channels_last: bool,
+    },
     /// Text samples with a label each (see `DataSpec::text` for tokenisation).
     Text {
         /// A file, or for `folders` the folder holding one sub-folder per raw label.
@@ -268,8 +287,21 @@ impl DataSource {
                 files.extend(test_labels.iter());
                 files
             }
-            DataSource::Csv { path, .. } => vec![path],
-            DataSource::Text { path, .. } => vec![path],
+            DataSource::Npy {
+                x,
+                y,
+                test_x,
+                test_y,
+                ..
+            } => {
+                let mut files = vec![x, y];
+                files.extend(test_x.iter());
+                files.extend(test_y.iter());
+                files
+            }
+            DataSource::Csv { path, .. }
+            | DataSource::Npz { path, .. }
+            | DataSource::Text { path, .. } => vec![path],
         }
     }
 }

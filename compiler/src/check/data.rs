@@ -178,16 +178,34 @@ impl Cx<'_> {
                 );
             }
         }
+        if let Some(setting) = fields
+            .get("channels")
+            .filter(|_| !matches!(kind, "npy" | "npz"))
+        {
+            self.invalid(
+                setting.key.span,
+                "`channels` applies to NumPy arrays".into(),
+                "not for this source",
+                Some("`channels: last` reads `npy`/`npz` samples stored as [N, H, W, C]".into()),
+            );
+        }
+        // Byte samples are divided by 255 unless `scale` says otherwise.
+        let mut bytes = kind == "idx";
         let (source, facts) = match kind {
             "idx" => self.idx_source(&decl.source)?,
             "csv" | "tsv" => self.csv_source(&decl.source, &fields, kind == "tsv")?,
+            "npy" | "npz" => {
+                let arrays = self.array_source(&decl.source, &fields, kind == "npz")?;
+                bytes = arrays.bytes;
+                (arrays.source, arrays.facts)
+            }
             other => {
                 self.error(CheckError::UnknownName {
                     what: "data format",
                     name: other.to_string(),
                     span: span(decl.source.name.span),
-                    help: did_you_mean(other, ["idx", "csv", "tsv", "text"])
-                        .or_else(|| Some("data formats: `idx(\"folder\")`, `csv(\"file.csv\")`, `tsv(\"file.tsv\")`, `text(\"file or folder\")`".into())),
+                    help: did_you_mean(other, crate::vocabulary::DATA_SOURCES.iter().copied())
+                        .or_else(|| Some("data formats: `idx(\"folder\")`, `csv(\"file.csv\")`, `tsv(\"file.tsv\")`, `text(\"file or folder\")`, `npy(x: \"x.npy\", y: \"y.npy\")`, `npz(\"file.npz\", x: \"x\", y: \"y\")`".into())),
                 });
                 return None;
             }
@@ -257,7 +275,7 @@ impl Cx<'_> {
 
         let scale = match fields.value("scale") {
             Some(v) => self.number_in(v, "scale", |x| x > 0.0, "greater than 0")?,
-            None if kind == "idx" => 255.0,
+            None if bytes => 255.0,
             None => 1.0,
         };
         let splits = self.splits(
@@ -292,7 +310,7 @@ impl Cx<'_> {
     }
 
     /// A path argument that must name an existing file (or folder, with `folder`).
-    fn path_arg(&mut self, value: &Value, folder: bool) -> Option<(String, PathBuf)> {
+    pub(super) fn path_arg(&mut self, value: &Value, folder: bool) -> Option<(String, PathBuf)> {
         let text = self.string(value, "a path")?;
         let path = self.resolve_path(&text);
         let ok = if folder {
@@ -454,7 +472,7 @@ impl Cx<'_> {
         }
     }
 
-    fn data_error(&mut self, at: Span, message: String) {
+    pub(super) fn data_error(&mut self, at: Span, message: String) {
         self.error(CheckError::Data {
             message,
             span: span(at),

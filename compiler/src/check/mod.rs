@@ -1,6 +1,7 @@
 //! The checker: resolves names, infers shapes and tensor kinds, and reports every problem
 //! it finds at once. Its output, [`Checked`], is the program with all of that settled.
 
+mod arrays;
 mod bert;
 mod data;
 mod expr;

@@ -1,8 +1,9 @@
-//! Data sources: loading IDX and CSV files, stratified splits, normalisation, and batches.
+//! Data sources: loading IDX, CSV, text and NumPy files, stratified splits, normalisation, and batches.
 //!
 //! Samples stay in their compact source form (bytes for IDX bytes) and are scaled and
 //! normalised only when a batch is built, straight into the `Vec<f32>` a tensor is made of.
 
+pub mod arrays;
 pub mod augment;
 pub mod csv;
 pub mod idx;
@@ -303,6 +304,9 @@ impl Dataset {
                 (part, None)
             }
             DataSource::Text { .. } => (text::load(spec, base_dir, &mut files)?, None),
+            DataSource::Npy { .. } | DataSource::Npz { .. } => {
+                arrays::load(spec, base_dir, sample_len, &mut files)?
+            }
         };
         if let Some(limit) = spec.limit {
             train.truncate(limit);

@@ -1,0 +1,10 @@
+//! Data files other than IDX, CSV and text, read the same way by the checker (headers
+//! only: shapes, types and counts before anything runs) and by the runtime (the values),
+//! so that the two cannot disagree about a file.
+
+pub mod npy;
+pub mod npz;
+
+/// Why a file could not be read: a sentence naming what is wrong, for a diagnostic that
+/// names the file itself.
+pub type Reason = String;
