@@ -109,6 +109,9 @@ impl Header {
 /// The header's length in bytes (magic and length fields included), from the file's first
 /// 12 bytes.
 pub fn header_end(prefix: &[u8]) -> Result<usize, Reason> {
+    if prefix.starts_with(b"PK\x03\x04") {
+        return Err("it is a zip archive, not a .npy file: read an .npz with `npz(\"file\", x: \"key\", y: \"key\")`".into());
+    }
     if prefix.len() < 10 || &prefix[..6] != MAGIC {
         return Err("it is not a NumPy .npy file (no \\x93NUMPY magic)".into());
     }

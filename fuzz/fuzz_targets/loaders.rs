@@ -1,5 +1,6 @@
 //! Arbitrary bytes as a data file, through every loader that reads one: the runtime's IDX
-//! and CSV parsers (gzip included), the checker's IDX, CSV and safetensors inspectors, and
+//! and CSV parsers (gzip included), the checker's IDX, CSV and safetensors inspectors,
+//! NumPy's .npy and .npz readers (headers, samples, labels, every member of an archive), and
 //! candle's safetensors loading as `load_weights` uses it. Errors are expected; a panic, an
 //! overflow, or an allocation past libFuzzer's limit is a bug.
 
@@ -12,6 +13,7 @@ use candle_core::{DType, Device};
 use kd_compiler::fuzzing::{
     csv_bytes, idx_images_bytes, idx_labels_bytes, weights_bytes, LabelColumn,
 };
+use kd_datafiles::{npy, npz};
 use kd_plan::{Layer, LayerSpec, Span};
 use kd_runtime::data::{csv::parse_csv, decode_text, idx};
 use libfuzzer_sys::fuzz_target;
@@ -30,6 +32,20 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = decode_text(data.to_vec(), path) {
         let column = usize::try_from(label.max(0)).unwrap_or(0);
         let _ = parse_csv(&text, path, header, delimiter, column);
+    }
+    let _ = npy::samples(data);
+    let _ = npy::labels(data);
+    if let Ok(header) = npy::read_header_from(&mut &data[..]) {
+        let _ = header.check_len(data.len() as u64);
+    }
+    if let Ok(mut archive) = npz::open_bytes(data) {
+        for key in npz::keys(&archive) {
+            let _ = npz::header(&mut archive, &key);
+            if let Ok(member) = npz::member(&mut archive, &key) {
+                let _ = npy::samples(&member);
+                let _ = npy::labels(&member);
+            }
+        }
     }
     let _ = idx_images_bytes(data);
     let _ = idx_labels_bytes(data);

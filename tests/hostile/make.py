@@ -283,12 +283,134 @@ TEXT_CASES = {
 
 def main():
     CASES.update(TEXT_CASES)
+    CASES.update(NUMPY_CASES)
     for entry in os.listdir(HERE):
         if os.path.isdir(os.path.join(HERE, entry)) and entry not in CASES:
             shutil.rmtree(os.path.join(HERE, entry))
     for make in CASES.values():
         make()
 
+
+
+# ---------------------------------------------------------------- NumPy
+
+def npy(descr, shape, data, fortran=False, header=None):
+    """An .npy file (format 1.0) as numpy.save writes it; `header` replaces the dict."""
+    if header is None:
+        dims = ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "")
+        header = f"{{'descr': {descr!r}, 'fortran_order': {fortran}, 'shape': ({dims}), }}"
+    text = header.encode()
+    text += b" " * ((64 - (10 + len(text) + 1) % 64) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + data
+
+
+def npz(members, compressed=False):
+    """A zip of .npy members as numpy.savez(_compressed) writes it, with fixed times."""
+    import zipfile
+    out = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(out, "w", method) as z:
+        for name, content in members.items():
+            z.writestr(zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0)), content,
+                       compress_type=method)
+    return out.getvalue()
+
+
+GOOD_X = npy("|u1", (4, 2, 2), bytes(range(16)))
+GOOD_Y = npy("<i8", (4,), struct.pack("<4q", 0, 1, 0, 1))
+GOOD_NPZ = npz({"x": GOOD_X, "y": GOOD_Y}, compressed=True)
+
+
+def npy_pipeline():
+    return (
+        "pipeline hostile { seed: 1 }\n"
+        'data d = npy(x: "x.npy", y: "y.npy") { split { train: 2, test: 2 } }\n'
+        "model m { input [1, 2, 2] flatten linear(2) as logits }\n" + TAIL
+    )
+
+
+def npz_pipeline():
+    return (
+        "pipeline hostile { seed: 1 }\n"
+        'data d = npz("data.npz", x: "x", y: "y") { split { train: 2, test: 2 } }\n'
+        "model m { input [1, 2, 2] flatten linear(2) as logits }\n" + TAIL
+    )
+
+
+def npy_check(name, about, x=None, y=None):
+    bad = "x.npy" if x is not None else "y.npy"
+    files = {"x.npy": x if x is not None else GOOD_X, "y.npy": y if y is not None else GOOD_Y}
+    case(name, about, "check", bad, npy_pipeline(), files)
+
+
+def npy_run(name, about, x):
+    case(name, about, "run", "x.npy", npy_pipeline(), {"x.npy": GOOD_X, "y.npy": GOOD_Y},
+         run={"x.npy": x})
+
+
+def npz_check(name, about, content):
+    case(name, about, "check", "data.npz", npz_pipeline(), {"data.npz": content})
+
+
+def npz_run(name, about, content):
+    case(name, about, "run", "data.npz", npz_pipeline(), {"data.npz": GOOD_NPZ},
+         run={"data.npz": content})
+
+
+def corrupt_deflate(archive):
+    """The archive with bytes in the middle of its first member's deflate stream flipped."""
+    data = bytearray(archive)
+    start = 30 + len("x.npy") + 8
+    for i in range(start, start + 12):
+        data[i] ^= 0x5A
+    return bytes(data)
+
+
+NUMPY_CASES = {
+    "npy_bad_magic": lambda: npy_check(
+        "npy_bad_magic", "a text file where an .npy file is expected", x=b"not an array\n" * 4),
+    "npy_claims_1e12_values": lambda: npy_check(
+        "npy_claims_1e12_values", "a header claiming 10^12 values, with 16 bytes of them",
+        x=npy("|u1", (1_000_000, 1000, 1000), bytes(16))),
+    "npy_shape_overflow": lambda: npy_check(
+        "npy_shape_overflow", "a shape whose product overflows 64 bits",
+        x=npy("<f4", (2**62, 2**62), bytes(16))),
+    "npy_truncated_values": lambda: npy_check(
+        "npy_truncated_values", "values cut short of the header's shape",
+        x=npy("|u1", (4, 2, 2), bytes(10))),
+    "npy_header_garbage": lambda: npy_check(
+        "npy_header_garbage", "a header that is not a Python dict literal",
+        x=npy("|u1", (4, 2, 2), bytes(16), header="{'descr': '|u1', 'fortran_order': Fal")),
+    "npy_header_length_past_file": lambda: npy_check(
+        "npy_header_length_past_file", "a header length of 65535 in a 20-byte file",
+        x=b"\x93NUMPY\x01\x00\xff\xff{'descr'"),
+    "npy_int16_samples": lambda: npy_check(
+        "npy_int16_samples", "int16 samples", x=npy("<i2", (4, 2, 2), bytes(32))),
+    "npy_structured": lambda: npy_check(
+        "npy_structured", "a structured array", x=npy("|u1", (4, 2, 2), bytes(16),
+        header="{'descr': [('a', '<f4'), ('b', '<i4')], 'fortran_order': False, 'shape': (4,), }")),
+    "npy_labels_negative": lambda: npy_check(
+        "npy_labels_negative", "a label of -1", y=npy("|i1", (4,), bytes([0, 1, 255, 1]))),
+    "npy_labels_float": lambda: npy_check(
+        "npy_labels_float", "float labels", y=npy("<f4", (4,), struct.pack("<4f", 0, 1, 0, 1))),
+    "npy_labels_count_mismatch": lambda: npy_check(
+        "npy_labels_count_mismatch", "three labels for four samples",
+        y=npy("<i8", (3,), struct.pack("<3q", 0, 1, 0))),
+    "npy_run_truncated": lambda: npy_run(
+        "npy_run_truncated", "samples cut short at run time", GOOD_X[:-5]),
+    "npz_not_zip": lambda: npz_check(
+        "npz_not_zip", "a text file where an .npz archive is expected", b"not an archive\n" * 8),
+    "npz_truncated": lambda: npz_check(
+        "npz_truncated", "an archive cut in half", GOOD_NPZ[: len(GOOD_NPZ) // 2]),
+    "npz_member_lies": lambda: npz_check(
+        "npz_member_lies", "an array whose header claims more values than its member holds",
+        npz({"x": npy("|u1", (4, 2, 2), bytes(8)), "y": GOOD_Y})),
+    "npz_missing_key": lambda: npz_check(
+        "npz_missing_key", "an archive without the array `x`", npz({"images": GOOD_X, "y": GOOD_Y})),
+    "npz_run_deflate_corrupt": lambda: npz_run(
+        "npz_run_deflate_corrupt", "a compressed array corrupted at run time",
+        corrupt_deflate(GOOD_NPZ)),
+}
 
 BOMB = gz(idx(0x08, [4, 2, 2], bytes(16)) + bytes(20 << 20))  # 16 bytes claimed, 20 MiB held
 CLAIM_1E12 = idx(0x08, [1_000_000, 1000, 1000], bytes(16))  # 10^12 elements claimed

@@ -91,11 +91,11 @@ impl Cx<'_> {
             let (text, path) = self.path_arg(path_value, false)?;
             let key = |cx: &mut Self, v: &Value| cx.string(v, "an array's key");
             let (kx, ky) = (key(self, x)?, key(self, y)?);
-            let train = self.npz_part(&text, &path, (&kx, &ky), path_value.span)?;
+            let train = self.npz_part(&text, &path, (&kx, &ky), (x.span, y.span))?;
             let test = match test {
                 Some((a, b)) => {
                     let (ka, kb) = (key(self, a)?, key(self, b)?);
-                    let part = self.npz_part(&text, &path, (&ka, &kb), a.span)?;
+                    let part = self.npz_part(&text, &path, (&ka, &kb), (a.span, b.span))?;
                     Some(((ka, kb), part))
                 }
                 None => None,
@@ -202,21 +202,21 @@ impl Cx<'_> {
         text: &str,
         path: &Path,
         (x, y): (&str, &str),
-        at: Span,
+        (x_at, y_at): (Span, Span),
     ) -> Option<Part> {
-        let samples = self.array_fact(text, at, path, &format!("x:{x}"), || {
+        let samples = self.array_fact(text, x_at, path, &format!("x:{x}"), || {
             npz::open(path)
                 .and_then(|mut archive| npz::header(&mut archive, x))
                 .and_then(sample_header)
                 .map_err(|r| with_key(x, r))
         })?;
-        let (labels, classes) = self.array_fact(text, at, path, &format!("y:{y}"), || {
+        let (labels, classes) = self.array_fact(text, y_at, path, &format!("y:{y}"), || {
             npz::open(path)
                 .and_then(|mut archive| npz::member(&mut archive, y))
                 .and_then(|bytes| label_facts(&bytes))
                 .map_err(|r| with_key(y, r))
         })?;
-        self.matched(samples, labels, classes, at, text)
+        self.matched(samples, labels, classes, y_at, text)
     }
 
     fn matched(
@@ -270,7 +270,8 @@ impl Cx<'_> {
 }
 
 fn with_key(key: &str, reason: Reason) -> Reason {
-    if reason.contains(&format!("`{key}`")) {
+    // An archive that cannot be opened is not about one array.
+    if reason.contains(&format!("`{key}`")) || reason.contains("(zip) archive") {
         reason
     } else {
         format!("array `{key}`: {reason}")
