@@ -96,7 +96,7 @@ pub const AUGMENTATIONS: &[&str] = &[
     "swap_tokens",
 ];
 /// `data NAME = SOURCE(...)`.
-pub const DATA_SOURCES: &[&str] = &["idx", "csv", "tsv", "text", "npy", "npz"];
+pub const DATA_SOURCES: &[&str] = &["idx", "csv", "tsv", "text", "npy", "npz", "images"];
 /// `teacher NAME = SOURCE(...)` for models from files.
 pub const MODEL_SOURCES: &[&str] = &["onnx", "bert"];
 
@@ -125,6 +125,8 @@ pub const DATA_SETTINGS: &[&str] = &[
     "split",
     "normalize",
     "channels",
+    "color",
+    "resize",
     "text",
     "tokenizer",
     "max_len",

@@ -1,7 +1,8 @@
-//! Data files other than IDX, CSV and text, read the same way by the checker (headers
+//! Data files other than IDX, CSV and text (NumPy arrays, image folders), read the same way by the checker (headers
 //! only: shapes, types and counts before anything runs) and by the runtime (the values),
 //! so that the two cannot disagree about a file.
 
+pub mod images;
 pub mod npy;
 pub mod npz;
 

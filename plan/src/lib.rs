@@ -217,6 +217,14 @@ pub enum TextFormat {
     Folders,
 }
 
+/// The colour an image source's samples have.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageColor {
+    Rgb,
+    Gray,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum DataSource {
@@ -253,6 +261,17 @@ pub enum DataSource {
         test_x: Option<String>,
         test_y: Option<String>,
         channels_last: bool,
+    },
+    /// Images (PNG, BMP, JPEG, WebP): a folder with one sub-folder per class, or a list
+    /// file (CSV/TSV/JSON Lines/JSON) of `path` and `label` fields. Samples are
+    /// `sample_shape` (`[C, H, W]`), kept as bytes.
+    Images {
+        path: PathBuf,
+        /// Raw label (a class folder's name, or the list's label) to class index.
+        classes: Vec<(String, usize)>,
+        color: ImageColor,
+        /// Scale the shorter side to this, then crop the centre to the sample's H x W.
+        resize: Option<u32>,
     },
     /// Text samples with a label each (see `DataSpec::text` for tokenisation).
     Text {
@@ -301,6 +320,7 @@ impl DataSource {
             }
             DataSource::Csv { path, .. }
             | DataSource::Npz { path, .. }
+            | DataSource::Images { path, .. }
             | DataSource::Text { path, .. } => vec![path],
         }
     }

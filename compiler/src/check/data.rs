@@ -189,11 +189,29 @@ impl Cx<'_> {
                 Some("`channels: last` reads `npy`/`npz` samples stored as [N, H, W, C]".into()),
             );
         }
+        for key in ["color", "resize"] {
+            if let Some(setting) = fields.get(key).filter(|_| kind != "images") {
+                self.invalid(
+                    setting.key.span,
+                    format!("`{key}` applies to images"),
+                    "not for this source",
+                    Some("image data comes from `images(\"folder or list\")`".into()),
+                );
+            }
+        }
         // Byte samples are divided by 255 unless `scale` says otherwise.
         let mut bytes = kind == "idx";
+        // Image classes have names (their folders'); other sources' are numbers.
+        let mut names = None;
         let (source, facts) = match kind {
             "idx" => self.idx_source(&decl.source)?,
             "csv" | "tsv" => self.csv_source(&decl.source, &fields, kind == "tsv")?,
+            "images" => {
+                let images = self.image_source(decl, &fields)?;
+                bytes = true;
+                names = Some(images.names);
+                (images.source, images.facts)
+            }
             "npy" | "npz" => {
                 let arrays = self.array_source(&decl.source, &fields, kind == "npz")?;
                 bytes = arrays.bytes;
@@ -248,6 +266,15 @@ impl Cx<'_> {
             None => facts.sample_shape.clone(),
         };
 
+        if let (Some(v), Some(_)) = (fields.value("relabel"), &names) {
+            self.invalid(
+                v.span,
+                "images take `classes` (a list, or a block merging folders), not `relabel`".into(),
+                "not for images",
+                Some("`classes { even: [\"0\", \"2\"], odd: [\"1\", \"3\"] }`".into()),
+            );
+            return None;
+        }
         let (relabel, mut classes) = match fields.value("relabel") {
             Some(v) => {
                 let map = self.relabel(v, facts.classes)?;
@@ -256,7 +283,7 @@ impl Cx<'_> {
             }
             None => (None, facts.classes),
         };
-        if let Some(v) = fields.value("classes") {
+        if let Some(v) = fields.value("classes").filter(|_| names.is_none()) {
             let declared = self.count(v, "classes", 2)?;
             if declared < classes {
                 self.error(CheckError::Data {
@@ -295,7 +322,7 @@ impl Cx<'_> {
             source,
             sample_shape,
             classes,
-            class_names: (0..classes).map(|c| c.to_string()).collect(),
+            class_names: names.unwrap_or_else(|| (0..classes).map(|c| c.to_string()).collect()),
             relabel,
             limit,
             scale,

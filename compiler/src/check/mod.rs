@@ -5,6 +5,7 @@ mod arrays;
 mod bert;
 mod data;
 mod expr;
+mod images;
 mod models;
 mod onnx;
 mod stages;

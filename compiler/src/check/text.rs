@@ -221,7 +221,7 @@ impl Cx<'_> {
     /// `classes { ham: ["easy-ham-1", "hard-ham-1"], spam: ["spam-1"] }`, or
     /// `classes: ["neg", "pos"]`, or (neither) the sorted distinct labels. Every label in
     /// the data must land in a class.
-    fn text_classes(
+    pub(super) fn text_classes(
         &mut self,
         decl: &DataDecl,
         fields: &Fields,

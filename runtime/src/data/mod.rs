@@ -1,4 +1,4 @@
-//! Data sources: loading IDX, CSV, text and NumPy files, stratified splits, normalisation, and batches.
+//! Data sources: loading IDX, CSV, text, NumPy and image files, stratified splits, normalisation, and batches.
 //!
 //! Samples stay in their compact source form (bytes for IDX bytes) and are scaled and
 //! normalised only when a batch is built, straight into the `Vec<f32>` a tensor is made of.
@@ -7,6 +7,7 @@ pub mod arrays;
 pub mod augment;
 pub mod csv;
 pub mod idx;
+pub mod images;
 pub mod split;
 pub mod text;
 
@@ -304,6 +305,7 @@ impl Dataset {
                 (part, None)
             }
             DataSource::Text { .. } => (text::load(spec, base_dir, &mut files)?, None),
+            DataSource::Images { .. } => (images::load(spec, base_dir, &mut files)?, None),
             DataSource::Npy { .. } | DataSource::Npz { .. } => {
                 arrays::load(spec, base_dir, sample_len, &mut files)?
             }

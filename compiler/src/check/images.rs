@@ -1,0 +1,221 @@
+//! `data d = images("folder") { shape: [3, 32, 32], color: rgb, resize: 36 }`: image data
+//! checked against the files' headers (format and size: no pixel is decoded) before
+//! anything runs, through the same reader as the runtime's (`kd_datafiles::images`).
+
+use std::path::{Path, PathBuf};
+
+use kd_datafiles::images;
+use kd_grammar::ast::{DataDecl, Span};
+use kd_plan::{DataSource, ImageColor};
+
+use super::values::Fields;
+use super::Cx;
+use crate::diagnostics::{span, CheckError};
+use crate::inspect::SourceFacts;
+
+/// An image source as the checker found it, with its class names.
+pub(super) struct Images {
+    pub source: DataSource,
+    pub facts: SourceFacts,
+    pub names: Vec<String>,
+}
+
+impl Cx<'_> {
+    pub(super) fn image_source(&mut self, decl: &DataDecl, fields: &Fields) -> Option<Images> {
+        let call = &decl.source;
+        let args = self.args(call, &["path"], 1);
+        let Some(path_value) = args.get("path", Some(0)) else {
+            self.error(CheckError::Missing {
+                message: "`images` needs a folder or a list file".into(),
+                span: span(call.span),
+                label: "here".into(),
+                help: Some("`images(\"data/train\")`: one sub-folder per class".into()),
+            });
+            return None;
+        };
+        let (text, path) = self.path_arg_any(path_value)?;
+        let shape = match fields.value("shape") {
+            Some(v) => {
+                let shape = self.shape(v, "shape", 1)?;
+                match shape[..] {
+                    [c @ (1 | 3), h, w] if h > 0 && w > 0 => Some((v.span, c, h, w)),
+                    _ => {
+                        self.invalid(
+                            v.span,
+                            format!(
+                                "images are [3, H, W] (RGB) or [1, H, W] (gray), not {shape:?}"
+                            ),
+                            "not an image shape",
+                            None,
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        let color = match fields.value("color") {
+            Some(v) => {
+                let color = match self.choice(v, "color", &["rgb", "gray"])?.as_str() {
+                    "gray" => ImageColor::Gray,
+                    _ => ImageColor::Rgb,
+                };
+                if let Some((_, c, _, _)) = shape {
+                    if (c == 3) != (color == ImageColor::Rgb) {
+                        self.invalid(
+                            v.span,
+                            format!(
+                                "`shape` has {c} channel{} but `color` is not {}",
+                                if c == 1 { "" } else { "s" },
+                                if c == 1 { "gray" } else { "rgb" }
+                            ),
+                            "does not match the shape",
+                            None,
+                        );
+                        return None;
+                    }
+                }
+                color
+            }
+            None if shape.is_some_and(|(_, c, _, _)| c == 1) => ImageColor::Gray,
+            None => ImageColor::Rgb,
+        };
+        let resize = match fields.value("resize") {
+            Some(v) => {
+                let n = self.count(v, "resize", 1)?;
+                let Some((_, _, h, w)) = shape else {
+                    self.invalid(
+                        v.span,
+                        "`resize` needs `shape`: images are scaled, then cropped to its H x W"
+                            .into(),
+                        "without a shape",
+                        Some("e.g. `shape: [3, 224, 224], resize: 256`".into()),
+                    );
+                    return None;
+                };
+                if n < h.max(w) || n > images::MAX_SIDE as usize {
+                    self.invalid(
+                        v.span,
+                        format!(
+                            "`resize: {n}` must be at least the crop's {} and at most {}",
+                            h.max(w),
+                            images::MAX_SIDE
+                        ),
+                        "out of range",
+                        None,
+                    );
+                    return None;
+                }
+                Some(n as u32)
+            }
+            None => None,
+        };
+        let listed = crate::remembered::remembered(&path, "entries", || {
+            images::entries(&path, "path", "label")
+        });
+        let entries = match listed {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.file_error(&e.path, &text, &path, e.reason, path_value.span);
+                return None;
+            }
+        };
+        let sizes = crate::remembered::remembered(&path, "headers", || images::headers(&entries));
+        let sizes = match sizes {
+            Ok(sizes) => sizes,
+            Err((i, reason)) => {
+                self.file_error(&entries[i].path, &text, &path, reason, path_value.span);
+                return None;
+            }
+        };
+        let (height, width) = match shape {
+            Some((_, _, h, w)) => (h, w),
+            None => (sizes[0].1 as usize, sizes[0].0 as usize),
+        };
+        if resize.is_none() {
+            let odd = sizes
+                .iter()
+                .position(|&(w, h)| (w as usize, h as usize) != (width, height));
+            if let Some(i) = odd {
+                let (w, h) = sizes[i];
+                let why = match shape {
+                    Some(_) => {
+                        format!("it is {w} x {h} pixels but `shape` asks for {width} x {height}")
+                    }
+                    None => format!(
+                        "it is {w} x {h} pixels but `{}` is {width} x {height}",
+                        shown(&entries[0].path, &path, &text)
+                    ),
+                };
+                self.error(CheckError::File {
+                    path: shown(&entries[i].path, &path, &text),
+                    reason: why,
+                    span: span(path_value.span),
+                    help: Some("give `shape` and `resize` to scale and crop images of other sizes (`shape: [3, 224, 224], resize: 256`)".into()),
+                });
+                return None;
+            }
+        }
+        let records: Vec<kd_textdata::Record> = entries
+            .iter()
+            .map(|e| kd_textdata::Record {
+                text: String::new(),
+                label: e.label.clone(),
+            })
+            .collect();
+        let (classes, names) = self.text_classes(decl, fields, &records)?;
+        let channels = if color == ImageColor::Gray { 1 } else { 3 };
+        Some(Images {
+            source: DataSource::Images {
+                path: PathBuf::from(text),
+                classes,
+                color,
+                resize,
+            },
+            facts: SourceFacts {
+                train_count: entries.len(),
+                test_count: None,
+                sample_shape: vec![channels, height, width],
+                classes: names.len(),
+            },
+            names,
+        })
+    }
+
+    /// A path argument that must name an existing file or folder.
+    fn path_arg_any(&mut self, value: &kd_grammar::ast::Value) -> Option<(String, PathBuf)> {
+        let text = self.string(value, "a path")?;
+        let path = self.resolve_path(&text);
+        if path.is_dir() {
+            return Some((text, path));
+        }
+        self.path_arg(value, false)
+    }
+
+    fn file_error(&mut self, file: &Path, text: &str, root: &Path, reason: String, at: Span) {
+        self.error(CheckError::File {
+            path: shown(file, root, text),
+            reason,
+            span: span(at),
+            help: None,
+        });
+    }
+}
+
+/// `file` as the user knows it: under the source's path as written.
+fn shown(file: &Path, root: &Path, text: &str) -> String {
+    let base = if root.is_dir() {
+        root
+    } else {
+        root.parent().unwrap_or(root)
+    };
+    let written = if root.is_dir() {
+        Path::new(text)
+    } else {
+        Path::new(text).parent().unwrap_or(Path::new(""))
+    };
+    match file.strip_prefix(base) {
+        Ok(rest) => written.join(rest).display().to_string(),
+        Err(_) => file.display().to_string(),
+    }
+}

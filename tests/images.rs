@@ -1,0 +1,222 @@
+//! Image data (`images(...)`) against Pillow: Pillow (from PyPI, scripts/python-env.sh)
+//! writes PNG, BMP, lossless WebP and JPEG files (RGB, gray, 16-bit gray, palette, RGBA,
+//! CMYK) in the ImageFolder layout and as a CSV list, and dumps what it decodes from each.
+//! kdc's samples must equal Pillow's pixels (JPEG within 2 levels, 16-bit within one level
+//! of v / 257), class names must be the folders', resizing must land near Pillow's bilinear
+//! resize, and a pipeline on the images must run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::python;
+use kd_runtime::data::{Dataset, Samples};
+
+const WRITE: &str = r#"
+import os, sys, numpy as np
+from PIL import Image
+out = sys.argv[1]
+rng = np.random.default_rng(5)
+def folder(*parts):
+    p = os.path.join(out, *parts); os.makedirs(p, exist_ok=True); return p
+def rgb(h, w):
+    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8), "RGB")
+def chw(img):
+    return np.transpose(np.asarray(img.convert("RGB")), (2, 0, 1))
+
+# RGB, ImageFolder: sorted classes, sorted files; other files skipped.
+expected = []
+for cls, files in [("cat", ["a.png", "b.bmp", "c.webp"]), ("dog", ["a.png", "z.png"])]:
+    d = folder("rgb", cls)
+    for name in files:
+        img = rgb(6, 8)
+        if name.endswith(".webp"):
+            img.save(os.path.join(d, name), lossless=True)
+        else:
+            img.save(os.path.join(d, name))
+        expected.append(chw(Image.open(os.path.join(d, name))))
+open(os.path.join(out, "rgb", "cat", "README.txt"), "w").write("not an image")
+open(os.path.join(out, "rgb", "dog", ".hidden.png"), "w").write("hidden")
+np.concatenate([e.ravel() for e in expected]).tofile(os.path.join(out, "rgb.u8"))
+
+# Converted to RGB: palette, RGBA (alpha dropped), 16-bit gray scaled.
+d = folder("mixed", "x")
+rgb(6, 8).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(os.path.join(d, "1_palette.png"))
+Image.fromarray(rng.integers(0, 256, size=(6, 8, 4), dtype=np.uint8), "RGBA").save(os.path.join(d, "2_rgba.png"))
+deep = rng.integers(0, 65536, size=(6, 8), dtype=np.uint16)
+Image.fromarray(deep).save(os.path.join(folder("mixed", "y"), "3_gray16.png"))
+mixed = [chw(Image.open(os.path.join(d, n))) for n in ["1_palette.png", "2_rgba.png"]]
+mixed.append(np.repeat((deep / 257.0)[None], 3, axis=0))
+np.concatenate([m.ravel().astype(np.float32) for m in mixed]).tofile(os.path.join(out, "mixed.f32"))
+
+# Gray, as MNIST's digits would be written.
+gray = []
+for cls in ["0", "1"]:
+    d = folder("gray", cls)
+    for i in range(3):
+        img = Image.fromarray(rng.integers(0, 256, size=(7, 5), dtype=np.uint8), "L")
+        img.save(os.path.join(d, f"{i}.png"))
+        gray.append(np.asarray(Image.open(os.path.join(d, f"{i}.png"))))
+np.concatenate([g.ravel() for g in gray]).tofile(os.path.join(out, "gray.u8"))
+
+# JPEG (RGB and CMYK), smooth so that quality 95 keeps them close.
+d = folder("jpeg", "x")
+y, x = np.mgrid[0:16, 0:16]
+smooth = np.stack([x * 15, y * 15, (x + y) * 7], axis=2).astype(np.uint8)
+Image.fromarray(smooth, "RGB").save(os.path.join(d, "1_444.jpg"), quality=95, subsampling=0)
+Image.fromarray(smooth, "RGB").save(os.path.join(d, "2_420.jpg"), quality=95, subsampling=2)
+Image.fromarray(smooth, "RGB").convert("CMYK").save(os.path.join(folder("jpeg", "y"), "3_cmyk.jpg"), quality=95)
+jpeg = [chw(Image.open(os.path.join(out, "jpeg", n))) for n in ["x/1_444.jpg", "x/2_420.jpg", "y/3_cmyk.jpg"]]
+np.concatenate([j.ravel() for j in jpeg]).tofile(os.path.join(out, "jpeg.u8"))
+
+# A CSV list, and a large image resized (shorter side to 24) and centre-cropped to 20 x 20.
+d = folder("listed")
+big = rgb(30, 40).resize((40, 30))
+big.save(os.path.join(d, "big.png"))
+rgb(6, 8).save(os.path.join(d, "small.png"))
+open(os.path.join(d, "list.csv"), "w").write("path,label\nbig.png,b\nsmall.png,s\n")
+r = Image.open(os.path.join(d, "big.png")).resize((32, 24), Image.Resampling.BILINEAR)
+np.asarray(r.crop((6, 2, 26, 22))).transpose(2, 0, 1).tofile(os.path.join(out, "resized.u8"))
+"#;
+
+const MODEL: &str = r#"
+model m { input [INPUT] flatten linear(2) as logits }
+student s = m
+stage fit { train s on d.train, loss cross_entropy(s.logits, label), optimizer adam(lr: 1e-3), epochs 1, batch 2 }
+"#;
+
+fn write_images() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kdc-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = Command::new(python())
+        .args(["-c", WRITE])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "Pillow could not write the images");
+    dir
+}
+
+fn bytes(samples: &Samples) -> Vec<u8> {
+    match samples {
+        Samples::U8(v) => v.clone(),
+        Samples::F32(_) => panic!("image samples are bytes"),
+    }
+}
+
+fn compile(dir: &Path, source: &str, settings: &str, input: &str) -> kd_plan::Plan {
+    let text = format!(
+        "pipeline images {{ seed: 3, output: \"runs\" }}\ndata d = {source} {{ {settings} }}\n{}",
+        MODEL.replace("INPUT", input)
+    );
+    let path = dir.join("images.kd");
+    std::fs::write(&path, &text).unwrap();
+    match kd_compiler::compile(&text, &path, &[]) {
+        Ok(compiled) => compiled.plan,
+        Err(errors) => panic!("{source}: {errors:?}"),
+    }
+}
+
+fn load(dir: &Path, source: &str, settings: &str, input: &str) -> (kd_plan::DataSpec, Dataset) {
+    let plan = compile(dir, source, settings, input);
+    let spec = plan.data[0].clone();
+    let data = Dataset::load(&spec, dir, 3).unwrap();
+    (spec, data)
+}
+
+fn max_diff(a: &[u8], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&a, &b)| (f32::from(a) - b).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn images_read_as_pillow_decodes_them() {
+    let dir = write_images();
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+
+    // PNG, BMP and lossless WebP: exactly Pillow's pixels, in ImageFolder's order.
+    let (spec, data) = load(&dir, "images(\"rgb\")", "", "3, 6, 8");
+    assert_eq!(spec.sample_shape, vec![3, 6, 8]);
+    assert_eq!(spec.class_names, vec!["cat", "dog"]);
+    assert_eq!(spec.scale, 255.0);
+    assert_eq!(data.train.labels, vec![0, 0, 0, 1, 1]);
+    assert_eq!(bytes(&data.train.samples), read("rgb.u8"));
+
+    // Palette and RGBA converted to RGB as Pillow converts them; 16-bit gray scaled.
+    let (_, data) = load(&dir, "images(\"mixed\")", "color: rgb", "3, 6, 8");
+    let mixed: Vec<f32> = read("mixed.f32")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let got = bytes(&data.train.samples);
+    let plane = 3 * 6 * 8;
+    assert_eq!(max_diff(&got[..2 * plane], &mixed[..2 * plane]), 0.0);
+    assert!(max_diff(&got[2 * plane..], &mixed[2 * plane..]) <= 1.0);
+
+    // Gray, the shape and colour from `shape`.
+    let (spec, data) = load(&dir, "images(\"gray\")", "shape: [1, 7, 5]", "1, 7, 5");
+    assert_eq!(spec.class_names, vec!["0", "1"]);
+    assert_eq!(bytes(&data.train.samples), read("gray.u8"));
+
+    // JPEG: RGB without chroma subsampling and CMYK within 2 levels of Pillow's decoding;
+    // with 4:2:0 chroma, within 4 (libjpeg-turbo's and zune-jpeg's chroma upsampling differ:
+    // 3 levels here).
+    let (_, data) = load(&dir, "images(\"jpeg\")", "", "3, 16, 16");
+    let jpeg: Vec<f32> = read("jpeg.u8").iter().map(|&b| f32::from(b)).collect();
+    let got = bytes(&data.train.samples);
+    let plane = 3 * 16 * 16;
+    let diff = |i: usize| {
+        max_diff(
+            &got[i * plane..(i + 1) * plane],
+            &jpeg[i * plane..(i + 1) * plane],
+        )
+    };
+    let (full, subsampled, cmyk) = (diff(0), diff(1), diff(2));
+    assert!(full <= 2.0, "4:4:4 JPEG: {full} levels");
+    assert!(subsampled <= 4.0, "4:2:0 JPEG: {subsampled} levels");
+    assert!(cmyk <= 2.0, "CMYK JPEG: {cmyk} levels");
+
+    // A CSV list; the big image resized (shorter side 24) and centre-cropped to 20 x 20,
+    // near Pillow's bilinear resize of the same crop.
+    let (spec, data) = load(
+        &dir,
+        "images(\"listed/list.csv\")",
+        "shape: [3, 20, 20], resize: 24",
+        "3, 20, 20",
+    );
+    assert_eq!(spec.class_names, vec!["b", "s"]);
+    let got = bytes(&data.train.samples);
+    let pillow: Vec<f32> = read("resized.u8").iter().map(|&b| f32::from(b)).collect();
+    let mean: f32 = got[..1200]
+        .iter()
+        .zip(&pillow)
+        .map(|(&a, &b)| (f32::from(a) - b).abs())
+        .sum::<f32>()
+        / 1200.0;
+    assert!(mean < 12.0, "mean difference from Pillow's resize: {mean}");
+
+    // A whole run on the RGB folder, through the command line.
+    compile(
+        &dir,
+        "images(\"rgb\")",
+        "split { train: 3, val: rest }",
+        "3, 6, 8",
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(["run", "images.kd"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
