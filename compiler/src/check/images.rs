@@ -23,7 +23,7 @@ pub(super) struct Images {
 impl Cx<'_> {
     pub(super) fn image_source(&mut self, decl: &DataDecl, fields: &Fields) -> Option<Images> {
         let call = &decl.source;
-        let args = self.args(call, &["path"], 1);
+        let args = self.args(call, &["path", "test"], 1);
         let Some(path_value) = args.get("path", Some(0)) else {
             self.error(CheckError::Missing {
                 message: "`images` needs a folder or a list file".into(),
@@ -120,6 +120,22 @@ impl Cx<'_> {
                 return None;
             }
         };
+        let test = match args.get("test", None) {
+            Some(v) => {
+                let (test_text, test_path) = self.path_arg_any(v)?;
+                let listed = crate::remembered::remembered(&test_path, "entries", || {
+                    images::entries(&test_path, "path", "label")
+                });
+                match listed {
+                    Ok(found) => Some((test_text, test_path, found, v.span)),
+                    Err(e) => {
+                        self.file_error(&e.path, &test_text, &test_path, e.reason, v.span);
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
         let sizes = crate::remembered::remembered(&path, "headers", || images::headers(&entries));
         let sizes = match sizes {
             Ok(sizes) => sizes,
@@ -128,16 +144,34 @@ impl Cx<'_> {
                 return None;
             }
         };
+        let test_sizes = match &test {
+            Some((test_text, test_path, found, at)) => {
+                let read = || images::headers(found);
+                match crate::remembered::remembered(test_path, "headers", read) {
+                    Ok(sizes) => sizes,
+                    Err((i, reason)) => {
+                        self.file_error(&found[i].path, test_text, test_path, reason, *at);
+                        return None;
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
         let (height, width) = match shape {
             Some((_, _, h, w)) => (h, w),
             None => (sizes[0].1 as usize, sizes[0].0 as usize),
         };
         if resize.is_none() {
-            let odd = sizes
-                .iter()
+            let all = sizes.iter().chain(&test_sizes);
+            let odd = all
+                .clone()
                 .position(|&(w, h)| (w as usize, h as usize) != (width, height));
             if let Some(i) = odd {
-                let (w, h) = sizes[i];
+                let (w, h) = all.clone().nth(i).copied().unwrap_or_default();
+                let (odd_path, root, written, at) = match (&test, i.checked_sub(entries.len())) {
+                    (Some((t, p, found, at)), Some(j)) => (&found[j].path, p, t, *at),
+                    _ => (&entries[i].path, &path, &text, path_value.span),
+                };
                 let why = match shape {
                     Some(_) => {
                         format!("it is {w} x {h} pixels but `shape` asks for {width} x {height}")
@@ -148,16 +182,18 @@ impl Cx<'_> {
                     ),
                 };
                 self.error(CheckError::File {
-                    path: shown(&entries[i].path, &path, &text),
+                    path: shown(odd_path, root, written),
                     reason: why,
-                    span: span(path_value.span),
+                    span: span(at),
                     help: Some("give `shape` and `resize` to scale and crop images of other sizes (`shape: [3, 224, 224], resize: 256`)".into()),
                 });
                 return None;
             }
         }
+        let test_entries = test.as_ref().map_or(&[][..], |(_, _, found, _)| &found[..]);
         let records: Vec<kd_textdata::Record> = entries
             .iter()
+            .chain(test_entries)
             .map(|e| kd_textdata::Record {
                 text: String::new(),
                 label: e.label.clone(),
@@ -168,13 +204,14 @@ impl Cx<'_> {
         Some(Images {
             source: DataSource::Images {
                 path: PathBuf::from(text),
+                test: test.as_ref().map(|(t, _, _, _)| PathBuf::from(t)),
                 classes,
                 color,
                 resize,
             },
             facts: SourceFacts {
                 train_count: entries.len(),
-                test_count: None,
+                test_count: test.as_ref().map(|(_, _, found, _)| found.len()),
                 sample_shape: vec![channels, height, width],
                 classes: names.len(),
             },
@@ -215,6 +252,7 @@ fn shown(file: &Path, root: &Path, text: &str) -> String {
         Path::new(text).parent().unwrap_or(Path::new(""))
     };
     match file.strip_prefix(base) {
+        Ok(rest) if rest.as_os_str().is_empty() => text.to_string(),
         Ok(rest) => written.join(rest).display().to_string(),
         Err(_) => file.display().to_string(),
     }

@@ -15,14 +15,39 @@ use crate::error::{Result, RuntimeError};
 /// No image file is read past this size (256 MiB).
 const MAX_IMAGE_BYTES: u64 = 1 << 28;
 
-/// Reads and decodes an image source. Its sha256 goes into `files`: the hash of its
-/// files' paths and hashes, in order (the list file's own hash first, for a list).
-pub fn load(spec: &DataSpec, base_dir: &Path, files: &mut Vec<(PathBuf, String)>) -> Result<Part> {
+/// Reads and decodes an image source: its training part, and its test part when it has
+/// one. Each folder's (or list's) sha256 goes into `files`: the hash of its files' paths
+/// and hashes, in order (the list file's own hash first, for a list).
+pub fn load(
+    spec: &DataSpec,
+    base_dir: &Path,
+    files: &mut Vec<(PathBuf, String)>,
+) -> Result<(Part, Option<Part>)> {
+    let DataSource::Images { path, test, .. } = &spec.source else {
+        return Err(RuntimeError::Plan(format!(
+            "`{}` is not an image source",
+            spec.name
+        )));
+    };
+    let train = load_part(spec, base_dir, path, files)?;
+    let test = match test {
+        Some(test) => Some(load_part(spec, base_dir, test, files)?),
+        None => None,
+    };
+    Ok((train, test))
+}
+
+fn load_part(
+    spec: &DataSpec,
+    base_dir: &Path,
+    path: &Path,
+    files: &mut Vec<(PathBuf, String)>,
+) -> Result<Part> {
     let DataSource::Images {
-        path,
         classes,
         color,
         resize,
+        ..
     } = &spec.source
     else {
         return Err(RuntimeError::Plan(format!(
@@ -54,10 +79,15 @@ pub fn load(spec: &DataSpec, base_dir: &Path, files: &mut Vec<(PathBuf, String)>
         )));
     }
     let full = resolve(base_dir, path);
-    let entries = images::entries(&full, "path", "label").map_err(|e| RuntimeError::DataFile {
-        path: e.path,
-        reason: e.reason,
-    })?;
+    let mut entries =
+        images::entries(&full, "path", "label").map_err(|e| RuntimeError::DataFile {
+            path: e.path,
+            reason: e.reason,
+        })?;
+    // `limit` keeps the first N samples: only those are decoded.
+    if let Some(limit) = spec.limit {
+        entries.truncate(limit);
+    }
     let labels = entries
         .iter()
         .map(|e| {
@@ -100,7 +130,7 @@ pub fn load(spec: &DataSpec, base_dir: &Path, files: &mut Vec<(PathBuf, String)>
         let name = entry.path.strip_prefix(&full).unwrap_or(&entry.path);
         digest.update(format!("{} {}\n", name.display(), hash?).as_bytes());
     }
-    files.push((path.clone(), format!("{:x}", digest.finalize())));
+    files.push((path.to_path_buf(), format!("{:x}", digest.finalize())));
     Ok(Part {
         samples: Samples::U8(values),
         labels,

@@ -305,7 +305,7 @@ impl Dataset {
                 (part, None)
             }
             DataSource::Text { .. } => (text::load(spec, base_dir, &mut files)?, None),
-            DataSource::Images { .. } => (images::load(spec, base_dir, &mut files)?, None),
+            DataSource::Images { .. } => images::load(spec, base_dir, &mut files)?,
             DataSource::Npy { .. } | DataSource::Npz { .. } => {
                 arrays::load(spec, base_dir, sample_len, &mut files)?
             }
