@@ -220,8 +220,8 @@ pub fn decode(bytes: &[u8], decoding: &Decoding) -> Result<Vec<u8>, Reason> {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    // 16-bit RGBA at the largest side, and the decoders' own buffers.
-    limits.max_alloc = Some(u64::from(MAX_SIDE) * u64::from(MAX_SIDE) * 8 + (64 << 20));
+    // 8-bit RGBA at the largest side; a larger buffer (16-bit at that size) is refused.
+    limits.max_alloc = Some(u64::from(MAX_SIDE) * u64::from(MAX_SIDE) * 4);
     reader.limits(limits);
     let image = reader.decode().map_err(|e| image_reason(&e))?;
     check_sides(image.width(), image.height())?;

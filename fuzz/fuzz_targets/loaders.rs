@@ -1,6 +1,7 @@
 //! Arbitrary bytes as a data file, through every loader that reads one: the runtime's IDX
 //! and CSV parsers (gzip included), the checker's IDX, CSV and safetensors inspectors,
-//! NumPy's .npy and .npz readers (headers, samples, labels, every member of an archive), and
+//! NumPy's .npy and .npz readers (headers, samples, labels, every member of an archive), the
+//! image decoder (`kd_datafiles::images::decode`, RGB and gray, resized or not), and
 //! candle's safetensors loading as `load_weights` uses it. Errors are expected; a panic, an
 //! overflow, or an allocation past libFuzzer's limit is a bug.
 
@@ -13,6 +14,7 @@ use candle_core::{DType, Device};
 use kd_compiler::fuzzing::{
     csv_bytes, idx_images_bytes, idx_labels_bytes, weights_bytes, LabelColumn,
 };
+use kd_datafiles::images::{self, Color, Decoding};
 use kd_datafiles::{npy, npz};
 use kd_plan::{Layer, LayerSpec, Span};
 use kd_runtime::data::{csv::parse_csv, decode_text, idx};
@@ -46,6 +48,12 @@ fuzz_target!(|data: &[u8]| {
                 let _ = npy::labels(&member);
             }
         }
+    }
+    for decoding in [
+        Decoding { color: Color::Rgb, height: 4, width: 4, resize: Some(6) },
+        Decoding { color: Color::Gray, height: 2, width: 2, resize: None },
+    ] {
+        let _ = images::decode(data, &decoding);
     }
     let _ = idx_images_bytes(data);
     let _ = idx_labels_bytes(data);

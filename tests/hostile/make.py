@@ -284,6 +284,7 @@ TEXT_CASES = {
 def main():
     CASES.update(TEXT_CASES)
     CASES.update(NUMPY_CASES)
+    CASES.update(IMAGE_CASES)
     for entry in os.listdir(HERE):
         if os.path.isdir(os.path.join(HERE, entry)) and entry not in CASES:
             shutil.rmtree(os.path.join(HERE, entry))
@@ -410,6 +411,71 @@ NUMPY_CASES = {
     "npz_run_deflate_corrupt": lambda: npz_run(
         "npz_run_deflate_corrupt", "a compressed array corrupted at run time",
         corrupt_deflate(GOOD_NPZ)),
+}
+
+
+# ---------------------------------------------------------------- images
+
+def png(width, height, pixels=None, color_type=0):
+    """A gray (or RGB, color_type 2) 8-bit PNG, written here so the corpus needs no Pillow."""
+    import zlib
+    channels = 3 if color_type == 2 else 1
+    if pixels is None:
+        pixels = bytes(width * height * channels)
+    rows = b"".join(b"\x00" + pixels[r * width * channels:(r + 1) * width * channels]
+                    for r in range(height))
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
+GOOD_PNG = png(2, 2, bytes([0, 64, 128, 255]))
+
+
+def images_pipeline():
+    return (
+        "pipeline hostile { seed: 1 }\n"
+        'data d = images("images") { shape: [1, 2, 2], split { train: 2, test: 2 } }\n'
+        "model m { input [1, 2, 2] flatten linear(2) as logits }\n" + TAIL
+    )
+
+
+def image_files(bad_name, bad):
+    files = {f"images/{c}/{i}.png": GOOD_PNG for c in ("a", "b") for i in range(2)}
+    files[bad_name] = bad
+    return files
+
+
+def images_check(name, about, bad_name, bad):
+    case(name, about, "check", bad_name.split("/")[-1], images_pipeline(), image_files(bad_name, bad))
+
+
+def images_run(name, about, bad_name, bad):
+    case(name, about, "run", bad_name.split("/")[-1], images_pipeline(),
+         image_files(bad_name, GOOD_PNG), run={bad_name: bad})
+
+
+IMAGE_CASES = {
+    "images_bad_magic": lambda: images_check(
+        "images_bad_magic", "a text file named .png among images", "images/b/0.png",
+        b"this is not an image\n" * 4),
+    "images_truncated_header": lambda: images_check(
+        "images_truncated_header", "a PNG cut inside its header", "images/a/1.png", GOOD_PNG[:20]),
+    "images_claims_100000_square": lambda: images_check(
+        "images_claims_100000_square", "a PNG header claiming 100000 x 100000 pixels",
+        "images/b/1.png", png(100000, 100000)[:33] + GOOD_PNG[33:]),
+    "images_odd_size": lambda: images_check(
+        "images_odd_size", "one image of another size, without resize", "images/b/0.png",
+        png(3, 2, bytes(6))),
+    "images_run_corrupt_pixels": lambda: images_run(
+        "images_run_corrupt_pixels", "a PNG whose pixel data is corrupt, found when decoding",
+        "images/a/0.png", GOOD_PNG[:41] + bytes(4) + GOOD_PNG[45:]),
+    "images_run_truncated": lambda: images_run(
+        "images_run_truncated", "a PNG cut short after its header, found when decoding",
+        "images/b/1.png", GOOD_PNG[:40]),
 }
 
 BOMB = gz(idx(0x08, [4, 2, 2], bytes(16)) + bytes(20 << 20))  # 16 bytes claimed, 20 MiB held
