@@ -254,13 +254,14 @@ fn fit(image: DynamicImage, d: &Decoding) -> Result<DynamicImage, String> {
         }
         return Ok(image);
     };
-    if short < d.height.max(d.width) {
+    if short < d.height.max(d.width) || short > MAX_SIDE {
         return Err(format!(
-            "`resize: {short}` is smaller than the {} x {} crop",
+            "`resize: {short}` must be at least the {} x {} crop and at most {MAX_SIDE}",
             d.width, d.height
         ));
     }
-    // The shorter side to `short`, the other in proportion (rounded, at least the crop).
+    // The shorter side to `short`, the other in proportion (rounded, at least the crop),
+    // no longer than MAX_SIDE: a long, thin image would otherwise resize into gigabytes.
     let (nw, nh) = if w <= h {
         let nh = (u64::from(h) * u64::from(short) + u64::from(w) / 2) / u64::from(w);
         (short, u32::try_from(nh).unwrap_or(u32::MAX).max(d.height))
@@ -268,6 +269,12 @@ fn fit(image: DynamicImage, d: &Decoding) -> Result<DynamicImage, String> {
         let nw = (u64::from(w) * u64::from(short) + u64::from(h) / 2) / u64::from(h);
         (u32::try_from(nw).unwrap_or(u32::MAX).max(d.width), short)
     };
+    if nw > MAX_SIDE || nh > MAX_SIDE {
+        return Err(format!(
+            "it is {w} x {h} pixels: with its shorter side at {short}, its longer one would be {}, more than {MAX_SIDE}",
+            nw.max(nh)
+        ));
+    }
     let resized = if (nw, nh) == (w, h) {
         image
     } else {

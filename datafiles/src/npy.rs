@@ -294,6 +294,14 @@ pub fn samples(bytes: &[u8]) -> Result<(Header, Values), Reason> {
         ),
         _ => Values::U8(data.to_vec()),
     };
+    if let Values::F32(v) = &values {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(format!(
+                "value {i} is {} (as f32); samples must be finite numbers",
+                v[i]
+            ));
+        }
+    }
     let values = match (header.fortran_order, values) {
         (false, values) => values,
         (true, Values::U8(v)) => Values::U8(fortran_to_c(&v, &header.shape)),

@@ -127,7 +127,14 @@ fn load_part(
         digest.update(super::read_file(&full, u64::MAX)?.1.as_bytes());
     }
     for (entry, hash) in entries.iter().zip(hashes) {
-        let name = entry.path.strip_prefix(&full).unwrap_or(&entry.path);
+        // Paths relative to the folder (or the list's folder): the hash does not depend on
+        // where the project lies.
+        let base = if full.is_file() {
+            full.parent().unwrap_or(&full)
+        } else {
+            &full
+        };
+        let name = entry.path.strip_prefix(base).unwrap_or(&entry.path);
         digest.update(format!("{} {}\n", name.display(), hash?).as_bytes());
     }
     files.push((path.to_path_buf(), format!("{:x}", digest.finalize())));
