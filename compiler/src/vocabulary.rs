@@ -96,7 +96,9 @@ pub const AUGMENTATIONS: &[&str] = &[
     "swap_tokens",
 ];
 /// `data NAME = SOURCE(...)`.
-pub const DATA_SOURCES: &[&str] = &["idx", "csv", "tsv", "text", "npy", "npz", "images"];
+pub const DATA_SOURCES: &[&str] = &[
+    "idx", "csv", "tsv", "text", "npy", "npz", "images", "parquet", "arrow",
+];
 /// `teacher NAME = SOURCE(...)` for models from files.
 pub const MODEL_SOURCES: &[&str] = &["onnx", "bert"];
 
@@ -127,6 +129,7 @@ pub const DATA_SETTINGS: &[&str] = &[
     "channels",
     "color",
     "resize",
+    "image",
     "text",
     "tokenizer",
     "max_len",

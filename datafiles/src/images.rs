@@ -167,6 +167,19 @@ pub fn header(path: &Path) -> Result<(u32, u32), Reason> {
     Ok((width, height))
 }
 
+/// [`header`] of an image held in memory (a table's cell).
+pub fn header_bytes(bytes: &[u8]) -> Result<(u32, u32), Reason> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("it is not a PNG, BMP, JPEG or WebP image".into());
+    }
+    let (width, height) = reader.into_dimensions().map_err(|e| image_reason(&e))?;
+    check_sides(width, height)?;
+    Ok((width, height))
+}
+
 /// [`header`] of every entry, read in parallel; the first failure in the entries' order
 /// (its index and reason) when any fails.
 pub fn headers(entries: &[Entry]) -> Result<Vec<(u32, u32)>, (usize, Reason)> {

@@ -225,6 +225,22 @@ pub enum ImageColor {
     Gray,
 }
 
+/// A table file's format.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TableFormat {
+    Parquet,
+    /// Arrow IPC, the file or the stream format.
+    Arrow,
+}
+
+/// How a table's encoded images become `[C, H, W]` samples (as `DataSource::Images`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableImages {
+    pub color: ImageColor,
+    pub resize: Option<u32>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum DataSource {
@@ -276,6 +292,24 @@ pub enum DataSource {
         /// Scale the shorter side to this, then crop the centre to the sample's H x W.
         resize: Option<u32>,
     },
+    /// A Parquet or Arrow IPC table, or a folder of them read in name order: one column of
+    /// encoded images or of texts (see `DataSpec::text` for tokenisation), one of labels.
+    Table {
+        format: TableFormat,
+        path: PathBuf,
+        /// The source's own test part: another table (or folder) with the same columns.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        test: Option<PathBuf>,
+        /// The column holding the samples.
+        column: String,
+        /// The column holding the labels.
+        label: String,
+        /// Raw label (a string, an integer in decimal, or a ClassLabel's name) to class index.
+        classes: Vec<(String, usize)>,
+        /// For an image column, how images become samples; `None`: a text column.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        images: Option<TableImages>,
+    },
     /// Text samples with a label each (see `DataSpec::text` for tokenisation).
     Text {
         /// A file, or for `folders` the folder holding one sub-folder per raw label.
@@ -321,7 +355,7 @@ impl DataSource {
                 files.extend(test_y.iter());
                 files
             }
-            DataSource::Images { path, test, .. } => {
+            DataSource::Images { path, test, .. } | DataSource::Table { path, test, .. } => {
                 let mut files = vec![path];
                 files.extend(test.iter());
                 files

@@ -168,7 +168,20 @@ impl Cx<'_> {
         if kind == "text" {
             return self.text_data_decl(decl, &fields);
         }
-        for key in TEXT_SETTINGS {
+        let table = matches!(kind, "parquet" | "arrow");
+        if table && fields.get("tokenizer").is_some() {
+            return self.text_table_decl(decl, &fields);
+        }
+        if let Some(setting) = fields.get("image").filter(|_| !table) {
+            self.invalid(
+                setting.key.span,
+                "`image` names a Parquet or Arrow table's image column".into(),
+                "not for this source",
+                Some("`parquet(\"data/train.parquet\") { image: \"img\" }`".into()),
+            );
+        }
+        // Image tables refuse text settings themselves, with a table's help.
+        for key in TEXT_SETTINGS.iter().filter(|_| !table) {
             if let Some(setting) = fields.get(key) {
                 self.invalid(
                     setting.key.span,
@@ -190,7 +203,7 @@ impl Cx<'_> {
             );
         }
         for key in ["color", "resize"] {
-            if let Some(setting) = fields.get(key).filter(|_| kind != "images") {
+            if let Some(setting) = fields.get(key).filter(|_| kind != "images" && !table) {
                 self.invalid(
                     setting.key.span,
                     format!("`{key}` applies to images"),
@@ -212,6 +225,12 @@ impl Cx<'_> {
                 names = Some(images.names);
                 (images.source, images.facts)
             }
+            "parquet" | "arrow" => {
+                let images = self.image_table(decl, &fields)?;
+                bytes = true;
+                names = Some(images.names);
+                (images.source, images.facts)
+            }
             "npy" | "npz" => {
                 let arrays = self.array_source(&decl.source, &fields, kind == "npz")?;
                 bytes = arrays.bytes;
@@ -223,7 +242,7 @@ impl Cx<'_> {
                     name: other.to_string(),
                     span: span(decl.source.name.span),
                     help: did_you_mean(other, crate::vocabulary::DATA_SOURCES.iter().copied())
-                        .or_else(|| Some("data formats: `idx(\"folder\")`, `csv(\"file.csv\")`, `tsv(\"file.tsv\")`, `text(\"file or folder\")`, `npy(x: \"x.npy\", y: \"y.npy\")`, `npz(\"file.npz\", x: \"x\", y: \"y\")`".into())),
+                        .or_else(|| Some("data formats: `idx(\"folder\")`, `csv(\"file.csv\")`, `tsv(\"file.tsv\")`, `text(\"file or folder\")`, `npy(x: \"x.npy\", y: \"y.npy\")`, `npz(\"file.npz\", x: \"x\", y: \"y\")`, `images(\"folder\")`, `parquet(\"file or folder\")`, `arrow(\"file or folder\")`".into())),
                 });
                 return None;
             }

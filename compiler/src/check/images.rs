@@ -20,6 +20,14 @@ pub(super) struct Images {
     pub names: Vec<String>,
 }
 
+/// How image data's settings ask samples to be made.
+pub(super) struct ImageSettings {
+    /// Where `shape` was written, and its C, H, W.
+    pub shape: Option<(Span, usize, usize, usize)>,
+    pub color: ImageColor,
+    pub resize: Option<u32>,
+}
+
 impl Cx<'_> {
     pub(super) fn image_source(&mut self, decl: &DataDecl, fields: &Fields) -> Option<Images> {
         let call = &decl.source;
@@ -34,82 +42,11 @@ impl Cx<'_> {
             return None;
         };
         let (text, path) = self.path_arg_any(path_value)?;
-        let shape = match fields.value("shape") {
-            Some(v) => {
-                let shape = self.shape(v, "shape", 1)?;
-                match shape[..] {
-                    [c @ (1 | 3), h, w] if h > 0 && w > 0 => Some((v.span, c, h, w)),
-                    _ => {
-                        self.invalid(
-                            v.span,
-                            format!(
-                                "images are [3, H, W] (RGB) or [1, H, W] (gray), not {shape:?}"
-                            ),
-                            "not an image shape",
-                            None,
-                        );
-                        return None;
-                    }
-                }
-            }
-            None => None,
-        };
-        let color = match fields.value("color") {
-            Some(v) => {
-                let color = match self.choice(v, "color", &["rgb", "gray"])?.as_str() {
-                    "gray" => ImageColor::Gray,
-                    _ => ImageColor::Rgb,
-                };
-                if let Some((_, c, _, _)) = shape {
-                    if (c == 3) != (color == ImageColor::Rgb) {
-                        self.invalid(
-                            v.span,
-                            format!(
-                                "`shape` has {c} channel{} but `color` is not {}",
-                                if c == 1 { "" } else { "s" },
-                                if c == 1 { "gray" } else { "rgb" }
-                            ),
-                            "does not match the shape",
-                            None,
-                        );
-                        return None;
-                    }
-                }
-                color
-            }
-            None if shape.is_some_and(|(_, c, _, _)| c == 1) => ImageColor::Gray,
-            None => ImageColor::Rgb,
-        };
-        let resize = match fields.value("resize") {
-            Some(v) => {
-                let n = self.count(v, "resize", 1)?;
-                let Some((_, _, h, w)) = shape else {
-                    self.invalid(
-                        v.span,
-                        "`resize` needs `shape`: images are scaled, then cropped to its H x W"
-                            .into(),
-                        "without a shape",
-                        Some("e.g. `shape: [3, 224, 224], resize: 256`".into()),
-                    );
-                    return None;
-                };
-                if n < h.max(w) || n > images::MAX_SIDE as usize {
-                    self.invalid(
-                        v.span,
-                        format!(
-                            "`resize: {n}` must be at least the crop's {} and at most {}",
-                            h.max(w),
-                            images::MAX_SIDE
-                        ),
-                        "out of range",
-                        None,
-                    );
-                    return None;
-                }
-                Some(n as u32)
-            }
-            None => None,
-        };
+        let ImageSettings {
+            shape,
+            color,
+            resize,
+        } = self.image_settings(fields)?;
         let listed = crate::remembered::remembered(&path, "entries", || {
             images::entries(&path, "path", "label")
         });
@@ -199,7 +136,7 @@ impl Cx<'_> {
                 label: e.label.clone(),
             })
             .collect();
-        let (classes, names) = self.text_classes(decl, fields, &records)?;
+        let (classes, names) = self.text_classes(decl, fields, &records, None)?;
         let channels = if color == ImageColor::Gray { 1 } else { 3 };
         Some(Images {
             source: DataSource::Images {
@@ -219,8 +156,96 @@ impl Cx<'_> {
         })
     }
 
+    /// `shape`, `color` and `resize` of image data (a folder, a list, or a table's column).
+    pub(super) fn image_settings(&mut self, fields: &Fields) -> Option<ImageSettings> {
+        let shape = match fields.value("shape") {
+            Some(v) => {
+                let shape = self.shape(v, "shape", 1)?;
+                match shape[..] {
+                    [c @ (1 | 3), h, w] if h > 0 && w > 0 => Some((v.span, c, h, w)),
+                    _ => {
+                        self.invalid(
+                            v.span,
+                            format!(
+                                "images are [3, H, W] (RGB) or [1, H, W] (gray), not {shape:?}"
+                            ),
+                            "not an image shape",
+                            None,
+                        );
+                        return None;
+                    }
+                }
+            }
+            None => None,
+        };
+        let color = match fields.value("color") {
+            Some(v) => {
+                let color = match self.choice(v, "color", &["rgb", "gray"])?.as_str() {
+                    "gray" => ImageColor::Gray,
+                    _ => ImageColor::Rgb,
+                };
+                if let Some((_, c, _, _)) = shape {
+                    if (c == 3) != (color == ImageColor::Rgb) {
+                        self.invalid(
+                            v.span,
+                            format!(
+                                "`shape` has {c} channel{} but `color` is not {}",
+                                if c == 1 { "" } else { "s" },
+                                if c == 1 { "gray" } else { "rgb" }
+                            ),
+                            "does not match the shape",
+                            None,
+                        );
+                        return None;
+                    }
+                }
+                color
+            }
+            None if shape.is_some_and(|(_, c, _, _)| c == 1) => ImageColor::Gray,
+            None => ImageColor::Rgb,
+        };
+        let resize = match fields.value("resize") {
+            Some(v) => {
+                let n = self.count(v, "resize", 1)?;
+                let Some((_, _, h, w)) = shape else {
+                    self.invalid(
+                        v.span,
+                        "`resize` needs `shape`: images are scaled, then cropped to its H x W"
+                            .into(),
+                        "without a shape",
+                        Some("e.g. `shape: [3, 224, 224], resize: 256`".into()),
+                    );
+                    return None;
+                };
+                if n < h.max(w) || n > images::MAX_SIDE as usize {
+                    self.invalid(
+                        v.span,
+                        format!(
+                            "`resize: {n}` must be at least the crop's {} and at most {}",
+                            h.max(w),
+                            images::MAX_SIDE
+                        ),
+                        "out of range",
+                        None,
+                    );
+                    return None;
+                }
+                Some(n as u32)
+            }
+            None => None,
+        };
+        Some(ImageSettings {
+            shape,
+            color,
+            resize,
+        })
+    }
+
     /// A path argument that must name an existing file or folder.
-    fn path_arg_any(&mut self, value: &kd_grammar::ast::Value) -> Option<(String, PathBuf)> {
+    pub(super) fn path_arg_any(
+        &mut self,
+        value: &kd_grammar::ast::Value,
+    ) -> Option<(String, PathBuf)> {
         let text = self.string(value, "a path")?;
         let path = self.resolve_path(&text);
         if path.is_dir() {
@@ -229,7 +254,14 @@ impl Cx<'_> {
         self.path_arg(value, false)
     }
 
-    fn file_error(&mut self, file: &Path, text: &str, root: &Path, reason: String, at: Span) {
+    pub(super) fn file_error(
+        &mut self,
+        file: &Path,
+        text: &str,
+        root: &Path,
+        reason: String,
+        at: Span,
+    ) {
         self.error(CheckError::File {
             path: shown(file, root, text),
             reason,
@@ -240,7 +272,7 @@ impl Cx<'_> {
 }
 
 /// `file` as the user knows it: under the source's path as written.
-fn shown(file: &Path, root: &Path, text: &str) -> String {
+pub(super) fn shown(file: &Path, root: &Path, text: &str) -> String {
     let base = if root.is_dir() {
         root
     } else {

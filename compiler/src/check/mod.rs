@@ -9,6 +9,7 @@ mod images;
 mod models;
 mod onnx;
 mod stages;
+mod tables;
 mod text;
 mod values;
 

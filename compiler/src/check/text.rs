@@ -28,6 +28,12 @@ const NUMERIC_ONLY: &[&str] = &[
 
 impl Cx<'_> {
     pub(super) fn text_data_decl(&mut self, decl: &DataDecl, fields: &Fields) -> Option<DataSpec> {
+        self.refuse_numeric_settings(fields);
+        self.text_source_decl(decl, fields)
+    }
+
+    /// Settings of numeric data (`shape`, `scale`, ...) given to text data are refused.
+    pub(super) fn refuse_numeric_settings(&mut self, fields: &Fields) {
         for key in NUMERIC_ONLY {
             if let Some(setting) = fields.get(key) {
                 self.invalid(
@@ -38,6 +44,9 @@ impl Cx<'_> {
                 );
             }
         }
+    }
+
+    fn text_source_decl(&mut self, decl: &DataDecl, fields: &Fields) -> Option<DataSpec> {
         let args = self.args(&decl.source, &["path"], 1);
         let Some(path_value) = args.get("path", Some(0)) else {
             self.error(CheckError::Missing {
@@ -136,8 +145,40 @@ impl Cx<'_> {
                 return None;
             }
         };
+        let count = records.len();
+        let format = match format {
+            Format::Jsonl => TextFormat::Jsonl,
+            Format::Json => TextFormat::Json,
+            Format::Csv => TextFormat::Csv,
+            Format::Tsv => TextFormat::Tsv,
+            Format::Folders => TextFormat::Folders,
+        };
+        let source = |classes| DataSource::Text {
+            path: PathBuf::from(text),
+            format,
+            text_field,
+            label_field,
+            extension,
+            classes,
+            skip_headers,
+        };
+        self.text_spec(decl, fields, source, &records, None, (count, None))
+    }
+
+    /// The rest of text data from any source of labelled texts: classes (from `records`'
+    /// labels, in `order` where the source has one), tokenizer, `max_len`, `limit` and
+    /// splits, for `counts` samples in the training and the test part.
+    pub(super) fn text_spec(
+        &mut self,
+        decl: &DataDecl,
+        fields: &Fields,
+        source: impl FnOnce(Vec<(String, usize)>) -> DataSource,
+        records: &[kd_textdata::Record],
+        order: Option<&[String]>,
+        counts: (usize, Option<usize>),
+    ) -> Option<DataSpec> {
         // Both are reported when both are wrong.
-        let classes = self.text_classes(decl, fields, &records);
+        let classes = self.text_classes(decl, fields, records, order);
         let tokenizer = self.tokenizer(decl, fields);
         let ((classes, class_names), tokenizer) = (classes?, tokenizer?);
         let max_len = match fields.value("max_len") {
@@ -169,32 +210,19 @@ impl Cx<'_> {
             Some(v) => Some(self.count(v, "limit", 1)?),
             None => None,
         };
-        let count = limit.map_or(records.len(), |l| l.min(records.len()));
+        let count = limit.map_or(counts.0, |l| l.min(counts.0));
+        let test_count = counts.1.map(|t| limit.map_or(t, |l| l.min(t)));
         let splits = self.splits(
             decl,
             fields.get("split").map(|s| (&s.value, s.span)),
             count,
-            None,
+            test_count,
             limit.is_some(),
         )?;
         let (tokenizer_path, facts) = tokenizer;
         Some(DataSpec {
             name: decl.name.name.clone(),
-            source: DataSource::Text {
-                path: PathBuf::from(text),
-                format: match format {
-                    Format::Jsonl => TextFormat::Jsonl,
-                    Format::Json => TextFormat::Json,
-                    Format::Csv => TextFormat::Csv,
-                    Format::Tsv => TextFormat::Tsv,
-                    Format::Folders => TextFormat::Folders,
-                },
-                text_field,
-                label_field,
-                extension,
-                classes,
-                skip_headers,
-            },
+            source: source(classes),
             sample_shape: vec![max_len],
             classes: class_names.len(),
             class_names,
@@ -213,19 +241,20 @@ impl Cx<'_> {
             }),
             samples: Some(kd_plan::Samples {
                 train: count,
-                test: None,
+                test: test_count,
             }),
         })
     }
 
     /// `classes { ham: ["easy-ham-1", "hard-ham-1"], spam: ["spam-1"] }`, or
-    /// `classes: ["neg", "pos"]`, or (neither) the sorted distinct labels. Every label in
+    /// `classes: ["neg", "pos"]`, or (neither) the distinct labels in `order`, or sorted. Every label in
     /// the data must land in a class.
     pub(super) fn text_classes(
         &mut self,
         decl: &DataDecl,
         fields: &Fields,
         records: &[kd_textdata::Record],
+        order: Option<&[String]>,
     ) -> Option<ClassMap> {
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for r in records {
@@ -236,7 +265,18 @@ impl Cx<'_> {
         let setting = fields.get("classes");
         match setting.map(|s| &s.value) {
             None => {
-                names = seen.keys().map(|k| k.to_string()).collect();
+                // The source's own order (a ClassLabel's, integers'), then any other label.
+                names = order
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|n| seen.contains_key(n.as_str()))
+                    .cloned()
+                    .collect();
+                for label in seen.keys() {
+                    if !names.iter().any(|n| n == label) {
+                        names.push(label.to_string());
+                    }
+                }
                 map = names
                     .iter()
                     .cloned()

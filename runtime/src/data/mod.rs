@@ -9,6 +9,7 @@ pub mod csv;
 pub mod idx;
 pub mod images;
 pub mod split;
+pub mod table;
 pub mod text;
 
 use std::io::Read;
@@ -306,6 +307,7 @@ impl Dataset {
             }
             DataSource::Text { .. } => (text::load(spec, base_dir, &mut files)?, None),
             DataSource::Images { .. } => images::load(spec, base_dir, &mut files)?,
+            DataSource::Table { .. } => table::load(spec, base_dir, &mut files)?,
             DataSource::Npy { .. } | DataSource::Npz { .. } => {
                 arrays::load(spec, base_dir, sample_len, &mut files)?
             }

@@ -1,0 +1,260 @@
+//! Table sources (Parquet, Arrow IPC): read by `kd_datafiles::table`, the reader the
+//! checker counts them with. Image columns decode in parallel, a record batch at a time,
+//! into bytes of the sample's `[C, H, W]`; text columns are tokenised as text files are.
+
+use std::path::{Path, PathBuf};
+
+use kd_datafiles::images::{self, Color, Decoding};
+use kd_datafiles::table::{self, Cell, Format, Kind};
+use kd_plan::{DataSource, DataSpec, ImageColor, TableFormat, TableImages};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::{resolve, Part, Samples};
+use crate::error::{Result, RuntimeError};
+
+/// No image a table refers to by path is read past this size (256 MiB).
+const MAX_IMAGE_BYTES: u64 = 1 << 28;
+
+/// Reads a table source: its training part, and its test part when it has one. Each
+/// part's sha256 (of its files' hashes and names, in order) goes into `files`.
+pub fn load(
+    spec: &DataSpec,
+    base_dir: &Path,
+    files: &mut Vec<(PathBuf, String)>,
+) -> Result<(Part, Option<Part>)> {
+    let DataSource::Table { path, test, .. } = &spec.source else {
+        return Err(RuntimeError::Plan(format!(
+            "`{}` is not a table source",
+            spec.name
+        )));
+    };
+    let train = load_part(spec, base_dir, path, files)?;
+    let test = match test {
+        Some(test) => Some(load_part(spec, base_dir, test, files)?),
+        None => None,
+    };
+    Ok((train, test))
+}
+
+fn read_error(e: kd_textdata::ReadError) -> RuntimeError {
+    RuntimeError::DataFile {
+        path: e.path,
+        reason: e.reason,
+    }
+}
+
+fn load_part(
+    spec: &DataSpec,
+    base_dir: &Path,
+    path: &Path,
+    files: &mut Vec<(PathBuf, String)>,
+) -> Result<Part> {
+    let DataSource::Table {
+        format,
+        column,
+        label,
+        classes,
+        images,
+        ..
+    } = &spec.source
+    else {
+        return Err(RuntimeError::Plan(format!(
+            "`{}` is not a table source",
+            spec.name
+        )));
+    };
+    let format = match format {
+        TableFormat::Parquet => Format::Parquet,
+        TableFormat::Arrow => Format::Arrow,
+    };
+    let kind = if images.is_some() {
+        Kind::Image
+    } else {
+        Kind::Text
+    };
+    let full = resolve(base_dir, path);
+    let tables = table::files(&full, format).map_err(read_error)?;
+    let found =
+        table::labels(&tables, format, column, kind, label, spec.limit).map_err(read_error)?;
+    let labels = found
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(row, raw)| {
+            classes
+                .iter()
+                .find(|(r, _)| r == raw)
+                .map(|&(_, class)| class as u32)
+                .ok_or_else(|| RuntimeError::DataFile {
+                    path: full.clone(),
+                    reason: format!(
+                        "row {} has label `{raw}`, in no class of `{}` (the data changed after the check?)",
+                        row + 1,
+                        spec.name
+                    ),
+                })
+        })
+        .collect::<Result<Vec<u32>>>()?;
+
+    let mut digest = Sha256::new();
+    for file in &tables {
+        let mut one = Sha256::new();
+        crate::output::files::hash_file(&mut one, file)?;
+        let hash = crate::output::files::hex(&one.finalize());
+        let name = file.strip_prefix(&full).unwrap_or(file);
+        digest.update(format!("{hash}  {}\n", name.display()).as_bytes());
+    }
+    let part = match images {
+        Some(decoding) => image_part(spec, decoding, format, column, &tables, labels, &mut digest)?,
+        None => text_part(spec, base_dir, format, column, &tables, labels, files)?,
+    };
+    files.push((path.to_path_buf(), format!("{:x}", digest.finalize())));
+    Ok(part)
+}
+
+fn image_part(
+    spec: &DataSpec,
+    decoding: &TableImages,
+    format: Format,
+    column: &str,
+    tables: &[PathBuf],
+    labels: Vec<u32>,
+    digest: &mut Sha256,
+) -> Result<Part> {
+    let [channels, height, width] = spec.sample_shape[..] else {
+        return Err(RuntimeError::Plan(format!(
+            "images of `{}` have the shape {:?}, not [C, H, W]",
+            spec.name, spec.sample_shape
+        )));
+    };
+    let side = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let decoding = Decoding {
+        color: match decoding.color {
+            ImageColor::Rgb => Color::Rgb,
+            ImageColor::Gray => Color::Gray,
+        },
+        height: side(height),
+        width: side(width),
+        resize: decoding.resize,
+    };
+    if decoding.color.channels() != channels {
+        return Err(RuntimeError::Plan(format!(
+            "images of `{}` have {channels} channels in their shape but are {:?}",
+            spec.name, decoding.color
+        )));
+    }
+    let sample_len = channels * height * width;
+    let mut values = vec![0u8; labels.len() * sample_len];
+    // Images stored by path: their hashes join the part's, in row order.
+    let mut linked: Vec<(usize, String)> = Vec::new();
+    let rows = table::cells(
+        tables,
+        format,
+        column,
+        Kind::Image,
+        Some(labels.len()),
+        |file, file_row, row, cells| {
+            let start = row * sample_len;
+            let out = values
+                .get_mut(start..start + cells.len() * sample_len)
+                .ok_or_else(|| "it has more rows than labels".to_string())?;
+            let decoded: Vec<std::result::Result<Option<(usize, String)>, String>> = out
+                .par_chunks_mut(sample_len.max(1))
+                .zip(cells.par_iter())
+                .enumerate()
+                .map(|(i, (out, cell))| {
+                    let at = file_row + i + 1;
+                    let (pixels, link) = match cell {
+                        Cell::Bytes(bytes) => (images::decode(bytes, &decoding), None),
+                        Cell::Path(p) => {
+                            let linked = file.parent().unwrap_or(Path::new("")).join(p);
+                            let (bytes, hash) = super::read_file(&linked, MAX_IMAGE_BYTES)
+                                .map_err(|e| format!("row {at}: {e}"))?;
+                            (images::decode(&bytes, &decoding), Some((row + i, hash)))
+                        }
+                        Cell::Text(_) => (Err("it holds text, not an image".into()), None),
+                    };
+                    out.copy_from_slice(&pixels.map_err(|r| format!("row {at}: {r}"))?);
+                    Ok(link)
+                })
+                .collect();
+            for one in decoded {
+                linked.extend(one?);
+            }
+            Ok(())
+        },
+    )
+    .map_err(read_error)?;
+    if rows != labels.len() {
+        return Err(RuntimeError::DataFile {
+            path: tables[0].clone(),
+            reason: format!("its tables hold {} labels but {rows} images", labels.len()),
+        });
+    }
+    for (row, hash) in linked {
+        digest.update(format!("row {row} {hash}\n").as_bytes());
+    }
+    Ok(Part {
+        samples: Samples::U8(values),
+        labels,
+        sample_len,
+    })
+}
+
+fn text_part(
+    spec: &DataSpec,
+    base_dir: &Path,
+    format: Format,
+    column: &str,
+    tables: &[PathBuf],
+    labels: Vec<u32>,
+    files: &mut Vec<(PathBuf, String)>,
+) -> Result<Part> {
+    let text = spec
+        .text
+        .as_ref()
+        .ok_or_else(|| RuntimeError::Plan(format!("text data `{}` has no tokenizer", spec.name)))?;
+    let mut texts: Vec<String> = Vec::with_capacity(labels.len());
+    table::cells(
+        tables,
+        format,
+        column,
+        Kind::Text,
+        Some(labels.len()),
+        |_, _, _, cells| {
+            texts.extend(cells.iter().map(|c| match c {
+                Cell::Text(t) => t.to_string(),
+                _ => String::new(),
+            }));
+            Ok(())
+        },
+    )
+    .map_err(read_error)?;
+    if texts.len() != labels.len() {
+        return Err(RuntimeError::DataFile {
+            path: tables[0].clone(),
+            reason: format!(
+                "its tables hold {} labels but {} texts",
+                labels.len(),
+                texts.len()
+            ),
+        });
+    }
+    let tokenizer_path = resolve(base_dir, &text.tokenizer);
+    let (_, tokenizer_hash) = super::read_file(&tokenizer_path, super::MAX_TEXT_BYTES)?;
+    if !files.iter().any(|(p, _)| *p == text.tokenizer) {
+        files.push((text.tokenizer.clone(), tokenizer_hash));
+    }
+    let ids = super::text::tokenize(
+        &tokenizer_path,
+        texts.iter().map(String::as_str),
+        text.max_len,
+        text.pad_id,
+    )?;
+    Ok(Part {
+        samples: Samples::F32(ids.into_iter().map(|id| id as f32).collect()),
+        labels,
+        sample_len: text.max_len,
+    })
+}
