@@ -7,7 +7,7 @@ use lsp_types::CompletionItemKind;
 pub fn describe(word: &str) -> Option<&'static str> {
     Some(match word {
         "pipeline" => "`pipeline NAME { settings }`: seed, device, output folder, threads, repeat, checkpoints, cache, precision (section 3)",
-        "data" => "`data NAME = idx(...) | csv(...) | tsv(...) | text(...) | npy(...) | npz(...) | images(...) { settings }`: a data set, checked against its files (section 4)",
+        "data" => "`data NAME = idx(...) | csv(...) | tsv(...) | text(...) | npy(...) | npz(...) | images(...) | parquet(...) | arrow(...) { settings }`: a data set, checked against its files (section 4)",
         "augment" => "`augment NAME { ops }`: an augmentation pipeline a stage applies `with` (section 5)",
         "model" => "`model NAME { input [shape] layers }`: an architecture; kdc infers every layer's shape (section 6)",
         "teacher" => "`teacher NAME = ARCH | onnx(...) | bert(...)`: a model instance that `distill` may run frozen (section 7)",

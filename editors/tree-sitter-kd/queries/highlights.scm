@@ -74,14 +74,14 @@
     "crop" "flip" "rotate" "translate" "noise" "cutout" "mixup" "token_dropout" "mask_tokens"
     "span_delete" "swap_tokens"))
 (data_declaration source: (call function: (identifier) @function.builtin
-  (#any-of? @function.builtin "idx" "csv" "tsv" "text" "npy" "npz" "images")))
+  (#any-of? @function.builtin "idx" "csv" "tsv" "text" "npy" "npz" "images" "parquet" "arrow")))
 
 ; Settings and named arguments.
 (setting key: (identifier) @property
   (#any-of? @property
     "seed" "device" "output" "threads" "repeat" "checkpoint_every" "non_finite" "cache"
     "precision" "header" "label" "delimiter" "shape" "scale" "classes" "relabel" "limit" "split"
-    "normalize" "channels" "color" "resize" "text" "tokenizer" "max_len" "format" "extension" "skip_headers" "pooling"
+    "normalize" "channels" "color" "resize" "image" "text" "tokenizer" "max_len" "format" "extension" "skip_headers" "pooling"
     "trainable" "layers"))
 (stage_setting key: _ @property)
 (argument name: (identifier) @variable.parameter)
