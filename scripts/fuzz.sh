@@ -4,7 +4,7 @@
 #
 # compile: arbitrary bytes as a .kd file through the whole compiler (parser, checker, lowering).
 # loaders: arbitrary bytes as a data file through every loader (IDX, CSV, NumPy, images,
-# safetensors).
+# Parquet and Arrow tables, safetensors).
 # text: arbitrary bytes as a text data file (JSONL, JSON, CSV, TSV) and a tokenizer.json.
 # cargo-fuzz (libFuzzer) needs nightly compiler flags; RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain accept them. One process, so it shares two cores politely. New inputs go to
@@ -40,6 +40,8 @@ elif [ "$target" = text ]; then
 else
   for f in "$root"/examples/data/*.gz "$root"/tests/hostile/*/*.idx "$root"/tests/hostile/*/*.csv \
     "$root"/tests/hostile/*/*.safetensors "$root"/tests/hostile/*/*.npy "$root"/tests/hostile/*/*.npz "$root"/tests/hostile/*/images/*/* \
+    "$root"/tests/tables/*.parquet "$root"/tests/tables/*.arrow "$root"/tests/tables/*/*.arrow \
+    "$root"/tests/hostile/*/*.parquet "$root"/tests/hostile/*/*.arrow "$root"/tests/hostile/*/*/*.arrow \
     "$root"/tests/hostile/*/run/*; do
     [ -f "$f" ] || continue
     n=$((n + 1)); cp "$f" "$seeds/$n"

@@ -99,6 +99,11 @@ pub enum Input {
 }
 
 impl Input {
+    /// A table held in memory (a copy of `data`).
+    pub fn from_slice(data: &[u8]) -> Input {
+        Input::Bytes(Bytes::copy_from_slice(data))
+    }
+
     fn len(&self) -> Result<u64, Reason> {
         match self {
             Input::File(f) => Ok(f.metadata().map_err(|e| e.to_string())?.len()),
@@ -156,10 +161,31 @@ impl Input {
     }
 }
 
+/// arrow-rs panics on some malformed files (a dictionary-encoded page without its
+/// dictionary, ...): the file's fault, reported as such (as candle-onnx's are).
+fn guarded<T>(read: impl FnOnce() -> Result<T, Reason>) -> Result<T, Reason> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("it is malformed: the reader gave up ({message})"))
+    })
+}
+
+fn batches(input: Input, format: Format, columns: &[&str]) -> Result<(SchemaRef, Batches), Reason> {
+    guarded(|| open_batches(input, format, columns))
+}
+
 /// The whole schema of one table (with its metadata), and its record batches holding only
 /// the named columns (in the table's order), after the file's claims are checked against
 /// its size.
-fn batches(input: Input, format: Format, columns: &[&str]) -> Result<(SchemaRef, Batches), Reason> {
+fn open_batches(
+    input: Input,
+    format: Format,
+    columns: &[&str],
+) -> Result<(SchemaRef, Batches), Reason> {
     let len = input.len()?;
     let mut head = [0u8; 6];
     let read = match input.reopen()? {
@@ -212,11 +238,19 @@ fn parquet_batches<R: ChunkReader + 'static>(
     // refused before anything is reserved for it.
     for group in builder.metadata().row_groups() {
         for column in group.columns() {
-            let (start, size) = column.byte_range();
-            if start.checked_add(size).is_none_or(|end| end > len) {
+            // Read from the footer's fields: arrow-rs' `byte_range` panics on negative ones.
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or(column.data_page_offset());
+            let size = column.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(size).ok())
+                .and_then(|(start, size)| start.checked_add(size));
+            if inside.is_none_or(|end| end > len) {
                 return Err(format!(
                     "its footer places column `{}` at bytes {start}..{} of a {len}-byte file",
-                    column.column_path(),
+                    column.column_path().string(),
                     start.saturating_add(size)
                 ));
             }
@@ -461,9 +495,11 @@ fn column<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b dyn Array, Reaso
 }
 
 fn next_batch(reader: &mut Batches) -> Option<Result<RecordBatch, Reason>> {
-    reader
-        .next()
-        .map(|b| b.map_err(|e| format!("it cannot be read: {e}")))
+    let next = guarded(|| Ok(reader.next()));
+    match next {
+        Ok(batch) => batch.map(|b| b.map_err(|e| format!("it cannot be read: {e}"))),
+        Err(reason) => Some(Err(reason)),
+    }
 }
 
 /// The label column of one table (the checker reads only this and the schema); rows past
@@ -753,5 +789,32 @@ mod tests {
             assert_eq!(found.labels.len(), 12);
             assert_eq!(found.labels[..3], ["even", "odd", "even"]);
         }
+    }
+
+    /// Inputs the fuzz target found (scripts/fuzz.sh loaders): refused, no panic.
+    #[test]
+    fn fuzzed_tables_are_refused() {
+        let data = std::fs::read(fixture("fuzz/negative_column_offset.parquet")).unwrap();
+        let reason = labels_of(Input::from_slice(&data), Format::Parquet, "label", None);
+        assert!(reason.unwrap_err().contains("its footer places column"));
+        // arrow-rs panics on this one: caught, and reported as the file's fault.
+        let data = std::fs::read(fixture("fuzz/dictionary_page_missing.parquet")).unwrap();
+        let cells = cells_of(
+            Input::from_slice(&data),
+            Format::Parquet,
+            "image",
+            Kind::Image,
+            None,
+            |_, _| Ok(()),
+        );
+        let labels = labels_of(Input::from_slice(&data), Format::Parquet, "label", None);
+        let reasons = [cells.err(), labels.err()];
+        assert!(
+            reasons
+                .iter()
+                .flatten()
+                .any(|r| r.contains("it is malformed")),
+            "{reasons:?}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Arbitrary bytes as a data file, through every loader that reads one: the runtime's IDX
 //! and CSV parsers (gzip included), the checker's IDX, CSV and safetensors inspectors,
 //! NumPy's .npy and .npz readers (headers, samples, labels, every member of an archive), the
-//! image decoder (`kd_datafiles::images::decode`, RGB and gray, resized or not), and
+//! image decoder (`kd_datafiles::images::decode`, RGB and gray, resized or not), the
+//! Parquet and Arrow table reader (schema, labels, image and text cells), and
 //! candle's safetensors loading as `load_weights` uses it. Errors are expected; a panic, an
 //! overflow, or an allocation past libFuzzer's limit is a bug.
 
@@ -15,12 +16,32 @@ use kd_compiler::fuzzing::{
     csv_bytes, idx_images_bytes, idx_labels_bytes, weights_bytes, LabelColumn,
 };
 use kd_datafiles::images::{self, Color, Decoding};
+use kd_datafiles::table::{self, Format, Input, Kind};
 use kd_datafiles::{npy, npz};
 use kd_plan::{Layer, LayerSpec, Span};
 use kd_runtime::data::{csv::parse_csv, decode_text, idx};
 use libfuzzer_sys::fuzz_target;
 
+/// arrow-rs panics on some malformed tables; `kd_datafiles::table` catches those and
+/// reports the file. Such panics are let through here; any other still aborts.
+fn let_arrow_panics_through() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let abort = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let upstream = info.location().is_some_and(|l| {
+                let file = l.file();
+                file.contains("/parquet-") || file.contains("/arrow-")
+            });
+            if !upstream {
+                abort(info);
+            }
+        }));
+    });
+}
+
 fuzz_target!(|data: &[u8]| {
+    let_arrow_panics_through();
     let path = Path::new("fuzz-input");
     // The last byte picks the CSV options, so one input explores header and label choices.
     let options = data.last().copied().unwrap_or(0);
@@ -54,6 +75,14 @@ fuzz_target!(|data: &[u8]| {
         Decoding { color: Color::Gray, height: 2, width: 2, resize: None },
     ] {
         let _ = images::decode(data, &decoding);
+    }
+    for format in [Format::Parquet, Format::Arrow] {
+        let _ = table::labels_of(Input::from_slice(data), format, "label", None);
+        for (column, kind) in [("image", Kind::Image), ("text", Kind::Text)] {
+            let _ = table::cells_of(Input::from_slice(data), format, column, kind, None, |_, _| {
+                Ok(())
+            });
+        }
     }
     let _ = idx_images_bytes(data);
     let _ = idx_labels_bytes(data);

@@ -285,6 +285,7 @@ def main():
     CASES.update(TEXT_CASES)
     CASES.update(NUMPY_CASES)
     CASES.update(IMAGE_CASES)
+    CASES.update(TABLE_CASES)
     for entry in os.listdir(HERE):
         if os.path.isdir(os.path.join(HERE, entry)) and entry not in CASES:
             shutil.rmtree(os.path.join(HERE, entry))
@@ -652,5 +653,93 @@ CASES = {
         edits=[("sample_shape:\n  - 2", "sample_shape:\n  - 4294967296\n  - 4294967296")]),
 }
 
+# ---------------------------------------------------------------- Parquet and Arrow
+
+def table_file(name):
+    """A table tests/tables/make.py wrote with datasets and pyarrow (this script needs
+    neither: it cuts and edits their bytes)."""
+    return open(os.path.join(HERE, "..", "tables", name), "rb").read()
+
+
+GOOD_PARQUET = table_file("shapes.parquet")
+GOOD_SHARD = table_file("shapes-arrow/data-00000-of-00002.arrow")
+GOOD_IPC_FILE = table_file("texts.arrow")
+
+
+def parquet_footer_length(data, length):
+    """The file with its footer's length field (the 4 bytes before the closing PAR1) set."""
+    return data[:-8] + struct.pack("<I", length) + b"PAR1"
+
+
+def table_pipeline(source):
+    return (
+        "pipeline hostile { seed: 1 }\n"
+        f"data d = {source} {{ shape: [1, 6, 6], split {{ train: 8, test: 4 }} }}\n"
+        "model m { input [1, 6, 6] flatten linear(2) as logits }\n" + TAIL
+    )
+
+
+def parquet_check(name, about, content):
+    case(name, about, "check", "shapes.parquet", table_pipeline('parquet("shapes.parquet")'),
+         {"shapes.parquet": content})
+
+
+def shards_check(name, about, content):
+    case(name, about, "check", "data-00001-of-00002.arrow", table_pipeline('arrow("shapes")'),
+         {"shapes/data-00000-of-00002.arrow": GOOD_SHARD,
+          "shapes/data-00001-of-00002.arrow": content})
+
+
+def ipc_file_check(name, about, content):
+    pipeline = (
+        "pipeline hostile { seed: 1 }\n"
+        'data d = arrow("texts.arrow") { text: "sentence", label: "kind", tokenizer: "tokenizer.json", max_len: 8, split { train: 2, test: 2 } }\n'
+        "model m { input tokens[8] embedding(15, 4) max_over_time linear(2) as logits }\n" + TAIL
+    )
+    case(name, about, "check", "texts.arrow", pipeline,
+         {"texts.arrow": content, "tokenizer.json": TOKENIZER})
+
+
+TABLE_CASES = {
+    "tables_parquet_truncated": lambda: parquet_check(
+        "tables_parquet_truncated", "a Parquet file cut in half: no footer",
+        GOOD_PARQUET[:len(GOOD_PARQUET) // 2]),
+    "tables_parquet_footer_claims_2gib": lambda: parquet_check(
+        "tables_parquet_footer_claims_2gib", "a Parquet footer length of 2 GiB in a 3 KiB file",
+        parquet_footer_length(GOOD_PARQUET, 0x7FFFFFF0)),
+    "tables_parquet_footer_lies": lambda: parquet_check(
+        "tables_parquet_footer_lies", "a Parquet footer length 40 bytes short: the footer misparsed",
+        parquet_footer_length(GOOD_PARQUET, struct.unpack("<I", GOOD_PARQUET[-8:-4])[0] - 40)),
+    "tables_parquet_chunk_moved": lambda: parquet_check(
+        "tables_parquet_chunk_moved",
+        "500 bytes of column data cut out: the footer's offsets point at other bytes",
+        GOOD_PARQUET[:4] + GOOD_PARQUET[504:]),
+    "tables_parquet_chunk_past_end": lambda: parquet_check(
+        "tables_parquet_chunk_past_end",
+        "every column's data cut out, the footer kept: its chunks lie past the file's end",
+        GOOD_PARQUET[:4] + GOOD_PARQUET[-(struct.unpack("<I", GOOD_PARQUET[-8:-4])[0] + 8):]),
+    "tables_parquet_not_parquet": lambda: parquet_check(
+        "tables_parquet_not_parquet", "a text file named .parquet", b"name,label\nx,1\n" * 4),
+    "tables_arrow_shard_truncated": lambda: shards_check(
+        "tables_arrow_shard_truncated", "an Arrow stream shard cut inside its record batch",
+        GOOD_SHARD[:len(GOOD_SHARD) - 300]),
+    "tables_arrow_shard_junk": lambda: shards_check(
+        "tables_arrow_shard_junk", "random-looking bytes as an Arrow stream shard",
+        bytes((i * 89 + 7) % 256 for i in range(600))),
+    "tables_arrow_file_blocks_outside": lambda: ipc_file_check(
+        "tables_arrow_file_blocks_outside",
+        "200 bytes cut from an Arrow IPC file's body: its footer's blocks lie past the end",
+        GOOD_IPC_FILE[:8] + GOOD_IPC_FILE[208:]),
+    "tables_arrow_file_footer_negative": lambda: ipc_file_check(
+        "tables_arrow_file_footer_negative", "an Arrow IPC file whose footer length is negative",
+        GOOD_IPC_FILE[:-10] + struct.pack("<i", -5) + b"ARROW1"),
+    "tables_run_corrupt_image": lambda: case(
+        "tables_run_corrupt_image", "a table whose image turns corrupt after the check",
+        "run", "shapes.parquet", table_pipeline('parquet("shapes.parquet")'),
+        {"shapes.parquet": GOOD_PARQUET}, run={"shapes.parquet": table_file("broken_image.parquet")}),
+}
+
+
 if __name__ == "__main__":
     main()
+
