@@ -88,8 +88,9 @@ student s = m
 stage fit { train s on d.train, loss cross_entropy(s.logits, label), optimizer adam(lr: 1e-3), epochs 1, batch 2 }
 "#;
 
-fn write_images() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kdc-images-{}", std::process::id()));
+/// Pillow's images in a folder of their own (`tag` keeps this process's tests apart).
+fn write_images(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kdc-images-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let status = Command::new(python())
         .args(["-c", WRITE])
@@ -149,7 +150,7 @@ fn max_diff(a: &[u8], b: &[f32]) -> f32 {
 
 #[test]
 fn images_read_as_pillow_decodes_them() {
-    let dir = write_images();
+    let dir = write_images("pillow");
     let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
 
     // PNG, BMP and lossless WebP: exactly Pillow's pixels, in ImageFolder's order.
@@ -306,5 +307,50 @@ fn mnist_png_folder_equals_the_idx_files() {
             );
         }
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `cache: disk`: the first load writes the decoded pixels to the cache, a later one reads
+/// them from there (an edited cache file with a matching checksum shows it), a damaged cache
+/// file is decoded again, and a changed image changes the file's name.
+#[test]
+fn decoded_images_are_cached_on_disk() {
+    let dir = write_images("cache");
+    let cache = dir.join("cache");
+    let plan = compile(&dir, "images(\"rgb\")", "", "3, 6, 8");
+    let spec = plan.data[0].clone();
+    let load = || Dataset::load_cached(&spec, &dir, 3, Some(&cache)).unwrap();
+    let first = load();
+    let cached: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let file = &cached[0];
+    let pixels = bytes(&first.train.samples);
+    assert_eq!(std::fs::read(file).unwrap().len(), pixels.len() + 32);
+    assert_eq!(first.files, Dataset::load(&spec, &dir, 3).unwrap().files);
+
+    // Read from the cache: pixels edited there, with their checksum, come back as edited.
+    let mut edited = pixels.clone();
+    edited[0] = edited[0].wrapping_add(1);
+    let mut with_sum = edited.clone();
+    with_sum.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&edited));
+    std::fs::write(file, &with_sum).unwrap();
+    let again = load();
+    assert_eq!(bytes(&again.train.samples), edited);
+    assert_eq!(again.files, first.files);
+
+    // A damaged cache file is decoded again, and rewritten.
+    std::fs::write(file, &with_sum[..100]).unwrap();
+    assert_eq!(bytes(&load().train.samples), pixels);
+    assert_eq!(std::fs::read(file).unwrap().len(), pixels.len() + 32);
+
+    // Another image: another cache file.
+    let one = dir.join("rgb/cat/a.png");
+    let other = dir.join("rgb/dog/a.png");
+    std::fs::copy(&other, &one).unwrap();
+    load();
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
     std::fs::remove_dir_all(&dir).ok();
 }

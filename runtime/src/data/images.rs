@@ -1,6 +1,8 @@
 //! Image sources: the files listed by `kd-datafiles` (the reader the checker reads their
 //! headers with), each read once, hashed, and decoded in parallel into bytes of the
-//! sample's `[C, H, W]`; they stay bytes until a batch is built.
+//! sample's `[C, H, W]`; they stay bytes until a batch is built. Under `cache: disk` the
+//! decoded bytes are kept in the cache folder, named by the files' hashes and the decoding,
+//! and a later run reads and hashes the files but decodes nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,7 @@ pub fn load(
     spec: &DataSpec,
     base_dir: &Path,
     files: &mut Vec<(PathBuf, String)>,
+    cache: Option<&Path>,
 ) -> Result<(Part, Option<Part>)> {
     let DataSource::Images { path, test, .. } = &spec.source else {
         return Err(RuntimeError::Plan(format!(
@@ -29,9 +32,9 @@ pub fn load(
             spec.name
         )));
     };
-    let train = load_part(spec, base_dir, path, files)?;
+    let train = load_part(spec, base_dir, path, files, cache)?;
     let test = match test {
-        Some(test) => Some(load_part(spec, base_dir, test, files)?),
+        Some(test) => Some(load_part(spec, base_dir, test, files, cache)?),
         None => None,
     };
     Ok((train, test))
@@ -42,6 +45,7 @@ fn load_part(
     base_dir: &Path,
     path: &Path,
     files: &mut Vec<(PathBuf, String)>,
+    cache: Option<&Path>,
 ) -> Result<Part> {
     let DataSource::Images {
         classes,
@@ -104,9 +108,31 @@ fn load_part(
                 })
         })
         .collect::<Result<Vec<u32>>>()?;
+    let sample_len = channels * height * width;
+    // Under `cache: disk`: the files are read and hashed first, and decoded only when the
+    // cache has no copy of their pixels.
+    let cached = match cache {
+        Some(dir) => {
+            let hashes: Vec<Result<String>> = entries
+                .par_iter()
+                .map(|e| Ok(super::read_file(&e.path, MAX_IMAGE_BYTES)?.1))
+                .collect();
+            let digest = part_digest(&full, &entries, hashes)?;
+            let file = dir.join(format!("images-{}.u8", cache_key(&digest, &decoding, spec)));
+            if let Some(values) = read_cached(&file, entries.len() * sample_len) {
+                files.push((path.to_path_buf(), digest));
+                return Ok(Part {
+                    samples: Samples::U8(values),
+                    labels,
+                    sample_len,
+                });
+            }
+            Some(file)
+        }
+        None => None,
+    };
     // Each image decodes straight into its sample's place: the peak is the pixels kept
     // plus one image per thread.
-    let sample_len = channels * height * width;
     let mut values = vec![0u8; entries.len() * sample_len];
     let hashes: Vec<Result<String>> = values
         .par_chunks_mut(sample_len.max(1))
@@ -122,25 +148,72 @@ fn load_part(
             Ok(hash)
         })
         .collect();
-    let mut digest = Sha256::new();
-    if full.is_file() {
-        digest.update(super::read_file(&full, u64::MAX)?.1.as_bytes());
+    files.push((path.to_path_buf(), part_digest(&full, &entries, hashes)?));
+    if let Some(file) = cached {
+        write_cached(&file, &values);
     }
-    for (entry, hash) in entries.iter().zip(hashes) {
-        // Paths relative to the folder (or the list's folder): the hash does not depend on
-        // where the project lies.
-        let base = if full.is_file() {
-            full.parent().unwrap_or(&full)
-        } else {
-            &full
-        };
-        let name = entry.path.strip_prefix(base).unwrap_or(&entry.path);
-        digest.update(format!("{} {}\n", name.display(), hash?).as_bytes());
-    }
-    files.push((path.to_path_buf(), format!("{:x}", digest.finalize())));
     Ok(Part {
         samples: Samples::U8(values),
         labels,
         sample_len,
     })
+}
+
+/// A part's hash: its list file's (for a list), then each file's path (relative to the
+/// folder, or the list's folder: the hash does not depend on where the project lies) and
+/// hash, in order.
+fn part_digest(
+    full: &Path,
+    entries: &[images::Entry],
+    hashes: Vec<Result<String>>,
+) -> Result<String> {
+    let mut digest = Sha256::new();
+    if full.is_file() {
+        digest.update(super::read_file(full, u64::MAX)?.1.as_bytes());
+    }
+    let base = if full.is_file() {
+        full.parent().unwrap_or(full)
+    } else {
+        full
+    };
+    for (entry, hash) in entries.iter().zip(hashes) {
+        let name = entry.path.strip_prefix(base).unwrap_or(&entry.path);
+        digest.update(format!("{} {}\n", name.display(), hash?).as_bytes());
+    }
+    Ok(format!("{:x}", digest.finalize()))
+}
+
+/// The cache file's name: kdc's version, the part's hash, how images become samples and
+/// how many are kept.
+fn cache_key(digest: &str, decoding: &Decoding, spec: &DataSpec) -> String {
+    let mut key = Sha256::new();
+    key.update(
+        format!(
+            "kdc {} images v1\n{digest}\n{decoding:?}\nlimit {:?}\n",
+            env!("CARGO_PKG_VERSION"),
+            spec.limit
+        )
+        .as_bytes(),
+    );
+    format!("{:x}", key.finalize())
+}
+
+/// The cached pixels, when the file holds `len` bytes followed by their sha256; anything
+/// else (missing, cut short, altered) is decoded again.
+fn read_cached(file: &Path, len: usize) -> Option<Vec<u8>> {
+    let mut bytes = std::fs::read(file).ok()?;
+    if bytes.len() != len + 32 {
+        return None;
+    }
+    let sum = bytes.split_off(len);
+    (Sha256::digest(&bytes)[..] == sum[..]).then_some(bytes)
+}
+
+/// Keeps the pixels in the cache; a cache that cannot be written costs the next run a
+/// decode, not this run its result.
+fn write_cached(file: &Path, values: &[u8]) {
+    let mut bytes = Vec::with_capacity(values.len() + 32);
+    bytes.extend_from_slice(values);
+    bytes.extend_from_slice(&Sha256::digest(values));
+    let _ = crate::output::files::write_atomically(file, &bytes);
 }

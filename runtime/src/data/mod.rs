@@ -248,6 +248,17 @@ fn resolve(base_dir: &Path, path: &Path) -> PathBuf {
 impl Dataset {
     /// Loads `spec`, resolving relative paths against `base_dir`; splits use `seed`.
     pub fn load(spec: &DataSpec, base_dir: &Path, seed: u64) -> Result<Dataset> {
+        Self::load_cached(spec, base_dir, seed, None)
+    }
+
+    /// [`Dataset::load`], keeping decoded images in the folder `cache` (`cache: disk`) and
+    /// reading them from there when the files are unchanged.
+    pub fn load_cached(
+        spec: &DataSpec,
+        base_dir: &Path,
+        seed: u64,
+        cache: Option<&Path>,
+    ) -> Result<Dataset> {
         // A plan is user input too: its shape may not overflow.
         let sample_len = spec
             .sample_shape
@@ -306,7 +317,7 @@ impl Dataset {
                 (part, None)
             }
             DataSource::Text { .. } => (text::load(spec, base_dir, &mut files)?, None),
-            DataSource::Images { .. } => images::load(spec, base_dir, &mut files)?,
+            DataSource::Images { .. } => images::load(spec, base_dir, &mut files, cache)?,
             DataSource::Table { .. } => table::load(spec, base_dir, &mut files)?,
             DataSource::Npy { .. } | DataSource::Npz { .. } => {
                 arrays::load(spec, base_dir, sample_len, &mut files)?

@@ -111,8 +111,16 @@ fn run_plan_on(
     let mut datasets = HashMap::new();
     let mut fills = HashMap::new();
     let mut data_files = BTreeMap::new();
+    // Decoded images are cached beside the frozen models' outputs (`cache: disk`).
+    let cache = (plan.settings.cache == kd_plan::CacheMode::Disk)
+        .then(|| plan.resolve(&plan.settings.output).join("cache"));
     for spec in &plan.data {
-        let dataset = Dataset::load(spec, &plan.source.base_dir, plan.settings.seed)?;
+        let dataset = Dataset::load_cached(
+            spec,
+            &plan.source.base_dir,
+            plan.settings.seed,
+            cache.as_deref(),
+        )?;
         for (path, hash) in &dataset.files {
             data_files.insert(path.display().to_string(), hash.clone());
         }
