@@ -250,6 +250,16 @@ fn tables_read_as_their_producers_wrote_them() {
     assert_eq!(test.labels, lines.train.labels[..2]);
     assert_eq!(ids(&test.samples), ids(&lines.train.samples)[..16]);
 
+    // A wildcard picks one shard of the folder.
+    let (_, data) = load(
+        &dir,
+        "parquet(\"hub/*-00001-*.parquet\")",
+        "",
+        "[3, 6, 8]",
+        3,
+    );
+    assert_eq!(data.train.labels, vec![1, 0, 2]);
+
     // `limit` reads only the first rows, across shards.
     let (_, data) = load(&dir, "parquet(\"hub\")", "limit: 4", "[3, 6, 8]", 3);
     assert_eq!(data.train.labels, vec![2, 0, 1, 1]);

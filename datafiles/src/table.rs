@@ -83,6 +83,9 @@ pub struct Labels {
     /// Class names in their order, where the table has them: a ClassLabel's names, or the
     /// integers met in numeric order.
     pub order: Option<Vec<String>>,
+    /// Rows read from each file, in order, and whether that was the whole file (`limit`
+    /// may stop inside one): the sample column must hold as many.
+    pub per_file: Vec<(usize, bool)>,
 }
 
 fn fail(path: &Path, reason: impl Into<String>) -> ReadError {
@@ -115,6 +118,10 @@ impl Input {
 /// The tables of `path`: the file itself, or a folder's files ending in one of the
 /// format's extensions, in name order (`train-00000-of-00002.parquet`, ...).
 pub fn files(path: &Path, format: Format) -> Result<Vec<PathBuf>, ReadError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    if let Some(pattern) = name.filter(|n| n.contains('*')) {
+        return matching(path.parent().unwrap_or(Path::new("")), &pattern);
+    }
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
@@ -143,6 +150,47 @@ pub fn files(path: &Path, format: Format) -> Result<Vec<PathBuf>, ReadError> {
         ));
     }
     Ok(found)
+}
+
+/// The files of `dir` whose names match `pattern` (`*` stands for any characters), in name
+/// order: `train-*.parquet` picks one split's shards from a folder holding several.
+fn matching(dir: &Path, pattern: &str) -> Result<Vec<PathBuf>, ReadError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| fail(dir, e.to_string()))? {
+        let entry = entry.map_err(|e| fail(dir, e.to_string()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if wildcard(pattern, &name) && entry.path().is_file() {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        return Err(fail(
+            dir,
+            format!("no file of its folder matches `{pattern}`"),
+        ));
+    }
+    Ok(found)
+}
+
+/// Whether `name` matches `pattern`, whose `*`s stand for any characters.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 type Batches = Box<dyn RecordBatchReader + Send>;
@@ -447,9 +495,12 @@ fn string_at(array: &dyn Array, i: usize) -> Option<&str> {
         DataType::LargeUtf8 => Some(array.as_string::<i64>().value(i)),
         DataType::Utf8View => Some(array.as_string_view().value(i)),
         DataType::Dictionary(_, _) => {
+            // The key alone: `normalized_keys` would build every row's key for each row.
             let dict = array.as_any_dictionary();
-            let key = *dict.normalized_keys().get(i)?;
-            string_at(dict.values().as_ref(), key)
+            let key = usize::try_from(integer_at(dict.keys(), i)?).ok()?;
+            (key < dict.values().len())
+                .then(|| string_at(dict.values().as_ref(), key))
+                .flatten()
         }
         _ => None,
     }
@@ -573,7 +624,12 @@ pub fn labels_of(
         None if integers => Some(seen.iter().map(|n| n.to_string()).collect()),
         None => None,
     };
-    Ok(Labels { labels, order })
+    let rows = labels.len();
+    Ok(Labels {
+        labels,
+        order,
+        per_file: vec![(rows, true)],
+    })
 }
 
 /// The schema's check of the sample column, without reading any row.
@@ -664,6 +720,7 @@ pub fn labels(
     let mut all = Labels {
         labels: Vec::new(),
         order: None,
+        per_file: Vec::new(),
     };
     for file in files {
         check_sample_column(open(file)?, format, sample, kind).map_err(|r| fail(file, r))?;
@@ -697,32 +754,41 @@ pub fn labels(
             }
             (Some(a), None) => Some(a),
         };
+        let whole = left.is_none_or(|l| found.labels.len() < l);
+        all.per_file.push((found.labels.len(), whole));
         all.labels.extend(found.labels);
     }
     Ok(all)
 }
 
-/// The sample column of a table source, file by file: `each` gets the file, the index of
-/// the batch's first row in that file and in the whole source, and the batch's cells.
+/// The sample column of a table source, file by file, as many rows of each file as
+/// [`labels`] read there (`per_file`): `each` gets the file, the index of the batch's first
+/// row in that file and in the whole source, and the batch's cells. A file whose sample
+/// column holds another number of rows than its labels is refused: the two columns of a
+/// corrupt file could otherwise pair labels with other rows' samples.
 pub fn cells(
     files: &[PathBuf],
+    per_file: &[(usize, bool)],
     format: Format,
     sample: &str,
     kind: Kind,
-    limit: Option<usize>,
     mut each: impl FnMut(&Path, usize, usize, &[Cell<'_>]) -> Result<(), Reason>,
 ) -> Result<usize, ReadError> {
     let mut rows = 0;
-    for file in files {
-        let left = limit.map(|l| l.saturating_sub(rows));
-        if left == Some(0) {
-            break;
-        }
+    for (file, &(want, whole)) in files.iter().zip(per_file) {
         let first = rows;
-        rows += cells_of(open(file)?, format, sample, kind, left, |start, batch| {
+        let limit = (!whole).then_some(want);
+        let got = cells_of(open(file)?, format, sample, kind, limit, |start, batch| {
             each(file, start, first + start, batch)
         })
         .map_err(|r| fail(file, r))?;
+        if got != want {
+            return Err(fail(
+                file,
+                format!("its column `{sample}` holds {got} rows but its labels {want}"),
+            ));
+        }
+        rows += got;
     }
     Ok(rows)
 }
@@ -732,15 +798,20 @@ pub fn cells(
 pub type Sizes = Vec<(PathBuf, usize, u32, u32)>;
 
 /// [`Sizes`] of a table source's image column: what the checker reads of the images.
-pub fn image_sizes(files: &[PathBuf], format: Format, column: &str) -> Result<Sizes, ReadError> {
+pub fn image_sizes(
+    files: &[PathBuf],
+    per_file: &[(usize, bool)],
+    format: Format,
+    column: &str,
+) -> Result<Sizes, ReadError> {
     use rayon::prelude::*;
     let mut sizes = Vec::new();
     cells(
         files,
+        per_file,
         format,
         column,
         Kind::Image,
-        None,
         |file, first, _, cells| {
             let found: Vec<Result<(u32, u32), Reason>> = cells
                 .par_iter()
@@ -789,6 +860,22 @@ mod tests {
             assert_eq!(found.labels.len(), 12);
             assert_eq!(found.labels[..3], ["even", "odd", "even"]);
         }
+    }
+
+    #[test]
+    fn wildcards_pick_files() {
+        assert!(wildcard("train-*.parquet", "train-00000-of-00002.parquet"));
+        assert!(!wildcard("train-*.parquet", "test-00000-of-00001.parquet"));
+        assert!(wildcard("*", "x"));
+        assert!(wildcard("a*b*c", "aXbYc"));
+        assert!(!wildcard("a*b*c", "aXbY"));
+        assert!(!wildcard("ab*ba", "aba"));
+        assert!(wildcard("exact.parquet", "exact.parquet"));
+        let picked = files(&fixture("shapes-arrow/*-00001-*.arrow"), Format::Arrow).unwrap();
+        assert_eq!(
+            picked,
+            vec![fixture("shapes-arrow/data-00001-of-00002.arrow")]
+        );
     }
 
     /// Inputs the fuzz target found (scripts/fuzz.sh loaders): refused, no panic.

@@ -128,7 +128,8 @@ impl Cx<'_> {
         for part in std::iter::once(&parts.train).chain(&parts.test) {
             let key = format!("headers {:?} {} {}", parts.format, parts.column, part.stamp);
             let (format, column, files) = (parts.format, parts.column.clone(), part.files.clone());
-            let read = move || table::image_sizes(&files, format, &column);
+            let per_file = part.labels.per_file.clone();
+            let read = move || table::image_sizes(&files, &per_file, format, &column);
             match crate::remembered::remembered(&part.path, &key, read) {
                 Ok(found) => sizes.push(found),
                 Err(e) => {
@@ -254,7 +255,14 @@ impl Cx<'_> {
         label: &str,
         missing_help: Option<&str>,
     ) -> Option<Part> {
-        let (text, path) = self.path_arg_any(value)?;
+        // `train-*.parquet`: the files of one split, from a folder holding several.
+        let written = self.string(value, "a path")?;
+        let (text, path) = if written.contains('*') {
+            let path = self.resolve_path(&written);
+            (written, path)
+        } else {
+            self.path_arg_any(value)?
+        };
         let files = match table::files(&path, format) {
             Ok(files) => files,
             Err(e) => {

@@ -77,20 +77,24 @@ fn load_part(
     let tables = table::files(&full, format).map_err(read_error)?;
     let found =
         table::labels(&tables, format, column, kind, label, spec.limit).map_err(read_error)?;
+    // Each row's file and row there, for the diagnostics (rows count from 1 in each file).
+    let rows = tables
+        .iter()
+        .zip(&found.per_file)
+        .flat_map(|(file, &(n, _))| (1..=n).map(move |row| (file, row)));
     let labels = found
         .labels
         .iter()
-        .enumerate()
-        .map(|(row, raw)| {
+        .zip(rows)
+        .map(|(raw, (file, row))| {
             classes
                 .iter()
                 .find(|(r, _)| r == raw)
                 .map(|&(_, class)| class as u32)
                 .ok_or_else(|| RuntimeError::DataFile {
-                    path: full.clone(),
+                    path: file.clone(),
                     reason: format!(
-                        "row {} has label `{raw}`, in no class of `{}` (the data changed after the check?)",
-                        row + 1,
+                        "row {row} has label `{raw}`, in no class of `{}` (the data changed after the check?)",
                         spec.name
                     ),
                 })
@@ -105,20 +109,32 @@ fn load_part(
         let name = file.strip_prefix(&full).unwrap_or(file);
         digest.update(format!("{hash}  {}\n", name.display()).as_bytes());
     }
+    let source = Source {
+        format,
+        column,
+        tables: &tables,
+        per_file: &found.per_file,
+    };
     let part = match images {
-        Some(decoding) => image_part(spec, decoding, format, column, &tables, labels, &mut digest)?,
-        None => text_part(spec, base_dir, format, column, &tables, labels, files)?,
+        Some(decoding) => image_part(spec, decoding, &source, labels, &mut digest)?,
+        None => text_part(spec, base_dir, &source, labels, files)?,
     };
     files.push((path.to_path_buf(), format!("{:x}", digest.finalize())));
     Ok(part)
 }
 
+/// A part's tables and how many rows of each its labels took.
+struct Source<'a> {
+    format: Format,
+    column: &'a str,
+    tables: &'a [PathBuf],
+    per_file: &'a [(usize, bool)],
+}
+
 fn image_part(
     spec: &DataSpec,
     decoding: &TableImages,
-    format: Format,
-    column: &str,
-    tables: &[PathBuf],
+    source: &Source,
     labels: Vec<u32>,
     digest: &mut Sha256,
 ) -> Result<Part> {
@@ -149,11 +165,11 @@ fn image_part(
     // Images stored by path: their hashes join the part's, in row order.
     let mut linked: Vec<(usize, String)> = Vec::new();
     let rows = table::cells(
-        tables,
-        format,
-        column,
+        source.tables,
+        source.per_file,
+        source.format,
+        source.column,
         Kind::Image,
-        Some(labels.len()),
         |file, file_row, row, cells| {
             let start = row * sample_len;
             let out = values
@@ -188,7 +204,7 @@ fn image_part(
     .map_err(read_error)?;
     if rows != labels.len() {
         return Err(RuntimeError::DataFile {
-            path: tables[0].clone(),
+            path: source.tables[0].clone(),
             reason: format!("its tables hold {} labels but {rows} images", labels.len()),
         });
     }
@@ -205,9 +221,7 @@ fn image_part(
 fn text_part(
     spec: &DataSpec,
     base_dir: &Path,
-    format: Format,
-    column: &str,
-    tables: &[PathBuf],
+    source: &Source,
     labels: Vec<u32>,
     files: &mut Vec<(PathBuf, String)>,
 ) -> Result<Part> {
@@ -217,11 +231,11 @@ fn text_part(
         .ok_or_else(|| RuntimeError::Plan(format!("text data `{}` has no tokenizer", spec.name)))?;
     let mut texts: Vec<String> = Vec::with_capacity(labels.len());
     table::cells(
-        tables,
-        format,
-        column,
+        source.tables,
+        source.per_file,
+        source.format,
+        source.column,
         Kind::Text,
-        Some(labels.len()),
         |_, _, _, cells| {
             texts.extend(cells.iter().map(|c| match c {
                 Cell::Text(t) => t.to_string(),
@@ -233,7 +247,7 @@ fn text_part(
     .map_err(read_error)?;
     if texts.len() != labels.len() {
         return Err(RuntimeError::DataFile {
-            path: tables[0].clone(),
+            path: source.tables[0].clone(),
             reason: format!(
                 "its tables hold {} labels but {} texts",
                 labels.len(),
