@@ -59,29 +59,7 @@ fn load_part(
             spec.name
         )));
     };
-    let [channels, height, width] = spec.sample_shape[..] else {
-        return Err(RuntimeError::Plan(format!(
-            "images of `{}` have the shape {:?}, not [C, H, W]",
-            spec.name, spec.sample_shape
-        )));
-    };
-    let color = match color {
-        ImageColor::Rgb => Color::Rgb,
-        ImageColor::Gray => Color::Gray,
-    };
-    let side = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    let decoding = Decoding {
-        color,
-        height: side(height),
-        width: side(width),
-        resize: *resize,
-    };
-    if color.channels() != channels {
-        return Err(RuntimeError::Plan(format!(
-            "images of `{}` have {channels} channels in their shape but are {color:?}",
-            spec.name
-        )));
-    }
+    let (decoding, sample_len) = decoding(spec, *color, *resize)?;
     let full = resolve(base_dir, path);
     let mut entries =
         images::entries(&full, "path", "label").map_err(|e| RuntimeError::DataFile {
@@ -108,7 +86,6 @@ fn load_part(
                 })
         })
         .collect::<Result<Vec<u32>>>()?;
-    let sample_len = channels * height * width;
     // Under `cache: disk`: the files are read and hashed first, and decoded only when the
     // cache has no copy of their pixels.
     let cached = match cache {
@@ -157,6 +134,39 @@ fn load_part(
         labels,
         sample_len,
     })
+}
+
+/// How `spec`'s images become samples of its `[C, H, W]` shape, and the bytes of one
+/// sample.
+pub(super) fn decoding(
+    spec: &DataSpec,
+    color: ImageColor,
+    resize: Option<u32>,
+) -> Result<(Decoding, usize)> {
+    let [channels, height, width] = spec.sample_shape[..] else {
+        return Err(RuntimeError::Plan(format!(
+            "images of `{}` have the shape {:?}, not [C, H, W]",
+            spec.name, spec.sample_shape
+        )));
+    };
+    let color = match color {
+        ImageColor::Rgb => Color::Rgb,
+        ImageColor::Gray => Color::Gray,
+    };
+    let side = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let decoding = Decoding {
+        color,
+        height: side(height),
+        width: side(width),
+        resize,
+    };
+    if color.channels() != channels {
+        return Err(RuntimeError::Plan(format!(
+            "images of `{}` have {channels} channels in their shape but are {color:?}",
+            spec.name
+        )));
+    }
+    Ok((decoding, channels * height * width))
 }
 
 /// A part's hash: its list file's (for a list), then each file's path (relative to the

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use kd_datafiles::images::{self, Color, Decoding};
+use kd_datafiles::images;
 use kd_datafiles::table::{self, Cell, Format, Kind};
-use kd_plan::{DataSource, DataSpec, ImageColor, TableFormat, TableImages};
+use kd_plan::{DataSource, DataSpec, TableFormat, TableImages};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -138,33 +138,11 @@ fn image_part(
     labels: Vec<u32>,
     digest: &mut Sha256,
 ) -> Result<Part> {
-    let [channels, height, width] = spec.sample_shape[..] else {
-        return Err(RuntimeError::Plan(format!(
-            "images of `{}` have the shape {:?}, not [C, H, W]",
-            spec.name, spec.sample_shape
-        )));
-    };
-    let side = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    let decoding = Decoding {
-        color: match decoding.color {
-            ImageColor::Rgb => Color::Rgb,
-            ImageColor::Gray => Color::Gray,
-        },
-        height: side(height),
-        width: side(width),
-        resize: decoding.resize,
-    };
-    if decoding.color.channels() != channels {
-        return Err(RuntimeError::Plan(format!(
-            "images of `{}` have {channels} channels in their shape but are {:?}",
-            spec.name, decoding.color
-        )));
-    }
-    let sample_len = channels * height * width;
+    let (decoding, sample_len) = super::images::decoding(spec, decoding.color, decoding.resize)?;
     let mut values = vec![0u8; labels.len() * sample_len];
     // Images stored by path: their hashes join the part's, in row order.
     let mut linked: Vec<(usize, String)> = Vec::new();
-    let rows = table::cells(
+    table::cells(
         source.tables,
         source.per_file,
         source.format,
@@ -202,12 +180,6 @@ fn image_part(
         },
     )
     .map_err(read_error)?;
-    if rows != labels.len() {
-        return Err(RuntimeError::DataFile {
-            path: source.tables[0].clone(),
-            reason: format!("its tables hold {} labels but {rows} images", labels.len()),
-        });
-    }
     for (row, hash) in linked {
         digest.update(format!("row {row} {hash}\n").as_bytes());
     }
@@ -245,30 +217,11 @@ fn text_part(
         },
     )
     .map_err(read_error)?;
-    if texts.len() != labels.len() {
-        return Err(RuntimeError::DataFile {
-            path: source.tables[0].clone(),
-            reason: format!(
-                "its tables hold {} labels but {} texts",
-                labels.len(),
-                texts.len()
-            ),
-        });
-    }
-    let tokenizer_path = resolve(base_dir, &text.tokenizer);
-    let (_, tokenizer_hash) = super::read_file(&tokenizer_path, super::MAX_TEXT_BYTES)?;
-    if !files.iter().any(|(p, _)| *p == text.tokenizer) {
-        files.push((text.tokenizer.clone(), tokenizer_hash));
-    }
-    let ids = super::text::tokenize(
-        &tokenizer_path,
+    super::text::tokenized_part(
+        text,
+        base_dir,
         texts.iter().map(String::as_str),
-        text.max_len,
-        text.pad_id,
-    )?;
-    Ok(Part {
-        samples: Samples::F32(ids.into_iter().map(|id| id as f32).collect()),
         labels,
-        sample_len: text.max_len,
-    })
+        files,
+    )
 }

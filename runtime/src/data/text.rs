@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kd_plan::{DataSource, DataSpec, TextFormat};
+use kd_plan::{DataSource, DataSpec, TextFormat, TextSpec};
 use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
@@ -70,15 +70,30 @@ pub fn load(spec: &DataSpec, base_dir: &Path, files: &mut Vec<(PathBuf, String)>
         labels.push(class);
     }
 
+    tokenized_part(
+        text,
+        base_dir,
+        records.iter().map(|r| r.text.as_str()),
+        labels,
+        files,
+    )
+}
+
+/// A part of `texts` tokenised as `text` says, with their classes; the tokenizer's hash
+/// joins `files` (once, whatever the number of parts).
+pub(super) fn tokenized_part<'a>(
+    text: &TextSpec,
+    base_dir: &Path,
+    texts: impl Iterator<Item = &'a str>,
+    labels: Vec<u32>,
+    files: &mut Vec<(PathBuf, String)>,
+) -> Result<Part> {
     let tokenizer_path = resolve(base_dir, &text.tokenizer);
     let (_, tokenizer_hash) = super::read_file(&tokenizer_path, super::MAX_TEXT_BYTES)?;
-    files.push((text.tokenizer.clone(), tokenizer_hash));
-    let ids = tokenize(
-        &tokenizer_path,
-        records.iter().map(|r| r.text.as_str()),
-        text.max_len,
-        text.pad_id,
-    )?;
+    if !files.iter().any(|(p, _)| *p == text.tokenizer) {
+        files.push((text.tokenizer.clone(), tokenizer_hash));
+    }
+    let ids = tokenize(&tokenizer_path, texts, text.max_len, text.pad_id)?;
     Ok(Part {
         samples: Samples::F32(ids.into_iter().map(|id| id as f32).collect()),
         labels,
