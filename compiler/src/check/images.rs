@@ -73,7 +73,13 @@ impl Cx<'_> {
             }
             None => None,
         };
-        let sizes = crate::remembered::remembered(&path, "headers", || images::headers(&entries));
+        // Only the images a run decodes: the first `limit` of each part.
+        let limit = written_limit(fields);
+        let kept = |found: &[images::Entry]| limit.map_or(found.len(), |l| l.min(found.len()));
+        let args = format!("headers/{limit:?}");
+        let sizes = crate::remembered::remembered(&path, &args, || {
+            images::headers(&entries[..kept(&entries)])
+        });
         let sizes = match sizes {
             Ok(sizes) => sizes,
             Err((i, reason)) => {
@@ -83,8 +89,8 @@ impl Cx<'_> {
         };
         let test_sizes = match &test {
             Some((test_text, test_path, found, at)) => {
-                let read = || images::headers(found);
-                match crate::remembered::remembered(test_path, "headers", read) {
+                let read = || images::headers(&found[..kept(found)]);
+                match crate::remembered::remembered(test_path, &args, read) {
                     Ok(sizes) => sizes,
                     Err((i, reason)) => {
                         self.file_error(&found[i].path, test_text, test_path, reason, *at);
@@ -105,7 +111,7 @@ impl Cx<'_> {
                 .position(|&(w, h)| (w as usize, h as usize) != (width, height));
             if let Some(i) = odd {
                 let (w, h) = all.clone().nth(i).copied().unwrap_or_default();
-                let (odd_path, root, written, at) = match (&test, i.checked_sub(entries.len())) {
+                let (odd_path, root, written, at) = match (&test, i.checked_sub(sizes.len())) {
                     (Some((t, p, found, at)), Some(j)) => (&found[j].path, p, t, *at),
                     _ => (&entries[i].path, &path, &text, path_value.span),
                 };
@@ -268,6 +274,19 @@ impl Cx<'_> {
             span: span(at),
             help: None,
         });
+    }
+}
+
+/// `limit` when it is written as a whole number of at least 1; anything else is read as
+/// no limit here, and reported where data settings are checked.
+pub(super) fn written_limit(fields: &Fields) -> Option<usize> {
+    match fields.value("limit")?.kind {
+        kd_grammar::ast::ValueKind::Number { value, unit: None }
+            if value.fract() == 0.0 && (1.0..1e15).contains(&value) =>
+        {
+            Some(value as usize)
+        }
+        _ => None,
     }
 }
 
