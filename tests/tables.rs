@@ -284,3 +284,95 @@ fn tables_read_as_their_producers_wrote_them() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn table_images_are_cached_on_disk() {
+    // The committed fixture (12 gray PNGs, tests/tables/PROVENANCE.md), copied so that it
+    // can be changed.
+    let dir = std::env::temp_dir().join(format!("kdc-tables-cache-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/shapes.parquet");
+    std::fs::copy(&fixture, dir.join("shapes.parquet")).unwrap();
+    let cache = dir.join("cache");
+    let plan = compile(
+        &dir,
+        "parquet(\"shapes.parquet\")",
+        "shape: [1, 6, 6]",
+        "[1, 6, 6]",
+        2,
+    );
+    let spec = plan.data[0].clone();
+    let load = || Dataset::load_cached(&spec, &dir, 3, Some(&cache)).unwrap();
+    let first = load();
+    let cached: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let file = &cached[0];
+    assert!(file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("table-"));
+    let pixels = bytes(&first.train.samples);
+    assert_eq!(pixels.len(), 12 * 36);
+    assert_eq!(std::fs::read(file).unwrap().len(), pixels.len() + 32);
+    let uncached = Dataset::load(&spec, &dir, 3).unwrap();
+    assert_eq!(bytes(&uncached.train.samples), pixels);
+    assert_eq!(first.files, uncached.files);
+
+    // Read from the cache: pixels edited there, with their checksum, come back as edited.
+    let mut edited = pixels.clone();
+    edited[0] = edited[0].wrapping_add(1);
+    let mut with_sum = edited.clone();
+    with_sum.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&edited));
+    std::fs::write(file, &with_sum).unwrap();
+    let again = load();
+    assert_eq!(bytes(&again.train.samples), edited);
+    assert_eq!(again.files, first.files);
+
+    // A cut-short cache file is decoded again and rewritten; `limit` is another file.
+    std::fs::write(file, &with_sum[..10]).unwrap();
+    assert_eq!(bytes(&load().train.samples), pixels);
+    assert_eq!(std::fs::read(file).unwrap().len(), pixels.len() + 32);
+    let plan = compile(
+        &dir,
+        "parquet(\"shapes.parquet\")",
+        "shape: [1, 6, 6], limit: 5",
+        "[1, 6, 6]",
+        2,
+    );
+    let limited = Dataset::load_cached(&plan.data[0], &dir, 3, Some(&cache)).unwrap();
+    assert_eq!(bytes(&limited.train.samples), pixels[..5 * 36]);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_check_reads_only_the_rows_a_limit_keeps() {
+    // Row 8 of the committed fixture is 7 x 5 among 6 x 6 images (tests/tables/make.py).
+    let dir = std::env::temp_dir().join(format!("kdc-tables-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tables/odd_size.parquet");
+    std::fs::copy(&fixture, dir.join("odd.parquet")).unwrap();
+    let text = |settings: &str| {
+        format!(
+            "pipeline tables {{ seed: 3, output: \"runs\" }}\ndata d = parquet(\"odd.parquet\") {{ shape: [1, 6, 6] {settings} }}\n{}",
+            MODEL.replace("INPUT", "[1, 6, 6]").replace("CLASSES", "2")
+        )
+    };
+    let path = dir.join("tables.kd");
+    let Err(errors) = kd_compiler::compile(&text(""), &path, &[]) else {
+        panic!("the odd image went unnoticed");
+    };
+    assert!(format!("{errors:?}").contains("row 8"), "{errors:?}");
+    let plan = match kd_compiler::compile(&text(", limit: 7"), &path, &[]) {
+        Ok(compiled) => compiled.plan,
+        Err(errors) => panic!("{errors:?}"),
+    };
+    let data = Dataset::load(&plan.data[0], &dir, 3).unwrap();
+    assert_eq!(data.train.labels.len(), 7);
+    std::fs::remove_dir_all(&dir).ok();
+}

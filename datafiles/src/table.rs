@@ -793,6 +793,27 @@ pub fn cells(
     Ok(rows)
 }
 
+/// The rows of `per_file` (as [`labels`] read them) that the first `limit` rows of the
+/// source take, for [`cells`]: files past the limit are left out.
+pub fn first_rows(per_file: &[(usize, bool)], limit: Option<usize>) -> Vec<(usize, bool)> {
+    let Some(mut left) = limit else {
+        return per_file.to_vec();
+    };
+    let mut kept = Vec::new();
+    for &(rows, whole) in per_file {
+        if left == 0 {
+            break;
+        }
+        kept.push(if rows <= left {
+            (rows, whole)
+        } else {
+            (left, false)
+        });
+        left = left.saturating_sub(rows);
+    }
+    kept
+}
+
 /// Each image's table file, row there (from 1), width and height, from its header alone
 /// (headers read in parallel, a batch at a time); the first failure names its row.
 pub type Sizes = Vec<(PathBuf, usize, u32, u32)>;

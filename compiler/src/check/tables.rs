@@ -125,10 +125,15 @@ impl Cx<'_> {
         } = self.image_settings(fields)?;
         let parts = self.table_parts(decl, fields, Kind::Image)?;
         let mut sizes = Vec::new();
+        // Only the images a run decodes: the first `limit` rows of each part.
+        let limit = super::images::written_limit(fields);
         for part in std::iter::once(&parts.train).chain(&parts.test) {
-            let key = format!("headers {:?} {} {}", parts.format, parts.column, part.stamp);
+            let key = format!(
+                "headers {:?} {} {limit:?} {}",
+                parts.format, parts.column, part.stamp
+            );
             let (format, column, files) = (parts.format, parts.column.clone(), part.files.clone());
-            let per_file = part.labels.per_file.clone();
+            let per_file = table::first_rows(&part.labels.per_file, limit);
             let read = move || table::image_sizes(&files, &per_file, format, &column);
             match crate::remembered::remembered(&part.path, &key, read) {
                 Ok(found) => sizes.push(found),

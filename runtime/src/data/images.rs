@@ -95,7 +95,8 @@ fn load_part(
                 .map(|e| Ok(super::read_file(&e.path, MAX_IMAGE_BYTES)?.1))
                 .collect();
             let digest = part_digest(&full, &entries, hashes)?;
-            let file = dir.join(format!("images-{}.u8", cache_key(&digest, &decoding, spec)));
+            let key = cache_key("images", &digest, &decoding, spec);
+            let file = dir.join(format!("images-{key}.u8"));
             if let Some(values) = read_cached(&file, entries.len() * sample_len) {
                 files.push((path.to_path_buf(), digest));
                 return Ok(Part {
@@ -193,13 +194,13 @@ fn part_digest(
     Ok(format!("{:x}", digest.finalize()))
 }
 
-/// The cache file's name: kdc's version, the part's hash, how images become samples and
-/// how many are kept.
-fn cache_key(digest: &str, decoding: &Decoding, spec: &DataSpec) -> String {
+/// The cache file's name: kdc's version, what kind of source it is, the part's hash, how
+/// images become samples and how many are kept.
+pub(super) fn cache_key(kind: &str, digest: &str, decoding: &Decoding, spec: &DataSpec) -> String {
     let mut key = Sha256::new();
     key.update(
         format!(
-            "kdc {} images v1\n{digest}\n{decoding:?}\nlimit {:?}\n",
+            "kdc {} {kind} v1\n{digest}\n{decoding:?}\nlimit {:?}\n",
             env!("CARGO_PKG_VERSION"),
             spec.limit
         )
@@ -210,7 +211,7 @@ fn cache_key(digest: &str, decoding: &Decoding, spec: &DataSpec) -> String {
 
 /// The cached pixels, when the file holds `len` bytes followed by their sha256; anything
 /// else (missing, cut short, altered) is decoded again.
-fn read_cached(file: &Path, len: usize) -> Option<Vec<u8>> {
+pub(super) fn read_cached(file: &Path, len: usize) -> Option<Vec<u8>> {
     let mut bytes = std::fs::read(file).ok()?;
     if bytes.len() != len + 32 {
         return None;
@@ -221,7 +222,7 @@ fn read_cached(file: &Path, len: usize) -> Option<Vec<u8>> {
 
 /// Keeps the pixels in the cache; a cache that cannot be written costs the next run a
 /// decode, not this run its result.
-fn write_cached(file: &Path, values: &[u8]) {
+pub(super) fn write_cached(file: &Path, values: &[u8]) {
     let mut bytes = Vec::with_capacity(values.len() + 32);
     bytes.extend_from_slice(values);
     bytes.extend_from_slice(&Sha256::digest(values));

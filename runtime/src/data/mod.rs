@@ -318,7 +318,7 @@ impl Dataset {
             }
             DataSource::Text { .. } => (text::load(spec, base_dir, &mut files)?, None),
             DataSource::Images { .. } => images::load(spec, base_dir, &mut files, cache)?,
-            DataSource::Table { .. } => table::load(spec, base_dir, &mut files)?,
+            DataSource::Table { .. } => table::load(spec, base_dir, &mut files, cache)?,
             DataSource::Npy { .. } | DataSource::Npz { .. } => {
                 arrays::load(spec, base_dir, sample_len, &mut files)?
             }

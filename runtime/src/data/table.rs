@@ -1,6 +1,7 @@
 //! Table sources (Parquet, Arrow IPC): read by `kd_datafiles::table`, the reader the
 //! checker counts them with. Image columns decode in parallel, a record batch at a time,
-//! into bytes of the sample's `[C, H, W]`; text columns are tokenised as text files are.
+//! into bytes of the sample's `[C, H, W]` (kept in the cache folder under `cache: disk`,
+//! as an image folder's are); text columns are tokenised as text files are.
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,7 @@ pub fn load(
     spec: &DataSpec,
     base_dir: &Path,
     files: &mut Vec<(PathBuf, String)>,
+    cache: Option<&Path>,
 ) -> Result<(Part, Option<Part>)> {
     let DataSource::Table { path, test, .. } = &spec.source else {
         return Err(RuntimeError::Plan(format!(
@@ -29,9 +31,9 @@ pub fn load(
             spec.name
         )));
     };
-    let train = load_part(spec, base_dir, path, files)?;
+    let train = load_part(spec, base_dir, path, files, cache)?;
     let test = match test {
-        Some(test) => Some(load_part(spec, base_dir, test, files)?),
+        Some(test) => Some(load_part(spec, base_dir, test, files, cache)?),
         None => None,
     };
     Ok((train, test))
@@ -49,6 +51,7 @@ fn load_part(
     base_dir: &Path,
     path: &Path,
     files: &mut Vec<(PathBuf, String)>,
+    cache: Option<&Path>,
 ) -> Result<Part> {
     let DataSource::Table {
         format,
@@ -116,7 +119,7 @@ fn load_part(
         per_file: &found.per_file,
     };
     let part = match images {
-        Some(decoding) => image_part(spec, decoding, &source, labels, &mut digest)?,
+        Some(decoding) => image_part(spec, decoding, &source, labels, &mut digest, cache)?,
         None => text_part(spec, base_dir, &source, labels, files)?,
     };
     files.push((path.to_path_buf(), format!("{:x}", digest.finalize())));
@@ -137,8 +140,27 @@ fn image_part(
     source: &Source,
     labels: Vec<u32>,
     digest: &mut Sha256,
+    cache: Option<&Path>,
 ) -> Result<Part> {
     let (decoding, sample_len) = super::images::decoding(spec, decoding.color, decoding.resize)?;
+    // Under `cache: disk`, the pixels are named by the tables' hashes. Only tables that hold
+    // their images are cached: a table that links image files would need those read and
+    // hashed too, and its pixels are decoded every run.
+    let cached = cache.map(|dir| {
+        let tables = format!("{:x}", digest.clone().finalize());
+        let kind = format!("table {:?} {}", source.format, source.column);
+        let key = super::images::cache_key(&kind, &tables, &decoding, spec);
+        dir.join(format!("table-{key}.u8"))
+    });
+    if let Some(file) = &cached {
+        if let Some(values) = super::images::read_cached(file, labels.len() * sample_len) {
+            return Ok(Part {
+                samples: Samples::U8(values),
+                labels,
+                sample_len,
+            });
+        }
+    }
     let mut values = vec![0u8; labels.len() * sample_len];
     // Images stored by path: their hashes join the part's, in row order.
     let mut linked: Vec<(usize, String)> = Vec::new();
@@ -180,6 +202,9 @@ fn image_part(
         },
     )
     .map_err(read_error)?;
+    if let (Some(file), true) = (&cached, linked.is_empty()) {
+        super::images::write_cached(file, &values);
+    }
     for (row, hash) in linked {
         digest.update(format!("row {row} {hash}\n").as_bytes());
     }
