@@ -315,7 +315,12 @@ pub fn decode(bytes: &[u8], decoding: &Decoding) -> Result<Vec<u8>, Reason> {
 /// 19 off, mostly near the right and bottom edges. CMYK and 12-bit JPEGs give `None`: the
 /// image crate decodes those.
 fn jpeg(bytes: &[u8]) -> Result<Option<DynamicImage>, Reason> {
-    let fault = |e: jpeg_decoder::Error| format!("it cannot be decoded: {e}");
+    let fault = |e: jpeg_decoder::Error| match e {
+        jpeg_decoder::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "it cannot be decoded: its JPEG data ends early (the file is cut short)".to_string()
+        }
+        e => format!("it cannot be decoded: {e}"),
+    };
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
     decoder.read_info().map_err(fault)?;
     let Some(info) = decoder.info() else {

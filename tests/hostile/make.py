@@ -434,6 +434,25 @@ def png(width, height, pixels=None, color_type=0):
 
 
 GOOD_PNG = png(2, 2, bytes([0, 64, 128, 255]))
+# A 2 x 2 RGB JPEG with 4:2:0 chroma, quality 90, as Pillow 12.3 writes it.
+GOOD_JPEG = bytes.fromhex(
+    "ffd8ffe000104a46494600010100000100010000ffdb00430003020203020203030303040303040508050504"
+    "04050a070706080c0a0c0c0b0a0b0b0d0e12100d0e110e0b0b1016101113141515150c0f1718161418121415"
+    "14ffdb00430103040405040509050509140d0b0d141414141414141414141414141414141414141414141414"
+    "1414141414141414141414141414141414141414141414141414ffc000110800020002030122000211010311"
+    "01ffc4001f0000010501010101010100000000000000000102030405060708090a0bffc400b5100002010303"
+    "020403050504040000017d01020300041105122131410613516107227114328191a1082342b1c11552d1f024"
+    "33627282090a161718191a25262728292a3435363738393a434445464748494a535455565758595a63646566"
+    "6768696a737475767778797a838485868788898a92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7"
+    "b8b9bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae1e2e3e4e5e6e7e8e9eaf1f2f3f4f5f6f7f8f9faffc400"
+    "1f0100030101010101010101010000000000000102030405060708090a0bffc400b511000201020404030407"
+    "05040400010277000102031104052131061241510761711322328108144291a1b1c109233352f0156272d10a"
+    "162434e125f11718191a262728292a35363738393a434445464748494a535455565758595a63646566676869"
+    "6a737475767778797a82838485868788898a92939495969798999aa2a3a4a5a6a7a8a9aab2b3b4b5b6b7b8b9"
+    "bac2c3c4c5c6c7c8c9cad2d3d4d5d6d7d8d9dae2e3e4e5e6e7e8e9eaf2f3f4f5f6f7f8f9faffda000c030100"
+    "02110311003f00e7fc003cdf02786ddfe776d36d8b337249f29793451457e6d8bff78a9fe27f99f9163bfdea"
+    "aff8a5f9b3ffd9"
+)
 
 
 def images_pipeline():
@@ -474,6 +493,12 @@ IMAGE_CASES = {
     "images_run_corrupt_pixels": lambda: images_run(
         "images_run_corrupt_pixels", "a PNG whose pixel data is corrupt, found when decoding",
         "images/a/0.png", GOOD_PNG[:41] + bytes(4) + GOOD_PNG[45:]),
+    "images_run_jpeg_truncated": lambda: case(
+        "images_run_jpeg_truncated", "a JPEG cut short inside its scan, found when decoding",
+        "run", "1.jpg", images_pipeline(),
+        {**{k: v for k, v in image_files("images/b/1.png", GOOD_PNG).items() if k != "images/b/1.png"},
+         "images/b/1.jpg": GOOD_JPEG},
+        run={"images/b/1.jpg": GOOD_JPEG[:630]}),
     "images_run_truncated": lambda: images_run(
         "images_run_truncated", "a PNG cut short after its header, found when decoding",
         "images/b/1.png", GOOD_PNG[:40]),
