@@ -720,3 +720,60 @@ fn a_cached_teacher_keeps_only_what_its_stage_reads() {
         assert_eq!(ports, [&serde_json::json!(10)], "{header}");
     }
 }
+
+/// Loss parameters bound to schedules take their value at each step, are logged per epoch
+/// in metrics.jsonl (at the epoch's last step), and --set refuses to flatten a schedule.
+#[test]
+fn scheduled_loss_parameters_follow_their_schedule() {
+    let dir = scratch("schedules");
+    let case = root().join("tests/cases/ok/loss_schedules.kd");
+    let out = dir.join("run");
+    let o = kdc(&[
+        "run",
+        case.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| l["stage"] == "distill")
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let per_epoch = lines[0]["steps"].as_f64().unwrap();
+    let total = 4.0 * per_epoch;
+    for (epoch, line) in lines.iter().enumerate() {
+        let last = line["steps"].as_f64().unwrap() - 1.0;
+        let along = last / (total - 1.0);
+        let got = &line["schedules"];
+        let t = got["hinton.T"].as_f64().unwrap();
+        assert!(
+            (t - (8.0 - 7.0 * along)).abs() < 1e-9,
+            "epoch {epoch}: T {t}"
+        );
+        let alpha = got["hinton.alpha"].as_f64().unwrap();
+        let cosine = 0.5 + 0.4 * 0.5 * (1.0 + (std::f64::consts::PI * along).cos());
+        assert!(
+            (alpha - cosine).abs() < 1e-9,
+            "epoch {epoch}: alpha {alpha}"
+        );
+        let w = got["late.w"].as_f64().unwrap();
+        assert_eq!(w, if epoch < 2 { 0.0 } else { 1.0 }, "epoch {epoch}");
+    }
+    assert_eq!(lines[3]["schedules"]["hinton.T"].as_f64(), Some(1.0));
+    // The teacher's stage has no schedule, and logs none.
+    let teach = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(teach
+        .lines()
+        .filter(|l| l.contains("\"teach\""))
+        .all(|l| !l.contains("schedules")));
+
+    let o = kdc(&["check", case.to_str().unwrap(), "--set", "loss.late.w=1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("kd::set::schedule"), "{}", stderr(&o));
+    // A constant default still takes --set.
+    let o = kdc(&["check", case.to_str().unwrap(), "--set", "loss.hinton.T=3"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

@@ -180,6 +180,18 @@ fn every_known_word_gets_the_scope_of_its_class() {
             "support.function.schedule.kd",
         ),
         (
+            "value schedule",
+            v::VALUE_SCHEDULE_FORMS,
+            "stage s { loss h(T = {}(from: 1, to: 2)) }",
+            "support.function.schedule.kd",
+        ),
+        (
+            "value schedule argument",
+            v::VALUE_SCHEDULE_ARGUMENTS,
+            "stage s { loss h(T = linear({}: 1)) }",
+            "variable.parameter.kd",
+        ),
+        (
             "metric",
             v::METRICS,
             "evaluate s on d.test { {} }",

@@ -216,6 +216,13 @@ pub enum OverrideError {
         help: Option<String>,
     },
 
+    #[error("`--set {key}`: {reason}")]
+    #[diagnostic(
+        code(kd::set::schedule),
+        help("edit the schedule in the file (its `from` and `to`), or replace it there by a number that --set can then change")
+    )]
+    Scheduled { key: String, reason: String },
+
     #[error("`--set {key}={value}`: the value is not a .kd literal")]
     #[diagnostic(
         code(kd::set::value),

@@ -226,6 +226,17 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
                     suggest(&field_name, &params),
                 ));
             };
+            if let ExprKind::Call { name: form, args } = &param.default.kind {
+                if crate::check::is_schedule(&form.name, args) {
+                    return Err(OverrideError::Scheduled {
+                        key: o.key.clone(),
+                        reason: format!(
+                            "`{field_name}` of loss `{name}` follows the schedule `{}(...)`, which --set cannot replace by one number",
+                            form.name
+                        ),
+                    });
+                }
+            }
             let ValueKind::Number {
                 value: v,
                 unit: None,

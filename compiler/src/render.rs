@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use kd_plan::{Kind, Node, Op, Plan};
+use kd_plan::{Kind, Node, Op, Plan, ValueSchedule};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 
 fn label(node: &Node) -> String {
@@ -14,6 +14,20 @@ fn label(node: &Node) -> String {
         }
         Op::CachedForward { model } => format!("{model} forward (frozen, cached)"),
         Op::Const { value } => short_number(*value),
+        Op::Scheduled { name, schedule } => {
+            let (from, to) = schedule.ends();
+            let form = match schedule {
+                ValueSchedule::Constant { .. } => "constant",
+                ValueSchedule::Linear { .. } => "linear",
+                ValueSchedule::Cosine { .. } => "cosine",
+                ValueSchedule::Step { .. } => "step",
+            };
+            format!(
+                "{name}: {form} {} -> {}",
+                short_number(from),
+                short_number(to)
+            )
+        }
         Op::Add => "+".into(),
         Op::Sub => "-".into(),
         Op::Mul => "*".into(),

@@ -67,6 +67,17 @@ pub const BUILTINS: &[&str] = &[
 pub const BUILTIN_VALUES: &[&str] = &["label"];
 pub const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
 pub const SCHEDULES: &[&str] = &["constant", "step", "cosine", "linear", "warmup"];
+/// The schedules a named loss's parameter may be bound to (`hinton(T = linear(from: 8,
+/// to: 1))`), with their arguments in positional order.
+pub const VALUE_SCHEDULES: &[(&str, &[&str])] = &[
+    ("constant", &["value"]),
+    ("linear", &["from", "to"]),
+    ("cosine", &["from", "to"]),
+    ("step", &["from", "to", "at"]),
+];
+/// [`VALUE_SCHEDULES`]' names, and every argument name they take.
+pub const VALUE_SCHEDULE_FORMS: &[&str] = &["constant", "linear", "cosine", "step"];
+pub const VALUE_SCHEDULE_ARGUMENTS: &[&str] = &["value", "from", "to", "at"];
 /// What `evaluate` reports.
 pub const METRICS: &[&str] = &[
     "accuracy",

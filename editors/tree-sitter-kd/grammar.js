@@ -169,7 +169,8 @@ module.exports = grammar({
     call_expression: ($) =>
       seq(field('function', $.identifier), '(', optional(commaList($.expression_argument)), ')'),
     expression_argument: ($) =>
-      seq(optional(seq(field('name', $.identifier), '=')), field('value', $._expression)),
+      // `T = 2` binds a loss's parameter; `from: 8` is a schedule's argument.
+      seq(optional(seq(field('name', $.identifier), choice('=', ':'))), field('value', $._expression)),
     member: ($) => seq(field('model', $.identifier), '.', field('port', $.identifier)),
   },
 });

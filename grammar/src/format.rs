@@ -859,10 +859,21 @@ impl Printer<'_> {
             ExprKind::Name(n) => n.name.clone(),
             ExprKind::Member { object, field } => format!("{}.{}", object.name, field.name),
             ExprKind::Call { name, args } => {
+                // A schedule's arguments are written as settings are (`from: 8`), a loss's
+                // as bindings (`T = 2`).
+                let schedule = matches!(
+                    name.name.as_str(),
+                    "constant" | "linear" | "cosine" | "step"
+                ) && args.iter().all(|a| {
+                    a.name
+                        .as_ref()
+                        .is_none_or(|n| matches!(n.name.as_str(), "from" | "to" | "at" | "value"))
+                });
+                let bind = if schedule { ": " } else { " = " };
                 let args: Vec<String> = args
                     .iter()
                     .map(|a| match &a.name {
-                        Some(n) => format!("{} = {}", n.name, self.expr(&a.value)),
+                        Some(n) => format!("{}{bind}{}", n.name, self.expr(&a.value)),
                         None => self.expr(&a.value),
                     })
                     .collect();

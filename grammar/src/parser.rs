@@ -588,7 +588,7 @@ fn primary(pair: Pair<Rule>) -> Result<Expr> {
             for arg in it {
                 let mut inner = arg.into_inner();
                 let a = next_part(&mut inner, "argument")?;
-                args.push(if a.as_rule() == Rule::ident {
+                args.push(if a.as_rule() == Rule::arg_name {
                     ExprArg {
                         name: Some(ident(a)),
                         value: expr(next_part(&mut inner, "argument value")?)?,

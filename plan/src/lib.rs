@@ -731,6 +731,13 @@ pub enum Op {
     Const {
         value: f64,
     },
+    /// A scalar that changes over the stage, step by step: a named loss's parameter bound
+    /// to a schedule (`hinton(T = linear(from: 8, to: 1))`). `name` is `LOSS.PARAM`, as
+    /// metrics.jsonl logs it.
+    Scheduled {
+        name: String,
+        schedule: ValueSchedule,
+    },
     Add,
     Sub,
     Mul,
@@ -765,6 +772,64 @@ pub enum Op {
     },
     /// The stage's objective: argument 0, a scalar.
     Loss,
+}
+
+/// How a scheduled scalar moves over a stage's steps.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueSchedule {
+    Constant {
+        value: f64,
+    },
+    /// From `from` at the first step to `to` at the last, in a straight line.
+    Linear {
+        from: f64,
+        to: f64,
+    },
+    /// From `from` at the first step to `to` at the last, along half a cosine.
+    Cosine {
+        from: f64,
+        to: f64,
+    },
+    /// `from` before the fraction `at` of the stage's steps, `to` from there on.
+    Step {
+        from: f64,
+        to: f64,
+        at: f64,
+    },
+}
+
+impl ValueSchedule {
+    /// The value at `step` (0-based) of `total` steps.
+    pub fn at(&self, step: usize, total: usize) -> f64 {
+        // 0 at the first step, 1 at the last.
+        let along =
+            step.min(total.saturating_sub(1)) as f64 / total.saturating_sub(1).max(1) as f64;
+        match *self {
+            ValueSchedule::Constant { value } => value,
+            ValueSchedule::Linear { from, to } => from + (to - from) * along,
+            ValueSchedule::Cosine { from, to } => {
+                to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * along).cos())
+            }
+            ValueSchedule::Step { from, to, at } => {
+                if (step as f64) < at * total as f64 {
+                    from
+                } else {
+                    to
+                }
+            }
+        }
+    }
+
+    /// The first and last values: every value lies between them.
+    pub fn ends(&self) -> (f64, f64) {
+        match *self {
+            ValueSchedule::Constant { value } => (value, value),
+            ValueSchedule::Linear { from, to }
+            | ValueSchedule::Cosine { from, to }
+            | ValueSchedule::Step { from, to, .. } => (from, to),
+        }
+    }
 }
 
 /// The node that feeds argument `arg` of `node`, with the port it reads.

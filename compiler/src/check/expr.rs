@@ -7,12 +7,12 @@ use std::collections::{HashMap, HashSet};
 use kd_grammar::ast::{
     BinaryOp, Declaration, Expr, ExprArg, ExprKind, Ident, LossDecl, Program, Span,
 };
-use kd_plan::{Kind, ModelSpec, Op, TensorType};
+use kd_plan::{Kind, ModelSpec, Op, TensorType, ValueSchedule};
 
 use super::values::format_number;
 use super::{describe_type, kind_name, Cx, TypedExpr, TypedNode};
 use crate::diagnostics::{did_you_mean, labeled, list, one_of, span, CheckError};
-use crate::vocabulary::BUILTINS;
+use crate::vocabulary::{BUILTINS, VALUE_SCHEDULES};
 
 /// The program's named losses, and which of them some stage uses.
 pub(crate) struct Losses {
@@ -368,6 +368,18 @@ impl Cx<'_> {
         if losses.decls.contains_key(&name.name) {
             return self.inline(name, args, scope, losses, env, at);
         }
+        if is_schedule(&name.name, args) {
+            self.invalid(
+                name.span,
+                format!("`{}(...)` here: a schedule gives a named loss's parameter its value", name.name),
+                "not a parameter's value",
+                Some(format!(
+                    "declare the parameter and bind it: `loss ramp(w = 1) = w * ...`, then `ramp(w = {}(...))` in the stage",
+                    name.name
+                )),
+            );
+            return None;
+        }
         if !BUILTINS.contains(&name.name.as_str()) {
             let mut candidates: Vec<&str> = BUILTINS.to_vec();
             candidates.extend(losses.names());
@@ -559,10 +571,16 @@ impl Cx<'_> {
                 if t.ty.kind != Kind::Scalar {
                     self.expect_kind(&name.name, "second", &[Kind::Scalar], t)?;
                 }
-                if let Some(v) = t.constant() {
-                    if v <= 0.0 || !v.is_finite() {
+                let ends = t.ends().map(|(a, b)| [a, b]).unwrap_or_default();
+                let scheduled = t.constant().is_none();
+                if let Some(&v) = ends.iter().find(|v| **v <= 0.0 || !v.is_finite()) {
+                    {
                         self.error(CheckError::OutOfRange {
-                            what: "the temperature T".into(),
+                            what: if scheduled {
+                                "the temperature T (an end of its schedule)".into()
+                            } else {
+                                "the temperature T".into()
+                            },
                             range: "greater than 0",
                             value: format_number(v),
                             span: span(t.span),
@@ -842,7 +860,13 @@ impl Cx<'_> {
                     }
                 },
             };
-            let value = self.expr(&arg.value, scope, losses, env)?;
+            let value = self.bound_value(
+                &arg.value,
+                (&name.name, &param.name.name),
+                scope,
+                losses,
+                env,
+            )?;
             bound.insert(param.name.name.clone(), value);
         }
         let empty = Env {
@@ -851,7 +875,13 @@ impl Cx<'_> {
         };
         for param in &decl.params {
             if !bound.contains_key(&param.name.name) {
-                let value = self.expr(&param.default, scope, losses, &empty)?;
+                let value = self.bound_value(
+                    &param.default,
+                    (&name.name, &param.name.name),
+                    scope,
+                    losses,
+                    &empty,
+                )?;
                 bound.insert(param.name.name.clone(), value);
             }
         }
@@ -864,6 +894,169 @@ impl Cx<'_> {
         let mut body = self.expr(&decl.body, scope, losses, &inner)?;
         body.span = at;
         Some(body)
+    }
+}
+
+impl Cx<'_> {
+    /// The value a named loss's parameter is bound to (`loss.0`'s `loss.1`): an expression,
+    /// or a schedule of its value over the stage.
+    fn bound_value(
+        &mut self,
+        value: &Expr,
+        (loss, param): (&str, &str),
+        scope: &Scope,
+        losses: &Losses,
+        env: &Env,
+    ) -> Option<TypedExpr> {
+        let ExprKind::Call { name, args } = &value.kind else {
+            return self.expr(value, scope, losses, env);
+        };
+        if losses.decls.contains_key(&name.name) || !is_schedule(&name.name, args) {
+            return self.expr(value, scope, losses, env);
+        }
+        let Some(&(form, params)) = VALUE_SCHEDULES.iter().find(|(f, _)| *f == name.name) else {
+            return self.expr(value, scope, losses, env);
+        };
+        let mut given: Vec<Option<(f64, Span)>> = vec![None; params.len()];
+        let mut next = 0;
+        for arg in args {
+            let index = match &arg.name {
+                Some(n) => match params.iter().position(|p| *p == n.name) {
+                    Some(i) => i,
+                    None => {
+                        self.invalid(
+                            n.span,
+                            format!("the schedule `{form}` has no argument `{}`", n.name),
+                            "unknown argument",
+                            Some(format!("its arguments: {}", list(params.iter().copied()))),
+                        );
+                        return None;
+                    }
+                },
+                None => {
+                    next += 1;
+                    next - 1
+                }
+            };
+            if index >= params.len() {
+                self.invalid(
+                    arg.value.span,
+                    format!("the schedule `{form}` takes {} argument(s)", params.len()),
+                    "one too many",
+                    Some(format!("its arguments: {}", list(params.iter().copied()))),
+                );
+                return None;
+            }
+            let typed = self.expr(&arg.value, scope, losses, env)?;
+            match typed.constant() {
+                Some(v) if v.is_finite() => given[index] = Some((v, arg.value.span)),
+                _ => {
+                    self.invalid(
+                        arg.value.span,
+                        format!(
+                            "`{}` of a schedule is a number, not {}",
+                            params[index],
+                            describe_type(&typed.ty)
+                        ),
+                        "not a number",
+                        Some(format!(
+                            "a schedule moves a number over the stage: `{form}({})`",
+                            example_args(form)
+                        )),
+                    );
+                    return None;
+                }
+            }
+        }
+        let missing: Vec<&str> = params
+            .iter()
+            .zip(&given)
+            .filter(|(_, g)| g.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        if !missing.is_empty() {
+            self.error(CheckError::Missing {
+                message: format!(
+                    "the schedule `{form}` needs {}",
+                    list(missing.iter().copied())
+                ),
+                span: span(value.span),
+                label: "incomplete schedule".into(),
+                help: Some(format!("e.g. `{form}({})`", example_args(form))),
+            });
+            return None;
+        }
+        let v: Vec<f64> = given.iter().flatten().map(|(v, _)| *v).collect();
+        let schedule = match (form, v.as_slice()) {
+            ("constant", [value]) => ValueSchedule::Constant { value: *value },
+            ("linear", [from, to]) => ValueSchedule::Linear {
+                from: *from,
+                to: *to,
+            },
+            ("cosine", [from, to]) => ValueSchedule::Cosine {
+                from: *from,
+                to: *to,
+            },
+            ("step", [from, to, at]) => {
+                if !(0.0..=1.0).contains(at) {
+                    let at_span = given[2].map_or(value.span, |(_, s)| s);
+                    self.error(CheckError::OutOfRange {
+                        what: "`at` of a step schedule (a fraction of the stage's steps)".into(),
+                        range: "between 0 and 1",
+                        value: format_number(*at),
+                        span: span(at_span),
+                        help: Some("`step(from: 0, to: 1, at: 0.5)` switches halfway".into()),
+                    });
+                    return None;
+                }
+                ValueSchedule::Step {
+                    from: *from,
+                    to: *to,
+                    at: *at,
+                }
+            }
+            _ => return None,
+        };
+        Some(apply(
+            Op::Scheduled {
+                name: format!("{loss}.{param}"),
+                schedule,
+            },
+            Vec::new(),
+            TensorType::scalar(),
+            value.span,
+        ))
+    }
+}
+
+/// Whether a call is one of the value schedules: `constant`, `linear` and `step` always
+/// are; `cosine` is also the cosine loss, and is a schedule when it names `from` or `to`
+/// or starts with a number.
+pub(crate) fn is_schedule(name: &str, args: &[ExprArg]) -> bool {
+    match name {
+        "constant" | "linear" | "step" => true,
+        "cosine" => args.iter().enumerate().any(|(i, a)| match &a.name {
+            Some(n) => matches!(n.name.as_str(), "from" | "to"),
+            None => i == 0 && is_number(&a.value),
+        }),
+        _ => false,
+    }
+}
+
+fn is_number(e: &Expr) -> bool {
+    match &e.kind {
+        ExprKind::Number(_) => true,
+        ExprKind::Neg(inner) => is_number(inner),
+        _ => false,
+    }
+}
+
+/// A schedule's arguments as an example.
+fn example_args(form: &str) -> &'static str {
+    match form {
+        "constant" => "value: 4",
+        "step" => "from: 0, to: 1, at: 0.5",
+        _ => "from: 8, to: 1",
     }
 }
 

@@ -5,6 +5,7 @@ mod arrays;
 mod bert;
 mod data;
 mod expr;
+pub(crate) use expr::is_schedule;
 mod images;
 mod models;
 mod onnx;
@@ -107,6 +108,17 @@ impl TypedExpr {
             TypedNode::Label => true,
             TypedNode::Apply { args, .. } => args.iter().any(TypedExpr::uses_label),
             _ => false,
+        }
+    }
+
+    /// The first and last values of a constant or a schedule: what a range check checks.
+    pub fn ends(&self) -> Option<(f64, f64)> {
+        match &self.node {
+            TypedNode::Apply {
+                op: Op::Scheduled { schedule, .. },
+                ..
+            } => Some(schedule.ends()),
+            _ => self.constant().map(|v| (v, v)),
         }
     }
 

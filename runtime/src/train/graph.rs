@@ -112,6 +112,9 @@ pub struct StepInput<'a> {
     pub fills: &'a HashMap<String, Vec<f32>>,
     /// The stage's trainable projections (`project(...)` in its loss): weight and bias.
     pub projections: &'a HashMap<String, (candle_core::Var, candle_core::Var)>,
+    /// The stage's step (0-based, over all its epochs) and its number of steps, which
+    /// scheduled loss parameters follow (validation takes the epoch's last step).
+    pub progress: (usize, usize),
 }
 
 /// What a step produced besides the node values.
@@ -356,6 +359,10 @@ fn value_node(args: &Args) -> Result<Value> {
     let tensor = Value::Tensor;
     Ok(match args.op {
         Op::Const { value } => Value::Const(*value),
+        Op::Scheduled { schedule, .. } => {
+            let (step, total) = args.input.progress;
+            Value::Const(schedule.at(step, total))
+        }
         Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow => {
             arithmetic(args.op, args.get(0)?.0, args.get(1)?.0)?
         }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
-use kd_plan::{Keep, Metric, NonFinite, Stage};
+use kd_plan::{Keep, Metric, NonFinite, Op, Plan, Stage};
 
 use super::cache::{CacheKey, CacheTable, OutputCache};
 use super::checkpoint::{Checkpoint, StageState};
@@ -270,6 +270,7 @@ impl Run<'_> {
             validation: None,
             fills: &self.fills,
             projections: &run.projections,
+            progress: (run.st.global_step, run.total_steps),
         };
         // A skipped batch must not leave its batch-norm statistics behind.
         let saved_statistics = match self.plan.settings.non_finite == NonFinite::Skip {
@@ -339,7 +340,11 @@ impl Run<'_> {
                 epoch,
                 models,
                 &mut run.cache,
-                (run.teacher_on_validation.as_ref(), &run.projections),
+                (
+                    run.teacher_on_validation.as_ref(),
+                    &run.projections,
+                    (run.st.global_step.saturating_sub(1), run.total_steps),
+                ),
             )?),
             None => None,
         };
@@ -362,6 +367,16 @@ impl Run<'_> {
             }
             if run.st.skipped_batches > 0 {
                 map.insert("skipped_batches".into(), run.st.skipped_batches.into());
+            }
+            // Scheduled loss parameters, at the epoch's last step.
+            let scheduled = scheduled_values(
+                self.plan,
+                stage,
+                run.st.global_step.saturating_sub(1),
+                run.total_steps,
+            );
+            if !scheduled.is_empty() {
+                map.insert("schedules".into(), scheduled.into());
             }
         }
         self.log.write(&line)?;
@@ -519,6 +534,26 @@ fn projections(stage: &Stage, seed: u64, device: &candle_core::Device) -> Result
         out.insert(p.name.clone(), (weight, bias));
     }
     Ok(out)
+}
+
+/// The value of each scheduled loss parameter of `stage` (`LOSS.PARAM`) at `step` of
+/// `total`.
+fn scheduled_values(
+    plan: &Plan,
+    stage: &Stage,
+    step: usize,
+    total: usize,
+) -> serde_json::Map<String, serde_json::Value> {
+    stage
+        .nodes
+        .iter()
+        .filter_map(|&n| match &plan.graph.node_weight(n)?.op {
+            Op::Scheduled { name, schedule } => {
+                Some((name.clone(), schedule.at(step, total).into()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

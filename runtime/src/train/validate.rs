@@ -74,7 +74,11 @@ impl Run<'_> {
         epoch: usize,
         models: &mut HashMap<String, Model>,
         cache: &mut OutputCache,
-        (teacher_predictions, projections): (Option<&Vec<u32>>, &Projections),
+        (teacher_predictions, projections, progress): (
+            Option<&Vec<u32>>,
+            &Projections,
+            (usize, usize),
+        ),
     ) -> Result<Validation> {
         let validate = stage
             .validate
@@ -102,6 +106,7 @@ impl Run<'_> {
                 validation: Some(&batch),
                 fills: &self.fills,
                 projections,
+                progress,
             };
             let output = run_step(&input, models, cache)?;
             if let Some(loss) = output.loss {
