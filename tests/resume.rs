@@ -301,6 +301,73 @@ fn a_resumed_stage_keeps_its_teacher_cache() {
     assert_eq!(plain["teacher_forwards"], 1438, "once per training sample");
 }
 
+#[test]
+fn a_resumed_stage_keeps_its_loss_schedules() {
+    // Scheduled loss parameters follow the stage's step count: a run killed mid-stage and
+    // resumed logs the same values and ends with the same weights.
+    let file = "tests/cases/ok/loss_schedules.kd";
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "run",
+            file,
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "stage.distill.epochs=60",
+            "--set",
+            "pipeline.schedules.checkpoint_every=7",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let base = scratch("schedules");
+    let whole = base.join("whole");
+    let started = Instant::now();
+    let output = kdc(&as_strs(&args(&whole)));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let took = started.elapsed().as_millis() as u64;
+    let mut rng = Lcg(11);
+    let mut kills = 0;
+    let mut dir = base.join("killed-0");
+    for halving in 0..4 {
+        dir = base.join(format!("killed-{halving}"));
+        let (min, spread) = ((took / 10) >> halving, ((took * 8 / 10) >> halving).max(1));
+        kills = kill_and_resume_until_done(args(&dir), &dir, &mut rng, min, spread);
+        if kills >= 1 {
+            break;
+        }
+    }
+    assert!(kills >= 1, "no kill landed");
+    let lines = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("seconds");
+                v
+            })
+            .collect()
+    };
+    let (a, b) = (lines(&whole), lines(&dir));
+    assert_eq!(a, b);
+    assert_eq!(
+        a.last().unwrap()["schedules"]["hinton.T"].as_f64(),
+        Some(1.0)
+    );
+    let untimed = |dir: &Path| {
+        let mut summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        untime(&mut summary);
+        summary
+    };
+    let (a, b) = (untimed(&whole), untimed(&dir));
+    assert_eq!(a["models"], b["models"]);
+    assert_eq!(a["stages"], b["stages"]);
+}
+
 #[cfg(unix)]
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_a_resume_finishes_the_run_exactly() {
