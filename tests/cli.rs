@@ -579,6 +579,34 @@ fn ok_cases_run_end_to_end() {
         ]);
         assert_eq!(o.status.code(), Some(0), "{name}:\n{}", stderr(&o));
         let s = summary(&out);
+        if name == "two_teachers" {
+            // Each student is compared with each teacher; each teacher runs once per
+            // training sample (both cached).
+            for student in ["s", "e"] {
+                let with = &s["models"][student]["metrics"]["test"]["agreement_with"];
+                for teacher in ["conv", "dense"] {
+                    let a = with[teacher].as_f64();
+                    assert!(
+                        a.is_some_and(|a| (0.0..=1.0).contains(&a)),
+                        "{student}: {with}"
+                    );
+                }
+                assert_eq!(
+                    with["conv"], s["models"][student]["metrics"]["test"]["agreement"],
+                    "`agreement` is the first teacher's"
+                );
+            }
+            assert!(s["models"]["conv"]["metrics"]["test"]["agreement_with"].is_null());
+            let stages = s["stages"].as_array().unwrap();
+            let forwards = |stage: &str| {
+                stages.iter().find(|x| x["name"] == stage).unwrap()["teacher_forwards"]
+                    .as_u64()
+                    .unwrap()
+            };
+            let train = (1797.0_f64 * 0.7).round() as u64;
+            assert_eq!(forwards("terms"), 2 * train);
+            assert_eq!(forwards("together"), 2 * train);
+        }
         if name == "transfer_set" {
             assert_eq!(s["seeds"].as_array().unwrap().len(), 3);
             let std = &s["models"]["s"]["metrics_std"]["test"]["accuracy"];

@@ -42,6 +42,7 @@ fn label(node: &Node) -> String {
         Op::Mse => "mse".into(),
         Op::Cosine => "cosine".into(),
         Op::AttentionTransfer => "attention_transfer".into(),
+        Op::Ensemble => "ensemble".into(),
         Op::Project { name, input, out } => format!("{name} (trainable, {input} -> {out})"),
         Op::Loss => "loss".into(),
     }

@@ -62,6 +62,7 @@ pub const BUILTINS: &[&str] = &[
     "cosine",
     "project",
     "attention_transfer",
+    "ensemble",
 ];
 /// The value `label` loss expressions read (the batch's labels).
 pub const BUILTIN_VALUES: &[&str] = &["label"];

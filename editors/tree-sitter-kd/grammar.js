@@ -122,6 +122,7 @@ module.exports = grammar({
       seq(
         'distill',
         field('teacher', $.identifier),
+        repeat(seq(',', field('teacher', $.identifier))),
         '->',
         field('student', $.identifier),
         'on',

@@ -257,7 +257,8 @@ pub enum StageStmt {
         span: Span,
     },
     Distill {
-        teacher: Ident,
+        /// One teacher or several (`distill t1, t2 -> s`), in the order written.
+        teachers: Vec<Ident>,
         student: Ident,
         data: DataRef,
         augment: Option<Ident>,

@@ -775,7 +775,7 @@ impl Printer<'_> {
                 *span,
             ),
             StageStmt::Distill {
-                teacher,
+                teachers,
                 student,
                 data,
                 augment,
@@ -783,7 +783,11 @@ impl Printer<'_> {
             } => flat(
                 format!(
                     "distill {} -> {} on {}{}",
-                    teacher.name,
+                    teachers
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     student.name,
                     data_ref(data),
                     augment

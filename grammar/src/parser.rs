@@ -325,12 +325,15 @@ fn stage_stmt(pair: Pair<Rule>) -> Result<StageStmt> {
             }
         }
         Rule::distill_stmt => {
-            let teacher = ident(next_part(&mut it, "teacher")?);
+            let teachers = next_part(&mut it, "teacher")?
+                .into_inner()
+                .map(ident)
+                .collect();
             let student = ident(next_part(&mut it, "student")?);
             let data = data_ref(next_part(&mut it, "data")?)?;
             let augment = it.next().map(ident);
             StageStmt::Distill {
-                teacher,
+                teachers,
                 student,
                 data,
                 augment,

@@ -77,13 +77,15 @@ pub fn symbols(program: &Program) -> Vec<Symbol> {
                             }
                         }
                         StageStmt::Distill {
-                            teacher,
+                            teachers,
                             student,
                             data,
                             augment,
                             ..
                         } => {
-                            uses.push((Space::Instance, teacher));
+                            for teacher in teachers {
+                                uses.push((Space::Instance, teacher));
+                            }
                             uses.push((Space::Instance, student));
                             uses.push((Space::Data, &data.data));
                             if let Some(a) = augment {

@@ -53,6 +53,7 @@ pub fn describe(word: &str) -> Option<&'static str> {
         "cosine" => "built-in `cosine(a, b)`: 1 - cosine similarity, the mean over the batch (or a `schedule`: cosine decay; or a loss parameter's schedule `cosine(from: 8, to: 1)`)",
         "project" => "built-in `project(features)`: a learned linear map to the other side's width",
         "attention_transfer" => "built-in `attention_transfer(a, b)`: the distance of two feature maps' attention maps",
+        "ensemble" => "built-in `ensemble(p1, p2, ...)`: the mean of two or more distributions (several teachers' softened outputs), probabilities",
         "label" => "the batch's labels (`cross_entropy(s.logits, label)`)",
         "sgd" => "optimizer `sgd(lr, momentum: 0, nesterov: false, weight_decay: 0)`",
         "adam" => "optimizer `adam(lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0)`",

@@ -770,6 +770,9 @@ pub enum Op {
         input: usize,
         out: usize,
     },
+    /// The mean of two or more distributions of one width (arguments 0..n, probabilities
+    /// or log-probabilities): several teachers' softened outputs as one target.
+    Ensemble,
     /// The stage's objective: argument 0, a scalar.
     Loss,
 }
@@ -897,7 +900,11 @@ pub struct Projection {
 #[serde(rename_all = "snake_case")]
 pub enum StageKind {
     Train,
-    Distill { teacher: String, student: String },
+    /// From one teacher or several, in the order the stage names them.
+    Distill {
+        teachers: Vec<String>,
+        student: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

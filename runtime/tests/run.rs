@@ -233,7 +233,7 @@ fn distill_stage(graph: &mut Graph, epochs: usize) -> Stage {
     stage(
         "distill",
         StageKind::Distill {
-            teacher: "t".into(),
+            teachers: vec!["t".into()],
             student: "s".into(),
         },
         "s",

@@ -392,6 +392,9 @@ impl Cx<'_> {
             });
             return None;
         }
+        if name.name == "ensemble" {
+            return self.ensemble(name, args, scope, losses, env, at);
+        }
         let (params, required): (&[&str], usize) = match name.name.as_str() {
             "softmax" | "log_softmax" => (&["x", "T"], 1),
             "kl" => (&["p", "q"], 2),
@@ -898,6 +901,76 @@ impl Cx<'_> {
 }
 
 impl Cx<'_> {
+    /// `ensemble(p1, p2, ...)`: the mean of two or more distributions of one width (each
+    /// teacher's softened outputs), itself probabilities.
+    fn ensemble(
+        &mut self,
+        name: &Ident,
+        args: &[ExprArg],
+        scope: &Scope,
+        losses: &Losses,
+        env: &Env,
+        at: Span,
+    ) -> Option<TypedExpr> {
+        if let Some(n) = args.iter().find_map(|a| a.name.as_ref()) {
+            self.invalid(
+                n.span,
+                "`ensemble` takes its distributions in order, without names".into(),
+                "a named argument",
+                Some("`ensemble(softmax(t1.logits, T), softmax(t2.logits, T))`".into()),
+            );
+            return None;
+        }
+        if args.len() < 2 {
+            self.error(CheckError::Missing {
+                message: "`ensemble` averages two or more distributions".into(),
+                span: span(at),
+                label: "too few arguments".into(),
+                help: Some("`ensemble(softmax(t1.logits, T), softmax(t2.logits, T))`".into()),
+            });
+            return None;
+        }
+        let mut typed = Vec::with_capacity(args.len());
+        for arg in args {
+            typed.push(self.expr(&arg.value, scope, losses, env));
+        }
+        let typed: Vec<TypedExpr> = typed.into_iter().collect::<Option<_>>()?;
+        for (i, t) in typed.iter().enumerate() {
+            if t.ty.kind == Kind::Logits {
+                self.invalid(
+                    t.span,
+                    format!(
+                        "`ensemble` averages distributions; argument {} is logits",
+                        i + 1
+                    ),
+                    "logits",
+                    Some("soften them first: `softmax(t1.logits, T)`".into()),
+                );
+                return None;
+            }
+            const POSITIONS: [&str; 8] = [
+                "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth",
+            ];
+            self.expect_kind(
+                &name.name,
+                POSITIONS.get(i).copied().unwrap_or("next"),
+                &[Kind::Probabilities, Kind::LogProbabilities],
+                t,
+            )?;
+            self.same_width(&name.name, &typed[0], t, scope)?;
+        }
+        let shape = typed[0].ty.shape.clone();
+        Some(apply(
+            Op::Ensemble,
+            typed,
+            TensorType {
+                kind: Kind::Probabilities,
+                shape,
+            },
+            at,
+        ))
+    }
+
     /// The value a named loss's parameter is bound to (`loss.0`'s `loss.1`): an expression,
     /// or a schedule of its value over the stage.
     fn bound_value(

@@ -371,18 +371,32 @@ impl Cx<'_> {
                     );
                     return None;
                 }
-                (StageKind::Train, m, None, data, augment)
+                (StageKind::Train, m, Vec::new(), data, augment)
             }
             StageStmt::Distill {
-                teacher,
+                teachers,
                 student,
                 data,
                 augment,
                 ..
             } => {
-                let t = self.model(teacher, models);
                 let s = self.model(student, models);
-                if let Some(t) = t {
+                let mut frozen: Vec<&ModelSpec> = Vec::new();
+                let mut all_found = true;
+                for (i, teacher) in teachers.iter().enumerate() {
+                    if teachers[..i].iter().any(|t| t.name == teacher.name) {
+                        self.invalid(
+                            teacher.span,
+                            format!("`{}` is named twice as a teacher of `{name}`", teacher.name),
+                            "named before",
+                            Some("name each teacher once; weigh its terms in the loss".into()),
+                        );
+                        return None;
+                    }
+                    let Some(t) = self.model(teacher, models) else {
+                        all_found = false;
+                        continue;
+                    };
                     if t.role != Role::Teacher {
                         self.invalid(
                             teacher.span,
@@ -397,9 +411,7 @@ impl Cx<'_> {
                             )),
                         );
                     }
-                }
-                if let (Some(t), Some(s)) = (t, s) {
-                    if t.name == s.name {
+                    if s.is_some_and(|s| s.name == t.name) {
                         self.invalid(
                             student.span,
                             "a model cannot distil into itself".into(),
@@ -408,15 +420,16 @@ impl Cx<'_> {
                         );
                         return None;
                     }
+                    frozen.push(t);
                 }
-                let kind = match (t, s) {
-                    (Some(t), Some(s)) => StageKind::Distill {
-                        teacher: t.name.clone(),
+                let kind = match s {
+                    Some(s) if all_found => StageKind::Distill {
+                        teachers: frozen.iter().map(|t| t.name.clone()).collect(),
                         student: s.name.clone(),
                     },
                     _ => StageKind::Train,
                 };
-                (kind, s, t, data, augment)
+                (kind, s, frozen, data, augment)
             }
             _ => return None,
         };
@@ -546,7 +559,7 @@ impl Cx<'_> {
         let trained = trained?;
         let (data_spec, labeled) = split?;
         self.fits(trained, data_spec, data_ref)?;
-        if let Some(f) = frozen {
+        for f in &frozen {
             self.fits(f, data_spec, data_ref)?;
         }
         if let Some((spec, at)) = augment_spec {
@@ -621,7 +634,7 @@ impl Cx<'_> {
             }
         }
         let mut stage_models = vec![trained];
-        stage_models.extend(frozen);
+        stage_models.extend(frozen.iter().copied());
         let scope = Scope {
             stage: &name,
             models: stage_models,
@@ -649,13 +662,18 @@ impl Cx<'_> {
                 None
             }
         };
-        if let (StageKind::Distill { teacher, .. }, Some(l)) = (&kind, &loss) {
-            if !l.models().contains(teacher) {
+        if let (StageKind::Distill { teachers, .. }, Some(l)) = (&kind, &loss) {
+            let read = l.models();
+            for teacher in teachers.iter().filter(|t| !read.contains(t)) {
                 self.error(CheckError::Stage {
                     message: format!("stage `{name}` distils from `{teacher}` but its loss never reads `{teacher}`"),
                     span: span(l.span),
                     label: format!("no `{teacher}.…` here"),
-                    help: Some(format!("use the teacher's outputs, e.g. `kl(softmax({teacher}.logits, T), softmax({}.logits, T))`, or make this a `train` stage", trained.name)),
+                    help: Some(if teachers.len() > 1 {
+                        format!("give each teacher a term, e.g. `kl(softmax({teacher}.logits, T), softmax({}.logits, T))`, or an `ensemble(...)` of their softened outputs", trained.name)
+                    } else {
+                        format!("use the teacher's outputs, e.g. `kl(softmax({teacher}.logits, T), softmax({}.logits, T))`, or make this a `train` stage", trained.name)
+                    }),
                 });
             }
         }
@@ -663,7 +681,7 @@ impl Cx<'_> {
             name,
             kind,
             trains: trained.name.clone(),
-            frozen: frozen.map(|f| vec![f.name.clone()]).unwrap_or_default(),
+            frozen: frozen.iter().map(|f| f.name.clone()).collect(),
             data: data_spec.name.clone(),
             split: data_ref.split.name.clone(),
             augment: augment_spec.map(|(s, _)| s.name.clone()),

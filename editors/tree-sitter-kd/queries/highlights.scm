@@ -47,14 +47,14 @@
 (call_expression function: (identifier) @function.builtin
   (#any-of? @function.builtin
     "softmax" "log_softmax" "kl" "cross_entropy" "soft_cross_entropy" "mse" "cosine" "project"
-    "attention_transfer"))
+    "attention_transfer" "ensemble"))
 ; A loss parameter's schedule (`linear(from: 8, to: 1)`; `cosine` is a built-in loss too).
 (call_expression function: (identifier) @function.builtin
   (#any-of? @function.builtin "constant" "linear" "step"))
 (call_expression function: (identifier) @function
   (#not-any-of? @function
     "softmax" "log_softmax" "kl" "cross_entropy" "soft_cross_entropy" "mse" "cosine" "project"
-    "attention_transfer" "constant" "linear" "step"))
+    "attention_transfer" "ensemble" "constant" "linear" "step"))
 (expression_argument value: (identifier) @variable.builtin (#eq? @variable.builtin "label"))
 (member port: (identifier) @property)
 

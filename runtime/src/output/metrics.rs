@@ -2,6 +2,8 @@
 //! undefined, as scikit-learn's `zero_division=0`), confusion matrix, agreement with a
 //! teacher, and expected calibration error.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// One class's scores.
@@ -28,6 +30,10 @@ pub struct SplitMetrics {
     /// Rows are true classes, columns predicted classes.
     pub confusion: Vec<Vec<usize>>,
     pub agreement: Option<f64>,
+    /// With two or more teachers in the plan: agreement with each, by name (`agreement`
+    /// is the first declared's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub agreement_with: BTreeMap<String, f64>,
     pub ece: f64,
 }
 
@@ -167,6 +173,7 @@ pub fn split_metrics(
         per_class,
         confusion: matrix,
         agreement: teacher_predictions.map(|t| agreement(predictions, t)),
+        agreement_with: BTreeMap::new(),
         ece: ece(confidences, &correct, ECE_BINS),
     }
 }

@@ -308,6 +308,13 @@ pub(crate) fn model_summaries(
                         per_seed.iter().filter_map(|m| m.agreement).collect();
                     m.agreement = Some(mean(&agreements));
                 }
+                for (teacher, value) in m.agreement_with.iter_mut() {
+                    let agreements: Vec<f64> = per_seed
+                        .iter()
+                        .filter_map(|m| m.agreement_with.get(teacher).copied())
+                        .collect();
+                    *value = mean(&agreements);
+                }
                 stds.insert(
                     split.clone(),
                     MetricsStd {

@@ -64,8 +64,15 @@ impl Run<'_> {
     ) -> Result<BTreeMap<String, BTreeMap<String, SplitMetrics>>> {
         let mut results: BTreeMap<String, BTreeMap<String, SplitMetrics>> = BTreeMap::new();
         let mut split_keys: HashMap<String, String> = HashMap::new();
-        let mut teacher_cache: HashMap<(String, String), Vec<u32>> = HashMap::new();
-        let teacher = self.teacher().map(str::to_string);
+        // Each teacher's predictions on each split, computed once.
+        let mut teacher_cache: HashMap<(String, String, String), Vec<u32>> = HashMap::new();
+        let teachers: Vec<String> = self
+            .plan
+            .models
+            .iter()
+            .filter(|m| m.role == Role::Teacher)
+            .map(|m| m.name.clone())
+            .collect();
         for evaluation in &self.plan.evaluations {
             let dataset = self.dataset(&evaluation.data)?;
             let split = dataset.split(&evaluation.split)?;
@@ -85,20 +92,36 @@ impl Run<'_> {
                     self.plan.model(name).map(|m| m.role).ok_or_else(|| {
                         plan_error(format!("evaluation of unknown model `{name}`"))
                     })?;
-                let teacher_predictions = match (&teacher, role) {
-                    (Some(teacher), Role::Student | Role::Baseline) => {
-                        let cache_key = (evaluation.data.clone(), evaluation.split.clone());
-                        if !teacher_cache.contains_key(&cache_key) {
-                            let model = models
-                                .get_mut(teacher)
-                                .ok_or_else(|| plan_error(format!("no model `{teacher}`")))?;
-                            teacher_cache
-                                .insert(cache_key.clone(), predict(model, dataset, split)?.classes);
-                        }
-                        teacher_cache.get(&cache_key)
-                    }
-                    _ => None,
+                // Students and baselines are compared with the teachers: the first declared
+                // for `agreement`, and every one when there are several.
+                let compared: &[String] = match role {
+                    Role::Student | Role::Baseline if teachers.len() > 1 => &teachers,
+                    Role::Student | Role::Baseline => &teachers[..teachers.len().min(1)],
+                    _ => &[],
                 };
+                for teacher in compared {
+                    let key = (
+                        teacher.clone(),
+                        evaluation.data.clone(),
+                        evaluation.split.clone(),
+                    );
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        teacher_cache.entry(key)
+                    {
+                        let model = models
+                            .get_mut(teacher)
+                            .ok_or_else(|| plan_error(format!("no model `{teacher}`")))?;
+                        slot.insert(predict(model, dataset, split)?.classes);
+                    }
+                }
+                let of = |teacher: &String| {
+                    teacher_cache.get(&(
+                        teacher.clone(),
+                        evaluation.data.clone(),
+                        evaluation.split.clone(),
+                    ))
+                };
+                let teacher_predictions = compared.first().and_then(of);
                 let model = models
                     .get_mut(name)
                     .ok_or_else(|| plan_error(format!("no model `{name}`")))?;
@@ -111,6 +134,15 @@ impl Run<'_> {
                     &class_names,
                     teacher_predictions.map(Vec::as_slice),
                 );
+                let mut metrics = metrics;
+                if compared.len() > 1 {
+                    for teacher in compared {
+                        if let Some(t) = of(teacher) {
+                            let agreed = crate::output::metrics::agreement(&predictions.classes, t);
+                            metrics.agreement_with.insert(teacher.clone(), agreed);
+                        }
+                    }
+                }
                 results
                     .entry(name.clone())
                     .or_default()

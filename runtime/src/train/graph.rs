@@ -398,11 +398,34 @@ fn value_node(args: &Args) -> Result<Value> {
                 .ctx("attention transfer")?,
         ),
         Op::Project { name, .. } => tensor(project(args, name)?),
+        Op::Ensemble => ensemble_node(args)?,
         op @ (Op::Batch { .. }
         | Op::Augment { .. }
         | Op::Forward { .. }
         | Op::CachedForward { .. }
         | Op::Loss) => return Err(plan_error(format!("{op:?} is not a value node"))),
+    })
+}
+
+/// `ensemble(p1, ..., pn)`: the mean of the distributions, its logarithm taken as a
+/// log-sum-exp of theirs (stable where one of them is near zero).
+fn ensemble_node(args: &Args) -> Result<Value> {
+    let mut logs = Vec::new();
+    while args.source(logs.len()).is_some() {
+        let (value, kind) = args.get(logs.len())?;
+        logs.push(value.dist(kind)?.log_probs);
+    }
+    if logs.len() < 2 {
+        return Err(plan_error("an ensemble of fewer than two distributions"));
+    }
+    let n = logs.len() as f64;
+    let log_mean = Tensor::stack(&logs, 0)
+        .and_then(|l| l.log_sum_exp(0))
+        .and_then(|l| l.affine(1.0, -n.ln()))
+        .ctx("ensemble")?;
+    Ok(Value::Dist {
+        dist: Dist::from_log_probs(&log_mean).ctx("ensemble")?,
+        log_first: false,
     })
 }
 
