@@ -804,4 +804,39 @@ fn scheduled_loss_parameters_follow_their_schedule() {
     // A constant default still takes --set.
     let o = kdc(&["check", case.to_str().unwrap(), "--set", "loss.hinton.T=3"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // One loss called twice with two schedules for a parameter: both logged.
+    let source = std::fs::read_to_string(&case).unwrap().replace(
+        "loss hinton(T = linear(from: 8, to: 1), alpha = cosine(from: 0.9, to: 0.5)) + late",
+        "loss hinton(T = linear(from: 8, to: 1)) + hinton(T = linear(from: 2, to: 3))",
+    );
+    let twice = dir.join("twice.kd");
+    std::fs::write(
+        &twice,
+        source.replace(
+            "../../../examples",
+            root().join("examples").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = dir.join("twice");
+    let o = kdc(&[
+        "run",
+        twice.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let last = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .last()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .unwrap();
+    assert_eq!(last["schedules"]["hinton.T"].as_f64(), Some(1.0), "{last}");
+    assert_eq!(
+        last["schedules"]["hinton.T#2"].as_f64(),
+        Some(3.0),
+        "{last}"
+    );
 }

@@ -20,6 +20,11 @@ use crate::Reason;
 /// folder (a README, `.DS_Store`) are skipped, as ImageFolder skips them.
 pub const EXTENSIONS: &[&str] = &["png", "bmp", "jpg", "jpeg", "webp"];
 
+/// Names how pixels are decoded: it goes into the hash of every decoded image source, so
+/// a cache (decoded pixels, a teacher's outputs) made by another decoder is not reused.
+/// Raise it whenever a decoder or a conversion changes its output.
+pub const DECODER: &str = "kdc images 2 (jpeg-decoder for YCbCr JPEGs)";
+
 /// The largest width or height kdc decodes: a header claiming more is refused before any
 /// pixel is allocated.
 pub const MAX_SIDE: u32 = 1 << 14;
@@ -322,7 +327,12 @@ fn jpeg(bytes: &[u8]) -> Result<Option<DynamicImage>, Reason> {
         e => format!("it cannot be decoded: {e}"),
     };
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    decoder.read_info().map_err(fault)?;
+    // What jpeg-decoder does not support (arithmetic coding, odd sampling), the image
+    // crate may.
+    match decoder.read_info() {
+        Err(jpeg_decoder::Error::Unsupported(_)) => return Ok(None),
+        other => other.map_err(fault)?,
+    }
     let Some(info) = decoder.info() else {
         return Ok(None);
     };
@@ -331,7 +341,10 @@ fn jpeg(bytes: &[u8]) -> Result<Option<DynamicImage>, Reason> {
     if !matches!(info.pixel_format, PixelFormat::RGB24 | PixelFormat::L8) {
         return Ok(None);
     }
-    let pixels = decoder.decode().map_err(fault)?;
+    let pixels = match decoder.decode() {
+        Err(jpeg_decoder::Error::Unsupported(_)) => return Ok(None),
+        other => other.map_err(fault)?,
+    };
     let image = match info.pixel_format {
         PixelFormat::RGB24 => RgbImage::from_raw(width, height, pixels).map(DynamicImage::from),
         _ => GrayImage::from_raw(width, height, pixels).map(DynamicImage::from),

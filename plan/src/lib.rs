@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bumped whenever a Plan written by an older kdc could be misread by a newer one.
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
 
 /// Byte offsets `[start, end)` into the `.kd` source.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -815,7 +815,10 @@ impl ValueSchedule {
                 to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * along).cos())
             }
             ValueSchedule::Step { from, to, at } => {
-                if (step as f64) < at * total as f64 {
+                // The first step of the switch, `ceil(at * total)`, minus a hair so that
+                // `0.07 * 100` (7.000000000000001) switches at step 7.
+                let switch = (at * total as f64 - 1e-9).ceil().max(0.0) as usize;
+                if step < switch {
                     from
                 } else {
                     to
@@ -1343,6 +1346,34 @@ fn diff_values(path: &str, a: &serde_yaml::Value, b: &serde_yaml::Value, found: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_schedules_run_from_their_first_to_their_last_step() {
+        let linear = ValueSchedule::Linear { from: 8.0, to: 1.0 };
+        assert_eq!(linear.at(0, 8), 8.0);
+        assert_eq!(linear.at(7, 8), 1.0);
+        assert_eq!(linear.at(1, 8), 7.0);
+        assert_eq!(linear.at(0, 1), 8.0, "a one-step stage takes `from`");
+        let cosine = ValueSchedule::Cosine { from: 1.0, to: 0.0 };
+        assert_eq!(cosine.at(0, 5), 1.0);
+        assert!((cosine.at(2, 5) - 0.5).abs() < 1e-12);
+        assert!(cosine.at(4, 5).abs() < 1e-12);
+        // `step` switches at ceil(at * total), even where the product rounds up.
+        let step = ValueSchedule::Step {
+            from: 0.0,
+            to: 1.0,
+            at: 0.07,
+        };
+        assert_eq!(step.at(6, 100), 0.0);
+        assert_eq!(step.at(7, 100), 1.0);
+        let half = ValueSchedule::Step {
+            from: 0.0,
+            to: 1.0,
+            at: 0.5,
+        };
+        assert_eq!((half.at(4, 10), half.at(5, 10)), (0.0, 1.0));
+        assert_eq!(ValueSchedule::Constant { value: 3.0 }.at(9, 10), 3.0);
+    }
 
     #[test]
     fn differences_name_the_changed_values_and_ignore_spans() {

@@ -995,6 +995,15 @@ impl Cx<'_> {
         for arg in args {
             let index = match &arg.name {
                 Some(n) => match params.iter().position(|p| *p == n.name) {
+                    Some(i) if given[i].is_some() => {
+                        self.invalid(
+                            n.span,
+                            format!("`{}` is given twice to the schedule `{form}`", n.name),
+                            "given before",
+                            None,
+                        );
+                        return None;
+                    }
                     Some(i) => i,
                     None => {
                         self.invalid(
@@ -1006,7 +1015,11 @@ impl Cx<'_> {
                         return None;
                     }
                 },
+                // A positional argument takes the next slot no name has filled.
                 None => {
+                    while given.get(next).is_some_and(Option::is_some) {
+                        next += 1;
+                    }
                     next += 1;
                     next - 1
                 }

@@ -179,6 +179,7 @@ fn part_digest(
     hashes: Vec<Result<String>>,
 ) -> Result<String> {
     let mut digest = Sha256::new();
+    digest.update(format!("{}\n", images::DECODER).as_bytes());
     if full.is_file() {
         digest.update(super::read_file(full, u64::MAX)?.1.as_bytes());
     }

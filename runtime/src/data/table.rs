@@ -143,6 +143,7 @@ fn image_part(
     cache: Option<&Path>,
 ) -> Result<Part> {
     let (decoding, sample_len) = super::images::decoding(spec, decoding.color, decoding.resize)?;
+    digest.update(format!("{}\n", images::DECODER).as_bytes());
     // Under `cache: disk`, the pixels are named by the tables' hashes. Only tables that hold
     // their images are cached: a table that links image files would need those read and
     // hashed too, and its pixels are decoded every run.

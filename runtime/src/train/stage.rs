@@ -343,7 +343,10 @@ impl Run<'_> {
                 (
                     run.teacher_on_validation.as_ref(),
                     &run.projections,
-                    (run.st.global_step.saturating_sub(1), run.total_steps),
+                    // Scheduled loss parameters at their final value: every epoch's
+                    // validation loss then measures the same objective (`keep best loss`
+                    // and `early_stop` compare them).
+                    (run.total_steps.saturating_sub(1), run.total_steps),
                 ),
             )?),
             None => None,
@@ -537,23 +540,42 @@ fn projections(stage: &Stage, seed: u64, device: &candle_core::Device) -> Result
 }
 
 /// The value of each scheduled loss parameter of `stage` (`LOSS.PARAM`) at `step` of
-/// `total`.
+/// `total`. A name bound to two different schedules in one stage (a loss called twice)
+/// logs the second as `LOSS.PARAM#2`, and so on.
 fn scheduled_values(
     plan: &Plan,
     stage: &Stage,
     step: usize,
     total: usize,
 ) -> serde_json::Map<String, serde_json::Value> {
-    stage
+    // In the order they are written.
+    let mut scheduled: Vec<(usize, &String, &kd_plan::ValueSchedule)> = stage
         .nodes
         .iter()
-        .filter_map(|&n| match &plan.graph.node_weight(n)?.op {
-            Op::Scheduled { name, schedule } => {
-                Some((name.clone(), schedule.at(step, total).into()))
+        .filter_map(|&n| {
+            let node = plan.graph.node_weight(n)?;
+            match &node.op {
+                Op::Scheduled { name, schedule } => Some((node.span.start, name, schedule)),
+                _ => None,
             }
-            _ => None,
         })
-        .collect()
+        .collect();
+    scheduled.sort_by_key(|(at, _, _)| *at);
+    let mut seen: Vec<(&str, &kd_plan::ValueSchedule)> = Vec::new();
+    let mut values = serde_json::Map::new();
+    for (_, name, schedule) in scheduled {
+        if seen.iter().any(|(n, s)| *n == name && *s == schedule) {
+            continue;
+        }
+        let before = seen.iter().filter(|(n, _)| *n == name).count();
+        seen.push((name, schedule));
+        let key = match before {
+            0 => name.clone(),
+            n => format!("{name}#{}", n + 1),
+        };
+        values.insert(key, schedule.at(step, total).into());
+    }
+    values
 }
 
 #[cfg(test)]
