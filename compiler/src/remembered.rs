@@ -31,9 +31,17 @@ fn stamp(path: &Path) -> Option<Stamp> {
         }
         for entry in std::fs::read_dir(&dir).ok()? {
             let entry = entry.ok()?;
-            // The entry's own type: no `stat` for the files.
-            if entry.file_type().ok()?.is_dir() {
+            // The entry's own type: no `stat` for the files. A link is followed, as image
+            // folders follow them (a loop ends at MOST_FOLDERS: read every time).
+            let kind = entry.file_type().ok()?;
+            if kind.is_dir() {
                 folders.push((entry.path(), entry.metadata().ok()?));
+            } else if kind.is_symlink() {
+                if let Ok(meta) = std::fs::metadata(entry.path()) {
+                    if meta.is_dir() {
+                        folders.push((entry.path(), meta));
+                    }
+                }
             }
         }
     }

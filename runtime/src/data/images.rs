@@ -2,7 +2,8 @@
 //! headers with), each read once, hashed, and decoded in parallel into bytes of the
 //! sample's `[C, H, W]`; they stay bytes until a batch is built. Under `cache: disk` the
 //! decoded bytes are kept in the cache folder, named by the files' hashes and the decoding,
-//! and a later run reads and hashes the files but decodes nothing.
+//! and a later run reads and hashes the files but decodes nothing (a miss decodes the bytes
+//! it read for the hashes when they fit in [`KEEP_READ_BYTES`]).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,10 @@ use crate::error::{Result, RuntimeError};
 
 /// No image file is read past this size (256 MiB).
 const MAX_IMAGE_BYTES: u64 = 1 << 28;
+
+/// Under `cache: disk`, the files' bytes read for their hashes are kept for decoding when
+/// they come to at most this much together (512 MiB); more are read again on a miss.
+const KEEP_READ_BYTES: u64 = 1 << 29;
 
 /// Reads and decodes an image source: its training part, and its test part when it has
 /// one. Each folder's (or list's) sha256 goes into `files`: the hash of its files' paths
@@ -87,13 +92,25 @@ fn load_part(
         })
         .collect::<Result<Vec<u32>>>()?;
     // Under `cache: disk`: the files are read and hashed first, and decoded only when the
-    // cache has no copy of their pixels.
+    // cache has no copy of their pixels. When they are small enough together, the bytes
+    // read are kept, so that a cache miss decodes them without reading every file again.
+    let mut kept: Option<Vec<(Vec<u8>, String)>> = None;
     let cached = match cache {
         Some(dir) => {
-            let hashes: Vec<Result<String>> = entries
+            let total: u64 = entries
                 .par_iter()
-                .map(|e| Ok(super::read_file(&e.path, MAX_IMAGE_BYTES)?.1))
+                .map(|e| std::fs::metadata(&e.path).map_or(0, |m| m.len()))
+                .sum();
+            let keep = total <= KEEP_READ_BYTES;
+            let read: Vec<Result<(Vec<u8>, String)>> = entries
+                .par_iter()
+                .map(|e| {
+                    let (bytes, hash) = super::read_file(&e.path, MAX_IMAGE_BYTES)?;
+                    Ok((if keep { bytes } else { Vec::new() }, hash))
+                })
                 .collect();
+            let read: Vec<(Vec<u8>, String)> = read.into_iter().collect::<Result<_>>()?;
+            let hashes = read.iter().map(|(_, h)| Ok(h.clone())).collect();
             let digest = part_digest(&full, &entries, hashes)?;
             let key = cache_key("images", &digest, &decoding, spec);
             let file = dir.join(format!("images-{key}.u8"));
@@ -105,6 +122,7 @@ fn load_part(
                     sample_len,
                 });
             }
+            kept = keep.then_some(read);
             Some(file)
         }
         None => None,
@@ -115,8 +133,15 @@ fn load_part(
     let hashes: Vec<Result<String>> = values
         .par_chunks_mut(sample_len.max(1))
         .zip(entries.par_iter())
-        .map(|(out, e)| {
-            let (bytes, hash) = super::read_file(&e.path, MAX_IMAGE_BYTES)?;
+        .enumerate()
+        .map(|(i, (out, e))| {
+            let (bytes, hash) = match kept.as_ref().and_then(|k| k.get(i)) {
+                Some((bytes, hash)) => (std::borrow::Cow::Borrowed(bytes), hash.clone()),
+                None => {
+                    let (bytes, hash) = super::read_file(&e.path, MAX_IMAGE_BYTES)?;
+                    (std::borrow::Cow::Owned(bytes), hash)
+                }
+            };
             let pixels =
                 images::decode(&bytes, &decoding).map_err(|reason| RuntimeError::DataFile {
                     path: e.path.clone(),
