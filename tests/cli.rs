@@ -582,7 +582,7 @@ fn ok_cases_run_end_to_end() {
         if name == "two_teachers" {
             // Each student is compared with each teacher; each teacher runs once per
             // training sample (both cached).
-            for student in ["s", "e"] {
+            for student in ["s", "e", "scratch"] {
                 let with = &s["models"][student]["metrics"]["test"]["agreement_with"];
                 for teacher in ["conv", "dense"] {
                     let a = with[teacher].as_f64();

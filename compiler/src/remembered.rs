@@ -23,6 +23,7 @@ fn stamp(path: &Path) -> Option<Stamp> {
         return Some(vec![(path.to_path_buf(), meta.len(), meta.modified().ok())]);
     }
     let mut found = Vec::new();
+    let mut linked = std::collections::HashSet::new();
     let mut folders = vec![(path.to_path_buf(), meta)];
     while let Some((dir, meta)) = folders.pop() {
         found.push((dir.clone(), 0, meta.modified().ok()));
@@ -39,6 +40,12 @@ fn stamp(path: &Path) -> Option<Stamp> {
             } else if kind.is_symlink() {
                 if let Ok(meta) = std::fs::metadata(entry.path()) {
                     if meta.is_dir() {
+                        // A link back to a folder already walked: a loop, which image
+                        // folders refuse; read every time rather than walk it.
+                        let real = std::fs::canonicalize(entry.path()).ok()?;
+                        if !linked.insert(real) {
+                            return None;
+                        }
                         folders.push((entry.path(), meta));
                     }
                 }

@@ -147,7 +147,7 @@ module.exports = grammar({
         'like',
         field('stage', $.identifier),
         repeat(seq('+', field('stage', $.identifier))),
-        optional(seq('without', field('teacher', $.identifier))),
+        optional(seq('without', field('teacher', $.identifier), repeat(seq(',', field('teacher', $.identifier))))),
       ),
     evaluate_declaration: ($) =>
       seq('evaluate', commaList($.identifier), 'on', $.data_ref, optional($.metric_list)),

@@ -289,7 +289,8 @@ pub struct BaselineDecl {
     pub name: Ident,
     pub student: Ident,
     pub stages: Vec<Ident>,
-    pub without: Option<Ident>,
+    /// The teachers the baseline leaves out (`without t1, t2`); empty when not written.
+    pub without: Vec<Ident>,
     pub span: Span,
 }
 

@@ -575,8 +575,9 @@ impl Printer<'_> {
                         .collect::<Vec<_>>()
                         .join(" + ")
                 );
-                if let Some(t) = &b.without {
-                    text.push_str(&format!(" without {}", t.name));
+                if !b.without.is_empty() {
+                    let names: Vec<&str> = b.without.iter().map(|t| t.name.as_str()).collect();
+                    text.push_str(&format!(" without {}", names.join(", ")));
                 }
                 self.push(0, text, b.span.start, b.span.end);
             }

@@ -223,19 +223,25 @@ fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
             let name = ident(next_part(&mut it, "baseline name")?);
             let student = ident(next_part(&mut it, "student")?);
             let mut stages = Vec::new();
-            let mut without = None;
+            let mut without: Vec<Ident> = Vec::new();
             for part in it {
                 match part.as_rule() {
-                    Rule::without_clause => without = Some(ident(first(part, "model")?)),
+                    Rule::without_clause => without = part.into_inner().map(ident).collect(),
                     _ => stages.push(ident(part)),
                 }
             }
+            // The declaration ends at its last name (pest's span of a rule ending in a
+            // repetition takes the whitespace after it).
+            let end = without
+                .last()
+                .or(stages.last())
+                .map_or(span.end, |last| last.span.end);
             Declaration::Baseline(BaselineDecl {
                 name,
                 student,
                 stages,
                 without,
-                span,
+                span: Span::new(span.start, end),
             })
         }
         Rule::evaluate_decl => {

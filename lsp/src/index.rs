@@ -102,9 +102,7 @@ pub fn symbols(program: &Program) -> Vec<Symbol> {
                 def(Space::Instance, &b.name, b.span);
                 uses.push((Space::Instance, &b.student));
                 uses.extend(b.stages.iter().map(|s| (Space::Stage, s)));
-                if let Some(t) = &b.without {
-                    uses.push((Space::Instance, t));
-                }
+                uses.extend(b.without.iter().map(|t| (Space::Instance, t)));
             }
             Declaration::Evaluate(e) => {
                 uses.extend(e.models.iter().map(|m| (Space::Instance, m)));

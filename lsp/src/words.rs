@@ -20,7 +20,7 @@ pub fn describe(word: &str) -> Option<&'static str> {
         "input" => "`input [C, H, W]` or `input tokens[LEN]`: one sample's shape, without the batch axis",
         "residual" => "`residual { layers } [as TAP]`: the block's output plus its input (a projection when the shapes differ)",
         "train" => "`train MODEL on DATA.SPLIT [with AUGMENT]`: the stage trains MODEL on labels",
-        "distill" => "`distill TEACHER -> STUDENT on DATA.SPLIT [with AUGMENT]`: the teacher runs frozen while the student learns",
+        "distill" => "`distill TEACHER[, TEACHER...] -> STUDENT on DATA.SPLIT [with AUGMENT]`: the teachers run frozen while the student learns",
         "optimizer" => "`optimizer sgd | adam | adamw(lr: ..., ...)`",
         "schedule" => "`schedule constant | step | cosine | linear | warmup(...)`: the learning rate over the stage",
         "validate" => "`validate on DATA.SPLIT`: metrics on a held-out split after every epoch",

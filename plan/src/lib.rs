@@ -815,9 +815,11 @@ impl ValueSchedule {
                 to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * along).cos())
             }
             ValueSchedule::Step { from, to, at } => {
-                // The first step of the switch, `ceil(at * total)`, minus a hair so that
-                // `0.07 * 100` (7.000000000000001) switches at step 7.
-                let switch = (at * total as f64 - 1e-9).ceil().max(0.0) as usize;
+                // The first step of the switch, `ceil(at * total)`, the product taken a few
+                // ulps down so that `0.07 * 100` (7.000000000000001) switches at step 7.
+                let switch = (at * total as f64 * (1.0 - 4.0 * f64::EPSILON))
+                    .ceil()
+                    .max(0.0) as usize;
                 if step < switch {
                     from
                 } else {

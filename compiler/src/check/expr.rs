@@ -57,7 +57,7 @@ impl Cx<'_> {
                     self.invalid(
                         l.name.span,
                         format!(
-                            "`{}` is a built-in loss and cannot be redefined",
+                            "`{}` is a built-in function of loss expressions and cannot be redefined",
                             l.name.name
                         ),
                         "choose another name",

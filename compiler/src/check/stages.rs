@@ -889,16 +889,42 @@ impl Cx<'_> {
             {
                 continue;
             }
-            if let Some(w) = &b.without {
-                let uses = stages.iter().any(|s| {
-                    b.stages.iter().any(|n| n.name == s.name) && s.frozen.contains(&w.name)
-                });
-                if !uses {
+            // `without` names what the baseline leaves out: each a teacher of the stages,
+            // and, when written, all of them.
+            if let Some(last) = b.without.last() {
+                let named = |s: &&CheckedStage| b.stages.iter().any(|n| n.name == s.name);
+                let mut teachers: Vec<&String> = stages
+                    .iter()
+                    .filter(named)
+                    .flat_map(|s| &s.frozen)
+                    .collect();
+                teachers.dedup();
+                for w in &b.without {
+                    if !teachers.contains(&&w.name) {
+                        self.invalid(
+                            w.span,
+                            format!("none of the stages named distils from `{}`", w.name),
+                            "not used by these stages",
+                            None,
+                        );
+                    }
+                }
+                let left: Vec<&str> = teachers
+                    .iter()
+                    .filter(|t| !b.without.iter().any(|w| w.name == ***t))
+                    .map(|t| t.as_str())
+                    .collect();
+                if !left.is_empty() {
+                    let mut all: Vec<&str> = b.without.iter().map(|w| w.name.as_str()).collect();
+                    all.extend(&left);
                     self.invalid(
-                        w.span,
-                        format!("none of the stages named distils from `{}`", w.name),
-                        "not used by these stages",
-                        None,
+                        last.span,
+                        format!(
+                            "the baseline also leaves out {}, which these stages distil from",
+                            list(left.iter().copied())
+                        ),
+                        "not every teacher",
+                        Some(format!("write `without {}`", all.join(", "))),
                     );
                 }
             }

@@ -128,7 +128,7 @@ fn load_part(
         None => None,
     };
     // Each image decodes straight into its sample's place: the peak is the pixels kept
-    // plus one image per thread.
+    // plus one image per thread (and, on a cache miss, the files' bytes kept above).
     let mut values = vec![0u8; entries.len() * sample_len];
     let hashes: Vec<Result<String>> = values
         .par_chunks_mut(sample_len.max(1))
@@ -151,6 +151,7 @@ fn load_part(
             Ok(hash)
         })
         .collect();
+    drop(kept);
     files.push((path.to_path_buf(), part_digest(&full, &entries, hashes)?));
     if let Some(file) = cached {
         write_cached(&file, &values);

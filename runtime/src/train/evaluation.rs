@@ -93,13 +93,24 @@ impl Run<'_> {
                         plan_error(format!("evaluation of unknown model `{name}`"))
                     })?;
                 // Students and baselines are compared with the teachers: the first declared
-                // for `agreement`, and every one when there are several.
-                let compared: &[String] = match role {
-                    Role::Student | Role::Baseline if teachers.len() > 1 => &teachers,
-                    Role::Student | Role::Baseline => &teachers[..teachers.len().min(1)],
-                    _ => &[],
+                // for `agreement`, and every one when there are several (`agreement_with`),
+                // each that reads the same samples and predicts as many classes.
+                let compared: Vec<String> = match role {
+                    Role::Student | Role::Baseline if teachers.len() > 1 => {
+                        let this = self.plan.model(name);
+                        teachers
+                            .iter()
+                            .filter(|t| {
+                                let teacher = self.plan.model(t);
+                                teacher.zip(this).is_some_and(|(t, m)| comparable(t, m))
+                            })
+                            .cloned()
+                            .collect()
+                    }
+                    Role::Student | Role::Baseline => teachers.iter().take(1).cloned().collect(),
+                    _ => Vec::new(),
                 };
-                for teacher in compared {
+                for teacher in &compared {
                     let key = (
                         teacher.clone(),
                         evaluation.data.clone(),
@@ -121,7 +132,11 @@ impl Run<'_> {
                         evaluation.split.clone(),
                     ))
                 };
-                let teacher_predictions = compared.first().and_then(of);
+                // `agreement` stays the first declared teacher's, as with one teacher.
+                let teacher_predictions = match teachers.first() {
+                    Some(first) if compared.contains(first) => of(first),
+                    _ => None,
+                };
                 let model = models
                     .get_mut(name)
                     .ok_or_else(|| plan_error(format!("no model `{name}`")))?;
@@ -135,8 +150,8 @@ impl Run<'_> {
                     teacher_predictions.map(Vec::as_slice),
                 );
                 let mut metrics = metrics;
-                if compared.len() > 1 {
-                    for teacher in compared {
+                if teachers.len() > 1 {
+                    for teacher in &compared {
                         if let Some(t) = of(teacher) {
                             let agreed = crate::output::metrics::agreement(&predictions.classes, t);
                             metrics.agreement_with.insert(teacher.clone(), agreed);
@@ -151,4 +166,16 @@ impl Run<'_> {
         }
         Ok(results)
     }
+}
+
+/// Whether `teacher`'s predictions can be compared with `model`'s: the same input and the
+/// same number of classes out.
+fn comparable(teacher: &kd_plan::ModelSpec, model: &kd_plan::ModelSpec) -> bool {
+    let classes = |m: &kd_plan::ModelSpec| {
+        m.taps
+            .iter()
+            .find(|t| t.name == "output")
+            .map(|t| t.ty.shape.clone())
+    };
+    teacher.input == model.input && classes(teacher) == classes(model)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use kd_plan::{Keep, Metric, Stage, StageKind};
+use kd_plan::{Keep, Metric, Stage};
 
 use super::cache::OutputCache;
 use super::graph::{run_step, StepInput};
@@ -54,12 +54,8 @@ impl Run<'_> {
         if validate.keep != Keep::Best(Metric::Agreement) {
             return Ok(None);
         }
-        // The stage's first teacher; a `train` stage compares with the plan's first.
-        let teacher = match &stage.kind {
-            StageKind::Distill { teachers, .. } => teachers.first().map(String::as_str),
-            StageKind::Train => self.teacher(),
-        };
-        let Some(teacher) = teacher.filter(|t| *t != stage.trains) else {
+        // The file's first teacher, as the summary's `agreement` compares with.
+        let Some(teacher) = self.teacher().filter(|t| *t != stage.trains) else {
             return Ok(None);
         };
         let dataset = self.dataset(&validate.data)?;
