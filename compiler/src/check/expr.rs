@@ -576,24 +576,23 @@ impl Cx<'_> {
                 }
                 let ends = t.ends().map(|(a, b)| [a, b]).unwrap_or_default();
                 let scheduled = t.constant().is_none();
+                // A constant, or both ends of a schedule.
                 if let Some(&v) = ends.iter().find(|v| **v <= 0.0 || !v.is_finite()) {
-                    {
-                        self.error(CheckError::OutOfRange {
-                            what: if scheduled {
-                                "the temperature T (an end of its schedule)".into()
-                            } else {
-                                "the temperature T".into()
-                            },
-                            range: "greater than 0",
-                            value: format_number(v),
-                            span: span(t.span),
-                            help: Some(
-                                "T = 1 is the plain softmax; distillation uses T between 2 and 20"
-                                    .into(),
-                            ),
-                        });
-                        return None;
-                    }
+                    self.error(CheckError::OutOfRange {
+                        what: if scheduled {
+                            "the temperature T (an end of its schedule)".into()
+                        } else {
+                            "the temperature T".into()
+                        },
+                        range: "greater than 0",
+                        value: format_number(v),
+                        span: span(t.span),
+                        help: Some(
+                            "T = 1 is the plain softmax; distillation uses T between 2 and 20"
+                                .into(),
+                        ),
+                    });
+                    return None;
                 }
                 let (op, kind) = if name.name == "softmax" {
                     (Op::Softmax, Kind::Probabilities)
