@@ -239,6 +239,40 @@ fn sigkill_at_random_moments_then_resume_ends_bitwise_as_an_uninterrupted_run() 
 }
 
 #[cfg(unix)]
+/// A whole run (`args` of its folder) into `base/whole`, then the same run killed at
+/// moments spread over however long the whole one took, and resumed until done, in
+/// `base/killed-N`: both folders. The reference may have been timed while other tests ran
+/// beside it, overstating a run: when no kill lands, the sequence starts over in a fresh
+/// folder with windows half as long (as the SIGKILL test above does).
+fn whole_and_killed(
+    args: &dyn Fn(&Path) -> Vec<String>,
+    base: &Path,
+    seed: u64,
+) -> (PathBuf, PathBuf) {
+    let whole = base.join("whole");
+    let started = Instant::now();
+    let output = kdc(&as_strs(&args(&whole)));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let took = started.elapsed().as_millis() as u64;
+    let mut rng = Lcg(seed);
+    for halving in 0..4 {
+        let dir = base.join(format!("killed-{halving}"));
+        let (min, spread) = ((took / 10) >> halving, ((took * 8 / 10) >> halving).max(1));
+        if kill_and_resume_until_done(args(&dir), &dir, &mut rng, min, spread) >= 1 {
+            return (whole, dir);
+        }
+    }
+    panic!("no kill landed");
+}
+
+/// A finished run's summary without its timings.
+fn untimed_summary(dir: &Path) -> serde_json::Value {
+    let mut summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    untime(&mut summary);
+    summary
+}
+
 #[test]
 fn a_resumed_stage_keeps_its_teacher_cache() {
     // Stage `plain` caches the frozen teacher's outputs; the checkpoint carries the cache,
@@ -259,36 +293,8 @@ fn a_resumed_stage_keeps_its_teacher_cache() {
         .map(|s| s.to_string())
         .collect()
     };
-    let base = scratch("cache");
-    let whole = base.join("whole");
-    let started = Instant::now();
-    let output = kdc(&as_strs(&args(&whole)));
-    assert!(output.status.success(), "{}", stderr(&output));
-    // Kill moments spread over however long a whole run takes on this machine. The
-    // reference may have been timed while other tests ran beside it, overstating a run:
-    // when no kill lands, the sequence starts over in a fresh folder with windows half as
-    // long (as the SIGKILL test above does).
-    let took = started.elapsed().as_millis() as u64;
-    let mut rng = Lcg(7);
-    let mut kills = 0;
-    let mut dir = base.join("killed-0");
-    for halving in 0..4 {
-        dir = base.join(format!("killed-{halving}"));
-        let (min, spread) = ((took / 10) >> halving, ((took * 8 / 10) >> halving).max(1));
-        kills = kill_and_resume_until_done(args(&dir), &dir, &mut rng, min, spread);
-        if kills >= 1 {
-            break;
-        }
-    }
-    assert!(kills >= 1, "no kill landed");
-    let untimed = |dir: &Path| {
-        let mut summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
-                .unwrap();
-        untime(&mut summary);
-        summary
-    };
-    let (a, b) = (untimed(&whole), untimed(&dir));
+    let (whole, dir) = whole_and_killed(&args, &scratch("cache"), 7);
+    let (a, b) = (untimed_summary(&whole), untimed_summary(&dir));
     assert_eq!(a["models"], b["models"]);
     assert_eq!(a["stages"], b["stages"]);
     let plain = a["stages"]
@@ -321,24 +327,7 @@ fn a_resumed_stage_keeps_its_loss_schedules() {
         .map(|s| s.to_string())
         .collect()
     };
-    let base = scratch("schedules");
-    let whole = base.join("whole");
-    let started = Instant::now();
-    let output = kdc(&as_strs(&args(&whole)));
-    assert!(output.status.success(), "{}", stderr(&output));
-    let took = started.elapsed().as_millis() as u64;
-    let mut rng = Lcg(11);
-    let mut kills = 0;
-    let mut dir = base.join("killed-0");
-    for halving in 0..4 {
-        dir = base.join(format!("killed-{halving}"));
-        let (min, spread) = ((took / 10) >> halving, ((took * 8 / 10) >> halving).max(1));
-        kills = kill_and_resume_until_done(args(&dir), &dir, &mut rng, min, spread);
-        if kills >= 1 {
-            break;
-        }
-    }
-    assert!(kills >= 1, "no kill landed");
+    let (whole, dir) = whole_and_killed(&args, &scratch("schedules"), 11);
     let lines = |dir: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(dir.join("metrics.jsonl"))
             .unwrap()
@@ -356,14 +345,7 @@ fn a_resumed_stage_keeps_its_loss_schedules() {
         a.last().unwrap()["schedules"]["hinton.T"].as_f64(),
         Some(1.0)
     );
-    let untimed = |dir: &Path| {
-        let mut summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
-                .unwrap();
-        untime(&mut summary);
-        summary
-    };
-    let (a, b) = (untimed(&whole), untimed(&dir));
+    let (a, b) = (untimed_summary(&whole), untimed_summary(&dir));
     assert_eq!(a["models"], b["models"]);
     assert_eq!(a["stages"], b["stages"]);
 }

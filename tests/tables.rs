@@ -324,11 +324,7 @@ fn table_images_are_cached_on_disk() {
     assert_eq!(first.files, uncached.files);
 
     // Read from the cache: pixels edited there, with their checksum, come back as edited.
-    let mut edited = pixels.clone();
-    edited[0] = edited[0].wrapping_add(1);
-    let mut with_sum = edited.clone();
-    with_sum.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&edited));
-    std::fs::write(file, &with_sum).unwrap();
+    let (edited, with_sum) = common::edit_cached_pixels(file, &pixels);
     let again = load();
     assert_eq!(bytes(&again.train.samples), edited);
     assert_eq!(again.files, first.files);

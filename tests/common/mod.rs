@@ -106,3 +106,15 @@ pub fn values(t: &candle_core::Tensor) -> Vec<f64> {
         .and_then(|t| t.to_vec1())
         .expect("values")
 }
+
+/// Writes into the cache file `file` the decoded `pixels` with their first byte changed,
+/// followed by their sha256 (as kdc writes a cache file): what a run reading the cache
+/// must give back. Returns the edited pixels and the file's new bytes.
+pub fn edit_cached_pixels(file: &Path, pixels: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut edited = pixels.to_vec();
+    edited[0] = edited[0].wrapping_add(1);
+    let mut with_sum = edited.clone();
+    with_sum.extend_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(&edited));
+    std::fs::write(file, &with_sum).unwrap();
+    (edited, with_sum)
+}
