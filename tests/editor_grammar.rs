@@ -240,6 +240,12 @@ fn every_known_word_gets_the_scope_of_its_class() {
             "variable.other.setting.kd",
         ),
         (
+            "prune setting",
+            v::PRUNE_SETTINGS,
+            "student p = prune(s) { {}: 1 }",
+            "variable.other.setting.kd",
+        ),
+        (
             "instance setting",
             v::INSTANCE_SETTINGS,
             "student s = m { {}: f32 }",

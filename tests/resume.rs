@@ -350,6 +350,51 @@ fn a_resumed_stage_keeps_its_loss_schedules() {
     assert_eq!(a["stages"], b["stages"]);
 }
 
+#[test]
+fn a_run_killed_while_it_prunes_resumes_with_its_masks() {
+    // `sparse` is pruned gradually over stage `ramp`, and `half` at once before `recover`:
+    // kills land inside both, and the resumed run ends with the same weights, zeros
+    // included, and the same sparsity logged epoch by epoch.
+    let file = "tests/cases/ok/pruning.kd";
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "run",
+            file,
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "stage.ramp.epochs=30",
+            "--set",
+            "stage.recover.epochs=20",
+            "--set",
+            "pipeline.prune.checkpoint_every=7",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (whole, dir) = whole_and_killed(&args, &scratch("pruning"), 13);
+    let read = |dir: &Path, file: &str| std::fs::read(dir.join(file)).unwrap();
+    assert_eq!(
+        read(&whole, "sparse.safetensors"),
+        read(&dir, "sparse.safetensors")
+    );
+    let (a, b) = (untimed_summary(&whole), untimed_summary(&dir));
+    assert_eq!(a["models"], b["models"]);
+    assert_eq!(a["stages"], b["stages"]);
+    assert_eq!(a["models"]["sparse"]["pruned_from"], "s");
+    let sparsity = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["sparsity"].as_f64())
+            .collect()
+    };
+    assert_eq!(sparsity(&whole), sparsity(&dir));
+    assert_eq!(sparsity(&whole).len(), 30);
+}
+
 #[cfg(unix)]
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_a_resume_finishes_the_run_exactly() {

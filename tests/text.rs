@@ -106,6 +106,7 @@ fn bert_spec(folder: &str, layers: Vec<usize>, hidden: usize, pooling: Pooling) 
         flops: 0,
         span: Span::default(),
         onnx: None,
+        pruned: None,
         bert: Some(BertSpec {
             path: folder.into(),
             pooling,

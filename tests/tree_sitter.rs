@@ -213,7 +213,12 @@ fn highlights_name_the_vocabulary() {
         );
     }
     let mut settings = set(v::PIPELINE_SETTINGS);
-    for more in [v::DATA_SETTINGS, v::BERT_SETTINGS, v::INSTANCE_SETTINGS] {
+    for more in [
+        v::DATA_SETTINGS,
+        v::BERT_SETTINGS,
+        v::INSTANCE_SETTINGS,
+        v::PRUNE_SETTINGS,
+    ] {
         settings.extend(set(more));
     }
     assert_eq!(

@@ -157,7 +157,32 @@ pub fn model_table(model: &ModelSpec) -> String {
         .map(|t| format!("{} {:?} {:?}", t.name, t.ty.kind, t.ty.shape).to_lowercase())
         .collect();
     let _ = writeln!(out, "  taps: {}", taps.join(", "));
+    if let Some(p) = &model.pruned {
+        let (first, last) = p.sparsity.ends();
+        let sparsity = match p.gradual() {
+            true => format!(
+                "{} from {} to {} over its first stage, every {} step(s)",
+                p.sparsity.form(),
+                percent(first),
+                percent(last),
+                p.every
+            ),
+            false => format!("{} at once", percent(first)),
+        };
+        let _ = writeln!(
+            out,
+            "  pruned from {}: {sparsity}, of {}",
+            p.from,
+            p.tensors.join(", ")
+        );
+    }
     out
+}
+
+/// A fraction as a percentage, without trailing zeros (`0.5` -> `50%`).
+fn percent(fraction: f64) -> String {
+    let text = format!("{:.4}", fraction * 100.0);
+    format!("{}%", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// Every model of the Plan, then each stage in one line.

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use kd_plan::{Kind, Node, Op, Plan, ValueSchedule};
+use kd_plan::{Kind, Node, Op, Plan};
 use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 
 fn label(node: &Node) -> String {
@@ -16,12 +16,7 @@ fn label(node: &Node) -> String {
         Op::Const { value } => short_number(*value),
         Op::Scheduled { name, schedule } => {
             let (from, to) = schedule.ends();
-            let form = match schedule {
-                ValueSchedule::Constant { .. } => "constant",
-                ValueSchedule::Linear { .. } => "linear",
-                ValueSchedule::Cosine { .. } => "cosine",
-                ValueSchedule::Step { .. } => "step",
-            };
+            let form = schedule.form();
             format!(
                 "{name}: {form} {} -> {}",
                 short_number(from),

@@ -74,10 +74,11 @@ pub const VALUE_SCHEDULES: &[(&str, &[&str])] = &[
     ("constant", &["value"]),
     ("linear", &["from", "to"]),
     ("cosine", &["from", "to"]),
+    ("cubic", &["from", "to"]),
     ("step", &["from", "to", "at"]),
 ];
 /// [`VALUE_SCHEDULES`]' names, and every argument name they take.
-pub const VALUE_SCHEDULE_FORMS: &[&str] = &["constant", "linear", "cosine", "step"];
+pub const VALUE_SCHEDULE_FORMS: &[&str] = &["constant", "linear", "cosine", "cubic", "step"];
 pub const VALUE_SCHEDULE_ARGUMENTS: &[&str] = &["value", "from", "to", "at"];
 /// What `evaluate` reports.
 pub const METRICS: &[&str] = &[
@@ -112,7 +113,7 @@ pub const DATA_SOURCES: &[&str] = &[
     "idx", "csv", "tsv", "text", "npy", "npz", "images", "parquet", "arrow",
 ];
 /// `teacher NAME = SOURCE(...)` for models from files.
-pub const MODEL_SOURCES: &[&str] = &["onnx", "bert"];
+pub const MODEL_SOURCES: &[&str] = &["onnx", "bert", "prune"];
 
 /// Settings of `pipeline`.
 pub const PIPELINE_SETTINGS: &[&str] = &[
@@ -162,5 +163,7 @@ pub const TEXT_SETTINGS: &[&str] = &[
 pub const BERT_SETTINGS: &[&str] = &["pooling", "classes", "trainable", "layers", "precision"];
 /// Settings of an instance of an architecture (`student s = mlp { ... }`).
 pub const INSTANCE_SETTINGS: &[&str] = &["precision"];
+/// Settings of a pruned model (`student p = prune(s) { sparsity: 50% }`).
+pub const PRUNE_SETTINGS: &[&str] = &["sparsity", "every"];
 /// Settings of a `stage` (written `epochs 10`, without a colon).
 pub const STAGE_SETTINGS: &[&str] = &["epochs", "batch", "clip", "early_stop"];

@@ -85,6 +85,7 @@ module.exports = grammar({
         choice(
           $.onnx_source,
           $.bert_source,
+          $.prune_source,
           seq(
             field('architecture', $.identifier),
             optional(seq('from', field('weights', $.string))),
@@ -97,6 +98,7 @@ module.exports = grammar({
     onnx_port: ($) =>
       seq(choice('input', 'output', 'tap'), $.string, optional($.list), optional($.alias)),
     bert_source: ($) => seq('bert', '(', $.string, ')', optional($.settings)),
+    prune_source: ($) => seq('prune', '(', field('model', $.identifier), ')', optional($.settings)),
 
     loss_declaration: ($) =>
       seq('loss', field('name', $.identifier), optional($.loss_parameters), '=', field('body', $._expression)),

@@ -190,6 +190,16 @@ pub enum RoleSource {
     /// `= onnx("file.onnx") { ... }`
     Onnx(OnnxSource),
     Bert(BertSource),
+    /// `= prune(s) { sparsity: 50% }`
+    Prune(PruneSource),
+}
+
+/// `prune(model) { settings }`: the model's architecture, its weights magnitude-pruned.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct PruneSource {
+    pub source: Ident,
+    pub settings: Vec<Setting>,
+    pub span: Span,
 }
 
 /// `bert("folder") { settings }`.

@@ -691,6 +691,10 @@ impl Printer<'_> {
                 let text = format!("{head} bert({})", self.value(&b.path));
                 self.with_settings(text, &b.settings, r.span);
             }
+            RoleSource::Prune(p) => {
+                let text = format!("{head} prune({})", p.source.name);
+                self.with_settings(text, &p.settings, r.span);
+            }
             RoleSource::Onnx(o) => {
                 let items = o
                     .ports
@@ -868,7 +872,7 @@ impl Printer<'_> {
                 // as bindings (`T = 2`).
                 let schedule = matches!(
                     name.name.as_str(),
-                    "constant" | "linear" | "cosine" | "step"
+                    "constant" | "linear" | "cosine" | "cubic" | "step"
                 ) && args.iter().all(|a| {
                     a.name
                         .as_ref()

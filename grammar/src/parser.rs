@@ -162,6 +162,23 @@ fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
                     settings,
                     span,
                 })
+            } else if what.as_rule() == Rule::prune_source {
+                // Without the whitespace pest skipped looking for the optional settings.
+                let own = span_of(&what);
+                let own = Span::new(own.start, own.start + what.as_str().trim_end().len());
+                span = Span::new(span.start, own.end);
+                let span = own;
+                let mut b = parts(what);
+                let source = ident(next_part(&mut b, "pruned model")?);
+                let settings = match b.next() {
+                    Some(block) => settings(block)?,
+                    None => Vec::new(),
+                };
+                RoleSource::Prune(PruneSource {
+                    source,
+                    settings,
+                    span,
+                })
             } else {
                 let architecture = ident(what);
                 let mut init_from = None;
@@ -432,7 +449,7 @@ fn call(pair: Pair<Rule>) -> Result<Call> {
     for arg in it {
         let mut inner = arg.into_inner();
         let a = next_part(&mut inner, "argument")?;
-        let argument = if a.as_rule() == Rule::ident {
+        let argument = if a.as_rule() == Rule::arg_name {
             let name = ident(a);
             Argument {
                 name: Some(name),

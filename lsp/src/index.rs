@@ -48,8 +48,12 @@ pub fn symbols(program: &Program) -> Vec<Symbol> {
             Declaration::Model(m) => def(Space::Architecture, &m.name, m.span),
             Declaration::Role(r) => {
                 def(Space::Instance, &r.name, r.span);
-                if let RoleSource::Architecture { architecture, .. } = &r.source {
-                    uses.push((Space::Architecture, architecture));
+                match &r.source {
+                    RoleSource::Architecture { architecture, .. } => {
+                        uses.push((Space::Architecture, architecture));
+                    }
+                    RoleSource::Prune(p) => uses.push((Space::Instance, &p.source)),
+                    RoleSource::Onnx(_) | RoleSource::Bert(_) => {}
                 }
             }
             Declaration::Loss(l) => {

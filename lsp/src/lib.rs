@@ -461,6 +461,7 @@ impl Server {
                         RoleSource::Architecture { .. } => {
                             (r.span, kd_compiler::vocabulary::INSTANCE_SETTINGS)
                         }
+                        RoleSource::Prune(_) => (r.span, kd_compiler::vocabulary::PRUNE_SETTINGS),
                         RoleSource::Onnx(_) => return None,
                     },
                     _ => return None,

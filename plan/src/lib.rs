@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bumped whenever a Plan written by an older kdc could be misread by a newer one.
-pub const PLAN_VERSION: u32 = 2;
+pub const PLAN_VERSION: u32 = 3;
 
 /// Byte offsets `[start, end)` into the `.kd` source.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -479,6 +479,33 @@ pub struct ModelSpec {
     /// model always runs in its file's f32).
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// Set for a model made from another's weights by magnitude pruning (`prune(s)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<Pruning>,
+}
+
+/// `prune(from) { sparsity: ..., every: ... }`: a model of `from`'s architecture that starts
+/// from `from`'s weights as they are when a stage first uses it (or, if none does, when the
+/// run evaluates), with the smallest-magnitude values of each tensor in `tensors` set to
+/// zero and kept at zero by every later update (a mask per tensor).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Pruning {
+    pub from: String,
+    /// The fraction of each pruned tensor's values that are zero. A constant prunes once,
+    /// when the model is made; a schedule prunes gradually over the first stage that trains
+    /// the model, reaching its last value after the stage's last step.
+    pub sparsity: ValueSchedule,
+    /// A gradual schedule updates the masks after every `every` steps (and after the last).
+    pub every: usize,
+    /// The tensors pruned: see [`prunable`].
+    pub tensors: Vec<String>,
+}
+
+impl Pruning {
+    /// Whether the sparsity follows a schedule over a stage (rather than one cut).
+    pub fn gradual(&self) -> bool {
+        !matches!(self.sparsity, ValueSchedule::Constant { .. })
+    }
 }
 
 /// A BERT-family encoder from a folder holding `config.json` and `model.safetensors`,
@@ -800,6 +827,12 @@ pub enum ValueSchedule {
         to: f64,
         at: f64,
     },
+    /// From `from` to `to` along `1 - (1 - t)^3`: fast at first, flat at the end (Zhu and
+    /// Gupta 2017's gradual pruning schedule).
+    Cubic {
+        from: f64,
+        to: f64,
+    },
 }
 
 impl ValueSchedule {
@@ -814,6 +847,7 @@ impl ValueSchedule {
             ValueSchedule::Cosine { from, to } => {
                 to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * along).cos())
             }
+            ValueSchedule::Cubic { from, to } => to + (from - to) * (1.0 - along).powi(3),
             ValueSchedule::Step { from, to, at } => {
                 // The first step of the switch, `ceil(at * total)`, the product taken a few
                 // ulps down so that `0.07 * 100` (7.000000000000001) switches at step 7.
@@ -835,7 +869,32 @@ impl ValueSchedule {
             ValueSchedule::Constant { value } => (value, value),
             ValueSchedule::Linear { from, to }
             | ValueSchedule::Cosine { from, to }
+            | ValueSchedule::Cubic { from, to }
             | ValueSchedule::Step { from, to, .. } => (from, to),
+        }
+    }
+
+    /// The schedule `form` (a name of `VALUE_SCHEDULES` in the compiler's vocabulary) with
+    /// its arguments' values in the vocabulary's order; `None` for an unknown form or count.
+    pub fn from_form(form: &str, values: &[f64]) -> Option<ValueSchedule> {
+        Some(match (form, values) {
+            ("constant", &[value]) => ValueSchedule::Constant { value },
+            ("linear", &[from, to]) => ValueSchedule::Linear { from, to },
+            ("cosine", &[from, to]) => ValueSchedule::Cosine { from, to },
+            ("cubic", &[from, to]) => ValueSchedule::Cubic { from, to },
+            ("step", &[from, to, at]) => ValueSchedule::Step { from, to, at },
+            _ => return None,
+        })
+    }
+
+    /// The form's name, as written in a `.kd` file.
+    pub fn form(&self) -> &'static str {
+        match self {
+            ValueSchedule::Constant { .. } => "constant",
+            ValueSchedule::Linear { .. } => "linear",
+            ValueSchedule::Cosine { .. } => "cosine",
+            ValueSchedule::Cubic { .. } => "cubic",
+            ValueSchedule::Step { .. } => "step",
         }
     }
 }
@@ -1117,6 +1176,23 @@ impl Plan {
     }
 }
 
+/// The tensors magnitude pruning applies to: the weight matrices and kernels of `linear`,
+/// `conv2d`, `conv1d`, residual shortcuts, `lstm` and `transformer` layers. Biases, norms
+/// and embeddings (a row per token, not connections) are left whole, as PyTorch's pruning
+/// examples do.
+pub fn prunable(layers: &[LayerSpec]) -> Vec<String> {
+    parameter_shapes(layers)
+        .into_iter()
+        .filter(|(name, shape)| {
+            let mut parts = name.rsplit('.');
+            let field = parts.next().unwrap_or_default();
+            let layer = parts.next().unwrap_or_default();
+            shape.len() >= 2 && field.starts_with("weight") && !layer.starts_with("embedding")
+        })
+        .map(|(name, _)| name)
+        .collect()
+}
+
 /// The names and shapes of every tensor a model's safetensors file holds, in layer order:
 /// `{layer}.weight` and `.bias`, batch norm's `.running_mean` and `.running_var`, and
 /// `{residual}.{layer}.weight` / `{residual}.shortcut.weight` inside residual blocks.
@@ -1375,6 +1451,19 @@ mod tests {
         };
         assert_eq!((half.at(4, 10), half.at(5, 10)), (0.0, 1.0));
         assert_eq!(ValueSchedule::Constant { value: 3.0 }.at(9, 10), 3.0);
+        // Zhu and Gupta's cubic: 0.9 * (1 - (1 - t)^3), from 0 to 0.9, steps 0..=4.
+        let cubic = ValueSchedule::Cubic { from: 0.0, to: 0.9 };
+        let values: Vec<f64> = (0..5).map(|i| cubic.at(i, 5)).collect();
+        let expected = [
+            0.0,
+            0.9 * (1.0 - 0.421875),
+            0.9 * 0.875,
+            0.9 * (1.0 - 0.015625),
+            0.9,
+        ];
+        for (v, e) in values.iter().zip(expected) {
+            assert!((v - e).abs() < 1e-12, "{values:?}");
+        }
     }
 
     #[test]

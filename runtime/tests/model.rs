@@ -111,6 +111,7 @@ fn cnn(name: &str, init_key: &str) -> ModelSpec {
         }],
         init_from: None,
         onnx: None,
+        pruned: None,
         bert: None,
         tokens: false,
         precision: Default::default(),
@@ -232,6 +233,7 @@ fn pooled_cnn(tapped: bool) -> ModelSpec {
         },
         init_from: None,
         onnx: None,
+        pruned: None,
         bert: None,
         tokens: false,
         precision: Default::default(),
@@ -485,4 +487,73 @@ fn an_onnx_export_runs_in_kdc_as_the_model_it_came_from() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(difference < 1e-4, "the export differs by {difference}");
+}
+
+#[test]
+fn pruning_zeroes_the_smallest_magnitudes_keeps_earlier_cuts_and_breaks_ties_by_position() {
+    let spec = cnn("p", "p");
+    let mut model = Model::new(&spec, 3).unwrap();
+    let source = Model::new(&cnn("s", "s"), 3).unwrap();
+    model.take_weights(&source).unwrap();
+    let tensors = kd_plan::prunable(&spec.layers);
+    assert!(tensors.iter().all(|t| t.ends_with("weight")), "{tensors:?}");
+    assert!(!tensors.iter().any(|t| t.starts_with("bn")), "{tensors:?}");
+    let var = |m: &Model, name: &str| {
+        m.params()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    // Ties: eight equal magnitudes, half of them cut: the first four positions go.
+    let weight = var(&model, "conv1.weight");
+    let n = weight.elem_count();
+    let mut v: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+    for x in v.iter_mut().take(8) {
+        *x = -0.5;
+    }
+    for x in v.iter_mut().skip(8).take(8) {
+        *x = 0.5;
+    }
+    weight
+        .set(&Tensor::from_vec(v.clone(), weight.dims(), &Device::Cpu).unwrap())
+        .unwrap();
+    let cut = 8.0 / n as f64;
+    model.prune_to(&tensors, cut).unwrap();
+    let after = values(weight.as_tensor());
+    assert!(after[..8].iter().all(|x| *x == 0.0), "{after:?}");
+    assert!(after[8..].iter().all(|x| *x != 0.0));
+    // A value pruned before goes first even when training made its neighbours smaller.
+    let mut grown = after.clone();
+    for x in grown.iter_mut().skip(8).take(8) {
+        *x = 1e-6;
+    }
+    weight
+        .set(&Tensor::from_vec(grown, weight.dims(), &Device::Cpu).unwrap())
+        .unwrap();
+    model.prune_to(&tensors, 12.0 / n as f64).unwrap();
+    let again = values(weight.as_tensor());
+    assert!(again[..12].iter().all(|x| *x == 0.0), "{again:?}");
+    assert!(again[12..].iter().all(|x| *x != 0.0));
+    // Every pruned tensor has round(sparsity * n) zeros; biases and norms are whole.
+    model.prune_to(&tensors, 0.75).unwrap();
+    for name in &tensors {
+        let w = values(var(&model, name).as_tensor());
+        let zeros = w.iter().filter(|x| **x == 0.0).count();
+        assert_eq!(zeros, (0.75 * w.len() as f64).round() as usize, "{name}");
+    }
+    assert!(values(var(&model, "conv1.bias").as_tensor())
+        .iter()
+        .all(|x| *x != 0.0));
+    let (nonzero, sparsity) = model.sparsity().unwrap();
+    assert!((sparsity - 0.75).abs() < 0.01, "{sparsity}");
+    assert!(nonzero < model.param_count());
+    // Masked gradients and masked updates keep the zeros.
+    assert_eq!(model.masks().len(), tensors.len());
+    model.apply_masks().unwrap();
+    let w = values(var(&model, "conv1.weight").as_tensor());
+    assert_eq!(
+        w.iter().filter(|x| **x == 0.0).count(),
+        (0.75 * n as f64).round() as usize
+    );
 }

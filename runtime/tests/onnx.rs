@@ -42,6 +42,7 @@ fn spec(file: &str, tap: &str, tap_shape: Vec<usize>) -> ModelSpec {
             output: "logits".into(),
             taps: vec![(tap.into(), tap.into())],
         }),
+        pruned: None,
         bert: None,
         tokens: false,
         precision: Default::default(),

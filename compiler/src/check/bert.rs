@@ -114,6 +114,7 @@ impl Cx<'_> {
             flops,
             span: super::models::to_plan(r.span),
             onnx: None,
+            pruned: None,
             bert: Some(BertSpec {
                 path: text.into(),
                 pooling,

@@ -1072,36 +1072,20 @@ impl Cx<'_> {
             return None;
         }
         let v: Vec<f64> = given.iter().flatten().map(|(v, _)| *v).collect();
-        let schedule = match (form, v.as_slice()) {
-            ("constant", [value]) => ValueSchedule::Constant { value: *value },
-            ("linear", [from, to]) => ValueSchedule::Linear {
-                from: *from,
-                to: *to,
-            },
-            ("cosine", [from, to]) => ValueSchedule::Cosine {
-                from: *from,
-                to: *to,
-            },
-            ("step", [from, to, at]) => {
-                if !(0.0..=1.0).contains(at) {
-                    let at_span = given[2].map_or(value.span, |(_, s)| s);
-                    self.error(CheckError::OutOfRange {
-                        what: "`at` of a step schedule (a fraction of the stage's steps)".into(),
-                        range: "between 0 and 1",
-                        value: format_number(*at),
-                        span: span(at_span),
-                        help: Some("`step(from: 0, to: 1, at: 0.5)` switches halfway".into()),
-                    });
-                    return None;
-                }
-                ValueSchedule::Step {
-                    from: *from,
-                    to: *to,
-                    at: *at,
-                }
+        if let ("step", [_, _, at]) = (form, v.as_slice()) {
+            if !(0.0..=1.0).contains(at) {
+                let at_span = given[2].map_or(value.span, |(_, s)| s);
+                self.error(CheckError::OutOfRange {
+                    what: "`at` of a step schedule (a fraction of the stage's steps)".into(),
+                    range: "between 0 and 1",
+                    value: format_number(*at),
+                    span: span(at_span),
+                    help: Some("`step(from: 0, to: 1, at: 0.5)` switches halfway".into()),
+                });
+                return None;
             }
-            _ => return None,
-        };
+        }
+        let schedule = ValueSchedule::from_form(form, &v)?;
         Some(apply(
             Op::Scheduled {
                 name: format!("{loss}.{param}"),
@@ -1119,7 +1103,7 @@ impl Cx<'_> {
 /// or starts with a number.
 pub(crate) fn is_schedule(name: &str, args: &[ExprArg]) -> bool {
     match name {
-        "constant" | "linear" | "step" => true,
+        "constant" | "linear" | "cubic" | "step" => true,
         "cosine" => args.iter().enumerate().any(|(i, a)| match &a.name {
             Some(n) => matches!(n.name.as_str(), "from" | "to"),
             None => i == 0 && is_number(&a.value),

@@ -9,6 +9,7 @@ pub(crate) use expr::is_schedule;
 mod images;
 mod models;
 mod onnx;
+mod prune;
 mod stages;
 mod tables;
 mod text;
@@ -164,9 +165,11 @@ pub fn check(
     let augments = cx.augments(program, &data);
     let architectures = cx.architectures(program);
     let mut models = cx.roles(program, &architectures, &data, settings.precision);
+    cx.pruned_roles(program, &mut models);
     let losses = cx.loss_decls(program);
     let mut stages = cx.stages(program, &models, &data, &augments, &losses);
     cx.baselines(program, &mut models, &mut stages);
+    cx.pruning_order(&models, &stages);
     let evaluations = cx.evaluations(program, &models, &data, &stages);
     let exports = cx.exports(program, &models, &stages);
     // An unused-declaration warning after an error is usually that error's echo.

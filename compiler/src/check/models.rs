@@ -636,6 +636,8 @@ impl Cx<'_> {
                     }
                     continue;
                 }
+                // Checked once every other model is known (`Cx::pruned_roles`).
+                RoleSource::Prune(_) => continue,
                 RoleSource::Onnx(source) => {
                     match self.onnx_role(r, source) {
                         Some(model) => models.push(model),
@@ -716,6 +718,7 @@ impl Cx<'_> {
                 flops: arch.layers.iter().map(|l| l.flops).sum(),
                 span: to_plan(r.span),
                 onnx: None,
+                pruned: None,
                 bert: None,
                 tokens: arch.tokens,
                 precision,

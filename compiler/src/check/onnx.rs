@@ -181,6 +181,7 @@ impl Cx<'_> {
                 output: output.value,
                 taps: tap_values,
             }),
+            pruned: None,
             bert: None,
             tokens: false,
             precision: Default::default(),

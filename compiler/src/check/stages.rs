@@ -1098,8 +1098,9 @@ impl Cx<'_> {
     ) {
         let trained =
             stages.iter().any(|s| s.trains == model.name) || self.trained.contains(&model.name);
-        // Weights from a file (safetensors or ONNX) count as trained.
-        if model.init_from.is_none() && model.onnx.is_none() && !trained {
+        // Weights from a file (safetensors or ONNX) count as trained; a pruned model's
+        // source is checked by `Cx::pruning_order`.
+        if model.init_from.is_none() && model.onnx.is_none() && model.pruned.is_none() && !trained {
             self.error(CheckError::NeverTrained {
                 model: model.name.clone(),
                 used,

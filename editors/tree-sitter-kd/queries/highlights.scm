@@ -25,7 +25,7 @@
 ; Statements and their parts.
 [
   "input" "tokens" "residual" "output" "tap" "train" "distill" "optimizer" "schedule" "validate"
-  "keep" "best" "last" "trained" "onnx" "bert"
+  "keep" "best" "last" "trained" "onnx" "bert" "prune"
 ] @keyword
 (loss_statement "loss" @keyword)
 ["as" "on" "with" "to" "from" "without" "like"] @keyword.operator
@@ -50,11 +50,11 @@
     "attention_transfer" "ensemble"))
 ; A loss parameter's schedule (`linear(from: 8, to: 1)`; `cosine` is a built-in loss too).
 (call_expression function: (identifier) @function.builtin
-  (#any-of? @function.builtin "constant" "linear" "step"))
+  (#any-of? @function.builtin "constant" "linear" "cubic" "step"))
 (call_expression function: (identifier) @function
   (#not-any-of? @function
     "softmax" "log_softmax" "kl" "cross_entropy" "soft_cross_entropy" "mse" "cosine" "project"
-    "attention_transfer" "ensemble" "constant" "linear" "step"))
+    "attention_transfer" "ensemble" "constant" "linear" "cubic" "step"))
 (expression_argument value: (identifier) @variable.builtin (#eq? @variable.builtin "label"))
 (member port: (identifier) @property)
 
@@ -85,8 +85,11 @@
     "seed" "device" "output" "threads" "repeat" "checkpoint_every" "non_finite" "cache"
     "precision" "header" "label" "delimiter" "shape" "scale" "classes" "relabel" "limit" "split"
     "normalize" "channels" "color" "resize" "image" "text" "tokenizer" "max_len" "format" "extension" "skip_headers" "pooling"
-    "trainable" "layers"))
+    "trainable" "layers" "sparsity" "every"))
 (stage_setting key: _ @property)
+; A pruned model's gradual sparsity: `sparsity: cubic(from: 0, to: 90%)`.
+(setting key: (identifier) @property value: (call function: (identifier) @function.builtin)
+  (#eq? @property "sparsity"))
 (argument name: (identifier) @variable.parameter)
 (expression_argument name: (identifier) @variable.parameter)
 (loss_parameter name: (identifier) @variable.parameter)

@@ -16,6 +16,7 @@ use crate::rng::Rng;
 use crate::train::losses;
 
 pub mod bert;
+mod pruning;
 pub(crate) mod tape;
 mod taped;
 
@@ -138,6 +139,9 @@ pub struct Model {
     dtype: DType,
     /// The input is token ids (`input tokens[...]`), never cast.
     tokens: bool,
+    /// A pruned model's masks (1 keeps a value, 0 prunes it), by parameter name, in
+    /// parameter order; updates keep the pruned values at zero.
+    masks: Vec<(String, Tensor)>,
 }
 
 /// The dtype a model of `precision` computes in.
@@ -499,6 +503,7 @@ impl Model {
             layer_times: None,
             dtype: compute_dtype(spec.precision),
             tokens: spec.tokens,
+            masks: Vec::new(),
         })
     }
 
@@ -560,6 +565,7 @@ impl Model {
             layer_times: None,
             dtype: compute_dtype(spec.precision),
             tokens: spec.tokens,
+            masks: Vec::new(),
         })
     }
 
@@ -714,6 +720,7 @@ impl Model {
             layer_times: None,
             dtype: DType::F32,
             tokens: spec.tokens,
+            masks: Vec::new(),
         })
     }
 

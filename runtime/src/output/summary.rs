@@ -69,6 +69,16 @@ pub struct ModelSummary {
     /// BERT models: the samples the encoder actually ran on (the rest came from its cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder_forwards: Option<u64>,
+    /// Pruned models: the model whose weights were pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_from: Option<String>,
+    /// Pruned models: parameters that are not zero (the first seed's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonzero_params: Option<usize>,
+    /// Pruned models: the fraction of the pruned tensors' values that are pruned (the
+    /// first seed's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
     /// Split name -> metrics; with several seeds, the means (per-class scores and the
     /// confusion matrix are the first seed's).
     pub metrics: BTreeMap<String, SplitMetrics>,
@@ -164,6 +174,11 @@ pub fn report(summary: &Summary) -> String {
         "role".to_string(),
         "params".to_string(),
     ];
+    // Pruned models: the parameters left that are not zero.
+    let pruned = models.iter().any(|(_, m)| m.nonzero_params.is_some());
+    if pruned {
+        header.push("nonzero".to_string());
+    }
     for split in &splits {
         header.push(format!("{split} acc %"));
         header.push(format!("{split} f1 %"));
@@ -175,6 +190,9 @@ pub fn report(summary: &Summary) -> String {
             role_name(model.role).to_string(),
             thousands(model.params),
         ];
+        if pruned {
+            row.push(model.nonzero_params.map_or("-".into(), thousands));
+        }
         for split in &splits {
             match model.metrics.get(*split) {
                 Some(m) => {
@@ -337,6 +355,9 @@ pub(crate) fn model_summaries(
                 bytes: first.bytes.get(&spec.name).copied(),
                 latency_ms: first.latency_ms.get(&spec.name).copied(),
                 encoder_forwards: first.encoder_forwards.get(&spec.name).copied(),
+                pruned_from: spec.pruned.as_ref().map(|p| p.from.clone()),
+                nonzero_params: first.sparsity.get(&spec.name).map(|s| s.0),
+                sparsity: first.sparsity.get(&spec.name).map(|s| s.1),
                 metrics,
                 metrics_std,
             },

@@ -52,6 +52,9 @@ pub struct RunState {
     /// are tensors).
     #[serde(default)]
     pub cache: Vec<CachedTable>,
+    /// The seed's pruned models made so far (their masks are tensors).
+    #[serde(default)]
+    pub pruned: Vec<String>,
 }
 
 /// The layout of one table of the output cache.
@@ -101,6 +104,10 @@ pub struct SeedRecord {
     pub latency_ms: BTreeMap<String, f64>,
     #[serde(default)]
     pub encoder_forwards: BTreeMap<String, u64>,
+    /// Pruned models: parameters that are not zero, and the pruned fraction of the
+    /// masked tensors.
+    #[serde(default)]
+    pub sparsity: BTreeMap<String, (usize, f64)>,
 }
 
 /// A checkpoint in memory: the state, and the tensors by name (shape, f32 values).
@@ -117,6 +124,10 @@ pub fn path(run_dir: &Path) -> PathBuf {
 
 fn model_key(model: &str, tensor: &str) -> String {
     format!("model/{model}/{tensor}")
+}
+
+fn mask_key(model: &str, tensor: &str) -> String {
+    format!("mask/{model}/{tensor}")
 }
 
 impl Checkpoint {
@@ -137,6 +148,9 @@ impl Checkpoint {
                 .insert(model.name.clone(), model.dropout_calls());
             for (name, var) in model.state() {
                 checkpoint.add(model_key(&model.name, name), var.as_tensor())?;
+            }
+            for (name, mask) in model.masks() {
+                checkpoint.add(mask_key(&model.name, name), mask)?;
             }
         }
         Ok(checkpoint)
@@ -342,6 +356,22 @@ impl Checkpoint {
     pub fn restore_model(&self, model: &mut Model, path: &Path) -> Result<()> {
         for (name, var) in model.state() {
             self.restore_var(&model_key(&model.name, name), var, path)?;
+        }
+        let masked: Vec<(String, Vec<usize>)> = model
+            .params()
+            .iter()
+            .filter(|(name, _)| self.tensors.contains_key(&mask_key(&model.name, name)))
+            .map(|(name, var)| (name.clone(), var.dims().to_vec()))
+            .collect();
+        for (name, dims) in masked {
+            let key = mask_key(&model.name, &name);
+            let (shape, values) = &self.tensors[&key];
+            if *shape != dims {
+                return Err(broken(path, format!("`{key}` has shape {shape:?}")));
+            }
+            let mask = Tensor::from_vec(values.clone(), shape.as_slice(), &model.device())
+                .ctx_with(|| format!("restoring `{key}`"))?;
+            model.set_mask(&name, mask);
         }
         let calls = self
             .state

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod losses;
 mod non_finite;
 pub mod optim;
+mod pruning;
 mod stage;
 mod validate;
 
@@ -175,6 +176,7 @@ fn run_plan_on(
         run.state.stage_index = 0;
         run.state.stage = None;
         run.state.stages_done.clear();
+        run.state.pruned.clear();
         run.checkpoint(None, &HashMap::new())?;
     }
     let results = std::mem::take(&mut run.state.seeds_done);
@@ -322,6 +324,7 @@ impl Run<'_> {
         let mut resume = resume.filter(|c| c.state.stage.is_some());
         while self.state.stage_index < plan.stages.len() {
             let stage = &plan.stages[self.state.stage_index];
+            self.make_pruned(Some(stage), &mut models)?;
             let summary = self.train_stage(stage, seed, &mut models, resume.take())?;
             for model in models.values_mut() {
                 model.save_caches()?;
@@ -332,6 +335,7 @@ impl Run<'_> {
             self.checkpoint(None, &models)?;
             self.stop_if_interrupted()?;
         }
+        self.make_pruned(None, &mut models)?;
         let metrics = self.evaluate(&mut models)?;
         for model in models.values_mut() {
             model.save_caches()?;
@@ -365,6 +369,13 @@ impl Run<'_> {
             .iter()
             .map(|(name, m)| (name.clone(), m.param_count()))
             .collect();
+        let mut sparsity = BTreeMap::new();
+        for spec in plan.models.iter().filter(|m| m.pruned.is_some()) {
+            sparsity.insert(
+                spec.name.clone(),
+                self.model_ref(&models, &spec.name)?.sparsity()?,
+            );
+        }
         // Counted before the latency probe, whose forwards bypass the cache on purpose.
         let encoder_forwards = models
             .iter()
@@ -379,6 +390,7 @@ impl Run<'_> {
             params,
             latency_ms,
             encoder_forwards,
+            sparsity,
         })
     }
 

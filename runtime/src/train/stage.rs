@@ -51,6 +51,8 @@ pub(super) struct StageRun<'s> {
     progress: StageProgress,
     /// Since when seconds have not yet been added to `st.seconds`.
     clock: Instant,
+    /// Set when the stage prunes its model gradually.
+    gradual: Option<kd_plan::Pruning>,
 }
 
 impl Run<'_> {
@@ -155,6 +157,7 @@ impl Run<'_> {
             teacher_on_validation: self.teacher_on_validation(stage, models)?,
             progress,
             clock: Instant::now(),
+            gradual: super::pruning::gradual(self.plan, stage).cloned(),
         })
     }
 
@@ -233,6 +236,16 @@ impl Run<'_> {
         }
         run.st.step += 1;
         run.st.global_step += 1;
+        if let Some(pruning) = &run.gradual {
+            let done = run.st.global_step;
+            if done.is_multiple_of(pruning.every.max(1)) || done == run.total_steps {
+                let sparsity = super::pruning::sparsity_after(pruning, done, run.total_steps);
+                models
+                    .get_mut(&stage.trains)
+                    .ok_or_else(|| plan_error(format!("no model `{}`", stage.trains)))?
+                    .prune_to(&pruning.tensors, sparsity)?;
+            }
+        }
         run.progress.step();
         let every = self.plan.settings.checkpoint_every;
         let due = every.is_some_and(|n| run.st.global_step.is_multiple_of(n.max(1)));
@@ -289,12 +302,16 @@ impl Run<'_> {
                 .ctx("reading the loss")?,
         );
         let applied = if value.is_finite() {
-            let grads = self
-                .model_ref(models, &stage.trains)?
+            let model = self.model_ref(models, &stage.trains)?;
+            let mut grads = model
                 .backward(loss)
                 .ctx_with(|| format!("backward of stage `{}`", stage.name))?;
+            model.mask_gradients(&mut grads)?;
             match run.optim.step(&run.params, &grads, lr, stage.clip)? {
-                Update::Applied { .. } => true,
+                Update::Applied { .. } => {
+                    model.apply_masks()?;
+                    true
+                }
                 Update::NonFinite { parameter } => {
                     self.non_finite(stage, &run.st, NonFiniteValue::Gradient(parameter))?;
                     false
@@ -380,6 +397,16 @@ impl Run<'_> {
             );
             if !scheduled.is_empty() {
                 map.insert("schedules".into(), scheduled.into());
+            }
+            // Gradual pruning: the sparsity of the masks in force at the epoch's end.
+            if let Some(pruning) = &run.gradual {
+                let done = run.st.global_step;
+                let updated = match done == run.total_steps {
+                    true => done,
+                    false => done - done % pruning.every.max(1),
+                };
+                let sparsity = super::pruning::sparsity_after(pruning, updated, run.total_steps);
+                map.insert("sparsity".into(), sparsity.into());
             }
         }
         self.log.write(&line)?;

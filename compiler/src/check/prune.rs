@@ -1,0 +1,330 @@
+//! `student p = prune(s) { sparsity: 50% }`: a model made from another's weights by
+//! magnitude pruning, at once or gradually over the first stage that trains it.
+
+use kd_grammar::ast::{Declaration, Program, PruneSource, RoleDecl, RoleKind, RoleSource, Value};
+use kd_grammar::ast::{Span, ValueKind};
+use kd_plan::{ModelSpec, Pruning, Role, ValueSchedule};
+
+use super::models::to_plan;
+use super::values::format_number;
+use super::{CheckedStage, Cx};
+use crate::diagnostics::{list, one_of, span, CheckError};
+use crate::vocabulary::{PRUNE_SETTINGS, VALUE_SCHEDULES};
+
+impl Cx<'_> {
+    /// The pruned models, checked after every other role so that any model may be pruned
+    /// (a pruned one too, when declared before).
+    pub(super) fn pruned_roles(&mut self, program: &Program, models: &mut Vec<ModelSpec>) {
+        for decl in &program.declarations {
+            let Declaration::Role(r) = decl else { continue };
+            let RoleSource::Prune(source) = &r.source else {
+                continue;
+            };
+            match self.pruned_role(program, r, source, models) {
+                Some(model) => models.push(model),
+                None => {
+                    self.failed.insert(format!("model {}", r.name.name));
+                }
+            }
+        }
+    }
+
+    fn pruned_role(
+        &mut self,
+        program: &Program,
+        r: &RoleDecl,
+        p: &PruneSource,
+        models: &[ModelSpec],
+    ) -> Option<ModelSpec> {
+        let context = format!("`prune({})`", p.source.name);
+        let fields = self.fields(&p.settings, PRUNE_SETTINGS, &context);
+        let name = &p.source.name;
+        let Some(source) = models.iter().find(|m| &m.name == name) else {
+            if self.failed.contains(&format!("model {name}")) {
+                return None;
+            }
+            let pruned_later = program.declarations.iter().any(|d| {
+                matches!(d, Declaration::Role(o)
+                    if &o.name.name == name && matches!(o.source, RoleSource::Prune(_)))
+            });
+            if pruned_later {
+                self.invalid(
+                    p.source.span,
+                    format!(
+                        "`{name}` is itself pruned, and declared after `{}`",
+                        r.name.name
+                    ),
+                    "declared later",
+                    Some(format!("declare `{}` after `{name}`", r.name.name)),
+                );
+            } else {
+                self.error(CheckError::UnknownName {
+                    what: "model",
+                    name: name.clone(),
+                    span: span(p.source.span),
+                    help: super::closest(name, models.iter().map(|m| m.name.as_str()))
+                        .or_else(|| Some(one_of(models.iter().map(|m| m.name.as_str())))),
+                });
+            }
+            return None;
+        };
+        if source.onnx.is_some() || source.bert.is_some() {
+            let from = if source.onnx.is_some() {
+                "an ONNX file"
+            } else {
+                "a BERT checkpoint"
+            };
+            self.invalid(
+                p.source.span,
+                format!("`{name}` runs from {from}, whose weights kdc does not prune"),
+                "cannot be pruned",
+                Some(
+                    "prune a model of a declared architecture (`student s = mlp`), for example \
+                     the student distilled from it"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        let tensors = kd_plan::prunable(&source.layers);
+        if tensors.is_empty() {
+            self.invalid(
+                p.source.span,
+                format!("`{name}` has no weights that pruning applies to"),
+                "nothing to prune",
+                Some(
+                    "pruning applies to the weights of linear, conv2d, conv1d, lstm and \
+                     transformer layers"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        let Some(sparsity_value) = fields.value("sparsity") else {
+            self.error(CheckError::Missing {
+                message: format!("{context} needs a `sparsity`"),
+                span: span(p.span),
+                label: "how much to prune?".into(),
+                help: Some(
+                    "`sparsity: 50%` prunes half of each weight tensor at once; \
+                     `sparsity: cubic(from: 0, to: 90%)` prunes gradually over a stage"
+                        .into(),
+                ),
+            });
+            return None;
+        };
+        let sparsity = self.sparsity(sparsity_value)?;
+        let gradual = !matches!(sparsity, ValueSchedule::Constant { .. });
+        let every = match fields.value("every") {
+            Some(v) if !gradual => {
+                self.invalid(
+                    v.span,
+                    "`every` paces a gradual sparsity, and this one is constant".into(),
+                    "nothing to pace",
+                    Some("a constant sparsity prunes once, when the model is made".into()),
+                );
+                return None;
+            }
+            Some(v) => self.count(v, "`every`", 1)?,
+            None => 1,
+        };
+        let mut model = source.clone();
+        model.name = r.name.name.clone();
+        model.role = match r.role {
+            RoleKind::Teacher => Role::Teacher,
+            RoleKind::Student => Role::Student,
+        };
+        model.init_from = None;
+        model.init_key = r.name.name.clone();
+        model.span = to_plan(r.span);
+        model.pruned = Some(Pruning {
+            from: name.clone(),
+            sparsity,
+            every,
+            tensors,
+        });
+        Some(model)
+    }
+
+    /// A sparsity: a fraction (`0.5` or `50%`) in [0, 1), or a schedule of such fractions
+    /// that never decreases (pruned values stay zero).
+    fn sparsity(&mut self, value: &Value) -> Option<ValueSchedule> {
+        let ValueKind::Call(call) = &value.kind else {
+            let v = self.fraction(value)?;
+            return Some(ValueSchedule::Constant { value: v });
+        };
+        let form = call.name.name.as_str();
+        let Some((_, params)) = VALUE_SCHEDULES.iter().find(|(f, _)| *f == form) else {
+            self.error(CheckError::UnknownName {
+                what: "schedule",
+                name: form.to_string(),
+                span: span(call.name.span),
+                help: Some(format!(
+                    "a sparsity is a fraction (`50%`) or {}",
+                    one_of(VALUE_SCHEDULES.iter().map(|(f, _)| *f))
+                )),
+            });
+            return None;
+        };
+        let args = self.args(call, params, params.len());
+        let mut values = Vec::with_capacity(params.len());
+        let mut missing = Vec::new();
+        for (position, param) in params.iter().enumerate() {
+            match args.get(param, Some(position)) {
+                Some(v) if *param == "at" => values.push(self.number_in(
+                    v,
+                    "`at` of a step schedule",
+                    |x| (0.0..=1.0).contains(&x),
+                    "between 0 and 1",
+                )?),
+                Some(v) => values.push(self.fraction(v)?),
+                None => missing.push(*param),
+            }
+        }
+        if !missing.is_empty() {
+            self.error(CheckError::Missing {
+                message: format!(
+                    "the schedule `{form}` needs {}",
+                    list(missing.iter().copied())
+                ),
+                span: span(value.span),
+                label: "incomplete schedule".into(),
+                help: Some(format!("its arguments: {}", list(params.iter().copied()))),
+            });
+            return None;
+        }
+        let schedule = ValueSchedule::from_form(form, &values)?;
+        let (from, to) = schedule.ends();
+        if to < from {
+            self.invalid(
+                value.span,
+                format!(
+                    "a sparsity cannot fall (from {} to {}): pruned values stay zero",
+                    format_number(from),
+                    format_number(to)
+                ),
+                "falls",
+                Some("write the schedule from the lower sparsity to the higher".into()),
+            );
+            return None;
+        }
+        Some(schedule)
+    }
+
+    /// A fraction of a tensor's values in [0, 1): a number or a percentage.
+    fn fraction(&mut self, value: &Value) -> Option<f64> {
+        let v = match &value.kind {
+            ValueKind::Number {
+                value: v,
+                unit: Some(u),
+            } if u == "%" => v / 100.0,
+            _ => self.number(value, "a sparsity")?,
+        };
+        if !(0.0..1.0).contains(&v) {
+            self.error(CheckError::OutOfRange {
+                what: "a sparsity (the fraction of a tensor's values pruned)".into(),
+                range: "at least 0 and below 1 (100%)",
+                value: format_number(v),
+                span: span(value.span),
+                help: Some("`sparsity: 90%` keeps one value in ten".into()),
+            });
+            return None;
+        }
+        Some(v)
+    }
+
+    /// When each pruned model is made, it must have something to be made from: its source
+    /// trained by an earlier stage (or started from a file, or pruned itself). A gradual
+    /// sparsity needs a stage that trains the model first, and runs it to its last step.
+    pub(super) fn pruning_order(&mut self, models: &[ModelSpec], stages: &[CheckedStage]) {
+        for model in models.iter().filter(|m| m.role != Role::Baseline) {
+            let Some(pruning) = &model.pruned else {
+                continue;
+            };
+            let at = Span::new(model.span.start, model.span.end);
+            let uses = |s: &CheckedStage| s.trains == model.name || s.frozen.contains(&model.name);
+            let first = stages.iter().position(uses);
+            let before = &stages[..first.unwrap_or(stages.len())];
+            let Some(source) = models.iter().find(|m| m.name == pruning.from) else {
+                continue;
+            };
+            let ready = source.init_from.is_some()
+                || source.pruned.is_some()
+                || before.iter().any(|s| s.trains == source.name);
+            if !ready {
+                let message = match first {
+                    Some(i) => format!(
+                        "`{}` is pruned from `{}` when stage `{}` starts, and no stage before \
+                         it trains `{}`",
+                        model.name, source.name, stages[i].name, source.name
+                    ),
+                    None => format!(
+                        "`{}` is pruned from `{}`, which no stage trains",
+                        model.name, source.name
+                    ),
+                };
+                self.error(CheckError::Stage {
+                    message,
+                    span: span(at),
+                    label: "pruned from untrained weights".into(),
+                    help: Some(format!(
+                        "train `{}` in an earlier stage, or start it `from` a weights file",
+                        source.name
+                    )),
+                });
+                continue;
+            }
+            if !pruning.gradual() {
+                continue;
+            }
+            let Some(stage) = first.map(|i| &stages[i]) else {
+                self.error(CheckError::Stage {
+                    message: format!(
+                        "a gradual sparsity prunes `{}` over a stage that trains it, and none does",
+                        model.name
+                    ),
+                    span: span(at),
+                    label: "no stage to prune over".into(),
+                    help: Some("add a stage that trains it, or give a constant sparsity".into()),
+                });
+                continue;
+            };
+            if stage.trains != model.name {
+                self.error(CheckError::Stage {
+                    message: format!(
+                        "a gradual sparsity prunes `{}` over the first stage that uses it, and \
+                         stage `{}` uses it frozen",
+                        model.name, stage.name
+                    ),
+                    span: span(stage.span),
+                    label: "does not train it".into(),
+                    help: Some(format!("train `{}` in an earlier stage", model.name)),
+                });
+                continue;
+            }
+            if let Some(validate) = &stage.validate {
+                let best = matches!(validate.keep, kd_plan::Keep::Best(_));
+                if best || validate.early_stop.is_some() {
+                    self.error(CheckError::Stage {
+                        message: format!(
+                            "stage `{}` prunes `{}` gradually, so it runs every step and keeps \
+                             its last weights",
+                            stage.name, model.name
+                        ),
+                        span: span(stage.span),
+                        label: if best {
+                            "keeps its best epoch".into()
+                        } else {
+                            "may stop early".into()
+                        },
+                        help: Some(
+                            "an earlier epoch is less sparse; keep the best epoch in a later \
+                             stage that fine-tunes the pruned model"
+                                .into(),
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}

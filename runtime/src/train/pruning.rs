@@ -1,0 +1,97 @@
+//! When pruned models are made (`prune(s) { ... }`): each from its source's weights when a
+//! stage first uses it, or before the evaluations when none does; gradual pruning's steps.
+
+use std::collections::HashMap;
+
+use kd_plan::{ModelSpec, Pruning, Role, Stage, ValueSchedule};
+
+use super::Run;
+use crate::error::{plan_error, Result, TensorContext};
+use crate::model::Model;
+
+impl Run<'_> {
+    /// Makes every pruned model that `stage` uses (every one left, when `stage` is `None`)
+    /// and has not been made in this seed.
+    pub(super) fn make_pruned(
+        &mut self,
+        stage: Option<&Stage>,
+        models: &mut HashMap<String, Model>,
+    ) -> Result<()> {
+        let plan = self.plan;
+        for spec in &plan.models {
+            let used = stage.is_none_or(|s| s.trains == spec.name || s.frozen.contains(&spec.name));
+            // A baseline is made with the model it copies (see `make_one`).
+            if used && spec.role != Role::Baseline && spec.pruned.is_some() {
+                self.make_one(spec, models)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn make_one(&mut self, spec: &ModelSpec, models: &mut HashMap<String, Model>) -> Result<()> {
+        let Some(pruning) = &spec.pruned else {
+            return Ok(());
+        };
+        if self.state.pruned.contains(&spec.name) {
+            return Ok(());
+        }
+        // A pruned model's source may be pruned too: made first.
+        if let Some(source) = self.plan.model(&pruning.from) {
+            if source.pruned.is_some() {
+                self.make_one(source, models)?;
+            }
+        }
+        let mut model = models
+            .remove(&spec.name)
+            .ok_or_else(|| plan_error(format!("no model `{}`", spec.name)))?;
+        let made = self.model_ref(models, &pruning.from).and_then(|source| {
+            model.take_weights(source)?;
+            model.prune_to(&pruning.tensors, first_sparsity(pruning))
+        });
+        // Its baselines start from exactly these weights and masks.
+        let copies = self.plan.models.iter().filter(|b| {
+            b.role == Role::Baseline && b.init_key == spec.init_key && b.pruned.is_some()
+        });
+        let mut done = vec![spec.name.clone()];
+        if made.is_ok() {
+            for baseline in copies {
+                if let Some(copy) = models.get_mut(&baseline.name) {
+                    copy.take_weights(&model)?;
+                    for (name, mask) in model.masks() {
+                        copy.set_mask(name, mask.copy().ctx("copying a mask")?);
+                    }
+                    done.push(baseline.name.clone());
+                }
+            }
+        }
+        models.insert(spec.name.clone(), model);
+        made?;
+        self.state.pruned.extend(done);
+        Ok(())
+    }
+}
+
+/// The sparsity a pruned model is made with: its constant, or its schedule's start.
+fn first_sparsity(pruning: &Pruning) -> f64 {
+    match pruning.sparsity {
+        ValueSchedule::Constant { value } => value,
+        ref schedule => schedule.ends().0,
+    }
+}
+
+/// The stage's gradual pruning, when it is the first stage of a gradually pruned model.
+pub(super) fn gradual<'p>(plan: &'p kd_plan::Plan, stage: &Stage) -> Option<&'p Pruning> {
+    let spec = plan.model(&stage.trains)?;
+    let pruning = spec.pruned.as_ref().filter(|p| p.gradual())?;
+    let first = plan
+        .stages
+        .iter()
+        .find(|s| s.trains == spec.name || s.frozen.contains(&spec.name))?;
+    (first.name == stage.name).then_some(pruning)
+}
+
+/// The sparsity after `done` of a stage's `total` steps: the schedule runs from its first
+/// value before any step to its last after the last step.
+pub(super) fn sparsity_after(pruning: &Pruning, done: usize, total: usize) -> f64 {
+    pruning.sparsity.at(done, total + 1)
+}
