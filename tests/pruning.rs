@@ -154,3 +154,151 @@ export p to "p.safetensors"
     assert_eq!(zeros, pruned as usize);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A pipeline of `model` (its layers), `student s` and `student thin`, pruned by neurons.
+fn neuron_plan(layers: &str) -> kd_plan::Plan {
+    let data = common::root().join("examples/data/digits.csv.gz");
+    let text = format!(
+        r#"data digits = csv("{}") {{ label: 64, shape: [1, 8, 8], scale: 16 }}
+model m {{ input [1, 8, 8] {layers} }}
+student s = m
+student thin = prune(s) {{ sparsity: 40%, granularity: neurons }}
+stage fit {{ train s on digits.train, loss cross_entropy(s.logits, label), optimizer adam, epochs 1 }}
+evaluate thin on digits.train
+"#,
+        data.display()
+    );
+    let path = std::env::temp_dir().join("kdc-pruning-neurons.kd");
+    kd_compiler::compile(&text, &path, &[])
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .plan
+}
+
+#[test]
+fn removing_neurons_computes_what_the_wide_model_computes_without_them() {
+    // The narrow model equals the wide one whose removed neurons' readers ignore them
+    // (their columns zeroed): in eval mode, batch norms, pools and flatten included.
+    use candle_core::{Device, Tensor};
+    use kd_runtime::model::Model;
+    let cases = [
+        "conv2d(6, kernel: 3, padding: 1) batchnorm relu conv2d(5, kernel: 3) relu maxpool(2) \
+         flatten linear(12) batchnorm gelu dropout(0.2) linear(10) as logits",
+        "flatten linear(20) tanh linear(9) relu linear(10) as logits",
+    ];
+    for layers in cases {
+        let plan = neuron_plan(layers);
+        let spec = |name: &str| plan.models.iter().find(|m| m.name == name).unwrap();
+        let (wide_spec, thin_spec) = (spec("s"), spec("thin"));
+        let groups = &thin_spec.pruned.as_ref().unwrap().neurons;
+        assert!(!groups.is_empty());
+        assert!(thin_spec.params < wide_spec.params);
+        let wide = Model::new(wide_spec, 5).unwrap();
+        // Batch norms with running statistics of their own, so that slicing them matters.
+        for (name, var) in wide.state() {
+            if name.contains("running") || name.starts_with("bn") {
+                let noise = common::random(var.dims(), name.len() as u64);
+                let value = if name.ends_with("running_var") {
+                    (noise.abs().unwrap() + 0.5).unwrap()
+                } else {
+                    noise
+                };
+                var.set(&value).unwrap();
+            }
+        }
+        let mut thin = Model::new(thin_spec, 5).unwrap();
+        thin.take_neurons(&wide, groups).unwrap();
+        // Which neurons were kept: the thin layer's biases are some of the wide one's (its
+        // weight rows lose the columns of the neurons pruned before it).
+        let rows = |m: &Model, name: &str| -> Vec<f32> {
+            let (_, t) = m.state().find(|(n, _)| *n == name).unwrap();
+            t.as_tensor().to_vec1::<f32>().unwrap()
+        };
+        let mut reference = Model::new(wide_spec, 5).unwrap();
+        reference.take_weights(&wide).unwrap();
+        for group in groups {
+            let bias = format!("{}.bias", group.layer);
+            let (wide_rows, thin_rows) = (rows(&wide, &bias), rows(&thin, &bias));
+            let kept: Vec<usize> = thin_rows
+                .iter()
+                .map(|r| wide_rows.iter().position(|w| w == r).unwrap())
+                .collect();
+            assert!(kept.windows(2).all(|w| w[0] < w[1]), "kept in order");
+            assert_eq!(kept.len(), group.keep);
+            // Zero the reader's columns of every removed neuron in the reference.
+            let reader = format!("{}.weight", group.reader);
+            let (_, var) = reference.state().find(|(n, _)| *n == reader).unwrap();
+            let dims = var.dims().to_vec();
+            let columns: usize = dims[1..].iter().product::<usize>() / dims[1];
+            let mut values = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let per_neuron = group.block * columns;
+            let row = dims[1] * columns;
+            for r in 0..dims[0] {
+                for neuron in (0..group.from).filter(|k| !kept.contains(k)) {
+                    for c in 0..per_neuron {
+                        values[r * row + neuron * per_neuron + c] = 0.0;
+                    }
+                }
+            }
+            var.set(&Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let x = common::random(&[7, 1, 8, 8], 3);
+        let out = |m: &mut Model| -> Vec<f32> {
+            let ports = m.forward_with(&x, false, false, false).unwrap();
+            let (_, logits) = ports.iter().find(|(n, _)| n == "output").unwrap();
+            logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (a, b) = (out(&mut reference), out(&mut thin));
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                "{layers}: {a:?} vs {b:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_model_pruned_by_neurons_is_smaller_and_trains() {
+    let out = scratch("neurons");
+    let output = Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(["run", "tests/cases/ok/pruning_neurons.kd", "--out"])
+        .arg(&out)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = common::valid_summary(&out);
+    let models = &summary["models"];
+    assert_eq!(models["s"]["params"], 15790);
+    // conv1 16 -> 8, conv3 12 -> 6, linear1 48 -> 24; the residual block, the tapped
+    // `hidden` and the output keep their widths.
+    assert_eq!(models["thin"]["params"], 6928);
+    assert_eq!(models["thin"]["nonzero_params"], 6928);
+    assert!(models["thin"].get("sparsity").is_none());
+    let shapes: Vec<(String, Vec<usize>)> =
+        candle_core::safetensors::load(out.join("thin.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, t.dims().to_vec()))
+            .collect();
+    let shape = |name: &str| shapes.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert_eq!(shape("conv1.weight"), [8, 1, 3, 3]);
+    assert_eq!(shape("bn1.running_var"), [8]);
+    assert_eq!(shape("conv2.weight"), [16, 8, 3, 3]);
+    assert_eq!(shape("conv3.weight"), [6, 16, 1, 1]);
+    assert_eq!(shape("linear1.weight"), [24, 96]);
+    assert_eq!(shape("linear2.weight"), [24, 24]);
+    let bytes = std::fs::metadata(out.join("thin.onnx")).unwrap().len();
+    assert!(bytes < 4 * 15790, "{bytes}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -169,12 +169,18 @@ pub fn model_table(model: &ModelSpec) -> String {
             ),
             false => format!("{} at once", percent(first)),
         };
-        let _ = writeln!(
-            out,
-            "  pruned from {}: {sparsity}, of {}",
-            p.from,
-            p.tensors.join(", ")
-        );
+        let what = match p.neurons.is_empty() {
+            true => p.tensors.join(", "),
+            false => {
+                let layers: Vec<String> = p
+                    .neurons
+                    .iter()
+                    .map(|g| format!("{} ({} -> {} neurons)", g.layer, g.from, g.keep))
+                    .collect();
+                layers.join(", ")
+            }
+        };
+        let _ = writeln!(out, "  pruned from {}: {sparsity}, of {what}", p.from);
     }
     out
 }

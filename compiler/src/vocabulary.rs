@@ -164,6 +164,6 @@ pub const BERT_SETTINGS: &[&str] = &["pooling", "classes", "trainable", "layers"
 /// Settings of an instance of an architecture (`student s = mlp { ... }`).
 pub const INSTANCE_SETTINGS: &[&str] = &["precision"];
 /// Settings of a pruned model (`student p = prune(s) { sparsity: 50% }`).
-pub const PRUNE_SETTINGS: &[&str] = &["sparsity", "every"];
+pub const PRUNE_SETTINGS: &[&str] = &["sparsity", "every", "granularity"];
 /// Settings of a `stage` (written `epochs 10`, without a colon).
 pub const STAGE_SETTINGS: &[&str] = &["epochs", "batch", "clip", "early_stop"];

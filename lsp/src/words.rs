@@ -13,6 +13,7 @@ pub fn describe(word: &str) -> Option<&'static str> {
         "teacher" => "`teacher NAME = ARCH | onnx(...) | bert(...) | prune(MODEL)`: a model instance that `distill` may run frozen (section 7)",
         "student" => "`student NAME = ARCH | bert(...) | prune(MODEL) { ... }`: a model instance that learns (section 7)",
         "prune" => "`prune(MODEL) { sparsity: 50% }`: MODEL's architecture and weights, the smallest-magnitude weights set to zero and kept there (section 7.3); `sparsity: cubic(from: 0, to: 90%)` prunes gradually over the first stage that trains it",
+        "granularity" => "setting of `prune(...)`: `weights` (default) zeroes single weights behind masks; `neurons` removes whole neurons (a linear layer's outputs, a convolution's channels) with what reads them, and shrinks the model",
         "sparsity" => "setting of `prune(...)`: the fraction of each weight tensor set to zero, `50%` or `0.5` at once, or a schedule (`cubic(from: 0, to: 90%)`) over the stage",
         "every" => "`every`: the lr schedule `step(every: N)`'s period in epochs, or a setting of `prune(...)`: a gradual sparsity updates the masks after every this many steps (default 1)",
         "loss" => "`loss NAME(params) = expression`, or `loss EXPR` in a stage: what a stage minimises (section 8)",

@@ -497,8 +497,30 @@ pub struct Pruning {
     pub sparsity: ValueSchedule,
     /// A gradual schedule updates the masks after every `every` steps (and after the last).
     pub every: usize,
-    /// The tensors pruned: see [`prunable`].
+    /// Unstructured pruning: the tensors masked (see [`prunable`]); empty for neurons.
     pub tensors: Vec<String>,
+    /// `granularity: neurons`: the layers whose outputs are removed, each with its reader.
+    /// The model's `layers` are then the narrower ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neurons: Vec<NeuronGroup>,
+}
+
+/// Neurons removed from one layer (a linear layer's outputs, a convolution's output
+/// channels): the rows of its weight and bias, the channels of the batch norms between it
+/// and the layer that reads it, and that reader's columns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NeuronGroup {
+    /// The layer's parameter prefix (`linear1`, `conv2`).
+    pub layer: String,
+    /// Batch norms in between, by prefix (`bn1`).
+    pub norms: Vec<String>,
+    /// The reader's parameter prefix: a `linear` or `conv2d` layer.
+    pub reader: String,
+    /// The reader's input columns per neuron: 1, or a flattened channel's `H * W`.
+    pub block: usize,
+    /// Neurons before and after pruning.
+    pub from: usize,
+    pub keep: usize,
 }
 
 impl Pruning {

@@ -546,6 +546,7 @@ fn pruning_zeroes_the_smallest_magnitudes_keeps_earlier_cuts_and_breaks_ties_by_
         .iter()
         .all(|x| *x != 0.0));
     let (nonzero, sparsity) = model.sparsity().unwrap();
+    let sparsity = sparsity.unwrap();
     assert!((sparsity - 0.75).abs() < 0.01, "{sparsity}");
     assert!(nonzero < model.param_count());
     // Masked gradients and masked updates keep the zeros.

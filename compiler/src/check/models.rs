@@ -769,7 +769,7 @@ fn layer_prefix(layer: &Layer) -> &'static str {
 }
 
 /// Trainable parameters and forward FLOPs per sample (a multiply-add is two FLOPs).
-fn cost(layer: &Layer, input: &[usize], output: &[usize]) -> (usize, u64) {
+pub(super) fn cost(layer: &Layer, input: &[usize], output: &[usize]) -> (usize, u64) {
     let out_elems = output.iter().product::<usize>() as u64;
     match layer {
         Layer::Linear { out, bias } => {

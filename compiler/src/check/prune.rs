@@ -3,7 +3,7 @@
 
 use kd_grammar::ast::{Declaration, Program, PruneSource, RoleDecl, RoleKind, RoleSource, Value};
 use kd_grammar::ast::{Span, ValueKind};
-use kd_plan::{ModelSpec, Pruning, Role, ValueSchedule};
+use kd_plan::{Layer, LayerSpec, ModelSpec, NeuronGroup, Pruning, Role, ValueSchedule};
 
 use super::models::to_plan;
 use super::values::format_number;
@@ -86,6 +86,38 @@ impl Cx<'_> {
             );
             return None;
         }
+        let neurons = match fields.value("granularity") {
+            None => false,
+            Some(v) => match &v.kind {
+                ValueKind::Name(n) if n == "weights" => false,
+                ValueKind::Name(n) if n == "neurons" => true,
+                _ => {
+                    self.invalid(
+                        v.span,
+                        "`granularity` is `weights` or `neurons`".into(),
+                        "unknown granularity",
+                        Some(
+                            "`weights` zeroes single weights; `neurons` removes whole neurons \
+                             (a convolution's output channels) and shrinks the model"
+                                .into(),
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        if neurons {
+            if let Some(v) = fields.value("every") {
+                self.invalid(
+                    v.span,
+                    "`every` paces a gradual sparsity, and neurons are removed at once".into(),
+                    "nothing to pace",
+                    None,
+                );
+                return None;
+            }
+            return self.neuron_pruned(r, p, source, fields.value("sparsity"));
+        }
         let tensors = kd_plan::prunable(&source.layers);
         if tensors.is_empty() {
             self.invalid(
@@ -142,6 +174,76 @@ impl Cx<'_> {
             sparsity,
             every,
             tensors,
+            neurons: Vec::new(),
+        });
+        Some(model)
+    }
+
+    /// `granularity: neurons`: the source's architecture with fewer neurons in every layer
+    /// whose outputs one `linear` or `conv2d` layer reads (through activations, dropout,
+    /// batch norms, pools and `flatten`), at once.
+    fn neuron_pruned(
+        &mut self,
+        r: &RoleDecl,
+        p: &PruneSource,
+        source: &ModelSpec,
+        sparsity: Option<&Value>,
+    ) -> Option<ModelSpec> {
+        let Some(value) = sparsity else {
+            self.error(CheckError::Missing {
+                message: format!("`prune({})` needs a `sparsity`", source.name),
+                span: span(p.span),
+                label: "how much to prune?".into(),
+                help: Some("`sparsity: 50%` removes half of each layer's neurons".into()),
+            });
+            return None;
+        };
+        if matches!(value.kind, ValueKind::Call(_)) {
+            self.invalid(
+                value.span,
+                "`granularity: neurons` removes neurons at once; a schedule prunes weights \
+                 gradually"
+                    .into(),
+                "a schedule",
+                Some("give a fraction, such as `sparsity: 50%`".into()),
+            );
+            return None;
+        }
+        let fraction = self.fraction(value)?;
+        let tapped: Vec<usize> = source.taps.iter().map(|t| t.layer).collect();
+        let (layers, groups) = narrowed(&source.layers, &tapped, fraction);
+        if groups.is_empty() {
+            self.invalid(
+                p.source.span,
+                format!("`{}` has no neurons that can be removed", source.name),
+                "nothing to prune",
+                Some(
+                    "a linear or conv2d layer's neurons can go when another linear or conv2d \
+                     layer of the same block reads them, through activations, dropout, batch \
+                     norms, pools or flatten, and no tap reads them in between"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        let mut model = source.clone();
+        model.name = r.name.name.clone();
+        model.role = match r.role {
+            RoleKind::Teacher => Role::Teacher,
+            RoleKind::Student => Role::Student,
+        };
+        model.init_from = None;
+        model.init_key = r.name.name.clone();
+        model.span = to_plan(r.span);
+        model.params = layers.iter().map(|l| l.params).sum();
+        model.flops = layers.iter().map(|l| l.flops).sum();
+        model.layers = layers;
+        model.pruned = Some(Pruning {
+            from: source.name.clone(),
+            sparsity: ValueSchedule::Constant { value: fraction },
+            every: 1,
+            tensors: Vec::new(),
+            neurons: groups,
         });
         Some(model)
     }
@@ -327,4 +429,110 @@ impl Cx<'_> {
             }
         }
     }
+}
+
+/// The layers with `fraction` of the neurons of each prunable layer removed (at least one
+/// kept), and what was removed. A layer is prunable when it is a `linear` on flat features
+/// or a `conv2d`, is not tapped, and its outputs reach one `linear` or `conv2d` layer of
+/// the same list through layers that keep each neuron's values apart (activations,
+/// dropout, batch norm, pools, flatten), none of them tapped. Layers inside residual
+/// blocks, and a block's own output, are not pruned: the shortcut adds to them.
+fn narrowed(
+    layers: &[LayerSpec],
+    tapped: &[usize],
+    fraction: f64,
+) -> (Vec<LayerSpec>, Vec<NeuronGroup>) {
+    let mut groups = Vec::new();
+    let mut keep = vec![None; layers.len()];
+    for (i, layer) in layers.iter().enumerate() {
+        let out = match layer.layer {
+            Layer::Linear { out, .. } if layer.output.len() == 1 => out,
+            Layer::Conv2d { out, .. } => out,
+            _ => continue,
+        };
+        if tapped.contains(&i) {
+            continue;
+        }
+        let mut norms = Vec::new();
+        let mut block = 1;
+        let mut reader = None;
+        for (j, next) in layers.iter().enumerate().skip(i + 1) {
+            if tapped.contains(&j)
+                && !matches!(next.layer, Layer::Linear { .. } | Layer::Conv2d { .. })
+            {
+                break;
+            }
+            match next.layer {
+                Layer::Relu
+                | Layer::Gelu
+                | Layer::Tanh
+                | Layer::Sigmoid
+                | Layer::Dropout { .. } => {}
+                Layer::MaxPool { .. } | Layer::AvgPool { .. } => {}
+                Layer::BatchNorm { .. } => norms.push(next.name.clone()),
+                Layer::Flatten => block = next.input.iter().skip(1).product::<usize>().max(1),
+                Layer::Linear { .. } | Layer::Conv2d { .. } => {
+                    reader = Some(next.name.clone());
+                    break;
+                }
+                _ => break,
+            }
+        }
+        let Some(reader) = reader else { continue };
+        let kept = (out - (fraction * out as f64).round() as usize).max(1);
+        if kept == out {
+            continue;
+        }
+        keep[i] = Some(kept);
+        groups.push(NeuronGroup {
+            layer: layer.name.clone(),
+            norms,
+            reader,
+            block,
+            from: out,
+            keep: kept,
+        });
+    }
+    // The shapes again, from the first layer: a pruned layer's outputs are fewer, and what
+    // follows it carries the narrower channel axis until its reader.
+    let mut out: Vec<LayerSpec> = Vec::with_capacity(layers.len());
+    let mut input = layers.first().map(|l| l.input.clone()).unwrap_or_default();
+    for (i, original) in layers.iter().enumerate() {
+        let mut layer = original.clone();
+        layer.input = input.clone();
+        layer.output = match (&mut layer.layer, keep[i]) {
+            (Layer::Linear { out, .. }, Some(kept)) => {
+                *out = kept;
+                let mut shape = original.output.clone();
+                if let Some(last) = shape.last_mut() {
+                    *last = kept;
+                }
+                shape
+            }
+            (Layer::Conv2d { out, .. }, Some(kept)) => {
+                *out = kept;
+                let mut shape = original.output.clone();
+                shape[0] = kept;
+                shape
+            }
+            (Layer::Linear { .. } | Layer::Conv2d { .. }, None) => original.output.clone(),
+            (Layer::Flatten, _) => vec![input.iter().product()],
+            (Layer::MaxPool { .. } | Layer::AvgPool { .. }, _) => {
+                let mut shape = original.output.clone();
+                shape[0] = input[0];
+                shape
+            }
+            _ if original.input == original.output => input.clone(),
+            _ => original.output.clone(),
+        };
+        // Only the layers whose shapes changed (a residual block's cost is its body's).
+        if layer.input != original.input || layer.output != original.output {
+            let (params, flops) = super::models::cost(&layer.layer, &layer.input, &layer.output);
+            layer.params = params;
+            layer.flops = flops;
+        }
+        input = layer.output.clone();
+        out.push(layer);
+    }
+    (out, groups)
 }

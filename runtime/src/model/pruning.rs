@@ -4,6 +4,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
+use kd_plan::NeuronGroup;
 
 use super::Model;
 use crate::error::{plan_error, Result, TensorContext};
@@ -21,6 +22,75 @@ impl Model {
             )));
         }
         self.restore(&source.snapshot()?)?;
+        self.masks.clear();
+        Ok(())
+    }
+
+    /// Takes the weights of `source`, a wider model of the same layers, keeping in each
+    /// group the `keep` neurons whose incoming weights have the largest L2 norm (ties to the
+    /// first), in their order: the layer's weight rows and bias, its batch norms'
+    /// channels, and its reader's weight columns.
+    pub fn take_neurons(&mut self, source: &Model, groups: &[NeuronGroup]) -> Result<()> {
+        let find = |name: &str| {
+            source
+                .state()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_tensor().clone())
+                .ok_or_else(|| plan_error(format!("model `{}` has no `{name}`", source.name)))
+        };
+        let mut slices: Vec<(String, usize, Vec<u32>)> = Vec::new();
+        for group in groups {
+            let weight = find(&format!("{}.weight", group.layer))?;
+            let values = weight
+                .flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .ctx_with(|| format!("reading `{}.weight`", group.layer))?;
+            let row = values.len() / group.from.max(1);
+            let norms: Vec<f64> = values
+                .chunks(row.max(1))
+                .map(|r| r.iter().map(|v| f64::from(*v) * f64::from(*v)).sum())
+                .collect();
+            let mut order: Vec<usize> = (0..norms.len()).collect();
+            order.sort_by(|&a, &b| norms[b].total_cmp(&norms[a]).then(a.cmp(&b)));
+            let mut kept: Vec<u32> = order[..group.keep.min(order.len())]
+                .iter()
+                .map(|&k| k as u32)
+                .collect();
+            kept.sort_unstable();
+            slices.push((format!("{}.weight", group.layer), 0, kept.clone()));
+            slices.push((format!("{}.bias", group.layer), 0, kept.clone()));
+            for norm in &group.norms {
+                for field in ["weight", "bias", "running_mean", "running_var"] {
+                    slices.push((format!("{norm}.{field}"), 0, kept.clone()));
+                }
+            }
+            let block = group.block.max(1) as u32;
+            let columns = kept
+                .iter()
+                .flat_map(|&k| k * block..(k + 1) * block)
+                .collect();
+            slices.push((format!("{}.weight", group.reader), 1, columns));
+        }
+        for (name, var) in self.state() {
+            let mut tensor = find(name)?;
+            for (_, axis, indices) in slices.iter().filter(|(n, _, _)| n == name) {
+                let indices = Tensor::new(indices.as_slice(), tensor.device())
+                    .and_then(|i| tensor.index_select(&i, *axis))
+                    .ctx_with(|| format!("selecting the kept neurons of `{name}`"))?;
+                tensor = indices;
+            }
+            if tensor.dims() != var.dims() {
+                return Err(plan_error(format!(
+                    "`{name}` of `{}` is {:?} after pruning, `{}` has {:?}",
+                    source.name,
+                    tensor.dims(),
+                    self.name,
+                    var.dims()
+                )));
+            }
+            var.set(&tensor.contiguous().ctx("copying a pruned tensor")?)
+                .ctx_with(|| format!("setting `{name}` of `{}`", self.name))?;
+        }
         self.masks.clear();
         Ok(())
     }
@@ -133,8 +203,8 @@ impl Model {
     }
 
     /// Parameters that are not zero, and the fraction of the masked tensors' values that
-    /// are pruned.
-    pub fn sparsity(&self) -> Result<(usize, f64)> {
+    /// are pruned (`None` without masks: a model whose neurons were removed).
+    pub fn sparsity(&self) -> Result<(usize, Option<f64>)> {
         let mut nonzero = 0;
         for (name, var) in &self.params {
             let values = var
@@ -154,6 +224,7 @@ impl Model {
             pruned += values.iter().filter(|v| **v == 0.0).count();
             total += values.len();
         }
-        Ok((nonzero, pruned as f64 / total.max(1) as f64))
+        let fraction = (total > 0).then(|| pruned as f64 / total as f64);
+        Ok((nonzero, fraction))
     }
 }

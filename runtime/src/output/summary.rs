@@ -357,7 +357,7 @@ pub(crate) fn model_summaries(
                 encoder_forwards: first.encoder_forwards.get(&spec.name).copied(),
                 pruned_from: spec.pruned.as_ref().map(|p| p.from.clone()),
                 nonzero_params: first.sparsity.get(&spec.name).map(|s| s.0),
-                sparsity: first.sparsity.get(&spec.name).map(|s| s.1),
+                sparsity: first.sparsity.get(&spec.name).and_then(|s| s.1),
                 metrics,
                 metrics_std,
             },

@@ -107,7 +107,7 @@ pub struct SeedRecord {
     /// Pruned models: parameters that are not zero, and the pruned fraction of the
     /// masked tensors.
     #[serde(default)]
-    pub sparsity: BTreeMap<String, (usize, f64)>,
+    pub sparsity: BTreeMap<String, (usize, Option<f64>)>,
 }
 
 /// A checkpoint in memory: the state, and the tensors by name (shape, f32 values).

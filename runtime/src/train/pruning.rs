@@ -45,8 +45,12 @@ impl Run<'_> {
             .remove(&spec.name)
             .ok_or_else(|| plan_error(format!("no model `{}`", spec.name)))?;
         let made = self.model_ref(models, &pruning.from).and_then(|source| {
-            model.take_weights(source)?;
-            model.prune_to(&pruning.tensors, first_sparsity(pruning))
+            if pruning.neurons.is_empty() {
+                model.take_weights(source)?;
+                model.prune_to(&pruning.tensors, first_sparsity(pruning))
+            } else {
+                model.take_neurons(source, &pruning.neurons)
+            }
         });
         // Its baselines start from exactly these weights and masks.
         let copies = self.plan.models.iter().filter(|b| {
