@@ -72,17 +72,21 @@ fn pruned_weights_are_zero_where_the_masks_say_after_training() {
         }
     }
     assert_eq!(models["sparse"]["nonzero_params"], 2410 - 1843 - 288);
+    // Its baseline is pruned alike, over its copy of `ramp`.
+    assert_eq!(models["alone"]["nonzero_params"], 2410 - 1843 - 288);
+    assert_eq!(models["alone"]["sparsity"], models["sparse"]["sparsity"]);
     // The sparsity logged per epoch follows the cubic schedule and ends at its target.
     let logged: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["stage"] == "ramp")
+        .filter(|v| v["stage"] == "ramp" || v["stage"] == "alone/ramp")
         .map(|v| v["sparsity"].as_f64().unwrap())
         .collect();
-    assert_eq!(logged.len(), 3);
-    assert!(logged.windows(2).all(|w| w[0] < w[1]), "{logged:?}");
-    assert_eq!(*logged.last().unwrap(), 0.9);
+    assert_eq!(logged.len(), 6);
+    assert_eq!(logged[..3], logged[3..]);
+    assert!(logged[..3].windows(2).all(|w| w[0] < w[1]), "{logged:?}");
+    assert_eq!(logged[2], 0.9);
     // Distillation from the trained teacher still gets somewhere at 90% sparsity.
     let accuracy = models["sparse"]["metrics"]["test"]["accuracy"]
         .as_f64()

@@ -392,7 +392,7 @@ fn a_run_killed_while_it_prunes_resumes_with_its_masks() {
             .collect()
     };
     assert_eq!(sparsity(&whole), sparsity(&dir));
-    assert_eq!(sparsity(&whole).len(), 30);
+    assert_eq!(sparsity(&whole).len(), 60);
 }
 
 #[cfg(unix)]

@@ -47,7 +47,27 @@ impl Cx<'_> {
                 matches!(d, Declaration::Role(o)
                     if &o.name.name == name && matches!(o.source, RoleSource::Prune(_)))
             });
-            if pruned_later {
+            let baseline = program
+                .declarations
+                .iter()
+                .any(|d| matches!(d, Declaration::Baseline(b) if &b.name.name == name));
+            if name == &r.name.name {
+                self.invalid(
+                    p.source.span,
+                    format!("`{name}` cannot be pruned from itself"),
+                    "itself",
+                    Some("prune the model it should start from".into()),
+                );
+            } else if baseline {
+                self.invalid(
+                    p.source.span,
+                    format!("`{name}` is a baseline, which is not pruned"),
+                    "a baseline",
+                    Some(
+                        "prune the student, and give the pruned model a baseline of its own".into(),
+                    ),
+                );
+            } else if pruned_later {
                 self.invalid(
                     p.source.span,
                     format!(
@@ -343,9 +363,10 @@ impl Cx<'_> {
             let Some(pruning) = &model.pruned else {
                 continue;
             };
+            self.gradual_baselines(model, models, stages);
             let at = Span::new(model.span.start, model.span.end);
-            let uses = |s: &CheckedStage| s.trains == model.name || s.frozen.contains(&model.name);
-            let first = stages.iter().position(uses);
+            // Made when it, or a model pruned from it, is first used.
+            let first = making_stage(&model.name, models, stages);
             let before = &stages[..first.unwrap_or(stages.len())];
             let Some(source) = models.iter().find(|m| m.name == pruning.from) else {
                 continue;
@@ -353,7 +374,10 @@ impl Cx<'_> {
             let ready = source.init_from.is_some()
                 || source.pruned.is_some()
                 || before.iter().any(|s| s.trains == source.name);
-            if !ready {
+            // A stage that sets out to train the source but failed to check was reported.
+            let echo = self.trained.contains(&source.name)
+                && !stages.iter().any(|s| s.trains == source.name);
+            if !ready && !echo {
                 let message = match first {
                     Some(i) => format!(
                         "`{}` is pruned from `{}` when stage `{}` starts, and no stage before \
@@ -379,7 +403,13 @@ impl Cx<'_> {
             if !pruning.gradual() {
                 continue;
             }
-            let Some(stage) = first.map(|i| &stages[i]) else {
+            let first_use = stages
+                .iter()
+                .position(|s| s.trains == model.name || s.frozen.contains(&model.name));
+            let Some(stage) = first_use.map(|i| &stages[i]) else {
+                if self.trained.contains(&model.name) {
+                    continue;
+                }
                 self.error(CheckError::Stage {
                     message: format!(
                         "a gradual sparsity prunes `{}` over a stage that trains it, and none does",
@@ -391,6 +421,22 @@ impl Cx<'_> {
                 });
                 continue;
             };
+            if first != first_use {
+                self.error(CheckError::Stage {
+                    message: format!(
+                        "`{}` prunes gradually over its first stage, and is made earlier, for \
+                         a model pruned from it",
+                        model.name
+                    ),
+                    span: span(at),
+                    label: "made before its stage".into(),
+                    help: Some(format!(
+                        "train `{}` before the model pruned from it is used",
+                        model.name
+                    )),
+                });
+                continue;
+            }
             if stage.trains != model.name {
                 self.error(CheckError::Stage {
                     message: format!(
@@ -535,4 +581,58 @@ fn narrowed(
         out.push(layer);
     }
     (out, groups)
+}
+
+impl Cx<'_> {
+    /// A baseline of a gradually pruned model prunes as it does, over its copy of the
+    /// model's first stage, which must be the baseline's first.
+    fn gradual_baselines(
+        &mut self,
+        model: &ModelSpec,
+        models: &[ModelSpec],
+        stages: &[CheckedStage],
+    ) {
+        if !model.pruned.as_ref().is_some_and(Pruning::gradual) {
+            return;
+        }
+        let Some(first) = stages
+            .iter()
+            .find(|s| s.trains == model.name || s.frozen.contains(&model.name))
+        else {
+            return;
+        };
+        let baselines = models.iter().filter(|b| {
+            b.role == Role::Baseline && b.init_key == model.init_key && b.pruned == model.pruned
+        });
+        for baseline in baselines {
+            let own = stages.iter().find(|s| s.trains == baseline.name);
+            if own.is_some_and(|s| s.baseline_of.as_deref() != Some(first.name.as_str())) {
+                self.error(CheckError::Stage {
+                    message: format!(
+                        "`{}` is pruned gradually over stage `{}`, and its baseline `{}` must \
+                         be pruned alike: first trained like `{}`",
+                        model.name, first.name, baseline.name, first.name
+                    ),
+                    span: span(Span::new(baseline.span.start, baseline.span.end)),
+                    label: "does not start with that stage".into(),
+                    help: Some(format!("write `trained like {} + ...`", first.name)),
+                });
+            }
+        }
+    }
+}
+
+/// The index of the stage before which `name` is made: the first that uses it or any
+/// model pruned from it (a pruned model's source is made first).
+fn making_stage(name: &str, models: &[ModelSpec], stages: &[CheckedStage]) -> Option<usize> {
+    let own = stages
+        .iter()
+        .position(|s| s.trains == name || s.frozen.iter().any(|f| f == name));
+    models
+        .iter()
+        .filter(|m| m.role != Role::Baseline && m.name != name)
+        .filter(|m| m.pruned.as_ref().is_some_and(|p| p.from == name))
+        .filter_map(|m| making_stage(&m.name, models, stages))
+        .chain(own)
+        .min()
 }

@@ -75,23 +75,36 @@ impl Run<'_> {
     }
 }
 
-/// The sparsity a pruned model is made with: its constant, or its schedule's start.
+/// The sparsity a pruned model is made with: its constant, or its schedule's value before
+/// the first step (`step(at: 0)` is already at its end).
 fn first_sparsity(pruning: &Pruning) -> f64 {
     match pruning.sparsity {
         ValueSchedule::Constant { value } => value,
-        ref schedule => schedule.ends().0,
+        ref schedule => schedule.at(0, 2),
     }
 }
 
-/// The stage's gradual pruning, when it is the first stage of a gradually pruned model.
+/// The stage's gradual pruning, when it is the first stage of a gradually pruned model, or
+/// a baseline's copy of that stage.
 pub(super) fn gradual<'p>(plan: &'p kd_plan::Plan, stage: &Stage) -> Option<&'p Pruning> {
     let spec = plan.model(&stage.trains)?;
     let pruning = spec.pruned.as_ref().filter(|p| p.gradual())?;
+    // A baseline follows the model it copies.
+    let model = match spec.role {
+        Role::Baseline => plan.models.iter().find(|m| {
+            m.role != Role::Baseline && m.init_key == spec.init_key && m.pruned == spec.pruned
+        })?,
+        _ => spec,
+    };
     let first = plan
         .stages
         .iter()
-        .find(|s| s.trains == spec.name || s.frozen.contains(&spec.name))?;
-    (first.name == stage.name).then_some(pruning)
+        .find(|s| s.trains == model.name || s.frozen.contains(&model.name))?;
+    let copies = match spec.role {
+        Role::Baseline => stage.baseline_of.as_deref() == Some(first.name.as_str()),
+        _ => first.name == stage.name,
+    };
+    copies.then_some(pruning)
 }
 
 /// The sparsity after `done` of a stage's `total` steps: the schedule runs from its first
