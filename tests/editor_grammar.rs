@@ -246,6 +246,12 @@ fn every_known_word_gets_the_scope_of_its_class() {
             "variable.other.setting.kd",
         ),
         (
+            "quantize setting",
+            v::QUANTIZE_SETTINGS,
+            "student q = quantize(s) on d.train { {}: 1 }",
+            "variable.other.setting.kd",
+        ),
+        (
             "instance setting",
             v::INSTANCE_SETTINGS,
             "student s = m { {}: f32 }",

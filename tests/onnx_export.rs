@@ -329,3 +329,129 @@ fn bert_models_export_to_onnx_and_run_in_onnxruntime() {
         );
     }
 }
+
+#[test]
+fn an_int8_export_runs_in_onnxruntime_and_predicts_what_kdcs_int8_model_predicts() {
+    let (base, run) = run_pipeline("tests/onnx/int8.kd", "int8");
+    // onnxruntime (after onnx's full checker) on every digit of the file.
+    let ort = base.join("ort.json");
+    let status = Command::new(python())
+        .args([
+            root().join("tests/onnx/run_export.py").to_str().unwrap(),
+            run.join("int8.onnx").to_str().unwrap(),
+            "1797",
+            ort.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ort: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ort).unwrap()).unwrap();
+    let rows = |v: &serde_json::Value| -> Vec<Vec<f32>> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect()
+    };
+
+    // kdc's int8 model as the run made it: the trained student, calibrated on the
+    // training split.
+    let file = root().join("tests/onnx/int8.kd");
+    let source = std::fs::read_to_string(&file).unwrap();
+    let plan = kd_compiler::compile(&source, &file, &[]).unwrap().plan;
+    let seed = plan.settings.seed;
+    let student = kd_runtime::model::Model::new(plan.model("s").unwrap(), seed).unwrap();
+    student
+        .load_weights(&run.join("student.safetensors"))
+        .unwrap();
+    let data =
+        kd_runtime::data::Dataset::load(plan.data("digits").unwrap(), &plan.source.base_dir, seed)
+            .unwrap();
+    let train = data.split("train").unwrap();
+    let (mut x, mut labels) = (Vec::new(), Vec::new());
+    let positions: Vec<usize> = (0..train.len()).collect();
+    data.fill_batch(train, &positions, &mut x, &mut labels)
+        .unwrap();
+    let calibration = Tensor::from_vec(x, (positions.len(), 1, 8, 8), &Device::Cpu).unwrap();
+    let mut int8 = kd_runtime::model::Model::new(plan.model("q").unwrap(), seed).unwrap();
+    int8.take_weights(&student).unwrap();
+    int8.quantize(&[calibration]).unwrap();
+    assert!(int8.is_int8());
+
+    let inputs = rows(&ort["inputs"]);
+    let x = Tensor::from_vec(inputs.concat(), (inputs.len(), 1, 8, 8), &Device::Cpu).unwrap();
+    let ours = int8.forward(&x, false).unwrap();
+    let ours = ours
+        .iter()
+        .find(|(p, _)| p == "output")
+        .unwrap()
+        .1
+        .to_vec2::<f32>()
+        .unwrap();
+    let theirs = rows(&ort["outputs"]);
+    let argmax = |r: &Vec<f32>| {
+        r.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0
+    };
+    let agree = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
+    // The bar: the same predictions on at least 99.9% of the samples.
+    assert!(
+        agree as f64 >= 0.999 * ours.len() as f64,
+        "onnxruntime agrees with kdc's int8 model on {agree} of {}",
+        ours.len()
+    );
+    // onnxruntime computes the QDQ graph in float (its sums round where kdc's are exact):
+    // 1.4e-6 apart at most here, where the f32 model is 0.13 away (and 16 predictions).
+    let difference = ours
+        .iter()
+        .flatten()
+        .zip(theirs.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(difference < 1e-4, "onnxruntime differs by {difference}");
+
+    // The int8 safetensors: int8 weights with their scales, a quarter of the f32 bytes.
+    let bytes = std::fs::read(run.join("int8.safetensors")).unwrap();
+    let file = safetensors_header(&bytes);
+    assert_eq!(file["conv1.weight"]["dtype"], "I8");
+    assert_eq!(file["residual1.shortcut.weight"]["dtype"], "I8");
+    assert_eq!(file["linear2.weight"]["dtype"], "I8");
+    assert_eq!(
+        file["linear1.weight_scale"]["shape"],
+        serde_json::json!([24])
+    );
+    assert_eq!(file["linear1.input_scale"]["dtype"], "F32");
+    assert_eq!(file["bn1.running_var"]["dtype"], "F32");
+    let f32_bytes = std::fs::metadata(run.join("student.safetensors"))
+        .unwrap()
+        .len();
+    assert!(
+        (bytes.len() as u64) < f32_bytes / 2,
+        "{} vs {f32_bytes}",
+        bytes.len()
+    );
+    let summary = summary(&run);
+    assert_eq!(summary["models"]["q"]["precision"], "int8");
+    assert_eq!(summary["models"]["q"]["quantized_from"], "s");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A safetensors file's JSON header.
+fn safetensors_header(bytes: &[u8]) -> serde_json::Value {
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + len]).unwrap()
+}

@@ -107,6 +107,7 @@ fn bert_spec(folder: &str, layers: Vec<usize>, hidden: usize, pooling: Pooling) 
         span: Span::default(),
         onnx: None,
         pruned: None,
+        quantized: None,
         bert: Some(BertSpec {
             path: folder.into(),
             pooling,

@@ -218,6 +218,7 @@ fn highlights_name_the_vocabulary() {
         v::BERT_SETTINGS,
         v::INSTANCE_SETTINGS,
         v::PRUNE_SETTINGS,
+        v::QUANTIZE_SETTINGS,
     ] {
         settings.extend(set(more));
     }

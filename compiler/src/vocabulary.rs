@@ -113,7 +113,7 @@ pub const DATA_SOURCES: &[&str] = &[
     "idx", "csv", "tsv", "text", "npy", "npz", "images", "parquet", "arrow",
 ];
 /// `teacher NAME = SOURCE(...)` for models from files.
-pub const MODEL_SOURCES: &[&str] = &["onnx", "bert", "prune"];
+pub const MODEL_SOURCES: &[&str] = &["onnx", "bert", "prune", "quantize"];
 
 /// Settings of `pipeline`.
 pub const PIPELINE_SETTINGS: &[&str] = &[
@@ -165,5 +165,7 @@ pub const BERT_SETTINGS: &[&str] = &["pooling", "classes", "trainable", "layers"
 pub const INSTANCE_SETTINGS: &[&str] = &["precision"];
 /// Settings of a pruned model (`student p = prune(s) { sparsity: 50% }`).
 pub const PRUNE_SETTINGS: &[&str] = &["sparsity", "every", "granularity"];
+/// Settings of an int8 model (`student q = quantize(s) on digits.train { samples: 512 }`).
+pub const QUANTIZE_SETTINGS: &[&str] = &["samples"];
 /// Settings of a `stage` (written `epochs 10`, without a colon).
 pub const STAGE_SETTINGS: &[&str] = &["epochs", "batch", "clip", "early_stop"];

@@ -86,6 +86,7 @@ module.exports = grammar({
           $.onnx_source,
           $.bert_source,
           $.prune_source,
+          $.quantize_source,
           seq(
             field('architecture', $.identifier),
             optional(seq('from', field('weights', $.string))),
@@ -99,6 +100,8 @@ module.exports = grammar({
       seq(choice('input', 'output', 'tap'), $.string, optional($.list), optional($.alias)),
     bert_source: ($) => seq('bert', '(', $.string, ')', optional($.settings)),
     prune_source: ($) => seq('prune', '(', field('model', $.identifier), ')', optional($.settings)),
+    quantize_source: ($) =>
+      seq('quantize', '(', field('model', $.identifier), ')', 'on', $.data_ref, optional($.settings)),
 
     loss_declaration: ($) =>
       seq('loss', field('name', $.identifier), optional($.loss_parameters), '=', field('body', $._expression)),

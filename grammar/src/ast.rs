@@ -192,6 +192,17 @@ pub enum RoleSource {
     Bert(BertSource),
     /// `= prune(s) { sparsity: 50% }`
     Prune(PruneSource),
+    /// `= quantize(s) on digits.train { samples: 512 }`
+    Quantize(QuantizeSource),
+}
+
+/// `quantize(model) on data.split { settings }`: the model in int8, calibrated on the split.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct QuantizeSource {
+    pub source: Ident,
+    pub data: DataRef,
+    pub settings: Vec<Setting>,
+    pub span: Span,
 }
 
 /// `prune(model) { settings }`: the model's architecture, its weights magnitude-pruned.

@@ -695,6 +695,13 @@ impl Printer<'_> {
                 let text = format!("{head} prune({})", p.source.name);
                 self.with_settings(text, &p.settings, r.span);
             }
+            RoleSource::Quantize(q) => {
+                let text = format!(
+                    "{head} quantize({}) on {}.{}",
+                    q.source.name, q.data.data.name, q.data.split.name
+                );
+                self.with_settings(text, &q.settings, r.span);
+            }
             RoleSource::Onnx(o) => {
                 let items = o
                     .ports

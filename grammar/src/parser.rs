@@ -179,6 +179,24 @@ fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
                     settings,
                     span,
                 })
+            } else if what.as_rule() == Rule::quantize_source {
+                let own = span_of(&what);
+                let own = Span::new(own.start, own.start + what.as_str().trim_end().len());
+                span = Span::new(span.start, own.end);
+                let span = own;
+                let mut b = parts(what);
+                let source = ident(next_part(&mut b, "quantized model")?);
+                let data = data_ref(next_part(&mut b, "calibration data")?)?;
+                let settings = match b.next() {
+                    Some(block) => settings(block)?,
+                    None => Vec::new(),
+                };
+                RoleSource::Quantize(QuantizeSource {
+                    source,
+                    data,
+                    settings,
+                    span,
+                })
             } else {
                 let architecture = ident(what);
                 let mut init_from = None;

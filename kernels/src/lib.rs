@@ -8,6 +8,7 @@ pub mod batchnorm;
 pub mod conv1d;
 pub mod conv2d;
 pub mod elementwise;
+pub mod int8;
 pub mod layernorm;
 pub mod optim;
 pub mod pool;

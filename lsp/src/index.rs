@@ -53,6 +53,10 @@ pub fn symbols(program: &Program) -> Vec<Symbol> {
                         uses.push((Space::Architecture, architecture));
                     }
                     RoleSource::Prune(p) => uses.push((Space::Instance, &p.source)),
+                    RoleSource::Quantize(q) => {
+                        uses.push((Space::Instance, &q.source));
+                        uses.push((Space::Data, &q.data.data));
+                    }
                     RoleSource::Onnx(_) | RoleSource::Bert(_) => {}
                 }
             }

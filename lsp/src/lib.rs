@@ -462,6 +462,9 @@ impl Server {
                             (r.span, kd_compiler::vocabulary::INSTANCE_SETTINGS)
                         }
                         RoleSource::Prune(_) => (r.span, kd_compiler::vocabulary::PRUNE_SETTINGS),
+                        RoleSource::Quantize(_) => {
+                            (r.span, kd_compiler::vocabulary::QUANTIZE_SETTINGS)
+                        }
                         RoleSource::Onnx(_) => return None,
                     },
                     _ => return None,

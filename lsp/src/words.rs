@@ -13,6 +13,8 @@ pub fn describe(word: &str) -> Option<&'static str> {
         "teacher" => "`teacher NAME = ARCH | onnx(...) | bert(...) | prune(MODEL)`: a model instance that `distill` may run frozen (section 7)",
         "student" => "`student NAME = ARCH | bert(...) | prune(MODEL) { ... }`: a model instance that learns (section 7)",
         "prune" => "`prune(MODEL) { sparsity: 50% }`: MODEL's architecture and weights, the smallest-magnitude weights set to zero and kept there (section 7.3); `sparsity: cubic(from: 0, to: 90%)` prunes gradually over the first stage that trains it",
+        "quantize" => "`quantize(MODEL) on DATA.SPLIT { samples: N }`: MODEL after every stage, its linear and conv2d layers in int8 (per-channel symmetric weights, per-tensor symmetric inputs calibrated on the split's first N samples) (section 7.4)",
+        "samples" => "setting of `quantize(...)`: how many of the split's samples calibrate the int8 input scales (default: all)",
         "granularity" => "setting of `prune(...)`: `weights` (default) zeroes single weights behind masks; `neurons` removes whole neurons (a linear layer's outputs, a convolution's channels) with what reads them, and shrinks the model",
         "sparsity" => "setting of `prune(...)`: the fraction of each weight tensor set to zero, `50%` or `0.5` at once, or a schedule (`cubic(from: 0, to: 90%)`) over the stage",
         "every" => "`every`: the lr schedule `step(every: N)`'s period in epochs, or a setting of `prune(...)`: a gradual sparsity updates the masks after every this many steps (default 1)",

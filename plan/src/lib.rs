@@ -482,6 +482,24 @@ pub struct ModelSpec {
     /// Set for a model made from another's weights by magnitude pruning (`prune(s)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned: Option<Pruning>,
+    /// Set for an int8 model made from another after the stages (`quantize(s) on ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<Quantization>,
+}
+
+/// `quantize(from) on data.split { samples: N }`: `from`'s architecture and weights after
+/// every stage, its `linear` and `conv2d` layers computing in int8: weights symmetric per
+/// output channel, each layer's input symmetric per tensor with a scale calibrated on the
+/// split's first `samples` samples (all of them by default).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Quantization {
+    pub from: String,
+    pub data: String,
+    pub split: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+    /// The quantised layers' weights, by name (`linear1.weight`, `residual1.shortcut.weight`).
+    pub weights: Vec<String>,
 }
 
 /// `prune(from) { sparsity: ..., every: ... }`: a model of `from`'s architecture that starts
@@ -1213,6 +1231,34 @@ pub fn prunable(layers: &[LayerSpec]) -> Vec<String> {
         })
         .map(|(name, _)| name)
         .collect()
+}
+
+/// The weights of the layers int8 quantisation applies to: `linear` and `conv2d` layers
+/// and residual shortcuts, anywhere in the model.
+pub fn quantizable(layers: &[LayerSpec]) -> Vec<String> {
+    let dense: Vec<String> = flat_layers(layers, "")
+        .into_iter()
+        .filter(|(_, l)| matches!(l.layer, Layer::Linear { .. } | Layer::Conv2d { .. }))
+        .map(|(prefix, l)| format!("{prefix}{}.weight", l.name))
+        .collect();
+    parameter_shapes(layers)
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| dense.contains(name) || name.ends_with(".shortcut.weight"))
+        .collect()
+}
+
+/// Every layer with its name prefix (`residual1.` inside a block), blocks before their
+/// bodies.
+fn flat_layers<'l>(layers: &'l [LayerSpec], prefix: &str) -> Vec<(String, &'l LayerSpec)> {
+    let mut out = Vec::new();
+    for layer in layers {
+        out.push((prefix.to_string(), layer));
+        if let Layer::Residual { body, .. } = &layer.layer {
+            out.extend(flat_layers(body, &format!("{prefix}{}.", layer.name)));
+        }
+    }
+    out
 }
 
 /// The names and shapes of every tensor a model's safetensors file holds, in layer order:

@@ -43,6 +43,7 @@ fn spec(file: &str, tap: &str, tap_shape: Vec<usize>) -> ModelSpec {
             taps: vec![(tap.into(), tap.into())],
         }),
         pruned: None,
+        quantized: None,
         bert: None,
         tokens: false,
         precision: Default::default(),

@@ -115,6 +115,7 @@ impl Cx<'_> {
             span: super::models::to_plan(r.span),
             onnx: None,
             pruned: None,
+            quantized: None,
             bert: Some(BertSpec {
                 path: text.into(),
                 pooling,

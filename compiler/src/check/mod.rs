@@ -10,6 +10,7 @@ mod images;
 mod models;
 mod onnx;
 mod prune;
+mod quantize;
 mod stages;
 mod tables;
 mod text;
@@ -166,10 +167,12 @@ pub fn check(
     let architectures = cx.architectures(program);
     let mut models = cx.roles(program, &architectures, &data, settings.precision);
     cx.pruned_roles(program, &mut models);
+    cx.quantized_roles(program, &mut models, &data);
     let losses = cx.loss_decls(program);
     let mut stages = cx.stages(program, &models, &data, &augments, &losses);
     cx.baselines(program, &mut models, &mut stages);
     cx.pruning_order(&models, &stages);
+    cx.quantized_order(&models, &stages);
     let evaluations = cx.evaluations(program, &models, &data, &stages);
     let exports = cx.exports(program, &models, &stages);
     // An unused-declaration warning after an error is usually that error's echo.

@@ -637,7 +637,7 @@ impl Cx<'_> {
                     continue;
                 }
                 // Checked once every other model is known (`Cx::pruned_roles`).
-                RoleSource::Prune(_) => continue,
+                RoleSource::Prune(_) | RoleSource::Quantize(_) => continue,
                 RoleSource::Onnx(source) => {
                     match self.onnx_role(r, source) {
                         Some(model) => models.push(model),
@@ -719,6 +719,7 @@ impl Cx<'_> {
                 span: to_plan(r.span),
                 onnx: None,
                 pruned: None,
+                quantized: None,
                 bert: None,
                 tokens: arch.tokens,
                 precision,

@@ -182,6 +182,7 @@ impl Cx<'_> {
                 taps: tap_values,
             }),
             pruned: None,
+            quantized: None,
             bert: None,
             tokens: false,
             precision: Default::default(),

@@ -51,7 +51,18 @@ impl Cx<'_> {
                 .declarations
                 .iter()
                 .any(|d| matches!(d, Declaration::Baseline(b) if &b.name.name == name));
-            if name == &r.name.name {
+            let int8 = program.declarations.iter().any(|d| {
+                matches!(d, Declaration::Role(o)
+                    if &o.name.name == name && matches!(o.source, RoleSource::Quantize(_)))
+            });
+            if int8 {
+                self.invalid(
+                    p.source.span,
+                    format!("`{name}` is an int8 model, which is not pruned"),
+                    "int8",
+                    Some("prune the model it is made from, then quantise the pruned one".into()),
+                );
+            } else if name == &r.name.name {
                 self.invalid(
                     p.source.span,
                     format!("`{name}` cannot be pruned from itself"),

@@ -140,7 +140,7 @@ impl Cx<'_> {
     }
 
     /// A model's input must fit the data's samples.
-    fn fits(&mut self, model: &ModelSpec, data: &DataSpec, r: &DataRef) -> Option<()> {
+    pub(super) fn fits(&mut self, model: &ModelSpec, data: &DataSpec, r: &DataRef) -> Option<()> {
         if model.tokens || data.text.is_some() {
             return self.fits_text(model, data, r);
         }
@@ -1100,7 +1100,8 @@ impl Cx<'_> {
             stages.iter().any(|s| s.trains == model.name) || self.trained.contains(&model.name);
         // Weights from a file (safetensors or ONNX) count as trained; a pruned model's
         // source is checked by `Cx::pruning_order`.
-        if model.init_from.is_none() && model.onnx.is_none() && model.pruned.is_none() && !trained {
+        let made = model.pruned.is_some() || model.quantized.is_some();
+        if model.init_from.is_none() && model.onnx.is_none() && !made && !trained {
             self.error(CheckError::NeverTrained {
                 model: model.name.clone(),
                 used,

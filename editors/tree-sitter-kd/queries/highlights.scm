@@ -25,7 +25,7 @@
 ; Statements and their parts.
 [
   "input" "tokens" "residual" "output" "tap" "train" "distill" "optimizer" "schedule" "validate"
-  "keep" "best" "last" "trained" "onnx" "bert" "prune"
+  "keep" "best" "last" "trained" "onnx" "bert" "prune" "quantize"
 ] @keyword
 (loss_statement "loss" @keyword)
 ["as" "on" "with" "to" "from" "without" "like"] @keyword.operator
@@ -85,7 +85,7 @@
     "seed" "device" "output" "threads" "repeat" "checkpoint_every" "non_finite" "cache"
     "precision" "header" "label" "delimiter" "shape" "scale" "classes" "relabel" "limit" "split"
     "normalize" "channels" "color" "resize" "image" "text" "tokenizer" "max_len" "format" "extension" "skip_headers" "pooling"
-    "trainable" "layers" "sparsity" "every" "granularity"))
+    "trainable" "layers" "sparsity" "every" "granularity" "samples"))
 (stage_setting key: _ @property)
 ; A pruned model's gradual sparsity: `sparsity: cubic(from: 0, to: 90%)`.
 (setting key: (identifier) @property value: (call function: (identifier) @function.builtin)

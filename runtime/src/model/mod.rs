@@ -16,6 +16,8 @@ use crate::rng::Rng;
 use crate::train::losses;
 
 pub mod bert;
+mod int8;
+pub use int8::Int8Weight;
 mod pruning;
 pub(crate) mod tape;
 mod taped;
@@ -89,6 +91,8 @@ enum LayerImpl {
     Pool {
         kind: SeqPool,
     },
+    /// A linear or conv2d layer in int8 (`quantize(...)`).
+    Int8(Box<int8::Int8Layer>),
 }
 
 /// A pre-norm encoder block's parameters.
@@ -142,6 +146,8 @@ pub struct Model {
     /// A pruned model's masks (1 keeps a value, 0 prunes it), by parameter name, in
     /// parameter order; updates keep the pruned values at zero.
     masks: Vec<(String, Tensor)>,
+    /// While an int8 model calibrates: each linear and conv2d layer's largest input.
+    observer: Option<int8::Observer>,
 }
 
 /// The dtype a model of `precision` computes in.
@@ -504,6 +510,7 @@ impl Model {
             dtype: compute_dtype(spec.precision),
             tokens: spec.tokens,
             masks: Vec::new(),
+            observer: None,
         })
     }
 
@@ -566,6 +573,7 @@ impl Model {
             dtype: compute_dtype(spec.precision),
             tokens: spec.tokens,
             masks: Vec::new(),
+            observer: None,
         })
     }
 
@@ -721,6 +729,7 @@ impl Model {
             dtype: DType::F32,
             tokens: spec.tokens,
             masks: Vec::new(),
+            observer: None,
         })
     }
 
@@ -861,11 +870,15 @@ impl Model {
     /// Writes every tensor as safetensors to `path` atomically (see
     /// [`crate::output::files::write_atomically`]); returns the file's size.
     pub fn save_weights(&self, path: &Path) -> Result<u64> {
-        let tensors = self.export_tensors();
-        let bytes = safetensors::serialize(tensors, None).map_err(|e| RuntimeError::Write {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let bytes = match self.is_int8() {
+            true => self.int8_safetensors()?,
+            false => safetensors::serialize(self.export_tensors(), None).map_err(|e| {
+                RuntimeError::Write {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?,
+        };
         crate::output::files::write_atomically(path, &bytes)?;
         Ok(bytes.len() as u64)
     }
@@ -948,6 +961,7 @@ impl Model {
             sinks: &self.grad_sinks,
             gradients,
             dtype: self.dtype,
+            observer: self.observer.as_ref(),
         };
         // kdc's own reverse pass runs on its f32 CPU kernels; elsewhere candle's graph does.
         if gradients
@@ -1067,6 +1081,8 @@ struct ForwardContext<'a> {
     /// The model's compute dtype: f32 parameters are cast to it where they are used, so
     /// their gradients come back f32 through the cast (mixed precision).
     dtype: DType,
+    /// Set while an int8 model calibrates.
+    observer: Option<&'a int8::Observer>,
 }
 
 impl ForwardContext<'_> {
@@ -1207,32 +1223,43 @@ impl LayerImpl {
             LayerImpl::Pool { kind } => {
                 sequence::pool(x, mask.as_ref(), *kind).ctx_with(|| fail("pool"))
             }
-            LayerImpl::Linear { weight, bias } => dense(
-                Dense::Linear,
-                x,
-                &context.param(weight),
-                bias.as_ref().map(|b| context.param(b)).as_ref(),
-                epilogue,
-                context.sinks,
-            )
-            .ctx_with(|| fail("linear")),
+            LayerImpl::Int8(layer) => layer.forward(x).ctx_with(|| fail("int8 layer")),
+            LayerImpl::Linear { weight, bias } => {
+                if let Some(observer) = context.observer {
+                    int8::observe(observer, weight, x).ctx_with(|| fail("calibration"))?;
+                }
+                dense(
+                    Dense::Linear,
+                    x,
+                    &context.param(weight),
+                    bias.as_ref().map(|b| context.param(b)).as_ref(),
+                    epilogue,
+                    context.sinks,
+                )
+                .ctx_with(|| fail("linear"))
+            }
             LayerImpl::Conv2d {
                 weight,
                 bias,
                 stride,
                 padding,
-            } => dense(
-                Dense::Conv2d {
-                    stride: *stride,
-                    padding: *padding,
-                },
-                x,
-                &context.param(weight),
-                bias.as_ref().map(|b| context.param(b)).as_ref(),
-                epilogue,
-                context.sinks,
-            )
-            .ctx_with(|| fail("conv2d")),
+            } => {
+                if let Some(observer) = context.observer {
+                    int8::observe(observer, weight, x).ctx_with(|| fail("calibration"))?;
+                }
+                dense(
+                    Dense::Conv2d {
+                        stride: *stride,
+                        padding: *padding,
+                    },
+                    x,
+                    &context.param(weight),
+                    bias.as_ref().map(|b| context.param(b)).as_ref(),
+                    epilogue,
+                    context.sinks,
+                )
+                .ctx_with(|| fail("conv2d"))
+            }
             LayerImpl::MaxPool { kernel, stride } => {
                 pool(x, *kernel, *stride, Pool::Max).ctx_with(|| fail("max pool"))
             }

@@ -29,8 +29,14 @@ pub fn export(spec: &ModelSpec, model: &Model) -> Result<Vec<u8>> {
     }
     let weights: HashMap<String, candle_core::Tensor> =
         model.export_tensors().into_iter().collect();
+    let int8 = model
+        .int8_tensors()
+        .into_iter()
+        .map(|q| (q.name.clone(), q))
+        .collect();
     let mut graph = Builder {
         weights,
+        int8,
         nodes: Vec::new(),
         initializers: Vec::new(),
         constants: 0,
@@ -204,6 +210,9 @@ fn float(name: &str, value: f32) -> AttributeProto {
 struct Builder {
     /// Every tensor of the model by export name.
     weights: HashMap<String, candle_core::Tensor>,
+    /// An int8 model's quantised weights by name: shape, int8 values, per-channel scales,
+    /// and the scale of the layer's input.
+    int8: HashMap<String, crate::model::Int8Weight>,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     constants: usize,
@@ -709,8 +718,25 @@ impl Builder {
             }
         })
     }
-    /// Adds the weight `name` as an initializer and returns its name.
+    /// Adds the weight `name` as an initializer and returns its name. An int8 weight is
+    /// stored as int8 with its per-channel scales, and `name` is its DequantizeLinear.
     fn weight(&mut self, name: &str) -> Result<String> {
+        if let Some(q) = self.int8.get(name).cloned() {
+            let scales = q.scales;
+            let quantized = format!("{name}_quantized");
+            self.int8_tensor(&quantized, &q.shape, &q.values);
+            let scale = self.float_tensor(&format!("{name}_scale"), &[scales.len()], &scales);
+            let zero = format!("{name}_zero_point");
+            self.int8_tensor(&zero, &[scales.len()], &vec![0; scales.len()]);
+            self.nodes.push(node(
+                "DequantizeLinear",
+                name,
+                &[&quantized, &scale, &zero],
+                name,
+                vec![int("axis", 0)],
+            ));
+            return Ok(name.to_string());
+        }
         let values = self.values(name)?;
         let dims = self
             .weights
@@ -719,6 +745,36 @@ impl Builder {
             .unwrap_or_default();
         self.tensor(name, &dims, &values);
         Ok(name.to_string())
+    }
+
+    fn int8_tensor(&mut self, name: &str, dims: &[usize], values: &[i8]) {
+        self.initializers.push(TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Int8 as i32,
+            raw_data: values.iter().map(|v| *v as u8).collect(),
+            ..Default::default()
+        });
+    }
+
+    /// An int8 layer's input, quantised and dequantised with the layer's input scale
+    /// (QDQ): the values its int8 kernel reads.
+    fn quantized_input(&mut self, layer: &str, input: &str, scale: f32) -> String {
+        let scale = self.float_tensor(&format!("{layer}.input_scale"), &[], &[scale]);
+        let zero = format!("{layer}.input_zero_point");
+        self.int8_tensor(&zero, &[], &[0]);
+        let q = self.op(
+            "QuantizeLinear",
+            &format!("{layer}.input_quantized"),
+            &[input, &scale, &zero],
+            vec![],
+        );
+        self.op(
+            "DequantizeLinear",
+            &format!("{layer}.input_dequantized"),
+            &[&q, &scale, &zero],
+            vec![],
+        )
     }
 
     fn tensor(&mut self, name: &str, dims: &[usize], values: &[f32]) {
@@ -744,6 +800,15 @@ impl Builder {
         let name = format!("{prefix}{}", layer.name);
         let out = name.clone();
         let param = |field: &str| format!("{name}.{field}");
+        let int8_input = self.int8.get(&param("weight")).map(|q| q.input_scale);
+        let quantized;
+        let input = match int8_input {
+            Some(scale) => {
+                quantized = self.quantized_input(&name, input, scale);
+                quantized.as_str()
+            }
+            None => input,
+        };
         match &layer.layer {
             Layer::Linear { bias, .. } => {
                 let weight = self.weight(&param("weight"))?;

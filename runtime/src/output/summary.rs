@@ -69,6 +69,9 @@ pub struct ModelSummary {
     /// BERT models: the samples the encoder actually ran on (the rest came from its cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder_forwards: Option<u64>,
+    /// int8 models: the model they were made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized_from: Option<String>,
     /// Pruned models: the model whose weights were pruned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned_from: Option<String>,
@@ -350,11 +353,15 @@ pub(crate) fn model_summaries(
             ModelSummary {
                 role: spec.role,
                 architecture: spec.architecture.clone(),
-                precision: spec.precision.name().to_string(),
+                precision: match spec.quantized {
+                    Some(_) => "int8".to_string(),
+                    None => spec.precision.name().to_string(),
+                },
                 params: first.params.get(&spec.name).copied().unwrap_or(spec.params),
                 bytes: first.bytes.get(&spec.name).copied(),
                 latency_ms: first.latency_ms.get(&spec.name).copied(),
                 encoder_forwards: first.encoder_forwards.get(&spec.name).copied(),
+                quantized_from: spec.quantized.as_ref().map(|q| q.from.clone()),
                 pruned_from: spec.pruned.as_ref().map(|p| p.from.clone()),
                 nonzero_params: first.sparsity.get(&spec.name).map(|s| s.0),
                 sparsity: first.sparsity.get(&spec.name).and_then(|s| s.1),

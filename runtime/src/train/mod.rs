@@ -10,6 +10,7 @@ pub mod losses;
 mod non_finite;
 pub mod optim;
 mod pruning;
+mod quantize;
 mod stage;
 mod validate;
 
@@ -336,6 +337,7 @@ impl Run<'_> {
             self.stop_if_interrupted()?;
         }
         self.make_pruned(None, &mut models)?;
+        self.make_quantized(&mut models)?;
         let metrics = self.evaluate(&mut models)?;
         for model in models.values_mut() {
             model.save_caches()?;

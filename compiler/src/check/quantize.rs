@@ -1,0 +1,188 @@
+//! `student q = quantize(s) on digits.train { samples: 512 }`: a model in int8, made from
+//! another's weights after every stage and calibrated on a split.
+
+use kd_grammar::ast::{Declaration, Program, QuantizeSource, RoleDecl, RoleKind, RoleSource};
+use kd_plan::{DataSpec, ModelSpec, Precision, Quantization, Role};
+
+use super::models::to_plan;
+use super::{CheckedStage, Cx};
+use crate::diagnostics::{one_of, span, CheckError};
+use crate::vocabulary::QUANTIZE_SETTINGS;
+
+impl Cx<'_> {
+    /// The quantised models, checked after every other role (a pruned one may be
+    /// quantised).
+    pub(super) fn quantized_roles(
+        &mut self,
+        program: &Program,
+        models: &mut Vec<ModelSpec>,
+        data: &[DataSpec],
+    ) {
+        for decl in &program.declarations {
+            let Declaration::Role(r) = decl else { continue };
+            let RoleSource::Quantize(source) = &r.source else {
+                continue;
+            };
+            match self.quantized_role(program, r, source, models, data) {
+                Some(model) => models.push(model),
+                None => {
+                    self.failed.insert(format!("model {}", r.name.name));
+                }
+            }
+        }
+    }
+
+    fn quantized_role(
+        &mut self,
+        program: &Program,
+        r: &RoleDecl,
+        q: &QuantizeSource,
+        models: &[ModelSpec],
+        data: &[DataSpec],
+    ) -> Option<ModelSpec> {
+        let context = format!("`quantize({})`", q.source.name);
+        let fields = self.fields(&q.settings, QUANTIZE_SETTINGS, &context);
+        let samples = match fields.value("samples") {
+            Some(v) => Some(self.count(v, "`samples`", 1)?),
+            None => None,
+        };
+        let name = &q.source.name;
+        let Some(source) = models.iter().find(|m| &m.name == name) else {
+            if self.failed.contains(&format!("model {name}")) {
+                return None;
+            }
+            let declared = |pick: fn(&Declaration) -> bool| {
+                program.declarations.iter().any(|d| {
+                    pick(d)
+                        && match d {
+                            Declaration::Role(o) => &o.name.name == name,
+                            Declaration::Baseline(b) => &b.name.name == name,
+                            _ => false,
+                        }
+                })
+            };
+            let (message, label) = if declared(|d| matches!(d, Declaration::Baseline(_))) {
+                (
+                    format!("`{name}` is a baseline, which is not quantised"),
+                    "a baseline",
+                )
+            } else if declared(
+                |d| matches!(d, Declaration::Role(o) if matches!(o.source, RoleSource::Quantize(_))),
+            ) {
+                (format!("`{name}` is already int8"), "quantised already")
+            } else {
+                self.error(CheckError::UnknownName {
+                    what: "model",
+                    name: name.clone(),
+                    span: span(q.source.span),
+                    help: super::closest(name, models.iter().map(|m| m.name.as_str()))
+                        .or_else(|| Some(one_of(models.iter().map(|m| m.name.as_str())))),
+                });
+                return None;
+            };
+            self.invalid(q.source.span, message, label, None);
+            return None;
+        };
+        if source.quantized.is_some() {
+            self.invalid(
+                q.source.span,
+                format!("`{name}` is already int8"),
+                "quantised already",
+                Some(format!("quantise the model `{name}` was made from")),
+            );
+            return None;
+        }
+        if source.onnx.is_some() || source.bert.is_some() {
+            let from = match source.onnx.is_some() {
+                true => "an ONNX file",
+                false => "a BERT checkpoint",
+            };
+            self.invalid(
+                q.source.span,
+                format!("`{name}` runs from {from}, which kdc does not quantise"),
+                "cannot be quantised",
+                Some(
+                    "quantise a model of a declared architecture, for example the student \
+                     distilled from it"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+        let weights = kd_plan::quantizable(&source.layers);
+        if weights.is_empty() {
+            self.invalid(
+                q.source.span,
+                format!("`{name}` has no linear or conv2d layer to compute in int8"),
+                "nothing to quantise",
+                None,
+            );
+            return None;
+        }
+        let (spec, _) = self.split(&q.data, data)?;
+        self.fits(source, spec, &q.data)?;
+        let mut model = source.clone();
+        model.name = r.name.name.clone();
+        model.role = match r.role {
+            RoleKind::Teacher => Role::Teacher,
+            RoleKind::Student => Role::Student,
+        };
+        model.init_from = None;
+        model.init_key = r.name.name.clone();
+        model.span = to_plan(r.span);
+        model.precision = Precision::F32;
+        model.pruned = None;
+        model.quantized = Some(Quantization {
+            from: name.clone(),
+            data: q.data.data.name.clone(),
+            split: q.data.split.name.clone(),
+            samples,
+            weights,
+        });
+        Some(model)
+    }
+
+    /// A quantised model is made after every stage: no stage may use it, and its source
+    /// must be trained by one (or start from a file, or be made from another model).
+    pub(super) fn quantized_order(&mut self, models: &[ModelSpec], stages: &[CheckedStage]) {
+        for model in models {
+            let Some(q) = &model.quantized else { continue };
+            let at = span(kd_grammar::ast::Span::new(model.span.start, model.span.end));
+            if let Some(stage) = stages
+                .iter()
+                .find(|s| s.trains == model.name || s.frozen.contains(&model.name))
+            {
+                self.error(CheckError::Stage {
+                    message: format!(
+                        "stage `{}` uses `{}`, an int8 model, which is made after every stage",
+                        stage.name, model.name
+                    ),
+                    span: span(stage.span),
+                    label: "uses an int8 model".into(),
+                    help: Some(format!(
+                        "train or distil `{}` instead; quantisation-aware training is not in \
+                         the language yet",
+                        q.from
+                    )),
+                });
+                continue;
+            }
+            let Some(source) = models.iter().find(|m| m.name == q.from) else {
+                continue;
+            };
+            let trained = stages.iter().any(|s| s.trains == source.name)
+                || self.trained.contains(&source.name);
+            if !trained && source.init_from.is_none() && source.pruned.is_none() {
+                self.error(CheckError::NeverTrained {
+                    model: source.name.clone(),
+                    used: "quantised",
+                    role: match source.role {
+                        Role::Teacher => "teacher",
+                        _ => "student",
+                    },
+                    span: at,
+                });
+            }
+        }
+    }
+}
