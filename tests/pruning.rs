@@ -306,3 +306,62 @@ fn a_model_pruned_by_neurons_is_smaller_and_trains() {
     assert!(bytes < 4 * 15790, "{bytes}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn the_compression_chain_is_reported_side_by_side() {
+    // teacher -> distilled -> neuron-pruned -> int8: the terminal's chain table lists them
+    // in that order, each smaller than the one before, and the summary has every file.
+    let out = scratch("chain");
+    let output = Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(["run", "tests/cases/ok/compress_chain.kd", "--out"])
+        .arg(&out)
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let table = &stdout[stdout.find("compression").expect("a chain table")..];
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(3)
+        .take(4)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(names, ["t", "s", "pruned", "int8"], "{table}");
+    assert_eq!(rows[3][1], "pruned");
+    assert_eq!(rows[3][2], "int8");
+    let ratio = |r: &Vec<&str>| {
+        r.last()
+            .unwrap()
+            .trim_end_matches('x')
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(
+        rows.windows(2).all(|w| ratio(&w[0]) < ratio(&w[1])),
+        "{table}"
+    );
+    let summary = common::valid_summary(&out);
+    let files = &summary["models"]["int8"]["files"];
+    let size = |f: &str| files[f].as_u64().unwrap();
+    assert_eq!(
+        size("int8.safetensors"),
+        std::fs::metadata(out.join("int8.safetensors"))
+            .unwrap()
+            .len()
+    );
+    assert!(size("int8.onnx") > 0);
+    let pruned = summary["models"]["pruned"]["files"]["pruned.safetensors"]
+        .as_u64()
+        .unwrap();
+    // int8 weights are a quarter of the f32 bytes; the header, the scales and the f32
+    // biases and norms weigh more on a model this small (3,844 of 10,096 bytes here).
+    assert!(2 * size("int8.safetensors") < pruned, "{pruned}");
+    assert_eq!(summary["models"]["int8"]["precision"], "int8");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -69,6 +69,10 @@ pub struct ModelSummary {
     /// BERT models: the samples the encoder actually ran on (the rest came from its cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder_forwards: Option<u64>,
+    /// Every exported file of the model (the first seed's), as the pipeline names it, and
+    /// its size in bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, u64>,
     /// int8 models: the model they were made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantized_from: Option<String>,
@@ -211,10 +215,6 @@ pub fn report(summary: &Summary) -> String {
         }
         rows.push(row);
     }
-    let columns = rows[0].len();
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
     let seeds = if summary.seeds.len() > 1 {
         format!("{} seeds from {}", summary.seeds.len(), summary.seed)
@@ -226,14 +226,31 @@ pub fn report(summary: &Summary) -> String {
         "pipeline `{}` ({seeds}, {} threads)",
         summary.pipeline, summary.threads
     );
+    out.push_str(&aligned(&rows, 2));
+    if let Some(line) = verdict(&models) {
+        let _ = writeln!(out, "{line}");
+    }
+    if let Some(table) = chain(summary, &splits) {
+        out.push_str(&table);
+    }
+    out
+}
+
+/// `rows` as aligned columns, the first row a header underlined; the first `left` columns
+/// (names) read left-aligned, the rest (numbers) right-aligned.
+fn aligned(rows: &[Vec<String>], left: usize) -> String {
+    let mut out = String::new();
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
     for (r, row) in rows.iter().enumerate() {
         let line: Vec<String> = row
             .iter()
             .enumerate()
             .map(|(c, cell)| {
                 let pad = widths[c] - cell.chars().count();
-                // Names and roles read left-aligned, numbers right-aligned.
-                if c < 2 {
+                if c < left {
                     format!("{cell}{}", " ".repeat(pad))
                 } else {
                     format!("{}{cell}", " ".repeat(pad))
@@ -242,14 +259,118 @@ pub fn report(summary: &Summary) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
         if r == 0 {
-            let total = widths.iter().sum::<usize>() + 2 * (columns - 1);
+            let total = widths.iter().sum::<usize>() + 2 * columns.saturating_sub(1);
             let _ = writeln!(out, "{}", "-".repeat(total));
         }
     }
-    if let Some(line) = verdict(&models) {
-        let _ = writeln!(out, "{line}");
-    }
     out
+}
+
+/// The compression chain, when some model is pruned or int8: teachers, then each student
+/// followed by the models made from it, with what each computes in, its parameters, its
+/// files' sizes, its latency, its accuracy and F1, and how many times smaller than the
+/// (first) teacher it is on disk: safetensors bytes where exported, otherwise parameters
+/// times 4 (2 in bf16).
+fn chain(summary: &Summary, splits: &[&String]) -> Option<String> {
+    let models = &summary.models;
+    let parent = |m: &ModelSummary| m.pruned_from.clone().or_else(|| m.quantized_from.clone());
+    if !models.values().any(|m| parent(m).is_some()) {
+        return None;
+    }
+    fn visit<'m>(
+        name: &'m String,
+        models: &'m BTreeMap<String, ModelSummary>,
+        parent: &dyn Fn(&ModelSummary) -> Option<String>,
+        order: &mut Vec<&'m String>,
+    ) {
+        if order.contains(&name) {
+            return;
+        }
+        order.push(name);
+        for (child, m) in models {
+            if m.role != Role::Baseline && parent(m).as_ref() == Some(name) {
+                visit(child, models, parent, order);
+            }
+        }
+    }
+    let mut order = Vec::new();
+    for role in [Role::Teacher, Role::Student] {
+        for (name, m) in models {
+            if m.role == role && parent(m).is_none() {
+                visit(name, models, &parent, &mut order);
+            }
+        }
+    }
+    let split = splits
+        .iter()
+        .find(|s| s.as_str() == "test")
+        .or_else(|| splits.last())
+        .copied();
+    let file = |m: &ModelSummary, ext: &str| -> Option<u64> {
+        m.files
+            .iter()
+            .find(|(path, _)| path.ends_with(ext))
+            .map(|(_, b)| *b)
+    };
+    let size = |m: &ModelSummary| -> Option<u64> {
+        file(m, ".safetensors").or(match m.precision.as_str() {
+            "int8" => None,
+            "bf16" => Some(2 * m.params as u64),
+            _ => Some(4 * m.params as u64),
+        })
+    };
+    let teacher = models
+        .values()
+        .find(|m| m.role == Role::Teacher)
+        .and_then(size);
+    let mut header: Vec<String> = [
+        "chain",
+        "from",
+        "computes",
+        "params",
+        "safetensors B",
+        "onnx B",
+        "latency ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(split) = split {
+        header.push(format!("{split} acc %"));
+        header.push(format!("{split} f1 %"));
+    }
+    header.push("smaller than teacher".into());
+    let mut rows = vec![header];
+    let bytes = |b: Option<u64>| b.map_or("-".to_string(), |b| thousands(b as usize));
+    for name in order {
+        let m = &models[name];
+        let mut row = vec![
+            name.clone(),
+            parent(m).unwrap_or_else(|| "-".into()),
+            m.precision.clone(),
+            thousands(m.nonzero_params.unwrap_or(m.params).min(m.params)),
+            bytes(file(m, ".safetensors")),
+            bytes(file(m, ".onnx")),
+            m.latency_ms.map_or("-".into(), |l| format!("{l:.3}")),
+        ];
+        if let Some(split) = split {
+            match m.metrics.get(split) {
+                Some(x) => {
+                    row.push(percent(x.accuracy, None));
+                    row.push(percent(x.f1, None));
+                }
+                None => row.extend(["-".to_string(), "-".to_string()]),
+            }
+        }
+        row.push(match (teacher, size(m)) {
+            (Some(t), Some(s)) if s > 0 => format!("{:.1}x", t as f64 / s as f64),
+            _ => "-".into(),
+        });
+        rows.push(row);
+    }
+    let mut out = String::from("compression (params: those not zero)\n");
+    out.push_str(&aligned(&rows, 3));
+    Some(out)
 }
 
 /// Whether the (first) student beat the (first) baseline, on `test` when both have it.
@@ -361,6 +482,7 @@ pub(crate) fn model_summaries(
                 bytes: first.bytes.get(&spec.name).copied(),
                 latency_ms: first.latency_ms.get(&spec.name).copied(),
                 encoder_forwards: first.encoder_forwards.get(&spec.name).copied(),
+                files: first.files.get(&spec.name).cloned().unwrap_or_default(),
                 quantized_from: spec.quantized.as_ref().map(|q| q.from.clone()),
                 pruned_from: spec.pruned.as_ref().map(|p| p.from.clone()),
                 nonzero_params: first.sparsity.get(&spec.name).map(|s| s.0),

@@ -108,6 +108,9 @@ pub struct SeedRecord {
     /// masked tensors.
     #[serde(default)]
     pub sparsity: BTreeMap<String, (usize, Option<f64>)>,
+    /// Per model: each exported file (as the pipeline names it) and its size.
+    #[serde(default)]
+    pub files: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// A checkpoint in memory: the state, and the tensors by name (shape, f32 values).

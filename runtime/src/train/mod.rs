@@ -343,6 +343,7 @@ impl Run<'_> {
             model.save_caches()?;
         }
         let mut bytes = BTreeMap::new();
+        let mut files: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for export in &plan.exports {
             let model = models
                 .get(&export.model)
@@ -366,6 +367,10 @@ impl Run<'_> {
                 model.save_weights(&path)?
             };
             bytes.entry(export.model.clone()).or_insert(size);
+            files
+                .entry(export.model.clone())
+                .or_default()
+                .insert(export.path.display().to_string(), size);
         }
         let params = models
             .iter()
@@ -393,6 +398,7 @@ impl Run<'_> {
             latency_ms,
             encoder_forwards,
             sparsity,
+            files,
         })
     }
 
