@@ -376,7 +376,9 @@ fn an_int8_export_runs_in_onnxruntime_and_predicts_what_kdcs_int8_model_predicts
             .unwrap();
     let train = data.split("train").unwrap();
     let (mut x, mut labels) = (Vec::new(), Vec::new());
-    let positions: Vec<usize> = (0..train.len()).collect();
+    // The run's calibration sample: 1,024 of the split, drawn for `q` from the seed.
+    let mut positions = kd_runtime::data::epoch_order(seed, "calibrate/q", train.len());
+    positions.truncate(1024);
     data.fill_batch(train, &positions, &mut x, &mut labels)
         .unwrap();
     let calibration = Tensor::from_vec(x, (positions.len(), 1, 8, 8), &Device::Cpu).unwrap();

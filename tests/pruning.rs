@@ -188,6 +188,8 @@ fn removing_neurons_computes_what_the_wide_model_computes_without_them() {
         "conv2d(6, kernel: 3, padding: 1) batchnorm relu conv2d(5, kernel: 3) relu maxpool(2) \
          flatten linear(12) batchnorm gelu dropout(0.2) linear(10) as logits",
         "flatten linear(20) tanh linear(9) relu linear(10) as logits",
+        // A batch norm after `flatten` keeps the conv's channels; the linear after it goes.
+        "conv2d(4, kernel: 3) relu flatten batchnorm linear(12) relu linear(10) as logits",
     ];
     for layers in cases {
         let plan = neuron_plan(layers);

@@ -489,8 +489,8 @@ pub struct ModelSpec {
 
 /// `quantize(from) on data.split { samples: N }`: `from`'s architecture and weights after
 /// every stage, its `linear` and `conv2d` layers computing in int8: weights symmetric per
-/// output channel, each layer's input symmetric per tensor with a scale calibrated on the
-/// split's first `samples` samples (all of them by default).
+/// output channel, each layer's input symmetric per tensor with a scale calibrated on
+/// `samples` samples of the split (1,024 by default), drawn from the seed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Quantization {
     pub from: String,

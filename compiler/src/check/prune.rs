@@ -526,6 +526,9 @@ fn narrowed(
                 | Layer::Sigmoid
                 | Layer::Dropout { .. } => {}
                 Layer::MaxPool { .. } | Layer::AvgPool { .. } => {}
+                // A batch norm after `flatten` normalises each position apart: not a
+                // channel's, so the neuron's block of features would have to go whole.
+                Layer::BatchNorm { .. } if block > 1 => break,
                 Layer::BatchNorm { .. } => norms.push(next.name.clone()),
                 Layer::Flatten => block = next.input.iter().skip(1).product::<usize>().max(1),
                 Layer::Linear { .. } | Layer::Conv2d { .. } => {

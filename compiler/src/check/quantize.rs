@@ -2,7 +2,7 @@
 //! another's weights after every stage and calibrated on a split.
 
 use kd_grammar::ast::{Declaration, Program, QuantizeSource, RoleDecl, RoleKind, RoleSource};
-use kd_plan::{DataSpec, ModelSpec, Precision, Quantization, Role};
+use kd_plan::{DataSpec, Layer, LayerSpec, ModelSpec, Precision, Quantization, Role};
 
 use super::models::to_plan;
 use super::{CheckedStage, Cx};
@@ -119,6 +119,18 @@ impl Cx<'_> {
             );
             return None;
         }
+        if let Some((layer, depth)) = widest(&source.layers).filter(|(_, d)| *d > MAX_DEPTH) {
+            self.invalid(
+                q.source.span,
+                format!(
+                    "`{layer}` of `{name}` sums {depth} products, more than the {MAX_DEPTH} an \
+                     exact int8 sum holds"
+                ),
+                "too wide for int8",
+                Some("narrow the layer's input (a pool before `flatten`, fewer channels)".into()),
+            );
+            return None;
+        }
         let (spec, _) = self.split(&q.data, data)?;
         self.fits(source, spec, &q.data)?;
         let mut model = source.clone();
@@ -185,4 +197,39 @@ impl Cx<'_> {
             }
         }
     }
+}
+
+/// The most products one output of an int8 layer may sum: each is at most 128 * 128 in
+/// magnitude, and the sum is an i32.
+const MAX_DEPTH: usize = i32::MAX as usize / (128 * 128);
+
+/// The linear or conv2d layer (shortcuts included) whose outputs sum the most products,
+/// and how many.
+fn widest(layers: &[LayerSpec]) -> Option<(String, usize)> {
+    let depth = |l: &LayerSpec| match l.layer {
+        Layer::Linear { .. } => l.input.last().copied(),
+        Layer::Conv2d { kernel, .. } => l.input.first().map(|c| c * kernel * kernel),
+        _ => None,
+    };
+    let mut best: Option<(String, usize)> = None;
+    for layer in layers {
+        let mut found: Vec<(String, usize)> = Vec::new();
+        if let Some(d) = depth(layer) {
+            found.push((layer.name.clone(), d));
+        }
+        if let Layer::Residual { body, shortcut } = &layer.layer {
+            found.extend(widest(body));
+            if let Some(s) = shortcut {
+                let mut s = (**s).clone();
+                s.input = layer.input.clone();
+                found.extend(depth(&s).map(|d| (format!("{}.shortcut", layer.name), d)));
+            }
+        }
+        for f in found {
+            if best.as_ref().is_none_or(|b| f.1 > b.1) {
+                best = Some(f);
+            }
+        }
+    }
+    best
 }

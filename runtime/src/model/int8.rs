@@ -200,10 +200,19 @@ impl Model {
     /// Runs `batches` through the model in eval mode, recording the largest input
     /// magnitude of each linear and conv2d layer; then puts those layers in int8.
     pub fn quantize(&mut self, batches: &[Tensor]) -> Result<()> {
+        self.calibrate(&mut batches.iter().map(|x| Ok(x.clone())))
+    }
+
+    /// [`Model::quantize`] on batches made one at a time (each dropped after its forward).
+    pub fn calibrate(&mut self, batches: &mut dyn Iterator<Item = Result<Tensor>>) -> Result<()> {
         self.observer = Some(Mutex::new(HashMap::new()));
-        let observed = batches
-            .iter()
-            .try_for_each(|x| self.forward_with(x, false, false, false).map(|_| ()));
+        let mut observed = Ok(());
+        for x in batches {
+            if let Err(e) = x.and_then(|x| self.forward_with(&x, false, false, false)) {
+                observed = Err(e);
+                break;
+            }
+        }
         let seen = self
             .observer
             .take()

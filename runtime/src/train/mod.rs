@@ -337,7 +337,7 @@ impl Run<'_> {
             self.stop_if_interrupted()?;
         }
         self.make_pruned(None, &mut models)?;
-        self.make_quantized(&mut models)?;
+        self.make_quantized(seed, &mut models)?;
         let metrics = self.evaluate(&mut models)?;
         for model in models.values_mut() {
             model.save_caches()?;
