@@ -137,6 +137,48 @@ fn mnist_cnn_runs_shortened() {
     assert_eq!(forwards("scratch/distill"), 0);
 }
 
+#[test]
+fn mnist_compress_runs_shortened() {
+    fetch(&["mnist"]);
+    let out = scratch("compress");
+    let s = run(
+        "mnist_compress.kd",
+        &out,
+        &[
+            "data.mnist.limit=2000",
+            "stage.teach.epochs=1",
+            "stage.distill.epochs=1",
+            "stage.recover.epochs=1",
+        ],
+    );
+    for model in ["t", "s", "pruned", "int8"] {
+        assert!(
+            accuracy(&s, model) > 0.3,
+            "{model}: {}",
+            accuracy(&s, model)
+        );
+    }
+    let models = &s["models"];
+    // Half of the student's neurons and channels go: 80,298 -> 20,570 parameters.
+    assert_eq!(models["s"]["params"], 80298);
+    assert_eq!(models["pruned"]["params"], 20570);
+    assert_eq!(models["int8"]["precision"], "int8");
+    // int8 computes what the pruned model computes, give or take its rounding.
+    let gap = (accuracy(&s, "int8") - accuracy(&s, "pruned")).abs();
+    assert!(
+        gap < 0.02,
+        "int8 {} pruned {}",
+        accuracy(&s, "int8"),
+        accuracy(&s, "pruned")
+    );
+    let bytes = |m: &str, f: &str| models[m]["files"][f].as_u64().unwrap();
+    // The bar: at least 4x smaller than the distilled float student (13.8x here).
+    assert!(4 * bytes("int8", "int8.safetensors") < bytes("s", "student.safetensors"));
+    assert!(3 * bytes("int8", "int8.safetensors") < bytes("pruned", "pruned.safetensors"));
+    assert!(bytes("pruned", "pruned.onnx") < bytes("s", "student.onnx") / 3);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// examples/mnist_png.kd, MNIST from 70,000 PNG files, one epoch a stage (about 10 s
 /// here; `limit` would keep the first classes' folders only): the three models learn, and
 /// the test part (the `test:` folder's 10,000 images) is evaluated.

@@ -25,32 +25,40 @@ pub fn quantize(x: &[f32], scale: f32, out: &mut [i8]) {
     );
 }
 
-/// Every kernel window of one NCHW sample, quantised, a row per output position, each in
-/// the order of a `[out, channels, kernel, kernel]` weight's row (padding reads 0).
-pub fn quantize_windows(x: &[f32], g: &Window2d, scale: f32, out: &mut [i8]) {
+/// Every kernel window of one NCHW sample, already quantised (`x`, from [`quantize`]), a
+/// row per output position, each in the order of a `[out, channels, kernel, kernel]`
+/// weight's row (padding reads 0).
+pub fn windows(x: &[i8], g: &Window2d, out: &mut [i8]) {
     let (oh, ow) = (g.out_height(), g.out_width());
     let k = g.kernel;
     let row_len = g.row_len();
     let stride = g.stride.max(1);
+    let plane = g.height * g.width;
     for oy in 0..oh {
         for ox in 0..ow {
             let row = &mut out[(oy * ow + ox) * row_len..][..row_len];
+            let x0 = (ox * stride) as isize - g.padding as isize;
+            let inside_x = x0 >= 0 && x0 as usize + k <= g.width;
             let mut at = 0;
             for c in 0..g.channels {
-                let plane = &x[c * g.height * g.width..][..g.height * g.width];
+                let channel = &x[c * plane..][..plane];
                 for ky in 0..k {
                     let iy = (oy * stride + ky) as isize - g.padding as isize;
-                    for kx in 0..k {
-                        let ix = (ox * stride + kx) as isize - g.padding as isize;
-                        let inside = iy >= 0
-                            && ix >= 0
-                            && (iy as usize) < g.height
-                            && (ix as usize) < g.width;
-                        row[at] = match inside {
-                            true => quantize_one(plane[iy as usize * g.width + ix as usize], scale),
-                            false => 0,
-                        };
-                        at += 1;
+                    let dst = &mut row[at..at + k];
+                    at += k;
+                    if iy < 0 || iy as usize >= g.height {
+                        dst.fill(0);
+                    } else if inside_x {
+                        let start = iy as usize * g.width + x0 as usize;
+                        dst.copy_from_slice(&channel[start..start + k]);
+                    } else {
+                        for (kx, d) in dst.iter_mut().enumerate() {
+                            let ix = x0 + kx as isize;
+                            *d = match ix >= 0 && (ix as usize) < g.width {
+                                true => channel[iy as usize * g.width + ix as usize],
+                                false => 0,
+                            };
+                        }
                     }
                 }
             }
@@ -58,49 +66,87 @@ pub fn quantize_windows(x: &[f32], g: &Window2d, scale: f32, out: &mut [i8]) {
     }
 }
 
-/// Rows of `a` at once per task: enough work to share out, little enough to spread.
-const ROWS: usize = 16;
+/// Multiply-adds below which a product runs on the calling thread (a single sample's
+/// layer: handing it out costs more than it saves).
+const PARALLEL_WORK: usize = 1 << 20;
 
-/// `out[r][c] = sum_k a[r][k] * b[c][k]`: `a` is `rows x depth`, `b` is `cols x depth`
-/// (a weight, a row per output), `out` is `rows x cols`.
-pub fn matmul(a: &[i8], b: &[i8], depth: usize, cols: usize, out: &mut [i32]) {
+/// A weight laid out for [`matmul`]: `[depth, cols]`, widened to i16, so that one input
+/// value times a row of it updates every output of a row at once.
+pub fn transpose_weight(b: &[i8], depth: usize, cols: usize) -> Vec<i16> {
+    let mut t = vec![0i16; depth * cols];
+    for c in 0..cols {
+        for k in 0..depth {
+            t[k * cols + c] = i16::from(b[c * depth + k]);
+        }
+    }
+    t
+}
+
+/// `out[r][c] = sum_k a[r][k] * b[c][k]`: `a` is `rows x depth`, `b_t` is `b` (`cols x
+/// depth`, a weight with a row per output) from [`transpose_weight`], `out` is `rows x
+/// cols`. Each row accumulates over `k` in i32 lanes across `c`.
+pub fn matmul(a: &[i8], b_t: &[i16], depth: usize, cols: usize, out: &mut [i32]) {
     if depth == 0 || cols == 0 {
         out.fill(0);
         return;
     }
-    out.par_chunks_mut(ROWS * cols)
-        .zip(a.par_chunks(ROWS * depth))
-        .for_each(|(out, a)| {
-            crate::vectorised(
-                #[inline(always)]
-                || {
-                    for (out_row, a_row) in out.chunks_mut(cols).zip(a.chunks(depth)) {
-                        for (o, b_row) in out_row.iter_mut().zip(b.chunks(depth)) {
-                            *o = dot(a_row, b_row);
+    let rows = out.len() / cols;
+    let run = |out: &mut [i32], a: &[i8]| {
+        crate::vectorised(
+            #[inline(always)]
+            || {
+                for (out_row, a_row) in out.chunks_mut(cols).zip(a.chunks(depth)) {
+                    out_row.fill(0);
+                    for (x, b_row) in a_row.iter().zip(b_t.chunks(cols)) {
+                        if *x == 0 {
+                            continue;
+                        }
+                        let x = i32::from(*x);
+                        for (o, w) in out_row.iter_mut().zip(b_row) {
+                            *o += x * i32::from(*w);
                         }
                     }
-                },
-            )
-        });
+                }
+            },
+        )
+    };
+    if rows * depth * cols < PARALLEL_WORK {
+        run(out, a);
+        return;
+    }
+    // Rows per task: about a quarter of a million multiply-adds each.
+    let per_task = ((1 << 18) / (depth * cols)).max(1);
+    out.par_chunks_mut(per_task * cols)
+        .zip(a.par_chunks(per_task * depth))
+        .for_each(|(out, a)| run(out, a));
 }
 
-/// An i8 dot product in i32: 16-bit products summed in 32-bit lanes.
-#[inline(always)]
-fn dot(a: &[i8], b: &[i8]) -> i32 {
-    const LANES: usize = 32;
-    let mut lanes = [0i32; LANES];
-    let mut a_chunks = a.chunks_exact(LANES);
-    let mut b_chunks = b.chunks_exact(LANES);
-    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-        for i in 0..LANES {
-            lanes[i] += i32::from(i16::from(x[i]) * i16::from(y[i]));
+/// `out[r][c] = sums[r][c] * scales[c] + bias[c]`, rows of `scales.len()` values.
+pub fn dequantize(sums: &[i32], scales: &[f32], bias: &[f32], out: &mut [f32]) {
+    let cols = scales.len();
+    crate::vectorised(
+        #[inline(always)]
+        || {
+            for (o, s) in out.chunks_mut(cols).zip(sums.chunks(cols)) {
+                for (((o, s), scale), b) in o.iter_mut().zip(s).zip(scales).zip(bias) {
+                    *o = *s as f32 * scale + b;
+                }
+            }
+        },
+    );
+}
+
+/// [`dequantize`] into planes: `sums` is `rows x cols` (a row per output position),
+/// `out` is `cols x rows` (a plane per channel, NCHW).
+pub fn dequantize_planes(sums: &[i32], scales: &[f32], bias: &[f32], out: &mut [f32]) {
+    let cols = scales.len();
+    let rows = sums.len() / cols.max(1);
+    for (c, plane) in out.chunks_mut(rows).enumerate() {
+        let (scale, b) = (scales[c], bias[c]);
+        for (r, o) in plane.iter_mut().enumerate() {
+            *o = sums[r * cols + c] as f32 * scale + b;
         }
     }
-    let mut sum: i32 = lanes.iter().sum();
-    for (x, y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-        sum += i32::from(*x) * i32::from(*y);
-    }
-    sum
 }
 
 #[cfg(test)]
@@ -127,7 +173,25 @@ mod tests {
             .map(|i| ((i * 91 + 5) % 256) as u8 as i8)
             .collect();
         let mut out = vec![0i32; rows * cols];
-        matmul(&a, &b, depth, cols, &mut out);
+        matmul(
+            &a,
+            &transpose_weight(&b, depth, cols),
+            depth,
+            cols,
+            &mut out,
+        );
+        // The same on many rows, shared among threads.
+        let many: Vec<i8> = a.iter().copied().cycle().take(rows * depth * 400).collect();
+        let mut big = vec![0i32; rows * 400 * cols];
+        matmul(
+            &many,
+            &transpose_weight(&b, depth, cols),
+            depth,
+            cols,
+            &mut big,
+        );
+        assert_eq!(big[..out.len()], out[..]);
+        assert_eq!(big[big.len() - out.len()..], out[..]);
         for r in 0..rows {
             for c in 0..cols {
                 let expected: i32 = (0..depth)
@@ -149,9 +213,9 @@ mod tests {
             stride: 2,
             padding: 1,
         };
-        let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let x: Vec<i8> = (1..=9).collect();
         let mut out = vec![0i8; g.rows() * g.row_len()];
-        quantize_windows(&x, &g, 1.0, &mut out);
+        windows(&x, &g, &mut out);
         assert_eq!(out, [0, 0, 0, 1, 0, 0, 2, 3, 0, 4, 0, 7, 5, 6, 8, 9]);
     }
 }

@@ -50,11 +50,15 @@ pub(super) struct Int8Layer {
     pub(super) kind: Int8Kind,
     /// The f32 weight it was made from (what exports and the parameter count read).
     pub(super) weight: Var,
-    pub(super) bias: Option<Var>,
     /// `[out, depth]`: a row per output channel (a conv's `[in, k, k]` flattened).
     pub(super) weights: Vec<i8>,
     pub(super) weight_scale: Vec<f32>,
     pub(super) input_scale: f32,
+    /// `weights` as the kernel reads them (kd_kernels::int8::transpose_weight).
+    packed: Vec<i16>,
+    /// `input_scale * weight_scale[c]`, and the bias (zeros without one), per output.
+    scales: Vec<f32>,
+    bias_values: Vec<f32>,
     out: usize,
     depth: usize,
 }
@@ -81,13 +85,24 @@ impl Int8Layer {
             int8::quantize(row, scale, q);
             weight_scale.push(scale);
         }
+        let input_scale = scale_of(input_amax);
+        let bias_values = match bias {
+            Some(b) => b
+                .as_tensor()
+                .to_dtype(DType::F32)
+                .and_then(|b| b.to_vec1::<f32>())
+                .ctx("reading a bias to quantise")?,
+            None => vec![0.0; out],
+        };
         Ok(Int8Layer {
             kind,
             weight: weight.clone(),
-            bias: bias.clone(),
+            packed: int8::transpose_weight(&weights, depth, out),
+            scales: weight_scale.iter().map(|s| s * input_scale).collect(),
+            bias_values,
             weights,
             weight_scale,
-            input_scale: scale_of(input_amax),
+            input_scale,
             out,
             depth,
         })
@@ -98,34 +113,23 @@ impl Int8Layer {
         let device = x.device().clone();
         let host = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let values = host.flatten_all()?.to_vec1::<f32>()?;
-        let bias = match &self.bias {
-            Some(b) => b.as_tensor().to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            None => vec![0.0; self.out],
-        };
-        let scales: Vec<f32> = self
-            .weight_scale
-            .iter()
-            .map(|s| s * self.input_scale)
-            .collect();
+        // Quantised once, each value (a convolution's windows then copy int8 values).
+        let mut q = vec![0i8; values.len()];
+        if values.len() < QUANTIZE_CHUNK {
+            int8::quantize(&values, self.input_scale, &mut q);
+        } else {
+            q.par_chunks_mut(QUANTIZE_CHUNK)
+                .zip(values.par_chunks(QUANTIZE_CHUNK))
+                .for_each(|(q, x)| int8::quantize(x, self.input_scale, q));
+        }
         let dims = host.dims().to_vec();
         let (y, shape) = match self.kind {
             Int8Kind::Linear => {
                 let rows = values.len() / self.depth.max(1);
-                let mut q = vec![0i8; values.len()];
-                q.par_chunks_mut(1 << 14)
-                    .zip(values.par_chunks(1 << 14))
-                    .for_each(|(q, x)| int8::quantize(x, self.input_scale, q));
                 let mut sums = vec![0i32; rows * self.out];
-                int8::matmul(&q, &self.weights, self.depth, self.out, &mut sums);
-                let y: Vec<f32> = sums
-                    .chunks(self.out)
-                    .flat_map(|row| {
-                        row.iter()
-                            .zip(&scales)
-                            .zip(&bias)
-                            .map(|((s, scale), b)| *s as f32 * scale + b)
-                    })
-                    .collect();
+                int8::matmul(&q, &self.packed, self.depth, self.out, &mut sums);
+                let mut y = vec![0f32; rows * self.out];
+                int8::dequantize(&sums, &self.scales, &self.bias_values, &mut y);
                 let mut shape = dims.clone();
                 if let Some(last) = shape.last_mut() {
                     *last = self.out;
@@ -151,29 +155,42 @@ impl Int8Layer {
                     padding,
                 };
                 let rows = g.rows();
-                let mut q = vec![0i8; n * rows * g.row_len()];
-                q.par_chunks_mut(rows * g.row_len())
-                    .zip(values.par_chunks(g.sample_len()))
-                    .for_each(|(q, x)| int8::quantize_windows(x, &g, self.input_scale, q));
+                let mut cols = vec![0i8; n * rows * g.row_len()];
+                let unfold = |(cols, x): (&mut [i8], &[i8])| int8::windows(x, &g, cols);
                 let mut sums = vec![0i32; n * rows * self.out];
-                int8::matmul(&q, &self.weights, self.depth, self.out, &mut sums);
-                // Rows are positions, columns channels: out to [N, out, H', W'].
                 let mut y = vec![0f32; n * self.out * rows];
-                y.par_chunks_mut(self.out * rows)
-                    .zip(sums.par_chunks(rows * self.out))
-                    .for_each(|(y, sums)| {
-                        for (r, row) in sums.chunks(self.out).enumerate() {
-                            for (c, s) in row.iter().enumerate() {
-                                y[c * rows + r] = *s as f32 * scales[c] + bias[c];
-                            }
-                        }
-                    });
+                // Rows are positions, columns channels: out to [N, out, H', W'].
+                let scatter = |(y, sums): (&mut [f32], &[i32])| {
+                    int8::dequantize_planes(sums, &self.scales, &self.bias_values, y)
+                };
+                let chunks = (
+                    cols.chunks_mut(rows * g.row_len()),
+                    q.chunks(g.sample_len()),
+                );
+                if n == 1 {
+                    chunks.0.zip(chunks.1).for_each(unfold);
+                } else {
+                    cols.par_chunks_mut(rows * g.row_len())
+                        .zip(q.par_chunks(g.sample_len()))
+                        .for_each(unfold);
+                }
+                int8::matmul(&cols, &self.packed, self.depth, self.out, &mut sums);
+                if n == 1 {
+                    scatter((&mut y, &sums));
+                } else {
+                    y.par_chunks_mut(self.out * rows)
+                        .zip(sums.par_chunks(rows * self.out))
+                        .for_each(scatter);
+                }
                 (y, vec![n, self.out, g.out_height(), g.out_width()])
             }
         };
         Tensor::from_vec(y, shape, &Device::Cpu)?.to_device(&device)
     }
 }
+
+/// Values quantised per task when an input is large.
+const QUANTIZE_CHUNK: usize = 1 << 14;
 
 /// An int8 layer's weight as exports write it.
 #[derive(Debug, Clone, PartialEq)]
