@@ -1,5 +1,5 @@
 //! int8 models (`quantize(s) on data.split`): made after every stage, from their source's
-//! weights, calibrated on the split's first samples in eval mode.
+//! weights, calibrated in eval mode on a sample of the split drawn from the seed.
 
 use std::collections::HashMap;
 
