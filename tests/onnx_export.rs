@@ -57,19 +57,6 @@ fn an_onnx_export_runs_in_onnxruntime_and_back_in_kdc() {
     assert!(status.success());
     let ort: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ort).unwrap()).unwrap();
-    let rows = |v: &serde_json::Value| -> Vec<Vec<f32>> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect()
-    };
 
     // kdc's own forward of the trained student on the same inputs.
     let source = std::fs::read_to_string(root().join("tests/onnx/export.kd")).unwrap();
@@ -145,6 +132,21 @@ evaluate t on digits.test {{ accuracy }}
         params(&summary(&again), "t"),
         params(&summary(&run), "s") + 2 * (6 + 8) + 3
     );
+}
+
+/// A JSON array of arrays of numbers (run_export.py's inputs and outputs) as f32 rows.
+fn rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
 }
 
 /// Runs `file` (a .kd of tests/onnx) into a fresh run folder; returns the folder.
@@ -347,19 +349,6 @@ fn an_int8_export_runs_in_onnxruntime_and_predicts_what_kdcs_int8_model_predicts
     assert!(status.success());
     let ort: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ort).unwrap()).unwrap();
-    let rows = |v: &serde_json::Value| -> Vec<Vec<f32>> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect()
-    };
 
     // kdc's int8 model as the run made it: the trained student, calibrated on the
     // training split.

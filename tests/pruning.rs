@@ -9,9 +9,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn run(out: &Path, extra: &[&str]) -> serde_json::Value {
+/// `kdc run FILE --out OUT EXTRA...` from the repository's root, which must succeed: the
+/// run's summary (checked against its schema) and what it printed.
+fn run_file(file: &Path, out: &Path, extra: &[&str]) -> (serde_json::Value, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_kdc"))
-        .args(["run", "tests/cases/ok/pruning.kd", "--force", "--out"])
+        .arg("run")
+        .arg(file)
+        .arg("--out")
         .arg(out)
         .args(extra)
         .current_dir(common::root())
@@ -22,7 +26,14 @@ fn run(out: &Path, extra: &[&str]) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    common::valid_summary(out)
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    (common::valid_summary(out), stdout)
+}
+
+fn run(out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--force"];
+    args.extend(extra);
+    run_file(Path::new("tests/cases/ok/pruning.kd"), out, &args).0
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -119,21 +130,7 @@ export p to "p.safetensors"
     )
     .unwrap();
     let out = dir.join("run");
-    let output = Command::new(env!("CARGO_BIN_EXE_kdc"))
-        .args([
-            "run",
-            file.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary = common::valid_summary(&out);
+    let (summary, _) = run_file(&file, &out, &[]);
     let pruned = (0.3f64 * 2048.0).round() + (0.3f64 * 320.0).round();
     assert_eq!(
         summary["models"]["p"]["nonzero_params"],
@@ -272,18 +269,7 @@ fn removing_neurons_computes_what_the_wide_model_computes_without_them() {
 #[test]
 fn a_model_pruned_by_neurons_is_smaller_and_trains() {
     let out = scratch("neurons");
-    let output = Command::new(env!("CARGO_BIN_EXE_kdc"))
-        .args(["run", "tests/cases/ok/pruning_neurons.kd", "--out"])
-        .arg(&out)
-        .current_dir(common::root())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary = common::valid_summary(&out);
+    let (summary, _) = run_file(Path::new("tests/cases/ok/pruning_neurons.kd"), &out, &[]);
     let models = &summary["models"];
     assert_eq!(models["s"]["params"], 15790);
     // conv1 16 -> 8, conv3 12 -> 6, linear1 48 -> 24; the residual block, the tapped
@@ -314,18 +300,7 @@ fn the_compression_chain_is_reported_side_by_side() {
     // teacher -> distilled -> neuron-pruned -> int8: the terminal's chain table lists them
     // in that order, each smaller than the one before, and the summary has every file.
     let out = scratch("chain");
-    let output = Command::new(env!("CARGO_BIN_EXE_kdc"))
-        .args(["run", "tests/cases/ok/compress_chain.kd", "--out"])
-        .arg(&out)
-        .current_dir(common::root())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let (summary, stdout) = run_file(Path::new("tests/cases/ok/compress_chain.kd"), &out, &[]);
     let table = &stdout[stdout.find("compression").expect("a chain table")..];
     let rows: Vec<Vec<&str>> = table
         .lines()
@@ -348,7 +323,6 @@ fn the_compression_chain_is_reported_side_by_side() {
         rows.windows(2).all(|w| ratio(&w[0]) < ratio(&w[1])),
         "{table}"
     );
-    let summary = common::valid_summary(&out);
     let files = &summary["models"]["int8"]["files"];
     let size = |f: &str| files[f].as_u64().unwrap();
     assert_eq!(

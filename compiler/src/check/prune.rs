@@ -1,7 +1,9 @@
 //! `student p = prune(s) { sparsity: 50% }`: a model made from another's weights by
 //! magnitude pruning, at once or gradually over the first stage that trains it.
 
-use kd_grammar::ast::{Declaration, Program, PruneSource, RoleDecl, RoleKind, RoleSource, Value};
+use kd_grammar::ast::{
+    Declaration, Ident, Program, PruneSource, RoleDecl, RoleKind, RoleSource, Value,
+};
 use kd_grammar::ast::{Span, ValueKind};
 use kd_plan::{Layer, LayerSpec, ModelSpec, NeuronGroup, Pruning, Role, ValueSchedule};
 
@@ -89,22 +91,11 @@ impl Cx<'_> {
                     Some(format!("declare `{}` after `{name}`", r.name.name)),
                 );
             } else {
-                self.error(CheckError::UnknownName {
-                    what: "model",
-                    name: name.clone(),
-                    span: span(p.source.span),
-                    help: super::closest(name, models.iter().map(|m| m.name.as_str()))
-                        .or_else(|| Some(one_of(models.iter().map(|m| m.name.as_str())))),
-                });
+                self.unknown_model(&p.source, models);
             }
             return None;
         };
-        if source.onnx.is_some() || source.bert.is_some() {
-            let from = if source.onnx.is_some() {
-                "an ONNX file"
-            } else {
-                "a BERT checkpoint"
-            };
+        if let Some(from) = foreign(source) {
             self.invalid(
                 p.source.span,
                 format!("`{name}` runs from {from}, whose weights kdc does not prune"),
@@ -191,15 +182,7 @@ impl Cx<'_> {
             Some(v) => self.count(v, "`every`", 1)?,
             None => 1,
         };
-        let mut model = source.clone();
-        model.name = r.name.name.clone();
-        model.role = match r.role {
-            RoleKind::Teacher => Role::Teacher,
-            RoleKind::Student => Role::Student,
-        };
-        model.init_from = None;
-        model.init_key = r.name.name.clone();
-        model.span = to_plan(r.span);
+        let mut model = derived(r, source);
         model.pruned = Some(Pruning {
             from: name.clone(),
             sparsity,
@@ -257,15 +240,7 @@ impl Cx<'_> {
             );
             return None;
         }
-        let mut model = source.clone();
-        model.name = r.name.name.clone();
-        model.role = match r.role {
-            RoleKind::Teacher => Role::Teacher,
-            RoleKind::Student => Role::Student,
-        };
-        model.init_from = None;
-        model.init_key = r.name.name.clone();
-        model.span = to_plan(r.span);
+        let mut model = derived(r, source);
         model.params = layers.iter().map(|l| l.params).sum();
         model.flops = layers.iter().map(|l| l.flops).sum();
         model.layers = layers;
@@ -597,7 +572,43 @@ fn narrowed(
     (out, groups)
 }
 
+/// What a model that does not run on kdc's own layers runs from: `an ONNX file` or `a
+/// BERT checkpoint` (their weights are neither pruned nor quantised).
+pub(super) fn foreign(source: &ModelSpec) -> Option<&'static str> {
+    match (&source.onnx, &source.bert) {
+        (Some(_), _) => Some("an ONNX file"),
+        (None, Some(_)) => Some("a BERT checkpoint"),
+        (None, None) => None,
+    }
+}
+
+/// A model declared as `r` that starts as a copy of `source` (its layers, taps and
+/// precision), made from it at run time: a pruned or int8 model.
+pub(super) fn derived(r: &RoleDecl, source: &ModelSpec) -> ModelSpec {
+    let mut model = source.clone();
+    model.name = r.name.name.clone();
+    model.role = match r.role {
+        RoleKind::Teacher => Role::Teacher,
+        RoleKind::Student => Role::Student,
+    };
+    model.init_from = None;
+    model.init_key = r.name.name.clone();
+    model.span = to_plan(r.span);
+    model
+}
+
 impl Cx<'_> {
+    /// `name` names no model: with the closest names as help.
+    pub(super) fn unknown_model(&mut self, name: &Ident, models: &[ModelSpec]) {
+        let names = || models.iter().map(|m| m.name.as_str());
+        self.error(CheckError::UnknownName {
+            what: "model",
+            name: name.name.clone(),
+            span: span(name.span),
+            help: super::closest(&name.name, names()).or_else(|| Some(one_of(names()))),
+        });
+    }
+
     /// A baseline of a gradually pruned model prunes as it does, over its copy of the
     /// model's first stage, which must be the baseline's first.
     fn gradual_baselines(

@@ -1,12 +1,11 @@
 //! `student q = quantize(s) on digits.train { samples: 512 }`: a model in int8, made from
 //! another's weights after every stage and calibrated on a split.
 
-use kd_grammar::ast::{Declaration, Program, QuantizeSource, RoleDecl, RoleKind, RoleSource};
+use kd_grammar::ast::{Declaration, Program, QuantizeSource, RoleDecl, RoleSource};
 use kd_plan::{DataSpec, Layer, LayerSpec, ModelSpec, Precision, Quantization, Role};
 
-use super::models::to_plan;
 use super::{CheckedStage, Cx};
-use crate::diagnostics::{one_of, span, CheckError};
+use crate::diagnostics::{span, CheckError};
 use crate::vocabulary::QUANTIZE_SETTINGS;
 
 impl Cx<'_> {
@@ -71,13 +70,7 @@ impl Cx<'_> {
             ) {
                 (format!("`{name}` is already int8"), "quantised already")
             } else {
-                self.error(CheckError::UnknownName {
-                    what: "model",
-                    name: name.clone(),
-                    span: span(q.source.span),
-                    help: super::closest(name, models.iter().map(|m| m.name.as_str()))
-                        .or_else(|| Some(one_of(models.iter().map(|m| m.name.as_str())))),
-                });
+                self.unknown_model(&q.source, models);
                 return None;
             };
             self.invalid(q.source.span, message, label, None);
@@ -92,11 +85,7 @@ impl Cx<'_> {
             );
             return None;
         }
-        if source.onnx.is_some() || source.bert.is_some() {
-            let from = match source.onnx.is_some() {
-                true => "an ONNX file",
-                false => "a BERT checkpoint",
-            };
+        if let Some(from) = super::prune::foreign(source) {
             self.invalid(
                 q.source.span,
                 format!("`{name}` runs from {from}, which kdc does not quantise"),
@@ -133,15 +122,7 @@ impl Cx<'_> {
         }
         let (spec, _) = self.split(&q.data, data)?;
         self.fits(source, spec, &q.data)?;
-        let mut model = source.clone();
-        model.name = r.name.name.clone();
-        model.role = match r.role {
-            RoleKind::Teacher => Role::Teacher,
-            RoleKind::Student => Role::Student,
-        };
-        model.init_from = None;
-        model.init_key = r.name.name.clone();
-        model.span = to_plan(r.span);
+        let mut model = super::prune::derived(r, source);
         model.precision = Precision::F32;
         model.pruned = None;
         model.quantized = Some(Quantization {
