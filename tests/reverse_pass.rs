@@ -242,3 +242,93 @@ fn evaluation_mode_with_gradients_matches_candle() {
         false,
     );
 }
+
+/// Quantisation-aware models (`quantize(s) on ... { aware: true }`): both passes
+/// fake-quantise the same operands and pass gradients straight through, masked where an
+/// input saturates. Input ranges are calibrated on a batch unlike the trained one, so
+/// some inputs saturate and the mask matters.
+#[test]
+fn quantisation_aware_models_match_candle_in_outputs_and_gradients() {
+    let stacks = [
+        "conv2d(4, kernel: 3, padding: 1) batchnorm relu \
+         residual { conv2d(4, kernel: 3, padding: 1) batchnorm } relu \
+         residual { conv2d(6, kernel: 3, stride: 2, padding: 1) batchnorm } \
+         flatten dropout(0.3) linear(16) relu linear(10) as logits",
+        "flatten linear(32) relu as hidden linear(32) batchnorm relu linear(10) as logits",
+    ];
+    let calibration = (random(&[4, 1, 8, 8], 7) * 0.5).unwrap();
+    let x = random(&[6, 1, 8, 8], 1);
+    for stack in stacks {
+        let aware = |d: &Device| {
+            let (mut own, mut graph) = models_on(DIGITS, "[1, 8, 8]", stack, false, d);
+            own.make_aware(&mut std::iter::once(Ok(calibration.clone())))
+                .unwrap();
+            own.copy_input_ranges(&mut graph).unwrap();
+            (own, graph)
+        };
+        assert_same_gradients(stack, aware(&Device::Cpu), &x, true, Other::Graph);
+    }
+}
+
+/// The straight-through estimator stops at saturated inputs: with a range far below the
+/// second layer's inputs, every one saturates and the first layer learns nothing, while
+/// the last layer still does.
+#[test]
+fn saturated_inputs_pass_no_gradient() {
+    let stack = "flatten linear(16) relu linear(10) as logits";
+    let x = random(&[6, 1, 8, 8], 3);
+    for own in [true, false] {
+        let (mut model, _) = models_on(DIGITS, "[1, 8, 8]", stack, false, &Device::Cpu);
+        model.set_own_reverse_pass(own);
+        let ranges: Vec<(String, f32)> = model
+            .params()
+            .iter()
+            .filter(|(n, _)| n.ends_with("weight"))
+            .map(|(n, _)| (n.clone(), if n.starts_with("linear1") { 1.0 } else { 1e-6 }))
+            .collect();
+        assert_eq!(ranges.len(), 2, "{ranges:?}");
+        model.set_input_ranges(&ranges).unwrap();
+        let out = model.forward(&x, true).unwrap();
+        let logits = &out.last().unwrap().1;
+        let loss = (logits * random(logits.dims(), 5))
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = model.backward(&loss).unwrap();
+        let norm = |name: &str| {
+            let var = &model.params().iter().find(|(n, _)| n == name).unwrap().1;
+            let g = grads.get(var.as_tensor()).expect("a gradient");
+            values(g).iter().map(|v| v.abs()).sum::<f64>()
+        };
+        assert_eq!(norm("linear1.weight"), 0.0, "own pass: {own}");
+        assert!(norm("linear2.weight") > 0.0, "own pass: {own}");
+    }
+}
+
+/// An aware model put in int8 computes what its fake-quantised forward computed: the
+/// same values up to the f32 rounding of the sums, the same predictions.
+#[test]
+fn an_aware_model_computes_in_int8_what_it_trained_against() {
+    let stack = "conv2d(8, kernel: 3, padding: 1) batchnorm relu maxpool(2) \
+                 residual { conv2d(8, kernel: 3, padding: 1) batchnorm } relu \
+                 flatten linear(32) relu linear(10) as logits";
+    let (mut model, _) = models_on(DIGITS, "[1, 8, 8]", stack, false, &Device::Cpu);
+    let x = random(&[64, 1, 8, 8], 4);
+    model
+        .make_aware(&mut std::iter::once(Ok(x.narrow(0, 0, 16).unwrap())))
+        .unwrap();
+    let simulated = values(&model.forward_with(&x, false, false, false).unwrap()[0].1);
+    model.finish_aware().unwrap();
+    assert!(model.is_int8() && !model.is_aware());
+    let int8 = values(&model.forward_with(&x, false, false, false).unwrap()[0].1);
+    let scale = simulated.iter().fold(0f64, |m, v| m.max(v.abs()));
+    for (a, b) in simulated.iter().zip(&int8) {
+        assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+    }
+    let argmax = |v: &[f64]| -> Vec<usize> {
+        v.chunks(10)
+            .map(|r| (0..10).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap())
+            .collect()
+    };
+    assert_eq!(argmax(&simulated), argmax(&int8));
+}

@@ -166,6 +166,6 @@ pub const INSTANCE_SETTINGS: &[&str] = &["precision"];
 /// Settings of a pruned model (`student p = prune(s) { sparsity: 50% }`).
 pub const PRUNE_SETTINGS: &[&str] = &["sparsity", "every", "granularity"];
 /// Settings of an int8 model (`student q = quantize(s) on digits.train { samples: 512 }`).
-pub const QUANTIZE_SETTINGS: &[&str] = &["samples"];
+pub const QUANTIZE_SETTINGS: &[&str] = &["samples", "aware"];
 /// Settings of a `stage` (written `epochs 10`, without a colon).
 pub const STAGE_SETTINGS: &[&str] = &["epochs", "batch", "clip", "early_stop"];

@@ -25,6 +25,27 @@ pub fn quantize(x: &[f32], scale: f32, out: &mut [i8]) {
     );
 }
 
+/// Fake quantisation, for quantisation-aware training: each value of `x` as the int8
+/// value it quantises to ([`quantize_one`]) times `scale`, into `out`. `inside`, when
+/// given, is 1 where `x / scale` rounds into [-128, 127] and 0 where it saturates: a
+/// straight-through estimator passes gradients only there (as PyTorch's FakeQuantize).
+pub fn fake_quantize(x: &[f32], scale: f32, out: &mut [f32], inside: Option<&mut [f32]>) {
+    crate::vectorised(
+        #[inline(always)]
+        || {
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = f32::from(quantize_one(*v, scale)) * scale;
+            }
+            if let Some(inside) = inside {
+                for (m, v) in inside.iter_mut().zip(x) {
+                    let r = (v / scale).round_ties_even();
+                    *m = f32::from(u8::from((-128.0..=127.0).contains(&r)));
+                }
+            }
+        },
+    );
+}
+
 /// Every kernel window of one NCHW sample, already quantised (`x`, from [`quantize`]), a
 /// row per output position, each in the order of a `[out, channels, kernel, kernel]`
 /// weight's row (padding reads 0).
@@ -161,6 +182,23 @@ mod tests {
         assert_eq!(q, [0, 2, 2, 0, -2, 127, -128, 0]);
         quantize(&[0.26, -0.76], 0.5, &mut q[..2]);
         assert_eq!(q[..2], [1, -2]);
+    }
+
+    #[test]
+    fn fake_quantisation_is_the_int8_value_times_the_scale() {
+        let x = [0.26, -0.76, 0.25, 63.7, -64.3, 64.0, f32::NAN];
+        let mut out = [0f32; 7];
+        let mut inside = [9f32; 7];
+        fake_quantize(&x, 0.5, &mut out, Some(&mut inside));
+        let mut q = [0i8; 7];
+        quantize(&x, 0.5, &mut q);
+        for (o, q) in out.iter().zip(q) {
+            assert_eq!(*o, f32::from(q) * 0.5);
+        }
+        // 0.25 / 0.5 rounds half to even, to 0; 64.0 / 0.5 = 128 saturates, and so does
+        // -64.3 (-128.6 rounds to -129); NaN is outside every range.
+        assert_eq!(out[..6], [0.5, -1.0, 0.0, 63.5, -64.0, 63.5]);
+        assert_eq!(inside, [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
     }
 
     #[test]

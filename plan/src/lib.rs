@@ -500,6 +500,12 @@ pub struct Quantization {
     pub samples: Option<usize>,
     /// The quantised layers' weights, by name (`linear1.weight`, `residual1.shortcut.weight`).
     pub weights: Vec<String>,
+    /// `aware: true`: quantisation-aware training. The model is made (weights taken, input
+    /// scales calibrated) when the first stage that uses it starts; stages train it with
+    /// its linear and conv2d layers fake-quantised (straight-through gradients), and it
+    /// computes in int8 after every stage.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aware: bool,
 }
 
 /// `prune(from) { sparsity: ..., every: ... }`: a model of `from`'s architecture that starts

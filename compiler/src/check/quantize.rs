@@ -1,5 +1,6 @@
 //! `student q = quantize(s) on digits.train { samples: 512 }`: a model in int8, made from
-//! another's weights after every stage and calibrated on a split.
+//! another's weights after every stage and calibrated on a split. With `aware: true` it is
+//! made when a stage first uses it, and stages train it quantisation-aware.
 
 use kd_grammar::ast::{Declaration, Program, QuantizeSource, RoleDecl, RoleSource};
 use kd_plan::{DataSpec, Layer, LayerSpec, ModelSpec, Precision, Quantization, Role};
@@ -44,6 +45,10 @@ impl Cx<'_> {
         let samples = match fields.value("samples") {
             Some(v) => Some(self.count(v, "`samples`", 1)?),
             None => None,
+        };
+        let aware = match fields.value("aware") {
+            Some(v) => self.boolean(v, "`aware`")?,
+            None => false,
         };
         let name = &q.source.name;
         let Some(source) = models.iter().find(|m| &m.name == name) else {
@@ -131,20 +136,24 @@ impl Cx<'_> {
             split: q.data.split.name.clone(),
             samples,
             weights,
+            aware,
         });
         Some(model)
     }
 
-    /// A quantised model is made after every stage: no stage may use it, and its source
-    /// must be trained by one (or start from a file, or be made from another model).
+    /// A post-training int8 model is made after every stage: no stage may use it, and its
+    /// source must be trained by one (or start from a file, or be made from another
+    /// model). A quantisation-aware one is made when the first stage that uses it starts:
+    /// its source must be ready by then, and some stage must train it.
     pub(super) fn quantized_order(&mut self, models: &[ModelSpec], stages: &[CheckedStage]) {
-        for model in models {
+        for model in models.iter().filter(|m| m.role != Role::Baseline) {
             let Some(q) = &model.quantized else { continue };
             let at = span(kd_grammar::ast::Span::new(model.span.start, model.span.end));
-            if let Some(stage) = stages
+            let first = stages
                 .iter()
-                .find(|s| s.trains == model.name || s.frozen.contains(&model.name))
-            {
+                .position(|s| s.trains == model.name || s.frozen.contains(&model.name));
+            if let (Some(i), false) = (first, q.aware) {
+                let stage = &stages[i];
                 self.error(CheckError::Stage {
                     message: format!(
                         "stage `{}` uses `{}`, an int8 model, which is made after every stage",
@@ -153,9 +162,28 @@ impl Cx<'_> {
                     span: span(stage.span),
                     label: "uses an int8 model".into(),
                     help: Some(format!(
-                        "train or distil `{}` instead; quantisation-aware training is not in \
-                         the language yet",
-                        q.from
+                        "train `{}` quantisation-aware with `{{ aware: true }}`, or train `{}` \
+                         instead",
+                        model.name, q.from
+                    )),
+                });
+                continue;
+            }
+            if q.aware
+                && !stages.iter().any(|s| s.trains == model.name)
+                && !self.trained.contains(&model.name)
+            {
+                self.error(CheckError::Stage {
+                    message: format!(
+                        "`{}` is trained quantisation-aware, and no stage trains it",
+                        model.name
+                    ),
+                    span: at,
+                    label: "never trained".into(),
+                    help: Some(format!(
+                        "add a stage that trains or distils `{}`, or drop `aware: true` to \
+                         quantise after training",
+                        model.name
                     )),
                 });
                 continue;
@@ -163,10 +191,33 @@ impl Cx<'_> {
             let Some(source) = models.iter().find(|m| m.name == q.from) else {
                 continue;
             };
-            let trained = stages.iter().any(|s| s.trains == source.name)
-                || self.trained.contains(&source.name);
-            if !trained && source.init_from.is_none() && source.pruned.is_none() {
-                self.error(CheckError::NeverTrained {
+            // An aware model is made before its first stage; a post-training one after all.
+            let before = match q.aware {
+                true => &stages[..first.unwrap_or(stages.len())],
+                false => stages,
+            };
+            let trained = before.iter().any(|s| s.trains == source.name)
+                // A stage that sets out to train the source but failed to check was reported.
+                || (self.trained.contains(&source.name)
+                    && !stages.iter().any(|s| s.trains == source.name));
+            if trained || source.init_from.is_some() || source.pruned.is_some() {
+                continue;
+            }
+            match first.filter(|_| stages.iter().any(|s| s.trains == source.name)) {
+                Some(i) => self.error(CheckError::Stage {
+                    message: format!(
+                        "`{}` is made from `{}` when stage `{}` starts, and no stage before it \
+                         trains `{}`",
+                        model.name, source.name, stages[i].name, source.name
+                    ),
+                    span: at,
+                    label: "made from untrained weights".into(),
+                    help: Some(format!(
+                        "train `{}` in an earlier stage, or start it `from` a weights file",
+                        source.name
+                    )),
+                }),
+                None => self.error(CheckError::NeverTrained {
                     model: source.name.clone(),
                     used: "quantised",
                     role: match source.role {
@@ -174,7 +225,7 @@ impl Cx<'_> {
                         _ => "student",
                     },
                     span: at,
-                });
+                }),
             }
         }
     }

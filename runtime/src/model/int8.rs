@@ -206,7 +206,7 @@ pub struct Int8Weight {
 }
 
 /// A symmetric int8 scale for values up to `amax` in magnitude (1 when all are zero).
-fn scale_of(amax: f32) -> f32 {
+pub(super) fn scale_of(amax: f32) -> f32 {
     match amax > 0.0 && amax.is_finite() {
         true => amax / 127.0,
         false => 1.0,
@@ -222,6 +222,16 @@ impl Model {
 
     /// [`Model::quantize`] on batches made one at a time (each dropped after its forward).
     pub fn calibrate(&mut self, batches: &mut dyn Iterator<Item = Result<Tensor>>) -> Result<()> {
+        let seen = self.observe_inputs(batches)?;
+        self.convert_to_int8(&seen)
+    }
+
+    /// Runs `batches` in eval mode: the largest input magnitude of each linear and conv2d
+    /// layer, by the id of its weight.
+    pub(super) fn observe_inputs(
+        &mut self,
+        batches: &mut dyn Iterator<Item = Result<Tensor>>,
+    ) -> Result<HashMap<TensorId, f32>> {
         self.observer = Some(Mutex::new(HashMap::new()));
         let mut observed = Ok(());
         for x in batches {
@@ -235,11 +245,15 @@ impl Model {
             .take()
             .map(|o| o.into_inner().unwrap_or_else(|p| p.into_inner()))
             .unwrap_or_default();
-        observed?;
+        observed.map(|()| seen)
+    }
+
+    /// Puts the linear and conv2d layers in int8, each with its input range in `seen`.
+    pub(super) fn convert_to_int8(&mut self, seen: &HashMap<TensorId, f32>) -> Result<()> {
         let layers = std::mem::take(&mut self.layers);
         self.layers = layers
             .into_iter()
-            .map(|layer| to_int8(layer, &seen))
+            .map(|layer| to_int8(layer, seen))
             .collect::<Result<_>>()?;
         Ok(())
     }
@@ -294,6 +308,26 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// The ids of the weights of `layers`' linear and conv2d layers (at any depth).
+pub(super) fn quantizable_ids(layers: &[LayerImpl]) -> Vec<TensorId> {
+    let mut ids = Vec::new();
+    for layer in layers {
+        match layer {
+            LayerImpl::Linear { weight, .. } | LayerImpl::Conv2d { weight, .. } => {
+                ids.push(weight.as_tensor().id())
+            }
+            LayerImpl::Residual { body, shortcut } => {
+                ids.extend(quantizable_ids(body));
+                if let Some(s) = shortcut {
+                    ids.extend(quantizable_ids(std::slice::from_ref(&**s)));
+                }
+            }
+            _ => {}
+        }
+    }
+    ids
 }
 
 /// `layer` with its linear and conv2d layers (at any depth) in int8.

@@ -15,6 +15,7 @@ use crate::ops::sequence;
 use crate::rng::Rng;
 use crate::train::losses;
 
+mod aware;
 pub mod bert;
 mod int8;
 pub use int8::Int8Weight;
@@ -148,6 +149,8 @@ pub struct Model {
     masks: Vec<(String, Tensor)>,
     /// While an int8 model calibrates: each linear and conv2d layer's largest input.
     observer: Option<int8::Observer>,
+    /// Set while the model trains quantisation-aware: its layers' input ranges.
+    aware: Option<aware::Ranges>,
 }
 
 /// The dtype a model of `precision` computes in.
@@ -511,6 +514,7 @@ impl Model {
             tokens: spec.tokens,
             masks: Vec::new(),
             observer: None,
+            aware: None,
         })
     }
 
@@ -574,6 +578,7 @@ impl Model {
             tokens: spec.tokens,
             masks: Vec::new(),
             observer: None,
+            aware: None,
         })
     }
 
@@ -730,6 +735,7 @@ impl Model {
             tokens: spec.tokens,
             masks: Vec::new(),
             observer: None,
+            aware: None,
         })
     }
 
@@ -962,6 +968,7 @@ impl Model {
             gradients,
             dtype: self.dtype,
             observer: self.observer.as_ref(),
+            aware: self.aware.as_ref(),
         };
         // kdc's own reverse pass runs on its f32 CPU kernels; elsewhere candle's graph does.
         if gradients
@@ -1083,6 +1090,8 @@ struct ForwardContext<'a> {
     dtype: DType,
     /// Set while an int8 model calibrates.
     observer: Option<&'a int8::Observer>,
+    /// Set while the model trains quantisation-aware.
+    aware: Option<&'a aware::Ranges>,
 }
 
 impl ForwardContext<'_> {
@@ -1228,10 +1237,17 @@ impl LayerImpl {
                 if let Some(observer) = context.observer {
                     int8::observe(observer, weight, x).ctx_with(|| fail("calibration"))?;
                 }
+                let quantized = context
+                    .quantized(weight, x)
+                    .ctx_with(|| fail("fake quantisation"))?;
+                let (x, w) = match quantized {
+                    Some(q) => (q.x, q.w),
+                    None => (x.clone(), context.param(weight)),
+                };
                 dense(
                     Dense::Linear,
-                    x,
-                    &context.param(weight),
+                    &x,
+                    &w,
                     bias.as_ref().map(|b| context.param(b)).as_ref(),
                     epilogue,
                     context.sinks,
@@ -1247,13 +1263,20 @@ impl LayerImpl {
                 if let Some(observer) = context.observer {
                     int8::observe(observer, weight, x).ctx_with(|| fail("calibration"))?;
                 }
+                let quantized = context
+                    .quantized(weight, x)
+                    .ctx_with(|| fail("fake quantisation"))?;
+                let (x, w) = match quantized {
+                    Some(q) => (q.x, q.w),
+                    None => (x.clone(), context.param(weight)),
+                };
                 dense(
                     Dense::Conv2d {
                         stride: *stride,
                         padding: *padding,
                     },
-                    x,
-                    &context.param(weight),
+                    &x,
+                    &w,
                     bias.as_ref().map(|b| context.param(b)).as_ref(),
                     epilogue,
                     context.sinks,

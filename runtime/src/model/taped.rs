@@ -13,7 +13,7 @@ use crate::model::tape::{join, Port};
 use crate::model::tape::{Backward, Local, Tape};
 use crate::ops::attention::{self, BlockBackward, LayerNormBackward};
 use crate::ops::batch_norm::{batch_norm_taped, Statistics};
-use crate::ops::dense::{dense_taped, Dense, Epilogue};
+use crate::ops::dense::{dense_taped, dense_taped_with, Dense, Epilogue, Straight};
 use crate::ops::recurrent::lstm_direction_taped;
 
 /// `layers` in order from `x`, as `super::run_layers`, recording each layer's backward.
@@ -87,16 +87,35 @@ impl LayerImpl {
             })
         };
         let f32_input = x.dtype() == DType::F32;
-        // A linear or convolution layer with its epilogue, as one dense op.
+        // A linear or convolution layer with its epilogue, as one dense op; fake-quantised
+        // when the model trains quantisation-aware.
         let dense_layer = |kind: Dense, weight: &Var, bias: &Option<Var>, what: &str| {
-            dense_taped(
+            let (x, straight) = match context.quantized_taped(weight, x, want_x) {
+                Ok(Some(q)) => {
+                    let straight = Straight {
+                        values: Some(q.w),
+                        inside: q.inside,
+                    };
+                    (q.x, straight)
+                }
+                Ok(None) => (
+                    x.clone(),
+                    Straight {
+                        values: None,
+                        inside: None,
+                    },
+                ),
+                Err(e) => return Err(e).ctx_with(|| fail("fake quantisation")),
+            };
+            dense_taped_with(
                 kind,
-                x,
+                &x,
                 weight.as_tensor(),
                 bias.as_ref().map(Var::as_tensor),
                 epilogue,
                 context.sinks,
                 want_x,
+                straight,
             )
             .map(|(y, backward)| (y, Backward::Dense(backward)))
             .ctx_with(|| fail(what))

@@ -146,14 +146,45 @@ pub(crate) fn dense_taped(
     sinks: &GradSinks,
     want_x: bool,
 ) -> candle_core::Result<(Tensor, DenseBackward)> {
+    let straight = Straight {
+        values: None,
+        inside: None,
+    };
+    dense_taped_with(kind, x, w, b, epilogue, sinks, want_x, straight)
+}
+
+/// What a fake-quantised layer computes with in place of its own operands.
+pub(crate) struct Straight {
+    /// The weight's values (its gradient goes to the weight's sink as it comes).
+    pub values: Option<Tensor>,
+    /// Where the input's gradient passes (1) and where it stops (0).
+    pub inside: Option<Tensor>,
+}
+
+/// [`dense_taped`] computing with `straight`'s weight values in `w`'s place, the input's
+/// gradient masked by `straight.inside`: a straight-through estimator for quantisation-aware
+/// training (`x` is then already fake-quantised).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dense_taped_with(
+    kind: Dense,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    epilogue: Epilogue,
+    sinks: &GradSinks,
+    want_x: bool,
+    straight: Straight,
+) -> candle_core::Result<(Tensor, DenseBackward)> {
     if epilogue.max_pool.is_some() {
         candle_core::bail!("dense: a fused max pool has no backward");
     }
     let x = x.contiguous()?.detach();
     let b = b.map(Tensor::contiguous).transpose()?;
+    let values = straight.values.as_ref().unwrap_or(w);
     // The sinks are found by the parameters' own tensors; the op keeps detached ones.
-    let op = DenseOp::new(kind, &x, w, b.as_ref(), epilogue, sinks)?;
-    let (w, b) = (w.detach(), b.map(|b| b.detach()));
+    let mut op = DenseOp::new(kind, &x, values, b.as_ref(), epilogue, sinks)?;
+    op.weight_sink = sinks.get(w).cloned();
+    let (w, b) = (values.detach(), b.map(|b| b.detach()));
     let (values, shape) = op.forward()?;
     let CpuStorage::F32(values) = values else {
         candle_core::bail!("dense: the output is not f32");
@@ -166,6 +197,7 @@ pub(crate) fn dense_taped(
         b,
         y: y.clone(),
         want_x,
+        inside: straight.inside,
     };
     Ok((y, backward))
 }
@@ -178,6 +210,8 @@ pub(crate) struct DenseBackward {
     b: Option<Tensor>,
     y: Tensor,
     want_x: bool,
+    /// Multiplies the input's gradient (see [`Straight`]).
+    inside: Option<Tensor>,
 }
 
 impl DenseBackward {
@@ -194,7 +228,10 @@ impl DenseBackward {
         let (dx, _, _) =
             self.op
                 .backward(&self.x, &self.w, self.b.as_ref(), &self.y, grad, want)?;
-        Ok(dx)
+        match (dx, &self.inside) {
+            (Some(dx), Some(inside)) => Ok(Some(dx.mul(inside)?)),
+            (dx, _) => Ok(dx),
+        }
     }
 }
 

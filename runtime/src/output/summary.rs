@@ -76,6 +76,12 @@ pub struct ModelSummary {
     /// int8 models: the model they were made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantized_from: Option<String>,
+    /// Baselines: the model they copy (the student they are compared with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_of: Option<String>,
+    /// int8 models: `post-training`, or `aware` when stages trained them fake-quantised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<String>,
     /// Pruned models: the model whose weights were pruned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pruned_from: Option<String>,
@@ -373,10 +379,13 @@ fn chain(summary: &Summary, splits: &[&String]) -> Option<String> {
     Some(out)
 }
 
-/// Whether the (first) student beat the (first) baseline, on `test` when both have it.
+/// Whether the (first) baseline's student beat it, on `test` when both have it.
 fn verdict(models: &[(&String, &ModelSummary)]) -> Option<String> {
-    let (student_name, student) = models.iter().find(|(_, m)| m.role == Role::Student)?;
     let (baseline_name, baseline) = models.iter().find(|(_, m)| m.role == Role::Baseline)?;
+    let (student_name, student) = models
+        .iter()
+        .find(|(name, _)| baseline.baseline_of.as_ref() == Some(*name))
+        .or_else(|| models.iter().find(|(_, m)| m.role == Role::Student))?;
     let shared: Vec<&String> = student
         .metrics
         .keys()
@@ -484,6 +493,21 @@ pub(crate) fn model_summaries(
                 encoder_forwards: first.encoder_forwards.get(&spec.name).copied(),
                 files: first.files.get(&spec.name).cloned().unwrap_or_default(),
                 quantized_from: spec.quantized.as_ref().map(|q| q.from.clone()),
+                baseline_of: match spec.role {
+                    Role::Baseline => plan
+                        .models
+                        .iter()
+                        .find(|m| m.role != Role::Baseline && m.init_key == spec.init_key)
+                        .map(|m| m.name.clone()),
+                    _ => None,
+                },
+                quantization: spec.quantized.as_ref().map(|q| {
+                    match q.aware {
+                        true => "aware",
+                        false => "post-training",
+                    }
+                    .to_string()
+                }),
                 pruned_from: spec.pruned.as_ref().map(|p| p.from.clone()),
                 nonzero_params: first.sparsity.get(&spec.name).map(|s| s.0),
                 sparsity: first.sparsity.get(&spec.name).and_then(|s| s.1),

@@ -133,6 +133,11 @@ fn mask_key(model: &str, tensor: &str) -> String {
     format!("mask/{model}/{tensor}")
 }
 
+/// A quantisation-aware model's input range for the layer of weight `tensor`.
+fn range_key(model: &str, tensor: &str) -> String {
+    format!("range/{model}/{tensor}")
+}
+
 impl Checkpoint {
     /// A checkpoint of `state` with every tensor of `models`.
     pub fn new<'m>(
@@ -154,6 +159,10 @@ impl Checkpoint {
             }
             for (name, mask) in model.masks() {
                 checkpoint.add(mask_key(&model.name, name), mask)?;
+            }
+            for (name, amax) in model.input_ranges() {
+                let key = range_key(&model.name, &name);
+                checkpoint.tensors.insert(key, (vec![1], vec![amax]));
             }
         }
         Ok(checkpoint)
@@ -375,6 +384,24 @@ impl Checkpoint {
             let mask = Tensor::from_vec(values.clone(), shape.as_slice(), &model.device())
                 .ctx_with(|| format!("restoring `{key}`"))?;
             model.set_mask(&name, mask);
+        }
+        let mut ranges = Vec::new();
+        for (name, _) in model.params() {
+            let key = range_key(&model.name, name);
+            match self.tensors.get(&key) {
+                Some((shape, values))
+                    if shape == &[1] && values.len() == 1 && values[0].is_finite() =>
+                {
+                    ranges.push((name.clone(), values[0]));
+                }
+                Some(_) => return Err(broken(path, format!("`{key}` is not one finite value"))),
+                None => {}
+            }
+        }
+        if !ranges.is_empty() {
+            model
+                .set_input_ranges(&ranges)
+                .map_err(|e| broken(path, e.to_string()))?;
         }
         let calls = self
             .state

@@ -326,6 +326,7 @@ impl Run<'_> {
         while self.state.stage_index < plan.stages.len() {
             let stage = &plan.stages[self.state.stage_index];
             self.make_pruned(Some(stage), &mut models)?;
+            self.make_aware(seed, stage, &mut models)?;
             let summary = self.train_stage(stage, seed, &mut models, resume.take())?;
             for model in models.values_mut() {
                 model.save_caches()?;
