@@ -395,6 +395,40 @@ fn a_run_killed_while_it_prunes_resumes_with_its_masks() {
     assert_eq!(sparsity(&whole).len(), 60);
 }
 
+#[test]
+fn a_run_killed_while_it_trains_quantisation_aware_resumes_with_its_ranges() {
+    // `qat` is made (input ranges calibrated) when stage `aware` starts, and its baseline
+    // with it: kills land inside that stage and its baseline's copy, and the resumed run
+    // ends with the same int8 model, in both formats.
+    let file = "tests/cases/ok/quantize_aware.kd";
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "run",
+            file,
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "stage.aware.epochs=25",
+            "--set",
+            "pipeline.qat.checkpoint_every=7",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (whole, dir) = whole_and_killed(&args, &scratch("aware"), 13);
+    let read = |dir: &Path, file: &str| std::fs::read(dir.join(file)).unwrap();
+    for file in ["qat.safetensors", "qat.onnx"] {
+        assert_eq!(read(&whole, file), read(&dir, file), "{file}");
+    }
+    let (a, b) = (untimed_summary(&whole), untimed_summary(&dir));
+    assert_eq!(a["models"], b["models"]);
+    assert_eq!(a["stages"], b["stages"]);
+    assert_eq!(a["models"]["qat"]["quantization"], "aware");
+    assert_eq!(a["models"]["ptq"]["quantization"], "post-training");
+    assert_eq!(a["models"]["labels_only"]["baseline_of"], "qat");
+}
+
 #[cfg(unix)]
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_a_resume_finishes_the_run_exactly() {

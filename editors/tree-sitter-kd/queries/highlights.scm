@@ -85,7 +85,7 @@
     "seed" "device" "output" "threads" "repeat" "checkpoint_every" "non_finite" "cache"
     "precision" "header" "label" "delimiter" "shape" "scale" "classes" "relabel" "limit" "split"
     "normalize" "channels" "color" "resize" "image" "text" "tokenizer" "max_len" "format" "extension" "skip_headers" "pooling"
-    "trainable" "layers" "sparsity" "every" "granularity" "samples"))
+    "trainable" "layers" "sparsity" "every" "granularity" "samples" "aware"))
 (stage_setting key: _ @property)
 ; A pruned model's gradual sparsity: `sparsity: cubic(from: 0, to: 90%)`.
 (setting key: (identifier) @property value: (call function: (identifier) @function.builtin)
