@@ -151,7 +151,7 @@ fn mnist_compress_runs_shortened() {
             "stage.recover.epochs=1",
         ],
     );
-    for model in ["t", "s", "pruned", "int8"] {
+    for model in ["t", "s", "pruned", "int8", "qat"] {
         assert!(
             accuracy(&s, model) > 0.3,
             "{model}: {}",
@@ -163,6 +163,8 @@ fn mnist_compress_runs_shortened() {
     assert_eq!(models["s"]["params"], 80298);
     assert_eq!(models["pruned"]["params"], 20570);
     assert_eq!(models["int8"]["precision"], "int8");
+    assert_eq!(models["qat"]["precision"], "int8");
+    assert_eq!(models["qat"]["quantization"], "aware");
     // int8 computes what the pruned model computes, give or take its rounding.
     let gap = (accuracy(&s, "int8") - accuracy(&s, "pruned")).abs();
     assert!(
