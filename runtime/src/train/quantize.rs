@@ -13,6 +13,9 @@ use super::Run;
 use crate::error::{plan_error, Result, TensorContext};
 use crate::model::Model;
 
+/// Calibration batches, made one at a time.
+type Batches<'a> = dyn Iterator<Item = Result<Tensor>> + 'a;
+
 /// Calibration batches: as many samples at once as evaluation takes.
 const BATCH: usize = 256;
 /// Calibration samples without `samples:`.
@@ -116,7 +119,7 @@ impl Run<'_> {
         seed: u64,
         name: &str,
         q: &Quantization,
-        calibrate: &mut dyn FnMut(&mut dyn Iterator<Item = Result<Tensor>>) -> Result<()>,
+        calibrate: &mut dyn FnMut(&mut Batches) -> Result<()>,
     ) -> Result<()> {
         let samples = self.dataset(&q.data)?.split(&q.split)?.len();
         if samples == 0 {
