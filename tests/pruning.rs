@@ -341,3 +341,63 @@ fn the_compression_chain_is_reported_side_by_side() {
     assert_eq!(summary["models"]["int8"]["precision"], "int8");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The int8 tensors of a safetensors file, by name (its JSON header gives each tensor's
+/// dtype and byte range).
+fn int8_tensors(file: &Path) -> Vec<(String, Vec<i8>)> {
+    let bytes = std::fs::read(file).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let data = &bytes[8 + len..];
+    let mut out: Vec<(String, Vec<i8>)> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| t["dtype"] == "I8")
+        .map(|(name, t)| {
+            let range = t["data_offsets"].as_array().unwrap();
+            let (start, end) = (
+                range[0].as_u64().unwrap() as usize,
+                range[1].as_u64().unwrap() as usize,
+            );
+            (
+                name.clone(),
+                data[start..end].iter().map(|b| *b as i8).collect(),
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn a_quantisation_aware_model_from_a_pruned_one_keeps_its_zeros() {
+    // No stage uses `sparse`: it is made when `qat`, made from it, is, and `qat` trains
+    // with its masks, so its int8 weights are at least as sparse as `sparse` was made.
+    let out = scratch("aware");
+    let (summary, _) = run_file(
+        Path::new("tests/cases/ok/quantize_aware_pruned.kd"),
+        &out,
+        &[],
+    );
+    let int8 = int8_tensors(&out.join("qat.safetensors"));
+    let names: Vec<&str> = int8.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["linear1.weight", "linear2.weight"]);
+    for (name, values) in &int8 {
+        let zeros = values.iter().filter(|v| **v == 0).count();
+        assert!(
+            zeros as f64 >= 0.6 * values.len() as f64,
+            "{name}: {zeros} of {} are zero",
+            values.len()
+        );
+    }
+    let models = &summary["models"];
+    assert_eq!(models["qat"]["quantization"], "aware");
+    assert!(
+        models["qat"]["metrics"]["test"]["accuracy"]
+            .as_f64()
+            .unwrap()
+            > 0.8
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -263,7 +263,7 @@ fn quantisation_aware_models_match_candle_in_outputs_and_gradients() {
             let (mut own, mut graph) = models_on(DIGITS, "[1, 8, 8]", stack, false, d);
             own.make_aware(&mut std::iter::once(Ok(calibration.clone())))
                 .unwrap();
-            own.copy_input_ranges(&mut graph).unwrap();
+            graph.set_input_ranges(&own.input_ranges()).unwrap();
             (own, graph)
         };
         assert_same_gradients(stack, aware(&Device::Cpu), &x, true, Other::Graph);

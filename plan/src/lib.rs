@@ -503,7 +503,7 @@ pub struct Quantization {
     /// `aware: true`: quantisation-aware training. The model is made (weights taken, input
     /// scales calibrated) when the first stage that uses it starts; stages train it with
     /// its linear and conv2d layers fake-quantised (straight-through gradients), and it
-    /// computes in int8 after every stage.
+    /// computes in int8 after the last stage.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aware: bool,
 }

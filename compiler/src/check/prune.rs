@@ -648,15 +648,21 @@ impl Cx<'_> {
 }
 
 /// The index of the stage before which `name` is made: the first that uses it or any
-/// model pruned from it (a pruned model's source is made first).
+/// model pruned or quantisation-aware from it (such a model's source is made first).
 fn making_stage(name: &str, models: &[ModelSpec], stages: &[CheckedStage]) -> Option<usize> {
     let own = stages
         .iter()
         .position(|s| s.trains == name || s.frozen.iter().any(|f| f == name));
+    let made_from = |m: &ModelSpec| {
+        m.pruned.as_ref().is_some_and(|p| p.from == name)
+            || m.quantized
+                .as_ref()
+                .is_some_and(|q| q.aware && q.from == name)
+    };
     models
         .iter()
         .filter(|m| m.role != Role::Baseline && m.name != name)
-        .filter(|m| m.pruned.as_ref().is_some_and(|p| p.from == name))
+        .filter(|m| made_from(m))
         .filter_map(|m| making_stage(&m.name, models, stages))
         .chain(own)
         .min()

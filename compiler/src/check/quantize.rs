@@ -161,11 +161,14 @@ impl Cx<'_> {
                     ),
                     span: span(stage.span),
                     label: "uses an int8 model".into(),
-                    help: Some(format!(
-                        "train `{}` quantisation-aware with `{{ aware: true }}`, or train `{}` \
-                         instead",
-                        model.name, q.from
-                    )),
+                    help: Some(match stage.trains == model.name {
+                        true => format!(
+                            "train `{}` quantisation-aware with `{{ aware: true }}`, or train \
+                             `{}` instead",
+                            model.name, q.from
+                        ),
+                        false => format!("use `{}` instead", q.from),
+                    }),
                 });
                 continue;
             }

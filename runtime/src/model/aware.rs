@@ -4,7 +4,7 @@
 //! (the input per tensor, at the range calibrated when the model was made; the weight per
 //! output channel, from its current values, as `super::int8` quantises it). Gradients
 //! pass straight through the rounding (a straight-through estimator), except at input
-//! values that saturate, as PyTorch's FakeQuantize does. After every stage the model is
+//! values that saturate, as PyTorch's FakeQuantize does. After the last stage the model is
 //! put in int8 with the same ranges, so what it trained against is what it computes.
 
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor, TensorId, Var};
 use kd_kernels::int8;
 use rayon::prelude::*;
 
-use super::int8::scale_of;
+use super::int8::{row_scales, scale_of, QUANTIZE_CHUNK};
 use super::{ForwardContext, Model};
 use crate::error::{plan_error, Result};
 
@@ -21,33 +21,31 @@ use crate::error::{plan_error, Result};
 /// id of the layer's weight.
 pub(super) type Ranges = HashMap<TensorId, f32>;
 
-/// Values fake-quantised per task when a tensor is large.
-const CHUNK: usize = 1 << 14;
-
 /// `x` fake-quantised for an input range of `amax`, outside any graph, on `x`'s device;
 /// with `inside`, also where its gradient passes (1) and where the value saturates (0).
 fn input(x: &Tensor, amax: f32, inside: bool) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let scale = scale_of(amax);
-    let values = x
-        .detach()
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let values = host_values(x)?;
     let mut out = vec![0f32; values.len()];
     let mut mask = vec![0f32; if inside { values.len() } else { 0 }];
-    match (inside, values.len() < CHUNK) {
-        (false, true) => int8::fake_quantize(&values, scale, &mut out, None),
-        (true, true) => int8::fake_quantize(&values, scale, &mut out, Some(&mut mask)),
-        (false, false) => out
-            .par_chunks_mut(CHUNK)
-            .zip(values.par_chunks(CHUNK))
-            .for_each(|(o, v)| int8::fake_quantize(v, scale, o, None)),
-        (true, false) => out
-            .par_chunks_mut(CHUNK)
-            .zip(mask.par_chunks_mut(CHUNK))
-            .zip(values.par_chunks(CHUNK))
-            .for_each(|((o, m), v)| int8::fake_quantize(v, scale, o, Some(m))),
+    let run =
+        |(o, v, m): (&mut [f32], &[f32], Option<&mut [f32]>)| int8::fake_quantize(v, scale, o, m);
+    // The mask's chunks, or none for each chunk of values.
+    let masks: Vec<Option<&mut [f32]>> = match inside {
+        true => mask.chunks_mut(QUANTIZE_CHUNK).map(Some).collect(),
+        false => (0..values.len().div_ceil(QUANTIZE_CHUNK))
+            .map(|_| None)
+            .collect(),
+    };
+    let chunks: Vec<_> = out
+        .chunks_mut(QUANTIZE_CHUNK)
+        .zip(values.chunks(QUANTIZE_CHUNK))
+        .zip(masks)
+        .map(|((o, v), m)| (o, v, m))
+        .collect();
+    match chunks.len() {
+        0 | 1 => chunks.into_iter().for_each(run),
+        _ => chunks.into_par_iter().for_each(run),
     }
     let on = |v: Vec<f32>| Tensor::from_vec(v, x.dims(), &Device::Cpu)?.to_device(x.device());
     let mask = match inside {
@@ -57,21 +55,29 @@ fn input(x: &Tensor, amax: f32, inside: bool) -> candle_core::Result<(Tensor, Op
     Ok((on(out)?, mask))
 }
 
-/// A weight fake-quantised per output channel (its first axis), outside any graph.
+/// A weight fake-quantised per output channel (its first axis), outside any graph, with
+/// the scales its int8 layer will have.
 fn weight_values(w: &Tensor) -> candle_core::Result<Tensor> {
-    let values = w
-        .detach()
+    let values = host_values(w)?;
+    let depth = w.dims()[1..].iter().product::<usize>().max(1);
+    let mut out = vec![0f32; values.len()];
+    for ((row, o), scale) in values
+        .chunks(depth)
+        .zip(out.chunks_mut(depth))
+        .zip(row_scales(&values, depth))
+    {
+        int8::fake_quantize(row, scale, o, None);
+    }
+    Tensor::from_vec(out, w.dims(), &Device::Cpu)?.to_device(w.device())
+}
+
+/// `t`'s values as f32 on the host.
+fn host_values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.detach()
         .to_device(&Device::Cpu)?
         .to_dtype(DType::F32)?
         .flatten_all()?
-        .to_vec1::<f32>()?;
-    let depth = w.dims()[1..].iter().product::<usize>().max(1);
-    let mut out = vec![0f32; values.len()];
-    for (row, o) in values.chunks(depth).zip(out.chunks_mut(depth)) {
-        let amax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        int8::fake_quantize(row, scale_of(amax), o, None);
-    }
-    Tensor::from_vec(out, w.dims(), &Device::Cpu)?.to_device(w.device())
+        .to_vec1::<f32>()
 }
 
 /// In candle's graph: `values`, with the gradient reaching `x` unchanged (times `inside`
@@ -88,17 +94,11 @@ fn straight_through(
     passed.sub(&passed.detach())?.add(values)
 }
 
-/// What a fake-quantised layer computes with: its input and weight for candle's graph.
+/// What a fake-quantised layer computes with in place of its input and weight.
 pub(super) struct Operands {
     pub x: Tensor,
     pub w: Tensor,
-}
-
-/// What the taped forward computes with: the values, outside the graph, and where the
-/// input's gradient passes.
-pub(super) struct TapedOperands {
-    pub x: Tensor,
-    pub w: Tensor,
+    /// For the taped forward: where the input's gradient passes (1) and where it stops.
     pub inside: Option<Tensor>,
 }
 
@@ -131,6 +131,7 @@ impl ForwardContext<'_> {
                 true => straight_through(&w, &wq, None)?,
                 false => wq,
             },
+            inside: None,
         }))
     }
 
@@ -141,12 +142,12 @@ impl ForwardContext<'_> {
         weight: &Var,
         x: &Tensor,
         want_x: bool,
-    ) -> candle_core::Result<Option<TapedOperands>> {
+    ) -> candle_core::Result<Option<Operands>> {
         let Some(amax) = self.range(weight) else {
             return Ok(None);
         };
         let (x, inside) = input(x, amax, want_x)?;
-        Ok(Some(TapedOperands {
+        Ok(Some(Operands {
             x,
             w: weight_values(weight.as_tensor())?,
             inside,
@@ -202,22 +203,23 @@ impl Model {
     /// Makes the model aware with `ranges` (by weight name), as [`Model::input_ranges`]
     /// gave them; every quantised layer needs one.
     pub fn set_input_ranges(&mut self, ranges: &[(String, f32)]) -> Result<()> {
+        let weights = self.quantizable_weights();
         let mut by_id = Ranges::new();
         for (name, amax) in ranges {
-            let var = self
-                .params
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v)
-                .ok_or_else(|| {
-                    plan_error(format!("model `{}` has no weight `{name}`", self.name))
-                })?;
-            by_id.insert(var.as_tensor().id(), *amax);
+            let (_, id) = weights.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                plan_error(format!(
+                    "model `{}` has no linear or conv2d weight `{name}`",
+                    self.name
+                ))
+            })?;
+            if !(amax.is_finite() && *amax >= 0.0) {
+                return Err(plan_error(format!(
+                    "the input range of `{name}` is not a magnitude: {amax}"
+                )));
+            }
+            by_id.insert(*id, *amax);
         }
-        let missing = self
-            .quantizable_weights()
-            .into_iter()
-            .find(|(_, id)| !by_id.contains_key(id));
+        let missing = weights.into_iter().find(|(_, id)| !by_id.contains_key(id));
         if let Some((name, _)) = missing {
             return Err(plan_error(format!(
                 "no input range for `{name}` of model `{}`",
@@ -226,11 +228,6 @@ impl Model {
         }
         self.aware = Some(by_id);
         Ok(())
-    }
-
-    /// An aware model's ranges copied into `copy`, a model of the same architecture.
-    pub fn copy_input_ranges(&self, copy: &mut Model) -> Result<()> {
-        copy.set_input_ranges(&self.input_ranges())
     }
 
     /// The linear and conv2d layers' weights (shortcuts included): name and tensor id.

@@ -75,15 +75,13 @@ impl Int8Layer {
             .and_then(|w| w.to_vec1::<f32>())
             .ctx("reading a weight to quantise")?;
         let mut weights = vec![0i8; values.len()];
-        let mut weight_scale = Vec::with_capacity(out);
-        for (row, q) in values
+        let weight_scale = row_scales(&values, depth);
+        for ((row, q), scale) in values
             .chunks(depth.max(1))
             .zip(weights.chunks_mut(depth.max(1)))
+            .zip(&weight_scale)
         {
-            let amax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = scale_of(amax);
-            int8::quantize(row, scale, q);
-            weight_scale.push(scale);
+            int8::quantize(row, *scale, q);
         }
         let input_scale = scale_of(input_amax);
         let bias_values = match bias {
@@ -190,7 +188,16 @@ impl Int8Layer {
 }
 
 /// Values quantised per task when an input is large.
-const QUANTIZE_CHUNK: usize = 1 << 14;
+pub(super) const QUANTIZE_CHUNK: usize = 1 << 14;
+
+/// A weight's symmetric scale per output channel: `values` holds a row of `depth` per
+/// channel. Fake quantisation (`super::aware`) and the int8 layer share it.
+pub(super) fn row_scales(values: &[f32], depth: usize) -> Vec<f32> {
+    values
+        .chunks(depth.max(1))
+        .map(|row| scale_of(row.iter().fold(0.0f32, |m, v| m.max(v.abs()))))
+        .collect()
+}
 
 /// An int8 layer's weight as exports write it.
 #[derive(Debug, Clone, PartialEq)]

@@ -194,6 +194,15 @@ impl Model {
         &self.masks
     }
 
+    /// Copies of `source`'s masks (a model of the same architecture): its zeros stay zero
+    /// here too.
+    pub fn take_masks(&mut self, source: &Model) -> Result<()> {
+        for (name, mask) in source.masks() {
+            self.set_mask(name, mask.copy().ctx("copying a mask")?);
+        }
+        Ok(())
+    }
+
     /// Puts back a saved mask.
     pub fn set_mask(&mut self, name: &str, mask: Tensor) {
         match self.masks.iter_mut().find(|(n, _)| n == name) {

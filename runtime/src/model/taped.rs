@@ -98,13 +98,7 @@ impl LayerImpl {
                     };
                     (q.x, straight)
                 }
-                Ok(None) => (
-                    x.clone(),
-                    Straight {
-                        values: None,
-                        inside: None,
-                    },
-                ),
+                Ok(None) => (x.clone(), Straight::default()),
                 Err(e) => return Err(e).ctx_with(|| fail("fake quantisation")),
             };
             dense_taped_with(

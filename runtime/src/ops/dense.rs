@@ -146,14 +146,11 @@ pub(crate) fn dense_taped(
     sinks: &GradSinks,
     want_x: bool,
 ) -> candle_core::Result<(Tensor, DenseBackward)> {
-    let straight = Straight {
-        values: None,
-        inside: None,
-    };
-    dense_taped_with(kind, x, w, b, epilogue, sinks, want_x, straight)
+    dense_taped_with(kind, x, w, b, epilogue, sinks, want_x, Straight::default())
 }
 
 /// What a fake-quantised layer computes with in place of its own operands.
+#[derive(Default)]
 pub(crate) struct Straight {
     /// The weight's values (its gradient goes to the weight's sink as it comes).
     pub values: Option<Tensor>,

@@ -364,8 +364,8 @@ impl Checkpoint {
     }
 
     /// Puts the saved tensors and dropout position back into `model`, checking every
-    /// name and shape.
-    pub fn restore_model(&self, model: &mut Model, path: &Path) -> Result<()> {
+    /// name and shape; only a quantisation-aware model (`aware`) may have input ranges.
+    pub fn restore_model(&self, model: &mut Model, path: &Path, aware: bool) -> Result<()> {
         for (name, var) in model.state() {
             self.restore_var(&model_key(&model.name, name), var, path)?;
         }
@@ -397,6 +397,15 @@ impl Checkpoint {
                 Some(_) => return Err(broken(path, format!("`{key}` is not one finite value"))),
                 None => {}
             }
+        }
+        if !ranges.is_empty() && !aware {
+            return Err(broken(
+                path,
+                format!(
+                    "model `{}` has input ranges, and is not quantisation-aware",
+                    model.name
+                ),
+            ));
         }
         if !ranges.is_empty() {
             model

@@ -313,6 +313,7 @@ impl Run<'_> {
                 Some(checkpoint) => checkpoint.restore_model(
                     &mut model,
                     &crate::train::checkpoint::path(&self.opts.out_dir),
+                    spec.quantized.as_ref().is_some_and(|q| q.aware),
                 )?,
                 None => {
                     if let Some(path) = &spec.init_from {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use kd_plan::{ModelSpec, Pruning, Role, Stage, ValueSchedule};
 
 use super::Run;
-use crate::error::{plan_error, Result, TensorContext};
+use crate::error::{plan_error, Result};
 use crate::model::Model;
 
 impl Run<'_> {
@@ -28,7 +28,12 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn make_one(&mut self, spec: &ModelSpec, models: &mut HashMap<String, Model>) -> Result<()> {
+    /// Makes the pruned model `spec` (and its source first, when pruned too), unless made.
+    pub(super) fn make_one(
+        &mut self,
+        spec: &ModelSpec,
+        models: &mut HashMap<String, Model>,
+    ) -> Result<()> {
         let Some(pruning) = &spec.pruned else {
             return Ok(());
         };
@@ -61,9 +66,7 @@ impl Run<'_> {
             for baseline in copies {
                 if let Some(copy) = models.get_mut(&baseline.name) {
                     copy.take_weights(&model)?;
-                    for (name, mask) in model.masks() {
-                        copy.set_mask(name, mask.copy().ctx("copying a mask")?);
-                    }
+                    copy.take_masks(&model)?;
                     done.push(baseline.name.clone());
                 }
             }

@@ -2,7 +2,7 @@
 //! weights, calibrated in eval mode on a sample of the split drawn from the seed. A
 //! quantisation-aware one (`aware: true`) is made (weights, masks and input ranges) when
 //! the first stage that uses it starts, trains fake-quantised, and is put in int8 with
-//! its ranges after every stage.
+//! its ranges after the last stage.
 
 use std::collections::HashMap;
 
@@ -80,36 +80,37 @@ impl Run<'_> {
         q: &Quantization,
         models: &mut HashMap<String, Model>,
     ) -> Result<()> {
+        // A pruned source may not be made yet (no stage has used it).
+        if let Some(source) = self.plan.model(&q.from).filter(|m| m.pruned.is_some()) {
+            self.make_one(source, models)?;
+        }
         let mut model = models
             .remove(&spec.name)
             .ok_or_else(|| plan_error(format!("no model `{}`", spec.name)))?;
         let made = self.model_ref(models, &q.from).and_then(|source| {
             model.take_weights(source)?;
             // A pruned source's zeros stay zero while the model trains.
-            for (name, mask) in source.masks() {
-                model.set_mask(name, mask.copy().ctx("copying a mask")?);
-            }
+            model.take_masks(source)?;
             self.calibrate_on(seed, &spec.name, q, &mut |batches| {
                 model.make_aware(batches)
             })
         });
         // Its baselines start from exactly these weights, masks and ranges.
-        if made.is_ok() {
+        let copied = made.and_then(|()| {
             let copies = self.plan.models.iter().filter(|b| {
                 b.role == Role::Baseline && b.init_key == spec.init_key && b.quantized.is_some()
             });
             for baseline in copies {
                 if let Some(copy) = models.get_mut(&baseline.name) {
                     copy.take_weights(&model)?;
-                    for (name, mask) in model.masks() {
-                        copy.set_mask(name, mask.copy().ctx("copying a mask")?);
-                    }
-                    model.copy_input_ranges(copy)?;
+                    copy.take_masks(&model)?;
+                    copy.set_input_ranges(&model.input_ranges())?;
                 }
             }
-        }
+            Ok(())
+        });
         models.insert(spec.name.clone(), model);
-        made
+        copied
     }
 
     /// Runs `calibrate` on the calibration batches of model `name`: `q.samples` samples
