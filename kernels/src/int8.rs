@@ -46,47 +46,6 @@ pub fn fake_quantize(x: &[f32], scale: f32, out: &mut [f32], inside: Option<&mut
     );
 }
 
-/// Every kernel window of one NCHW sample, already quantised (`x`, from [`quantize`]), a
-/// row per output position, each in the order of a `[out, channels, kernel, kernel]`
-/// weight's row (padding reads 0).
-pub fn windows(x: &[i8], g: &Window2d, out: &mut [i8]) {
-    let (oh, ow) = (g.out_height(), g.out_width());
-    let k = g.kernel;
-    let row_len = g.row_len();
-    let stride = g.stride.max(1);
-    let plane = g.height * g.width;
-    for oy in 0..oh {
-        for ox in 0..ow {
-            let row = &mut out[(oy * ow + ox) * row_len..][..row_len];
-            let x0 = (ox * stride) as isize - g.padding as isize;
-            let inside_x = x0 >= 0 && x0 as usize + k <= g.width;
-            let mut at = 0;
-            for c in 0..g.channels {
-                let channel = &x[c * plane..][..plane];
-                for ky in 0..k {
-                    let iy = (oy * stride + ky) as isize - g.padding as isize;
-                    let dst = &mut row[at..at + k];
-                    at += k;
-                    if iy < 0 || iy as usize >= g.height {
-                        dst.fill(0);
-                    } else if inside_x {
-                        let start = iy as usize * g.width + x0 as usize;
-                        dst.copy_from_slice(&channel[start..start + k]);
-                    } else {
-                        for (kx, d) in dst.iter_mut().enumerate() {
-                            let ix = x0 + kx as isize;
-                            *d = match ix >= 0 && (ix as usize) < g.width {
-                                true => channel[iy as usize * g.width + ix as usize],
-                                false => 0,
-                            };
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Multiply-adds below which a product runs on the calling thread (a single sample's
 /// layer: handing it out costs more than it saves).
 const PARALLEL_WORK: usize = 1 << 20;
@@ -142,6 +101,112 @@ pub fn matmul(a: &[i8], b_t: &[i16], depth: usize, cols: usize, out: &mut [i32])
         .for_each(|(out, a)| run(out, a));
 }
 
+/// One sample's convolution in int8: `x` is its input, already quantised (`[C, H, W]`),
+/// `weights` a row of `depth` (`C * k * k`) per output channel, and `out` gets each
+/// channel's plane (`[out, H', W']`) as `sum * scales[c] + bias[c]`. `scratch` holds the
+/// sample's windows transposed, a row of output positions per weight column, so each
+/// weight value scales a whole row at once: wide vector work even for a layer with few
+/// channels (a row per position and a lane per channel left most lanes idle at 8 or 16
+/// channels, and took 60% of a pruned MNIST CNN's single-sample forward).
+pub fn conv2d(
+    x: &[i8],
+    g: &Window2d,
+    weights: &[i8],
+    scales: &[f32],
+    bias: &[f32],
+    scratch: &mut Vec<i16>,
+    out: &mut [f32],
+) {
+    let rows = g.rows();
+    let depth = g.row_len();
+    scratch.clear();
+    scratch.resize(depth * rows, 0);
+    windows_by_column(x, g, scratch);
+    let mut acc = vec![0i32; rows];
+    crate::vectorised(
+        #[inline(always)]
+        || {
+            for (((plane, row), scale), b) in out
+                .chunks_mut(rows)
+                .zip(weights.chunks(depth.max(1)))
+                .zip(scales)
+                .zip(bias)
+            {
+                acc.fill(0);
+                for (w, column) in row.iter().zip(scratch.chunks(rows)) {
+                    // A pruned weight adds nothing.
+                    if *w == 0 {
+                        continue;
+                    }
+                    let w = i32::from(*w);
+                    for (a, v) in acc.iter_mut().zip(column) {
+                        *a += w * i32::from(*v);
+                    }
+                }
+                for (o, a) in plane.iter_mut().zip(&acc) {
+                    *o = *a as f32 * scale + b;
+                }
+            }
+        },
+    );
+}
+
+/// Every kernel window of one sample, a row per weight column (`c, ky, kx`, the order of
+/// a `[out, C, k, k]` weight's row) holding that column's input at every output position
+/// (padding reads 0), widened to i16.
+fn windows_by_column(x: &[i8], g: &Window2d, out: &mut [i16]) {
+    let (oh, ow) = (g.out_height(), g.out_width());
+    let rows = oh * ow;
+    let k = g.kernel;
+    let stride = g.stride.max(1);
+    let plane = g.height * g.width;
+    for c in 0..g.channels {
+        let channel = &x[c * plane..][..plane];
+        for ky in 0..k {
+            for kx in 0..k {
+                let column = &mut out[((c * k + ky) * k + kx) * rows..][..rows];
+                for oy in 0..oh {
+                    let dst = &mut column[oy * ow..][..ow];
+                    let iy = (oy * stride + ky) as isize - g.padding as isize;
+                    if iy < 0 || iy as usize >= g.height {
+                        dst.fill(0);
+                        continue;
+                    }
+                    let line = &channel[iy as usize * g.width..][..g.width];
+                    // The positions whose input column `ox * stride + kx - padding` lies
+                    // inside the line: [lo, hi); padding reads 0 on either side.
+                    let lo = g.padding.saturating_sub(kx).div_ceil(stride).min(ow);
+                    let hi = (g.width + g.padding)
+                        .checked_sub(kx)
+                        .map_or(0, |end| end.div_ceil(stride))
+                        .clamp(lo, ow);
+                    dst[..lo].fill(0);
+                    dst[hi..].fill(0);
+                    if lo == hi {
+                        continue;
+                    }
+                    let first = lo * stride + kx - g.padding;
+                    let inside = &mut dst[lo..hi];
+                    match stride {
+                        1 => {
+                            for (d, v) in inside.iter_mut().zip(&line[first..]) {
+                                *d = i16::from(*v);
+                            }
+                        }
+                        _ => {
+                            for (d, v) in
+                                inside.iter_mut().zip(line[first..].iter().step_by(stride))
+                            {
+                                *d = i16::from(*v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `out[r][c] = sums[r][c] * scales[c] + bias[c]`, rows of `scales.len()` values.
 pub fn dequantize(sums: &[i32], scales: &[f32], bias: &[f32], out: &mut [f32]) {
     let cols = scales.len();
@@ -155,19 +220,6 @@ pub fn dequantize(sums: &[i32], scales: &[f32], bias: &[f32], out: &mut [f32]) {
             }
         },
     );
-}
-
-/// [`dequantize`] into planes: `sums` is `rows x cols` (a row per output position),
-/// `out` is `cols x rows` (a plane per channel, NCHW).
-pub fn dequantize_planes(sums: &[i32], scales: &[f32], bias: &[f32], out: &mut [f32]) {
-    let cols = scales.len();
-    let rows = sums.len() / cols.max(1);
-    for (c, plane) in out.chunks_mut(rows).enumerate() {
-        let (scale, b) = (scales[c], bias[c]);
-        for (r, o) in plane.iter_mut().enumerate() {
-            *o = sums[r * cols + c] as f32 * scale + b;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -241,19 +293,66 @@ mod tests {
     }
 
     #[test]
-    fn windows_follow_the_weight_layout_and_pad_with_zeros() {
-        // One channel, 3x3, kernel 2, padding 1, stride 2: output 2x2.
-        let g = Window2d {
-            channels: 1,
-            height: 3,
-            width: 3,
-            kernel: 2,
-            stride: 2,
-            padding: 1,
-        };
-        let x: Vec<i8> = (1..=9).collect();
-        let mut out = vec![0i8; g.rows() * g.row_len()];
-        windows(&x, &g, &mut out);
-        assert_eq!(out, [0, 0, 0, 1, 0, 0, 2, 3, 0, 4, 0, 7, 5, 6, 8, 9]);
+    fn the_convolution_is_the_exact_integer_sum_scaled() {
+        for (channels, size, kernel, stride, padding, outs) in [
+            (1, 28, 5, 1, 0, 8),
+            (3, 9, 3, 2, 1, 5),
+            (4, 6, 3, 1, 2, 16),
+            (2, 5, 1, 1, 0, 3),
+            (1, 2, 5, 3, 2, 2),
+        ] {
+            let g = Window2d {
+                channels,
+                height: size,
+                width: size + 1,
+                kernel,
+                stride,
+                padding,
+            };
+            let x: Vec<i8> = (0..g.sample_len())
+                .map(|i| ((i * 37 + 11) % 256) as u8 as i8)
+                .collect();
+            let depth = g.row_len();
+            let w: Vec<i8> = (0..outs * depth)
+                .map(|i| match i % 7 {
+                    3 => 0,
+                    _ => ((i * 91 + 5) % 256) as u8 as i8,
+                })
+                .collect();
+            let scales: Vec<f32> = (0..outs).map(|c| 0.01 + c as f32 * 0.003).collect();
+            let bias: Vec<f32> = (0..outs).map(|c| c as f32 - 2.0).collect();
+            let mut y = vec![0f32; outs * g.rows()];
+            conv2d(&x, &g, &w, &scales, &bias, &mut Vec::new(), &mut y);
+            // Against the convolution written out, one output at a time.
+            let (oh, ow) = (g.out_height(), g.out_width());
+            for c in 0..outs {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut sum = 0i32;
+                        for ci in 0..channels {
+                            for ky in 0..kernel {
+                                for kx in 0..kernel {
+                                    let iy = (oy * stride + ky) as isize - padding as isize;
+                                    let ix = (ox * stride + kx) as isize - padding as isize;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy as usize >= g.height
+                                        || ix as usize >= g.width
+                                    {
+                                        continue;
+                                    }
+                                    let v =
+                                        x[(ci * g.height + iy as usize) * g.width + ix as usize];
+                                    let k = w[c * depth + (ci * kernel + ky) * kernel + kx];
+                                    sum += i32::from(v) * i32::from(k);
+                                }
+                            }
+                        }
+                        let expected = sum as f32 * scales[c] + bias[c];
+                        assert_eq!(y[(c * oh + oy) * ow + ox], expected, "{g:?}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -54,7 +54,7 @@ pub(super) struct Int8Layer {
     pub(super) weights: Vec<i8>,
     pub(super) weight_scale: Vec<f32>,
     pub(super) input_scale: f32,
-    /// `weights` as the kernel reads them (kd_kernels::int8::transpose_weight).
+    /// A linear layer's `weights` as its kernel reads them (kd_kernels::int8::transpose_weight).
     packed: Vec<i16>,
     /// `input_scale * weight_scale[c]`, and the bias (zeros without one), per output.
     scales: Vec<f32>,
@@ -95,7 +95,10 @@ impl Int8Layer {
         Ok(Int8Layer {
             kind,
             weight: weight.clone(),
-            packed: int8::transpose_weight(&weights, depth, out),
+            packed: match kind {
+                Int8Kind::Linear => int8::transpose_weight(&weights, depth, out),
+                Int8Kind::Conv2d { .. } => Vec::new(),
+            },
             scales: weight_scale.iter().map(|s| s * input_scale).collect(),
             bias_values,
             weights,
@@ -152,33 +155,26 @@ impl Int8Layer {
                     stride,
                     padding,
                 };
-                let rows = g.rows();
-                let mut cols = vec![0i8; n * rows * g.row_len()];
-                let unfold = |(cols, x): (&mut [i8], &[i8])| int8::windows(x, &g, cols);
-                let mut sums = vec![0i32; n * rows * self.out];
-                let mut y = vec![0f32; n * self.out * rows];
-                // Rows are positions, columns channels: out to [N, out, H', W'].
-                let scatter = |(y, sums): (&mut [f32], &[i32])| {
-                    int8::dequantize_planes(sums, &self.scales, &self.bias_values, y)
+                let plane = self.out * g.rows();
+                let mut y = vec![0f32; n * plane];
+                let conv = |scratch: &mut Vec<i16>, (y, x): (&mut [f32], &[i8])| {
+                    int8::conv2d(
+                        x,
+                        &g,
+                        &self.weights,
+                        &self.scales,
+                        &self.bias_values,
+                        scratch,
+                        y,
+                    )
                 };
-                let chunks = (
-                    cols.chunks_mut(rows * g.row_len()),
-                    q.chunks(g.sample_len()),
-                );
+                // A sample at a time, each on one thread.
                 if n == 1 {
-                    chunks.0.zip(chunks.1).for_each(unfold);
+                    conv(&mut Vec::new(), (&mut y, &q));
                 } else {
-                    cols.par_chunks_mut(rows * g.row_len())
+                    y.par_chunks_mut(plane)
                         .zip(q.par_chunks(g.sample_len()))
-                        .for_each(unfold);
-                }
-                int8::matmul(&cols, &self.packed, self.depth, self.out, &mut sums);
-                if n == 1 {
-                    scatter((&mut y, &sums));
-                } else {
-                    y.par_chunks_mut(self.out * rows)
-                        .zip(sums.par_chunks(rows * self.out))
-                        .for_each(scatter);
+                        .for_each_init(Vec::new, conv);
                 }
                 (y, vec![n, self.out, g.out_height(), g.out_width()])
             }
