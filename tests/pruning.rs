@@ -187,6 +187,16 @@ fn removing_neurons_computes_what_the_wide_model_computes_without_them() {
         "flatten linear(20) tanh linear(9) relu linear(10) as logits",
         // A batch norm after `flatten` keeps the conv's channels; the linear after it goes.
         "conv2d(4, kernel: 3) relu flatten batchnorm linear(12) relu linear(10) as logits",
+        // Before a block with a projection shortcut: the shortcut and the body's first
+        // conv read the channels; inside the body, the first conv's channels go too.
+        "conv2d(6, kernel: 3, padding: 1) batchnorm relu \
+         residual { conv2d(8, kernel: 3, stride: 2, padding: 1) batchnorm relu \
+         conv2d(8, kernel: 3, padding: 1) batchnorm } relu flatten linear(10) as logits",
+        // A body that starts with a batch norm; then a block that adds its input back
+        // unchanged, whose input keeps its width.
+        "conv2d(6, kernel: 3, padding: 1) relu residual { batchnorm relu conv2d(8, kernel: 3, padding: 1) } \
+         residual { conv2d(5, kernel: 3, padding: 1) relu conv2d(8, kernel: 3, padding: 1) } \
+         avgpool(2) flatten linear(10) as logits",
     ];
     for layers in cases {
         let plan = neuron_plan(layers);
@@ -227,28 +237,30 @@ fn removing_neurons_computes_what_the_wide_model_computes_without_them() {
                 .collect();
             assert!(kept.windows(2).all(|w| w[0] < w[1]), "kept in order");
             assert_eq!(kept.len(), group.keep);
-            // Zero the reader's columns of every removed neuron in the reference.
-            let reader = format!("{}.weight", group.reader);
-            let (_, var) = reference.state().find(|(n, _)| *n == reader).unwrap();
-            let dims = var.dims().to_vec();
-            let columns: usize = dims[1..].iter().product::<usize>() / dims[1];
-            let mut values = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let per_neuron = group.block * columns;
-            let row = dims[1] * columns;
-            for r in 0..dims[0] {
-                for neuron in (0..group.from).filter(|k| !kept.contains(k)) {
-                    for c in 0..per_neuron {
-                        values[r * row + neuron * per_neuron + c] = 0.0;
+            // Zero the readers' columns of every removed neuron in the reference.
+            for reader in &group.readers {
+                let reader = format!("{reader}.weight");
+                let (_, var) = reference.state().find(|(n, _)| *n == reader).unwrap();
+                let dims = var.dims().to_vec();
+                let columns: usize = dims[1..].iter().product::<usize>() / dims[1];
+                let mut values = var
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let per_neuron = group.block * columns;
+                let row = dims[1] * columns;
+                for r in 0..dims[0] {
+                    for neuron in (0..group.from).filter(|k| !kept.contains(k)) {
+                        for c in 0..per_neuron {
+                            values[r * row + neuron * per_neuron + c] = 0.0;
+                        }
                     }
                 }
+                var.set(&Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).unwrap())
+                    .unwrap();
             }
-            var.set(&Tensor::from_vec(values, dims.as_slice(), &Device::Cpu).unwrap())
-                .unwrap();
         }
         let x = common::random(&[7, 1, 8, 8], 3);
         let out = |m: &mut Model| -> Vec<f32> {

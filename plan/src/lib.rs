@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Bumped whenever a Plan written by an older kdc could be misread by a newer one.
-pub const PLAN_VERSION: u32 = 3;
+pub const PLAN_VERSION: u32 = 4;
 
 /// Byte offsets `[start, end)` into the `.kd` source.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -538,9 +538,11 @@ pub struct NeuronGroup {
     pub layer: String,
     /// Batch norms in between, by prefix (`bn1`).
     pub norms: Vec<String>,
-    /// The reader's parameter prefix: a `linear` or `conv2d` layer.
-    pub reader: String,
-    /// The reader's input columns per neuron: 1, or a flattened channel's `H * W`.
+    /// The readers' parameter prefixes: a `linear` or `conv2d` layer, or the first such
+    /// layer of a residual body and the block's shortcut (`residual1.conv1`,
+    /// `residual1.shortcut`).
+    pub readers: Vec<String>,
+    /// The readers' input columns per neuron: 1, or a flattened channel's `H * W`.
     pub block: usize,
     /// Neurons before and after pruning.
     pub from: usize,

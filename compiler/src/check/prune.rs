@@ -225,7 +225,7 @@ impl Cx<'_> {
         }
         let fraction = self.fraction(value)?;
         let tapped: Vec<usize> = source.taps.iter().map(|t| t.layer).collect();
-        let (layers, groups) = narrowed(&source.layers, &tapped, fraction);
+        let (layers, groups) = narrowed(&source.layers, &tapped, fraction, "");
         if groups.is_empty() {
             self.invalid(
                 p.source.span,
@@ -233,8 +233,9 @@ impl Cx<'_> {
                 "nothing to prune",
                 Some(
                     "a linear or conv2d layer's neurons can go when another linear or conv2d \
-                     layer of the same block reads them, through activations, dropout, batch \
-                     norms, pools or flatten, and no tap reads them in between"
+                     layer of the same block (or a residual block with a projection shortcut) \
+                     reads them, through activations, dropout, batch norms, pools or flatten, \
+                     and no tap reads them in between"
                         .into(),
                 ),
             );
@@ -464,90 +465,149 @@ impl Cx<'_> {
 }
 
 /// The layers with `fraction` of the neurons of each prunable layer removed (at least one
-/// kept), and what was removed. A layer is prunable when it is a `linear` on flat features
-/// or a `conv2d`, is not tapped, and its outputs reach one `linear` or `conv2d` layer of
-/// the same list through layers that keep each neuron's values apart (activations,
-/// dropout, batch norm, pools, flatten), none of them tapped. Layers inside residual
-/// blocks, and a block's own output, are not pruned: the shortcut adds to them.
+/// kept), and what was removed; `prefix` names the list's parameters (`residual1.` inside
+/// a block). A layer is prunable when it is a `linear` on flat features or a `conv2d`, is
+/// not tapped, and its outputs reach their readers (see [`reach`]). Inside a residual
+/// body the same holds, so every layer of a body but its last can be pruned; the body's
+/// last layer and the block's output keep their widths, as the shortcut adds to them.
 fn narrowed(
     layers: &[LayerSpec],
     tapped: &[usize],
     fraction: f64,
+    prefix: &str,
 ) -> (Vec<LayerSpec>, Vec<NeuronGroup>) {
     let mut groups = Vec::new();
     let mut keep = vec![None; layers.len()];
+    let mut bodies = vec![None; layers.len()];
     for (i, layer) in layers.iter().enumerate() {
-        let out = match layer.layer {
-            Layer::Linear { out, .. } if layer.output.len() == 1 => out,
-            Layer::Conv2d { out, .. } => out,
+        let out = match &layer.layer {
+            Layer::Linear { out, .. } if layer.output.len() == 1 => *out,
+            Layer::Conv2d { out, .. } => *out,
+            Layer::Residual { body, .. } => {
+                let inner = format!("{prefix}{}.", layer.name);
+                let (body, inside) = narrowed(body, &[], fraction, &inner);
+                bodies[i] = Some(body);
+                groups.extend(inside);
+                continue;
+            }
             _ => continue,
         };
         if tapped.contains(&i) {
             continue;
         }
-        let mut norms = Vec::new();
-        let mut block = 1;
-        let mut reader = None;
-        for (j, next) in layers.iter().enumerate().skip(i + 1) {
-            if tapped.contains(&j)
-                && !matches!(next.layer, Layer::Linear { .. } | Layer::Conv2d { .. })
-            {
-                break;
-            }
-            match next.layer {
-                Layer::Relu
-                | Layer::Gelu
-                | Layer::Tanh
-                | Layer::Sigmoid
-                | Layer::Dropout { .. } => {}
-                Layer::MaxPool { .. } | Layer::AvgPool { .. } => {}
-                // A batch norm after `flatten` normalises each position apart: not a
-                // channel's, so the neuron's block of features would have to go whole.
-                Layer::BatchNorm { .. } if block > 1 => break,
-                Layer::BatchNorm { .. } => norms.push(next.name.clone()),
-                Layer::Flatten => block = next.input.iter().skip(1).product::<usize>().max(1),
-                Layer::Linear { .. } | Layer::Conv2d { .. } => {
-                    reader = Some(next.name.clone());
-                    break;
-                }
-                _ => break,
-            }
-        }
-        let Some(reader) = reader else { continue };
+        let Some(path) = reach(layers, i + 1, tapped, prefix) else {
+            continue;
+        };
         let kept = (out - (fraction * out as f64).round() as usize).max(1);
         if kept == out {
             continue;
         }
         keep[i] = Some(kept);
         groups.push(NeuronGroup {
-            layer: layer.name.clone(),
-            norms,
-            reader,
-            block,
+            layer: format!("{prefix}{}", layer.name),
+            norms: path.norms,
+            readers: path.readers,
+            block: path.block,
             from: out,
             keep: kept,
         });
     }
-    // The shapes again, from the first layer: a pruned layer's outputs are fewer, and what
-    // follows it carries the narrower channel axis until its reader.
+    let input = layers.first().map(|l| l.input.clone()).unwrap_or_default();
+    (rethreaded(layers, &keep, bodies, input), groups)
+}
+
+/// Where a layer's outputs go, from position `start` of `layers` on: the batch norms on
+/// the way, the layers that read them, and each reader's input columns per neuron (1, or
+/// a flattened channel's `H * W`).
+struct Reach {
+    norms: Vec<String>,
+    readers: Vec<String>,
+    block: usize,
+}
+
+/// The readers of outputs that enter `layers` at `start`: one `linear` or `conv2d` layer
+/// reached through layers that keep each neuron's values apart (activations, dropout,
+/// batch norm, pools, flatten), none of them tapped; or a residual block with a
+/// projection shortcut, read by the shortcut and by the first such layer of its body.
+/// `None` when the outputs reach anything else (a block that adds them back unchanged, a
+/// sequence layer, the model's output).
+fn reach(layers: &[LayerSpec], start: usize, tapped: &[usize], prefix: &str) -> Option<Reach> {
+    let mut norms = Vec::new();
+    let mut block = 1;
+    for (j, next) in layers.iter().enumerate().skip(start) {
+        let reads = matches!(
+            next.layer,
+            Layer::Linear { .. } | Layer::Conv2d { .. } | Layer::Residual { .. }
+        );
+        if tapped.contains(&j) && !reads {
+            return None;
+        }
+        match &next.layer {
+            Layer::Relu | Layer::Gelu | Layer::Tanh | Layer::Sigmoid | Layer::Dropout { .. } => {}
+            Layer::MaxPool { .. } | Layer::AvgPool { .. } => {}
+            // A batch norm after `flatten` normalises each position apart: not a channel's,
+            // so the neuron's block of features would have to go whole.
+            Layer::BatchNorm { .. } if block > 1 => return None,
+            Layer::BatchNorm { .. } => norms.push(format!("{prefix}{}", next.name)),
+            Layer::Flatten => block = next.input.iter().skip(1).product::<usize>().max(1),
+            Layer::Linear { .. } | Layer::Conv2d { .. } => {
+                return Some(Reach {
+                    norms,
+                    readers: vec![format!("{prefix}{}", next.name)],
+                    block,
+                });
+            }
+            Layer::Residual {
+                body,
+                shortcut: Some(_),
+            } if block == 1 => {
+                let inner = format!("{prefix}{}.", next.name);
+                let mut through = reach(body, 0, &[], &inner)?;
+                // The shortcut reads the block's input as it is, without a flatten.
+                if through.block != 1 {
+                    return None;
+                }
+                norms.append(&mut through.norms);
+                let mut readers = through.readers;
+                readers.push(format!("{inner}shortcut"));
+                return Some(Reach {
+                    norms,
+                    readers,
+                    block,
+                });
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// `layers` with the widths in `keep` and the residual bodies in `bodies`, their shapes
+/// threaded again from `input`: a pruned layer's outputs are fewer, and what follows it
+/// carries the narrower channel axis until its readers.
+fn rethreaded(
+    layers: &[LayerSpec],
+    keep: &[Option<usize>],
+    bodies: Vec<Option<Vec<LayerSpec>>>,
+    mut input: Vec<usize>,
+) -> Vec<LayerSpec> {
     let mut out: Vec<LayerSpec> = Vec::with_capacity(layers.len());
-    let mut input = layers.first().map(|l| l.input.clone()).unwrap_or_default();
-    for (i, original) in layers.iter().enumerate() {
+    for ((original, kept), body) in layers.iter().zip(keep).zip(bodies) {
         let mut layer = original.clone();
         layer.input = input.clone();
-        layer.output = match (&mut layer.layer, keep[i]) {
+        layer.output = match (&mut layer.layer, kept) {
             (Layer::Linear { out, .. }, Some(kept)) => {
-                *out = kept;
+                *out = *kept;
                 let mut shape = original.output.clone();
                 if let Some(last) = shape.last_mut() {
-                    *last = kept;
+                    *last = *kept;
                 }
                 shape
             }
             (Layer::Conv2d { out, .. }, Some(kept)) => {
-                *out = kept;
+                *out = *kept;
                 let mut shape = original.output.clone();
-                shape[0] = kept;
+                shape[0] = *kept;
                 shape
             }
             (Layer::Linear { .. } | Layer::Conv2d { .. }, None) => original.output.clone(),
@@ -557,11 +617,40 @@ fn narrowed(
                 shape[0] = input[0];
                 shape
             }
+            // Its body and shortcut read the block's input; its output keeps its width.
+            (
+                Layer::Residual {
+                    body: old,
+                    shortcut,
+                },
+                _,
+            ) => {
+                let narrow = body.unwrap_or_else(|| old.clone());
+                let none = vec![None; narrow.len()];
+                let empty = vec![None; narrow.len()];
+                *old = rethreaded(&narrow, &none, empty, input.clone());
+                if let Some(short) = shortcut {
+                    short.input = input.clone();
+                    (short.params, short.flops) =
+                        super::models::cost(&short.layer, &short.input, &short.output);
+                }
+                let (params, flops) = (
+                    old.iter().map(|l| l.params).sum::<usize>()
+                        + shortcut.as_ref().map_or(0, |s| s.params),
+                    old.iter().map(|l| l.flops).sum::<u64>()
+                        + shortcut.as_ref().map_or(0, |s| s.flops)
+                        + original.output.iter().product::<usize>() as u64,
+                );
+                layer.params = params;
+                layer.flops = flops;
+                original.output.clone()
+            }
             _ if original.input == original.output => input.clone(),
             _ => original.output.clone(),
         };
         // Only the layers whose shapes changed (a residual block's cost is its body's).
-        if layer.input != original.input || layer.output != original.output {
+        let residual = matches!(layer.layer, Layer::Residual { .. });
+        if !residual && (layer.input != original.input || layer.output != original.output) {
             let (params, flops) = super::models::cost(&layer.layer, &layer.input, &layer.output);
             layer.params = params;
             layer.flops = flops;
@@ -569,7 +658,7 @@ fn narrowed(
         input = layer.output.clone();
         out.push(layer);
     }
-    (out, groups)
+    out
 }
 
 /// What a model that does not run on kdc's own layers runs from: `an ONNX file` or `a

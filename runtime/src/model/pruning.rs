@@ -29,7 +29,7 @@ impl Model {
     /// Takes the weights of `source`, a wider model of the same layers, keeping in each
     /// group the `keep` neurons whose incoming weights have the largest L2 norm (ties to the
     /// first), in their order: the layer's weight rows and bias, its batch norms'
-    /// channels, and its reader's weight columns.
+    /// channels, and its readers' weight columns.
     pub fn take_neurons(&mut self, source: &Model, groups: &[NeuronGroup]) -> Result<()> {
         let find = |name: &str| {
             source
@@ -65,11 +65,13 @@ impl Model {
                 }
             }
             let block = group.block.max(1) as u32;
-            let columns = kept
+            let columns: Vec<u32> = kept
                 .iter()
                 .flat_map(|&k| k * block..(k + 1) * block)
                 .collect();
-            slices.push((format!("{}.weight", group.reader), 1, columns));
+            for reader in &group.readers {
+                slices.push((format!("{reader}.weight"), 1, columns.clone()));
+            }
         }
         for (name, var) in self.state() {
             let mut tensor = find(name)?;
