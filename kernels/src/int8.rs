@@ -1,6 +1,6 @@
 //! int8 inference: symmetric quantisation as ONNX's `QuantizeLinear` does it (divide by
 //! the scale, round half to even, saturate to [-128, 127]; zero point 0), and matrix
-//! products of int8 values with exact i32 sums. Integer sums are exact in any order, so
+//! products and convolutions of int8 values with exact i32 sums. Integer sums are exact in any order, so
 //! results do not depend on the thread count.
 
 use rayon::prelude::*;
@@ -122,33 +122,47 @@ pub fn conv2d(
     scratch.clear();
     scratch.resize(depth * rows, 0);
     windows_by_column(x, g, scratch);
-    let mut acc = vec![0i32; rows];
-    crate::vectorised(
-        #[inline(always)]
-        || {
-            for (((plane, row), scale), b) in out
-                .chunks_mut(rows)
-                .zip(weights.chunks(depth.max(1)))
-                .zip(scales)
-                .zip(bias)
-            {
-                acc.fill(0);
-                for (w, column) in row.iter().zip(scratch.chunks(rows)) {
-                    // A pruned weight adds nothing.
-                    if *w == 0 {
-                        continue;
+    let columns: &[i16] = scratch;
+    // One output channel's plane, summed in `acc` (a row of positions).
+    let channel =
+        |acc: &mut Vec<i32>, (((plane, row), scale), b): (((&mut [f32], &[i8]), &f32), &f32)| {
+            crate::vectorised(
+                #[inline(always)]
+                || {
+                    acc.clear();
+                    acc.resize(rows, 0);
+                    for (w, column) in row.iter().zip(columns.chunks(rows)) {
+                        // A pruned weight adds nothing.
+                        if *w == 0 {
+                            continue;
+                        }
+                        let w = i32::from(*w);
+                        for (a, v) in acc.iter_mut().zip(column) {
+                            *a += w * i32::from(*v);
+                        }
                     }
-                    let w = i32::from(*w);
-                    for (a, v) in acc.iter_mut().zip(column) {
-                        *a += w * i32::from(*v);
+                    for (o, a) in plane.iter_mut().zip(acc.iter()) {
+                        *o = *a as f32 * scale + b;
                     }
-                }
-                for (o, a) in plane.iter_mut().zip(&acc) {
-                    *o = *a as f32 * scale + b;
-                }
-            }
-        },
-    );
+                },
+            )
+        };
+    // A large sample's channels are shared among threads (each channel's sum is exact,
+    // whichever thread computes it); a small one's stay on this thread.
+    if rows * depth * scales.len() < PARALLEL_WORK {
+        let mut acc = Vec::new();
+        out.chunks_mut(rows)
+            .zip(weights.chunks(depth.max(1)))
+            .zip(scales)
+            .zip(bias)
+            .for_each(|item| channel(&mut acc, item));
+    } else {
+        out.par_chunks_mut(rows)
+            .zip(weights.par_chunks(depth.max(1)))
+            .zip(scales.par_iter())
+            .zip(bias.par_iter())
+            .for_each_init(Vec::new, channel);
+    }
 }
 
 /// Every kernel window of one sample, a row per weight column (`c, ky, kx`, the order of
@@ -300,6 +314,8 @@ mod tests {
             (4, 6, 3, 1, 2, 16),
             (2, 5, 1, 1, 0, 3),
             (1, 2, 5, 3, 2, 2),
+            // Past PARALLEL_WORK: its channels shared among threads.
+            (16, 40, 3, 1, 1, 40),
         ] {
             let g = Window2d {
                 channels,

@@ -665,10 +665,10 @@ CASES = {
     # plans edited by hand
     "plan_garbage": lambda: case(
         "plan_garbage", "a plan.yaml that is not YAML", "run", "plan.yaml", csv_pipeline(),
-        {"data.csv": GOOD_CSV}, edits=[("version: 3", "\x01\x02 ]: [ {{")]),
+        {"data.csv": GOOD_CSV}, edits=[("version: 4", "\x01\x02 ]: [ {{")]),
     "plan_wrong_version": lambda: case(
         "plan_wrong_version", "a plan of a version this kdc does not read", "run", "plan.yaml",
-        csv_pipeline(), {"data.csv": GOOD_CSV}, edits=[("version: 3", "version: 99")]),
+        csv_pipeline(), {"data.csv": GOOD_CSV}, edits=[("version: 4", "version: 99")]),
     "plan_number_past_u64": lambda: case(
         "plan_number_past_u64", "a seed past 2^64", "run", "plan.yaml", csv_pipeline(),
         {"data.csv": GOOD_CSV}, edits=[("seed: 1", "seed: 123456789012345678901234567890")]),

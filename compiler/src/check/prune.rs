@@ -194,8 +194,7 @@ impl Cx<'_> {
     }
 
     /// `granularity: neurons`: the source's architecture with fewer neurons in every layer
-    /// whose outputs one `linear` or `conv2d` layer reads (through activations, dropout,
-    /// batch norms, pools and `flatten`), at once.
+    /// whose outputs can shrink with their readers ([`narrowed`]), at once.
     fn neuron_pruned(
         &mut self,
         r: &RoleDecl,
@@ -468,8 +467,8 @@ impl Cx<'_> {
 /// kept), and what was removed; `prefix` names the list's parameters (`residual1.` inside
 /// a block). A layer is prunable when it is a `linear` on flat features or a `conv2d`, is
 /// not tapped, and its outputs reach their readers (see [`reach`]). Inside a residual
-/// body the same holds, so every layer of a body but its last can be pruned; the body's
-/// last layer and the block's output keep their widths, as the shortcut adds to them.
+/// body the same holds, so any linear or conv2d of a body but its last can be pruned; the
+/// body's last one and the block's output keep their widths, as the shortcut adds to them.
 fn narrowed(
     layers: &[LayerSpec],
     tapped: &[usize],

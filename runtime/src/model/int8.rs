@@ -114,7 +114,7 @@ impl Int8Layer {
         let device = x.device().clone();
         let host = x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let values = host.flatten_all()?.to_vec1::<f32>()?;
-        // Quantised once, each value (a convolution's windows then copy int8 values).
+        // Quantised once, each value (a convolution's windows then widen int8 values).
         let mut q = vec![0i8; values.len()];
         if values.len() < QUANTIZE_CHUNK {
             int8::quantize(&values, self.input_scale, &mut q);
