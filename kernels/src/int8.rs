@@ -124,29 +124,28 @@ pub fn conv2d(
     windows_by_column(x, g, scratch);
     let columns: &[i16] = scratch;
     // One output channel's plane, summed in `acc` (a row of positions).
-    let channel =
-        |acc: &mut Vec<i32>, (((plane, row), scale), b): (((&mut [f32], &[i8]), &f32), &f32)| {
-            crate::vectorised(
-                #[inline(always)]
-                || {
-                    acc.clear();
-                    acc.resize(rows, 0);
-                    for (w, column) in row.iter().zip(columns.chunks(rows)) {
-                        // A pruned weight adds nothing.
-                        if *w == 0 {
-                            continue;
-                        }
-                        let w = i32::from(*w);
-                        for (a, v) in acc.iter_mut().zip(column) {
-                            *a += w * i32::from(*v);
-                        }
+    let channel = |acc: &mut Vec<i32>, (((plane, row), scale), b): Channel| {
+        crate::vectorised(
+            #[inline(always)]
+            || {
+                acc.clear();
+                acc.resize(rows, 0);
+                for (w, column) in row.iter().zip(columns.chunks(rows)) {
+                    // A pruned weight adds nothing.
+                    if *w == 0 {
+                        continue;
                     }
-                    for (o, a) in plane.iter_mut().zip(acc.iter()) {
-                        *o = *a as f32 * scale + b;
+                    let w = i32::from(*w);
+                    for (a, v) in acc.iter_mut().zip(column) {
+                        *a += w * i32::from(*v);
                     }
-                },
-            )
-        };
+                }
+                for (o, a) in plane.iter_mut().zip(acc.iter()) {
+                    *o = *a as f32 * scale + b;
+                }
+            },
+        )
+    };
     // A large sample's channels are shared among threads (each channel's sum is exact,
     // whichever thread computes it); a small one's stay on this thread.
     if rows * depth * scales.len() < PARALLEL_WORK {
@@ -164,6 +163,9 @@ pub fn conv2d(
             .for_each_init(Vec::new, channel);
     }
 }
+
+/// One output channel of [`conv2d`]: its plane, its weight row, its scale and its bias.
+type Channel<'a> = (((&'a mut [f32], &'a [i8]), &'a f32), &'a f32);
 
 /// Every kernel window of one sample, a row per weight column (`c, ky, kx`, the order of
 /// a `[out, C, k, k]` weight's row) holding that column's input at every output position
