@@ -1,6 +1,7 @@
 //! Snapshot suites over folders of `.kd` cases: a new case is a new file.
 //! `tests/cases/ok/*.kd` must compile: their Plan (YAML) and graph (Mermaid) are snapshotted.
 //! `tests/cases/err/*.kd` must fail: their diagnostics are snapshotted as the user reads them.
+//! `examples/*.kd` must compile: their Plan and graph are snapshotted too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -62,33 +63,43 @@ fn err_cases_fail_with_diagnostics() {
     });
 }
 
-/// Every example compiles, those on fetched data included: the test fetches MNIST (as IDX
-/// and as PNG files), the SpamAssassin corpus and the MiniLM teacher with the project's pinned script first
-/// (idempotent), so missing data fails here rather than passing quietly.
-#[test]
-fn examples_compile() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let fetch = std::process::Command::new("bash")
-        .arg(root.join("scripts/fetch-data.sh"))
-        .args(["mnist", "spam", "minilm", "mnist-png"])
-        .output()
-        .unwrap();
-    assert!(
-        fetch.status.success(),
-        "fetch-data.sh mnist spam minilm mnist-png:\n{}",
-        String::from_utf8_lossy(&fetch.stderr)
-    );
-    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "kd") {
-            let source = std::fs::read_to_string(&path).unwrap();
-            if let Err(errors) = compile(&source, &path, &[]) {
-                panic!(
-                    "{}:\n{}",
-                    path.display(),
-                    render_plain(&errors, "example.kd", &source)
-                );
-            }
+/// The data the examples read beyond the repository's own: MNIST (as IDX and as PNG
+/// files), the SpamAssassin corpus and the MiniLM teacher, fetched once per test process
+/// with the project's pinned script (idempotent), so that missing data fails here rather
+/// than passing quietly.
+fn fetch_example_data() {
+    static FETCHED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let fetched = FETCHED.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let fetch = std::process::Command::new("bash")
+            .arg(root.join("scripts/fetch-data.sh"))
+            .args(["mnist", "spam", "minilm", "mnist-png"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        match fetch.status.success() {
+            true => Ok(()),
+            false => Err(String::from_utf8_lossy(&fetch.stderr).to_string()),
         }
+    });
+    if let Err(e) = fetched {
+        panic!("fetch-data.sh mnist spam minilm mnist-png:\n{e}");
     }
+}
+
+/// Every example compiles, those on fetched data included, and its Plan (YAML) and graph
+/// (Mermaid) are snapshotted like the ok cases'.
+#[test]
+fn example_plans() {
+    fetch_example_data();
+    insta::glob!("../../examples", "*.kd", |path: &Path| {
+        insta::assert_snapshot!(portable_yaml(compile_ok(path)));
+    });
+}
+
+#[test]
+fn example_graphs() {
+    fetch_example_data();
+    insta::glob!("../../examples", "*.kd", |path: &Path| {
+        insta::assert_snapshot!(render::mermaid(&compile_ok(path)));
+    });
 }
