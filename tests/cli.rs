@@ -791,6 +791,26 @@ fn scheduled_loss_parameters_follow_their_schedule() {
         assert_eq!(w, if epoch < 2 { 0.0 } else { 1.0 }, "epoch {epoch}");
     }
     assert_eq!(lines[3]["schedules"]["hinton.T"].as_f64(), Some(1.0));
+    // metrics.csv: the same records, nested fields under dotted names.
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    let column = |name: &str| rows[0].iter().position(|c| *c == name).unwrap();
+    let (stage, t) = (column("stage"), column("schedules.hinton.T"));
+    let logged: Vec<f64> = rows[1..]
+        .iter()
+        .filter(|r| r[stage] == "distill")
+        .map(|r| r[t].parse().unwrap())
+        .collect();
+    let expected: Vec<f64> = lines
+        .iter()
+        .map(|l| l["schedules"]["hinton.T"].as_f64().unwrap())
+        .collect();
+    assert_eq!(logged, expected);
+    // The teacher's rows leave the column empty.
+    assert!(rows[1..]
+        .iter()
+        .filter(|r| r[stage] == "teach")
+        .all(|r| r[t].is_empty()));
     // The teacher's stage has no schedule, and logs none.
     let teach = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert!(teach

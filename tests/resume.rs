@@ -70,12 +70,13 @@ fn as_strs(args: &[String]) -> Vec<&str> {
 }
 
 /// What must not change when a run is interrupted: every export byte for byte, the
-/// summary without its timings, and metrics.jsonl without its timings.
+/// summary without its timings, and metrics.jsonl and metrics.csv without their timings.
 #[derive(Debug, PartialEq)]
 struct Outcome {
     exports: Vec<(String, Vec<u8>)>,
     summary: serde_json::Value,
     metrics: Vec<serde_json::Value>,
+    table: Vec<Vec<String>>,
 }
 
 /// Drops what measures this process rather than the results: its peak memory, stage times
@@ -105,7 +106,7 @@ fn outcome(dir: &Path) -> Outcome {
     let mut summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     untime(&mut summary);
-    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl"))
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|line| {
@@ -114,6 +115,22 @@ fn outcome(dir: &Path) -> Outcome {
             value
         })
         .collect();
+    // metrics.csv: the same records as a table (no cell here needs quotes).
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    let seconds = rows[0].iter().position(|c| c == "seconds").unwrap();
+    let table: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|mut r| {
+            r.remove(seconds);
+            r
+        })
+        .collect();
+    assert_eq!(table.len(), metrics.len() + 1, "a row per record");
+    assert_eq!(table[0][..5], ["seed", "stage", "model", "epoch", "steps"]);
     assert!(
         !dir.join("checkpoint.safetensors").exists(),
         "a finished run keeps no checkpoint"
@@ -122,6 +139,7 @@ fn outcome(dir: &Path) -> Outcome {
         exports,
         summary,
         metrics,
+        table,
     }
 }
 

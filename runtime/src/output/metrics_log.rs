@@ -1,4 +1,5 @@
-//! `metrics.jsonl`, written line by line as a run trains.
+//! `metrics.jsonl`, written line by line as a run trains, and `metrics.csv` beside it:
+//! the same records as a table, for dashboards and spreadsheets that read CSV.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -13,6 +14,8 @@ pub(crate) struct MetricsLog {
     file: BufWriter<File>,
     /// Bytes written so far: a checkpoint records it, a resume cuts the file back to it.
     pub(crate) bytes: u64,
+    /// Every record so far, for `metrics.csv`.
+    records: Vec<serde_json::Value>,
 }
 
 impl MetricsLog {
@@ -21,11 +24,14 @@ impl MetricsLog {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(MetricsLog {
+        let log = MetricsLog {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
             bytes: 0,
-        })
+            records: Vec::new(),
+        };
+        log.write_csv()?;
+        Ok(log)
     }
 
     /// Opens the log of a resumed run, dropping the lines written after the checkpoint
@@ -48,11 +54,24 @@ impl MetricsLog {
             });
         }
         file.set_len(bytes).map_err(write_error)?;
-        Ok(MetricsLog {
+        let text = std::fs::read_to_string(path).map_err(write_error)?;
+        let records = text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| RuntimeError::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("a line is not JSON: {e}"),
+                help: Some("metrics.jsonl was changed by hand; start a new run".into()),
+            })?;
+        let log = MetricsLog {
             path: path.to_path_buf(),
             file: BufWriter::new(file),
             bytes,
-        })
+            records,
+        };
+        log.write_csv()?;
+        Ok(log)
     }
 
     pub(crate) fn write(&mut self, line: &serde_json::Value) -> Result<()> {
@@ -64,6 +83,82 @@ impl MetricsLog {
                 source,
             })?;
         self.bytes += text.len() as u64 + 1;
-        Ok(())
+        self.records.push(line.clone());
+        self.write_csv()
+    }
+
+    /// Rewrites `metrics.csv` from every record so far (written whole, then renamed, so a
+    /// reader never sees half a table). Its columns: `seed`, `stage`, `model`, `epoch`,
+    /// `steps`, then every other field in the order it first appears; nested objects
+    /// flattened to dotted names (`schedules.hinton.T`); a field a record lacks is empty.
+    fn write_csv(&self) -> Result<()> {
+        let path = self.path.with_extension("csv");
+        let rows: Vec<Vec<(String, String)>> =
+            self.records.iter().map(|r| flattened(r, "")).collect();
+        let mut columns: Vec<String> = ["seed", "stage", "model", "epoch", "steps"]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        for (name, _) in rows.iter().flatten() {
+            if !columns.contains(name) {
+                columns.push(name.clone());
+            }
+        }
+        let mut text = columns
+            .iter()
+            .map(|c| cell(c))
+            .collect::<Vec<_>>()
+            .join(",");
+        text.push('\n');
+        for row in &rows {
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    row.iter()
+                        .find(|(n, _)| n == c)
+                        .map_or(String::new(), |(_, v)| cell(v))
+                })
+                .collect();
+            text.push_str(&cells.join(","));
+            text.push('\n');
+        }
+        let partial = path.with_extension("csv.partial");
+        let write_error = |source| RuntimeError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::write(&partial, text).map_err(write_error)?;
+        std::fs::rename(&partial, &path).map_err(write_error)
+    }
+}
+
+/// A record's fields as (dotted name, text): numbers as JSON writes them, strings as they
+/// are, arrays as JSON.
+fn flattened(value: &serde_json::Value, prefix: &str) -> Vec<(String, String)> {
+    let serde_json::Value::Object(fields) = value else {
+        return vec![(prefix.trim_end_matches('.').to_string(), text(value))];
+    };
+    fields
+        .iter()
+        .flat_map(|(name, v)| match v {
+            serde_json::Value::Object(_) => flattened(v, &format!("{prefix}{name}.")),
+            _ => vec![(format!("{prefix}{name}"), text(v))],
+        })
+        .collect()
+}
+
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// A CSV cell (RFC 4180): quoted when it holds a comma, a quote or a line break.
+fn cell(value: &str) -> String {
+    match value.contains([',', '"', '\n', '\r']) {
+        true => format!("\"{}\"", value.replace('"', "\"\"")),
+        false => value.to_string(),
     }
 }
