@@ -262,6 +262,14 @@ fn removing_neurons_computes_what_the_wide_model_computes_without_them() {
                     .unwrap();
             }
         }
+        // Gradually: the wide model with the same share of neurons masked computes what
+        // the narrow model made from it computes.
+        let mut masked = Model::new(wide_spec, 5).unwrap();
+        masked.take_weights(&wide).unwrap();
+        let sparsity = thin_spec.pruned.as_ref().unwrap().sparsity.ends().1;
+        masked.mask_neurons(groups, sparsity).unwrap();
+        let mut narrowed = Model::new(thin_spec, 5).unwrap();
+        narrowed.take_unmasked_neurons(&masked, groups).unwrap();
         let x = common::random(&[7, 1, 8, 8], 3);
         let out = |m: &mut Model| -> Vec<f32> {
             let ports = m.forward_with(&x, false, false, false).unwrap();
@@ -273,6 +281,13 @@ fn removing_neurons_computes_what_the_wide_model_computes_without_them() {
             assert!(
                 (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
                 "{layers}: {a:?} vs {b:?}"
+            );
+        }
+        let (a, b) = (out(&mut masked), out(&mut narrowed));
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs()),
+                "{layers}, masked: {a:?} vs {b:?}"
             );
         }
     }

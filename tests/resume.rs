@@ -414,6 +414,40 @@ fn a_run_killed_while_it_prunes_resumes_with_its_masks() {
 }
 
 #[test]
+fn a_run_killed_while_it_ramps_neurons_resumes_at_full_width() {
+    // `thin` trains stage `ramp` at `s`'s widths with neurons masked, and narrows when it
+    // ends: kills land before, inside and after the ramp, and the resumed run ends with
+    // the same narrow model.
+    let file = "tests/cases/ok/pruning_neurons_gradual.kd";
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "run",
+            file,
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "stage.ramp.epochs=20",
+            "--set",
+            "stage.tune.epochs=10",
+            "--set",
+            "pipeline.gradual_neurons.checkpoint_every=7",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (whole, dir) = whole_and_killed(&args, &scratch("ramp"), 17);
+    let read = |dir: &Path, file: &str| std::fs::read(dir.join(file)).unwrap();
+    for file in ["thin.safetensors", "thin.onnx"] {
+        assert_eq!(read(&whole, file), read(&dir, file), "{file}");
+    }
+    let (a, b) = (untimed_summary(&whole), untimed_summary(&dir));
+    assert_eq!(a["models"], b["models"]);
+    assert_eq!(a["stages"], b["stages"]);
+    assert_eq!(a["models"]["thin"]["params"], 8970);
+}
+
+#[test]
 fn a_run_killed_while_it_trains_quantisation_aware_resumes_with_its_ranges() {
     // `qat` is made (input ranges calibrated) when stage `aware` starts, and its baseline
     // with it: kills land inside that stage and its baseline's copy, and the resumed run

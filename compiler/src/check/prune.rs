@@ -128,17 +128,28 @@ impl Cx<'_> {
                 }
             },
         };
-        if neurons {
-            if let Some(v) = fields.value("every") {
-                self.invalid(
-                    v.span,
-                    "`every` paces a gradual sparsity, and neurons are removed at once".into(),
-                    "nothing to pace",
-                    None,
-                );
-                return None;
+        let every = |cx: &mut Self, sparsity: &ValueSchedule| -> Option<usize> {
+            let gradual = !matches!(sparsity, ValueSchedule::Constant { .. });
+            match fields.value("every") {
+                Some(v) if !gradual => {
+                    cx.invalid(
+                        v.span,
+                        "`every` paces a gradual sparsity, and this one is constant".into(),
+                        "nothing to pace",
+                        Some("a constant sparsity prunes once, when the model is made".into()),
+                    );
+                    None
+                }
+                Some(v) => cx.count(v, "`every`", 1),
+                None => Some(1),
             }
-            return self.neuron_pruned(r, p, source, fields.value("sparsity"));
+        };
+        if neurons {
+            let mut model = self.neuron_pruned(r, p, source, fields.value("sparsity"))?;
+            if let Some(pruning) = model.pruned.as_mut() {
+                pruning.every = every(self, &pruning.sparsity)?;
+            }
+            return Some(model);
         }
         let tensors = kd_plan::prunable(&source.layers);
         if tensors.is_empty() {
@@ -168,20 +179,7 @@ impl Cx<'_> {
             return None;
         };
         let sparsity = self.sparsity(sparsity_value)?;
-        let gradual = !matches!(sparsity, ValueSchedule::Constant { .. });
-        let every = match fields.value("every") {
-            Some(v) if !gradual => {
-                self.invalid(
-                    v.span,
-                    "`every` paces a gradual sparsity, and this one is constant".into(),
-                    "nothing to pace",
-                    Some("a constant sparsity prunes once, when the model is made".into()),
-                );
-                return None;
-            }
-            Some(v) => self.count(v, "`every`", 1)?,
-            None => 1,
-        };
+        let every = every(self, &sparsity)?;
         let mut model = derived(r, source);
         model.pruned = Some(Pruning {
             from: name.clone(),
@@ -194,7 +192,9 @@ impl Cx<'_> {
     }
 
     /// `granularity: neurons`: the source's architecture with fewer neurons in every layer
-    /// whose outputs can shrink with their readers ([`narrowed`]), at once.
+    /// whose outputs can shrink with their readers ([`narrowed`]): at once, or gradually
+    /// over a stage that trains the source's widths with the neurons masked, narrowed when
+    /// it ends.
     fn neuron_pruned(
         &mut self,
         r: &RoleDecl,
@@ -211,18 +211,9 @@ impl Cx<'_> {
             });
             return None;
         };
-        if matches!(value.kind, ValueKind::Call(_)) {
-            self.invalid(
-                value.span,
-                "`granularity: neurons` removes neurons at once; a schedule prunes weights \
-                 gradually"
-                    .into(),
-                "a schedule",
-                Some("give a fraction, such as `sparsity: 50%`".into()),
-            );
-            return None;
-        }
-        let fraction = self.fraction(value)?;
+        // A schedule removes neurons gradually; the model's widths are its last value's.
+        let sparsity = self.sparsity(value)?;
+        let (_, fraction) = sparsity.ends();
         let tapped: Vec<usize> = source.taps.iter().map(|t| t.layer).collect();
         let (layers, groups) = narrowed(&source.layers, &tapped, fraction, "");
         if groups.is_empty() {
@@ -246,7 +237,7 @@ impl Cx<'_> {
         model.layers = layers;
         model.pruned = Some(Pruning {
             from: source.name.clone(),
-            sparsity: ValueSchedule::Constant { value: fraction },
+            sparsity,
             every: 1,
             tensors: Vec::new(),
             neurons: groups,

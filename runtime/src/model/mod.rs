@@ -890,6 +890,11 @@ impl Model {
     }
 
     /// Training-mode forward passes so far: the position of the model's dropout stream.
+    /// The seed the model was made with (it keys its dropout masks).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     pub fn dropout_calls(&self) -> u64 {
         self.dropout_calls
     }

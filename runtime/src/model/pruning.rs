@@ -31,6 +31,160 @@ impl Model {
     /// first), in their order: the layer's weight rows and bias, its batch norms'
     /// channels, and its readers' weight columns.
     pub fn take_neurons(&mut self, source: &Model, groups: &[NeuronGroup]) -> Result<()> {
+        let mut kept = Vec::with_capacity(groups.len());
+        for group in groups {
+            let norms = source.row_norms(&group.layer, group.from)?;
+            let mut order: Vec<usize> = (0..norms.len()).collect();
+            order.sort_by(|&a, &b| norms[b].total_cmp(&norms[a]).then(a.cmp(&b)));
+            let mut chosen: Vec<u32> = order[..group.keep.min(order.len())]
+                .iter()
+                .map(|&k| k as u32)
+                .collect();
+            chosen.sort_unstable();
+            kept.push(chosen);
+        }
+        self.slice_neurons(source, groups, &kept)
+    }
+
+    /// Takes the weights of `source`, the same layers at full width with neurons masked
+    /// (gradual structured pruning, [`Model::mask_neurons`]), keeping the neurons that are
+    /// not: the model it was pruning towards.
+    pub fn take_unmasked_neurons(&mut self, source: &Model, groups: &[NeuronGroup]) -> Result<()> {
+        let mut kept = Vec::with_capacity(groups.len());
+        for group in groups {
+            let cut = source.cut_neurons(&group.layer, group.from)?;
+            let alive: Vec<u32> = (0..group.from)
+                .filter(|k| !cut[*k])
+                .map(|k| k as u32)
+                .collect();
+            if alive.len() != group.keep {
+                return Err(plan_error(format!(
+                    "`{}` of `{}` has {} neurons left, not the {} its pruned model keeps",
+                    group.layer,
+                    source.name,
+                    alive.len(),
+                    group.keep
+                )));
+            }
+            kept.push(alive);
+        }
+        self.slice_neurons(source, groups, &kept)
+    }
+
+    /// Masks the neurons of each group that `sparsity` removes (`round(sparsity * n)`, at
+    /// most down to the group's `keep`): those cut before first, then those whose incoming
+    /// weights have the least L2 norm (ties to the later). A cut neuron's weight row and
+    /// bias and its readers' columns are masked, so it adds nothing to what reads it.
+    pub fn mask_neurons(&mut self, groups: &[NeuronGroup], sparsity: f64) -> Result<()> {
+        let mut masks: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        let mut cuts = Vec::with_capacity(groups.len());
+        for group in groups {
+            let norms = self.row_norms(&group.layer, group.from)?;
+            let before = self.cut_neurons(&group.layer, group.from)?;
+            let count = ((sparsity * group.from as f64).round() as usize)
+                .min(group.from.saturating_sub(group.keep));
+            let mut order: Vec<usize> = (0..group.from).collect();
+            order.sort_by(|&a, &b| {
+                before[b]
+                    .cmp(&before[a])
+                    .then(norms[a].total_cmp(&norms[b]))
+                    .then(b.cmp(&a))
+            });
+            cuts.push(order[..count].to_vec());
+        }
+        for (group, cut) in groups.iter().zip(&cuts) {
+            let mut zero = |name: String, per_neuron: &dyn Fn(&[usize]) -> (usize, usize)| {
+                let Some((_, var)) = self.params.iter().find(|(n, _)| *n == name) else {
+                    return;
+                };
+                let dims = var.dims().to_vec();
+                let at = match masks.iter().position(|(n, _, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        let len = dims.iter().product();
+                        masks.push((name.clone(), dims.clone(), vec![1.0; len]));
+                        masks.len() - 1
+                    }
+                };
+                let values = &mut masks[at].2;
+                // Each neuron's values: `span` in a row of `row`, from `span * k`.
+                let (row, span) = per_neuron(&dims);
+                for k in cut {
+                    for r in values.chunks_mut(row.max(1)) {
+                        r[k * span..(k + 1) * span].fill(0.0);
+                    }
+                }
+            };
+            // The layer's rows (a row per neuron) and bias entries.
+            let rows = |dims: &[usize]| {
+                let row = dims.iter().product::<usize>();
+                (row, row / dims[0].max(1))
+            };
+            zero(format!("{}.weight", group.layer), &rows);
+            zero(format!("{}.bias", group.layer), &rows);
+            // Each reader's columns: `block` input channels per neuron, in every row.
+            let block = group.block.max(1);
+            for reader in &group.readers {
+                let columns = move |dims: &[usize]| {
+                    let row = dims[1..].iter().product::<usize>();
+                    (row, block * dims[2..].iter().product::<usize>())
+                };
+                zero(format!("{reader}.weight"), &columns);
+            }
+        }
+        let device = self.device();
+        for (name, dims, values) in masks {
+            let mask = Tensor::from_vec(values, dims.as_slice(), &device)
+                .ctx_with(|| format!("masking the neurons of `{name}`"))?;
+            self.set_mask(&name, mask);
+        }
+        self.apply_masks()
+    }
+
+    /// The L2 norm of each of `from` rows of `LAYER.weight` (a neuron's incoming weights).
+    fn row_norms(&self, layer: &str, from: usize) -> Result<Vec<f64>> {
+        let name = format!("{layer}.weight");
+        let values = self
+            .state()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| plan_error(format!("model `{}` has no `{name}`", self.name)))?
+            .1
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .ctx_with(|| format!("reading `{name}`"))?;
+        let row = values.len() / from.max(1);
+        Ok(values
+            .chunks(row.max(1))
+            .map(|r| r.iter().map(|v| f64::from(*v) * f64::from(*v)).sum())
+            .collect())
+    }
+
+    /// Which of the `from` neurons of `layer` its weight's mask cuts (all false unmasked).
+    fn cut_neurons(&self, layer: &str, from: usize) -> Result<Vec<bool>> {
+        let name = format!("{layer}.weight");
+        let Some((_, mask)) = self.masks.iter().find(|(n, _)| *n == name) else {
+            return Ok(vec![false; from]);
+        };
+        let values = mask
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .ctx_with(|| format!("reading the mask of `{name}`"))?;
+        let row = values.len() / from.max(1);
+        Ok(values
+            .chunks(row.max(1))
+            .map(|r| r.iter().all(|v| *v == 0.0))
+            .collect())
+    }
+
+    /// Takes `source`'s tensors, keeping in each group the neurons `kept` lists (sorted).
+    fn slice_neurons(
+        &mut self,
+        source: &Model,
+        groups: &[NeuronGroup],
+        kept: &[Vec<u32>],
+    ) -> Result<()> {
         let find = |name: &str| {
             source
                 .state()
@@ -39,24 +193,7 @@ impl Model {
                 .ok_or_else(|| plan_error(format!("model `{}` has no `{name}`", source.name)))
         };
         let mut slices: Vec<(String, usize, Vec<u32>)> = Vec::new();
-        for group in groups {
-            let weight = find(&format!("{}.weight", group.layer))?;
-            let values = weight
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .ctx_with(|| format!("reading `{}.weight`", group.layer))?;
-            let row = values.len() / group.from.max(1);
-            let norms: Vec<f64> = values
-                .chunks(row.max(1))
-                .map(|r| r.iter().map(|v| f64::from(*v) * f64::from(*v)).sum())
-                .collect();
-            let mut order: Vec<usize> = (0..norms.len()).collect();
-            order.sort_by(|&a, &b| norms[b].total_cmp(&norms[a]).then(a.cmp(&b)));
-            let mut kept: Vec<u32> = order[..group.keep.min(order.len())]
-                .iter()
-                .map(|&k| k as u32)
-                .collect();
-            kept.sort_unstable();
+        for (group, kept) in groups.iter().zip(kept) {
             slices.push((format!("{}.weight", group.layer), 0, kept.clone()));
             slices.push((format!("{}.bias", group.layer), 0, kept.clone()));
             for norm in &group.norms {

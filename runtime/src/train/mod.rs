@@ -303,12 +303,17 @@ impl Run<'_> {
                     cache_dir.as_deref(),
                     &self.device,
                 )?,
-                (None, None) => Model::new_on(spec, seed, &self.device)?,
+                // A model pruned gradually by neurons is at full width until its ramp
+                // stage ends (see `train::pruning`).
+                (None, None) => match resume
+                    .as_ref()
+                    .is_some_and(|c| pruning::wide_at(plan, spec, &c.state))
+                {
+                    true => Model::new_on(&pruning::wide_spec(plan, spec)?, seed, &self.device)?,
+                    false => Model::new_on(spec, seed, &self.device)?,
+                },
             };
-            if let Some(pad_id) = pad_id_for(plan, &spec.name) {
-                model.set_pad_id(pad_id);
-            }
-            model.set_output_caching(plan.settings.cache != kd_plan::CacheMode::Off);
+            self.configure(&mut model);
             match &resume {
                 Some(checkpoint) => checkpoint.restore_model(
                     &mut model,
@@ -329,6 +334,7 @@ impl Run<'_> {
             self.make_pruned(Some(stage), &mut models)?;
             self.make_aware(seed, stage, &mut models)?;
             let summary = self.train_stage(stage, seed, &mut models, resume.take())?;
+            self.narrow_after(stage, &mut models)?;
             for model in models.values_mut() {
                 model.save_caches()?;
             }
@@ -520,6 +526,17 @@ type StageCheckpoint<'a> = (
 
 /// The pad id of the text data a token model reads (from the first stage or evaluation
 /// that runs it on text).
+impl Run<'_> {
+    /// What every model of the run is given once made: its padding id, and whether it
+    /// may cache its outputs.
+    fn configure(&self, model: &mut Model) {
+        if let Some(pad_id) = pad_id_for(self.plan, &model.name) {
+            model.set_pad_id(pad_id);
+        }
+        model.set_output_caching(self.plan.settings.cache != kd_plan::CacheMode::Off);
+    }
+}
+
 fn pad_id_for(plan: &Plan, model: &str) -> Option<u32> {
     let from_stages = plan
         .stages

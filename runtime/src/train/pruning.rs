@@ -1,10 +1,13 @@
 //! When pruned models are made (`prune(s) { ... }`): each from its source's weights when a
 //! stage first uses it, or before the evaluations when none does; gradual pruning's steps.
+//! A model pruned gradually by neurons trains its ramp stage at its source's widths, the
+//! neurons it loses masked, and takes its own narrower architecture when that stage ends.
 
 use std::collections::HashMap;
 
-use kd_plan::{ModelSpec, Pruning, Role, Stage, ValueSchedule};
+use kd_plan::{ModelSpec, Plan, Pruning, Role, Stage, ValueSchedule};
 
+use super::checkpoint::RunState;
 use super::Run;
 use crate::error::{plan_error, Result};
 use crate::model::Model;
@@ -49,8 +52,15 @@ impl Run<'_> {
         let mut model = models
             .remove(&spec.name)
             .ok_or_else(|| plan_error(format!("no model `{}`", spec.name)))?;
+        let ramp = ramps_neurons(pruning);
+        if ramp {
+            model = self.wide_model(spec, model.seed())?;
+        }
         let made = self.model_ref(models, &pruning.from).and_then(|source| {
-            if pruning.neurons.is_empty() {
+            if ramp {
+                model.take_weights(source)?;
+                model.mask_neurons(&pruning.neurons, first_sparsity(pruning))
+            } else if pruning.neurons.is_empty() {
                 model.take_weights(source)?;
                 model.prune_to(&pruning.tensors, first_sparsity(pruning))
             } else {
@@ -64,9 +74,13 @@ impl Run<'_> {
         let mut done = vec![spec.name.clone()];
         if made.is_ok() {
             for baseline in copies {
-                if let Some(copy) = models.get_mut(&baseline.name) {
+                if let Some(mut copy) = models.remove(&baseline.name) {
+                    if ramp {
+                        copy = self.wide_model(baseline, copy.seed())?;
+                    }
                     copy.take_weights(&model)?;
                     copy.take_masks(&model)?;
+                    models.insert(baseline.name.clone(), copy);
                     done.push(baseline.name.clone());
                 }
             }
@@ -76,6 +90,87 @@ impl Run<'_> {
         self.state.pruned.extend(done);
         Ok(())
     }
+}
+
+impl Run<'_> {
+    /// A model of `spec`'s name at its source's widths (a gradual neuron ramp's).
+    fn wide_model(&self, spec: &ModelSpec, seed: u64) -> Result<Model> {
+        let mut model = Model::new_on(&wide_spec(self.plan, spec)?, seed, &self.device)?;
+        self.configure(&mut model);
+        Ok(model)
+    }
+
+    /// When `stage` ramps its model's neurons: the model takes its narrower architecture,
+    /// keeping the neurons left unmasked.
+    pub(super) fn narrow_after(
+        &mut self,
+        stage: &Stage,
+        models: &mut HashMap<String, Model>,
+    ) -> Result<()> {
+        let Some(pruning) = gradual(self.plan, stage).filter(|p| ramps_neurons(p)) else {
+            return Ok(());
+        };
+        let spec = self
+            .plan
+            .model(&stage.trains)
+            .ok_or_else(|| plan_error(format!("no model `{}`", stage.trains)))?;
+        let wide = models
+            .remove(&spec.name)
+            .ok_or_else(|| plan_error(format!("no model `{}`", spec.name)))?;
+        let made = Model::new_on(spec, wide.seed(), &self.device).and_then(|mut narrow| {
+            self.configure(&mut narrow);
+            narrow.set_dropout_calls(wide.dropout_calls());
+            narrow.take_unmasked_neurons(&wide, &pruning.neurons)?;
+            Ok(narrow)
+        });
+        match made {
+            Ok(narrow) => {
+                models.insert(spec.name.clone(), narrow);
+                Ok(())
+            }
+            Err(e) => {
+                models.insert(spec.name.clone(), wide);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whether `pruning` removes neurons gradually: over its ramp stage the model keeps its
+/// source's widths, with neurons masked.
+fn ramps_neurons(pruning: &Pruning) -> bool {
+    pruning.gradual() && !pruning.neurons.is_empty()
+}
+
+/// `spec` at its source's widths: the architecture a gradual neuron ramp trains.
+pub(super) fn wide_spec(plan: &Plan, spec: &ModelSpec) -> Result<ModelSpec> {
+    let pruning = spec
+        .pruned
+        .as_ref()
+        .ok_or_else(|| plan_error(format!("`{}` is not pruned", spec.name)))?;
+    let source = plan
+        .model(&pruning.from)
+        .ok_or_else(|| plan_error(format!("no model `{}`", pruning.from)))?;
+    let mut wide = source.clone();
+    wide.name = spec.name.clone();
+    wide.role = spec.role;
+    wide.init_key = spec.init_key.clone();
+    wide.init_from = None;
+    wide.pruned = None;
+    wide.quantized = None;
+    Ok(wide)
+}
+
+/// Whether a run resumed at `state` holds `spec` at its source's widths: made, pruned
+/// gradually by neurons, and its ramp stage not finished.
+pub(super) fn wide_at(plan: &Plan, spec: &ModelSpec, state: &RunState) -> bool {
+    if !spec.pruned.as_ref().is_some_and(ramps_neurons) || !state.pruned.contains(&spec.name) {
+        return false;
+    }
+    plan.stages
+        .iter()
+        .position(|s| s.trains == spec.name && gradual(plan, s).is_some())
+        .is_some_and(|ramp| ramp >= state.stage_index)
 }
 
 /// The sparsity a pruned model is made with: its constant, or its schedule's value before

@@ -240,10 +240,13 @@ impl Run<'_> {
             let done = run.st.global_step;
             if done.is_multiple_of(pruning.every.max(1)) || done == run.total_steps {
                 let sparsity = super::pruning::sparsity_after(pruning, done, run.total_steps);
-                models
+                let model = models
                     .get_mut(&stage.trains)
-                    .ok_or_else(|| plan_error(format!("no model `{}`", stage.trains)))?
-                    .prune_to(&pruning.tensors, sparsity)?;
+                    .ok_or_else(|| plan_error(format!("no model `{}`", stage.trains)))?;
+                match pruning.neurons.is_empty() {
+                    true => model.prune_to(&pruning.tensors, sparsity)?,
+                    false => model.mask_neurons(&pruning.neurons, sparsity)?,
+                }
             }
         }
         run.progress.step();
