@@ -891,6 +891,9 @@ impl ValueSchedule {
             step.min(total.saturating_sub(1)) as f64 / total.saturating_sub(1).max(1) as f64;
         match *self {
             ValueSchedule::Constant { value } => value,
+            // Exactly `to` at the end (`from + (to - from)` can fall an ulp short: a
+            // sparsity's neuron count rounds on it).
+            ValueSchedule::Linear { to, .. } if along >= 1.0 => to,
             ValueSchedule::Linear { from, to } => from + (to - from) * along,
             ValueSchedule::Cosine { from, to } => {
                 to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * along).cos())
@@ -1508,6 +1511,12 @@ mod tests {
         assert_eq!(linear.at(7, 8), 1.0);
         assert_eq!(linear.at(1, 8), 7.0);
         assert_eq!(linear.at(0, 1), 8.0, "a one-step stage takes `from`");
+        // Exactly `to` at the end: 0.05 + (0.21 - 0.05) is 0.20999999999999996.
+        let sparsity = ValueSchedule::Linear {
+            from: 0.05,
+            to: 0.21,
+        };
+        assert_eq!(sparsity.at(9, 10), 0.21);
         let cosine = ValueSchedule::Cosine { from: 1.0, to: 0.0 };
         assert_eq!(cosine.at(0, 5), 1.0);
         assert!((cosine.at(2, 5) - 0.5).abs() < 1e-12);

@@ -889,12 +889,12 @@ impl Model {
         Ok(bytes.len() as u64)
     }
 
-    /// Training-mode forward passes so far: the position of the model's dropout stream.
     /// The seed the model was made with (it keys its dropout masks).
     pub fn seed(&self) -> u64 {
         self.seed
     }
 
+    /// Training-mode forward passes so far: the position of the model's dropout stream.
     pub fn dropout_calls(&self) -> u64 {
         self.dropout_calls
     }

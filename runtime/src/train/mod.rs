@@ -524,8 +524,6 @@ type StageCheckpoint<'a> = (
     &'a [(String, Var)],
 );
 
-/// The pad id of the text data a token model reads (from the first stage or evaluation
-/// that runs it on text).
 impl Run<'_> {
     /// What every model of the run is given once made: its padding id, and whether it
     /// may cache its outputs.
@@ -537,6 +535,8 @@ impl Run<'_> {
     }
 }
 
+/// The pad id of the text data a token model reads (from the first stage or evaluation
+/// that runs it on text).
 fn pad_id_for(plan: &Plan, model: &str) -> Option<u32> {
     let from_stages = plan
         .stages

@@ -54,7 +54,13 @@ impl Run<'_> {
             .ok_or_else(|| plan_error(format!("no model `{}`", spec.name)))?;
         let ramp = ramps_neurons(pruning);
         if ramp {
-            model = self.wide_model(spec, model.seed())?;
+            match self.wide_model(spec, model.seed()) {
+                Ok(wide) => model = wide,
+                Err(e) => {
+                    models.insert(spec.name.clone(), model);
+                    return Err(e);
+                }
+            }
         }
         let made = self.model_ref(models, &pruning.from).and_then(|source| {
             if ramp {
