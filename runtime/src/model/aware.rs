@@ -94,11 +94,11 @@ fn straight_through(
     passed.sub(&passed.detach())?.add(values)
 }
 
-/// What a fake-quantised layer computes with in place of its input and weight.
+/// What a fake-quantised layer of the taped forward computes with in place of its input
+/// and weight, and where the input's gradient passes (1) and where it stops.
 pub(super) struct Operands {
     pub x: Tensor,
     pub w: Tensor,
-    /// For the taped forward: where the input's gradient passes (1) and where it stops.
     pub inside: Option<Tensor>,
 }
 
@@ -109,33 +109,35 @@ impl ForwardContext<'_> {
         self.aware?.get(&weight.as_tensor().id()).copied()
     }
 
-    /// The operands of a linear or conv2d layer on `x`: fake-quantised for an aware
-    /// model, straight-through when gradients are tracked; `None` for any other model.
-    pub(super) fn quantized(
+    /// The input and weight a linear or conv2d layer computes with on `x`: fake-quantised
+    /// for an aware model (straight-through when gradients are tracked), as they are
+    /// otherwise; while an int8 model calibrates, the input is observed first.
+    pub(super) fn operands(
         &self,
         weight: &Var,
         x: &Tensor,
-    ) -> candle_core::Result<Option<Operands>> {
-        let Some(amax) = self.range(weight) else {
-            return Ok(None);
-        };
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        if let Some(observer) = self.observer {
+            super::int8::observe(observer, weight, x)?;
+        }
         let w = self.param(weight);
+        let Some(amax) = self.range(weight) else {
+            return Ok((x.clone(), w));
+        };
         let (xq, inside) = input(x, amax, x.track_op())?;
         let wq = weight_values(&w)?;
-        Ok(Some(Operands {
-            x: match x.track_op() {
-                true => straight_through(x, &xq, inside.as_ref())?,
-                false => xq,
-            },
-            w: match w.track_op() {
-                true => straight_through(&w, &wq, None)?,
-                false => wq,
-            },
-            inside: None,
-        }))
+        let x = match x.track_op() {
+            true => straight_through(x, &xq, inside.as_ref())?,
+            false => xq,
+        };
+        let w = match w.track_op() {
+            true => straight_through(&w, &wq, None)?,
+            false => wq,
+        };
+        Ok((x, w))
     }
 
-    /// [`ForwardContext::quantized`] for the taped forward: the values only (the weight's
+    /// [`ForwardContext::operands`] for the taped forward: the values only (the weight's
     /// gradient goes to its sink as it comes), and the input's mask when `want_x`.
     pub(super) fn quantized_taped(
         &self,

@@ -1239,16 +1239,9 @@ impl LayerImpl {
             }
             LayerImpl::Int8(layer) => layer.forward(x).ctx_with(|| fail("int8 layer")),
             LayerImpl::Linear { weight, bias } => {
-                if let Some(observer) = context.observer {
-                    int8::observe(observer, weight, x).ctx_with(|| fail("calibration"))?;
-                }
-                let quantized = context
-                    .quantized(weight, x)
-                    .ctx_with(|| fail("fake quantisation"))?;
-                let (x, w) = match quantized {
-                    Some(q) => (q.x, q.w),
-                    None => (x.clone(), context.param(weight)),
-                };
+                let (x, w) = context
+                    .operands(weight, x)
+                    .ctx_with(|| fail("int8 calibration or fake quantisation"))?;
                 dense(
                     Dense::Linear,
                     &x,
@@ -1265,16 +1258,9 @@ impl LayerImpl {
                 stride,
                 padding,
             } => {
-                if let Some(observer) = context.observer {
-                    int8::observe(observer, weight, x).ctx_with(|| fail("calibration"))?;
-                }
-                let quantized = context
-                    .quantized(weight, x)
-                    .ctx_with(|| fail("fake quantisation"))?;
-                let (x, w) = match quantized {
-                    Some(q) => (q.x, q.w),
-                    None => (x.clone(), context.param(weight)),
-                };
+                let (x, w) = context
+                    .operands(weight, x)
+                    .ctx_with(|| fail("int8 calibration or fake quantisation"))?;
                 dense(
                     Dense::Conv2d {
                         stride: *stride,
