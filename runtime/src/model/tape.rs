@@ -239,7 +239,7 @@ impl Backward {
             Backward::Softmax { y } => {
                 let len = y.dims().last().copied().unwrap_or(1);
                 Some(map_values2(grad, y, |g, y| {
-                    let mut dx = g.to_vec();
+                    let mut dx = activation::parallel_copy(g);
                     activation::softmax_backward(y, &mut dx, len, 1.0);
                     dx
                 })?)

@@ -75,7 +75,7 @@ pub(crate) fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
 pub(crate) fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
     let len = x.dims().last().copied().unwrap_or(1);
     map_values(x, |x| {
-        let mut y = x.to_vec();
+        let mut y = kd_kernels::activation::parallel_copy(x);
         kd_kernels::activation::masked_softmax(&mut y, len, 1.0, None, 1);
         y
     })
