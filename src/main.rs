@@ -775,12 +775,54 @@ fn timestamp() -> String {
 }
 
 fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), Failure> {
-    let dir = run_folder(plan, &folder, format)?;
+    let world = kd_runtime::World::from_launcher().map_err(|e| {
+        runtime_failure(plan, e, format);
+        Failure::Input
+    })?;
+    if world.size() == 1 {
+        return run_in(plan, folder, format, world);
+    }
+    // Under a launcher every rank runs this; rank 0 makes the folder, and an error of a
+    // rank stops them all (MPI_Abort) rather than leaving the others in a collective.
+    let outcome = run_in(plan, folder, format, world.clone());
+    match outcome {
+        Err(Failure::Input) => world.abort(1),
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            world.abort(2)
+        }
+        other => other,
+    }
+}
+
+/// [`run_plan`] in `world`: a single process, or one rank of a data-parallel run.
+fn run_in(
+    plan: &Plan,
+    folder: RunFolder,
+    format: ErrorFormat,
+    world: kd_runtime::World,
+) -> Result<(), Failure> {
+    let made = match world.writes() {
+        true => run_folder(plan, &folder, format).map(Some),
+        false => Ok(None),
+    };
+    let dir = match world.size() {
+        1 => made?.unwrap_or_default(),
+        _ => {
+            let agreed =
+                world.agree_on_run(&plan.hash(), made.as_ref().ok().and_then(|d| d.as_deref()));
+            made?;
+            agreed.map_err(|e| {
+                runtime_failure(plan, e, format);
+                Failure::Input
+            })?
+        }
+    };
     let resuming = matches!(folder, RunFolder::Resume(_));
     // A resumed run keeps its plan.yaml; a run killed before its first checkpoint
     // starts again from the beginning in the same folder.
     let resume = resuming && kd_runtime::train::checkpoint::path(&dir).exists();
-    if !resuming {
+    if !resuming && world.writes() {
         let yaml = plan
             .to_yaml()
             .map_err(|e| Failure::Usage(format!("cannot write the plan: {e}")))?;
@@ -790,7 +832,10 @@ fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), F
             Failure::Input
         })?;
     }
-    let progress = if std::io::stderr().is_terminal() {
+    let progress = if !world.writes() {
+        // Rank 0 shows the run's progress for all of them.
+        kd_runtime::Progress::Quiet
+    } else if std::io::stderr().is_terminal() {
         kd_runtime::Progress::Bars
     } else {
         kd_runtime::Progress::Lines
@@ -814,15 +859,20 @@ fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), F
         resume,
         interrupt: Some(interrupt),
         step_times: None,
+        world: world.clone(),
     };
     match kd_runtime::run_plan(plan, &options) {
+        Ok(_) if !world.writes() => Ok(()),
         Ok(summary) => {
             print!("{}", kd_runtime::report(&summary));
             println!("run folder: {}", dir.display());
             Ok(())
         }
         Err(error @ kd_runtime::RuntimeError::Interrupted { .. }) => {
-            runtime_failure(plan, error, format);
+            // Every rank stopped at the same step; rank 0 says where.
+            if world.writes() {
+                runtime_failure(plan, error, format);
+            }
             Err(Failure::Interrupted)
         }
         Err(error) => {

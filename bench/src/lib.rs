@@ -267,6 +267,7 @@ pub fn run(
         resume: false,
         interrupt: None,
         step_times: Some(times.clone()),
+        world: kd_runtime::World::single(),
     };
     let summary = kd_runtime::run_plan(plan, &options).map_err(|source| BenchError::Run {
         case: case.name().to_string(),

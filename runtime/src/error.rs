@@ -97,6 +97,14 @@ pub enum RuntimeError {
     )]
     Interrupted { dir: PathBuf, position: String },
 
+    #[error("distributed run: {reason}")]
+    #[diagnostic(code(kd::run::distributed))]
+    Distributed {
+        reason: String,
+        #[help]
+        help: Option<String>,
+    },
+
     /// The Plan contradicts itself; the compiler should have refused it.
     #[error("invalid plan: {0}")]
     #[diagnostic(code(kd::run::plan))]

@@ -6,6 +6,7 @@
 
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod error;
 pub mod limits;
 pub mod model;
@@ -14,6 +15,7 @@ pub mod output;
 pub mod rng;
 pub mod train;
 
+pub use distributed::World;
 pub use error::RuntimeError;
 pub use model::tape::LayerTime;
 pub use output::progress::Progress;

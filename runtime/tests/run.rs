@@ -344,6 +344,7 @@ fn run_in(name: &str, seed: u64, repeat: u32) -> (PathBuf, Summary) {
             resume: false,
             interrupt: None,
             step_times: None,
+            world: kd_runtime::World::single(),
         },
     )
     .unwrap();
@@ -500,6 +501,7 @@ fn cuda_is_refused_with_help() {
             resume: false,
             interrupt: None,
             step_times: None,
+            world: kd_runtime::World::single(),
         },
     )
     .unwrap_err();
@@ -534,6 +536,7 @@ fn a_diverging_loss_names_stage_epoch_and_step() {
             resume: false,
             interrupt: None,
             step_times: None,
+            world: kd_runtime::World::single(),
         },
     )
     .unwrap_err();
@@ -735,6 +738,7 @@ fn digits_cnn_with_augmentation() {
             resume: false,
             interrupt: None,
             step_times: None,
+            world: kd_runtime::World::single(),
         },
     )
     .unwrap();

@@ -128,6 +128,8 @@ pub struct Model {
     seed: u64,
     /// Forward passes so far in training mode; keys each pass's dropout masks.
     dropout_calls: u64,
+    /// See [`Model::set_first_row`].
+    first_row: usize,
     /// Set when the model runs from an ONNX file instead of `layers`.
     onnx: Option<OnnxGraph>,
     /// Set for a BERT-family model.
@@ -505,6 +507,7 @@ impl Model {
             buffers: builder.buffers,
             seed,
             dropout_calls: 0,
+            first_row: 0,
             onnx: None,
             bert: None,
             pad_id: None,
@@ -569,6 +572,7 @@ impl Model {
             outputs_probabilities: false,
             seed,
             dropout_calls: 0,
+            first_row: 0,
             onnx: None,
             bert: Some(Box::new(bert)),
             pad_id: None,
@@ -720,6 +724,7 @@ impl Model {
                 .any(|t| t.name == "output" && t.ty.kind == kd_plan::Kind::Probabilities),
             seed: 0,
             dropout_calls: 0,
+            first_row: 0,
             onnx: Some(OnnxGraph {
                 proto,
                 input: onnx.input.clone(),
@@ -904,6 +909,13 @@ impl Model {
         self.dropout_calls = calls;
     }
 
+    /// Where the rows of the next forwards start in their batch: a data-parallel rank
+    /// computes rows `first..` of each batch, and draws their dropout masks where one
+    /// process would (0 otherwise).
+    pub fn set_first_row(&mut self, first: usize) {
+        self.first_row = first;
+    }
+
     /// Runs the model on `x` (`[B, ...input]`): the outputs of the taps and `output`.
     /// `train` puts dropout and batch norm in training mode.
     pub fn forward(&mut self, x: &Tensor, train: bool) -> Result<Vec<(String, Tensor)>> {
@@ -969,6 +981,7 @@ impl Model {
             seed: self.seed,
             model: &self.name,
             call,
+            first_row: self.first_row,
             sinks: &self.grad_sinks,
             gradients,
             dtype: self.dtype,
@@ -1087,6 +1100,8 @@ struct ForwardContext<'a> {
     seed: u64,
     model: &'a str,
     call: u64,
+    /// The first row of the batch in the whole batch (a data-parallel rank's share).
+    first_row: usize,
     sinks: &'a GradSinks,
     /// Whether parameters are tracked for a backward pass.
     gradients: bool,
@@ -1365,9 +1380,12 @@ fn dropout_mask(
         return Ok(None);
     }
     let keep = 1.0 - p;
-    let mut rng = Rng::new(
+    // A rank's rows take the stretch of the stream one process gives them.
+    let per_row = x.elem_count() / x.dims().first().copied().unwrap_or(1).max(1);
+    let mut rng = Rng::at(
         context.seed,
         &format!("dropout/{}/{name}/{}", context.model, context.call),
+        (context.first_row * per_row) as u64,
     );
     let scale = if keep > 0.0 { (1.0 / keep) as f32 } else { 0.0 };
     let mask: Vec<f32> = (0..x.elem_count())

@@ -11,7 +11,8 @@ use crate::error::{Result, RuntimeError};
 /// file can be followed while a run trains.
 pub(crate) struct MetricsLog {
     path: PathBuf,
-    file: BufWriter<File>,
+    /// `None` on the ranks of a data-parallel run that do not write the run folder.
+    file: Option<BufWriter<File>>,
     /// Bytes written so far: a checkpoint records it, a resume cuts the file back to it.
     pub(crate) bytes: u64,
     /// Every record so far, for `metrics.csv`.
@@ -26,7 +27,7 @@ impl MetricsLog {
         })?;
         let log = MetricsLog {
             path: path.to_path_buf(),
-            file: BufWriter::new(file),
+            file: Some(BufWriter::new(file)),
             bytes: 0,
             records: Vec::new(),
         };
@@ -66,7 +67,7 @@ impl MetricsLog {
             })?;
         let log = MetricsLog {
             path: path.to_path_buf(),
-            file: BufWriter::new(file),
+            file: Some(BufWriter::new(file)),
             bytes,
             records,
         };
@@ -74,15 +75,29 @@ impl MetricsLog {
         Ok(log)
     }
 
+    /// A log that writes nothing and counts what it would have written from `bytes` on:
+    /// another rank writes the run folder.
+    pub(crate) fn silent(path: &Path, bytes: u64) -> Self {
+        MetricsLog {
+            path: path.to_path_buf(),
+            file: None,
+            bytes,
+            records: Vec::new(),
+        }
+    }
+
     pub(crate) fn write(&mut self, line: &serde_json::Value) -> Result<()> {
         let text = serde_json::to_string(line)?;
-        writeln!(self.file, "{text}")
-            .and_then(|()| self.file.flush())
+        self.bytes += text.len() as u64 + 1;
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        writeln!(file, "{text}")
+            .and_then(|()| file.flush())
             .map_err(|source| RuntimeError::Write {
                 path: self.path.clone(),
                 source,
             })?;
-        self.bytes += text.len() as u64 + 1;
         self.records.push(line.clone());
         self.write_csv()
     }

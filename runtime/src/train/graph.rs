@@ -115,6 +115,29 @@ pub struct StepInput<'a> {
     /// The stage's step (0-based, over all its epochs) and its number of steps, which
     /// scheduled loss parameters follow (validation takes the epoch's last step).
     pub progress: (usize, usize),
+    /// In a data-parallel training step, this rank and the number of ranks: the batches
+    /// and their augmentations are made whole, then the rest of the step sees this rank's
+    /// rows alone ([`crate::distributed::shard`]).
+    pub shard: Option<(usize, usize)>,
+}
+
+impl StepInput<'_> {
+    /// The rows of a batch of `n` this step computes on: all of them, or this rank's.
+    fn rows(&self, n: usize) -> std::ops::Range<usize> {
+        match self.shard {
+            Some((rank, size)) if !self.validating => crate::distributed::shard(n, rank, size),
+            _ => 0..n,
+        }
+    }
+
+    /// Where this step's rows start in its batches (0 but in a data-parallel step; every
+    /// batch of a step has the same number of rows).
+    fn first_row(&self) -> usize {
+        match self.batches.values().next() {
+            Some(batch) => self.rows(batch.indices.len()).start,
+            None => 0,
+        }
+    }
 }
 
 /// What a step produced besides the node values.
@@ -137,6 +160,9 @@ pub fn run_step(
 ) -> Result<StepOutput> {
     let graph = &input.plan.graph;
     let mut values: HashMap<NodeId, Ports> = HashMap::with_capacity(input.stage.nodes.len());
+    // Batches and augmentations before a data-parallel step takes its rows: an
+    // augmentation is drawn on the whole batch, as one process draws it.
+    let mut whole: HashMap<NodeId, Ports> = HashMap::new();
     let mut out = StepOutput::default();
     for &node in &input.stage.nodes {
         let op = &graph
@@ -154,12 +180,22 @@ pub fn run_step(
         let ports: Ports = match op {
             Op::Batch { data, split } => {
                 let batch = batch_of(input, data, split)?;
-                vec![
+                let ports = vec![
                     ("x".to_string(), Value::Tensor(batch.x.clone())),
                     ("label".to_string(), Value::Labels(batch.labels.clone())),
-                ]
+                ];
+                let rows = input.rows(batch.indices.len());
+                let mine = rows_of(&ports, &rows)?;
+                whole.insert(node, ports);
+                mine
             }
-            Op::Augment { pipeline } => augment_node(&args, pipeline)?,
+            Op::Augment { pipeline } => {
+                let ports = augment_node(&args, &whole, pipeline)?;
+                let rows = input.rows(batch_rows(&ports));
+                let mine = rows_of(&ports, &rows)?;
+                whole.insert(node, ports);
+                mine
+            }
             Op::Forward { model, train } => forward_node(&args, model, *train, models, &mut out)?,
             Op::CachedForward { model } => {
                 cached_forward_node(&args, model, models, cache, &mut out)?
@@ -241,14 +277,53 @@ impl<'a> Args<'a> {
     }
 }
 
-/// An augmentation of a batch (the batch itself while validating).
-fn augment_node(args: &Args, pipeline: &str) -> Result<Ports> {
+/// The rows of a batch's or an augmentation's ports (`x`, `label`) a step computes on.
+fn rows_of(ports: &Ports, rows: &std::ops::Range<usize>) -> Result<Ports> {
+    if rows.start == 0 && rows.end == batch_rows(ports) {
+        return Ok(ports.clone());
+    }
+    ports
+        .iter()
+        .map(|(port, value)| {
+            let value = match value {
+                Value::Tensor(t) => Value::Tensor(
+                    t.narrow(0, rows.start, rows.len())
+                        .ctx("taking this rank's rows of a batch")?,
+                ),
+                Value::Labels(labels) => Value::Labels(Labels {
+                    classes: labels.classes.get(rows.clone()).unwrap_or(&[]).to_vec(),
+                    mix: labels.mix.as_ref().map(|mix| losses::Mix {
+                        partner: mix.partner.get(rows.clone()).unwrap_or(&[]).to_vec(),
+                        lambda: mix.lambda,
+                    }),
+                }),
+                other => other.clone(),
+            };
+            Ok((port.clone(), value))
+        })
+        .collect()
+}
+
+/// The number of rows of a batch's ports (its labels).
+fn batch_rows(ports: &Ports) -> usize {
+    ports
+        .iter()
+        .find_map(|(_, v)| match v {
+            Value::Labels(labels) => Some(labels.classes.len()),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// An augmentation of a batch (the batch itself while validating), drawn on the whole
+/// batch (`whole` holds the batches before a data-parallel step took its rows).
+fn augment_node(args: &Args, whole: &HashMap<NodeId, Ports>, pipeline: &str) -> Result<Ports> {
     let source = args
         .source(0)
         .ok_or_else(|| plan_error("augment without a batch"))?;
-    let batch_ports = args
-        .values
+    let batch_ports = whole
         .get(&source)
+        .or_else(|| args.values.get(&source))
         .ok_or_else(|| plan_error("augment runs before its batch"))?;
     match args.input.validating {
         true => Ok(batch_ports.clone()),
@@ -272,6 +347,8 @@ fn forward_node(
         .get_mut(model)
         .ok_or_else(|| plan_error(format!("no model `{model}`")))?;
     let train_mode = train && is_trained && !input.validating;
+    // Dropout draws this rank's rows' masks, the ones one process would draw for them.
+    instance.set_first_row(input.first_row());
     // Rows straight from a batch recur every epoch; augmented ones do not.
     let cacheable = input.validating || matches!(args.source_op(0), Some(Op::Batch { .. }));
     // Only the trained model needs a graph for the backward pass.
@@ -308,7 +385,13 @@ fn cached_forward_node(
     let Some(Op::Batch { data, split }) = args.source_op(0) else {
         return Err(plan_error("a cached forward must read a batch"));
     };
-    let batch = batch_of(input, data, split)?;
+    let whole = batch_of(input, data, split)?;
+    let rows = input.rows(whole.indices.len());
+    let x = whole
+        .x
+        .narrow(0, rows.start, rows.len())
+        .ctx("taking this rank's rows of a batch")?;
+    let indices = &whole.indices[rows];
     // While validating, the batch comes from the validation split.
     let (data, split) = match input.validation {
         Some(v) if input.validating => (v.data.clone(), v.split.clone()),
@@ -322,9 +405,9 @@ fn cached_forward_node(
     let wanted = kd_plan::read_ports(&input.plan.graph, args.node);
     let cached = cache.forward(
         &(model.to_string(), data, split),
-        batch.split_samples,
-        &batch.indices,
-        &batch.x,
+        whole.split_samples,
+        indices,
+        &x,
         |x| {
             let mut outputs = instance.forward_with(x, false, true, false)?;
             outputs.retain(|(port, _)| wanted.contains(port));

@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod checkpoint;
+mod data_parallel;
 mod disk_cache;
 mod evaluation;
 pub mod graph;
@@ -24,6 +25,7 @@ use kd_plan::{Op, Plan, Role, Stage};
 
 use crate::data::Dataset;
 use crate::device::RunDevice;
+use crate::distributed::World;
 use crate::error::{plan_error, Result, RuntimeError, TensorContext};
 use crate::model::Model;
 use crate::output::files::write_atomically;
@@ -50,6 +52,9 @@ pub struct RunOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// When set, every training step's wall time is appended here (`kdc bench` reads it).
     pub step_times: Option<Arc<Mutex<Vec<StepTime>>>>,
+    /// The ranks of a data-parallel run ([`World::single`] otherwise): each computes its
+    /// share of every batch, and rank 0 alone writes the run folder.
+    pub world: World,
 }
 
 /// The wall time of one training step: building its batches, the forwards, the loss, the
@@ -76,6 +81,9 @@ struct Run<'a> {
     state: RunState,
     /// The checkpoint the run continues from, until the models have taken it back.
     resume: Option<Checkpoint>,
+    /// In a data-parallel run: some rank was asked to stop at the last step, so every
+    /// rank stops there.
+    stop_agreed: bool,
 }
 
 /// Runs `plan` and writes its run folder into `opts.out_dir`.
@@ -113,8 +121,10 @@ fn run_plan_on(
     let mut datasets = HashMap::new();
     let mut fills = HashMap::new();
     let mut data_files = BTreeMap::new();
-    // Decoded images are cached beside the frozen models' outputs (`cache: disk`).
-    let cache = (plan.settings.cache == kd_plan::CacheMode::Disk)
+    // Decoded images are cached beside the frozen models' outputs (`cache: disk`). In a
+    // data-parallel run rank 0 alone keeps the disk cache: two ranks writing one file
+    // through the same `.partial` could leave a mix of both.
+    let cache = (plan.settings.cache == kd_plan::CacheMode::Disk && opts.world.writes())
         .then(|| plan.resolve(&plan.settings.output).join("cache"));
     for spec in &plan.data {
         let dataset = Dataset::load_cached(
@@ -129,8 +139,11 @@ fn run_plan_on(
         fills.insert(spec.name.clone(), dataset.norm.zero_values().to_vec());
         datasets.insert(spec.name.clone(), dataset);
     }
+    let writes = opts.world.writes();
     let resume = if opts.resume {
-        remove_partial_files(&opts.out_dir)?;
+        if writes {
+            remove_partial_files(&opts.out_dir)?;
+        }
         let checkpoint = Checkpoint::read(&opts.out_dir)?;
         if checkpoint.state.plan_hash != plan.hash() {
             return Err(RuntimeError::Checkpoint {
@@ -145,6 +158,10 @@ fn run_plan_on(
     };
     let log_path = opts.out_dir.join("metrics.jsonl");
     let log = match &resume {
+        _ if !writes => MetricsLog::silent(
+            &log_path,
+            resume.as_ref().map_or(0, |c| c.state.metrics_log_bytes),
+        ),
         Some(checkpoint) => MetricsLog::reopen(&log_path, checkpoint.state.metrics_log_bytes)?,
         None => MetricsLog::create(&log_path)?,
     };
@@ -165,6 +182,7 @@ fn run_plan_on(
         log,
         state,
         resume,
+        stop_agreed: false,
     };
     let seeds: Vec<u64> = (0..plan.settings.repeat.max(1))
         .map(|i| plan.settings.seed.wrapping_add(u64::from(i)))
@@ -203,6 +221,9 @@ fn run_plan_on(
         stages: results.iter().flat_map(|r| r.stages.clone()).collect(),
         peak_rss_mb: crate::output::summary::peak_rss_mb(),
     };
+    if !writes {
+        return Ok(summary);
+    }
     let text = serde_json::to_string_pretty(&summary)?;
     write_atomically(&opts.out_dir.join("summary.json"), text.as_bytes())?;
     // The run is complete: its checkpoint has nothing left to continue.
@@ -335,9 +356,7 @@ impl Run<'_> {
             self.make_aware(seed, stage, &mut models)?;
             let summary = self.train_stage(stage, seed, &mut models, resume.take())?;
             self.narrow_after(stage, &mut models)?;
-            for model in models.values_mut() {
-                model.save_caches()?;
-            }
+            self.save_caches(&mut models)?;
             self.state.stages_done.push(summary);
             self.state.stage_index += 1;
             self.state.stage = None;
@@ -347,12 +366,12 @@ impl Run<'_> {
         self.make_pruned(None, &mut models)?;
         self.make_quantized(seed, &mut models)?;
         let metrics = self.evaluate(&mut models)?;
-        for model in models.values_mut() {
-            model.save_caches()?;
-        }
+        self.save_caches(&mut models)?;
         let mut bytes = BTreeMap::new();
         let mut files: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-        for export in &plan.exports {
+        // Rank 0 writes the files; the other ranks' summaries are not written either.
+        let exports = plan.exports.iter().filter(|_| self.opts.world.writes());
+        for export in exports {
             let model = models
                 .get(&export.model)
                 .ok_or_else(|| plan_error(format!("export of unknown model `{}`", export.model)))?;
@@ -410,13 +429,29 @@ impl Run<'_> {
         })
     }
 
+    /// The models' disk caches (BERT encoder outputs), written by the rank that writes the
+    /// run folder; the others read them.
+    fn save_caches(&self, models: &mut HashMap<String, Model>) -> Result<()> {
+        if !self.opts.world.writes() {
+            return Ok(());
+        }
+        for model in models.values_mut() {
+            model.save_caches()?;
+        }
+        Ok(())
+    }
+
     /// Writes a checkpoint of the run as it stands: `stage` carries a stage's optimizer
-    /// and best weights while it runs.
+    /// and best weights while it runs (rank 0's alone in a data-parallel run: every rank
+    /// holds the same state).
     fn checkpoint(
         &self,
         stage: Option<StageCheckpoint>,
         models: &HashMap<String, Model>,
     ) -> Result<()> {
+        if !self.opts.world.writes() {
+            return Ok(());
+        }
         let mut state = self.state.clone();
         state.metrics_log_bytes = self.log.bytes;
         // Models in plan order, so two checkpoints of one state are byte for byte equal.
@@ -433,7 +468,17 @@ impl Run<'_> {
         checkpoint.write(&self.opts.out_dir)
     }
 
+    /// Whether the run stops at this step: asked of this process, or in a data-parallel
+    /// run of any rank at the last step (all ranks agree on it, see `data_parallel`).
     fn interrupted(&self) -> bool {
+        match self.opts.world.size() > 1 {
+            true => self.stop_agreed,
+            false => self.interrupt_asked(),
+        }
+    }
+
+    /// Whether this process was asked to stop (Ctrl-C, SIGTERM).
+    fn interrupt_asked(&self) -> bool {
         self.opts
             .interrupt
             .as_ref()

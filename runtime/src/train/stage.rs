@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use kd_plan::{Keep, Metric, NonFinite, Op, Plan, Stage};
 
 use super::cache::{CacheKey, CacheTable, OutputCache};
 use super::checkpoint::{Checkpoint, StageState};
-use super::graph::{run_step, BatchData, StepInput};
+use super::data_parallel;
+use super::graph::{run_step, BatchData, StepInput, StepOutput};
 use super::non_finite::NonFiniteValue;
 use super::optim::{Optim, Update};
 use super::validate::Validation;
@@ -220,7 +222,7 @@ impl Run<'_> {
             batches.insert(source.clone(), data);
         }
         let update = self
-            .step_update(run, models, &batches)
+            .step_update(run, models, &batches, positions.len())
             .map_err(|e| out_of_memory(e, &stage.name, stage.batch, &self.device_name))?;
         if let Some(loss) = update {
             run.st.loss_sum += loss * positions.len() as f64;
@@ -267,8 +269,14 @@ impl Run<'_> {
         run: &mut StageRun,
         models: &mut HashMap<String, Model>,
         batches: &HashMap<(String, String), BatchData>,
+        batch_rows: usize,
     ) -> Result<Option<f64>> {
         let stage = run.stage;
+        let world = &self.opts.world;
+        let distributed = world.size() > 1;
+        // A data-parallel rank computes its rows of the batch (none when the batch has
+        // fewer rows than there are ranks).
+        let rows = world.shard(batch_rows);
         let lr = stage.schedule.lr_at(
             stage.optimizer.lr(),
             run.st.global_step,
@@ -287,29 +295,63 @@ impl Run<'_> {
             fills: &self.fills,
             projections: &run.projections,
             progress: (run.st.global_step, run.total_steps),
+            shard: distributed.then(|| (world.rank(), world.size())),
         };
         // A skipped batch must not leave its batch-norm statistics behind.
         let saved_statistics = match self.plan.settings.non_finite == NonFinite::Skip {
             true => Some(self.model_ref(models, &stage.trains)?.buffer_snapshot()?),
             false => None,
         };
-        let output = run_step(&input, models, &mut run.cache)?;
-        run.st.teacher_forwards += output.frozen_samples;
-        let loss = output
-            .loss
-            .as_ref()
-            .ok_or_else(|| plan_error(format!("stage `{}` computes no loss", stage.name)))?;
-        let value = f64::from(
-            loss.to_dtype(candle_core::DType::F32)
-                .and_then(|l| l.to_scalar::<f32>())
-                .ctx("reading the loss")?,
-        );
-        let applied = if value.is_finite() {
+        let cached_before = distributed.then(|| data_parallel::filled_rows(&run.cache));
+        let output = match rows.is_empty() {
+            true => StepOutput::default(),
+            false => run_step(&input, models, &mut run.cache)?,
+        };
+        let mut value = match (&output.loss, rows.is_empty()) {
+            (_, true) => 0.0,
+            (Some(loss), false) => f64::from(
+                loss.to_dtype(candle_core::DType::F32)
+                    .and_then(|l| l.to_scalar::<f32>())
+                    .ctx("reading the loss")?,
+            ),
+            (None, false) => {
+                return Err(plan_error(format!(
+                    "stage `{}` computes no loss",
+                    stage.name
+                )))
+            }
+        };
+        let mut grads = GradStore::default();
+        if let (Some(loss), true) = (&output.loss, value.is_finite()) {
             let model = self.model_ref(models, &stage.trains)?;
-            let mut grads = model
+            grads = model
                 .backward(loss)
                 .ctx_with(|| format!("backward of stage `{}`", stage.name))?;
             model.mask_gradients(&mut grads)?;
+        }
+        let mut finite = value.is_finite();
+        let mut frozen = output.frozen_samples;
+        if distributed {
+            let weight = rows.len() as f64 / batch_rows.max(1) as f64;
+            let agreed = data_parallel::agree(
+                world,
+                &data_parallel::Local {
+                    weight,
+                    loss: finite.then_some(value),
+                    non_finite: !finite,
+                    frozen_samples: frozen,
+                    interrupted: self.interrupt_asked(),
+                },
+            )?;
+            (value, finite, frozen) = (agreed.loss, !agreed.non_finite, agreed.frozen_samples);
+            self.stop_agreed = agreed.interrupted;
+            if finite {
+                data_parallel::sum_gradients(world, &run.params, &mut grads, weight)?;
+            }
+        }
+        run.st.teacher_forwards += frozen;
+        let applied = if finite {
+            let model = self.model_ref(models, &stage.trains)?;
             match run.optim.step(&run.params, &grads, lr, stage.clip)? {
                 Update::Applied { .. } => {
                     model.apply_masks()?;
@@ -324,15 +366,21 @@ impl Run<'_> {
             self.non_finite(stage, &run.st, NonFiniteValue::Loss(output.non_finite))?;
             false
         };
-        if applied {
-            return Ok(Some(value));
+        if !applied {
+            run.st.skipped_batches += 1;
+            if let Some(saved) = &saved_statistics {
+                self.model_ref(models, &stage.trains)?
+                    .restore_buffers(saved)?;
+            }
         }
-        run.st.skipped_batches += 1;
-        if let Some(saved) = &saved_statistics {
-            self.model_ref(models, &stage.trains)?
-                .restore_buffers(saved)?;
+        if let Some(before) = cached_before {
+            let model = models
+                .get_mut(&stage.trains)
+                .ok_or_else(|| plan_error(format!("no model `{}`", stage.trains)))?;
+            data_parallel::share_model_state(world, model)?;
+            data_parallel::share_cache(world, &mut run.cache, &before)?;
         }
-        Ok(None)
+        Ok(applied.then_some(value))
     }
 
     /// The end of an epoch: its loss, its validation, its line in `metrics.jsonl` and on
@@ -492,7 +540,7 @@ impl Run<'_> {
     fn finish_stage(&self, run: StageRun, models: &HashMap<String, Model>) -> Result<StageSummary> {
         let StageRun { stage, st, .. } = &run;
         run.progress.finish();
-        for (key, file) in &run.disk_tables {
+        for (key, file) in run.disk_tables.iter().filter(|_| self.opts.world.writes()) {
             if let Some(table) = run.cache.tables.get(key) {
                 if run.loaded.get(key) != Some(&table.filled_count()) {
                     table.save(file)?;

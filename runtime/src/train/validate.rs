@@ -108,6 +108,8 @@ impl Run<'_> {
                 fills: &self.fills,
                 projections,
                 progress,
+                // Every rank validates on the whole split: the same model, the same result.
+                shard: None,
             };
             let output = run_step(&input, models, cache)?;
             if let Some(loss) = output.loss {
