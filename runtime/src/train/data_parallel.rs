@@ -260,6 +260,10 @@ impl Reader<'_> {
     }
 }
 
+/// The most values a table made from another rank's message may hold (16 GiB of f32): a
+/// message that claims more is malformed, not a table to allocate.
+const MAX_TABLE_VALUES: usize = 1 << 32;
+
 /// Stores another rank's rows in `cache`, making a table the same way when this rank has
 /// none yet.
 fn take_rows(cache: &mut OutputCache, bytes: &[u8]) -> Result<(), String> {
@@ -268,13 +272,19 @@ fn take_rows(cache: &mut OutputCache, bytes: &[u8]) -> Result<(), String> {
         let key = (r.text()?, r.text()?, r.text()?);
         let samples = r.number()?;
         let port_count = r.number()?;
-        let mut ports = Vec::with_capacity(port_count.min(64));
+        let mut ports = Vec::new();
         for _ in 0..port_count {
             let name = r.text()?;
             let dims = r.number()?;
             let shape = (0..dims)
                 .map(|_| r.number())
                 .collect::<Result<Vec<_>, _>>()?;
+            // A table this rank makes from the message must be one it can hold.
+            shape
+                .iter()
+                .try_fold(samples, |n, &d| n.checked_mul(d))
+                .filter(|&n| n <= MAX_TABLE_VALUES)
+                .ok_or_else(|| format!("port `{name}` of {samples} samples is too large"))?;
             ports.push((name, shape));
         }
         let row_count = r.number()?;
@@ -354,6 +364,28 @@ mod tests {
         let mut empty = OutputCache::default();
         assert_eq!(take_rows(&mut empty, &message.bytes), Ok(()));
         assert_eq!(empty.tables[&key], table(6, &[1, 4]));
+    }
+
+    #[test]
+    fn any_bytes_are_a_message_or_an_error_never_a_panic() {
+        let key: CacheKey = ("t".into(), "mnist".into(), "train".into());
+        let mut message = Message::default();
+        message.table(&key, &table(6, &[1, 4]), &[1, 4]);
+        let good = message.bytes;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..3000 {
+            let mut bytes = good.clone();
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let at = (state >> 33) as usize % bytes.len();
+            match round % 3 {
+                0 => bytes[at] ^= (state >> 7) as u8 | 1,
+                1 => bytes.truncate(at),
+                _ => bytes[at..(at + 8).min(good.len())].fill(0xff),
+            }
+            let _ = take_rows(&mut OutputCache::default(), &bytes);
+        }
     }
 
     #[test]
