@@ -74,6 +74,9 @@ enum Command {
     },
     /// Serve an editor over stdin and stdout (the Language Server Protocol).
     Lsp,
+    /// Write report.html into a finished run folder: the models side by side, the curves,
+    /// confusion matrices and accuracy against size, as one self-contained page.
+    Report { run: PathBuf },
     /// Print each model's layers, shapes, parameters and FLOPs.
     Explain {
         file: PathBuf,
@@ -218,6 +221,16 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Fmt { files, check } => fmt_files(files, *check, format),
+        Command::Report { run } => match kd_report::write(run) {
+            Ok(path) => {
+                println!("{}", path.display());
+                Ok(())
+            }
+            Err(error) => {
+                report_failure(error, format);
+                Err(Failure::Input)
+            }
+        },
         Command::Lsp => kd_lsp::serve_stdio().map_err(|e| {
             plain_error("kd::lsp", &e, format);
             Failure::Input
@@ -879,6 +892,19 @@ fn run_in(
             runtime_failure(plan, error, format);
             eprintln!("the run folder keeps what was written: {}", dir.display());
             Err(Failure::Input)
+        }
+    }
+}
+
+/// Prints why `kdc report` could not make a report.
+fn report_failure(error: kd_report::ReportError, format: ErrorFormat) {
+    match format {
+        ErrorFormat::Human => eprintln!("{:?}", miette::Report::new(error)),
+        ErrorFormat::Json => {
+            let d = to_json(&error, "", "");
+            if let Ok(line) = serde_json::to_string(&d) {
+                eprintln!("{line}");
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
 //! code 1 and a message naming the file, never a panic; the message is compared with the
 //! case's `expected.stderr` (`UPDATE_EXPECT=1 cargo test --test hostile` rewrites them).
 //! `tests/hostile/make.py` wrote the folders and documents `case.txt`; `command: fmt` cases
-//! also check that `kdc fmt` leaves the file it refuses unchanged.
+//! also check that `kdc fmt` leaves the file it refuses unchanged, and `command: report`
+//! cases that `kdc report` writes no page from broken run files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -48,8 +49,9 @@ fn read_case(dir: &Path) -> Case {
         }
     }
     assert!(
-        matches!(case.command.as_str(), "check" | "run" | "fmt") && !case.names.is_empty(),
-        "{}: case.txt needs `command: check|run|fmt` and `names: FILE`",
+        matches!(case.command.as_str(), "check" | "run" | "fmt" | "report")
+            && !case.names.is_empty(),
+        "{}: case.txt needs `command: check|run|fmt|report` and `names: FILE`",
         dir.display()
     );
     case
@@ -82,6 +84,15 @@ fn run_case(source: &Path, case: &Case, scratch: &Path) -> (Option<i32>, String)
     copy_tree(source, scratch);
     let output = if case.command == "check" {
         kdc(scratch, &["check", "pipeline.kd"])
+    } else if case.command == "report" {
+        // The case folder is the run folder; a refused report writes nothing.
+        let output = kdc(scratch, &["report", "."]);
+        assert!(
+            !scratch.join("report.html").exists(),
+            "{}: kdc report wrote a page from broken files",
+            source.display()
+        );
+        output
     } else if case.command == "fmt" {
         // The formatter refuses the file and leaves it byte for byte as it was.
         let before = std::fs::read(scratch.join("pipeline.kd")).unwrap();

@@ -6,8 +6,9 @@ nothing; the folders are committed, this script says how they were made.
     python3 tests/hostile/make.py        # from the repository root
 
 Each case folder holds `case.txt`:
-    command: check | run | fmt
-                             check: `kdc check pipeline.kd`; run: compile pipeline.kd (it must
+    command: check | run | fmt | report
+                             check: `kdc check pipeline.kd`; report: `kdc report .` on the
+                             case folder as a run folder (summary.json, metrics.jsonl); run: compile pipeline.kd (it must
                              compile), replace files with those in `run/`, apply `edit:` lines
                              to plan.yaml, then `kdc run plan.yaml`; fmt: `kdc fmt pipeline.kd`,
                              which must leave the file as it was
@@ -286,6 +287,7 @@ def main():
     CASES.update(NUMPY_CASES)
     CASES.update(IMAGE_CASES)
     CASES.update(TABLE_CASES)
+    CASES.update(REPORT_CASES)
     for entry in os.listdir(HERE):
         if os.path.isdir(os.path.join(HERE, entry)) and entry not in CASES:
             shutil.rmtree(os.path.join(HERE, entry))
@@ -762,6 +764,56 @@ TABLE_CASES = {
         "tables_run_corrupt_image", "a table whose image turns corrupt after the check",
         "run", "shapes.parquet", table_pipeline('parquet("shapes.parquet")'),
         {"shapes.parquet": GOOD_PARQUET}, run={"shapes.parquet": table_file("broken_image.parquet")}),
+}
+
+
+# ---------------------------------------------------------------- kdc report
+
+GOOD_SUMMARY = {
+    "schema_version": 1, "pipeline": "p", "seed": 7, "seeds": [7], "device": "cpu",
+    "threads": 1,
+    "provenance": {"kdc_version": "0.1.0", "plan_hash": "ab" * 32, "overrides": {},
+                   "data_files": {}},
+    "models": {"s": {"role": "student", "architecture": "a", "params": 10, "bytes": None,
+                     "metrics": {}}},
+    "stages": [],
+}
+GOOD_EPOCH = {"seed": 7, "stage": "train", "model": "s", "epoch": 1, "steps": 2, "lr": 0.1,
+              "train_loss": 0.5, "seconds": 0.1}
+
+
+def report_case(name, about, names, summary, metrics=None):
+    files = {"summary.json": summary}
+    if metrics is not None:
+        files["metrics.jsonl"] = metrics
+    case(name, about, "report", names, "// a run folder: kdc report reads the files beside this\n",
+         files)
+
+
+def summary_bytes(change):
+    summary = json.loads(json.dumps(GOOD_SUMMARY))
+    change(summary)
+    return json.dumps(summary).encode()
+
+
+REPORT_CASES = {
+    "report_summary_truncated": lambda: report_case(
+        "report_summary_truncated", "summary.json cut in the middle", "summary.json",
+        json.dumps(GOOD_SUMMARY).encode()[:120]),
+    "report_summary_wrong_types": lambda: report_case(
+        "report_summary_wrong_types", "a summary whose parameter count is a string", "summary.json",
+        summary_bytes(lambda s: s["models"]["s"].update(params="ten"))),
+    "report_summary_huge_count": lambda: report_case(
+        "report_summary_huge_count", "a parameter count past 2^64", "summary.json",
+        summary_bytes(lambda s: s["models"]["s"].update(params=10 ** 30))),
+    "report_metrics_not_json": lambda: report_case(
+        "report_metrics_not_json", "a metrics.jsonl line of binary junk", "metrics.jsonl",
+        json.dumps(GOOD_SUMMARY).encode(),
+        (json.dumps(GOOD_EPOCH) + "\n").encode() + bytes(range(1, 40)) + b"\n"),
+    "report_metrics_missing_fields": lambda: report_case(
+        "report_metrics_missing_fields", "an epoch record without its loss", "metrics.jsonl",
+        json.dumps(GOOD_SUMMARY).encode(),
+        (json.dumps({"seed": 7, "stage": "train", "epoch": 1}) + "\n").encode()),
 }
 
 

@@ -98,6 +98,18 @@ pub struct ModelSummary {
     /// With several seeds: the sample standard deviation over seeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_std: Option<BTreeMap<String, MetricsStd>>,
+    /// With several seeds: split name -> each seed's scores, in seed order (what a paired
+    /// comparison of two models needs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_seed: Option<BTreeMap<String, Vec<SeedScores>>>,
+}
+
+/// One seed's scores on one split.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SeedScores {
+    pub seed: u64,
+    pub accuracy: f64,
+    pub f1: f64,
 }
 
 fn f32_name() -> String {
@@ -432,13 +444,29 @@ pub(crate) fn model_summaries(
     for spec in &plan.models {
         let mut metrics = first.metrics.get(&spec.name).cloned().unwrap_or_default();
         let mut metrics_std = None;
+        let mut per_seed_scores = None;
         if results.len() > 1 {
             let mut stds = BTreeMap::new();
+            let mut scores = BTreeMap::new();
             for (split, m) in metrics.iter_mut() {
                 let per_seed: Vec<&SplitMetrics> = results
                     .iter()
                     .filter_map(|r| r.metrics.get(&spec.name).and_then(|s| s.get(split)))
                     .collect();
+                // Seeds as `run_plan` numbers them: the pipeline's, then the next ones.
+                let seeded: Vec<SeedScores> = results
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        let m = r.metrics.get(&spec.name).and_then(|s| s.get(split))?;
+                        Some(SeedScores {
+                            seed: plan.settings.seed.wrapping_add(i as u64),
+                            accuracy: m.accuracy,
+                            f1: m.f1,
+                        })
+                    })
+                    .collect();
+                scores.insert(split.clone(), seeded);
                 let pick = |f: fn(&SplitMetrics) -> f64| -> Vec<f64> {
                     per_seed.iter().map(|m| f(m)).collect()
                 };
@@ -477,6 +505,7 @@ pub(crate) fn model_summaries(
                 );
             }
             metrics_std = Some(stds);
+            per_seed_scores = Some(scores);
         }
         models.insert(
             spec.name.clone(),
@@ -513,6 +542,7 @@ pub(crate) fn model_summaries(
                 sparsity: first.sparsity.get(&spec.name).and_then(|s| s.1),
                 metrics,
                 metrics_std,
+                per_seed: per_seed_scores,
             },
         );
     }

@@ -1,0 +1,152 @@
+//! `kdc report RUNDIR` (docs/language.md, section 14): a short digits run over two seeds
+//! becomes report.html, a page that Debian's headless Chromium opens with every chart
+//! drawn and nothing on its console; the paired difference of the student and its baseline
+//! is computed seed by seed. A folder that is not a finished run, and a broken summary,
+//! are diagnostics. Chromium comes from Debian (`.ci/run` installs it); a missing one fails
+//! the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::root;
+
+fn kdc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kdc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("kdc runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kdc-report-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The digits example, two epochs a stage, over seeds 7 and 8.
+fn short_run(dir: &Path) {
+    let out = dir.display().to_string();
+    let output = kdc(&[
+        "run",
+        "examples/digits.kd",
+        "--out",
+        &out,
+        "--set",
+        "stage.teach.epochs=2",
+        "--set",
+        "stage.distill.epochs=2",
+        "--set",
+        "pipeline.digits.repeat=2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+/// An attribute of the page's `<body>` as Chromium left it.
+fn body_attribute(dom: &str, name: &str) -> Option<usize> {
+    let body = &dom[dom.find("<body")?..];
+    let body = &body[..body.find('>')?];
+    let at = body.find(&format!("{name}=\""))? + name.len() + 2;
+    body[at..].split('"').next()?.parse().ok()
+}
+
+#[test]
+fn a_report_opens_in_headless_chromium_with_every_chart_drawn() {
+    let dir = scratch("page").join("run");
+    short_run(&dir);
+    let made = kdc(&["report", &dir.display().to_string()]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let page = dir.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Self-contained: nothing is fetched when the page is viewed.
+    for fetch in ["src=\"http", "href=\"http", "<link", "@import", "url("] {
+        assert!(!html.contains(fetch), "the page fetches something: {fetch}");
+    }
+    // Three stages (loss and validation accuracy each), accuracy against size, and a
+    // confusion matrix for each of the three models.
+    let figures = html.matches("<figure class=\"chart\"").count();
+    assert_eq!(figures, 10, "{html}");
+    for kind in ["loss", "validation", "size", "confusion"] {
+        assert!(
+            html.contains(&format!("data-chart=\"{kind}\"")),
+            "no {kind} chart"
+        );
+    }
+    // The paired difference, seed by seed, against the summary's per-seed scores.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let per_seed = |model: &str| -> Vec<f64> {
+        summary["models"][model]["per_seed"]["test"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["accuracy"].as_f64().unwrap())
+            .collect()
+    };
+    let (s, b) = (per_seed("s"), per_seed("scratch"));
+    assert_eq!(s.len(), 2);
+    let diffs: Vec<f64> = s.iter().zip(&b).map(|(s, b)| (s - b) * 100.0).collect();
+    let mean = (diffs[0] + diffs[1]) / 2.0;
+    let std = ((diffs[0] - mean).powi(2) + (diffs[1] - mean).powi(2)).sqrt();
+    let expected = format!("{mean:+.2} ± {std:.2} accuracy points (2 seeds, paired)");
+    assert!(html.contains(&expected), "{expected} is not on the page");
+
+    let chromium = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium from Debian (apt install chromium)");
+    let dom = String::from_utf8_lossy(&chromium.stdout);
+    let log = stderr(&chromium);
+    assert!(chromium.status.success(), "{log}");
+    // The page's script counts the figures and the SVGs the browser laid out with text.
+    assert_eq!(body_attribute(&dom, "data-charts"), Some(10), "{log}");
+    assert_eq!(body_attribute(&dom, "data-drawn"), Some(10), "{log}");
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+}
+
+#[test]
+fn a_folder_that_is_not_a_finished_run_is_a_diagnostic() {
+    let dir = scratch("broken");
+    let out = kdc(&["report", &dir.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("kd::report::not_a_run"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(dir.join("summary.json"), "{\"schema_version\": 1}").unwrap();
+    let out = kdc(&["report", &dir.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("kd::report::summary"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.join("report.html").exists(), "nothing is written");
+}
