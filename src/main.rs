@@ -797,7 +797,22 @@ fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), F
     }
     // Under a launcher every rank runs this; rank 0 makes the folder, and an error of a
     // rank stops them all (MPI_Abort) rather than leaving the others in a collective.
-    let outcome = run_in(plan, folder, format, world.clone());
+    // A panic must not leave the others waiting either: MPI_Finalize would wait for them.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_in(plan, folder, format, world.clone())
+    }));
+    let Ok(outcome) = outcome else {
+        let location = LAST_PANIC
+            .lock()
+            .ok()
+            .and_then(|mut l| l.take())
+            .unwrap_or_default();
+        eprintln!(
+            "error[kd::internal]: kdc hit a bug{location} on rank {}; please report it with the command that caused it",
+            world.rank()
+        );
+        world.abort(2)
+    };
     match outcome {
         Err(Failure::Input) => world.abort(1),
         Err(Failure::Usage(message)) => {
@@ -815,15 +830,21 @@ fn run_in(
     format: ErrorFormat,
     world: kd_runtime::World,
 ) -> Result<(), Failure> {
+    let resuming = matches!(folder, RunFolder::Resume(_));
+    // A resumed run keeps its plan.yaml; a run killed before its first checkpoint
+    // starts again from the beginning in the same folder.
     let made = match world.writes() {
-        true => run_folder(plan, &folder, format).map(Some),
+        true => run_folder(plan, &folder, format).map(|dir| {
+            let resume = resuming && kd_runtime::train::checkpoint::path(&dir).exists();
+            Some((dir, resume))
+        }),
         false => Ok(None),
     };
-    let dir = match world.size() {
+    let (dir, resume) = match world.size() {
         1 => made?.unwrap_or_default(),
         _ => {
-            let agreed =
-                world.agree_on_run(&plan.hash(), made.as_ref().ok().and_then(|d| d.as_deref()));
+            let mine = made.as_ref().ok().and_then(|d| d.as_ref());
+            let agreed = world.agree_on_run(&plan.hash(), mine.map(|(d, r)| (d.as_path(), *r)));
             made?;
             agreed.map_err(|e| {
                 runtime_failure(plan, e, format);
@@ -831,10 +852,6 @@ fn run_in(
             })?
         }
     };
-    let resuming = matches!(folder, RunFolder::Resume(_));
-    // A resumed run keeps its plan.yaml; a run killed before its first checkpoint
-    // starts again from the beginning in the same folder.
-    let resume = resuming && kd_runtime::train::checkpoint::path(&dir).exists();
     if !resuming && world.writes() {
         let yaml = plan
             .to_yaml()

@@ -84,15 +84,16 @@ pub fn bias_gradient(grad: &[f32], channels: usize, inner: usize) -> Vec<f32> {
             }
             sums
         })
-        .reduce(
-            || vec![0f64; channels],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(b) {
-                    *a += b;
-                }
-                a
-            },
-        );
+        .collect::<Vec<_>>()
+        // Added in task order: rayon's `reduce` groups them as the threads split the work,
+        // which moves the last bits with the scheduling.
+        .into_iter()
+        .fold(vec![0f64; channels], |mut a, b| {
+            for (a, b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+            a
+        });
     sums.into_iter().map(|s| s as f32).collect()
 }
 

@@ -7,13 +7,17 @@ use rayon::prelude::*;
 /// Values per task of the parallel loops: large enough to amortise the scheduling.
 pub const CHUNK: usize = 1 << 14;
 
-/// The sum of squares, accumulated in f64 over eight lanes so that it vectorises.
+/// The sum of squares, accumulated in f64 over eight lanes so that it vectorises. The
+/// chunks' sums are added in order: rayon's `sum` groups them as its threads split the
+/// work, so a clipped gradient's norm (and the update) would vary in its last bits with
+/// the scheduling.
 pub fn sum_of_squares(values: &[f32]) -> f64 {
     let arch = pulp::Arch::new();
-    values
+    let sums: Vec<f64> = values
         .par_chunks(CHUNK)
         .map(|chunk| arch.dispatch(SumOfSquares(chunk)))
-        .sum()
+        .collect();
+    sums.iter().sum()
 }
 
 struct SumOfSquares<'a>(&'a [f32]);

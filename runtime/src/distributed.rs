@@ -41,13 +41,14 @@ impl Default for World {
 /// Where a launcher says this process stands: `(rank, size, the variables read)`.
 type Placement = (usize, usize, &'static str);
 
-/// The environment variables launchers set, rank first: Open MPI's `mpirun`, PMIx
-/// launchers, MPICH's Hydra and Slurm's `srun`.
-const LAUNCHERS: [(&str, &str); 4] = [
+/// The environment variables launchers set, rank first: Open MPI's `mpirun`, MPICH's
+/// Hydra, and Slurm's `srun` (`SLURM_STEP_NUM_TASKS`, which `srun` sets for its step:
+/// a batch script's own `SLURM_NTASKS` would make a plain `kdc run` inside it look like a
+/// rank of several).
+const LAUNCHERS: [(&str, &str); 3] = [
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-    ("PMIX_RANK", "PMIX_SIZE"),
     ("PMI_RANK", "PMI_SIZE"),
-    ("SLURM_PROCID", "SLURM_NTASKS"),
+    ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS"),
 ];
 
 impl World {
@@ -98,13 +99,19 @@ impl World {
     fn start_mpi(rank: usize, size: usize, names: &str) -> Result<World> {
         use mpi::traits::Communicator;
         // Collectives run on whichever thread of the pool runs the stage, one at a time.
-        let (universe, _) =
-            mpi::initialize_with_threading(mpi::Threading::Serialized).ok_or_else(|| {
-                RuntimeError::Distributed {
-                    reason: "MPI was already initialised in this process".into(),
-                    help: None,
-                }
+        let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+            .ok_or_else(|| RuntimeError::Distributed {
+                reason: "MPI was already initialised in this process".into(),
+                help: None,
             })?;
+        if threading < mpi::Threading::Serialized {
+            return Err(RuntimeError::Distributed {
+                reason: format!(
+                    "this MPI offers the threading level {threading:?}; kdc calls MPI from a worker thread, which needs Serialized"
+                ),
+                help: Some("use an MPI built with thread support (Debian's Open MPI is)".into()),
+            });
+        }
         let world = universe.world();
         let (mpi_rank, mpi_size) = (world.rank() as usize, world.size() as usize);
         if (mpi_rank, mpi_size) != (rank, size) {
@@ -167,6 +174,25 @@ impl World {
         Ok(())
     }
 
+    /// Returns once every rank has called it (a file one rank wrote is then there for
+    /// all).
+    pub fn barrier(&self) -> Result<()> {
+        self.gather_bytes(&[]).map(|_| ())
+    }
+
+    /// Rank 0's `flags` on every rank: decisions every rank must take alike (keeping an
+    /// epoch's weights, stopping early) even if a rank's own numbers differed in a bit.
+    pub fn rank0_flags(&self, flags: &[bool]) -> Result<Vec<bool>> {
+        let bytes: Vec<u8> = flags.iter().map(|&f| u8::from(f)).collect();
+        let all = self.gather_bytes(&bytes)?;
+        match all.first() {
+            Some(first) if first.len() == flags.len() => {
+                Ok(first.iter().map(|&b| b != 0).collect())
+            }
+            _ => Err(disagree("a decision", 0, flags.len())),
+        }
+    }
+
     /// Rank 0's `values` on every rank.
     pub fn broadcast(&self, values: &mut [f32]) -> Result<()> {
         if self.size == 1 {
@@ -184,17 +210,21 @@ impl World {
     }
 
     /// Before a run: every rank has compiled the same Plan (`plan_hash`), and the run
-    /// folder rank 0 made (`folder`: `Some` on rank 0 when it could make it). Every rank
-    /// gets rank 0's folder; a rank whose Plan differs, or a rank 0 without a folder, is an
-    /// error on every rank.
+    /// folder rank 0 made and whether the run resumes (`folder`: `Some` on rank 0 when it
+    /// could make it). Every rank gets rank 0's folder and resume; a rank whose Plan
+    /// differs, or a rank 0 without a folder, is an error on every rank.
     pub fn agree_on_run(
         &self,
         plan_hash: &str,
-        folder: Option<&std::path::Path>,
-    ) -> Result<std::path::PathBuf> {
+        folder: Option<(&std::path::Path, bool)>,
+    ) -> Result<(std::path::PathBuf, bool)> {
+        // Rank 0 also says whether the run resumes from a checkpoint: a rank that looked
+        // for the checkpoint itself could miss one rank 0 is about to remove.
         let mine = format!(
             "{plan_hash}\n{}",
-            folder.map(|f| f.display().to_string()).unwrap_or_default()
+            folder
+                .map(|(f, resume)| format!("{}{}", u8::from(resume), f.display()))
+                .unwrap_or_default()
         );
         let all = self.gather_bytes(mine.as_bytes())?;
         let parts: Vec<(String, String)> = all
@@ -227,13 +257,14 @@ impl World {
                 ),
             });
         }
-        if folder0.is_empty() {
-            return Err(RuntimeError::Distributed {
+        let resume = folder0.starts_with('1');
+        match folder0.get(1..) {
+            Some(folder) if !folder.is_empty() => Ok((std::path::PathBuf::from(folder), resume)),
+            _ => Err(RuntimeError::Distributed {
                 reason: "rank 0 could not make the run folder (its error says why)".into(),
                 help: None,
-            });
+            }),
         }
-        Ok(std::path::PathBuf::from(folder0))
     }
 
     /// Stops every rank of the run with `code`: what a rank does after an error, so that
@@ -293,9 +324,8 @@ fn placement(var: impl Fn(&str) -> Option<String>) -> Result<Option<Placement>> 
         };
         let names = match rank_name {
             "OMPI_COMM_WORLD_RANK" => "OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE",
-            "PMIX_RANK" => "PMIX_RANK, PMIX_SIZE",
             "PMI_RANK" => "PMI_RANK, PMI_SIZE",
-            _ => "SLURM_PROCID, SLURM_NTASKS",
+            _ => "SLURM_PROCID, SLURM_STEP_NUM_TASKS",
         };
         let number = |name: &str, text: &str| {
             text.trim()
@@ -505,8 +535,11 @@ mod tests {
     fn no_launcher_or_one_rank_is_a_single_process() {
         let world = World::from_variables(vars(&[])).map(|w| (w.rank(), w.size()));
         assert_eq!(world.ok(), Some((0, 1)));
-        let one = vars(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "1")]);
+        let one = vars(&[("SLURM_PROCID", "0"), ("SLURM_STEP_NUM_TASKS", "1")]);
         assert_eq!(World::from_variables(one).map(|w| w.size()).ok(), Some(1));
+        // A batch script's own variables, without `srun`: one process.
+        let batch = vars(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")]);
+        assert_eq!(World::from_variables(batch).map(|w| w.size()).ok(), Some(1));
     }
 
     #[test]

@@ -172,13 +172,13 @@ pub(super) fn share_cache(
         }
     }
     let all = world.gather_bytes(&message.bytes)?;
+    // Every rank takes every message, its own too, in rank order: two ranks that computed
+    // one sample (a batch that cycles a small split) then keep the same bits for it.
     for (rank, bytes) in all.iter().enumerate() {
-        if rank != world.rank() {
-            take_rows(cache, bytes).map_err(|reason| RuntimeError::Distributed {
-                reason: format!("rank {rank} sent frozen-model outputs that do not fit: {reason}"),
-                help: Some("every rank must run the same pipeline on the same data".into()),
-            })?;
-        }
+        take_rows(cache, bytes).map_err(|reason| RuntimeError::Distributed {
+            reason: format!("rank {rank} sent frozen-model outputs that do not fit: {reason}"),
+            help: Some("every rank must run the same pipeline on the same data".into()),
+        })?;
     }
     Ok(())
 }
@@ -268,6 +268,7 @@ const MAX_TABLE_VALUES: usize = 1 << 32;
 /// none yet.
 fn take_rows(cache: &mut OutputCache, bytes: &[u8]) -> Result<(), String> {
     let mut r = Reader { bytes };
+    let mut allocated = 0usize;
     while !r.bytes.is_empty() {
         let key = (r.text()?, r.text()?, r.text()?);
         let samples = r.number()?;
@@ -279,12 +280,15 @@ fn take_rows(cache: &mut OutputCache, bytes: &[u8]) -> Result<(), String> {
             let shape = (0..dims)
                 .map(|_| r.number())
                 .collect::<Result<Vec<_>, _>>()?;
-            // A table this rank makes from the message must be one it can hold.
-            shape
+            // A table this rank makes from the message must be one it can hold, and all
+            // the tables of a message together.
+            let values = shape
                 .iter()
-                .try_fold(samples, |n, &d| n.checked_mul(d))
-                .filter(|&n| n <= MAX_TABLE_VALUES)
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .and_then(|width| width.checked_mul(samples.max(1)))
+                .filter(|&n| n <= MAX_TABLE_VALUES - allocated.min(MAX_TABLE_VALUES))
                 .ok_or_else(|| format!("port `{name}` of {samples} samples is too large"))?;
+            allocated += values;
             ports.push((name, shape));
         }
         let row_count = r.number()?;

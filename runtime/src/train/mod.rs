@@ -145,6 +145,8 @@ fn run_plan_on(
             remove_partial_files(&opts.out_dir)?;
         }
         let checkpoint = Checkpoint::read(&opts.out_dir)?;
+        // Every rank has read the checkpoint before any can finish the run and remove it.
+        opts.world.barrier()?;
         if checkpoint.state.plan_hash != plan.hash() {
             return Err(RuntimeError::Checkpoint {
                 path: crate::train::checkpoint::path(&opts.out_dir),
@@ -411,11 +413,17 @@ impl Run<'_> {
             );
         }
         // Counted before the latency probe, whose forwards bypass the cache on purpose.
-        let encoder_forwards = models
+        let mut encoder_forwards: BTreeMap<String, u64> = models
             .iter()
             .filter(|(_, m)| m.is_bert())
             .map(|(name, m)| (name.clone(), m.encoder_samples()))
             .collect();
+        // Each rank's encoder ran on its rows: the run's count is their sum.
+        let mut counts: Vec<f64> = encoder_forwards.values().map(|&n| n as f64).collect();
+        self.opts.world.sum_f64(&mut counts)?;
+        for (count, sum) in encoder_forwards.values_mut().zip(counts) {
+            *count = sum as u64;
+        }
         let latency_ms = self.latencies(&mut models)?;
         Ok(SeedRecord {
             stages: std::mem::take(&mut self.state.stages_done),
@@ -432,13 +440,13 @@ impl Run<'_> {
     /// The models' disk caches (BERT encoder outputs), written by the rank that writes the
     /// run folder; the others read them.
     fn save_caches(&self, models: &mut HashMap<String, Model>) -> Result<()> {
-        if !self.opts.world.writes() {
-            return Ok(());
+        if self.opts.world.writes() {
+            for model in models.values_mut() {
+                model.save_caches()?;
+            }
         }
-        for model in models.values_mut() {
-            model.save_caches()?;
-        }
-        Ok(())
+        // No rank reads a cache file before rank 0 has written it whole.
+        self.opts.world.barrier()
     }
 
     /// Writes a checkpoint of the run as it stands: `stage` carries a stage's optimizer

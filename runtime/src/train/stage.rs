@@ -500,6 +500,8 @@ impl Run<'_> {
             Some((best, _)) if metric.higher_is_better() => value > best,
             Some((best, _)) => value < best,
         };
+        // Data-parallel ranks keep the same epochs and stop together: rank 0 decides.
+        let improved = self.opts.world.rank0_flags(&[improved])?[0];
         if improved {
             if let Keep::Best(_) = validate.keep {
                 run.best_weights = Some(self.model_ref(models, &run.stage.trains)?.snapshot()?);
@@ -509,9 +511,10 @@ impl Run<'_> {
         } else {
             run.st.epochs_without_improvement += 1;
         }
-        run.st.stopped = validate
+        let stopped = validate
             .early_stop
             .is_some_and(|patience| run.st.epochs_without_improvement >= patience);
+        run.st.stopped = self.opts.world.rank0_flags(&[stopped])?[0];
         Ok(())
     }
 
@@ -547,6 +550,8 @@ impl Run<'_> {
                 }
             }
         }
+        // The next stage's ranks read whole tables, the same on every rank.
+        self.opts.world.barrier()?;
         let mut best_epoch = None;
         if let Some(Keep::Best(_)) = stage.validate.as_ref().map(|v| &v.keep) {
             if let (Some((_, epoch)), Some(weights)) = (st.best, &run.best_weights) {
