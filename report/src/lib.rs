@@ -87,16 +87,23 @@ pub fn read(dir: &Path) -> Result<Run, ReportError> {
             dir: dir.to_path_buf(),
         });
     }
-    let text = read_text(&summary_path)?;
-    let summary: Summary = serde_json::from_str(&text).map_err(|e| ReportError::Summary {
-        path: summary_path.clone(),
+    let summary = read_text(&summary_path)?;
+    let metrics_path = dir.join("metrics.jsonl");
+    let metrics = match metrics_path.is_file() {
+        true => read_text(&metrics_path)?,
+        false => String::new(),
+    };
+    parse(dir, &summary, &metrics)
+}
+
+/// A run from the texts of its `summary.json` and `metrics.jsonl` (errors name the files
+/// in `dir`).
+pub fn parse(dir: &Path, summary: &str, metrics: &str) -> Result<Run, ReportError> {
+    let summary: Summary = serde_json::from_str(summary).map_err(|e| ReportError::Summary {
+        path: dir.join("summary.json"),
         reason: e.to_string(),
     })?;
-    let metrics_path = dir.join("metrics.jsonl");
-    let epochs = match metrics_path.is_file() {
-        true => parse_epochs(&read_text(&metrics_path)?, &metrics_path)?,
-        false => Vec::new(),
-    };
+    let epochs = parse_epochs(metrics, &dir.join("metrics.jsonl"))?;
     Ok(Run { summary, epochs })
 }
 
