@@ -173,6 +173,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Where the last panic happened, for the one-line report.
 static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+/// Where the last panic happened (` at FILE:LINE`), taken for the one-line report.
+fn last_panic_location() -> String {
+    LAST_PANIC
+        .lock()
+        .ok()
+        .and_then(|mut l| l.take())
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
     // A panic is a kdc bug, never the user's fault: the hook only remembers where it
     // happened, and one line reports it below (exit 2). RUST_BACKTRACE keeps the default.
@@ -190,11 +199,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&cli)));
     let Ok(outcome) = outcome else {
-        let location = LAST_PANIC
-            .lock()
-            .ok()
-            .and_then(|mut l| l.take())
-            .unwrap_or_default();
+        let location = last_panic_location();
         eprintln!("error[kd::internal]: kdc hit a bug{location}; please report it with the command that caused it");
         return ExitCode::from(2);
     };
@@ -802,11 +807,7 @@ fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), F
         run_in(plan, folder, format, world.clone())
     }));
     let Ok(outcome) = outcome else {
-        let location = LAST_PANIC
-            .lock()
-            .ok()
-            .and_then(|mut l| l.take())
-            .unwrap_or_default();
+        let location = last_panic_location();
         eprintln!(
             "error[kd::internal]: kdc hit a bug{location} on rank {}; please report it with the command that caused it",
             world.rank()

@@ -63,6 +63,20 @@ fn svg(
     Ok(out)
 }
 
+/// Every chart's frame: its title and room for the axes' labels.
+fn frame<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56);
+    builder
+}
+
 /// A line chart of `lines` against the epoch.
 pub(crate) fn lines(
     chart: &str,
@@ -78,11 +92,7 @@ pub(crate) fn lines(
     let (x0, x1) = range(finite.iter().map(|p| p.0));
     let (y0, y1) = range(finite.iter().map(|p| p.1));
     svg(chart, |root| {
-        let mut c = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
+        let mut c = frame(root, title)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| e.to_string())?;
         // Epochs are whole numbers: at most one label per epoch.
@@ -134,11 +144,7 @@ pub(crate) fn confusion(
 ) -> Result<String, ReportError> {
     let n = matrix.len().max(1);
     svg(chart, |root| {
-        let mut c = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
+        let mut c = frame(root, title)
             // `a..b` segments every value of `a..=b`: `0..n - 1` is the n classes.
             .build_cartesian_2d((0..n - 1).into_segmented(), (0..n - 1).into_segmented())
             .map_err(|e| e.to_string())?;
@@ -218,11 +224,7 @@ pub(crate) fn size_accuracy(
     };
     let (y0, y1) = range(points.iter().map(|p| p.2 * 100.0));
     svg(chart, |root| {
-        let mut c = ChartBuilder::on(root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
+        let mut c = frame(root, title)
             .build_cartesian_2d((lo..hi).log_scale(), y0..y1)
             .map_err(|e| e.to_string())?;
         c.configure_mesh()

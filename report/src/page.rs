@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use kd_runtime::output::summary::ModelSummary;
+use kd_runtime::output::summary::{mean, percent, role_name, sample_std, thousands, ModelSummary};
 
 use crate::charts::{self, Line, PALETTE};
 use crate::{ReportError, Run};
@@ -43,14 +43,6 @@ fn main_split(model: &ModelSummary) -> Option<&str> {
     }
 }
 
-fn mean_std(values: &[f64]) -> (f64, Option<f64>) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n.max(1.0);
-    let std = (values.len() > 1)
-        .then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt());
-    (mean, std)
-}
-
 /// A student against the baseline that copies it, on `split`: the mean of the seed-by-seed
 /// accuracy differences in points, their sample std (several seeds), and the seeds.
 pub(crate) fn paired_difference(
@@ -75,28 +67,8 @@ pub(crate) fn paired_difference(
     if diffs.is_empty() {
         return None;
     }
-    let (mean, std) = mean_std(&diffs);
-    Some((mean, std, diffs.len()))
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// `mean` in percent, with `± std` when there is one.
-fn percent(mean: f64, std: Option<f64>) -> String {
-    match std {
-        Some(s) => format!("{:.2} ± {:.2}", mean * 100.0, s * 100.0),
-        None => format!("{:.2}", mean * 100.0),
-    }
+    let std = (diffs.len() > 1).then(|| sample_std(&diffs));
+    Some((mean(&diffs), std, diffs.len()))
 }
 
 pub(crate) fn render(run: &Run) -> Result<String, ReportError> {
@@ -189,9 +161,9 @@ pub(crate) fn render(run: &Run) -> Result<String, ReportError> {
             html,
             "<tr><td>{}</td><td>{}</td><td>{accuracy}</td><td>{f1}</td><td>{versus}</td><td>{}</td><td>{ratio}</td><td>{}</td><td>{}</td></tr>",
             escape(name),
-            escape(&format!("{:?}", model.role).to_lowercase()),
-            thousands(model.params as u64),
-            model.bytes.map_or("–".into(), thousands),
+            role_name(model.role),
+            thousands(model.params),
+            model.bytes.map_or("–".into(), |b| thousands(b as usize)),
             model.latency_ms.map_or("–".into(), |l| format!("{l:.3}")),
         );
     }

@@ -152,7 +152,7 @@ fn role_rank(role: Role) -> u8 {
     }
 }
 
-fn role_name(role: Role) -> &'static str {
+pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Teacher => "teacher",
         Role::Student => "student",
@@ -161,14 +161,15 @@ fn role_name(role: Role) -> &'static str {
 }
 
 /// `97.50` or `97.50 ± 0.20` (percent).
-fn percent(value: f64, std: Option<f64>) -> String {
+pub fn percent(value: f64, std: Option<f64>) -> String {
     match std {
         Some(std) => format!("{:.2} ± {:.2}", 100.0 * value, 100.0 * std),
         None => format!("{:.2}", 100.0 * value),
     }
 }
 
-fn thousands(n: usize) -> String {
+/// `38378` as `38,378`.
+pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut groups: Vec<&str> = Vec::new();
     let mut end = digits.len();
@@ -418,12 +419,12 @@ fn verdict(models: &[(&String, &ModelSummary)]) -> Option<String> {
     ))
 }
 
-fn mean(values: &[f64]) -> f64 {
+pub fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
 /// Sample standard deviation (n - 1); 0 for fewer than two values.
-fn sample_std(values: &[f64]) -> f64 {
+pub fn sample_std(values: &[f64]) -> f64 {
     if values.len() < 2 {
         return 0.0;
     }

@@ -97,21 +97,14 @@ impl OutputCache {
         indices: &[usize],
         outputs: &[(String, Tensor)],
     ) -> Result<()> {
-        let table = self
-            .tables
-            .entry(key.clone())
-            .or_insert_with(|| CacheTable {
+        let table = self.tables.entry(key.clone()).or_insert_with(|| {
+            CacheTable::empty(
                 samples,
-                ports: outputs
+                outputs
                     .iter()
-                    .map(|(name, t)| {
-                        let shape = t.dims().get(1..).unwrap_or(&[]).to_vec();
-                        let width: usize = shape.iter().product();
-                        (name.clone(), shape, vec![0.0; samples * width])
-                    })
-                    .collect(),
-                filled: vec![false; samples],
-            });
+                    .map(|(name, t)| (name.clone(), t.dims().get(1..).unwrap_or(&[]).to_vec())),
+            )
+        });
         if table.ports.len() != outputs.len() {
             return Err(plan_error("a cached model changed its outputs"));
         }
@@ -155,6 +148,21 @@ pub fn table_file(dir: &std::path::Path, key: &str) -> std::path::PathBuf {
 }
 
 impl CacheTable {
+    /// A table of `samples` rows with nothing filled, for ports `(name, one sample's
+    /// shape)`.
+    pub fn empty(samples: usize, ports: impl Iterator<Item = (String, Vec<usize>)>) -> Self {
+        CacheTable {
+            samples,
+            ports: ports
+                .map(|(name, shape)| {
+                    let width: usize = shape.iter().product();
+                    (name, shape, vec![0.0; samples * width])
+                })
+                .collect(),
+            filled: vec![false; samples],
+        }
+    }
+
     /// Rows that hold outputs.
     pub fn filled_count(&self) -> usize {
         self.filled.iter().filter(|&&f| f).count()

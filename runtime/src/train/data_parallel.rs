@@ -301,17 +301,7 @@ fn take_rows(cache: &mut OutputCache, bytes: &[u8]) -> Result<(), String> {
         let table = cache
             .tables
             .entry(key.clone())
-            .or_insert_with(|| CacheTable {
-                samples,
-                ports: ports
-                    .iter()
-                    .map(|(name, shape)| {
-                        let width: usize = shape.iter().product();
-                        (name.clone(), shape.clone(), vec![0.0; samples * width])
-                    })
-                    .collect(),
-                filled: vec![false; samples],
-            });
+            .or_insert_with(|| CacheTable::empty(samples, ports.iter().cloned()));
         let same = table.samples == samples
             && table.ports.len() == ports.len()
             && table
