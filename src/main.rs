@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use kd_compiler::diagnostics::{render_plain, to_json};
 use kd_compiler::{compile, parse_overrides, Compiled, KdError};
-use kd_plan::Plan;
+use kd_plan::{Plan, SweepPlan};
 use miette::Diagnostic;
 
 #[derive(Parser)]
@@ -120,6 +120,10 @@ enum Command {
         device: Option<kd_plan::Device>,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Run the file's sweep NAME: every configuration, then the best on its
+        /// validation split.
+        #[arg(long, value_name = "NAME", conflicts_with = "resume")]
+        sweep: Option<String>,
     },
     /// Measure kdc: training throughput against PyTorch 2, teacher caching, check speed.
     Bench {
@@ -219,6 +223,15 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Check { file, verbose, set } => {
             let compiled = compile_file(file, set, format)?;
+            // Every configuration of every sweep is checked as the file is (the file's
+            // warnings were printed above, once).
+            for name in sweep_names(file) {
+                let (source, shown, overrides) = read_with_overrides(file, set, format)?;
+                if let Err(errors) = kd_compiler::compile_sweep(&source, file, &overrides, &name) {
+                    report(&errors, &shown, &source, format);
+                    return Err(Failure::Input);
+                }
+            }
             if *verbose {
                 print!("{}", kd_compiler::explain::explain(&compiled.plan));
             }
@@ -281,6 +294,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             resume,
             device,
             set,
+            sweep,
         } => {
             let on_device = |mut plan: Plan| {
                 if let Some(device) = device {
@@ -288,20 +302,40 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 }
                 plan
             };
+            let sweep_on_device = |mut sweep: SweepPlan| {
+                for config in &mut sweep.configs {
+                    config.plan = on_device(config.plan.clone());
+                }
+                sweep
+            };
             if let Some(dir) = resume {
+                if dir.join(SWEEP_FILE).is_file() {
+                    let sweep = resumable_sweep(dir, file.as_deref(), set, format)?;
+                    let sweep = sweep_on_device(sweep);
+                    return run_plan(Job::Sweep(&sweep), RunFolder::Resume(dir), format);
+                }
                 let plan = on_device(resumable_plan(dir, file.as_deref(), set, format)?);
-                return run_plan(&plan, RunFolder::Resume(dir), format);
+                return run_plan(Job::Plan(&plan), RunFolder::Resume(dir), format);
             }
             let Some(file) = file else {
                 return Err(Failure::Usage("name a pipeline to run".into()));
             };
-            let plan = on_device(pipeline_plan(file, set, format)?);
             let folder = match out {
                 Some(dir) if *force => RunFolder::Replace(dir),
                 Some(dir) => RunFolder::New(dir),
                 None => RunFolder::Fresh,
             };
-            run_plan(&plan, folder, format)
+            if let Some(name) = sweep {
+                if is_plan(file) {
+                    return Err(Failure::Usage(
+                        "--sweep runs a sweep declared in a .kd file".into(),
+                    ));
+                }
+                let sweep = sweep_on_device(compile_sweep_file(file, set, name, format)?.sweep);
+                return run_plan(Job::Sweep(&sweep), folder, format);
+            }
+            let plan = on_device(pipeline_plan(file, set, format)?);
+            run_plan(Job::Plan(&plan), folder, format)
         }
         Command::Bench {
             kind,
@@ -568,7 +602,154 @@ fn fmt_diff(file: &Path, before: &str, after: &str) -> String {
         .to_string()
 }
 
-fn compile_file(file: &Path, set: &[String], format: ErrorFormat) -> Result<Compiled, Failure> {
+/// The sweeps a file declares (none when it does not parse: its check says why).
+fn sweep_names(file: &Path) -> Vec<String> {
+    let Ok(source) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    let Ok(program) = kd_grammar::parse(&source) else {
+        return Vec::new();
+    };
+    program
+        .declarations
+        .iter()
+        .filter_map(|d| match d {
+            kd_grammar::ast::Declaration::Sweep(s) => Some(s.name.name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The Plans of a file's sweep `name`, every configuration checked.
+fn compile_sweep_file(
+    file: &Path,
+    set: &[String],
+    name: &str,
+    format: ErrorFormat,
+) -> Result<kd_compiler::CompiledSweep, Failure> {
+    let (source, shown, overrides) = read_with_overrides(file, set, format)?;
+    match kd_compiler::compile_sweep(&source, file, &overrides, name) {
+        Ok(compiled) => {
+            report(&compiled.warnings, &shown, &source, format);
+            Ok(compiled)
+        }
+        Err(errors) => {
+            report(&errors, &shown, &source, format);
+            Err(Failure::Input)
+        }
+    }
+}
+
+/// The sweep saved in a run folder, after checking that `file` (when named) still
+/// compiles to it.
+fn resumable_sweep(
+    dir: &Path,
+    file: Option<&Path>,
+    set: &[String],
+    format: ErrorFormat,
+) -> Result<SweepPlan, Failure> {
+    let path = dir.join(SWEEP_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_failure(&path, &e, format))?;
+    let saved: SweepPlan = serde_yaml::from_str(&text).map_err(|e| {
+        plain_error(
+            "kd::plan::invalid",
+            &format!("`{}` is not a kdc sweep: {e}", path.display()),
+            format,
+        );
+        Failure::Input
+    })?;
+    if dir.join("summary.json").is_file() {
+        plain_error(
+            "kd::run::finished",
+            &format!(
+                "the sweep in `{}` has finished: there is nothing to resume",
+                dir.display()
+            ),
+            format,
+        );
+        return Err(Failure::Input);
+    }
+    match file {
+        Some(file) => {
+            let compiled = compile_sweep_file(file, set, &saved.name, format)?.sweep;
+            if compiled.hash() != saved.hash() {
+                plain_error(
+                    "kd::run::resume_mismatch",
+                    &format!(
+                        "`{}` no longer compiles to the sweep `{}` of the run in `{}`\nhelp: undo the change to continue the sweep, or start a new one",
+                        file.display(),
+                        saved.name,
+                        dir.display()
+                    ),
+                    format,
+                );
+                return Err(Failure::Input);
+            }
+        }
+        None if !set.is_empty() => {
+            return Err(Failure::Usage(
+                "--set changes a pipeline; a resumed sweep keeps its plans".into(),
+            ))
+        }
+        None => {}
+    }
+    Ok(saved)
+}
+
+/// The file a sweep's run folder keeps its configurations' plans in.
+const SWEEP_FILE: &str = "sweep.yaml";
+
+/// What `kdc run` runs: one Plan, or a sweep's.
+#[derive(Clone, Copy)]
+enum Job<'a> {
+    Plan(&'a Plan),
+    Sweep(&'a SweepPlan),
+}
+
+impl<'a> Job<'a> {
+    /// The Plan that names the run folder and resolves sources for messages: the
+    /// first configuration's in a sweep.
+    fn plan(self) -> Result<&'a Plan, Failure> {
+        match self {
+            Job::Plan(plan) => Ok(plan),
+            Job::Sweep(sweep) => sweep
+                .configs
+                .first()
+                .map(|c| &c.plan)
+                .ok_or_else(|| Failure::Usage("the sweep has no configurations".into())),
+        }
+    }
+
+    fn hash(self) -> String {
+        match self {
+            Job::Plan(plan) => plan.hash(),
+            Job::Sweep(sweep) => sweep.hash(),
+        }
+    }
+
+    /// The file the run folder keeps it in, and its text.
+    fn saved(self) -> Result<(&'static str, String), Failure> {
+        let failed = |e: String| Failure::Usage(format!("cannot write the plan: {e}"));
+        match self {
+            Job::Plan(plan) => Ok((
+                "plan.yaml",
+                plan.to_yaml().map_err(|e| failed(e.to_string()))?,
+            )),
+            Job::Sweep(sweep) => Ok((
+                SWEEP_FILE,
+                serde_yaml::to_string(sweep).map_err(|e| failed(e.to_string()))?,
+            )),
+        }
+    }
+}
+
+/// A file's text, its name for messages, and the `--set` overrides (reported against the
+/// file when they do not parse).
+fn read_with_overrides(
+    file: &Path,
+    set: &[String],
+    format: ErrorFormat,
+) -> Result<(String, String, Vec<kd_plan::Override>), Failure> {
     let source = std::fs::read_to_string(file).map_err(|e| io_failure(file, &e, format))?;
     let name = file.display().to_string();
     let overrides = parse_overrides(set).map_err(|errors| {
@@ -580,6 +761,11 @@ fn compile_file(file: &Path, set: &[String], format: ErrorFormat) -> Result<Comp
         );
         Failure::Input
     })?;
+    Ok((source, name, overrides))
+}
+
+fn compile_file(file: &Path, set: &[String], format: ErrorFormat) -> Result<Compiled, Failure> {
+    let (source, name, overrides) = read_with_overrides(file, set, format)?;
     match compile(&source, file, &overrides) {
         Ok(compiled) => {
             report(&compiled.warnings, &name, &source, format);
@@ -792,19 +978,28 @@ fn timestamp() -> String {
     )
 }
 
-fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), Failure> {
+fn run_plan(job: Job, folder: RunFolder, format: ErrorFormat) -> Result<(), Failure> {
+    let plan = job.plan()?;
     let world = kd_runtime::World::from_launcher().map_err(|e| {
         runtime_failure(plan, e, format);
         Failure::Input
     })?;
     if world.size() == 1 {
-        return run_in(plan, folder, format, world);
+        return run_in(job, folder, format, world);
+    }
+    if matches!(job, Job::Sweep(_)) {
+        plain_error(
+            "kd::run::distributed",
+            "a sweep runs in one process: its configurations share what they compute there",
+            format,
+        );
+        world.abort(1)
     }
     // Under a launcher every rank runs this; rank 0 makes the folder, and an error of a
     // rank stops them all (MPI_Abort) rather than leaving the others in a collective.
     // A panic must not leave the others waiting either: MPI_Finalize would wait for them.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_in(plan, folder, format, world.clone())
+        run_in(job, folder, format, world.clone())
     }));
     let Ok(outcome) = outcome else {
         let location = last_panic_location();
@@ -826,17 +1021,21 @@ fn run_plan(plan: &Plan, folder: RunFolder, format: ErrorFormat) -> Result<(), F
 
 /// [`run_plan`] in `world`: a single process, or one rank of a data-parallel run.
 fn run_in(
-    plan: &Plan,
+    job: Job,
     folder: RunFolder,
     format: ErrorFormat,
     world: kd_runtime::World,
 ) -> Result<(), Failure> {
+    let plan = job.plan()?;
     let resuming = matches!(folder, RunFolder::Resume(_));
     // A resumed run keeps its plan.yaml; a run killed before its first checkpoint
     // starts again from the beginning in the same folder.
     let made = match world.writes() {
         true => run_folder(plan, &folder, format).map(|dir| {
-            let resume = resuming && kd_runtime::train::checkpoint::path(&dir).exists();
+            // A sweep resumes configuration by configuration (each with its checkpoint).
+            let resume = resuming
+                && (matches!(job, Job::Sweep(_))
+                    || kd_runtime::train::checkpoint::path(&dir).exists());
             Some((dir, resume))
         }),
         false => Ok(None),
@@ -845,7 +1044,7 @@ fn run_in(
         1 => made?.unwrap_or_default(),
         _ => {
             let mine = made.as_ref().ok().and_then(|d| d.as_ref());
-            let agreed = world.agree_on_run(&plan.hash(), mine.map(|(d, r)| (d.as_path(), *r)));
+            let agreed = world.agree_on_run(&job.hash(), mine.map(|(d, r)| (d.as_path(), *r)));
             made?;
             agreed.map_err(|e| {
                 runtime_failure(plan, e, format);
@@ -854,10 +1053,8 @@ fn run_in(
         }
     };
     if !resuming && world.writes() {
-        let yaml = plan
-            .to_yaml()
-            .map_err(|e| Failure::Usage(format!("cannot write the plan: {e}")))?;
-        let plan_path = dir.join("plan.yaml");
+        let (name, yaml) = job.saved()?;
+        let plan_path = dir.join(name);
         kd_runtime::output::files::write_atomically(&plan_path, yaml.as_bytes()).map_err(|e| {
             runtime_failure(plan, e, format);
             Failure::Input
@@ -891,8 +1088,13 @@ fn run_in(
         interrupt: Some(interrupt),
         step_times: None,
         world: world.clone(),
+        shared: None,
     };
-    match kd_runtime::run_plan(plan, &options) {
+    let outcome = match job {
+        Job::Plan(plan) => kd_runtime::run_plan(plan, &options),
+        Job::Sweep(sweep) => kd_runtime::run_sweep(sweep, &options),
+    };
+    match outcome {
         Ok(_) if !world.writes() => Ok(()),
         Ok(summary) => {
             print!("{}", kd_runtime::report(&summary));

@@ -268,6 +268,7 @@ pub fn run(
         interrupt: None,
         step_times: Some(times.clone()),
         world: kd_runtime::World::single(),
+        shared: None,
     };
     let summary = kd_runtime::run_plan(plan, &options).map_err(|source| BenchError::Run {
         case: case.name().to_string(),

@@ -231,6 +231,62 @@ pub enum OverrideError {
     Value { key: String, value: String },
 }
 
+/// A `sweep` declaration that cannot be expanded into configurations, or a `--sweep` that
+/// names none.
+#[derive(Debug, Error, Diagnostic, Clone, PartialEq)]
+pub enum SweepError {
+    #[error("{reason}")]
+    #[diagnostic(code(kd::sweep::unknown))]
+    Unknown {
+        reason: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("sweep key `{key}`: {reason}")]
+    #[diagnostic(code(kd::sweep::key))]
+    Key {
+        key: String,
+        reason: String,
+        #[label("not a key of this file")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("{reason}")]
+    #[diagnostic(code(kd::sweep::values))]
+    Values {
+        reason: String,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("{reason}")]
+    #[diagnostic(code(kd::sweep::search))]
+    Search {
+        reason: String,
+        #[label("here")]
+        span: SourceSpan,
+        #[help]
+        help: Option<String>,
+    },
+
+    #[error("{reason}")]
+    #[diagnostic(code(kd::sweep::select))]
+    Select {
+        reason: String,
+        #[label("{label}")]
+        span: SourceSpan,
+        label: String,
+        #[help]
+        help: Option<String>,
+    },
+}
+
 /// Any diagnostic kdc reports about the user's input.
 #[derive(Debug, Error, Diagnostic, Clone, PartialEq)]
 pub enum KdError {
@@ -243,6 +299,9 @@ pub enum KdError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Override(#[from] OverrideError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Sweep(#[from] SweepError),
 }
 
 impl KdError {

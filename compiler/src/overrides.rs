@@ -2,8 +2,8 @@
 //! exactly like the text it replaces.
 
 use kd_grammar::ast::{
-    Argument, Call, Declaration, Expr, ExprKind, Ident, Program, Setting, SettingValue, Span,
-    StageStmt, Value, ValueKind,
+    Argument, Call, Declaration, Expr, ExprKind, Ident, LayerKind, LayerNode, Program, Setting,
+    SettingValue, Span, StageStmt, Value, ValueKind,
 };
 use kd_plan::Override;
 
@@ -60,12 +60,35 @@ const STAGE_FIELDS: &[&str] = &[
 ];
 
 fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
-    let parts: Vec<&str> = o.key.split('.').collect();
-    let (kind, name, field) = (parts[0], parts[1], &parts[2..]);
     let value = kd_grammar::parse_value(&o.value).map_err(|_| OverrideError::Value {
         key: o.key.clone(),
         value: o.value.clone(),
     })?;
+    set(program, o, value, false)
+}
+
+/// Sets `o.key` to `value` (parsed from `o.value`). A value from the command line takes the
+/// span of what it replaces; one from the file itself (a sweep's, `own_spans`) keeps its
+/// own, so a diagnostic about it points at the sweep.
+pub(crate) fn set(
+    program: &mut Program,
+    o: &Override,
+    value: Value,
+    own_spans: bool,
+) -> Result<(), OverrideError> {
+    let respan = |value: Value, at: Span| match own_spans {
+        true => value,
+        false => respan(value, at),
+    };
+    let parts: Vec<&str> = o.key.split('.').collect();
+    if parts.len() < 3 {
+        return Err(OverrideError::UnknownKey {
+            key: o.key.clone(),
+            reason: "a key is `kind.name.field`".into(),
+            help: Some("for example `stage.distill.epochs` or `model.mlp.linear1.out`".into()),
+        });
+    }
+    let (kind, name, field) = (parts[0], parts[1], &parts[2..]);
     let unknown = |reason: String, help: Option<String>| OverrideError::UnknownKey {
         key: o.key.clone(),
         reason,
@@ -108,7 +131,7 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
                     suggest(name, &known),
                 ));
             };
-            set_path(settings, field, value, at);
+            set_path(settings, field, value, at, own_spans);
             Ok(())
         }
         "stage" => {
@@ -176,7 +199,9 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
                     Ok(())
                 }
                 "optimizer" | "schedule" => {
-                    let call = match respan(value, at).kind {
+                    let value = respan(value, at);
+                    let at = value.span;
+                    let call = match value.kind {
                         ValueKind::Call(c) => c,
                         ValueKind::Name(n) => Call {
                             name: Ident { name: n, span: at },
@@ -254,11 +279,136 @@ fn apply(program: &mut Program, o: &Override) -> Result<(), OverrideError> {
             };
             Ok(())
         }
+        "model" => {
+            let known = names(|d| match d {
+                Declaration::Model(m) => Some(&m.name),
+                _ => None,
+            });
+            let Some(model) = program.declarations.iter_mut().find_map(|d| match d {
+                Declaration::Model(m) if m.name.name == name => Some(m),
+                _ => None,
+            }) else {
+                return Err(unknown(
+                    format!("there is no model `{name}`"),
+                    suggest(name, &known),
+                ));
+            };
+            let Some((arg, path)) = field.split_last() else {
+                return Err(unknown(
+                    "a model key is `model.NAME.LAYER.ARG`".into(),
+                    None,
+                ));
+            };
+            if path.is_empty() {
+                return Err(unknown(
+                    "a model key names a layer and its argument: `model.NAME.LAYER.ARG`".into(),
+                    Some(
+                        "for example `model.mlp.linear1.out` (layer names as in `kdc explain`)"
+                            .into(),
+                    ),
+                ));
+            }
+            let layer = find_layer(&mut model.layers, path)
+                .map_err(|(reason, help)| unknown(format!("model `{name}`: {reason}"), help))?;
+            let call = match &mut layer.kind {
+                LayerKind::Call(call) => call,
+                LayerKind::Residual(_) => {
+                    return Err(unknown(
+                        format!(
+                            "`{}` is a residual block, which has no arguments",
+                            path.join(".")
+                        ),
+                        Some("name a layer inside it: `residual1.conv1.out`".into()),
+                    ))
+                }
+            };
+            let position = positional(&call.name.name).iter().position(|p| p == arg);
+            let at = call.span;
+            let existing = call
+                .args
+                .iter()
+                .enumerate()
+                .position(|(i, a)| match &a.name {
+                    Some(n) => n.name == *arg,
+                    None => Some(i) == position,
+                });
+            let value = respan(value, at);
+            match existing {
+                Some(i) => call.args[i].value = value,
+                None => call.args.push(Argument {
+                    name: Some(Ident {
+                        name: arg.to_string(),
+                        span: at,
+                    }),
+                    value,
+                }),
+            }
+            Ok(())
+        }
         other => Err(unknown(
             format!("`{other}` is not a kind of declaration that --set can change"),
-            did_you_mean(other, ["pipeline", "data", "stage", "loss"])
-                .or_else(|| Some(one_of(["pipeline", "data", "stage", "loss"]))),
+            did_you_mean(other, KINDS.iter().copied())
+                .or_else(|| Some(one_of(KINDS.iter().copied()))),
         )),
+    }
+}
+
+const KINDS: [&str; 5] = ["pipeline", "data", "stage", "loss", "model"];
+
+/// The arguments a layer takes by position, in order (the others by name only).
+fn positional(layer: &str) -> &'static [&'static str] {
+    match layer {
+        "linear" | "conv2d" | "conv1d" => &["out"],
+        "dropout" => &["p"],
+        "maxpool" | "avgpool" => &["kernel"],
+        "embedding" => &["vocab", "dim"],
+        "lstm" | "bilstm" => &["hidden"],
+        "pool" => &["kind"],
+        _ => &[],
+    }
+}
+
+/// A layer's name prefix, as in exported parameter names (`linear1`, `conv2`, `bn1`).
+fn layer_prefix(layer: &LayerNode) -> &str {
+    match &layer.kind {
+        LayerKind::Residual(_) => "residual",
+        LayerKind::Call(call) => match call.name.name.as_str() {
+            "conv2d" => "conv",
+            "batchnorm" => "bn",
+            "bilstm" => "lstm",
+            "max_over_time" => "pool",
+            other => other,
+        },
+    }
+}
+
+/// The layer `path` names (`linear2`, `residual1.conv1`), counted per prefix from 1 as
+/// parameter names are, each block's body afresh.
+fn find_layer<'a>(
+    layers: &'a mut [LayerNode],
+    path: &[&str],
+) -> Result<&'a mut LayerNode, (String, Option<String>)> {
+    let Some((first, rest)) = path.split_first() else {
+        return Err(("no layer named".into(), None));
+    };
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    let mut names = Vec::new();
+    for layer in layers.iter() {
+        let prefix = layer_prefix(layer).to_string();
+        let n = counts.entry(prefix.clone()).or_default();
+        *n += 1;
+        names.push(format!("{prefix}{n}"));
+    }
+    let Some(index) = names.iter().position(|n| n == first) else {
+        return Err((format!("it has no layer `{first}`"), suggest(first, &names)));
+    };
+    let layer = &mut layers[index];
+    if rest.is_empty() {
+        return Ok(layer);
+    }
+    match &mut layer.kind {
+        LayerKind::Residual(body) => find_layer(body, rest),
+        LayerKind::Call(_) => Err((format!("`{first}` is not a residual block"), None)),
     }
 }
 
@@ -268,7 +418,7 @@ fn suggest(name: &str, known: &[String]) -> Option<String> {
 }
 
 /// Sets `path` (possibly nested, `split.train`) in a settings list, adding it if absent.
-fn set_path(settings: &mut Vec<Setting>, path: &[&str], value: Value, at: Span) {
+fn set_path(settings: &mut Vec<Setting>, path: &[&str], value: Value, at: Span, own_spans: bool) {
     let Some((first, rest)) = path.split_first() else {
         return;
     };
@@ -289,14 +439,17 @@ fn set_path(settings: &mut Vec<Setting>, path: &[&str], value: Value, at: Span) 
     let setting = &mut settings[index];
     let at = setting.span;
     if rest.is_empty() {
-        setting.value = SettingValue::Value(respan(value, at));
+        setting.value = SettingValue::Value(match own_spans {
+            true => value,
+            false => respan(value, at),
+        });
         return;
     }
     if !matches!(setting.value, SettingValue::Block(_)) {
         setting.value = SettingValue::Block(Vec::new());
     }
     if let SettingValue::Block(inner) = &mut setting.value {
-        set_path(inner, rest, value, at);
+        set_path(inner, rest, value, at, own_spans);
     }
 }
 

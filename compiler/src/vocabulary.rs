@@ -5,7 +5,7 @@
 /// Words that start a declaration.
 pub const DECLARATION_KEYWORDS: &[&str] = &[
     "pipeline", "data", "augment", "model", "teacher", "student", "loss", "stage", "baseline",
-    "evaluate", "export",
+    "evaluate", "export", "sweep",
 ];
 /// Words that start a statement or a part of one inside a declaration.
 pub const STATEMENT_KEYWORDS: &[&str] = &[
@@ -24,6 +24,10 @@ pub const STATEMENT_KEYWORDS: &[&str] = &[
     "best",
     "last",
     "trained",
+    "search",
+    "select",
+    "of",
+    "in",
 ];
 /// Words that join clauses; they cannot be names.
 pub const JOINING_WORDS: &[&str] = &["as", "on", "with", "to", "from", "without", "like"];

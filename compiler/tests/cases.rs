@@ -63,6 +63,51 @@ fn err_cases_fail_with_diagnostics() {
     });
 }
 
+/// `tests/cases/sweeps/*.kd` each declare a sweep `tune`: its configurations (names and
+/// values) and the first one's Plan are snapshotted.
+#[test]
+fn sweep_configurations() {
+    insta::glob!("../../tests/cases/sweeps", "*.kd", |path: &Path| {
+        let source = std::fs::read_to_string(path).unwrap();
+        let compiled = match kd_compiler::compile_sweep(&source, path, &[], "tune") {
+            Ok(c) => c.sweep,
+            Err(errors) => panic!(
+                "{} should compile:\n{}",
+                path.display(),
+                render_plain(&errors, "case.kd", &source)
+            ),
+        };
+        let mut text = format!(
+            "sweep {} ({}), select {:?}\n",
+            compiled.name, compiled.search, compiled.select
+        );
+        for config in &compiled.configs {
+            let values: Vec<String> = config
+                .values
+                .iter()
+                .map(|o| format!("{}={}", o.key, o.value))
+                .collect();
+            text.push_str(&format!("{}: {}\n", config.name, values.join("  ")));
+        }
+        let first = compiled.configs.into_iter().next().unwrap().plan;
+        text.push_str(&portable_yaml(first));
+        insta::assert_snapshot!(text);
+    });
+}
+
+/// `tests/cases/sweep_err/*.kd`: a sweep `tune` whose configurations do not check.
+#[test]
+fn sweep_errors() {
+    insta::glob!("../../tests/cases/sweep_err", "*.kd", |path: &Path| {
+        let source = std::fs::read_to_string(path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        match kd_compiler::compile_sweep(&source, path, &[], "tune") {
+            Ok(_) => panic!("{name} should not compile"),
+            Err(errors) => insta::assert_snapshot!(render_plain(&errors, &name, &source)),
+        }
+    });
+}
+
 /// The data the examples read beyond the repository's own: MNIST (as IDX and as PNG
 /// files), the SpamAssassin corpus and the MiniLM teacher, fetched once per test process
 /// with the project's pinned script (idempotent), so that missing data fails here rather

@@ -48,6 +48,7 @@ pub enum Declaration {
     Baseline(BaselineDecl),
     Evaluate(EvaluateDecl),
     Export(ExportDecl),
+    Sweep(SweepDecl),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -327,6 +328,43 @@ pub struct EvaluateDecl {
 pub struct ExportDecl {
     pub model: Ident,
     pub paths: Vec<Value>,
+    pub span: Span,
+}
+
+/// `sweep NAME { search ..., KEY in ..., select METRIC of MODEL on DATA.SPLIT }`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SweepDecl {
+    pub name: Ident,
+    /// `grid` (the default when not written) or `random(trials: N, seed: S)`.
+    pub search: Option<Call>,
+    pub axes: Vec<SweepAxis>,
+    pub select: Option<SweepSelect>,
+    pub span: Span,
+}
+
+/// `KEY in [v1, v2]` or `KEY in uniform(a, b)`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SweepAxis {
+    /// A `--set` key (`stage.distill.epochs`), with the span of its text.
+    pub key: Ident,
+    pub values: SweepValues,
+    pub span: Span,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub enum SweepValues {
+    /// The alternatives, each a value as `--set` takes it.
+    List(Vec<Value>),
+    /// A distribution a random search samples from.
+    Sample(Call),
+}
+
+/// `select accuracy of s on digits.val`.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct SweepSelect {
+    pub metric: Ident,
+    pub model: Ident,
+    pub data: DataRef,
     pub span: Span,
 }
 

@@ -164,6 +164,8 @@ fn rule_name(rule: &Rule) -> &'static str {
         | Rule::baseline_decl
         | Rule::evaluate_decl
         | Rule::export_decl
+        | Rule::sweep_decl
+        | Rule::kw_sweep
         | Rule::kw_pipeline
         | Rule::kw_data
         | Rule::kw_augment
@@ -205,6 +207,14 @@ fn rule_name(rule: &Rule) -> &'static str {
         Rule::without_clause => "`without TEACHER`",
         Rule::kw_trained => "`trained like`",
         Rule::metric_list => "a metric list `{ accuracy, f1 }`",
+        Rule::search_stmt
+        | Rule::select_stmt
+        | Rule::sweep_axis
+        | Rule::sweep_key
+        | Rule::kw_search
+        | Rule::kw_select => "a sweep statement (`KEY in [...]`, `search`, `select`)",
+        Rule::kw_of => "`of MODEL`",
+        Rule::kw_in => "`in [values]` or `in distribution(...)`",
         Rule::expr | Rule::expr_call | Rule::expr_arg | Rule::member | Rule::neg => "an expression",
         Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow => "an operator",
         _ => "more input",

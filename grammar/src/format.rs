@@ -604,6 +604,46 @@ impl Printer<'_> {
                     self.lines.extend(lines);
                 }
             }
+            Declaration::Sweep(w) => {
+                let mut items: Vec<Item> = Vec::new();
+                if let Some(search) = &w.search {
+                    // `search` starts where its keyword does.
+                    let start = self.source[..search.span.start]
+                        .rfind("search")
+                        .unwrap_or(search.span.start);
+                    let text = format!("search {}", self.call(search, false));
+                    items.push(self.flat(text, start, search.span.end));
+                }
+                for axis in &w.axes {
+                    let values = match &axis.values {
+                        SweepValues::List(values) => format!(
+                            "[{}]",
+                            values
+                                .iter()
+                                .map(|v| self.value(v))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        SweepValues::Sample(call) => self.call(call, true),
+                    };
+                    let text = format!("{} in {values}", axis.key.name);
+                    items.push(self.flat(text, axis.span.start, axis.span.end));
+                }
+                if let Some(select) = &w.select {
+                    let text = format!(
+                        "select {} of {} on {}",
+                        select.metric.name,
+                        select.model.name,
+                        data_ref(&select.data)
+                    );
+                    items.push(self.flat(text, select.span.start, select.span.end));
+                }
+                // In the order written, so comments stay beside their statements.
+                items.sort_by_key(|item| item.start);
+                let head = format!("sweep {}", w.name.name);
+                let lines = self.block(0, &head, items, Sep::Comma, (w.span.start, w.span.end), "");
+                self.lines.extend(lines);
+            }
             Declaration::Export(x) => {
                 let mut text = format!("export {}", x.model.name);
                 if !x.paths.is_empty() {

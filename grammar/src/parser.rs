@@ -279,6 +279,51 @@ fn declaration(pair: Pair<Rule>) -> Result<Declaration> {
                 span: Span::new(span.start, end),
             })
         }
+        Rule::sweep_decl => {
+            let name = ident(next_part(&mut it, "sweep name")?);
+            let (mut search, mut axes, mut select) = (None, Vec::new(), None);
+            for part in it {
+                let at = span_of(&part);
+                match part.as_rule() {
+                    Rule::search_stmt => {
+                        search = Some(call_or_name(next_part(&mut parts(part), "search")?)?)
+                    }
+                    Rule::select_stmt => {
+                        let mut inner = parts(part);
+                        select = Some(SweepSelect {
+                            metric: ident(next_part(&mut inner, "metric")?),
+                            model: ident(next_part(&mut inner, "model")?),
+                            data: data_ref(next_part(&mut inner, "split")?)?,
+                            span: at,
+                        });
+                    }
+                    _ => {
+                        let mut inner = parts(part);
+                        let key = ident(next_part(&mut inner, "key")?);
+                        let body = next_part(&mut inner, "values")?;
+                        let values = match body.as_rule() {
+                            Rule::list => match value(body)?.kind {
+                                ValueKind::List(items) => SweepValues::List(items),
+                                _ => return Err(ParseError::internal("a list that is not")),
+                            },
+                            _ => SweepValues::Sample(call(body)?),
+                        };
+                        axes.push(SweepAxis {
+                            key,
+                            values,
+                            span: at,
+                        });
+                    }
+                }
+            }
+            Declaration::Sweep(SweepDecl {
+                name,
+                search,
+                axes,
+                select,
+                span,
+            })
+        }
         Rule::evaluate_decl => {
             let mut models = Vec::new();
             let mut data = None;

@@ -117,6 +117,14 @@ pub fn symbols(program: &Program) -> Vec<Symbol> {
                 uses.push((Space::Data, &e.data.data));
             }
             Declaration::Export(x) => uses.push((Space::Instance, &x.model)),
+            // A sweep's keys name declarations inside a dotted text; its selection names
+            // a model and a data set.
+            Declaration::Sweep(w) => {
+                if let Some(select) = &w.select {
+                    uses.push((Space::Instance, &select.model));
+                    uses.push((Space::Data, &select.data.data));
+                }
+            }
         }
     }
     for (space, ident) in uses {

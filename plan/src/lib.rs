@@ -13,6 +13,9 @@ use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod sweep;
+pub use sweep::{Selection, SweepConfig, SweepPlan};
+
 /// Bumped whenever a Plan written by an older kdc could be misread by a newer one.
 pub const PLAN_VERSION: u32 = 4;
 
@@ -1139,6 +1142,21 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// As the `.kd` language writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::Precision => "precision",
+            Metric::Recall => "recall",
+            Metric::F1 => "f1",
+            Metric::Loss => "loss",
+            Metric::Confusion => "confusion",
+            Metric::PerClass => "per_class",
+            Metric::Agreement => "agreement",
+            Metric::Ece => "ece",
+        }
+    }
+
     pub fn higher_is_better(self) -> bool {
         !matches!(self, Metric::Loss | Metric::Ece)
     }

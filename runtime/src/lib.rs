@@ -20,4 +20,5 @@ pub use error::RuntimeError;
 pub use model::tape::LayerTime;
 pub use output::progress::Progress;
 pub use output::summary::{report, Summary};
+pub use train::sweep::{run_sweep, SweepSummary};
 pub use train::{configure_threads, on_worker, run_plan, RunOptions, StepTime};

@@ -345,6 +345,7 @@ fn run_in(name: &str, seed: u64, repeat: u32) -> (PathBuf, Summary) {
             interrupt: None,
             step_times: None,
             world: kd_runtime::World::single(),
+            shared: None,
         },
     )
     .unwrap();
@@ -502,6 +503,7 @@ fn cuda_is_refused_with_help() {
             interrupt: None,
             step_times: None,
             world: kd_runtime::World::single(),
+            shared: None,
         },
     )
     .unwrap_err();
@@ -537,6 +539,7 @@ fn a_diverging_loss_names_stage_epoch_and_step() {
             interrupt: None,
             step_times: None,
             world: kd_runtime::World::single(),
+            shared: None,
         },
     )
     .unwrap_err();
@@ -739,6 +742,7 @@ fn digits_cnn_with_augmentation() {
             interrupt: None,
             step_times: None,
             world: kd_runtime::World::single(),
+            shared: None,
         },
     )
     .unwrap();

@@ -6,6 +6,7 @@ mod bert;
 mod data;
 mod expr;
 pub(crate) use expr::is_schedule;
+pub(crate) use stages::metric;
 mod images;
 mod models;
 mod onnx;
@@ -175,6 +176,11 @@ pub fn check(
     cx.quantized_order(&models, &stages);
     let evaluations = cx.evaluations(program, &models, &data, &stages);
     let exports = cx.exports(program, &models, &stages);
+    cx.diagnostics.extend(
+        crate::sweep::check_sweeps(program)
+            .into_iter()
+            .map(KdError::from),
+    );
     // An unused-declaration warning after an error is usually that error's echo.
     if cx.diagnostics.iter().all(|d| !d.is_error()) {
         cx.unused(program, &stages, &losses);
@@ -267,6 +273,7 @@ impl<'a> Cx<'a> {
                 Declaration::Baseline(d) => ("model", &d.name),
                 Declaration::Loss(d) => ("loss", &d.name),
                 Declaration::Stage(d) => ("stage", &d.name),
+                Declaration::Sweep(d) => ("sweep", &d.name),
                 Declaration::Evaluate(_) | Declaration::Export(_) => continue,
             };
             let key = if what == "pipeline" {

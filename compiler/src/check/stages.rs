@@ -13,7 +13,7 @@ use super::{CheckedStage, Cx, TypedExpr, TypedNode};
 use crate::diagnostics::{did_you_mean, labeled, list, one_of, span, CheckError};
 use crate::vocabulary::{KEEP_METRICS, METRICS, OPTIMIZERS, SCHEDULES, STAGE_SETTINGS};
 
-fn metric(name: &str) -> Option<Metric> {
+pub(crate) fn metric(name: &str) -> Option<Metric> {
     Some(match name {
         "accuracy" => Metric::Accuracy,
         "precision" => Metric::Precision,

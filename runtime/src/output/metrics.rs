@@ -37,6 +37,23 @@ pub struct SplitMetrics {
     pub ece: f64,
 }
 
+impl SplitMetrics {
+    /// A metric that is one number of these metrics (not the loss, which a split's
+    /// predictions do not give, nor the tables).
+    pub fn scalar(&self, metric: kd_plan::Metric) -> Option<f64> {
+        use kd_plan::Metric;
+        match metric {
+            Metric::Accuracy => Some(self.accuracy),
+            Metric::Precision => Some(self.precision),
+            Metric::Recall => Some(self.recall),
+            Metric::F1 => Some(self.f1),
+            Metric::Ece => Some(self.ece),
+            Metric::Agreement => self.agreement,
+            Metric::Loss | Metric::Confusion | Metric::PerClass => None,
+        }
+    }
+}
+
 /// Confusion matrix of `classes` x `classes`; labels or predictions out of range are
 /// ignored.
 pub fn confusion(labels: &[u32], predictions: &[u32], classes: usize) -> Vec<Vec<usize>> {

@@ -86,6 +86,16 @@ impl MetricsLog {
         }
     }
 
+    /// How many lines the log holds.
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The lines written since the log held `count`.
+    pub(crate) fn records_since(&self, count: usize) -> &[serde_json::Value] {
+        self.records.get(count..).unwrap_or(&[])
+    }
+
     pub(crate) fn write(&mut self, line: &serde_json::Value) -> Result<()> {
         let text = serde_json::to_string(line)?;
         self.bytes += text.len() as u64 + 1;

@@ -32,6 +32,10 @@ pub struct Summary {
     /// the system says (Linux); for a resumed run, the peak of the last process only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
+    /// In a sweep's run folder: its configurations, their scores and the chosen one,
+    /// whose results the rest of the summary is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::train::sweep::SweepSummary>,
 }
 
 /// The process's peak resident set in MiB (`VmHWM` in /proc/self/status), on Linux.
@@ -142,6 +146,9 @@ pub struct StageSummary {
     #[serde(default)]
     pub skipped_batches: u64,
     pub best_epoch: Option<usize>,
+    /// In a sweep: the configuration whose run of this stage this one took over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_from: Option<String>,
 }
 
 fn role_rank(role: Role) -> u8 {
@@ -235,6 +242,9 @@ pub fn report(summary: &Summary) -> String {
         rows.push(row);
     }
     let mut out = String::new();
+    if let Some(sweep) = &summary.sweep {
+        out.push_str(&sweep_table(sweep));
+    }
     let seeds = if summary.seeds.len() > 1 {
         format!("{} seeds from {}", summary.seeds.len(), summary.seed)
     } else {
@@ -252,6 +262,62 @@ pub fn report(summary: &Summary) -> String {
     if let Some(table) = chain(summary, &splits) {
         out.push_str(&table);
     }
+    out
+}
+
+/// A sweep's configurations: the values each set, its score and its baselines', and the
+/// teacher forwards it ran; then which one the rest of the report is.
+fn sweep_table(sweep: &crate::train::sweep::SweepSummary) -> String {
+    let keys: Vec<&String> = sweep
+        .configs
+        .first()
+        .map(|c| c.values.keys().collect())
+        .unwrap_or_default();
+    let baselines: Vec<&String> = sweep
+        .configs
+        .first()
+        .map(|c| c.baselines.keys().collect())
+        .unwrap_or_default();
+    let mut header = vec!["config".to_string()];
+    header.extend(keys.iter().map(|k| k.to_string()));
+    header.push(format!("{} {} %", sweep.model, sweep.metric));
+    header.extend(baselines.iter().map(|b| format!("{b} %")));
+    header.push("teacher fwd".into());
+    let mut rows = vec![header];
+    for c in &sweep.configs {
+        let mut row = vec![match c.name == sweep.best {
+            true => format!("{} *", c.name),
+            false => c.name.clone(),
+        }];
+        row.extend(
+            keys.iter()
+                .map(|k| c.values.get(*k).cloned().unwrap_or_default()),
+        );
+        row.push(percent(c.score, c.score_std));
+        row.extend(baselines.iter().map(|b| {
+            c.baselines
+                .get(*b)
+                .map_or("-".into(), |v| percent(*v, None))
+        }));
+        row.push(thousands(c.teacher_forwards as usize));
+        rows.push(row);
+    }
+    let mut out = format!(
+        "sweep `{}` ({}, {} configurations, selected on {} of {} on {})\n",
+        sweep.name,
+        sweep.search,
+        sweep.configs.len(),
+        sweep.metric,
+        sweep.model,
+        sweep.split
+    );
+    out.push_str(&aligned(&rows, 1 + keys.len()));
+    let _ = writeln!(
+        out,
+        "best: {} (its results follow); teacher forwards over the sweep: {}\n",
+        sweep.best,
+        thousands(sweep.teacher_forwards as usize)
+    );
     out
 }
 

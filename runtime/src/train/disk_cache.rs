@@ -56,17 +56,7 @@ impl Run<'_> {
             let mut spec = spec.clone();
             spec.span = Default::default();
             hasher.update(yaml("a model", &spec)?.as_bytes());
-            for (parameter, var) in model.state() {
-                hasher.update(parameter.as_bytes());
-                let values = var
-                    .as_tensor()
-                    .flatten_all()
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .ctx("hashing a model")?;
-                for v in values {
-                    hasher.update(v.to_le_bytes());
-                }
-            }
+            hash_state(&mut hasher, model)?;
             let files: Vec<PathBuf> = match (&spec.onnx, &spec.bert) {
                 (Some(onnx), _) => vec![self.plan.resolve(&onnx.path)],
                 (_, Some(bert)) => {
@@ -102,6 +92,25 @@ impl Run<'_> {
         }
         Ok(out)
     }
+}
+
+/// Adds every tensor a model holds, by name, to a digest (the disk cache's file names and a
+/// sweep's names of frozen outputs).
+pub(super) fn hash_state(hasher: &mut sha2::Sha256, model: &Model) -> Result<()> {
+    use sha2::Digest;
+    for (parameter, var) in model.state() {
+        hasher.update(parameter.as_bytes());
+        let values = var
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .ctx("hashing a model")?;
+        for v in values {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    Ok(())
 }
 
 /// Serialising a value to YAML for a cache key.

@@ -119,6 +119,9 @@ pub struct StepInput<'a> {
     /// and their augmentations are made whole, then the rest of the step sees this rank's
     /// rows alone ([`crate::distributed::shard`]).
     pub shard: Option<(usize, usize)>,
+    /// In a sweep: where frozen models' outputs of augmented batches are shared, and each
+    /// frozen model's digest.
+    pub frozen: Option<(&'a super::shared::Shared, &'a HashMap<String, sha2::Sha256>)>,
 }
 
 impl StepInput<'_> {
@@ -353,10 +356,31 @@ fn forward_node(
     let cacheable = input.validating || matches!(args.source_op(0), Some(Op::Batch { .. }));
     // Only the trained model needs a graph for the backward pass.
     let gradients = is_trained && !input.validating;
-    let outputs = instance.forward_with(&x, train_mode, cacheable, gradients)?;
-    if !is_trained && !input.validating {
-        out.frozen_samples += x.dims().first().copied().unwrap_or(0) as u64;
-    }
+    // A sweep's frozen model on a batch another configuration met: its outputs again.
+    let shared = match (input.frozen, is_trained || input.validating) {
+        (Some((shared, prints)), false) => match prints.get(model) {
+            Some(print) => Some((shared, super::shared::outputs_key(print, &x)?)),
+            None => None,
+        },
+        _ => None,
+    };
+    let known = match &shared {
+        Some((store, key)) => store.outputs(key)?,
+        None => None,
+    };
+    let outputs = match known {
+        Some(outputs) => outputs,
+        None => {
+            let outputs = instance.forward_with(&x, train_mode, cacheable, gradients)?;
+            if !is_trained && !input.validating {
+                out.frozen_samples += x.dims().first().copied().unwrap_or(0) as u64;
+            }
+            if let Some((store, key)) = shared {
+                store.keep_outputs(key, &outputs)?;
+            }
+            outputs
+        }
+    };
     if is_trained && out.trained_output.is_none() {
         out.trained_output = outputs
             .iter()

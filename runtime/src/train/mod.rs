@@ -12,7 +12,9 @@ mod non_finite;
 pub mod optim;
 mod pruning;
 mod quantize;
+pub mod shared;
 mod stage;
+pub mod sweep;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +33,7 @@ use crate::model::Model;
 use crate::output::files::write_atomically;
 use crate::output::metrics_log::MetricsLog;
 use crate::output::progress::Progress;
-use crate::output::summary::{model_summaries, Provenance, Summary, SCHEMA_VERSION};
+use crate::output::summary::{model_summaries, Provenance, StageSummary, Summary, SCHEMA_VERSION};
 use cache::OutputCache;
 use checkpoint::{Checkpoint, RunState, SeedRecord};
 use graph::BatchData;
@@ -55,6 +57,8 @@ pub struct RunOptions {
     /// The ranks of a data-parallel run ([`World::single`] otherwise): each computes its
     /// share of every batch, and rank 0 alone writes the run folder.
     pub world: World,
+    /// In a sweep: what its configurations share (stage results, frozen outputs).
+    pub shared: Option<Arc<shared::Shared>>,
 }
 
 /// The wall time of one training step: building its batches, the forwards, the loss, the
@@ -222,6 +226,7 @@ fn run_plan_on(
         models: model_summaries(plan, &results),
         stages: results.iter().flat_map(|r| r.stages.clone()).collect(),
         peak_rss_mb: crate::output::summary::peak_rss_mb(),
+        sweep: None,
     };
     if !writes {
         return Ok(summary);
@@ -352,14 +357,23 @@ impl Run<'_> {
             models.insert(spec.name.clone(), model);
         }
         let mut resume = resume.filter(|c| c.state.stage.is_some());
+        let keys = match &self.opts.shared {
+            Some(_) => shared::stage_keys(plan, seed),
+            None => vec![None; plan.stages.len()],
+        };
+        if self.state.stage_index == 0 && resume.is_none() {
+            self.take_shared_stages(&keys, &mut models)?;
+        }
         while self.state.stage_index < plan.stages.len() {
             let stage = &plan.stages[self.state.stage_index];
             self.make_pruned(Some(stage), &mut models)?;
             self.make_aware(seed, stage, &mut models)?;
+            let records = self.log.record_count();
             let summary = self.train_stage(stage, seed, &mut models, resume.take())?;
             self.narrow_after(stage, &mut models)?;
             self.save_caches(&mut models)?;
             self.state.stages_done.push(summary);
+            self.share_stages(&keys, &models, records)?;
             self.state.stage_index += 1;
             self.state.stage = None;
             self.checkpoint(None, &models)?;
@@ -435,6 +449,113 @@ impl Run<'_> {
             sparsity,
             files,
         })
+    }
+
+    /// In a sweep, takes over the longest run of first stages another configuration has
+    /// already computed alike: their models' weights, summaries and metrics lines.
+    fn take_shared_stages(
+        &mut self,
+        keys: &[Option<String>],
+        models: &mut HashMap<String, Model>,
+    ) -> Result<()> {
+        let Some(shared) = self.opts.shared.clone() else {
+            return Ok(());
+        };
+        let mut found = None;
+        for (k, key) in keys.iter().enumerate() {
+            let Some(key) = key else { break };
+            match shared.stage(key, &self.device)? {
+                Some(result) => found = Some((k, result)),
+                None => break,
+            }
+        }
+        let Some((k, result)) = found else {
+            return Ok(());
+        };
+        for (name, tensors, calls) in &result.models {
+            let model = models
+                .get_mut(name)
+                .ok_or_else(|| plan_error(format!("a shared stage names no model `{name}`")))?;
+            model.restore(tensors)?;
+            model.set_dropout_calls(*calls);
+        }
+        for record in &result.meta.records {
+            self.log.write(record)?;
+        }
+        for summary in &result.meta.summaries {
+            let mut summary = summary.clone();
+            summary.shared_from = Some(result.meta.from.clone());
+            self.state.stages_done.push(summary);
+        }
+        self.state.stage_index = k + 1;
+        Ok(())
+    }
+
+    /// In a sweep, keeps the result of the stages up to the one just finished when
+    /// another configuration would compute them alike.
+    fn share_stages(
+        &self,
+        keys: &[Option<String>],
+        models: &HashMap<String, Model>,
+        records_before: usize,
+    ) -> Result<()> {
+        let (Some(shared), Some(Some(key))) = (&self.opts.shared, keys.get(self.state.stage_index))
+        else {
+            return Ok(());
+        };
+        if !shared.wants(key) || shared.stage(key, &self.device)?.is_some() {
+            return Ok(());
+        }
+        let done = &self.plan.stages[..=self.state.stage_index];
+        let mut names: Vec<&String> = Vec::new();
+        for stage in done {
+            for name in stage.frozen.iter().chain([&stage.trains]) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let mut kept = Vec::new();
+        for name in names {
+            let model = self.model_ref(models, name)?;
+            kept.push((name.clone(), model.snapshot()?, model.dropout_calls()));
+        }
+        let from = self
+            .opts
+            .out_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // This seed's stages so far: the earlier ones may themselves be shared.
+        let summaries = self.state.stages_done[self.state.stages_done.len() - done.len()..]
+            .iter()
+            .map(|s| StageSummary {
+                shared_from: None,
+                ..s.clone()
+            })
+            .collect();
+        let mut records = self.log.records_since(records_before).to_vec();
+        // Earlier stages' lines were kept with them; a result taken over replays both.
+        if let Some(Some(previous)) = self.state.stage_index.checked_sub(1).map(|i| &keys[i]) {
+            if let Some(earlier) = shared.stage(previous, &self.device)? {
+                let mut all = earlier.meta.records.clone();
+                all.extend(records);
+                records = all;
+            }
+        }
+        let dropout_calls = kept.iter().map(|(n, _, c)| (n.clone(), *c)).collect();
+        shared.keep_stage(
+            key,
+            shared::StageResult {
+                models: kept,
+                meta: shared::StageMeta {
+                    from,
+                    summaries,
+                    records,
+                    dropout_calls,
+                },
+            },
+        )
     }
 
     /// The models' disk caches (BERT encoder outputs), written by the rank that writes the
@@ -559,9 +680,16 @@ impl Run<'_> {
 
     /// `<output>/cache` under `cache: disk`: beside the pipeline's run folders (wherever
     /// `--out` puts this one), shared by every run of every pipeline with that output.
+    /// In a sweep whose pipeline caches in memory, the sweep's own folder, so that its
+    /// configurations share the tables.
     fn cache_dir(&self) -> Option<PathBuf> {
-        (self.plan.settings.cache == kd_plan::CacheMode::Disk)
-            .then(|| self.plan.resolve(&self.plan.settings.output).join("cache"))
+        match (self.plan.settings.cache, &self.opts.shared) {
+            (kd_plan::CacheMode::Disk, _) => {
+                Some(self.plan.resolve(&self.plan.settings.output).join("cache"))
+            }
+            (kd_plan::CacheMode::Memory, Some(shared)) => Some(shared.cache_dir()),
+            _ => None,
+        }
     }
 }
 

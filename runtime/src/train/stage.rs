@@ -55,6 +55,9 @@ pub(super) struct StageRun<'s> {
     clock: Instant,
     /// Set when the stage prunes its model gradually.
     gradual: Option<kd_plan::Pruning>,
+    /// In a sweep: a digest of each frozen model as the stage starts, which names its
+    /// outputs for other configurations.
+    prints: HashMap<String, sha2::Sha256>,
 }
 
 impl Run<'_> {
@@ -70,6 +73,23 @@ impl Run<'_> {
             self.train_epoch(&mut run, models)?;
         }
         self.finish_stage(run, models)
+    }
+
+    /// In a sweep, the digest of each model the stage runs frozen on augmented batches.
+    fn frozen_prints(
+        &self,
+        stage: &Stage,
+        models: &HashMap<String, Model>,
+    ) -> Result<HashMap<String, sha2::Sha256>> {
+        let mut prints = HashMap::new();
+        if self.opts.shared.is_none() || stage.augment.is_none() {
+            return Ok(prints);
+        }
+        for name in &stage.frozen {
+            let model = self.model_ref(models, name)?;
+            prints.insert(name.clone(), super::shared::model_print(self.plan, model)?);
+        }
+        Ok(prints)
     }
 
     fn start_stage<'s>(
@@ -157,6 +177,7 @@ impl Run<'_> {
             disk_tables,
             loaded,
             teacher_on_validation: self.teacher_on_validation(stage, models)?,
+            prints: self.frozen_prints(stage, models)?,
             progress,
             clock: Instant::now(),
             gradual: super::pruning::gradual(self.plan, stage).cloned(),
@@ -296,6 +317,11 @@ impl Run<'_> {
             projections: &run.projections,
             progress: (run.st.global_step, run.total_steps),
             shard: distributed.then(|| (world.rank(), world.size())),
+            frozen: self
+                .opts
+                .shared
+                .as_deref()
+                .map(|shared| (shared, &run.prints)),
         };
         // A skipped batch must not leave its batch-norm statistics behind.
         let saved_statistics = match self.plan.settings.non_finite == NonFinite::Skip {
@@ -577,6 +603,7 @@ impl Run<'_> {
             teacher_forwards: st.teacher_forwards,
             skipped_batches: st.skipped_batches,
             best_epoch,
+            shared_from: None,
         })
     }
 }

@@ -22,18 +22,13 @@ pub(super) struct Validation {
 
 impl Validation {
     pub(super) fn value(&self, metric: Metric) -> Result<f64> {
-        let m = &self.metrics;
-        match metric {
-            Metric::Accuracy => Ok(m.accuracy),
-            Metric::Precision => Ok(m.precision),
-            Metric::Recall => Ok(m.recall),
-            Metric::F1 => Ok(m.f1),
-            Metric::Loss => Ok(self.loss),
-            Metric::Ece => Ok(m.ece),
-            Metric::Agreement => m.agreement.ok_or_else(|| {
-                plan_error("`agreement` needs a teacher other than the trained model")
-            }),
-            Metric::Confusion | Metric::PerClass => Err(plan_error(format!(
+        match (metric, self.metrics.scalar(metric)) {
+            (Metric::Loss, _) => Ok(self.loss),
+            (_, Some(value)) => Ok(value),
+            (Metric::Agreement, None) => Err(plan_error(
+                "`agreement` needs a teacher other than the trained model",
+            )),
+            (_, None) => Err(plan_error(format!(
                 "cannot keep the best epoch by `{metric:?}`"
             ))),
         }
@@ -110,6 +105,7 @@ impl Run<'_> {
                 progress,
                 // Every rank validates on the whole split: the same model, the same result.
                 shard: None,
+                frozen: None,
             };
             let output = run_step(&input, models, cache)?;
             if let Some(loss) = output.loss {
