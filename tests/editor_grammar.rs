@@ -298,6 +298,11 @@ fn every_known_word_gets_the_scope_of_its_class() {
         ("from", "teacher t = m from \"w\""),
         ("without", "baseline b = s trained like st without t"),
         ("like", "baseline b = s trained like st"),
+        ("sweep", "sweep w { search grid }"),
+        ("search", "sweep w { search grid }"),
+        ("select", "sweep w { select accuracy of s on d.val }"),
+        ("of", "sweep w { select accuracy of s on d.val }"),
+        ("in", "sweep w { stage.s.epochs in [1, 2] }"),
     ];
     let kinds: &[(&[&str], &str)] = &[
         (v::DECLARATION_KEYWORDS, "storage.type.kd"),

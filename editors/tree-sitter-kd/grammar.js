@@ -30,6 +30,7 @@ module.exports = grammar({
         $.baseline_declaration,
         $.evaluate_declaration,
         $.export_declaration,
+        $.sweep_declaration,
       ),
 
     // ------------------------------------------------------------------ tokens
@@ -159,6 +160,16 @@ module.exports = grammar({
     metric_list: ($) => seq('{', repeat(seq(field('metric', $.identifier), optional(','))), '}'),
     export_declaration: ($) =>
       seq('export', field('model', $.identifier), optional(seq('to', $.string, repeat(seq(',', $.string))))),
+
+    sweep_declaration: ($) =>
+      seq('sweep', field('name', $.identifier), '{', repeat(seq($._sweep_statement, optional(','))), '}'),
+    _sweep_statement: ($) => choice($.search_statement, $.select_statement, $.sweep_axis),
+    search_statement: ($) => seq('search', choice($.call, $.identifier)),
+    select_statement: ($) =>
+      seq('select', field('metric', $.identifier), 'of', field('model', $.identifier), 'on', $.data_ref),
+    // `stage.distill.epochs in [30, 60]`: the alternatives are always one list.
+    sweep_axis: ($) => seq(field('key', $.sweep_key), 'in', field('values', choice($.list, $.call))),
+    sweep_key: (_) => /[A-Za-z0-9_]+\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+/,
 
     // ------------------------------------------------------------------ loss expressions
 

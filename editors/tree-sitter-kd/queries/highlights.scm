@@ -10,6 +10,7 @@
 ; Declarations and the names they declare.
 [
   "pipeline" "data" "augment" "model" "teacher" "student" "stage" "baseline" "evaluate" "export"
+  "sweep"
 ] @keyword
 (loss_declaration "loss" @keyword)
 (pipeline_declaration name: (identifier) @type.definition)
@@ -19,16 +20,22 @@
 (role_declaration name: (identifier) @type.definition)
 (stage_declaration name: (identifier) @type.definition)
 (baseline_declaration name: (identifier) @type.definition)
+(sweep_declaration name: (identifier) @type.definition)
 (loss_declaration name: (identifier) @function)
 (role_declaration architecture: (identifier) @type)
 
 ; Statements and their parts.
 [
   "input" "tokens" "residual" "output" "tap" "train" "distill" "optimizer" "schedule" "validate"
-  "keep" "best" "last" "trained" "onnx" "bert" "prune" "quantize"
+  "keep" "best" "last" "trained" "onnx" "bert" "prune" "quantize" "search" "select"
 ] @keyword
 (loss_statement "loss" @keyword)
-["as" "on" "with" "to" "from" "without" "like"] @keyword.operator
+["as" "on" "with" "to" "from" "without" "like" "of" "in"] @keyword.operator
+(sweep_axis key: (sweep_key) @property)
+(select_statement metric: (identifier) @constant.builtin)
+(search_statement (identifier) @function.builtin)
+(search_statement (call function: (identifier) @function.builtin))
+(sweep_axis values: (call function: (identifier) @function.builtin))
 (alias name: (identifier) @label)
 
 ; Layers of a model.
