@@ -49,9 +49,11 @@ fn read_case(dir: &Path) -> Case {
         }
     }
     assert!(
-        matches!(case.command.as_str(), "check" | "run" | "fmt" | "report")
-            && !case.names.is_empty(),
-        "{}: case.txt needs `command: check|run|fmt|report` and `names: FILE`",
+        matches!(
+            case.command.as_str(),
+            "check" | "run" | "fmt" | "report" | "resume"
+        ) && !case.names.is_empty(),
+        "{}: case.txt needs `command: check|run|fmt|report|resume` and `names: FILE`",
         dir.display()
     );
     case
@@ -90,6 +92,15 @@ fn run_case(source: &Path, case: &Case, scratch: &Path) -> (Option<i32>, String)
         assert!(
             !scratch.join("report.html").exists(),
             "{}: kdc report wrote a page from broken files",
+            source.display()
+        );
+        output
+    } else if case.command == "resume" {
+        // The case folder is a stopped sweep's run folder; nothing runs from a broken one.
+        let output = kdc(scratch, &["run", "--resume", "."]);
+        assert!(
+            !scratch.join("c01").exists(),
+            "{}: a broken sweep.yaml started a configuration",
             source.display()
         );
         output

@@ -6,12 +6,13 @@ nothing; the folders are committed, this script says how they were made.
     python3 tests/hostile/make.py        # from the repository root
 
 Each case folder holds `case.txt`:
-    command: check | run | fmt | report
+    command: check | run | fmt | report | resume
                              check: `kdc check pipeline.kd`; report: `kdc report .` on the
                              case folder as a run folder (summary.json, metrics.jsonl); run: compile pipeline.kd (it must
                              compile), replace files with those in `run/`, apply `edit:` lines
                              to plan.yaml, then `kdc run plan.yaml`; fmt: `kdc fmt pipeline.kd`,
-                             which must leave the file as it was
+                             which must leave the file as it was; resume: `kdc run --resume .`
+                             on the case folder as a stopped sweep's run folder (sweep.yaml)
     names: FILE              the file the error message must name
     edit: OLD => NEW         (run only) a textual edit of the compiled plan.yaml (`\\n` is a
                              newline)
@@ -288,6 +289,7 @@ def main():
     CASES.update(IMAGE_CASES)
     CASES.update(TABLE_CASES)
     CASES.update(REPORT_CASES)
+    CASES.update(SWEEP_CASES)
     for entry in os.listdir(HERE):
         if os.path.isdir(os.path.join(HERE, entry)) and entry not in CASES:
             shutil.rmtree(os.path.join(HERE, entry))
@@ -814,6 +816,22 @@ REPORT_CASES = {
         "report_metrics_missing_fields", "an epoch record without its loss", "metrics.jsonl",
         json.dumps(GOOD_SUMMARY).encode(),
         (json.dumps({"seed": 7, "stage": "train", "epoch": 1}) + "\n").encode()),
+}
+
+
+def sweep_case(name, about, sweep_yaml):
+    case(name, about, "resume", "sweep.yaml",
+         "// a stopped sweep's run folder: kdc run --resume reads the sweep.yaml beside this\n",
+         {"sweep.yaml": sweep_yaml, ".kdc-run": b"a kdc run folder\n"})
+
+
+SWEEP_CASES = {
+    "resume_sweep_truncated": lambda: sweep_case(
+        "resume_sweep_truncated", "a sweep.yaml cut in the middle of its first plan",
+        b"name: tune\nsearch: grid\nselect:\n  metric: accuracy\n  model: s\n  baselines: []\n"
+        b"  data: digits\n  split: val\nconfigs:\n- name: c01\n  values: []\n  plan:\n    version: 4\n    sour"),
+    "resume_sweep_junk": lambda: sweep_case(
+        "resume_sweep_junk", "a sweep.yaml of binary junk", bytes(range(1, 200))),
 }
 
 
