@@ -405,15 +405,33 @@ fn an_int8_export_runs_in_onnxruntime_and_predicts_what_kdcs_int8_model_predicts
         "onnxruntime agrees with kdc's int8 model on {agree} of {}",
         ours.len()
     );
-    // onnxruntime computes the QDQ graph in float (its sums round where kdc's are exact):
-    // 1.4e-6 apart at most here, where the f32 model is 0.13 away (and 16 predictions).
-    let difference = ours
+    // onnxruntime computes the QDQ graph in float, its sums in the order its kernels for
+    // this CPU take (kdc's int8 sums are exact): a hidden value within a rounding of a
+    // quantisation boundary can fall on the other side there, and that sample's outputs
+    // move by about one int8 step of the next layer (2 samples of 1,797, by 0.0195, on an
+    // AVX2-only EPYC; none on the machine this test was first run on). Every other sample
+    // agrees to float precision, where the f32 model is 0.13 away.
+    let per_sample: Vec<f32> = ours
         .iter()
-        .flatten()
-        .zip(theirs.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(difference < 1e-4, "onnxruntime differs by {difference}");
+        .zip(&theirs)
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        })
+        .collect();
+    let off = per_sample.iter().filter(|d| **d >= 1e-4).count();
+    let worst = per_sample.iter().copied().fold(0.0f32, f32::max);
+    assert!(
+        off * 200 <= per_sample.len(),
+        "onnxruntime differs from kdc by 1e-4 or more on {off} of {} samples",
+        per_sample.len()
+    );
+    assert!(
+        worst < 0.05,
+        "onnxruntime differs by {worst}: more than a step"
+    );
 
     // The int8 safetensors: int8 weights with their scales, a quarter of the f32 bytes.
     let bytes = std::fs::read(run.join("int8.safetensors")).unwrap();
