@@ -100,6 +100,15 @@ fn a_report_opens_in_headless_chromium_with_every_chart_drawn() {
     let expected = format!("{mean:+.2} ± {std:.2} accuracy points (2 seeds, paired)");
     assert!(html.contains(&expected), "{expected} is not on the page");
 
+    let (dom, log) = open_in_chromium(&page);
+    // The page's script counts the figures and the SVGs the browser laid out with text.
+    assert_eq!(body_attribute(&dom, "data-charts"), Some(10), "{log}");
+    assert_eq!(body_attribute(&dom, "data-drawn"), Some(10), "{log}");
+}
+
+/// The DOM headless Chromium made of `page`, and its log; a console message fails.
+fn open_in_chromium(page: &Path) -> (String, String) {
+    let profile = page.with_file_name("chromium");
     let chromium = Command::new("chromium")
         .args([
             "--headless",
@@ -113,21 +122,66 @@ fn a_report_opens_in_headless_chromium_with_every_chart_drawn() {
             "--v=0",
             "--dump-dom",
         ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.join("chromium").display()
-        ))
+        .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("file://{}", page.display()))
         .output()
         .expect("chromium from Debian (apt install chromium)");
-    let dom = String::from_utf8_lossy(&chromium.stdout);
+    let dom = String::from_utf8_lossy(&chromium.stdout).to_string();
     let log = stderr(&chromium);
     assert!(chromium.status.success(), "{log}");
-    // The page's script counts the figures and the SVGs the browser laid out with text.
-    assert_eq!(body_attribute(&dom, "data-charts"), Some(10), "{log}");
-    assert_eq!(body_attribute(&dom, "data-drawn"), Some(10), "{log}");
     let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:#?}");
+    (dom, log)
+}
+
+/// A sweep's folder reports the chosen configuration's run, the configurations in a
+/// table, and the selected metric as a heat map over the two swept keys.
+#[test]
+fn a_sweeps_report_has_its_configurations_and_a_heat_map() {
+    let dir = scratch("sweep").join("run");
+    let out = dir.display().to_string();
+    let o = kdc(&[
+        "run",
+        "tests/sweep/digits.kd",
+        "--sweep",
+        "tune",
+        "--out",
+        &out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let made = kdc(&["report", &out]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let page = dir.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let best = summary["sweep"]["best"].as_str().unwrap();
+    assert!(
+        html.contains(&format!("The best is <b>{best}</b>")),
+        "{html}"
+    );
+    // Every configuration is a row of the table, the chosen one marked.
+    let configs = summary["sweep"]["configs"].as_array().unwrap();
+    assert_eq!(configs.len(), 4);
+    for c in configs {
+        let name = c["name"].as_str().unwrap();
+        let class = if name == best { " class=\"best\"" } else { "" };
+        assert!(
+            html.contains(&format!("<tr{class}><td>{name}</td>")),
+            "no row for {name}"
+        );
+        let score = format!("<td>{:.2}", 100.0 * c["score"].as_f64().unwrap());
+        assert!(html.contains(&score), "{name}: {score}");
+    }
+    // The heat map, and the chosen configuration's curves (its three stages), read
+    // from its folder: the sweep's own folder has no metrics.jsonl.
+    assert!(!dir.join("metrics.jsonl").exists());
+    assert_eq!(html.matches("data-chart=\"sweep\"").count(), 1);
+    assert_eq!(html.matches("data-chart=\"loss\"").count(), 3, "{html}");
+    let figures = html.matches("<figure class=\"chart\"").count();
+    let (dom, log) = open_in_chromium(&page);
+    assert_eq!(body_attribute(&dom, "data-charts"), Some(figures), "{log}");
+    assert_eq!(body_attribute(&dom, "data-drawn"), Some(figures), "{log}");
 }
 
 #[test]

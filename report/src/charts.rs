@@ -176,17 +176,12 @@ pub(crate) fn confusion(
                 } else {
                     0.0
                 };
-                let shade = RGBColor(
-                    (255.0 - 224.0 * share) as u8,
-                    (255.0 - 136.0 * share) as u8,
-                    (255.0 - 75.0 * share) as u8,
-                );
                 c.draw_series(std::iter::once(Rectangle::new(
                     [
                         (SegmentValue::Exact(col), SegmentValue::Exact(y)),
                         (SegmentValue::Exact(col + 1), SegmentValue::Exact(y + 1)),
                     ],
-                    shade.filled(),
+                    shade(share).filled(),
                 )))
                 .map_err(|e| e.to_string())?;
                 if n <= 20 {
@@ -204,6 +199,122 @@ pub(crate) fn confusion(
                         .map_err(|e| e.to_string())?;
                 }
             }
+        }
+        Ok(())
+    })
+}
+
+/// The cells' colour from white (`0`) to dark blue (`1`); labels on cells above `0.5`
+/// are white.
+fn shade(share: f64) -> RGBColor {
+    let share = share.clamp(0.0, 1.0);
+    RGBColor(
+        (255.0 - 224.0 * share) as u8,
+        (255.0 - 136.0 * share) as u8,
+        (255.0 - 75.0 * share) as u8,
+    )
+}
+
+/// A sweep's heat map: the values of one swept key across, another's down (`ys` may be a
+/// single empty label for a sweep of one key), each cell a score, or nothing where no
+/// configuration has those values. Cells are shaded from the worst score to the best
+/// (`higher`: a higher score is better) and labelled with `label(score)`; `best` (x, y)
+/// gets a frame.
+#[allow(clippy::too_many_arguments)] // a chart's title, axes and cells
+pub(crate) fn heat_map(
+    chart: &str,
+    title: &str,
+    (x_desc, xs): (&str, &[String]),
+    (y_desc, ys): (&str, &[String]),
+    cells: &[Vec<Option<f64>>],
+    higher: bool,
+    best: Option<(usize, usize)>,
+    label: &dyn Fn(f64) -> String,
+) -> Result<String, ReportError> {
+    let (nx, ny) = (xs.len().max(1), ys.len().max(1));
+    let (lo, hi) = cells
+        .iter()
+        .flatten()
+        .flatten()
+        .filter(|v| v.is_finite())
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let goodness = |v: f64| -> f64 {
+        if hi <= lo {
+            return 1.0;
+        }
+        match higher {
+            true => (v - lo) / (hi - lo),
+            false => (hi - v) / (hi - lo),
+        }
+    };
+    svg(chart, |root| {
+        let mut c = frame(root, title)
+            .build_cartesian_2d((0..nx - 1).into_segmented(), (0..ny - 1).into_segmented())
+            .map_err(|e| e.to_string())?;
+        // The first value of `ys` at the top, as a table is read.
+        let flip = |y: usize| ny - 1 - y.min(ny - 1);
+        let name = |values: &[String], i: usize| values.get(i).cloned().unwrap_or_default();
+        c.configure_mesh()
+            .disable_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_labels(nx.min(12))
+            .y_labels(ny.min(12))
+            .x_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => name(xs, *i),
+                _ => String::new(),
+            })
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => name(ys, flip(*i)),
+                _ => String::new(),
+            })
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let cell = |x: usize, y: usize| {
+            [
+                (SegmentValue::Exact(x), SegmentValue::Exact(flip(y))),
+                (SegmentValue::Exact(x + 1), SegmentValue::Exact(flip(y) + 1)),
+            ]
+        };
+        for (y, row) in cells.iter().enumerate() {
+            for (x, score) in row.iter().enumerate().take(nx) {
+                let Some(score) = score.filter(|s| s.is_finite()) else {
+                    c.draw_series(std::iter::once(Rectangle::new(
+                        cell(x, y),
+                        RGBColor(240, 240, 240).filled(),
+                    )))
+                    .map_err(|e| e.to_string())?;
+                    continue;
+                };
+                // The worst score stays tinted: a white cell would read as empty.
+                let share = 0.15 + 0.85 * goodness(score);
+                c.draw_series(std::iter::once(Rectangle::new(
+                    cell(x, y),
+                    shade(share).filled(),
+                )))
+                .map_err(|e| e.to_string())?;
+                if nx <= 12 {
+                    let ink = if share > 0.5 { WHITE } else { BLACK };
+                    let style = ("sans-serif", 12)
+                        .into_font()
+                        .color(&ink)
+                        .pos(Pos::new(HPos::Center, VPos::Center));
+                    c.plotting_area()
+                        .draw(&Text::new(
+                            label(score),
+                            (SegmentValue::CenterOf(x), SegmentValue::CenterOf(flip(y))),
+                            style,
+                        ))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if let Some((x, y)) = best {
+            c.draw_series(std::iter::once(Rectangle::new(
+                cell(x, y),
+                RGBColor(214, 39, 40).stroke_width(3),
+            )))
+            .map_err(|e| e.to_string())?;
         }
         Ok(())
     })

@@ -2,11 +2,13 @@
 //! self-contained HTML page, `report.html` in the folder: the models side by side
 //! (accuracy, F1, a student's paired difference with its baseline, parameters, bytes,
 //! latency, compression), each stage's loss and validation curves, confusion matrices, and
-//! accuracy against model size. Charts are SVG drawn by plotters, inline; the page fetches
+//! accuracy against model size; for a sweep, its configurations and a heat map of the
+//! selected metric. Charts are SVG drawn by plotters, inline; the page fetches
 //! nothing when it is viewed.
 
 mod charts;
 mod page;
+mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -87,24 +89,32 @@ pub fn read(dir: &Path) -> Result<Run, ReportError> {
             dir: dir.to_path_buf(),
         });
     }
-    let summary = read_text(&summary_path)?;
-    let metrics_path = dir.join("metrics.jsonl");
-    let metrics = match metrics_path.is_file() {
-        true => read_text(&metrics_path)?,
-        false => String::new(),
+    let summary = parse_summary(dir, &read_text(&summary_path)?)?;
+    // A sweep's curves are those of the configuration it chose, in that one's folder.
+    let mut metrics_path = dir.join("metrics.jsonl");
+    if let (false, Some(sweep)) = (metrics_path.is_file(), &summary.sweep) {
+        metrics_path = dir.join(&sweep.best).join("metrics.jsonl");
+    }
+    let epochs = match metrics_path.is_file() {
+        true => parse_epochs(&read_text(&metrics_path)?, &metrics_path)?,
+        false => Vec::new(),
     };
-    parse(dir, &summary, &metrics)
+    Ok(Run { summary, epochs })
 }
 
 /// A run from the texts of its `summary.json` and `metrics.jsonl` (errors name the files
 /// in `dir`).
 pub fn parse(dir: &Path, summary: &str, metrics: &str) -> Result<Run, ReportError> {
-    let summary: Summary = serde_json::from_str(summary).map_err(|e| ReportError::Summary {
-        path: dir.join("summary.json"),
-        reason: e.to_string(),
-    })?;
+    let summary = parse_summary(dir, summary)?;
     let epochs = parse_epochs(metrics, &dir.join("metrics.jsonl"))?;
     Ok(Run { summary, epochs })
+}
+
+fn parse_summary(dir: &Path, text: &str) -> Result<Summary, ReportError> {
+    serde_json::from_str(text).map_err(|e| ReportError::Summary {
+        path: dir.join("summary.json"),
+        reason: e.to_string(),
+    })
 }
 
 /// `report.html` in `dir` for the run there; returns its path.

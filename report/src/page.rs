@@ -9,7 +9,7 @@ use crate::charts::{self, Line, PALETTE};
 use crate::{ReportError, Run};
 
 /// Text as HTML.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -25,7 +25,7 @@ fn escape(text: &str) -> String {
 }
 
 /// A chart in its figure: `kind` names what it shows (the browser test counts them).
-fn figure(id: &str, kind: &str, caption: &str, svg: &str) -> String {
+pub(crate) fn figure(id: &str, kind: &str, caption: &str, svg: &str) -> String {
     format!(
         "<figure class=\"chart\" id=\"{}\" data-chart=\"{}\">{svg}<figcaption>{}</figcaption></figure>\n",
         escape(id),
@@ -168,6 +168,9 @@ pub(crate) fn render(run: &Run) -> Result<String, ReportError> {
         );
     }
     html.push_str("</table>\n");
+    if let Some(sweep) = &summary.sweep {
+        html.push_str(&crate::sweep::section(sweep)?);
+    }
 
     // Curves, one pair of charts per stage.
     let mut stages: Vec<&str> = Vec::new();
@@ -303,7 +306,8 @@ const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222;max-width
 table{border-collapse:collapse;margin:1em 0}td,th{border-bottom:1px solid #ddd;padding:.35em .8em;text-align:right}\
 td:first-child,th:first-child,td:nth-child(2){text-align:left}th{background:#f4f4f4}\
 .meta{color:#666}.charts{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}\
-figcaption{color:#555;font-size:.9em;max-width:560px}.verdicts li.win{color:#1a7f37}.verdicts li.loss{color:#b35900}";
+figcaption{color:#555;font-size:.9em;max-width:560px}.verdicts li.win{color:#1a7f37}.verdicts li.loss{color:#b35900}\
+tr.best td{font-weight:bold}";
 
 /// Marks on the page how many charts the browser drew, and says on the console when one
 /// is missing (the headless browser test reads both).
