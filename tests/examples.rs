@@ -201,6 +201,38 @@ fn mnist_png_runs_shortened() {
     }
 }
 
+/// examples/digits_transfer.kd, one seed, fewer epochs: the transfer split's
+/// labels are never read (its stage distils on soft targets alone), its unaugmented
+/// inputs make the teacher run once per transfer sample, and the baseline has the 180
+/// labelled digits only (the full run, five seeds, is in docs/results.md).
+#[test]
+fn digits_transfer_runs_shortened() {
+    let out = scratch("digits_transfer");
+    let summary = run(
+        "digits_transfer.kd",
+        &out,
+        &[
+            "pipeline.digits.repeat=1",
+            "stage.teach.epochs=30",
+            "stage.labels.epochs=10",
+            "stage.transfer.epochs=5",
+        ],
+    );
+    let stages = summary["stages"].as_array().unwrap();
+    let stage = |name: &str| stages.iter().find(|s| s["name"] == name).unwrap();
+    let forwards = |name: &str| stage(name)["teacher_forwards"].as_u64().unwrap();
+    // 1,797 digits: 180 labelled, 899 in the transfer split. The teacher's outputs on
+    // unaugmented inputs are cached: one forward per sample, whatever the epochs.
+    assert_eq!(forwards("teach"), 0);
+    assert_eq!(forwards("labels"), 180);
+    assert_eq!(forwards("transfer"), 899);
+    assert_eq!(forwards("scratch/labels"), 0, "the baseline has no teacher");
+    for model in ["t", "s", "scratch"] {
+        let a = accuracy(&summary, model);
+        assert!(a > 0.5, "{model}: {a}");
+    }
+}
+
 /// examples/spam_minilm.kd on the whole corpus with the real MiniLM, cut to 32 tokens per
 /// e-mail and 4 teacher and 3 student epochs so it fits the test suite (about 3 minutes on
 /// 2 cores; the full run is in docs/results.md).
