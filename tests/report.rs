@@ -184,6 +184,67 @@ fn a_sweeps_report_has_its_configurations_and_a_heat_map() {
     assert_eq!(body_attribute(&dom, "data-drawn"), Some(figures), "{log}");
 }
 
+/// Every number of every epoch record is a scalar in the seed's TensorBoard event file,
+/// as TensorBoard's own loader reads it: tag `STAGE/FIELD`, step the epoch, and the
+/// seed's training seconds so far as its time.
+#[test]
+fn tensorboard_reads_every_epoch_record() {
+    let dir = scratch("tensorboard").join("run");
+    short_run(&dir);
+    let out = dir.with_file_name("scalars.json");
+    let status = Command::new(common::python())
+        .arg(root().join("tests/tensorboard/read_events.py"))
+        .arg(&dir)
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let seen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let seen = seen.as_object().unwrap();
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["seed-7", "seed-8"],
+        "one TensorBoard run per seed"
+    );
+    let jsonl = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let mut clock = std::collections::HashMap::new();
+    let mut expected = 0;
+    for line in jsonl.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let seed = record["seed"].as_u64().unwrap();
+        let (stage, epoch) = (record["stage"].as_str().unwrap(), record["epoch"].as_i64());
+        let time: &mut f64 = clock.entry(seed).or_default();
+        *time += record["seconds"].as_f64().unwrap();
+        for (field, value) in record.as_object().unwrap() {
+            let Some(value) = value.as_f64() else {
+                continue;
+            };
+            if ["seed", "epoch", "steps"].contains(&field.as_str()) {
+                continue;
+            }
+            let tag = format!("{stage}/{field}");
+            let points = seen[&format!("seed-{seed}")][&tag]
+                .as_array()
+                .unwrap_or_else(|| panic!("no {tag} for seed {seed}"));
+            let point = points
+                .iter()
+                .find(|p| p[0].as_i64() == epoch)
+                .unwrap_or_else(|| panic!("{tag} has no step {epoch:?}"));
+            assert_eq!(point[1].as_f64().unwrap() as f32, value as f32, "{tag}");
+            assert!((point[2].as_f64().unwrap() - *time).abs() < 1e-6, "{tag}");
+            expected += 1;
+        }
+    }
+    let total: usize = seen
+        .values()
+        .flat_map(|tags| tags.as_object().unwrap().values())
+        .map(|points| points.as_array().unwrap().len())
+        .sum();
+    assert_eq!(total, expected, "nothing but the records' numbers");
+    assert!(expected > 0);
+}
+
 #[test]
 fn a_folder_that_is_not_a_finished_run_is_a_diagnostic() {
     let dir = scratch("broken");

@@ -1,5 +1,6 @@
-//! `metrics.jsonl`, written line by line as a run trains, and `metrics.csv` beside it:
-//! the same records as a table, for dashboards and spreadsheets that read CSV.
+//! `metrics.jsonl`, written line by line as a run trains, and beside it the same records
+//! as `metrics.csv`, for spreadsheets and dashboards that read CSV, and as TensorBoard
+//! event files (`tensorboard/seed-N/`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -32,6 +33,8 @@ impl MetricsLog {
             records: Vec::new(),
         };
         log.write_csv()?;
+        // Nothing yet: this removes event files an earlier run left in the folder.
+        super::tensorboard::write_all(path.parent().unwrap_or(Path::new(".")), &log.records)?;
         Ok(log)
     }
 
@@ -72,6 +75,7 @@ impl MetricsLog {
             records,
         };
         log.write_csv()?;
+        super::tensorboard::write_all(path.parent().unwrap_or(Path::new(".")), &log.records)?;
         Ok(log)
     }
 
@@ -109,7 +113,15 @@ impl MetricsLog {
                 source,
             })?;
         self.records.push(line.clone());
-        self.write_csv()
+        self.write_csv()?;
+        match line["seed"].as_u64() {
+            Some(seed) => super::tensorboard::write_seed(
+                self.path.parent().unwrap_or(Path::new(".")),
+                seed,
+                &self.records,
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Rewrites `metrics.csv` from every record so far (written whole, then renamed, so a

@@ -9,3 +9,4 @@ pub(crate) mod metrics_log;
 pub mod onnx_export;
 pub mod progress;
 pub mod summary;
+pub(crate) mod tensorboard;

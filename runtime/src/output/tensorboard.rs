@@ -1,0 +1,178 @@
+//! TensorBoard's event files beside `metrics.jsonl`: `tensorboard/seed-N/` per seed (a
+//! TensorBoard "run" each), one scalar per number of an epoch record, tagged
+//! `STAGE/FIELD` (`teach/train_loss`, `distill/val_accuracy`, `distill/schedules.hinton.T`)
+//! at step EPOCH. The format is TFRecord framing around `Event` protocol buffers; the few
+//! fields a scalar needs are encoded here (no crate writes them and is kept up).
+
+use std::path::Path;
+
+use crate::error::{Result, RuntimeError};
+use crate::output::files::write_atomically;
+
+/// The folder in the run folder.
+pub(crate) const FOLDER: &str = "tensorboard";
+/// One file per seed, rewritten whole: TensorBoard reads any file whose name holds
+/// `tfevents`; a fixed name keeps a rerun's folder the same.
+const FILE: &str = "events.out.tfevents.kdc";
+
+/// Fields of a record that are its coordinates, not scalars.
+const NOT_SCALARS: [&str; 3] = ["seed", "epoch", "steps"];
+
+/// Writes the event file of `seed` from `records` (every record of the run so far, in
+/// order): each record of that seed's numbers, at its epoch, with the training seconds
+/// of the seed up to it as the event's time.
+pub(crate) fn write_seed(dir: &Path, seed: u64, records: &[serde_json::Value]) -> Result<()> {
+    let mut out = Vec::new();
+    record(&mut out, &event(0.0, 0, Payload::Version("brain.Event:2")));
+    let mut clock = 0.0;
+    for r in records.iter().filter(|r| r["seed"].as_u64() == Some(seed)) {
+        let (Some(stage), Some(epoch)) = (r["stage"].as_str(), r["epoch"].as_i64()) else {
+            continue;
+        };
+        clock += r["seconds"].as_f64().unwrap_or(0.0);
+        let mut scalars = Vec::new();
+        numbers(r, "", &mut scalars);
+        let values: Vec<(String, f32)> = scalars
+            .into_iter()
+            .filter(|(name, _)| !NOT_SCALARS.contains(&name.as_str()))
+            .map(|(name, v)| (format!("{stage}/{name}"), v as f32))
+            .collect();
+        if !values.is_empty() {
+            record(&mut out, &event(clock, epoch, Payload::Scalars(&values)));
+        }
+    }
+    let folder = dir.join(FOLDER).join(format!("seed-{seed}"));
+    std::fs::create_dir_all(&folder).map_err(|source| RuntimeError::Write {
+        path: folder.clone(),
+        source,
+    })?;
+    write_atomically(&folder.join(FILE), &out)
+}
+
+/// Every seed's file from `records`, after anything an earlier attempt left is removed
+/// (a resumed run drops the records after its checkpoint).
+pub(crate) fn write_all(dir: &Path, records: &[serde_json::Value]) -> Result<()> {
+    let folder = dir.join(FOLDER);
+    if folder.exists() {
+        std::fs::remove_dir_all(&folder).map_err(|source| RuntimeError::Write {
+            path: folder.clone(),
+            source,
+        })?;
+    }
+    let mut seeds: Vec<u64> = records.iter().filter_map(|r| r["seed"].as_u64()).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    for seed in seeds {
+        write_seed(dir, seed, records)?;
+    }
+    Ok(())
+}
+
+/// The numbers of a record, nested objects flattened to dotted names.
+fn numbers(value: &serde_json::Value, prefix: &str, out: &mut Vec<(String, f64)>) {
+    let serde_json::Value::Object(fields) = value else {
+        return;
+    };
+    for (name, v) in fields {
+        match v {
+            serde_json::Value::Object(_) => numbers(v, &format!("{prefix}{name}."), out),
+            serde_json::Value::Number(n) => {
+                if let Some(x) = n.as_f64().filter(|x| x.is_finite()) {
+                    out.push((format!("{prefix}{name}"), x));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+enum Payload<'a> {
+    Version(&'a str),
+    Scalars(&'a [(String, f32)]),
+}
+
+/// An `Event` (tensorflow/core/util/event.proto): wall_time = 1 (double), step = 2
+/// (int64), file_version = 3 (string), summary = 5 (`Summary`, whose repeated `value` = 1
+/// holds `tag` = 1 and `simple_value` = 2, a float).
+fn event(wall_time: f64, step: i64, payload: Payload) -> Vec<u8> {
+    let mut out = vec![0x09];
+    out.extend_from_slice(&wall_time.to_le_bytes());
+    out.push(0x10);
+    varint(&mut out, step as u64);
+    match payload {
+        Payload::Version(version) => bytes_field(&mut out, 3, version.as_bytes()),
+        Payload::Scalars(values) => {
+            let mut summary = Vec::new();
+            for (tag, value) in values {
+                let mut v = Vec::new();
+                bytes_field(&mut v, 1, tag.as_bytes());
+                v.push(0x15);
+                v.extend_from_slice(&value.to_le_bytes());
+                bytes_field(&mut summary, 1, &v);
+            }
+            bytes_field(&mut out, 5, &summary);
+        }
+    }
+    out
+}
+
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A length-delimited field (wire type 2).
+fn bytes_field(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+    out.push((field << 3) | 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A TFRecord: the length (u64), its masked CRC-32C, the data, the data's masked CRC-32C,
+/// all little-endian.
+fn record(out: &mut Vec<u8>, data: &[u8]) {
+    let len = (data.len() as u64).to_le_bytes();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&masked_crc(&len).to_le_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(&masked_crc(data).to_le_bytes());
+}
+
+fn masked_crc(bytes: &[u8]) -> u32 {
+    let crc = crc32c(bytes);
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bit by bit: event files are
+/// small and written once an epoch.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = match crc & 1 {
+                1 => (crc >> 1) ^ 0x82f6_3b78,
+                _ => crc >> 1,
+            };
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_and_varints_match_their_specifications() {
+        // RFC 3720, B.4: the check value of "123456789".
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(&[0u8; 32]), 0x8a91_36aa);
+        let mut out = Vec::new();
+        varint(&mut out, 300);
+        assert_eq!(out, [0xac, 0x02]);
+    }
+}
