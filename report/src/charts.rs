@@ -248,36 +248,49 @@ pub(crate) fn heat_map(
         }
     };
     svg(chart, |root| {
+        // Plain number axes, a cell from x to x + 1: plotters' segmented axes put every
+        // cell of a one-value axis on one pixel.
         let mut c = frame(root, title)
-            .build_cartesian_2d((0..nx - 1).into_segmented(), (0..ny - 1).into_segmented())
+            .build_cartesian_2d(0.0..nx as f64, 0.0..ny as f64)
             .map_err(|e| e.to_string())?;
         // The first value of `ys` at the top, as a table is read.
-        let flip = |y: usize| ny - 1 - y.min(ny - 1);
-        let name = |values: &[String], i: usize| values.get(i).cloned().unwrap_or_default();
+        let row = |y: usize| (ny - 1 - y.min(ny - 1)) as f64;
         c.configure_mesh()
             .disable_mesh()
+            .x_labels(0)
+            .y_labels(0)
             .x_desc(x_desc)
             .y_desc(y_desc)
-            .x_labels(nx.min(12))
-            .y_labels(ny.min(12))
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => name(xs, *i),
-                _ => String::new(),
-            })
-            .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => name(ys, flip(*i)),
-                _ => String::new(),
-            })
             .draw()
             .map_err(|e| e.to_string())?;
-        let cell = |x: usize, y: usize| {
-            [
-                (SegmentValue::Exact(x), SegmentValue::Exact(flip(y))),
-                (SegmentValue::Exact(x + 1), SegmentValue::Exact(flip(y) + 1)),
-            ]
+        // Each value under or beside its column or row.
+        let tick = |h: HPos, v: VPos| {
+            ("sans-serif", 12)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(h, v))
         };
-        for (y, row) in cells.iter().enumerate() {
-            for (x, score) in row.iter().enumerate().take(nx) {
+        for (i, name) in xs.iter().enumerate().take(24) {
+            let (px, py) = c.backend_coord(&(i as f64 + 0.5, 0.0));
+            root.draw(&Text::new(
+                name.clone(),
+                (px, py + 6),
+                tick(HPos::Center, VPos::Top),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        for (j, name) in ys.iter().enumerate().take(24) {
+            let (px, py) = c.backend_coord(&(0.0, row(j) + 0.5));
+            root.draw(&Text::new(
+                name.clone(),
+                (px - 6, py),
+                tick(HPos::Right, VPos::Center),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        let cell = |x: usize, y: usize| [(x as f64, row(y)), (x as f64 + 1.0, row(y) + 1.0)];
+        for (y, scores) in cells.iter().enumerate() {
+            for (x, score) in scores.iter().enumerate().take(nx) {
                 let Some(score) = score.filter(|s| s.is_finite()) else {
                     c.draw_series(std::iter::once(Rectangle::new(
                         cell(x, y),
@@ -302,7 +315,7 @@ pub(crate) fn heat_map(
                     c.plotting_area()
                         .draw(&Text::new(
                             label(score),
-                            (SegmentValue::CenterOf(x), SegmentValue::CenterOf(flip(y))),
+                            (x as f64 + 0.5, row(y) + 0.5),
                             style,
                         ))
                         .map_err(|e| e.to_string())?;

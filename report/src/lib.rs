@@ -93,7 +93,22 @@ pub fn read(dir: &Path) -> Result<Run, ReportError> {
     // A sweep's curves are those of the configuration it chose, in that one's folder.
     let mut metrics_path = dir.join("metrics.jsonl");
     if let (false, Some(sweep)) = (metrics_path.is_file(), &summary.sweep) {
-        metrics_path = dir.join(&sweep.best).join("metrics.jsonl");
+        // A configuration's folder is a name in the sweep's folder, never a path out of it.
+        let mut parts = Path::new(&sweep.best).components();
+        match (parts.next(), parts.next()) {
+            (Some(std::path::Component::Normal(name)), None) => {
+                metrics_path = dir.join(name).join("metrics.jsonl");
+            }
+            _ => {
+                return Err(ReportError::Summary {
+                    path: summary_path,
+                    reason: format!(
+                        "the sweep's best configuration `{}` is not a folder name",
+                        sweep.best
+                    ),
+                })
+            }
+        }
     }
     let epochs = match metrics_path.is_file() {
         true => parse_epochs(&read_text(&metrics_path)?, &metrics_path)?,

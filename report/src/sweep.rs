@@ -194,6 +194,90 @@ fn heat_map(sweep: &SweepSummary, keys: &[&String]) -> Result<Option<String>, Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kd_runtime::train::sweep::ConfigResult;
+
+    fn sweep(keys: &[&str], rows: &[(&[&str], f64)]) -> SweepSummary {
+        SweepSummary {
+            name: "tune".into(),
+            search: "grid".into(),
+            select: "accuracy of s on d.val".into(),
+            metric: "accuracy".into(),
+            model: "s".into(),
+            split: "d.val".into(),
+            best: "c01".into(),
+            teacher_forwards: 0,
+            configs: rows
+                .iter()
+                .enumerate()
+                .map(|(i, (values, score))| ConfigResult {
+                    name: format!("c{:02}", i + 1),
+                    values: keys
+                        .iter()
+                        .zip(values.iter())
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    score: *score,
+                    score_std: None,
+                    baselines: Default::default(),
+                    teacher_forwards: 0,
+                    shared_stages: 0,
+                })
+                .collect(),
+        }
+    }
+
+    /// The (width, height) of every filled rectangle of an SVG but its background.
+    fn cells(html: &str) -> Vec<(f64, f64)> {
+        let svg = &html[html.find("<svg").unwrap_or(0)..];
+        svg.split("<rect")
+            .skip(2)
+            .filter(|r| !r.contains("fill=\"none\""))
+            .map(|r| {
+                let number = |name: &str| -> f64 {
+                    let at = r
+                        .find(&format!(" {name}=\""))
+                        .map_or(0, |i| i + name.len() + 3);
+                    r[at..]
+                        .split('"')
+                        .next()
+                        .unwrap_or("")
+                        .parse()
+                        .unwrap_or(0.0)
+                };
+                (number("width"), number("height"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sweep_of_one_key_is_one_row_of_full_cells() {
+        let one = sweep(
+            &["stage.distill.lr"],
+            &[(&["0.001"], 0.9), (&["0.1"], 0.8), (&["0.01"], 0.95)],
+        );
+        let html = section(&one).unwrap_or_default();
+        let drawn = cells(&html);
+        assert_eq!(drawn.len(), 3, "{html}");
+        for (w, h) in drawn {
+            assert!(w > 50.0 && h > 50.0, "a cell of {w} x {h}");
+        }
+        // The values along the axis in numeric order (the table keeps the sweep's).
+        let svg = &html[html.find("<svg").unwrap_or(0)..];
+        let at = |v: &str| svg.find(&format!(">\n{v}\n<")).unwrap_or(usize::MAX);
+        assert!(at("0.001") < at("0.01") && at("0.01") < at("0.1"), "{html}");
+    }
+
+    #[test]
+    fn two_keys_make_a_grid_and_a_missing_pair_is_grey() {
+        let two = sweep(
+            &["a.b.c", "d.e.f"],
+            &[(&["1", "x"], 0.5), (&["2", "x"], 0.6), (&["1", "y"], 0.7)],
+        );
+        let html = section(&two).unwrap_or_default();
+        let drawn = cells(&html);
+        assert_eq!(drawn.len(), 4, "three scores and a grey cell: {html}");
+        assert!(html.contains("fill=\"#F0F0F0\""), "{html}");
+    }
 
     #[test]
     fn values_are_ordered_as_numbers_and_shortened_for_an_axis() {
