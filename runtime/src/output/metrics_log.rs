@@ -6,7 +6,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use super::tensorboard::EventFiles;
 use crate::error::{Result, RuntimeError};
+
+/// The run folder a log is in.
+fn folder(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
 
 /// `metrics.jsonl`: one JSON object per epoch of each stage, flushed as written so the
 /// file can be followed while a run trains.
@@ -18,6 +24,8 @@ pub(crate) struct MetricsLog {
     pub(crate) bytes: u64,
     /// Every record so far, for `metrics.csv`.
     records: Vec<serde_json::Value>,
+    /// TensorBoard's files (`None` where the log writes nothing).
+    events: Option<EventFiles>,
 }
 
 impl MetricsLog {
@@ -31,10 +39,9 @@ impl MetricsLog {
             file: Some(BufWriter::new(file)),
             bytes: 0,
             records: Vec::new(),
+            events: Some(EventFiles::start(folder(path), &[])?),
         };
         log.write_csv()?;
-        // Nothing yet: this removes event files an earlier run left in the folder.
-        super::tensorboard::write_all(path.parent().unwrap_or(Path::new(".")), &log.records)?;
         Ok(log)
     }
 
@@ -72,10 +79,10 @@ impl MetricsLog {
             path: path.to_path_buf(),
             file: Some(BufWriter::new(file)),
             bytes,
+            events: Some(EventFiles::start(folder(path), &records)?),
             records,
         };
         log.write_csv()?;
-        super::tensorboard::write_all(path.parent().unwrap_or(Path::new(".")), &log.records)?;
         Ok(log)
     }
 
@@ -87,6 +94,7 @@ impl MetricsLog {
             file: None,
             bytes,
             records: Vec::new(),
+            events: None,
         }
     }
 
@@ -114,12 +122,8 @@ impl MetricsLog {
             })?;
         self.records.push(line.clone());
         self.write_csv()?;
-        match line["seed"].as_u64() {
-            Some(seed) => super::tensorboard::write_seed(
-                self.path.parent().unwrap_or(Path::new(".")),
-                seed,
-                &self.records,
-            ),
+        match self.events.as_mut() {
+            Some(events) => events.append(line),
             None => Ok(()),
         }
     }

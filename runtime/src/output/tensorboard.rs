@@ -4,32 +4,79 @@
 //! at step EPOCH. The format is TFRecord framing around `Event` protocol buffers; the few
 //! fields a scalar needs are encoded here (no crate writes them and is kept up).
 
-use std::path::Path;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Result, RuntimeError};
-use crate::output::files::write_atomically;
 
 /// The folder in the run folder.
 pub(crate) const FOLDER: &str = "tensorboard";
-/// One file per seed, rewritten whole: TensorBoard reads any file whose name holds
-/// `tfevents`; a fixed name keeps a rerun's folder the same.
+/// One file per seed: TensorBoard reads any file whose name holds `tfevents`; a fixed name
+/// keeps a rerun's folder the same.
 const FILE: &str = "events.out.tfevents.kdc";
 
 /// Fields of a record that are its coordinates, not scalars.
 const NOT_SCALARS: [&str; 3] = ["seed", "epoch", "steps"];
 
-/// Writes the event file of `seed` from `records` (every record of the run so far, in
-/// order): each record of that seed's numbers, at its epoch, with the training seconds
-/// of the seed up to it as the event's time.
-pub(crate) fn write_seed(dir: &Path, seed: u64, records: &[serde_json::Value]) -> Result<()> {
-    let mut out = Vec::new();
-    record(&mut out, &event(0.0, 0, Payload::Version("brain.Event:2")));
-    let mut clock = 0.0;
-    for r in records.iter().filter(|r| r["seed"].as_u64() == Some(seed)) {
-        let (Some(stage), Some(epoch)) = (r["stage"].as_str(), r["epoch"].as_i64()) else {
-            continue;
+/// Every seed's open event file, appended to as records come: TensorBoard's loaders keep
+/// a file open and read what is appended, so the file is never replaced while a run
+/// trains.
+pub(crate) struct EventFiles {
+    dir: PathBuf,
+    /// Per seed: the file, and the seed's training seconds so far (the events' time).
+    open: HashMap<u64, (File, f64)>,
+}
+
+impl EventFiles {
+    /// Starts from `records` (none for a new run; those a resumed run kept): removes what
+    /// an earlier attempt left in `dir/tensorboard` and writes each seed's records afresh.
+    pub(crate) fn start(dir: &Path, records: &[serde_json::Value]) -> Result<Self> {
+        let folder = dir.join(FOLDER);
+        if folder.exists() {
+            std::fs::remove_dir_all(&folder).map_err(|source| RuntimeError::Write {
+                path: folder.clone(),
+                source,
+            })?;
+        }
+        let mut files = EventFiles {
+            dir: dir.to_path_buf(),
+            open: HashMap::new(),
         };
-        clock += r["seconds"].as_f64().unwrap_or(0.0);
+        for r in records {
+            files.append(r)?;
+        }
+        Ok(files)
+    }
+
+    /// Appends the scalars of an epoch record to its seed's file (made, with the version
+    /// event every event file starts with, on the seed's first record).
+    pub(crate) fn append(&mut self, r: &serde_json::Value) -> Result<()> {
+        let (Some(seed), Some(stage), Some(epoch)) =
+            (r["seed"].as_u64(), r["stage"].as_str(), r["epoch"].as_i64())
+        else {
+            return Ok(());
+        };
+        let folder = self.dir.join(FOLDER).join(format!("seed-{seed}"));
+        let path = folder.join(FILE);
+        let write_error = |source| RuntimeError::Write {
+            path: path.clone(),
+            source,
+        };
+        let (file, clock) = match self.open.entry(seed) {
+            Entry::Occupied(open) => open.into_mut(),
+            Entry::Vacant(slot) => {
+                std::fs::create_dir_all(&folder).map_err(write_error)?;
+                let mut file = File::create(&path).map_err(write_error)?;
+                let mut head = Vec::new();
+                record(&mut head, &event(0.0, 0, Payload::Version("brain.Event:2")));
+                file.write_all(&head).map_err(write_error)?;
+                slot.insert((file, 0.0))
+            }
+        };
+        *clock += r["seconds"].as_f64().unwrap_or(0.0);
         let mut scalars = Vec::new();
         numbers(r, "", &mut scalars);
         let values: Vec<(String, f32)> = scalars
@@ -37,35 +84,16 @@ pub(crate) fn write_seed(dir: &Path, seed: u64, records: &[serde_json::Value]) -
             .filter(|(name, _)| !NOT_SCALARS.contains(&name.as_str()))
             .map(|(name, v)| (format!("{stage}/{name}"), v as f32))
             .collect();
-        if !values.is_empty() {
-            record(&mut out, &event(clock, epoch, Payload::Scalars(&values)));
+        if values.is_empty() {
+            return Ok(());
         }
+        let mut out = Vec::new();
+        record(&mut out, &event(*clock, epoch, Payload::Scalars(&values)));
+        // One write per record, so a reader sees whole records but for the last.
+        file.write_all(&out)
+            .and_then(|()| file.flush())
+            .map_err(write_error)
     }
-    let folder = dir.join(FOLDER).join(format!("seed-{seed}"));
-    std::fs::create_dir_all(&folder).map_err(|source| RuntimeError::Write {
-        path: folder.clone(),
-        source,
-    })?;
-    write_atomically(&folder.join(FILE), &out)
-}
-
-/// Every seed's file from `records`, after anything an earlier attempt left is removed
-/// (a resumed run drops the records after its checkpoint).
-pub(crate) fn write_all(dir: &Path, records: &[serde_json::Value]) -> Result<()> {
-    let folder = dir.join(FOLDER);
-    if folder.exists() {
-        std::fs::remove_dir_all(&folder).map_err(|source| RuntimeError::Write {
-            path: folder.clone(),
-            source,
-        })?;
-    }
-    let mut seeds: Vec<u64> = records.iter().filter_map(|r| r["seed"].as_u64()).collect();
-    seeds.sort_unstable();
-    seeds.dedup();
-    for seed in seeds {
-        write_seed(dir, seed, records)?;
-    }
-    Ok(())
 }
 
 /// The numbers of a record, nested objects flattened to dotted names.
