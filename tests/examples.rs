@@ -201,10 +201,10 @@ fn mnist_png_runs_shortened() {
     }
 }
 
-/// examples/digits_transfer.kd, one seed, fewer epochs: the transfer split's
-/// labels are never read (its stage distils on soft targets alone), its unaugmented
-/// inputs make the teacher run once per transfer sample, and the baseline has the 180
-/// labelled digits only (the full run, five seeds, is in docs/results.md).
+/// examples/digits_transfer.kd, one seed, fewer epochs: the transfer stage (soft targets
+/// alone) runs the teacher once per transfer sample, its inputs being unaugmented, and the
+/// baseline trains on the 180 labelled digits without a teacher (the full run, five seeds,
+/// is in docs/results.md).
 #[test]
 fn digits_transfer_runs_shortened() {
     let out = scratch("digits_transfer");

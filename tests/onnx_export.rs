@@ -421,6 +421,10 @@ fn an_int8_export_runs_in_onnxruntime_and_predicts_what_kdcs_int8_model_predicts
                 .fold(0.0f32, f32::max)
         })
         .collect();
+    assert!(
+        ours.iter().chain(&theirs).flatten().all(|v| v.is_finite()),
+        "an output is not finite"
+    );
     let off = per_sample.iter().filter(|d| **d >= 1e-4).count();
     let worst = per_sample.iter().copied().fold(0.0f32, f32::max);
     assert!(

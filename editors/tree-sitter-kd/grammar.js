@@ -167,7 +167,8 @@ module.exports = grammar({
     search_statement: ($) => seq('search', choice($.call, $.identifier)),
     select_statement: ($) =>
       seq('select', field('metric', $.identifier), 'of', field('model', $.identifier), 'on', $.data_ref),
-    // `stage.distill.epochs in [30, 60]`: the alternatives are always one list.
+    // `stage.distill.epochs in [30, 60]` or `stage.distill.lr in log_uniform(1e-4, 1e-2)`: a list
+    // of values or a distribution; a list-valued setting is one element of the list.
     sweep_axis: ($) => seq(field('key', $.sweep_key), 'in', field('values', choice($.list, $.call))),
     sweep_key: (_) => /[A-Za-z0-9_]+\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+/,
 
