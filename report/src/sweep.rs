@@ -23,11 +23,7 @@ pub(crate) fn section(sweep: &SweepSummary) -> Result<String, ReportError> {
         thousands(sweep.teacher_forwards as usize),
     );
     let keys = keys(sweep);
-    let baselines: Vec<&String> = sweep
-        .configs
-        .first()
-        .map(|c| c.baselines.keys().collect())
-        .unwrap_or_default();
+    let baselines = sweep.baselines();
     html.push_str("<table class=\"sweep\">\n<tr><th>config</th>");
     for key in &keys {
         let _ = write!(html, "<th>{}</th>", escape(key));
@@ -81,11 +77,7 @@ pub(crate) fn section(sweep: &SweepSummary) -> Result<String, ReportError> {
 
 /// The swept keys, those with the most distinct values first (they make the map's axes).
 fn keys(sweep: &SweepSummary) -> Vec<&String> {
-    let mut keys: Vec<&String> = sweep
-        .configs
-        .first()
-        .map(|c| c.values.keys().collect())
-        .unwrap_or_default();
+    let mut keys = sweep.keys();
     // A stable sort: among keys with as many values, the summary's order stays.
     keys.sort_by_key(|k| std::cmp::Reverse(distinct(sweep, k).len()));
     keys

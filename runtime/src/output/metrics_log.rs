@@ -134,8 +134,16 @@ impl MetricsLog {
     /// flattened to dotted names (`schedules.hinton.T`); a field a record lacks is empty.
     fn write_csv(&self) -> Result<()> {
         let path = self.path.with_extension("csv");
-        let rows: Vec<Vec<(String, String)>> =
-            self.records.iter().map(|r| flattened(r, "")).collect();
+        let rows: Vec<Vec<(String, String)>> = self
+            .records
+            .iter()
+            .map(|r| {
+                fields(r, "")
+                    .into_iter()
+                    .map(|(n, v)| (n, text(v)))
+                    .collect()
+            })
+            .collect();
         let mut columns: Vec<String> = ["seed", "stage", "model", "epoch", "steps"]
             .iter()
             .map(|c| c.to_string())
@@ -173,21 +181,24 @@ impl MetricsLog {
     }
 }
 
-/// A record's fields as (dotted name, text): numbers as JSON writes them, strings as they
-/// are, arrays as JSON.
-fn flattened(value: &serde_json::Value, prefix: &str) -> Vec<(String, String)> {
-    let serde_json::Value::Object(fields) = value else {
-        return vec![(prefix.trim_end_matches('.').to_string(), text(value))];
+/// A record's fields as (dotted name, value), nested objects flattened
+/// (`schedules.hinton.T`): the columns of `metrics.csv` and the tags of TensorBoard's files.
+pub(super) fn fields<'v>(
+    value: &'v serde_json::Value,
+    prefix: &str,
+) -> Vec<(String, &'v serde_json::Value)> {
+    let serde_json::Value::Object(map) = value else {
+        return vec![(prefix.trim_end_matches('.').to_string(), value)];
     };
-    fields
-        .iter()
+    map.iter()
         .flat_map(|(name, v)| match v {
-            serde_json::Value::Object(_) => flattened(v, &format!("{prefix}{name}.")),
-            _ => vec![(format!("{prefix}{name}"), text(v))],
+            serde_json::Value::Object(_) => fields(v, &format!("{prefix}{name}.")),
+            _ => vec![(format!("{prefix}{name}"), v)],
         })
         .collect()
 }
 
+/// A field as a cell: numbers as JSON writes them, strings as they are, arrays as JSON.
 fn text(value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::String(s) => s.clone(),

@@ -268,16 +268,7 @@ pub fn report(summary: &Summary) -> String {
 /// A sweep's configurations: the values each set, its score and its baselines', and the
 /// teacher forwards it ran; then which one the rest of the report is.
 fn sweep_table(sweep: &crate::train::sweep::SweepSummary) -> String {
-    let keys: Vec<&String> = sweep
-        .configs
-        .first()
-        .map(|c| c.values.keys().collect())
-        .unwrap_or_default();
-    let baselines: Vec<&String> = sweep
-        .configs
-        .first()
-        .map(|c| c.baselines.keys().collect())
-        .unwrap_or_default();
+    let (keys, baselines) = (sweep.keys(), sweep.baselines());
     let mut header = vec!["config".to_string()];
     header.extend(keys.iter().map(|k| k.to_string()));
     header.push(format!("{} {} %", sweep.model, sweep.metric));

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::metrics_log::fields;
 use crate::error::{Result, RuntimeError};
 
 /// The folder in the run folder.
@@ -77,12 +78,13 @@ impl EventFiles {
             }
         };
         *clock += r["seconds"].as_f64().unwrap_or(0.0);
-        let mut scalars = Vec::new();
-        numbers(r, "", &mut scalars);
-        let values: Vec<(String, f32)> = scalars
+        let values: Vec<(String, f32)> = fields(r, "")
             .into_iter()
             .filter(|(name, _)| !NOT_SCALARS.contains(&name.as_str()))
-            .map(|(name, v)| (format!("{stage}/{name}"), v as f32))
+            .filter_map(|(name, v)| {
+                let v = v.as_f64().filter(|v| v.is_finite())?;
+                Some((format!("{stage}/{name}"), v as f32))
+            })
             .collect();
         if values.is_empty() {
             return Ok(());
@@ -93,24 +95,6 @@ impl EventFiles {
         file.write_all(&out)
             .and_then(|()| file.flush())
             .map_err(write_error)
-    }
-}
-
-/// The numbers of a record, nested objects flattened to dotted names.
-fn numbers(value: &serde_json::Value, prefix: &str, out: &mut Vec<(String, f64)>) {
-    let serde_json::Value::Object(fields) = value else {
-        return;
-    };
-    for (name, v) in fields {
-        match v {
-            serde_json::Value::Object(_) => numbers(v, &format!("{prefix}{name}."), out),
-            serde_json::Value::Number(n) => {
-                if let Some(x) = n.as_f64().filter(|x| x.is_finite()) {
-                    out.push((format!("{prefix}{name}"), x));
-                }
-            }
-            _ => {}
-        }
     }
 }
 

@@ -34,6 +34,22 @@ pub struct SweepSummary {
 }
 
 impl SweepSummary {
+    /// The swept keys, as the configurations name them.
+    pub fn keys(&self) -> Vec<&String> {
+        self.configs
+            .first()
+            .map(|c| c.values.keys().collect())
+            .unwrap_or_default()
+    }
+
+    /// The baselines scored beside the selected model.
+    pub fn baselines(&self) -> Vec<&String> {
+        self.configs
+            .first()
+            .map(|c| c.baselines.keys().collect())
+            .unwrap_or_default()
+    }
+
     /// Whether a higher score is a better one (every selectable metric but ECE).
     pub fn higher_is_better(&self) -> bool {
         serde_json::from_value::<Metric>(serde_json::Value::String(self.metric.clone()))
